@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export MANTA_DATA_DIR ?= $(CURDIR)/.manta
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test lint ui browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dagster,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Seed the demo runs into the embedded ClickHouse (chDB) and run an example pipeline on one.
+demo: $(STAMP)
+	$(BIN)/manta demo seed --if-empty
+	$(BIN)/manta runs-overview
+	$(BIN)/python examples/tool_errors.py
+
+## Lint, type-check and run the whole test suite (this is what CI runs).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## Start the Dagster UI on 127.0.0.1:3000 over the demo data.
+ui: $(STAMP)
+	$(BIN)/manta demo seed --if-empty
+	$(BIN)/manta dagster register-runs
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(VENV) .manta .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Dagster definitions built on manta_lib (assets, IO manager, resources, automation)."""

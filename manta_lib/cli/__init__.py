@@ -1,0 +1,62 @@
+"""The ``manta`` (alias ``mantis``) command line.
+
+Each sub-module registers its commands on :data:`app`. ``main`` turns every ``MantaError`` into
+one line on stderr and exit code 1 (2 for usage errors, from click), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from manta_lib.errors import MantaError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Manta: query and analyse AI-agent rollouts stored in ClickHouse.",
+)
+err_console = Console(stderr=True)
+
+
+def _register_commands() -> None:
+    # Imported here so that each module can import `app` from this package.
+    from manta_lib.cli import data_commands, runs_commands
+
+    data_commands.register(app)
+    runs_commands.register(app)
+    try:
+        from manta_dagster.cli import register as register_dagster
+    except ImportError:  # the [dagster] extra is not installed
+        return
+    register_dagster(app)
+
+
+def configure_logging() -> None:
+    """Log to stderr through rich; ``MANTA_LOG_LEVEL`` sets the level (default INFO)."""
+    level = os.environ.get("MANTA_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+    )
+
+
+def main() -> None:
+    """Entry point of the ``manta`` and ``mantis`` scripts."""
+    configure_logging()
+    _register_commands()
+    try:
+        app()
+    except MantaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,130 @@
+"""Settings from the environment (seed 000 variables plus a few ``MANTA_*`` ones).
+
+``CLICKHOUSE_URL`` unset means the embedded chDB engine under ``MANTA_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from manta_lib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_URL_HELP = (
+    "set CLICKHOUSE_URL to http(s)://host:port (a ClickHouse server) or chdb:///absolute/path "
+    "(embedded), or unset it to use the embedded default under MANTA_DATA_DIR"
+)
+
+
+class MantaSettings(BaseSettings):
+    """Validated configuration. Build it with :func:`load_settings` to get friendly errors."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    clickhouse_url: str | None = Field(default=None, validation_alias="CLICKHOUSE_URL")
+    clickhouse_user: str = Field(default="default", validation_alias="CLICKHOUSE_USER")
+    clickhouse_password: SecretStr = Field(
+        default=SecretStr(""), validation_alias="CLICKHOUSE_PASSWORD"
+    )
+    kestrel_api_url: str | None = Field(default=None, validation_alias="KESTREL_API_URL")
+    kestrel_api_key: SecretStr | None = Field(default=None, validation_alias="KESTREL_API_KEY")
+    modal_token_id: str | None = Field(default=None, validation_alias="MODAL_TOKEN_ID")
+    modal_token_secret: SecretStr | None = Field(
+        default=None, validation_alias="MODAL_TOKEN_SECRET"
+    )
+    data_dir: Path = Field(
+        default=Path(".manta"), validation_alias=AliasChoices("MANTA_DATA_DIR", "data_dir")
+    )
+    database: str = Field(
+        default="manta", validation_alias=AliasChoices("MANTA_DATABASE", "database")
+    )
+    runs_log_dir_override: Path | None = Field(default=None, validation_alias="MANTA_RUNS_LOG_DIR")
+    connect_timeout_s: float = Field(default=10.0, validation_alias="MANTA_CONNECT_TIMEOUT_S")
+
+    @field_validator("clickhouse_url", "kestrel_api_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme == "chdb":
+            if not parsed.path.startswith("/"):
+                raise ValueError(f"chdb URL needs an absolute path, got {value!r}; {_URL_HELP}")
+            return value
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{value!r} is not an http(s):// or chdb:/// URL; {_URL_HELP}")
+        try:
+            parsed.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has an invalid port ({exc}); {_URL_HELP}") from exc
+        return value
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError(
+                f"MANTA_DATABASE={value!r} must contain only letters, digits and underscores"
+            )
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when ClickHouse is the in-process chDB engine."""
+        return self.clickhouse_url is None or self.clickhouse_url.startswith("chdb:")
+
+    @cached_property
+    def chdb_path(self) -> Path:
+        """Directory of the embedded chDB store (only meaningful when :attr:`embedded`)."""
+        if self.clickhouse_url:
+            return Path(urlparse(self.clickhouse_url).path)
+        return (self.data_dir / "clickhouse").resolve()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """The DSN handed to ``clickhouse_connect.get_client``."""
+        if self.embedded:
+            return f"chdb://{self.chdb_path}"
+        assert self.clickhouse_url is not None
+        return self.clickhouse_url
+
+    @property
+    def runs_log_dir(self) -> Path:
+        """Directory of the JSONL runs log shards (``MANTA_RUNS_LOG_DIR``)."""
+        return self.runs_log_dir_override or (self.data_dir / "runs_log")
+
+
+def load_settings(**overrides: object) -> MantaSettings:
+    """Read settings from the environment, raising :class:`ConfigError` with the variable name."""
+    try:
+        return MantaSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "settings"
+            env_name = _ENV_NAMES.get(name, name)
+            problems.append(f"{env_name}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+_ENV_NAMES = {
+    "clickhouse_url": "CLICKHOUSE_URL",
+    "CLICKHOUSE_URL": "CLICKHOUSE_URL",
+    "database": "MANTA_DATABASE",
+    "MANTA_DATABASE": "MANTA_DATABASE",
+    "data_dir": "MANTA_DATA_DIR",
+    "MANTA_DATA_DIR": "MANTA_DATA_DIR",
+    "MANTA_CONNECT_TIMEOUT_S": "MANTA_CONNECT_TIMEOUT_S",
+}

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real embedded ClickHouse (chDB) per test process, one database per test.
+
+chDB allows one store path per process, so every test in a process shares one path and gets
+its own database (``MANTA_DATABASE``); tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.store import Store
+
+_ENV_VARS = (
+    "CLICKHOUSE_URL",
+    "CLICKHOUSE_USER",
+    "CLICKHOUSE_PASSWORD",
+    "KESTREL_API_URL",
+    "KESTREL_API_KEY",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "MANTA_DATA_DIR",
+    "MANTA_DATABASE",
+    "MANTA_RUNS_LOG_DIR",
+)
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One chDB directory for this test process."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def manta_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, chdb_path: Path
+) -> Iterator[dict[str, str]]:
+    """A clean environment pointing Manta at the shared chDB path and a fresh database."""
+    for name in _ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "CLICKHOUSE_URL": f"chdb://{chdb_path}",
+        "MANTA_DATABASE": f"t_{uuid.uuid4().hex[:12]}",
+        "MANTA_DATA_DIR": str(tmp_path / "data"),
+        "MANTA_RUNS_LOG_DIR": str(tmp_path / "runs_log"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield env
+
+
+@pytest.fixture
+def settings(manta_env: dict[str, str]) -> MantaSettings:
+    return load_settings()
+
+
+@pytest.fixture
+def store(settings: MantaSettings) -> Iterator[Store]:
+    """An open store on a fresh database (schema created), closed after the test."""
+    with Store.open(settings) as opened:
+        yield opened
