@@ -1,0 +1,434 @@
+"""MantaService: the entry point for loading traces and spans from ClickHouse (seed 001).
+
+Example::
+
+    from manta import MantaService
+
+    with MantaService() as svc:
+        print(svc.list_runs())
+        for batch in svc.iter_trace_batches("run_grpo_math_v1", phase="eval"):
+            for trace in batch:
+                print(trace.trace_id, trace.tool_error_count)
+
+Spans of many traces are always loaded with one query per batch of traces, never one per trace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from itertools import groupby
+from typing import Any
+
+from pydantic import BaseModel
+
+from manta_lib.context import TraceContext
+from manta_lib.errors import QueryError
+from manta_lib.models import SPAN_COLUMNS, Phase, SpanRecord, TraceRecord
+from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.store import Store
+from manta_lib.store.trace_queries import (
+    SPAN_SELECT,
+    TRACE_SELECT,
+    SpanFilter,
+    TraceFilter,
+    order_clause,
+)
+
+_ERROR_STATUSES = ("error", "timeout")
+
+
+class RunSummary(BaseModel):
+    """One run with its counts."""
+
+    run_id: str
+    project_id: str
+    trace_count: int
+    step_count: int
+    datapoint_count: int
+    phases: list[str]
+    first_step: int
+    last_step: int
+    mean_score: float | None
+    error_count: int
+    first_created_at: datetime | None
+    last_created_at: datetime | None
+
+
+class StepSummary(BaseModel):
+    """One step of a run with its counts."""
+
+    run_id: str
+    step_number: int
+    phases: list[str]
+    trace_count: int
+    datapoint_count: int
+    mean_score: float | None
+    error_count: int
+
+
+class DatapointSummary(BaseModel):
+    """One datapoint of a run: how many traces, at which steps."""
+
+    run_id: str
+    datapoint_id: str
+    trace_count: int
+    steps: list[int]
+    mean_score: float | None
+    error_count: int
+
+
+def trace_from_row(row: Sequence[Any]) -> TraceRecord:
+    """Build a TraceRecord from a row in ``TRACE_COLUMNS`` order without re-validation."""
+    (
+        project_id,
+        trace_id,
+        run_id,
+        step_number,
+        phase,
+        datapoint_id,
+        score,
+        status,
+        cost_usd,
+        duration_ms,
+        turn_count,
+        tokens_input,
+        tokens_output,
+        model_name,
+        env_name,
+        meta,
+        created_at,
+    ) = row
+    return TraceRecord.model_construct(
+        project_id=project_id,
+        trace_id=trace_id,
+        run_id=run_id,
+        step_number=step_number,
+        phase=Phase(phase),
+        datapoint_id=datapoint_id,
+        score=score,
+        status=status,
+        cost_usd=cost_usd,
+        duration_ms=duration_ms,
+        turn_count=turn_count,
+        tokens_input=tokens_input,
+        tokens_output=tokens_output,
+        model_name=model_name,
+        env_name=env_name,
+        meta=json.loads(meta) if meta else {},
+        created_at=created_at,
+    )
+
+
+def span_from_row(row: Sequence[Any]) -> SpanRecord:
+    """Build a SpanRecord from a row in ``SPAN_COLUMNS`` order."""
+    values = dict(zip(SPAN_COLUMNS, row, strict=True))
+    values["attributes"] = json.loads(values["attributes"]) if values["attributes"] else {}
+    return SpanRecord.model_validate(values)
+
+
+class MantaService:
+    """Query traces, spans and the run / step / datapoint hierarchy.
+
+    Pass an open :class:`Store` to share a connection, or nothing to open one from the
+    environment on first use (closed by :meth:`close` or the ``with`` block).
+
+    Trace filters (all optional, ANDed): ``run_id``, ``phase`` (train/eval/prod), ``step``
+    (one number or an inclusive ``(first, last)`` range), ``datapoint_id``, ``status``,
+    ``model_name``, ``env_name``, ``min_score``/``max_score``, ``meta`` (``{key: value}``
+    on top-level meta keys), ``trace_ids``. String filters also accept a list of values.
+    """
+
+    def __init__(self, store: Store | None = None, *, settings: MantaSettings | None = None):
+        self._store = store
+        self._owns_store = store is None
+        self._settings = settings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self._settings or load_settings())
+        return self._store
+
+    def close(self) -> None:
+        """Close the store if this service opened it."""
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> MantaService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- hierarchy -----------------------------------------------------------------------
+
+    def list_runs(self, *, project_id: str | None = None) -> list[RunSummary]:
+        """All runs with trace, step and datapoint counts, newest first."""
+        where, params = TraceFilter(project_id=project_id).where()
+        rows = self.store.rows(
+            f"""
+            SELECT run_id, any(project_id), count(), uniqExact(step_number),
+                   uniqExact(datapoint_id), arraySort(groupUniqArray(toString(phase))),
+                   min(step_number), max(step_number), avg(score),
+                   countIf(status IN {{errs:Array(String)}}), min(created_at), max(created_at)
+            FROM {{db}}.traces WHERE {where}
+            GROUP BY run_id ORDER BY max(created_at) DESC, run_id
+            """,
+            {**params, "errs": list(_ERROR_STATUSES)},
+        )
+        return [
+            RunSummary(
+                run_id=r[0],
+                project_id=r[1],
+                trace_count=r[2],
+                step_count=r[3],
+                datapoint_count=r[4],
+                phases=list(r[5]),
+                first_step=r[6],
+                last_step=r[7],
+                mean_score=_nan_to_none(r[8]),
+                error_count=r[9],
+                first_created_at=r[10],
+                last_created_at=r[11],
+            )
+            for r in rows
+        ]
+
+    def run_ids(self) -> list[str]:
+        """The ids of every run in the store, sorted."""
+        return [r[0] for r in self.store.rows("SELECT DISTINCT run_id FROM {db}.traces ORDER BY 1")]
+
+    def require_run(self, run_id: str) -> None:
+        """Raise :class:`QueryError` naming the closest existing runs if ``run_id`` is unknown."""
+        rows = self.store.rows(
+            "SELECT count() FROM {db}.traces WHERE run_id = {r:String}", {"r": run_id}
+        )
+        if rows[0][0]:
+            return
+        known = self.run_ids()
+        if not known:
+            raise QueryError(
+                f"run_id {run_id!r} not found: the store has no traces yet "
+                f"(load some with `manta import FILE` or `manta demo seed`)"
+            )
+        import difflib
+
+        closest = difflib.get_close_matches(run_id, known, n=5, cutoff=0.0)
+        raise QueryError(
+            f"run_id {run_id!r} not found; existing runs (closest first): {', '.join(closest)}"
+        )
+
+    def list_steps(self, run_id: str, *, phase: str | None = None) -> list[StepSummary]:
+        """The steps of a run in order, with counts."""
+        where, params = TraceFilter(run_id=run_id, phase=phase).where()
+        rows = self.store.rows(
+            f"""
+            SELECT step_number, arraySort(groupUniqArray(toString(phase))), count(),
+                   uniqExact(datapoint_id), avg(score), countIf(status IN {{errs:Array(String)}})
+            FROM {{db}}.traces WHERE {where}
+            GROUP BY step_number ORDER BY step_number
+            """,
+            {**params, "errs": list(_ERROR_STATUSES)},
+        )
+        return [
+            StepSummary(
+                run_id=run_id,
+                step_number=r[0],
+                phases=list(r[1]),
+                trace_count=r[2],
+                datapoint_count=r[3],
+                mean_score=_nan_to_none(r[4]),
+                error_count=r[5],
+            )
+            for r in rows
+        ]
+
+    def list_datapoints(
+        self, run_id: str, *, step: int | tuple[int, int] | None = None, phase: str | None = None
+    ) -> list[DatapointSummary]:
+        """The datapoints of a run (optionally of some steps), with their steps and counts."""
+        where, params = TraceFilter(run_id=run_id, step=step, phase=phase).where()
+        rows = self.store.rows(
+            f"""
+            SELECT datapoint_id, count(), arraySort(groupUniqArray(step_number)), avg(score),
+                   countIf(status IN {{errs:Array(String)}})
+            FROM {{db}}.traces WHERE {where}
+            GROUP BY datapoint_id ORDER BY datapoint_id
+            """,
+            {**params, "errs": list(_ERROR_STATUSES)},
+        )
+        return [
+            DatapointSummary(
+                run_id=run_id,
+                datapoint_id=r[0],
+                trace_count=r[1],
+                steps=list(r[2]),
+                mean_score=_nan_to_none(r[3]),
+                error_count=r[4],
+            )
+            for r in rows
+        ]
+
+    # ---- traces --------------------------------------------------------------------------
+
+    def get_traces(
+        self,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        order_by: str | Sequence[str] = "step_number",
+        descending: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        **filters: Any,
+    ) -> list[TraceRecord]:
+        """Trace rows matching the filters (see the class docstring), without spans."""
+        sql, params = self._trace_query(run_id, filters, order_by, descending, limit, offset)
+        return [trace_from_row(row) for row in self.store.rows(sql, params)]
+
+    def count_traces(self, run_id: str | Sequence[str] | None = None, **filters: Any) -> int:
+        """How many traces match the filters."""
+        where, params = _trace_filter(run_id, filters).where()
+        return int(
+            self.store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0]
+        )
+
+    def get_trace(self, trace_id: str) -> TraceContext:
+        """One trace with its spans; :class:`QueryError` if it does not exist."""
+        traces = self.get_traces(trace_ids=[trace_id], limit=1)
+        if not traces:
+            raise QueryError(f"trace_id {trace_id!r} not found")
+        return self.load_contexts(traces)[0]
+
+    def iter_trace_batches(
+        self,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        batch_size: int = 1000,
+        with_spans: bool = True,
+        order_by: str | Sequence[str] = "step_number",
+        descending: bool = False,
+        limit: int | None = None,
+        span_filter: SpanFilter | None = None,
+        **filters: Any,
+    ) -> Iterator[list[TraceContext]]:
+        """Stream matching traces as lists of :class:`TraceContext`, ``batch_size`` at a time.
+
+        Memory stays bounded by one batch: trace rows are streamed, and the spans of each
+        batch are loaded with a single query.
+        """
+        if batch_size < 1:
+            raise QueryError(f"batch_size must be at least 1, got {batch_size}")
+        sql, params = self._trace_query(run_id, filters, order_by, descending, limit, 0)
+        pending: list[TraceRecord] = []
+        # Trace rows are small; read them first so the span queries do not interleave with an
+        # open stream on the same connection.
+        trace_rows = self.store.rows(sql, params)
+        for row in trace_rows:
+            pending.append(trace_from_row(row))
+            if len(pending) >= batch_size:
+                yield self.load_contexts(pending, span_filter) if with_spans else _bare(pending)
+                pending = []
+        if pending:
+            yield self.load_contexts(pending, span_filter) if with_spans else _bare(pending)
+
+    def load_contexts(
+        self, traces: Sequence[TraceRecord], span_filter: SpanFilter | None = None
+    ) -> list[TraceContext]:
+        """Attach spans to ``traces`` with one query; returns contexts in the same order."""
+        if not traces:
+            return []
+        grouped = self._span_rows(
+            [t.trace_id for t in traces], {t.run_id for t in traces}, span_filter
+        )
+        return [TraceContext(trace, grouped.get(trace.trace_id, [])) for trace in traces]
+
+    # ---- spans ---------------------------------------------------------------------------
+
+    def get_spans(
+        self,
+        trace_ids: str | Sequence[str],
+        *,
+        kind: str | Sequence[str] | None = None,
+        role: str | Sequence[str] | None = None,
+        tool_name: str | Sequence[str] | None = None,
+        name: str | Sequence[str] | None = None,
+        is_error: bool | None = None,
+    ) -> dict[str, list[SpanRecord]]:
+        """Spans of one or many traces, filtered, as ``{trace_id: [span, ...]}`` in seq order.
+
+        One query for all the given traces.
+        """
+        ids = [trace_ids] if isinstance(trace_ids, str) else list(trace_ids)
+        span_filter = SpanFilter(
+            kind=kind, role=role, tool_name=tool_name, name=name, is_error=is_error
+        )
+        grouped = self._span_rows(ids, None, span_filter)
+        return {tid: [span_from_row(r) for r in rows] for tid, rows in grouped.items()}
+
+    def _span_rows(
+        self,
+        trace_ids: list[str],
+        run_ids: set[str] | None,
+        span_filter: SpanFilter | None,
+    ) -> dict[str, list[tuple]]:
+        span_where, params = (span_filter or SpanFilter()).where()
+        params["ids"] = trace_ids
+        run_clause = ""
+        if run_ids:
+            params["runs"] = sorted(run_ids)
+            run_clause = "run_id IN {runs:Array(String)} AND "
+        rows = self.store.rows(
+            f"""
+            SELECT {SPAN_SELECT} FROM {{db}}.spans
+            WHERE {run_clause}trace_id IN {{ids:Array(String)}} AND {span_where}
+            ORDER BY run_id, trace_id, seq, span_id
+            """,
+            params,
+        )
+        return {tid: list(group) for tid, group in groupby(rows, key=lambda r: r[0])}
+
+    def _trace_query(
+        self,
+        run_id: str | Sequence[str] | None,
+        filters: dict[str, Any],
+        order_by: str | Sequence[str],
+        descending: bool,
+        limit: int | None,
+        offset: int,
+    ) -> tuple[str, dict[str, Any]]:
+        where, params = _trace_filter(run_id, filters).where()
+        order = order_clause(order_by, descending)
+        sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            if limit < 0:
+                raise QueryError(f"limit must be >= 0, got {limit}")
+            params["q_limit"] = int(limit)
+            sql += " LIMIT {q_limit:UInt64}"
+        if offset:
+            if offset < 0:
+                raise QueryError(f"offset must be >= 0, got {offset}")
+            params["q_offset"] = int(offset)
+            sql += " OFFSET {q_offset:UInt64}"
+        return sql, params
+
+
+def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:
+    try:
+        return TraceFilter(run_id=run_id, **filters)
+    except TypeError:
+        known = sorted(TraceFilter.__dataclass_fields__)
+        unknown = sorted(set(filters) - set(known))
+        raise QueryError(
+            f"unknown trace filter(s) {', '.join(unknown)} (expected: {', '.join(known)})"
+        ) from None
+
+
+def _bare(traces: list[TraceRecord]) -> list[TraceContext]:
+    return [TraceContext(trace, []) for trace in traces]
+
+
+def _nan_to_none(value: float | None) -> float | None:
+    return None if value is None or value != value else float(value)
