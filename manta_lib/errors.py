@@ -37,3 +37,7 @@ class PersistenceError(MantaError):
 
 class KestrelError(MantaError):
     """The Kestrel judge registry refused a request or could not be reached."""
+
+
+class ComputationAborted(MantaError):
+    """A computation stopped early (``max_failures`` exceeded); finished work was kept."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -147,7 +147,9 @@ class Store:
     def rows(self, template: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         """Run a query and return its rows as tuples."""
         with self._lock:
-            return list(self.client.query(self.sql(template), parameters=parameters).result_rows)
+            result = self.client.query(self.sql(template), parameters=parameters)
+            # result_rows is already a list of tuples; avoid copying large span results.
+            return cast(list[tuple], result.result_rows)
 
     def columns(
         self, template: str, parameters: dict[str, Any] | None = None
@@ -162,12 +164,13 @@ class Store:
         self, template: str, parameters: dict[str, Any] | None = None
     ) -> Iterator[Iterator[Sequence[tuple]]]:
         """Stream row blocks; the lock is held until the stream is closed."""
-        with self._lock, self.client.query_row_block_stream(
-            self.sql(template), parameters=parameters
-        ) as blocks:
+        with (
+            self._lock,
+            self.client.query_row_block_stream(self.sql(template), parameters=parameters) as blocks,
+        ):
             yield blocks
 
-    def insert_columns(self, table: str, data: dict[str, Sequence[Any]]) -> None:
+    def insert_columns(self, table: str, data: Mapping[str, Sequence[Any]]) -> None:
         """Column-oriented insert (0.7 M rows/s on chDB here, twice row-oriented)."""
         if not data or not len(next(iter(data.values()))):
             return

@@ -1,0 +1,63 @@
+"""What flows between pipeline levels: entity references, outcomes and the public result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from manta_lib.models import EntityLevel
+
+
+@dataclass(frozen=True)
+class EntityRef:
+    """The entity a reduce function is computing, handed to ``reduce_fn(entity, children)``.
+
+    Attributes:
+        level: the level being computed (DATAPOINT, STEP or RUN).
+        entity_id: the datapoint id, the step number as text, or the run id.
+        run_id: the run the entity belongs to.
+        keys: the entity's group keys, e.g. ``{"datapoint_id": "dp_1", "steps": [3, 4]}``,
+            ``{"step_number": 3}`` or ``{"run_id": "run_a"}``.
+        child_count: how many children succeeded (the length of ``children``).
+        failed_children: how many children failed and are therefore not in ``children``.
+    """
+
+    level: EntityLevel
+    entity_id: str
+    run_id: str
+    keys: dict[str, Any] = field(default_factory=dict)
+    child_count: int = 0
+    failed_children: int = 0
+
+    @property
+    def total_children(self) -> int:
+        return self.child_count + self.failed_children
+
+
+class MetadataOutput(BaseModel):
+    """One computed entity: its validated output, or the error that prevented it.
+
+    ``pipeline.run()`` returns ``dict[EntityLevel, list[MetadataOutput]]``.
+    """
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    entity_level: EntityLevel
+    entity_id: str
+    run_id: str
+    judge: str
+    judge_version: str
+    output: BaseModel | None = None
+    error: str | None = None
+    computed_at: datetime
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        body = self.output.model_dump_json() if self.output is not None else f"ERROR {self.error}"
+        return f"{self.entity_level.value} {self.entity_id}: {body}"

@@ -1,0 +1,367 @@
+"""entity_metadata and progress: typed value rows in, validated outputs back out.
+
+Each computed entity is stored as one row per output column plus two bookkeeping columns,
+``__status__`` (``ok`` / ``error``) and ``__error__`` (``Type: message`` or empty), all with
+the judge version and ``computed_at``. The table is a ReplacingMergeTree keyed by identity
+(project, run, judge, level, entity, column), so rewriting an entity replaces its values and
+the newest computation wins; reads use FINAL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from manta_lib.entities import MetadataOutput
+from manta_lib.errors import PersistenceError
+from manta_lib.models import EntityLevel
+from manta_lib.store.client import Store
+
+log = logging.getLogger(__name__)
+
+STATUS_COLUMN = "__status__"
+ERROR_COLUMN = "__error__"
+METADATA_COLUMNS = (
+    "project_id",
+    "run_id",
+    "judge",
+    "entity_level",
+    "entity_id",
+    "column",
+    "value_type",
+    "value_number",
+    "value_string",
+    "value_bool",
+    "value_json",
+    "judge_version",
+    "computed_at",
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _typed(value: Any) -> tuple[str, float | None, str | None, bool | None, str | None]:
+    """(value_type, number, string, bool, json) for one JSON-mode value."""
+    if value is None:
+        return "null", None, None, None, None
+    if isinstance(value, bool):
+        return "boolean", None, None, value, None
+    if isinstance(value, int | float):
+        return "number", float(value), None, None, None
+    if isinstance(value, str):
+        return "string", None, value, None, None
+    return "json", None, None, None, json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _untyped(
+    value_type: str, number: float | None, string: str | None, flag: bool | None, raw: str | None
+) -> Any:
+    if value_type == "number":
+        assert number is not None
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if value_type == "string":
+        return string
+    if value_type == "boolean":
+        return flag
+    if value_type == "json":
+        return json.loads(raw) if raw is not None else None
+    return None
+
+
+class MetadataWriter:
+    """Buffers outcomes and writes them to entity_metadata in column-oriented batches.
+
+    Flushes when ``flush_rows`` rows are buffered or ``flush_seconds`` passed since the last
+    flush, so a killed process loses at most a few seconds of work. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        project_id: str,
+        judge: str,
+        flush_rows: int = 50_000,
+        flush_seconds: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.project_id = project_id
+        self.judge = judge
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.rows_written = 0
+        self.entities_written = 0
+        self.seconds_spent = 0.0
+        self._buffer: dict[str, list[Any]] = {name: [] for name in METADATA_COLUMNS}
+        self._buffered_entities = 0
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, outcomes: Iterable[MetadataOutput]) -> None:
+        """Encode outcomes into the buffer and flush if due."""
+        with self._lock:
+            buf = self._buffer
+            for outcome in outcomes:
+                values: dict[str, Any] = (
+                    outcome.output.model_dump(mode="json") if outcome.output is not None else {}
+                )
+                values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
+                values[ERROR_COLUMN] = outcome.error or ""
+                level = outcome.entity_level.value
+                for column, value in values.items():
+                    value_type, number, string, flag, raw = _typed(value)
+                    buf["project_id"].append(self.project_id)
+                    buf["run_id"].append(outcome.run_id)
+                    buf["judge"].append(self.judge)
+                    buf["entity_level"].append(level)
+                    buf["entity_id"].append(outcome.entity_id)
+                    buf["column"].append(column)
+                    buf["value_type"].append(value_type)
+                    buf["value_number"].append(number)
+                    buf["value_string"].append(string)
+                    buf["value_bool"].append(flag)
+                    buf["value_json"].append(raw)
+                    buf["judge_version"].append(outcome.judge_version)
+                    buf["computed_at"].append(outcome.computed_at)
+                self._buffered_entities += 1
+            due = len(buf["entity_id"]) >= self.flush_rows or (
+                time.monotonic() - self._last_flush >= self.flush_seconds
+            )
+            if due:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        """Write everything buffered now."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._last_flush = time.monotonic()
+        count = len(self._buffer["entity_id"])
+        if not count:
+            return
+        started = time.perf_counter()
+        try:
+            self.store.insert_columns("entity_metadata", self._buffer)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise PersistenceError(
+                f"writing {count} rows to {self.store.database}.entity_metadata failed: {exc}"
+            ) from exc
+        self.seconds_spent += time.perf_counter() - started
+        self.rows_written += count
+        self.entities_written += self._buffered_entities
+        self._buffered_entities = 0
+        self._buffer = {name: [] for name in METADATA_COLUMNS}
+
+
+@dataclass(frozen=True)
+class StoredEntity:
+    """One entity as read back from entity_metadata."""
+
+    entity_id: str
+    values: dict[str, Any]
+    ok: bool
+    error: str | None
+    judge_version: str
+    computed_at: datetime
+
+
+def _identity_where(
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str | None,
+    entity_ids: Sequence[str] | None,
+) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {
+        "project": project_id,
+        "run": run_id,
+        "judge": judge,
+        "level": level.value,
+    }
+    where = (
+        "project_id = {project:String} AND run_id = {run:String} AND judge = {judge:String} "
+        "AND entity_level = {level:String}"
+    )
+    if judge_version is not None:
+        params["version"] = judge_version
+        where += " AND judge_version = {version:String}"
+    if entity_ids is not None:
+        params["ids"] = list(entity_ids)
+        where += " AND entity_id IN {ids:Array(String)}"
+    return where, params
+
+
+def load_status(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+    entity_ids: Sequence[str] | None = None,
+) -> dict[str, bool]:
+    """``{entity_id: ok}`` for the entities already written with ``judge_version``."""
+    where, params = _identity_where(project_id, run_id, judge, level, judge_version, entity_ids)
+    params["status_col"] = STATUS_COLUMN
+    rows = store.rows(
+        f"SELECT entity_id, value_string FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{status_col:String}}",
+        params,
+    )
+    return {entity_id: status == "ok" for entity_id, status in rows}
+
+
+def load_entities(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str | None,
+    entity_ids: Sequence[str] | None = None,
+) -> list[StoredEntity]:
+    """Every stored entity of a level (of one judge version, or the newest of any)."""
+    where, params = _identity_where(project_id, run_id, judge, level, None, entity_ids)
+    rows = store.rows(
+        f"""
+        SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
+               judge_version, computed_at
+        FROM {{db}}.entity_metadata FINAL WHERE {where}
+        ORDER BY entity_id, column
+        """,
+        params,
+    )
+    entities: list[StoredEntity] = []
+    current: str | None = None
+    values: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+
+    def close_entity() -> None:
+        if current is None or STATUS_COLUMN not in values:
+            return
+        version = meta["version"]
+        if judge_version is not None and version != judge_version:
+            return
+        status = values.pop(STATUS_COLUMN)
+        error = values.pop(ERROR_COLUMN, "") or None
+        stale = {c for c, v in meta["versions"].items() if v != version}
+        for column in stale:
+            values.pop(column, None)
+        entities.append(
+            StoredEntity(current, dict(values), status == "ok", error, version, meta["at"])
+        )
+
+    for entity_id, column, vtype, number, string, flag, raw, version, computed_at in rows:
+        if entity_id != current:
+            close_entity()
+            current, values, meta = entity_id, {}, {"versions": {}}
+        values[column] = _untyped(vtype, number, string, flag, raw)
+        meta["versions"][column] = version
+        if column == STATUS_COLUMN:
+            meta["version"], meta["at"] = version, computed_at
+    close_entity()
+    return entities
+
+
+def outputs_from_stored(
+    stored: Iterable[StoredEntity],
+    *,
+    schema: type[BaseModel],
+    level: EntityLevel,
+    run_id: str,
+    judge: str,
+) -> list[MetadataOutput]:
+    """Rebuild :class:`MetadataOutput` objects (outputs validated into ``schema``)."""
+    outputs = []
+    for entity in stored:
+        output = schema.model_validate(entity.values) if entity.ok else None
+        outputs.append(
+            MetadataOutput.model_construct(
+                entity_level=level,
+                entity_id=entity.entity_id,
+                run_id=run_id,
+                judge=judge,
+                judge_version=entity.judge_version,
+                output=output,
+                error=entity.error,
+                computed_at=entity.computed_at,
+            )
+        )
+    return outputs
+
+
+PROGRESS_COLUMNS = (
+    "project_id",
+    "run_id",
+    "judge",
+    "judge_version",
+    "batch_id",
+    "status",
+    "trace_count",
+    "error_count",
+    "attempt",
+    "message",
+    "updated_at",
+)
+
+
+def record_batch(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    judge_version: str,
+    batch_id: str,
+    status: str,
+    trace_count: int,
+    error_count: int = 0,
+    attempt: int = 1,
+    message: str = "",
+) -> None:
+    """Record a batch's state (``committed`` once its outputs are written, or ``failed``)."""
+    row = (
+        project_id,
+        run_id,
+        judge,
+        judge_version,
+        batch_id,
+        status,
+        trace_count,
+        error_count,
+        attempt,
+        message,
+        utc_now(),
+    )
+    store.insert_columns(
+        "progress", {name: [value] for name, value in zip(PROGRESS_COLUMNS, row, strict=True)}
+    )
+
+
+def committed_batches(
+    store: Store, *, project_id: str, run_id: str, judge: str, judge_version: str
+) -> dict[str, str]:
+    """``{batch_id: status}`` of the batches recorded for this judge version."""
+    rows = store.rows(
+        """
+        SELECT batch_id, status FROM {db}.progress FINAL
+        WHERE project_id = {p:String} AND run_id = {r:String} AND judge = {j:String}
+          AND judge_version = {v:String}
+        """,
+        {"p": project_id, "r": run_id, "j": judge, "v": judge_version},
+    )
+    return dict(rows)
