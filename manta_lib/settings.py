@@ -60,7 +60,7 @@ class MantaSettings(BaseSettings):
             return None
         parsed = urlparse(value)
         if parsed.scheme == "chdb":
-            if not parsed.path.startswith("/"):
+            if parsed.netloc or not parsed.path.startswith("/"):
                 raise ValueError(f"chdb URL needs an absolute path, got {value!r}; {_URL_HELP}")
             return value
         if parsed.scheme not in ("http", "https") or not parsed.hostname:

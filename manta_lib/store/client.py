@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import clickhouse_connect
+import httpx
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -38,6 +39,7 @@ def connect(settings: MantaSettings) -> Client:
             return clickhouse_connect.get_client(dsn=dsn)
         except ClickHouseError as exc:
             raise StoreUnavailableError(explain_chdb_error(str(exc), settings)) from None
+    _ping(settings)
     try:
         client = clickhouse_connect.get_client(
             dsn=dsn,
@@ -50,6 +52,21 @@ def connect(settings: MantaSettings) -> Client:
     except ClickHouseError as exc:
         raise StoreUnavailableError(explain_http_error(str(exc), settings)) from None
     return client
+
+
+def _ping(settings: MantaSettings) -> None:
+    """Fail fast (``connect_timeout_s``) when the server is down or does not answer."""
+    url = (settings.clickhouse_url or "").rstrip("/") + "/ping"
+    try:
+        response = httpx.get(url, timeout=settings.connect_timeout_s)
+    except httpx.HTTPError as exc:
+        raise StoreUnavailableError(explain_http_error(str(exc) or repr(exc), settings)) from None
+    if response.status_code != 200:
+        raise StoreUnavailableError(
+            f"CLICKHOUSE_URL={settings.clickhouse_url} answered HTTP {response.status_code} "
+            f"to /ping: it does not look like a ClickHouse HTTP endpoint (default port 8123). "
+            f"Fix CLICKHOUSE_URL."
+        )
 
 
 def explain_chdb_error(message: str, settings: MantaSettings) -> str:

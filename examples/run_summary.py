@@ -1,0 +1,80 @@
+"""A run-level summary: cost, tokens, turns, failures and latency percentiles.
+
+``python examples/run_summary.py [RUN_ID]``
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import BaseModel, Field
+
+from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext
+
+
+class TraceCost(BaseModel):
+    status: str
+    cost_usd: float
+    llm_cost_usd: float
+    tokens: int
+    turns: int
+    duration_s: float
+
+
+class RunSummary(BaseModel):
+    traces: int
+    failed_traces: int = Field(description="traces whose status is not 'completed'")
+    total_cost_usd: float
+    mean_tokens: float
+    mean_turns: float
+    duration_p50_s: float
+    duration_p95_s: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def map_cost(trace: TraceContext) -> TraceCost:
+    tokens_in, tokens_out = trace.llm_tokens
+    return TraceCost(
+        status=trace.status,
+        cost_usd=trace.cost_usd,
+        llm_cost_usd=trace.llm_cost_usd,
+        tokens=tokens_in + tokens_out,
+        turns=trace.turn_count,
+        duration_s=trace.duration_ms / 1000,
+    )
+
+
+def summarise_run(entity: EntityRef, traces: list[TraceCost]) -> RunSummary:
+    count = len(traces) or 1
+    durations = [t.duration_s for t in traces]
+    return RunSummary(
+        traces=len(traces),
+        failed_traces=sum(t.status != "completed" for t in traces) + entity.failed_children,
+        total_cost_usd=round(sum(t.cost_usd for t in traces), 6),
+        mean_tokens=sum(t.tokens for t in traces) / count,
+        mean_turns=sum(t.turns for t in traces) / count,
+        duration_p50_s=percentile(durations, 0.50),
+        duration_p95_s=percentile(durations, 0.95),
+    )
+
+
+pipeline = (
+    MapReduceComputation("Run summary", project_id="prj_demo", description="Cost and latency")
+    .add_level(EntityLevel.TRACE, map_cost, TraceCost)
+    .add_level(EntityLevel.RUN, summarise_run, RunSummary)
+)
+
+if __name__ == "__main__":
+    from examples._cli import run_example
+
+    run_example(pipeline, sys.argv[1:])
