@@ -1,0 +1,168 @@
+"""Stream the runs-log shards newest first, tolerating bad lines.
+
+Blank, truncated and corrupt lines and rows of an unknown ``schema_version`` are counted in a
+:class:`ReadReport` (with the first bad location) and skipped, never raised; extra keys are
+ignored. Both query engines use :func:`list_shards` so that they read the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from manta_lib.errors import ConfigError
+from manta_lib.runs_log.schema import SCHEMA_VERSION, shard_month
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One month file of the log; ``start``/``end`` bound the ``finished_at`` it may hold."""
+
+    path: Path
+    start: datetime
+    end: datetime
+    size: int
+
+    @property
+    def name(self) -> str:
+        """The file name, e.g. ``2026-05.jsonl``."""
+        return self.path.name
+
+
+@dataclass
+class ReadReport:
+    """What a scan skipped. ``first_bad`` is ``path:line`` (or a file for DuckDB) of the first."""
+
+    lines: int = 0
+    blank: int = 0
+    corrupt: int = 0
+    truncated: int = 0
+    unknown_version: int = 0
+    invalid: int = 0
+    first_bad: str | None = None
+    shards_read: int = 0
+
+    @property
+    def skipped(self) -> int:
+        """Lines that were not blank but could not be used."""
+        return self.corrupt + self.truncated + self.unknown_version + self.invalid
+
+    def note(self, kind: str, location: str) -> None:
+        """Count one bad line of ``kind`` found at ``location``."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        if self.first_bad is None:
+            self.first_bad = location
+
+    def merge(self, other: ReadReport) -> None:
+        """Add ``other``'s counts to this report."""
+        for name in ("lines", "blank", "corrupt", "truncated", "unknown_version", "invalid"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shards_read += other.shards_read
+        if self.first_bad is None:
+            self.first_bad = other.first_bad
+
+    def warn(self) -> None:
+        """Log one warning summarising the skipped lines, if any."""
+        if not self.skipped:
+            return
+        parts = [
+            f"{count} {label}"
+            for count, label in (
+                (self.corrupt, "corrupt"),
+                (self.truncated, "truncated"),
+                (self.unknown_version, f"with a schema_version other than {SCHEMA_VERSION}"),
+                (self.invalid, "without a usable workflow_id/finished_at"),
+            )
+            if count
+        ]
+        log.warning(
+            "runs log: skipped %d line(s): %s; first at %s",
+            self.skipped,
+            ", ".join(parts),
+            self.first_bad,
+        )
+
+
+def require_log_dir(log_dir: Path | str) -> Path:
+    """Return ``log_dir`` as a Path, or raise :class:`ConfigError` saying where it looked."""
+    path = Path(log_dir)
+    if not path.is_dir():
+        state = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"runs log directory {path.resolve()} {state}; set MANTA_RUNS_LOG_DIR or pass "
+            "--log-dir to point at the directory holding the YYYY-MM.jsonl shards"
+        )
+    return path
+
+
+def list_shards(
+    log_dir: Path | str, *, since: datetime | None = None, until: datetime | None = None
+) -> list[Shard]:
+    """Month shards under ``log_dir``, newest first, keeping only months that can hold rows
+    with ``since <= finished_at < until``. Other files are ignored."""
+    shards = []
+    for path in require_log_dir(log_dir).iterdir():
+        month = shard_month(path.name)
+        if month is None or not path.is_file():
+            continue
+        year, mon = month
+        start = datetime(year, mon, 1, tzinfo=UTC)
+        end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+        if since is not None and end <= since:
+            continue
+        if until is not None and start >= until:
+            continue
+        shards.append(Shard(path=path, start=start, end=end, size=path.stat().st_size))
+    shards.sort(key=lambda shard: shard.start, reverse=True)
+    return shards
+
+
+def iter_shard(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
+    """Yield the schema-version-1 JSON objects of one shard in file order, counting the rest."""
+    report.shards_read += 1
+    loads = json.loads
+    with shard.path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            report.lines += 1
+            try:
+                obj = loads(raw)
+            except ValueError:
+                if not raw.strip():
+                    report.blank += 1
+                elif raw.endswith(b"\n"):
+                    report.note("corrupt", f"{shard.path}:{number}")
+                else:
+                    report.note("truncated", f"{shard.path}:{number}")
+                continue
+            if type(obj) is not dict:
+                report.note("corrupt", f"{shard.path}:{number}")
+                continue
+            if obj.get("schema_version") != SCHEMA_VERSION:
+                report.note("unknown_version", f"{shard.path}:{number}")
+                continue
+            yield obj
+
+
+def iter_rows(
+    log_dir: Path | str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    report: ReadReport | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield every usable row of the shards that may hold ``since <= finished_at < until``,
+    newest shard first (rows inside a shard come in file order, not re-filtered by time).
+
+    >>> for row in iter_rows("runs_log"):  # doctest: +SKIP
+    ...     print(row["run_id"])
+    """
+    report = report if report is not None else ReadReport()
+    for shard in list_shards(log_dir, since=since, until=until):
+        yield from iter_shard(shard, report)

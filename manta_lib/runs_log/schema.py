@@ -1,0 +1,87 @@
+"""The row schema of the runs log (seed 002): stable keys, timestamps and shard names.
+
+Shared by the writer and both query engines so that they agree on what a row is.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+SCHEMA_VERSION = 1
+"""The only row version this code writes and aggregates; other versions are counted and skipped."""
+
+TERMINAL_STATUSES = ("succeeded", "failed")
+"""Statuses the runtime logs. Paused runs are never logged: they land on their next terminal
+transition after ``action=resume``."""
+
+STABLE_KEYS: tuple[str, ...] = (
+    "schema_version",
+    "run_id",
+    "tenant_id",
+    "profile_id",
+    "workflow_id",
+    "plan_signature",
+    "model",
+    "status",
+    "created_at",
+    "finished_at",
+    "total_time_s",
+    "wall_time_breakdown",
+    "cost_breakdown",
+    "steps_executed",
+    "viable",
+    "error",
+)
+"""Keys every row carries, in this order; extra keys follow them and are kept as given."""
+
+TOTAL_BUCKET = "total_time_s"
+"""The headline aggregate, always reported, taken from the row's top-level ``total_time_s``."""
+
+SHARD_SUFFIX = ".jsonl"
+_SHARD_RE = re.compile(r"^(\d{4})-(\d{2})\.jsonl$")
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Parse an ISO-8601 timestamp into an aware UTC datetime, or ``None`` if it is not one.
+
+    A timestamp without an offset is taken as UTC (the writer always writes ``Z``).
+
+    >>> parse_timestamp("2026-05-13T18:09:34Z")
+    datetime.datetime(2026, 5, 13, 18, 9, 34, tzinfo=datetime.timezone.utc)
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """Format ``value`` as ISO-8601 UTC with a ``Z`` suffix (naive values are taken as UTC).
+
+    Whole seconds are written without a fraction, as in the seed; anything finer keeps
+    microseconds.
+    """
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    spec = "seconds" if value.microsecond == 0 else "microseconds"
+    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def shard_name(finished_at: datetime) -> str:
+    """File name of the month shard holding a row that finished at ``finished_at`` (UTC)."""
+    utc = finished_at.astimezone(UTC) if finished_at.tzinfo else finished_at
+    return f"{utc.year:04d}-{utc.month:02d}{SHARD_SUFFIX}"
+
+
+def shard_month(file_name: str) -> tuple[int, int] | None:
+    """``(year, month)`` of a shard file name such as ``2026-05.jsonl``, ``None`` otherwise."""
+    match = _SHARD_RE.match(file_name)
+    if match is None:
+        return None
+    year, month = int(match.group(1)), int(match.group(2))
+    return (year, month) if 1 <= month <= 12 else None
