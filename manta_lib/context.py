@@ -191,6 +191,7 @@ _ATTRIBUTES = _COL["attributes"]
 _KINDS = {kind.value: kind for kind in SpanKind}
 _NO_ROWS: tuple[_Row, ...] = ()
 
+_decode_json = json.JSONDecoder().decode  # json.loads minus its per-call argument checks
 _M = TypeVar("_M", bound=BaseModel)
 _set = object.__setattr__
 
@@ -215,7 +216,7 @@ def _attributes(value: Any) -> dict[str, Any]:
     if not value or value == "{}":
         return {}
     try:
-        parsed = json.loads(value)
+        parsed = _decode_json(value)
     except (TypeError, ValueError):
         return {UNPARSED_KEY: value}
     return parsed if isinstance(parsed, dict) else {UNPARSED_KEY: value}
@@ -275,8 +276,8 @@ def _arguments(text: str) -> dict[str, Any] | str:
     if not text:
         return {}
     try:
-        parsed = json.loads(text)
-    except ValueError:
+        parsed = _decode_json(text)
+    except (TypeError, ValueError):
         return text
     return parsed if isinstance(parsed, dict) else text
 
