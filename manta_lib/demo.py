@@ -210,7 +210,7 @@ def seed_demo(
         f"seeded {len(summary.runs)} runs, {summary.traces:,} traces and {summary.spans:,} spans "
         f"in {summary.seconds:.1f} s"
     )
-    log.info("demo: %s", summary.message)
+    log.debug("demo: %s", summary.message)
     return summary
 
 

@@ -185,7 +185,7 @@ def import_jsonl(
     loader.run(progress)
     loader.report.strict = strict
     loader.report.seconds = time.perf_counter() - started
-    log.info("import: %s", loader.report.summary())
+    log.debug("import: %s", loader.report.summary())
     return loader.report
 
 
