@@ -3,7 +3,10 @@
 Public API; ``from manta import ...`` re-exports exactly this.
 """
 
+from manta_lib.context import Conversation, TraceContext
+from manta_lib.entities import EntityRef, MetadataOutput
 from manta_lib.errors import (
+    ComputationAborted,
     ConfigError,
     KestrelError,
     MantaError,
@@ -14,15 +17,23 @@ from manta_lib.errors import (
     ValidationError,
 )
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
+from manta_lib.pipeline import MapReduceComputation
+from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
 
 __all__ = [
+    "ComputationAborted",
     "ConfigError",
+    "Conversation",
     "EntityLevel",
+    "EntityRef",
     "KestrelError",
     "MantaError",
+    "MantaService",
     "MantaSettings",
+    "MapReduceComputation",
+    "MetadataOutput",
     "PersistenceError",
     "Phase",
     "PipelineDefinitionError",
@@ -31,6 +42,7 @@ __all__ = [
     "SpanRecord",
     "Store",
     "StoreUnavailableError",
+    "TraceContext",
     "TraceRecord",
     "ValidationError",
     "load_settings",

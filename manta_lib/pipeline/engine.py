@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 from manta_lib.context import TraceContext
-
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import ComputationAborted, PipelineDefinitionError
 from manta_lib.models import EntityLevel
@@ -134,12 +133,13 @@ class Engine:
                 self.judge_version,
             )
         computed = self._map_batches(run_id, todo, done, remaining, len(refs))
-        if not done:
-            return computed
-        with self.clock("load"):
-            previous = self.load_outputs(EntityLevel.TRACE, run_id, sorted(done))
-        by_id = {o.entity_id: o for o in previous}
+        by_id: dict[str, MetadataOutput] = {}
+        if done:
+            with self.clock("load"):
+                previous = self.load_outputs(EntityLevel.TRACE, run_id, sorted(done))
+            by_id.update((o.entity_id, o) for o in previous)
         by_id.update((o.entity_id, o) for o in computed)
+        # Scope order (step, datapoint, trace), whatever order the pool finished in.
         return [by_id[ref.trace_id] for ref in refs if ref.trace_id in by_id]
 
     def _map_batches(
@@ -188,8 +188,16 @@ class Engine:
             remaining, f"{self.pipeline.judge} · {run_id}", self.options.progress
         )
         outputs: list[MetadataOutput] = []
-        failures = 0
+        failed: list[MetadataOutput] = []
         map_bucket = "llm" if spec.uses_llm else "map"
+
+        def on_results(chunk: list[MetadataOutput]) -> None:
+            errors = [o for o in chunk if o.error is not None]
+            failed.extend(errors)
+            progress.advance(len(chunk), len(errors))
+            if budget is not None and len(failed) > budget:
+                stop.set()  # the pool finishes the traces in hand and starts no new ones
+
         thread.start()
         try:
             while True:
@@ -201,23 +209,17 @@ class Engine:
                     raise item
                 batch, contexts = item
                 with self.clock(map_bucket):
-
-                    def on_results(chunk: list[MetadataOutput]) -> None:
-                        progress.advance(len(chunk), sum(1 for o in chunk if o.error is not None))
-
                     batch_outputs = worker.map(contexts, on_results)
                 outputs.extend(batch_outputs)
-                failures += sum(1 for o in batch_outputs if o.error is not None)
                 with self.clock("persist"):
                     worker.commit(batch, batch_outputs)
-                if budget is not None and failures > budget:
-                    stop.set()
+                if budget is not None and len(failed) > budget:
                     raise ComputationAborted(
-                        f"{failures} traces failed, more than max_failures="
+                        f"{len(failed)} traces failed, more than max_failures="
                         f"{self.options.max_failures!r} allows; stopped after "
                         f"{len(outputs)} of {remaining} traces, finished work was kept"
                         + (" (persisted)" if self.persist else "")
-                        + f". First error: {_first_error(batch_outputs)}"
+                        + f". First error: {_first_error(failed)}"
                     )
         finally:
             stop.set()
@@ -298,11 +300,10 @@ class Engine:
         return result
 
 
-def _first_error(outputs: Sequence[MetadataOutput]) -> str:
-    for output in outputs:
-        if output.error is not None:
-            return f"{output.entity_id}: {output.error}"
-    return "none"
+def _first_error(failed: Sequence[MetadataOutput]) -> str:
+    """The failure with the smallest entity id (deterministic whatever finished first)."""
+    first = min(failed, key=lambda o: o.entity_id)
+    return f"{first.entity_id}: {first.error}"
 
 
 def register_judge(pipeline: MapReduceComputation, store: Store, settings: MantaSettings) -> str:

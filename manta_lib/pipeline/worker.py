@@ -14,7 +14,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from manta_lib.context import TraceContext
-
 from manta_lib.entities import MetadataOutput
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.computation import MapReduceComputation

@@ -1,0 +1,119 @@
+"""Hierarchy semantics: who is whose child, group keys, failed-children counts, limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext
+from manta_lib.store import Store
+from tests.lib import pipeline_defs
+from tests.lib.builders import hierarchy_run, load_traces
+
+
+@pytest.fixture
+def hierarchy(store: Store, tmp_path: Path) -> Store:
+    load_traces(store, hierarchy_run(), tmp_path)
+    return store
+
+
+def _by_id(result: dict, level: EntityLevel) -> dict:
+    return {o.entity_id: o for o in result[level]}
+
+
+def test_a_datapoint_at_several_steps_belongs_to_each_step(hierarchy: Store) -> None:
+    result = pipeline_defs.full.run("run_h", mode="local", persist_results=False)
+    traces = _by_id(result, EntityLevel.TRACE)
+    assert len(traces) == 8 and all(o.error is None for o in traces.values())
+
+    datapoints = _by_id(result, EntityLevel.DATAPOINT)
+    assert set(datapoints) == {"dp_a", "dp_b", "dp_c"}
+    assert datapoints["dp_a"].output.rollouts == 4  # 2 rollouts at step 0 + 2 at step 1
+    assert datapoints["dp_a"].output.steps == [0, 1]
+    assert datapoints["dp_b"].output.steps == [0]
+    assert datapoints["dp_a"].output.errors == 2  # tool_errors = k for k in (0, 1), twice
+
+    steps = _by_id(result, EntityLevel.STEP)
+    assert set(steps) == {"0", "1"}
+    # step 0 holds dp_a and dp_b; step 1 holds dp_a and dp_c: dp_a is in both.
+    assert sorted(steps["0"].output.members) == ["2", "4"]
+    assert sorted(steps["1"].output.members) == ["2", "4"]
+
+    run = _by_id(result, EntityLevel.RUN)["run_h"]
+    assert run.output.children == 2  # two steps
+    assert run.judge == "test_full"
+    assert run.judge_version == pipeline_defs.full.judge_version
+
+
+def test_reduce_sees_only_successful_children_and_the_failed_count(
+    hierarchy: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t_dp_a_0_")
+    result = pipeline_defs.full.run("run_h", mode="local", persist_results=False)
+    failed = [o for o in result[EntityLevel.TRACE] if o.error is not None]
+    assert sorted(o.entity_id for o in failed) == ["t_dp_a_0_0", "t_dp_a_0_1"]
+    assert failed[0].error == "RuntimeError: cannot analyse t_dp_a_0_0"
+    assert failed[0].output is None
+    dp_a = _by_id(result, EntityLevel.DATAPOINT)["dp_a"]
+    assert (dp_a.output.rollouts, dp_a.output.failed) == (2, 2)
+
+
+def test_levels_can_be_skipped(hierarchy: Store) -> None:
+    seen: list[EntityRef] = []
+
+    class Count(BaseModel):
+        n: int
+
+    def per_step(entity: EntityRef, children: list[Count]) -> Count:
+        seen.append(entity)
+        return Count(n=len(children))
+
+    pipeline = (
+        MapReduceComputation("Skip levels", project_id="p")
+        .add_level(EntityLevel.TRACE, lambda trace: Count(n=1), Count)
+        .add_level(EntityLevel.STEP, per_step, Count)
+        .add_level(EntityLevel.RUN, lambda entity, children: Count(n=len(children)), Count)
+    )
+    result = pipeline.run("run_h", mode="local", persist_results=False)
+    assert {o.entity_id: o.output.n for o in result[EntityLevel.STEP]} == {"0": 4, "1": 4}
+    assert result[EntityLevel.RUN][0].output.n == 2
+    assert sorted(e.keys["step_number"] for e in seen) == [0, 1]
+    assert all(e.level is EntityLevel.STEP and e.run_id == "run_h" for e in seen)
+
+
+def test_map_may_return_a_dict_and_invalid_outputs_are_errors(hierarchy: Store) -> None:
+    class Out(BaseModel):
+        score: float
+
+    def mapper(trace: TraceContext) -> dict:
+        return {"score": trace.score} if trace.score else {"score": "not a number"}
+
+    pipeline = MapReduceComputation("Dict out", project_id="p").add_level(
+        EntityLevel.TRACE, mapper, Out
+    )
+    result = pipeline.run("run_h", mode="local", persist_results=False)
+    ok = [o for o in result[EntityLevel.TRACE] if o.error is None]
+    bad = [o for o in result[EntityLevel.TRACE] if o.error is not None]
+    assert len(ok) == 4 and all(o.output.score == 1.0 for o in ok)
+    assert len(bad) == 4
+    assert bad[0].error.startswith("InvalidOutput: Out does not match the schema (score: ")
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        ({"limit_traces": 3}, ["t_dp_a_0_0", "t_dp_a_0_1", "t_dp_b_0_0"]),
+        ({"limit_datapoints": 1}, ["t_dp_a_0_0", "t_dp_a_0_1", "t_dp_a_1_0", "t_dp_a_1_1"]),
+        ({"limit_steps": 1}, ["t_dp_a_0_0", "t_dp_a_0_1", "t_dp_b_0_0", "t_dp_b_0_1"]),
+    ],
+)
+def test_limits_pick_the_first_n_in_a_stable_order_and_never_write(
+    hierarchy: Store, limit: dict, expected: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    result = pipeline_defs.full.run("run_h", mode="local", **limit)
+    assert sorted(o.entity_id for o in result[EntityLevel.TRACE]) == expected
+    name, value = next(iter(limit.items()))
+    assert f"subset mode ({name}={value}): results are not persisted" in caplog.text
+    assert hierarchy.rows("SELECT count() FROM {db}.entity_metadata")[0][0] == 0
