@@ -56,7 +56,9 @@ def test_same_seed_gives_identical_rows_in_the_store(store: Store, settings: Man
 
 def test_trace_count_is_exact_and_scales_steps_and_datapoints() -> None:
     def shape(n: int) -> tuple[int, int, int]:
-        steps, datapoints, total = set(), set(), 0
+        steps: set[tuple[str, int]] = set()
+        datapoints: set[tuple[str, str]] = set()
+        total = 0
         for batch in generate_demo(traces=n, seed=1):
             total += batch.trace_count
             steps.update(zip(batch.traces["run_id"], batch.traces["step_number"], strict=True))
