@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/manta demo seed --if-empty
 	$(BIN)/manta runs-overview
-	$(BIN)/python examples/tool_errors.py
+	$(BIN)/python -m examples.tool_errors
 
 ## Lint, type-check and run the whole test suite (this is what CI runs).
 test: $(STAMP)

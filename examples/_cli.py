@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -10,11 +11,11 @@ from rich.table import Table
 
 from manta import MantaService, MapReduceComputation
 
-MAX_ROWS = 8
+MAX_ROWS = 5
 
 
 def run_example(pipeline: MapReduceComputation, argv: Sequence[str]) -> None:
-    """``python examples/X.py [RUN_ID]``: run locally (persisted) and print the results."""
+    """``python -m examples.X [RUN_ID]``: run locally (persisted) and print the results."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     console = Console()
     if argv:
@@ -24,7 +25,7 @@ def run_example(pipeline: MapReduceComputation, argv: Sequence[str]) -> None:
             runs = service.list_runs()
         if not runs:
             raise SystemExit("no runs in the store: run `manta demo seed` first")
-        run_id = sorted(r.run_id for r in runs)[0]
+        run_id = max(runs, key=lambda r: (r.trace_count, r.run_id)).run_id
     console.print(f"[bold]{pipeline.name}[/] on [cyan]{run_id}[/] (mode=local)")
     result = pipeline.run(run_id=run_id, mode="local")
     for level, outputs in result.items():
@@ -48,4 +49,7 @@ def run_example(pipeline: MapReduceComputation, argv: Sequence[str]) -> None:
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
+    if isinstance(value, dict | list):
+        text = json.dumps(value, separators=(",", ":"))
+        return text if len(text) <= 32 else text[:31] + "…"
     return str(value)

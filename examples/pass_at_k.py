@@ -1,6 +1,6 @@
 """pass@k and reward mean/variance per datapoint group (GRPO-style K rollouts per problem).
 
-``python examples/pass_at_k.py [RUN_ID]``
+``python -m examples.pass_at_k [RUN_ID]``
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run-level summary: cost, tokens, turns, failures and latency percentiles.
 
-``python examples/run_summary.py [RUN_ID]``
+``python -m examples.run_summary [RUN_ID]``
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tool-use errors per trace, per datapoint and per step.
 
-Run it on the demo data (``make demo`` does): ``python examples/tool_errors.py [RUN_ID]``.
+Run it on the demo data (``make demo`` does): ``python -m examples.tool_errors [RUN_ID]``.
 """
 
 from __future__ import annotations
