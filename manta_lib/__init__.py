@@ -4,6 +4,7 @@ Public API; ``from manta import ...`` re-exports exactly this.
 """
 
 from manta_lib.context import Conversation, TraceContext
+from manta_lib.demo import seed_demo
 from manta_lib.entities import EntityRef, MetadataOutput
 from manta_lib.errors import (
     ComputationAborted,
@@ -16,6 +17,7 @@ from manta_lib.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from manta_lib.ingest import import_jsonl
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.service import MantaService
@@ -45,6 +47,8 @@ __all__ = [
     "TraceContext",
     "TraceRecord",
     "ValidationError",
+    "import_jsonl",
     "load_settings",
     "open_store",
+    "seed_demo",
 ]

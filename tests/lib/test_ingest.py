@@ -320,3 +320,16 @@ def test_cli_import_exit_codes(cli: CliRunner, store: Store, tmp_path: Path) -> 
 
     assert cli.invoke(app, ["import", str(tmp_path / "missing.jsonl")]).exit_code == 2
     assert cli.invoke(app, ["import"]).exit_code == 2
+
+
+def test_the_documented_example_line_imports_cleanly(store: Store, tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "import_format.md").read_text()
+    example = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.jsonl"
+    path.write_text(example)
+
+    report = import_jsonl([path], store=store)
+
+    assert report.ok and (report.traces_loaded, report.spans_loaded) == (1, 5)
+    attributes = store.rows("SELECT attributes FROM {db}.spans WHERE role = 'assistant'")
+    assert json.loads(attributes[0][0]) == {"tool_call_ids": ["c1"]}
