@@ -8,9 +8,26 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+_M = TypeVar("_M", bound=BaseModel)
+_set = object.__setattr__
+
+
+def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
+    """``cls.model_construct(**values)`` for ``values`` holding every field, 3-4x faster.
+
+    Only for values already of the field types (rows read back from our own tables); the
+    tests check that built objects equal their validated copies.
+    """
+    obj = cls.__new__(cls)
+    _set(obj, "__dict__", values)
+    _set(obj, "__pydantic_fields_set__", set(values))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
 
 
 class EntityLevel(StrEnum):

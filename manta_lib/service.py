@@ -25,7 +25,14 @@ from pydantic import BaseModel
 
 from manta_lib.context import TraceContext
 from manta_lib.errors import QueryError
-from manta_lib.models import SPAN_COLUMNS, Phase, SpanRecord, TraceRecord
+from manta_lib.models import (
+    SPAN_COLUMNS,
+    TRACE_COLUMNS,
+    Phase,
+    SpanRecord,
+    TraceRecord,
+    fast_construct,
+)
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from manta_lib.store.trace_queries import (
@@ -79,46 +86,17 @@ class DatapointSummary(BaseModel):
     error_count: int
 
 
+_PHASES = {phase.value: phase for phase in Phase}
+_decode_json = json.JSONDecoder().decode
+
+
 def trace_from_row(row: Sequence[Any]) -> TraceRecord:
     """Build a TraceRecord from a row in ``TRACE_COLUMNS`` order without re-validation."""
-    (
-        project_id,
-        trace_id,
-        run_id,
-        step_number,
-        phase,
-        datapoint_id,
-        score,
-        status,
-        cost_usd,
-        duration_ms,
-        turn_count,
-        tokens_input,
-        tokens_output,
-        model_name,
-        env_name,
-        meta,
-        created_at,
-    ) = row
-    return TraceRecord.model_construct(
-        project_id=project_id,
-        trace_id=trace_id,
-        run_id=run_id,
-        step_number=step_number,
-        phase=Phase(phase),
-        datapoint_id=datapoint_id,
-        score=score,
-        status=status,
-        cost_usd=cost_usd,
-        duration_ms=duration_ms,
-        turn_count=turn_count,
-        tokens_input=tokens_input,
-        tokens_output=tokens_output,
-        model_name=model_name,
-        env_name=env_name,
-        meta=json.loads(meta) if meta else {},
-        created_at=created_at,
-    )
+    values = dict(zip(TRACE_COLUMNS, row, strict=True))
+    values["phase"] = _PHASES.get(values["phase"], values["phase"])
+    meta = values["meta"]
+    values["meta"] = _decode_json(meta) if meta else {}
+    return fast_construct(TraceRecord, values)
 
 
 def span_from_row(row: Sequence[Any]) -> SpanRecord:

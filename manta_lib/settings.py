@@ -47,6 +47,7 @@ class MantaSettings(BaseSettings):
     )
     runs_log_dir_override: Path | None = Field(default=None, validation_alias="MANTA_RUNS_LOG_DIR")
     connect_timeout_s: float = Field(default=10.0, validation_alias="MANTA_CONNECT_TIMEOUT_S")
+    flush_seconds: float = Field(default=2.0, gt=0, validation_alias="MANTA_FLUSH_SECONDS")
 
     @field_validator("clickhouse_url", "kestrel_api_url", mode="before")
     @classmethod

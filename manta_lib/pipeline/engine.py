@@ -90,7 +90,12 @@ class Engine:
         self.judge_version = pipeline.judge_version
         self.clock = clock or BucketClock()
         self.writer = (
-            MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
+            MetadataWriter(
+                store,
+                project_id=pipeline.project_id,
+                judge=pipeline.judge,
+                flush_seconds=store.settings.flush_seconds,
+            )
             if persist
             else None
         )
@@ -153,6 +158,7 @@ class Engine:
         spec = self.pipeline.level(EntityLevel.TRACE)
         budget = failure_budget(self.options.max_failures, scope_size)
         stop = threading.Event()
+        reader_store = self.store.sibling()
         worker = BatchWorker(
             self.pipeline,
             self.store,
@@ -161,6 +167,7 @@ class Engine:
             max_workers=self.options.max_workers,
             timeout_s=self.options.timeout_s,
             stop=stop,
+            reader_store=reader_store,
         )
         loaded: queue.Queue[tuple[TraceBatch, list[TraceContext]] | BaseException | None] = (
             queue.Queue(maxsize=PREFETCH)
@@ -212,7 +219,7 @@ class Engine:
                     batch_outputs = worker.map(contexts, on_results)
                 outputs.extend(batch_outputs)
                 with self.clock("persist"):
-                    worker.commit(batch, batch_outputs)
+                    worker.commit(batch, batch_outputs, durable=False)
                 if budget is not None and len(failed) > budget:
                     raise ComputationAborted(
                         f"{len(failed)} traces failed, more than max_failures="
@@ -229,6 +236,7 @@ class Engine:
                 with self.clock("persist"):
                     self.writer.flush()
             thread.join(timeout=5)
+            reader_store.close()
         return outputs
 
     # ---- reduce --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from manta_lib.entities import EntityRef, MetadataOutput
-from manta_lib.models import EntityLevel
+from manta_lib.models import EntityLevel, fast_construct
 from manta_lib.pipeline.computation import LevelSpec
 from manta_lib.pipeline.executor import IsolatedExecutor
 from manta_lib.pipeline.planner import TraceRef
@@ -94,15 +94,18 @@ def reduce_level(
     for group in executor.map(call, entities, spec.schema):
         computed_at = utc_now()
         outputs.extend(
-            MetadataOutput.model_construct(
-                entity_level=spec.level,
-                entity_id=result.item[0].entity_id,
-                run_id=run_id,
-                judge=judge,
-                judge_version=judge_version,
-                output=result.output,
-                error=result.error,
-                computed_at=computed_at,
+            fast_construct(
+                MetadataOutput,
+                {
+                    "entity_level": spec.level,
+                    "entity_id": result.item[0].entity_id,
+                    "run_id": run_id,
+                    "judge": judge,
+                    "judge_version": judge_version,
+                    "output": result.output,
+                    "error": result.error,
+                    "computed_at": computed_at,
+                },
             )
             for result in group
         )

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 from manta_lib.context import TraceContext
 from manta_lib.entities import MetadataOutput
-from manta_lib.models import EntityLevel
+from manta_lib.models import EntityLevel, fast_construct
 from manta_lib.pipeline.computation import MapReduceComputation
 from manta_lib.pipeline.executor import IsolatedExecutor
 from manta_lib.pipeline.planner import TraceBatch
 from manta_lib.service import MantaService
 from manta_lib.store.client import Store
-from manta_lib.store.metadata import MetadataWriter, record_batch, utc_now
+from manta_lib.store.metadata import MetadataWriter, progress_row, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,12 @@ class BatchWorker:
         max_workers: int,
         timeout_s: float | None = None,
         stop: threading.Event | None = None,
+        reader_store: Store | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.spec = pipeline.level(EntityLevel.TRACE)
         self.store = store
-        self.service = MantaService(store)
+        self.service = MantaService(reader_store or store)
         self.judge_version = judge_version
         self.writer = writer
         self.stop = stop or threading.Event()
@@ -85,15 +86,18 @@ class BatchWorker:
         for group in self.executor.map(self.spec.fn, contexts, self.spec.schema, stop=self.stop):
             computed_at = utc_now()
             chunk = [
-                MetadataOutput.model_construct(
-                    entity_level=EntityLevel.TRACE,
-                    entity_id=result.item.trace_id,
-                    run_id=result.item.run_id,
-                    judge=self.pipeline.judge,
-                    judge_version=self.judge_version,
-                    output=result.output,
-                    error=result.error,
-                    computed_at=computed_at,
+                fast_construct(
+                    MetadataOutput,
+                    {
+                        "entity_level": EntityLevel.TRACE,
+                        "entity_id": result.item.trace_id,
+                        "run_id": result.item.run_id,
+                        "judge": self.pipeline.judge,
+                        "judge_version": self.judge_version,
+                        "output": result.output,
+                        "error": result.error,
+                        "computed_at": computed_at,
+                    },
                 )
                 for result in group
             ]
@@ -104,23 +108,36 @@ class BatchWorker:
                 on_results(chunk)
         return outputs
 
-    def commit(self, batch: TraceBatch, outputs: list[MetadataOutput], attempt: int = 1) -> None:
-        """Flush the batch's outputs, then mark the batch committed (the checkpoint)."""
+    def commit(
+        self,
+        batch: TraceBatch,
+        outputs: list[MetadataOutput],
+        attempt: int = 1,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Mark the batch committed once its outputs are written (the checkpoint).
+
+        ``durable=True`` writes now (a remote worker returns only after its batch is safe);
+        ``durable=False`` lets the checkpoint ride along with the writer's next timed flush.
+        """
         if self.writer is None:
             return
-        self.writer.flush()
-        record_batch(
-            self.store,
-            project_id=self.pipeline.project_id,
-            run_id=batch.run_id,
-            judge=self.pipeline.judge,
-            judge_version=self.judge_version,
-            batch_id=batch.batch_id,
-            status="committed",
-            trace_count=len(batch.trace_ids),
-            error_count=sum(1 for o in outputs if o.error is not None),
-            attempt=attempt,
+        self.writer.checkpoint(
+            progress_row(
+                project_id=self.pipeline.project_id,
+                run_id=batch.run_id,
+                judge=self.pipeline.judge,
+                judge_version=self.judge_version,
+                batch_id=batch.batch_id,
+                status="committed",
+                trace_count=len(batch.trace_ids),
+                error_count=sum(1 for o in outputs if o.error is not None),
+                attempt=attempt,
+            )
         )
+        if durable:
+            self.writer.flush()
 
     def process(
         self, batch: TraceBatch, skip: Collection[str] = (), attempt: int = 1

@@ -139,6 +139,14 @@ class Store:
                 raise
         return store
 
+    def sibling(self) -> Store:
+        """Another connection to the same store (schema already ensured), for a second thread.
+
+        Two connections let a prefetching reader and a writer run queries without waiting for
+        each other's lock.
+        """
+        return Store(connect(self.settings), self.settings)
+
     def __enter__(self) -> Store:
         return self
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PersistenceError
-from manta_lib.models import EntityLevel
+from manta_lib.models import EntityLevel, fast_construct
 from manta_lib.store.client import Store
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ def utc_now() -> datetime:
 
 def _typed(value: Any) -> tuple[str, float | None, str | None, bool | None, str | None]:
     """(value_type, number, string, bool, json) for one JSON-mode value."""
+    kind = type(value)
+    if kind is str:
+        return "string", None, value, None, None
+    if kind is int or kind is float:
+        return "number", float(value), None, None, None
     if value is None:
         return "null", None, None, None, None
     if isinstance(value, bool):
@@ -104,6 +109,7 @@ class MetadataWriter:
         self.seconds_spent = 0.0
         self._buffer: dict[str, list[Any]] = {name: [] for name in METADATA_COLUMNS}
         self._buffered_entities = 0
+        self._checkpoints: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 
@@ -111,30 +117,33 @@ class MetadataWriter:
         """Encode outcomes into the buffer and flush if due."""
         with self._lock:
             buf = self._buffer
+            run_ids, levels, ids = buf["run_id"], buf["entity_level"], buf["entity_id"]
+            versions, times = buf["judge_version"], buf["computed_at"]
+            columns, types = buf["column"], buf["value_type"]
+            numbers, strings = buf["value_number"], buf["value_string"]
+            flags, raws = buf["value_bool"], buf["value_json"]
             for outcome in outcomes:
                 values: dict[str, Any] = (
                     outcome.output.model_dump(mode="json") if outcome.output is not None else {}
                 )
                 values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
                 values[ERROR_COLUMN] = outcome.error or ""
-                level = outcome.entity_level.value
+                count = len(values)
+                run_ids.extend([outcome.run_id] * count)
+                levels.extend([outcome.entity_level.value] * count)
+                ids.extend([outcome.entity_id] * count)
+                versions.extend([outcome.judge_version] * count)
+                times.extend([outcome.computed_at] * count)
                 for column, value in values.items():
                     value_type, number, string, flag, raw = _typed(value)
-                    buf["project_id"].append(self.project_id)
-                    buf["run_id"].append(outcome.run_id)
-                    buf["judge"].append(self.judge)
-                    buf["entity_level"].append(level)
-                    buf["entity_id"].append(outcome.entity_id)
-                    buf["column"].append(column)
-                    buf["value_type"].append(value_type)
-                    buf["value_number"].append(number)
-                    buf["value_string"].append(string)
-                    buf["value_bool"].append(flag)
-                    buf["value_json"].append(raw)
-                    buf["judge_version"].append(outcome.judge_version)
-                    buf["computed_at"].append(outcome.computed_at)
+                    columns.append(column)
+                    types.append(value_type)
+                    numbers.append(number)
+                    strings.append(string)
+                    flags.append(flag)
+                    raws.append(raw)
                 self._buffered_entities += 1
-            due = len(buf["entity_id"]) >= self.flush_rows or (
+            due = len(ids) >= self.flush_rows or (
                 time.monotonic() - self._last_flush >= self.flush_seconds
             )
             if due:
@@ -145,23 +154,41 @@ class MetadataWriter:
         with self._lock:
             self._flush_locked()
 
+    def checkpoint(self, progress_row: dict[str, Any]) -> None:
+        """Record a batch in ``progress`` once everything added before it is written.
+
+        Checkpoints ride along with the next flush (one insert each for values and
+        checkpoints), so committing a batch never costs an insert of its own.
+        """
+        with self._lock:
+            self._checkpoints.append(progress_row)
+            if time.monotonic() - self._last_flush >= self.flush_seconds:
+                self._flush_locked()
+
     def _flush_locked(self) -> None:
         self._last_flush = time.monotonic()
         count = len(self._buffer["entity_id"])
-        if not count:
-            return
         started = time.perf_counter()
-        try:
-            self.store.insert_columns("entity_metadata", self._buffer)
-        except Exception as exc:  # noqa: BLE001 - re-raised with context
-            raise PersistenceError(
-                f"writing {count} rows to {self.store.database}.entity_metadata failed: {exc}"
-            ) from exc
+        if count:
+            self._buffer["project_id"] = [self.project_id] * count
+            self._buffer["judge"] = [self.judge] * count
+            try:
+                self.store.insert_columns("entity_metadata", self._buffer)
+            except Exception as exc:  # noqa: BLE001 - re-raised with context
+                raise PersistenceError(
+                    f"writing {count} rows to {self.store.database}.entity_metadata failed: {exc}"
+                ) from exc
+            self.rows_written += count
+            self.entities_written += self._buffered_entities
+            self._buffered_entities = 0
+            self._buffer = {name: [] for name in METADATA_COLUMNS}
+        if self._checkpoints:
+            rows = self._checkpoints
+            self.store.insert_columns(
+                "progress", {name: [row[name] for row in rows] for name in PROGRESS_COLUMNS}
+            )
+            self._checkpoints = []
         self.seconds_spent += time.perf_counter() - started
-        self.rows_written += count
-        self.entities_written += self._buffered_entities
-        self._buffered_entities = 0
-        self._buffer = {name: [] for name in METADATA_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -290,15 +317,18 @@ def outputs_from_stored(
     for entity in stored:
         output = schema.model_validate(entity.values) if entity.ok else None
         outputs.append(
-            MetadataOutput.model_construct(
-                entity_level=level,
-                entity_id=entity.entity_id,
-                run_id=run_id,
-                judge=judge,
-                judge_version=entity.judge_version,
-                output=output,
-                error=entity.error,
-                computed_at=entity.computed_at,
+            fast_construct(
+                MetadataOutput,
+                {
+                    "entity_level": level,
+                    "entity_id": entity.entity_id,
+                    "run_id": run_id,
+                    "judge": judge,
+                    "judge_version": entity.judge_version,
+                    "output": output,
+                    "error": entity.error,
+                    "computed_at": entity.computed_at,
+                },
             )
         )
     return outputs
@@ -319,8 +349,7 @@ PROGRESS_COLUMNS = (
 )
 
 
-def record_batch(
-    store: Store,
+def progress_row(
     *,
     project_id: str,
     run_id: str,
@@ -332,24 +361,27 @@ def record_batch(
     error_count: int = 0,
     attempt: int = 1,
     message: str = "",
-) -> None:
-    """Record a batch's state (``committed`` once its outputs are written, or ``failed``)."""
-    row = (
-        project_id,
-        run_id,
-        judge,
-        judge_version,
-        batch_id,
-        status,
-        trace_count,
-        error_count,
-        attempt,
-        message,
-        utc_now(),
-    )
-    store.insert_columns(
-        "progress", {name: [value] for name, value in zip(PROGRESS_COLUMNS, row, strict=True)}
-    )
+) -> dict[str, Any]:
+    """One ``progress`` row: a batch ``committed`` once its outputs are written, or ``failed``."""
+    return {
+        "project_id": project_id,
+        "run_id": run_id,
+        "judge": judge,
+        "judge_version": judge_version,
+        "batch_id": batch_id,
+        "status": status,
+        "trace_count": trace_count,
+        "error_count": error_count,
+        "attempt": attempt,
+        "message": message,
+        "updated_at": utc_now(),
+    }
+
+
+def record_batch(store: Store, **fields: Any) -> None:
+    """Insert one ``progress`` row now (see :func:`progress_row` for the fields)."""
+    row = progress_row(**fields)
+    store.insert_columns("progress", {name: [row[name]] for name in PROGRESS_COLUMNS})
 
 
 def committed_batches(

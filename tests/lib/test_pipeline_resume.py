@@ -51,6 +51,7 @@ def test_resume_after_sigkill_recomputes_nothing_persisted(
         **os.environ,
         "MANTA_TEST_CALLS_FILE": str(calls),
         "MANTA_TEST_MAP_DELAY_S": "0.05",
+        "MANTA_FLUSH_SECONDS": "0.2",
         "PYTHONPATH": str(REPO),
     }
     child = subprocess.Popen(

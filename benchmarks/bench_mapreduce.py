@@ -1,0 +1,121 @@
+"""MapReduceComputation throughput and memory against the raw span-streaming ceiling.
+
+    .venv/bin/python benchmarks/bench_mapreduce.py [--scales 50000 200000]
+
+For each scale a child process seeds (or reuses) one demo run of N traces (~20 spans each),
+measures the raw clickhouse-connect span streaming ceiling, then runs a trivial map with
+datapoint/step/run reduces, persistence on, from scratch (entity_metadata truncated), and
+reports traces/s, the ratio to the ceiling (target >= 25%) and its peak RSS (target < 1.5 GB
+at 200k traces: memory must not grow with the run beyond the per-trace results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import BaseModel  # noqa: E402
+
+from benchmarks._data import BENCH_RUN, bench_settings, ensure_run  # noqa: E402
+from manta_lib import EntityLevel, EntityRef, MapReduceComputation, TraceContext  # noqa: E402
+from manta_lib.models import SPAN_COLUMNS  # noqa: E402
+from manta_lib.store import Store  # noqa: E402
+
+
+class TraceStat(BaseModel):
+    tool_errors: int
+    score: float | None
+
+
+class GroupStat(BaseModel):
+    rollouts: int
+    mean_score: float
+
+
+def map_trace(trace: TraceContext) -> TraceStat:
+    return TraceStat(tool_errors=trace.tool_error_count, score=trace.score)
+
+
+def reduce_mean(entity: EntityRef, children: list[BaseModel]) -> GroupStat:
+    scores = [getattr(c, "score", None) or getattr(c, "mean_score", 0.0) or 0.0 for c in children]
+    return GroupStat(rollouts=len(children), mean_score=sum(scores) / max(len(scores), 1))
+
+
+pipeline = (
+    MapReduceComputation("Bench trivial", project_id="prj_bench")
+    .add_level(EntityLevel.TRACE, map_trace, TraceStat)
+    .add_level(EntityLevel.DATAPOINT, reduce_mean, GroupStat)
+    .add_level(EntityLevel.STEP, reduce_mean, GroupStat)
+    .add_level(EntityLevel.RUN, reduce_mean, GroupStat)
+)
+
+
+def child(traces: int) -> dict[str, float]:
+    settings = bench_settings(f"mapreduce_{traces}")
+    with Store.open(settings) as store:
+        _, spans = ensure_run(store, traces)
+        store.command("TRUNCATE TABLE {db}.entity_metadata")
+        store.command("TRUNCATE TABLE {db}.progress")
+        sql = store.sql(
+            f"SELECT {', '.join(SPAN_COLUMNS)} FROM {{db}}.spans WHERE run_id = {{r:String}} "
+            "ORDER BY run_id, trace_id, seq, span_id"
+        )
+        started = time.perf_counter()
+        with store.client.query_row_block_stream(sql, parameters={"r": BENCH_RUN}) as stream:
+            rows = sum(len(block) for block in stream)
+        raw_s = time.perf_counter() - started
+        assert rows == spans
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    result = pipeline.run(BENCH_RUN, mode="local", settings=settings, progress=False)
+    pipeline_s = time.perf_counter() - started
+    assert len(result[EntityLevel.TRACE]) == traces
+    return {
+        "traces": traces,
+        "spans": spans,
+        "raw_s": raw_s,
+        "pipeline_s": pipeline_s,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scales", type=int, nargs="+", default=[50_000, 200_000])
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child)))
+        return
+    print(f"{'traces':>8} {'ceiling tr/s':>13} {'pipeline tr/s':>14} {'ratio':>6} "
+          f"{'pipeline s':>11} {'peak RSS':>9}")  # fmt: skip
+    for traces in args.scales:
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--child", str(traces)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        fig = json.loads(out)
+        ceiling = fig["traces"] / fig["raw_s"]
+        rate = fig["traces"] / fig["pipeline_s"]
+        print(
+            f"{fig['traces']:>8,} {ceiling:>13,.0f} {rate:>14,.0f} {rate / ceiling:>6.0%} "
+            f"{fig['pipeline_s']:>11.1f} {fig['peak_rss_mb']:>7.0f}MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
