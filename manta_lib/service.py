@@ -16,6 +16,8 @@ Spans of many traces are always loaded with one query per batch of traces, never
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
@@ -286,7 +288,7 @@ class MantaService:
         *,
         batch_size: int = 1000,
         with_spans: bool = True,
-        order_by: str | Sequence[str] = "step_number",
+        order_by: str | Sequence[str] | None = None,
         descending: bool = False,
         limit: int | None = None,
         span_filter: SpanFilter | None = None,
@@ -294,23 +296,100 @@ class MantaService:
     ) -> Iterator[list[TraceContext]]:
         """Stream matching traces as lists of :class:`TraceContext`, ``batch_size`` at a time.
 
-        Memory stays bounded by one batch: trace rows are streamed, and the spans of each
-        batch are loaded with a single query.
+        Without ``order_by`` traces come in storage order (run, trace id) and their spans
+        arrive through ONE streaming query merged with the trace rows, the fastest path.
+        With ``order_by`` the spans of each batch are loaded with one query per batch.
+        Either way memory holds the (small) trace rows plus about one batch of spans.
         """
         if batch_size < 1:
             raise QueryError(f"batch_size must be at least 1, got {batch_size}")
-        sql, params = self._trace_query(run_id, filters, order_by, descending, limit, 0)
-        pending: list[TraceRecord] = []
-        # Trace rows are small; read them first so the span queries do not interleave with an
-        # open stream on the same connection.
-        trace_rows = self.store.rows(sql, params)
-        for row in trace_rows:
-            pending.append(trace_from_row(row))
-            if len(pending) >= batch_size:
-                yield self.load_contexts(pending, span_filter) if with_spans else _bare(pending)
-                pending = []
-        if pending:
-            yield self.load_contexts(pending, span_filter) if with_spans else _bare(pending)
+        if order_by is None and with_spans:
+            yield from self._merged_batches(run_id, filters, limit, span_filter, batch_size)
+            return
+        sql, params = self._trace_query(
+            run_id, filters, order_by or "trace_id", descending, limit, 0
+        )
+        traces = [trace_from_row(row) for row in self.store.rows(sql, params)]
+        for start in range(0, len(traces), batch_size):
+            batch = traces[start : start + batch_size]
+            yield self.load_contexts(batch, span_filter) if with_spans else _bare(batch)
+
+    def _merged_batches(
+        self,
+        run_id: str | Sequence[str] | None,
+        filters: dict[str, Any],
+        limit: int | None,
+        span_filter: SpanFilter | None,
+        batch_size: int,
+    ) -> Iterator[list[TraceContext]]:
+        where, params = _trace_filter(run_id, filters).where()
+        limit_sql = ""
+        if limit is not None:
+            if limit < 0:
+                raise QueryError(f"limit must be >= 0, got {limit}")
+            params["q_limit"] = int(limit)
+            limit_sql = " LIMIT {q_limit:UInt64}"
+        selected = (
+            f"SELECT run_id, trace_id FROM {{db}}.traces WHERE {where} "
+            f"ORDER BY run_id, trace_id{limit_sql}"
+        )
+        traces = [
+            trace_from_row(row)
+            for row in self.store.rows(
+                f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} "
+                f"ORDER BY run_id, trace_id{limit_sql}",
+                params,
+            )
+        ]
+        if not traces:
+            return
+        span_where, span_params = (span_filter or SpanFilter()).where()
+        runs = sorted({t.run_id for t in traces})
+        spans_sql = (
+            f"SELECT {SPAN_SELECT} FROM {{db}}.spans "
+            f"WHERE run_id IN {{m_runs:Array(String)}} AND (run_id, trace_id) IN ({selected}) "
+            f"AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
+        )
+        position = 0
+        batch: list[TraceContext] = []
+        current: list[tuple] = []
+        current_key: tuple[str, str] | None = None
+
+        def emit_until(key: tuple[str, str] | None) -> Iterator[list[TraceContext]]:
+            """Attach ``current`` to its trace; emit traces (and full batches) up to ``key``."""
+            nonlocal position, batch
+            while position < len(traces):
+                trace = traces[position]
+                trace_key = (trace.run_id, trace.trace_id)
+                if key is not None and trace_key > key:
+                    return
+                batch.append(TraceContext(trace, current if trace_key == current_key else []))
+                position += 1
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+                if key is not None and trace_key == key:
+                    return
+
+        # The stream gets its own connection so the caller may query while iterating.
+        streamer = self.store.sibling()
+        try:
+            with streamer.stream(spans_sql, {**params, **span_params, "m_runs": runs}) as blocks:
+                for block in blocks:
+                    for row in block:
+                        key = (row[1], row[0])
+                        if key != current_key:
+                            if current_key is not None:
+                                yield from emit_until(current_key)
+                            current_key, current = key, []
+                        current.append(row)
+        finally:
+            streamer.close()
+        if current_key is not None:
+            yield from emit_until(current_key)
+        yield from emit_until(None)
+        if batch:
+            yield batch
 
     def load_contexts(
         self, traces: Sequence[TraceRecord], span_filter: SpanFilter | None = None
@@ -402,6 +481,43 @@ def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -
         raise QueryError(
             f"unknown trace filter(s) {', '.join(unknown)} (expected: {', '.join(known)})"
         ) from None
+
+
+def _prefetched(
+    store: Store, batches: list[list[TraceRecord]], span_filter: SpanFilter | None
+) -> Iterator[list[TraceContext]]:
+    """Load batch i+1 on a second connection while the caller works on batch i."""
+    reader = MantaService(store.sibling())
+    ready: queue.Queue[list[TraceContext] | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def load_all() -> None:
+        try:
+            for batch in batches:
+                contexts = reader.load_contexts(batch, span_filter)
+                while not stop.is_set():
+                    try:
+                        ready.put(contexts, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            ready.put(exc)
+
+    thread = threading.Thread(target=load_all, name="manta-span-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        reader.store.close()
 
 
 def _bare(traces: list[TraceRecord]) -> list[TraceContext]:

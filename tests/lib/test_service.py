@@ -9,6 +9,7 @@ import pytest
 
 from manta import MantaService, QueryError
 from manta_lib.store import Store
+from manta_lib.store.trace_queries import SpanFilter
 from tests.lib.builders import load_traces, trace_line
 
 
@@ -156,8 +157,8 @@ def test_spans_of_many_traces_take_one_query_per_batch(settings: Any, tmp_path: 
         load_traces(store, lines, tmp_path)
         svc = MantaService(store)
         CountingStore.queries = 0
-        batches = list(svc.iter_trace_batches("run_a", batch_size=20))
-        # One query for the trace rows, one span query per batch of 20.
+        batches = list(svc.iter_trace_batches("run_a", batch_size=20, order_by="score"))
+        # With an explicit order: one query for the trace rows, one span query per batch.
         assert CountingStore.queries == 1 + 3
         assert [len(b) for b in batches] == [20, 20, 10]
         first = batches[0][0]
@@ -181,3 +182,28 @@ def test_service_without_a_store_opens_and_closes_its_own(svc: MantaService, set
     with MantaService(settings=settings) as own:
         assert own.count_traces() == 5
     assert own._store is None
+
+
+def test_storage_order_iteration_merges_one_span_stream(settings: Any, tmp_path: Path) -> None:
+    with CountingStore.open(settings) as store:
+        lines = [trace_line(f"t{i:03d}", tool_calls=i % 3) for i in range(25)]
+        lines.append(trace_line("t_nospans", score=None, tool_calls=0))
+        load_traces(store, lines, tmp_path)
+        svc = MantaService(store)
+        CountingStore.queries = 0
+        batches = list(svc.iter_trace_batches("run_a", batch_size=10))
+        assert CountingStore.queries == 1  # trace rows; the spans come as one stream
+        contexts = [c for b in batches for c in b]
+        assert [len(b) for b in batches] == [10, 10, 6]
+        assert [c.trace_id for c in contexts] == sorted(c.trace_id for c in contexts)
+        by_id = {c.trace_id: c for c in contexts}
+        assert by_id["t004"].tool_call_count == 1 and by_id["t005"].tool_call_count == 2
+        assert len(by_id["t_nospans"].spans()) == 2  # user + assistant, no tools, no grader
+        # Every context got exactly its own spans.
+        assert all(s.trace_id == c.trace_id for c in contexts for s in c.spans())
+        # Other queries work while iterating (nested use of the same service).
+        for batch in svc.iter_trace_batches("run_a", batch_size=10, limit=12):
+            assert svc.count_traces("run_a") == 26
+            assert len(batch) in (10, 2)
+        only_tools = next(svc.iter_trace_batches("run_a", span_filter=SpanFilter(kind="tool")))
+        assert {s.kind for c in only_tools for s in c.spans()} == {"tool"}
