@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,14 @@ from manta_lib.errors import ComputationAborted, PipelineDefinitionError
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.computation import MapReduceComputation
 from manta_lib.pipeline.executor import IsolatedExecutor, describe_exception
-from manta_lib.pipeline.planner import Limits, TraceBatch, TraceRef, make_batches, plan_scope
+from manta_lib.pipeline.planner import (
+    Limits,
+    TraceBatch,
+    TraceRef,
+    batch_id,
+    make_batches,
+    plan_scope,
+)
 from manta_lib.pipeline.progress import BucketClock, TraceProgress
 from manta_lib.pipeline.reducer import reduce_level
 from manta_lib.pipeline.worker import BatchWorker
@@ -121,8 +128,19 @@ class Engine:
             if tid in scope and (ok or not self.options.retry_errors)
         }
 
-    def map_traces(self, run_id: str, refs: Sequence[TraceRef]) -> list[MetadataOutput]:
-        """Map every trace in ``refs`` not already done; return all the scope's trace outputs."""
+    def map_traces(
+        self,
+        run_id: str,
+        refs: Sequence[TraceRef],
+        *,
+        shards: Sequence[int] | None = None,
+        shard_count: int = 64,
+    ) -> list[MetadataOutput]:
+        """Map every trace in ``refs`` not already done; return all the scope's trace outputs.
+
+        ``shards``/``shard_count`` say which datapoint shards ``refs`` came from (the Dagster
+        layout); they only let the reader stream exactly that slice of the run.
+        """
         with self.clock("load"):
             done = self.pending_traces(run_id, refs)
         batches = make_batches(run_id, refs, self.options.batch_size)
@@ -137,7 +155,10 @@ class Engine:
                 len(refs),
                 self.judge_version,
             )
-        computed = self._map_batches(run_id, todo, done, remaining, len(refs))
+        source = self._stream_source(run_id, refs, done, shards, shard_count)
+        computed = (
+            self._map_batches(run_id, todo, done, remaining, len(refs), source) if remaining else []
+        )
         by_id: dict[str, MetadataOutput] = {}
         if done:
             with self.clock("load"):
@@ -154,6 +175,8 @@ class Engine:
         done: set[str],
         remaining: int,
         scope_size: int,
+        source: Callable[[MantaService], Iterator[tuple[TraceBatch, list[TraceContext]]]]
+        | None = None,
     ) -> list[MetadataOutput]:
         spec = self.pipeline.level(EntityLevel.TRACE)
         budget = failure_budget(self.options.max_failures, scope_size)
@@ -173,12 +196,17 @@ class Engine:
             queue.Queue(maxsize=PREFETCH)
         )
 
+        def per_batch(_: MantaService) -> Iterator[tuple[TraceBatch, list[TraceContext]]]:
+            for batch in batches:
+                yield batch, worker.load(batch, done)
+
+        produce = source or per_batch
+
         def reader() -> None:
             try:
-                for batch in batches:
+                for batch, contexts in produce(worker.service):
                     if stop.is_set():
                         break
-                    contexts = worker.load(batch, done)
                     while not stop.is_set():
                         try:
                             loaded.put((batch, contexts), timeout=0.2)
@@ -238,6 +266,37 @@ class Engine:
             thread.join(timeout=5)
             reader_store.close()
         return outputs
+
+    def _stream_source(
+        self,
+        run_id: str,
+        refs: Sequence[TraceRef],
+        done: set[str],
+        shards: Sequence[int] | None,
+        shard_count: int,
+    ) -> Callable[[MantaService], Iterator[tuple[TraceBatch, list[TraceContext]]]] | None:
+        """Stream the whole scope with one trace query and one span stream (no limits only).
+
+        With a limit the scope is a small subset: loading it batch by batch is cheaper than
+        streaming the run. Batches follow storage order; traces outside the planned scope
+        (arrived since planning) or already done are dropped.
+        """
+        if self.options.limits.active or len(refs) <= self.options.batch_size:
+            return None
+        wanted = {ref.trace_id for ref in refs} - done
+        size = self.options.batch_size
+
+        def stream(service: MantaService) -> Iterator[tuple[TraceBatch, list[TraceContext]]]:
+            chunks = service.iter_trace_batches(
+                run_id, batch_size=size, shards=shards, shard_count=shard_count
+            )
+            for index, chunk in enumerate(chunks):
+                ids = tuple(c.trace_id for c in chunk)
+                contexts = [c for c in chunk if c.trace_id in wanted]
+                if contexts:
+                    yield TraceBatch(batch_id(index, ids), run_id, ids), contexts
+
+        return stream
 
     # ---- reduce --------------------------------------------------------------------------
 

@@ -117,9 +117,14 @@ def make_batches(run_id: str, refs: Sequence[TraceRef], batch_size: int) -> list
     batches = []
     for start in range(0, len(refs), batch_size):
         ids = tuple(ref.trace_id for ref in refs[start : start + batch_size])
-        digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:10]
-        batches.append(TraceBatch(f"b{start // batch_size:06d}-{digest}", run_id, ids))
+        batches.append(TraceBatch(batch_id(start // batch_size, ids), run_id, ids))
     return batches
+
+
+def batch_id(index: int, trace_ids: Sequence[str]) -> str:
+    """A batch id from its position and content: equal batches get equal ids across runs."""
+    digest = hashlib.sha1("\n".join(trace_ids).encode()).hexdigest()[:10]
+    return f"b{index:06d}-{digest}"
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -27,6 +27,7 @@ from manta_lib.store.client import Store
 
 log = logging.getLogger(__name__)
 
+_TYPED_COLUMNS = ("value_type", "value_number", "value_string", "value_bool", "value_json")
 STATUS_COLUMN = "__status__"
 ERROR_COLUMN = "__error__"
 METADATA_COLUMNS = (
@@ -115,35 +116,30 @@ class MetadataWriter:
 
     def add(self, outcomes: Iterable[MetadataOutput]) -> None:
         """Encode outcomes into the buffer and flush if due."""
+        rows: list[tuple[MetadataOutput, dict[str, Any]]] = []
+        for outcome in outcomes:
+            values: dict[str, Any] = (
+                outcome.output.model_dump(mode="json") if outcome.output is not None else {}
+            )
+            values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
+            values[ERROR_COLUMN] = outcome.error or ""
+            rows.append((outcome, values))
         with self._lock:
             buf = self._buffer
-            run_ids, levels, ids = buf["run_id"], buf["entity_level"], buf["entity_id"]
-            versions, times = buf["judge_version"], buf["computed_at"]
-            columns, types = buf["column"], buf["value_type"]
-            numbers, strings = buf["value_number"], buf["value_string"]
-            flags, raws = buf["value_bool"], buf["value_json"]
-            for outcome in outcomes:
-                values: dict[str, Any] = (
-                    outcome.output.model_dump(mode="json") if outcome.output is not None else {}
-                )
-                values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
-                values[ERROR_COLUMN] = outcome.error or ""
+            for outcome, values in rows:
                 count = len(values)
-                run_ids.extend([outcome.run_id] * count)
-                levels.extend([outcome.entity_level.value] * count)
-                ids.extend([outcome.entity_id] * count)
-                versions.extend([outcome.judge_version] * count)
-                times.extend([outcome.computed_at] * count)
-                for column, value in values.items():
-                    value_type, number, string, flag, raw = _typed(value)
-                    columns.append(column)
-                    types.append(value_type)
-                    numbers.append(number)
-                    strings.append(string)
-                    flags.append(flag)
-                    raws.append(raw)
-                self._buffered_entities += 1
-            due = len(ids) >= self.flush_rows or (
+                buf["run_id"].extend([outcome.run_id] * count)
+                buf["entity_level"].extend([outcome.entity_level.value] * count)
+                buf["entity_id"].extend([outcome.entity_id] * count)
+                buf["judge_version"].extend([outcome.judge_version] * count)
+                buf["computed_at"].extend([outcome.computed_at] * count)
+                buf["column"].extend(values)
+                # One tuple per value, split into the five typed columns at C speed.
+                typed = list(map(_typed, values.values()))
+                for name, column in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
+                    buf[name].extend(column)
+            self._buffered_entities += len(rows)
+            due = len(buf["entity_id"]) >= self.flush_rows or (
                 time.monotonic() - self._last_flush >= self.flush_seconds
             )
             if due:
