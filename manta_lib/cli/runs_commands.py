@@ -1,7 +1,8 @@
 """``manta runs ...``: the JSONL runs log (seed 002).
 
 ``stats`` aggregates p50/p95/p99 per wall-time bucket, ``compare`` finds the buckets that
-regressed between two windows, ``workflows`` lists what the log holds.
+regressed between two windows, ``workflows`` lists what the log holds, ``compact`` writes the
+closed months to Parquet.
 """
 
 from __future__ import annotations
@@ -141,6 +142,30 @@ def workflows_command(
         typer.echo("The runs log holds no runs yet.")
     else:
         typer.echo(workflows_table(summaries))
+
+
+@runs_app.command("compact")
+def compact_command(
+    as_json: JsonOption = False,
+    log_dir: LogDirOption = None,
+) -> None:
+    """Write closed months (before the current UTC month) to YYYY-MM.parquet.
+
+    The compacted JSONL is moved to compacted/ under the log directory (kept, never read).
+    """
+    from manta_lib.runs_log.compact import compact
+
+    done = compact(_log_dir(log_dir))
+    if as_json:
+        typer.echo(to_json_text([month.to_json() for month in done]))
+    elif not done:
+        typer.echo("Nothing to compact: no closed month has new JSONL.")
+    else:
+        for month in done:
+            typer.echo(
+                f"{month.month}: {month.rows:,} rows, {month.jsonl_bytes / 1e6:.1f} MB JSONL -> "
+                f"{month.parquet_bytes / 1e6:.1f} MB Parquet in {month.seconds:.1f} s"
+            )
 
 
 def register(app: typer.Typer) -> None:

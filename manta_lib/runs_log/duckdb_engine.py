@@ -1,17 +1,34 @@
-"""The DuckDB engine: ``read_json`` with explicit columns and ``quantile_cont``.
+"""The DuckDB engine: one column-pruned scan per batch of shards, ranking and percentiles in SQL.
 
 It reads only the shards a query can need (``--since`` prunes months; with ``--last N`` it
 reads shard by shard, newest first, and stops once N rows are held) and returns the same
 selection and figures as the pure-Python engine (:mod:`manta_lib.runs_log.stats`).
+
+How a query runs (see ``docs/runs_log.md``, "Engines"):
+
+1. **Scan**: ``read_json`` with an explicit ``columns`` schema of the seven columns a query
+   needs, ``wall_time_breakdown`` kept as ``JSON`` text (building a ``MAP`` per row costs
+   more than parsing the whole line). Compacted months are read with ``read_parquet``. The scan
+   classifies every line (corrupt, unknown version, matching, other) and keeps only the
+   matching rows and the bad ones in a temporary table, typically a tenth of the log.
+2. **Select**: the newest ``last`` rows by ``(finished_at, run_id)`` descending.
+3. **Buckets**: the bucket names of the selected rows (``json_keys``), then one aggregate query
+   turns the breakdown into a ``STRUCT`` of those names with ``json_transform`` and computes
+   ``count``/``quantile_cont`` per bucket (finite values only) in one pass.
+
 DuckDB's ``quantile_cont`` is linear interpolation between closest ranks, numpy's default; it
 can differ from numpy in the last bit, so both engines round to the microsecond.
 
 Corrupt lines come back from ``read_json(..., ignore_errors=true)`` as all-NULL rows and are
 counted; blank lines are skipped by DuckDB and not counted; truncated lines count as corrupt.
+A breakdown value is used when it is a finite JSON number (or boolean), as in the Python
+engine; the writer never writes anything else. (A numeric *string* such as ``"12"`` is the one
+value DuckDB's cast accepts and Python does not; the writer rejects such rows.)
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +38,7 @@ from typing import Any
 
 import duckdb
 
-from manta_lib.runs_log.reader import ReadReport, Shard, list_shards
+from manta_lib.runs_log.reader import ReadReport, Shard, list_shards, month_groups
 from manta_lib.runs_log.schema import SCHEMA_VERSION, TOTAL_BUCKET
 from manta_lib.runs_log.stats import (
     DIGITS,
@@ -32,32 +49,40 @@ from manta_lib.runs_log.stats import (
     resolve_since,
 )
 
-_SOURCE = """
-    SELECT *, try_cast(finished_at AS TIMESTAMPTZ) AS ts
+JSON_COLUMNS = (
+    "{schema_version: 'BIGINT', workflow_id: 'VARCHAR', run_id: 'VARCHAR', status: 'VARCHAR', "
+    "finished_at: 'VARCHAR', total_time_s: 'DOUBLE', wall_time_breakdown: 'JSON'}"
+)
+"""The ``read_json`` schema of every query: only the columns the engines use."""
+
+_READ_JSON = f"""
+    SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
+           wall_time_breakdown, filename
     FROM read_json(
-        $files,
+        $NAME,
         format = 'newline_delimited',
-        columns = {
-            schema_version: 'BIGINT',
-            workflow_id: 'VARCHAR',
-            run_id: 'VARCHAR',
-            status: 'VARCHAR',
-            finished_at: 'VARCHAR',
-            total_time_s: 'DOUBLE',
-            wall_time_breakdown: 'MAP(VARCHAR, DOUBLE)'
-        },
+        columns = {JSON_COLUMNS},
         ignore_errors = true,
         filename = true,
         maximum_object_size = 16777216
     )
 """
 
+_READ_PARQUET = """
+    SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
+           wall_time_breakdown::JSON AS wall_time_breakdown, filename
+    FROM read_parquet($NAME, filename = true)
+"""
+
 # An all-NULL row is a line DuckDB could not parse.
+_CORRUPT = """
+    schema_version IS NULL AND workflow_id IS NULL AND run_id IS NULL AND status IS NULL
+    AND finished_at IS NULL AND total_time_s IS NULL AND wall_time_breakdown IS NULL
+"""
+
 _KIND = f"""
     CASE
-        WHEN schema_version IS NULL AND workflow_id IS NULL AND run_id IS NULL
-             AND status IS NULL AND finished_at IS NULL AND total_time_s IS NULL
-             AND wall_time_breakdown IS NULL THEN 'corrupt'
+        WHEN {_CORRUPT} THEN 'corrupt'
         WHEN schema_version IS DISTINCT FROM {SCHEMA_VERSION} THEN 'unknown_version'
         WHEN workflow_id IS DISTINCT FROM $workflow_id THEN 'other'
         WHEN $status <> '' AND status IS DISTINCT FROM $status THEN 'other'
@@ -66,16 +91,6 @@ _KIND = f"""
              OR ($until IS NOT NULL AND ts >= $until::TIMESTAMPTZ) THEN 'other'
         ELSE 'ok'
     END
-"""
-
-_VALUES = f"""
-    SELECT '{TOTAL_BUCKET}' AS bucket, total_time_s AS v FROM chosen
-    UNION ALL
-    SELECT bucket, v FROM (
-        SELECT unnest(map_keys(wall_time_breakdown)) AS bucket,
-               unnest(map_values(wall_time_breakdown)) AS v
-        FROM chosen
-    ) WHERE bucket <> '{TOTAL_BUCKET}'
 """
 
 
@@ -89,8 +104,25 @@ def connect() -> Iterator[duckdb.DuckDBPyConnection]:
         conn.close()
 
 
-def _files(shards: Sequence[Shard]) -> list[str]:
-    return [str(shard.path) for shard in shards]
+def source_sql(shards: Sequence[Shard], params: dict[str, Any]) -> str:
+    """SQL of a relation over ``shards`` (JSONL and Parquet) with the engine's columns.
+
+    Adds the file lists to ``params`` (``$jsonl``, ``$parquet``). Columns: ``schema_version,
+    workflow_id, run_id, status, finished_at, total_time_s, wall_time_breakdown`` (JSON) and
+    ``filename``.
+    """
+    parts = []
+    jsonl = [str(s.path) for s in shards if not s.compacted]
+    parquet = [str(s.path) for s in shards if s.compacted]
+    if jsonl:
+        params["jsonl"] = jsonl
+        parts.append(_READ_JSON.replace("$NAME", "$jsonl"))
+    if parquet:
+        params["parquet"] = parquet
+        parts.append(_READ_PARQUET.replace("$NAME", "$parquet"))
+    if not parts:
+        raise ValueError("source_sql needs at least one shard")
+    return " UNION ALL ".join(parts)
 
 
 def duckdb_select(
@@ -101,30 +133,40 @@ def duckdb_select(
     table = f"runs_log_sel_{uuid.uuid4().hex}"
     conn.execute(
         f"CREATE TEMP TABLE {table} (kind VARCHAR, ts TIMESTAMPTZ, run_id VARCHAR, "
-        "total_time_s DOUBLE, wall_time_breakdown MAP(VARCHAR, DOUBLE), filename VARCHAR)"
+        "total_time_s DOUBLE, wall_time_breakdown JSON, filename VARCHAR)"
     )
     try:
-        # With a cap, one shard at a time newest first; without one, all shards in one scan.
-        batches = [[shard] for shard in shards] if last else [list(shards)]
+        # With a cap, one month at a time newest first; without one, all shards in one scan.
+        batches = month_groups(list(shards)) if last else [list(shards)]
         for batch in batches:
             if not batch:
                 continue
             report.shards_read += len(batch)
+            params: dict[str, Any] = {
+                "workflow_id": flt.workflow_id,
+                "status": flt.status,
+                "since": flt.since,
+                "until": flt.until,
+            }
+            source = source_sql(batch, params)
             conn.execute(
                 f"""
                 INSERT INTO {table}
                 SELECT kind, ts, coalesce(run_id, ''), total_time_s, wall_time_breakdown,
                        filename
-                FROM (SELECT *, {_KIND} AS kind FROM ({_SOURCE}))
+                FROM (
+                    SELECT *, {_KIND} AS kind
+                    FROM (
+                        SELECT *, CASE WHEN workflow_id = $workflow_id
+                                       THEN try_cast(finished_at AS TIMESTAMPTZ) END AS ts
+                        FROM ({source})
+                        WHERE workflow_id = $workflow_id OR workflow_id IS NULL
+                              OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}
+                    )
+                )
                 WHERE kind <> 'other'
                 """,
-                {
-                    "files": _files(batch),
-                    "workflow_id": flt.workflow_id,
-                    "status": flt.status,
-                    "since": flt.since,
-                    "until": flt.until,
-                },
+                params,
             )
             if last:
                 held = _scalar(conn, f"SELECT count(*) FROM {table} WHERE kind = 'ok'")
@@ -136,32 +178,100 @@ def duckdb_select(
         ).fetchall():
             setattr(report, kind, getattr(report, kind) + n)
             report.first_bad = report.first_bad or first
-        limit = "LIMIT $last" if last else ""
-        params = {"last": last} if last else {}
-        rows = conn.execute(
+        order = f"ORDER BY ts DESC, run_id DESC LIMIT {int(last)}" if last else ""
+        conn.execute(
             f"""
-            WITH chosen AS (
-                SELECT * FROM {table} WHERE kind = 'ok'
-                ORDER BY ts DESC, run_id DESC {limit}
-            )
-            SELECT bucket, count(v), quantile_cont(v, [0.5, 0.95, 0.99]),
-                   (SELECT count(*) FROM chosen)
-            FROM ({_VALUES})
-            WHERE v IS NOT NULL AND isfinite(v)
-            GROUP BY bucket
-            """,
-            params,
-        ).fetchall()
-        run_count = rows[0][3] if rows else _count_chosen(conn, table, last)
+            CREATE OR REPLACE TEMP VIEW {table}_chosen AS
+            SELECT total_time_s, wall_time_breakdown FROM {table} WHERE kind = 'ok' {order}
+            """
+        )
+        run_count = _scalar(conn, f"SELECT count(*) FROM {table}_chosen")
+        buckets = _bucket_percentiles(conn, f"{table}_chosen", group_by=None).get(None, {})
     finally:
+        conn.execute(f"DROP VIEW IF EXISTS {table}_chosen")
         conn.execute(f"DROP TABLE IF EXISTS {table}")
-    buckets = {bucket: _bucket_stats(n, qs) for bucket, n, qs, _ in rows}
     return Selection(run_count=run_count, buckets=buckets, report=report)
 
 
-def _count_chosen(conn: duckdb.DuckDBPyConnection, table: str, last: int) -> int:
-    held = _scalar(conn, f"SELECT count(*) FROM {table} WHERE kind = 'ok'")
-    return min(held, last) if last else held
+def _bucket_names(conn: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+    """Distinct keys of the ``wall_time_breakdown`` objects of ``relation``, sorted."""
+    rows = conn.execute(
+        f"""
+        SELECT DISTINCT unnest(json_keys(wall_time_breakdown)) AS bucket FROM {relation}
+        WHERE json_type(wall_time_breakdown) = 'OBJECT'
+        """
+    ).fetchall()
+    return sorted(str(bucket) for (bucket,) in rows if bucket != TOTAL_BUCKET)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _bucket_values_sql(names: Sequence[str]) -> tuple[str, list[str]]:
+    """The expression ``s`` holding the breakdown's buckets and the select list ``v0 .. vN``
+    (DOUBLE, NULL when absent) reading them from ``s``.
+
+    One ``json_transform`` into a STRUCT of the bucket names when they are distinct ignoring
+    case (DuckDB struct fields are case-insensitive); otherwise one JSON pointer per bucket.
+    """
+    if len({name.lower() for name in names}) == len(names):
+        spec = json.dumps({name: "DOUBLE" for name in names})
+        inner = f"json_transform(wall_time_breakdown, {_literal(spec)})"
+        cols = [f"struct_extract(s, {_literal(name)}) AS v{i}" for i, name in enumerate(names)]
+    else:
+        pointers = ", ".join(
+            _literal("/" + name.replace("~", "~0").replace("/", "~1")) for name in names
+        )
+        inner = f"json_extract(wall_time_breakdown, [{pointers}])"
+        cols = [f"TRY_CAST(s[{i + 1}] AS DOUBLE) AS v{i}" for i in range(len(names))]
+    return inner, cols
+
+
+def _bucket_percentiles(
+    conn: duckdb.DuckDBPyConnection, relation: str, group_by: str | None
+) -> dict[Any, dict[str, BucketStats]]:
+    """Per-bucket statistics of the rows of ``relation`` (``total_time_s`` and
+    ``wall_time_breakdown`` columns), optionally per value of the ``group_by`` column.
+
+    Returns ``{group: {bucket: BucketStats}}`` (group ``None`` without ``group_by``); a bucket
+    no selected row has a finite value for is left out.
+    """
+    names = _bucket_names(conn, relation)
+    columns = [TOTAL_BUCKET, *names]
+    aggregates = ", ".join(
+        f"count({col}) FILTER (isfinite({col})), "
+        f"quantile_cont({col}, [0.5, 0.95, 0.99]) FILTER (isfinite({col}))"
+        for col in ["t", *(f"v{i}" for i in range(len(names)))]
+    )
+    key = f"{group_by}, " if group_by else ""
+    inner, cols = _bucket_values_sql(names) if names else ("NULL", [])
+    sql = f"""
+        SELECT {key}{aggregates}
+        FROM (
+            SELECT {key}t{"".join(", " + col for col in cols)}
+            FROM (
+                SELECT {key}total_time_s AS t, {inner} AS s
+                FROM (
+                    SELECT {key}total_time_s,
+                           CASE WHEN json_type(wall_time_breakdown) = 'OBJECT'
+                                THEN wall_time_breakdown END AS wall_time_breakdown
+                    FROM {relation}
+                )
+            )
+        )
+        {"GROUP BY " + group_by if group_by else ""}
+    """
+    result: dict[Any, dict[str, BucketStats]] = {}
+    for row in conn.execute(sql).fetchall():
+        group = row[0] if group_by else None
+        cells = row[1:] if group_by else row
+        stats = result.setdefault(group, {})
+        for i, name in enumerate(columns):
+            n, quantiles = cells[2 * i], cells[2 * i + 1]
+            if n:
+                stats[name] = _bucket_stats(n, quantiles)
+    return result
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, sql: str) -> int:
@@ -181,24 +291,23 @@ def duckdb_workflows(
     report = ReadReport(shards_read=len(shards))
     if not shards:
         return [], report
+    params: dict[str, Any] = {}
+    source = source_sql(shards, params)
     rows = conn.execute(
         f"""
-        WITH src AS ({_SOURCE}),
-        classified AS (
+        WITH classified AS (
             SELECT *, CASE
-                WHEN schema_version IS NULL AND workflow_id IS NULL AND run_id IS NULL
-                     AND status IS NULL AND finished_at IS NULL AND total_time_s IS NULL
-                     AND wall_time_breakdown IS NULL THEN 'corrupt'
+                WHEN {_CORRUPT} THEN 'corrupt'
                 WHEN schema_version IS DISTINCT FROM {SCHEMA_VERSION} THEN 'unknown_version'
                 WHEN workflow_id IS NULL OR ts IS NULL THEN 'invalid'
                 ELSE 'ok' END AS kind
-            FROM src
+            FROM (SELECT *, try_cast(finished_at AS TIMESTAMPTZ) AS ts FROM ({source}))
         )
         SELECT kind, workflow_id, count(*), count(*) FILTER (status = 'succeeded'),
                count(*) FILTER (status = 'failed'), max(ts), min(filename)
         FROM classified GROUP BY kind, workflow_id ORDER BY workflow_id
         """,
-        {"files": _files(shards)},
+        params,
     ).fetchall()
     summaries = []
     for kind, workflow_id, runs, ok, failed, newest, first in rows:
@@ -233,55 +342,54 @@ def workflow_bucket_percentiles(
     shards = list_shards(log_dir, since=cutoff)
     if not shards:
         return []
-    qualify = "QUALIFY row_number() OVER (PARTITION BY workflow_id ORDER BY ts DESC, " + (
-        "run_id DESC) <= $last" if last else "run_id DESC) > 0"
+    qualify = (
+        "QUALIFY row_number() OVER (PARTITION BY workflow_id ORDER BY ts DESC, run_id DESC) "
+        f"<= {int(last)}"
+        if last
+        else ""
     )
-    params: dict[str, Any] = {"files": _files(shards), "status": status, "since": cutoff}
-    if last:
-        params["last"] = last
-    rows = conn.execute(
+    params: dict[str, Any] = {"status": status, "since": cutoff}
+    source = source_sql(shards, params)
+    table = f"runs_log_wbp_{uuid.uuid4().hex}"
+    conn.execute(
         f"""
-        WITH chosen AS (
-            SELECT workflow_id, ts, coalesce(run_id, '') AS run_id, total_time_s,
-                   wall_time_breakdown
-            FROM ({_SOURCE})
+        CREATE TEMP TABLE {table} AS
+        SELECT workflow_id, total_time_s, wall_time_breakdown
+        FROM (
+            SELECT workflow_id, try_cast(finished_at AS TIMESTAMPTZ) AS ts,
+                   coalesce(run_id, '') AS run_id, total_time_s, wall_time_breakdown
+            FROM ({source})
             WHERE schema_version = {SCHEMA_VERSION} AND workflow_id IS NOT NULL
-              AND ts IS NOT NULL AND ($status = '' OR status = $status)
-              AND ($since IS NULL OR ts >= $since::TIMESTAMPTZ)
-            {qualify}
-        ),
-        runs AS (SELECT workflow_id, count(*) AS run_count FROM chosen GROUP BY workflow_id),
-        vals AS (
-            SELECT workflow_id, '{TOTAL_BUCKET}' AS bucket, total_time_s AS v FROM chosen
-            UNION ALL
-            SELECT workflow_id, bucket, v FROM (
-                SELECT workflow_id, unnest(map_keys(wall_time_breakdown)) AS bucket,
-                       unnest(map_values(wall_time_breakdown)) AS v
-                FROM chosen
-            ) WHERE bucket <> '{TOTAL_BUCKET}'
+              AND ($status = '' OR status = $status)
         )
-        SELECT vals.workflow_id, bucket, any_value(runs.run_count), count(v),
-               quantile_cont(v, [0.5, 0.95, 0.99])
-        FROM vals JOIN runs USING (workflow_id)
-        WHERE v IS NOT NULL AND isfinite(v)
-        GROUP BY vals.workflow_id, bucket
+        WHERE ts IS NOT NULL AND ($since IS NULL OR ts >= $since::TIMESTAMPTZ)
+        {qualify}
         """,
         params,
-    ).fetchall()
-    result = []
-    for workflow_id, bucket, run_count, n, quantiles in rows:
-        stats = _bucket_stats(n, quantiles)
-        result.append(
-            {
-                "workflow_id": workflow_id,
-                "bucket": bucket,
-                "run_count": int(run_count),
-                "count": stats.count,
-                "p50": stats.p50,
-                "p95": stats.p95,
-                "p99": stats.p99,
-            }
+    )
+    try:
+        run_counts = dict(
+            conn.execute(
+                f"SELECT workflow_id, count(*) FROM {table} GROUP BY workflow_id"
+            ).fetchall()
         )
+        per_workflow = _bucket_percentiles(conn, table, group_by="workflow_id")
+    finally:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    result = []
+    for workflow_id, buckets in per_workflow.items():
+        for bucket, stats in buckets.items():
+            result.append(
+                {
+                    "workflow_id": workflow_id,
+                    "bucket": bucket,
+                    "run_count": int(run_counts[workflow_id]),
+                    "count": stats.count,
+                    "p50": stats.p50,
+                    "p95": stats.p95,
+                    "p99": stats.p99,
+                }
+            )
     result.sort(
         key=lambda r: (r["workflow_id"], r["bucket"] == TOTAL_BUCKET, -r["p50"], r["bucket"])
     )

@@ -3,12 +3,18 @@
 Blank, truncated and corrupt lines and rows of an unknown ``schema_version`` are counted in a
 :class:`ReadReport` (with the first bad location) and skipped, never raised; extra keys are
 ignored. Both query engines use :func:`list_shards` so that they read the same files.
+
+A month compacted by ``mantis runs compact`` (:mod:`manta_lib.runs_log.compact`) is a
+``YYYY-MM.parquet`` shard; a ``YYYY-MM.jsonl`` beside it holds only rows appended after the
+compaction (the compacted JSONL was moved to ``compacted/``), so both are read and no row is
+counted twice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +25,18 @@ from manta_lib.errors import ConfigError
 from manta_lib.runs_log.schema import SCHEMA_VERSION, shard_month
 
 log = logging.getLogger(__name__)
+
+PARQUET_SUFFIX = ".parquet"
+_PARQUET_RE = re.compile(r"^(\d{4})-(\d{2})\.parquet$")
+
+
+def parquet_month(file_name: str) -> tuple[int, int] | None:
+    """``(year, month)`` of a compacted shard name such as ``2026-05.parquet``."""
+    match = _PARQUET_RE.match(file_name)
+    if match is None:
+        return None
+    year, month = int(match.group(1)), int(match.group(2))
+    return (year, month) if 1 <= month <= 12 else None
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,11 @@ class Shard:
     def name(self) -> str:
         """The file name, e.g. ``2026-05.jsonl``."""
         return self.path.name
+
+    @property
+    def compacted(self) -> bool:
+        """Whether this month was compacted to Parquet (``YYYY-MM.parquet``)."""
+        return self.path.suffix == ".parquet"
 
 
 @dataclass
@@ -106,10 +129,14 @@ def list_shards(
     log_dir: Path | str, *, since: datetime | None = None, until: datetime | None = None
 ) -> list[Shard]:
     """Month shards under ``log_dir``, newest first, keeping only months that can hold rows
-    with ``since <= finished_at < until``. Other files are ignored."""
+    with ``since <= finished_at < until``. Other files are ignored.
+
+    A compacted month's ``YYYY-MM.parquet`` comes right before its ``YYYY-MM.jsonl`` (rows
+    appended after the compaction), if any; both have the same ``start``.
+    """
     shards = []
     for path in require_log_dir(log_dir).iterdir():
-        month = shard_month(path.name)
+        month = shard_month(path.name) or parquet_month(path.name)
         if month is None or not path.is_file():
             continue
         year, mon = month
@@ -120,12 +147,26 @@ def list_shards(
         if until is not None and start >= until:
             continue
         shards.append(Shard(path=path, start=start, end=end, size=path.stat().st_size))
-    shards.sort(key=lambda shard: shard.start, reverse=True)
+    shards.sort(key=lambda shard: (shard.start, shard.compacted), reverse=True)
     return shards
+
+
+def month_groups(shards: list[Shard]) -> list[list[Shard]]:
+    """``shards`` (newest first) grouped by month: the unit a ``--last`` scan may stop after."""
+    groups: list[list[Shard]] = []
+    for shard in shards:
+        if groups and groups[-1][0].start == shard.start:
+            groups[-1].append(shard)
+        else:
+            groups.append([shard])
+    return groups
 
 
 def iter_shard(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
     """Yield the schema-version-1 JSON objects of one shard in file order, counting the rest."""
+    if shard.compacted:
+        yield from _iter_parquet(shard, report)
+        return
     report.shards_read += 1
     loads = json.loads
     with shard.path.open("rb") as handle:
@@ -166,3 +207,49 @@ def iter_rows(
     report = report if report is not None else ReadReport()
     for shard in list_shards(log_dir, since=since, until=until):
         yield from iter_shard(shard, report)
+
+
+_PARQUET_COLUMNS = (
+    "schema_version",
+    "workflow_id",
+    "run_id",
+    "status",
+    "finished_at",
+    "total_time_s",
+    "wall_time_breakdown",
+)
+
+
+def _iter_parquet(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
+    """Rows of a compacted month, as dicts of the columns compaction kept.
+
+    Compaction keeps the line DuckDB could not parse as an all-NULL row, so they are still
+    counted (as corrupt: a truncated line is no longer told apart).
+    """
+    import duckdb  # a compacted log needs DuckDB to read, whatever the engine
+
+    report.shards_read += 1
+    loads = json.loads
+    conn = duckdb.connect(":memory:")
+    try:
+        cursor = conn.execute(
+            f"SELECT {', '.join(_PARQUET_COLUMNS)} FROM read_parquet($path)",
+            {"path": str(shard.path)},
+        )
+        number = 0
+        while batch := cursor.fetchmany(65536):
+            for values in batch:
+                number += 1
+                report.lines += 1
+                if all(value is None for value in values):
+                    report.note("corrupt", f"{shard.path}:row {number}")
+                    continue
+                row = dict(zip(_PARQUET_COLUMNS, values, strict=True))
+                if row["schema_version"] != SCHEMA_VERSION:
+                    report.note("unknown_version", f"{shard.path}:row {number}")
+                    continue
+                breakdown = row["wall_time_breakdown"]
+                row["wall_time_breakdown"] = None if breakdown is None else loads(breakdown)
+                yield row
+    finally:
+        conn.close()

@@ -16,6 +16,7 @@ import heapq
 import logging
 import math
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,15 +25,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 from manta_lib.errors import QueryError
-from manta_lib.runs_log.reader import ReadReport, Shard, iter_shard, list_shards
+from manta_lib.runs_log.reader import ReadReport, Shard, iter_shard, list_shards, month_groups
 from manta_lib.runs_log.schema import TOTAL_BUCKET, parse_timestamp
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["auto", "python", "duckdb"]
 ENGINES: tuple[str, ...] = ("auto", "python", "duckdb")
-AUTO_DUCKDB_BYTES = 16 << 20
-"""``engine="auto"`` picks DuckDB when the shards a query may read total at least this size."""
+AUTO_DUCKDB_BYTES = 10 << 20
+"""``engine="auto"`` picks DuckDB when the shards a query may read total at least this size
+(measured crossover of a ``mantis runs stats`` process, DuckDB's import included)..."""
+AUTO_DUCKDB_BYTES_IMPORTED = 6 << 20
+"""... and this size when DuckDB is already imported (a long-lived process, the tests)."""
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 DIGITS = 6
@@ -225,37 +229,38 @@ def bucket_values(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
 def python_select(shards: Sequence[Shard], flt: RunFilter, last: int) -> Selection:
     """Pure-Python streaming engine: newest ``last`` matching rows (0 = all) and their stats.
 
-    Shards are read newest first and reading stops after the first shard at which ``last``
-    rows are held: every row of an older shard finished before any row of a newer one.
+    Shards are read newest first and reading stops after the first month at which ``last``
+    rows are held: every row of an older month finished before any row of a newer one.
     """
     report = ReadReport()
     since_us = to_micros(flt.since) if flt.since else None
     until_us = to_micros(flt.until) if flt.until else None
     kept: list[tuple[int, str, int, dict[str, Any]]] = []  # min-heap when last > 0
     tie = count()
-    for shard in shards:
-        for row in iter_shard(shard, report):
-            if row.get("workflow_id") != flt.workflow_id:
-                continue
-            if flt.status and row.get("status") != flt.status:
-                continue
-            finished = parse_timestamp(row.get("finished_at"))
-            if finished is None:
-                report.note("invalid", f"{shard.path} (run_id {row.get('run_id')!r})")
-                continue
-            micros = to_micros(finished)
-            if (since_us is not None and micros < since_us) or (
-                until_us is not None and micros >= until_us
-            ):
-                continue
-            run_id = row.get("run_id")
-            item = (micros, run_id if isinstance(run_id, str) else "", next(tie), row)
-            if not last:
-                kept.append(item)
-            elif len(kept) < last:
-                heapq.heappush(kept, item)
-            elif item[:2] > kept[0][:2]:
-                heapq.heapreplace(kept, item)
+    for month in month_groups(list(shards)):
+        for shard in month:
+            for row in iter_shard(shard, report):
+                if row.get("workflow_id") != flt.workflow_id:
+                    continue
+                if flt.status and row.get("status") != flt.status:
+                    continue
+                finished = parse_timestamp(row.get("finished_at"))
+                if finished is None:
+                    report.note("invalid", f"{shard.path} (run_id {row.get('run_id')!r})")
+                    continue
+                micros = to_micros(finished)
+                if (since_us is not None and micros < since_us) or (
+                    until_us is not None and micros >= until_us
+                ):
+                    continue
+                run_id = row.get("run_id")
+                item = (micros, run_id if isinstance(run_id, str) else "", next(tie), row)
+                if not last:
+                    kept.append(item)
+                elif len(kept) < last:
+                    heapq.heappush(kept, item)
+                elif item[:2] > kept[0][:2]:
+                    heapq.heapreplace(kept, item)
         if last and len(kept) >= last:
             break
     values = bucket_values(item[3] for item in kept)
@@ -290,12 +295,23 @@ def python_workflows(shards: Sequence[Shard]) -> tuple[list[WorkflowSummary], Re
 
 
 def choose_engine(engine: str, shards: Sequence[Shard]) -> str:
-    """Resolve ``auto`` by the total size of the shards a query may read."""
+    """Resolve ``auto`` by the total size of the shards a query may read.
+
+    DuckDB when a shard is compacted (Parquet needs DuckDB anyway) or when the shards total
+    at least :data:`AUTO_DUCKDB_BYTES` (:data:`AUTO_DUCKDB_BYTES_IMPORTED` once DuckDB is
+    imported): below that, Python's streaming beats DuckDB's fixed cost (import, connection,
+    a few queries). With a ``--last`` cap the query usually reads only the newest month, but
+    how many months it needs is only known while reading; the total is used because a wrong
+    "python" on a large log costs seconds while a wrong "duckdb" costs about 0.1 s.
+    """
     if engine not in ENGINES:
         raise QueryError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
-    return "duckdb" if sum(s.size for s in shards) >= AUTO_DUCKDB_BYTES else "python"
+    if any(s.compacted for s in shards):
+        return "duckdb"
+    limit = AUTO_DUCKDB_BYTES_IMPORTED if "duckdb" in sys.modules else AUTO_DUCKDB_BYTES
+    return "duckdb" if sum(s.size for s in shards) >= limit else "python"
 
 
 def select(shards: Sequence[Shard], flt: RunFilter, last: int, engine: str) -> Selection:
