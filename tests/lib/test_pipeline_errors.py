@@ -82,3 +82,19 @@ def test_max_failures_aborts_and_keeps_finished_work(forty: Store, max_failures:
         "WHERE column = '__status__' AND value_string = 'ok'"
     )
     assert ok == [(20,)]
+
+
+def test_progress_bar_on_request_and_silence_when_not_a_terminal(
+    forty: Store, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    pipeline = MapReduceComputation("Progress", project_id="p").add_level(
+        EntityLevel.TRACE, lambda trace: Out(n=1), Out
+    )
+    pipeline.run("run_a", mode="local", persist_results=False)  # stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    assert "progress on run_a: traces 40 (not persisted)" in caplog.text
+
+    pipeline.run("run_a", mode="local", persist_results=False, progress=True)
+    err = capsys.readouterr().err
+    assert "40/40" in err and "traces/s" in err and "0 errors" in err
