@@ -57,7 +57,7 @@ JSON_COLUMNS = (
 
 _READ_JSON = f"""
     SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
-           wall_time_breakdown, filename
+           wall_time_breakdown::VARCHAR AS wall_time_breakdown, filename
     FROM read_json(
         $NAME,
         format = 'newline_delimited',
@@ -70,7 +70,7 @@ _READ_JSON = f"""
 
 _READ_PARQUET = """
     SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
-           wall_time_breakdown::JSON AS wall_time_breakdown, filename
+           wall_time_breakdown, filename
     FROM read_parquet($NAME, filename = true)
 """
 
@@ -104,12 +104,17 @@ def connect() -> Iterator[duckdb.DuckDBPyConnection]:
         conn.close()
 
 
-def source_sql(shards: Sequence[Shard], params: dict[str, Any]) -> str:
+def source_sql(
+    shards: Sequence[Shard], params: dict[str, Any], *, one_workflow: bool = False
+) -> str:
     """SQL of a relation over ``shards`` (JSONL and Parquet) with the engine's columns.
 
     Adds the file lists to ``params`` (``$jsonl``, ``$parquet``). Columns: ``schema_version,
-    workflow_id, run_id, status, finished_at, total_time_s, wall_time_breakdown`` (JSON) and
-    ``filename``.
+    workflow_id, run_id, status, finished_at, total_time_s, wall_time_breakdown`` (JSON text, as
+    VARCHAR: a cast to JSON would parse it again) and ``filename``. With ``one_workflow``, the
+    Parquet part only holds the rows of workflow ``$workflow_id`` and the bad rows (two scans,
+    so that the first can skip row groups by their min/max statistics, which an ``OR`` filter
+    prevents).
     """
     parts = []
     jsonl = [str(s.path) for s in shards if not s.compacted]
@@ -119,7 +124,15 @@ def source_sql(shards: Sequence[Shard], params: dict[str, Any]) -> str:
         parts.append(_READ_JSON.replace("$NAME", "$jsonl"))
     if parquet:
         params["parquet"] = parquet
-        parts.append(_READ_PARQUET.replace("$NAME", "$parquet"))
+        scan = _READ_PARQUET.replace("$NAME", "$parquet")
+        if one_workflow:
+            parts.append(f"{scan} WHERE workflow_id = $workflow_id")
+            parts.append(
+                f"{scan} WHERE workflow_id IS DISTINCT FROM $workflow_id AND (workflow_id IS NULL"
+                f" OR schema_version IS DISTINCT FROM {SCHEMA_VERSION})"
+            )
+        else:
+            parts.append(scan)
     if not parts:
         raise ValueError("source_sql needs at least one shard")
     return " UNION ALL ".join(parts)
@@ -133,7 +146,7 @@ def duckdb_select(
     table = f"runs_log_sel_{uuid.uuid4().hex}"
     conn.execute(
         f"CREATE TEMP TABLE {table} (kind VARCHAR, ts TIMESTAMPTZ, run_id VARCHAR, "
-        "total_time_s DOUBLE, wall_time_breakdown JSON, filename VARCHAR)"
+        "total_time_s DOUBLE, wall_time_breakdown VARCHAR, filename VARCHAR)"
     )
     try:
         # With a cap, one month at a time newest first; without one, all shards in one scan.
@@ -148,7 +161,7 @@ def duckdb_select(
                 "since": flt.since,
                 "until": flt.until,
             }
-            source = source_sql(batch, params)
+            source = source_sql(batch, params, one_workflow=True)
             conn.execute(
                 f"""
                 INSERT INTO {table}
