@@ -1,0 +1,159 @@
+"""The entity_metadata IO manager: level outputs in, the level below out.
+
+``handle_output`` receives a :class:`LevelResult` (the outputs a level asset computed for the
+partition(s) of its step) and makes sure each one is in ``entity_metadata`` under its identity
+(project, run, judge, level, entity, column) for the judge version: the engine already wrote
+them as it went (that is what makes a retried partition resume), so normally nothing is
+missing and nothing is written twice; anything missing is written. Rewriting is harmless
+anyway: the table is a ReplacingMergeTree keyed by identity.
+
+``load_input`` loads the level below for the downstream partition(s): the shards of the run for
+a datapoint level, every shard of the run for step and run levels (the upstream keys Dagster
+maps onto the downstream partition, in any order).
+"""
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from manta_dagster.partitions import DEFAULT_SHARD_COUNT, scopes_from_keys
+from manta_dagster.resources import ClickHouseResource
+from manta_lib.entities import MetadataOutput
+from manta_lib.models import EntityLevel
+from manta_lib.pipeline.planner import plan_scope
+from manta_lib.store import Store
+from manta_lib.store.metadata import MetadataWriter, StoredEntity, load_entities, load_status
+
+# Keys of the asset definition metadata the IO manager reads to know what a level stores.
+META_JUDGE = "manta/judge"
+META_PROJECT = "manta/project_id"
+META_LEVEL = "manta/level"
+META_VERSION = "manta/judge_version"
+META_SHARDS = "manta/shard_count"
+
+
+@dataclass
+class LevelResult:
+    """What a level asset returns: its outputs for the partition(s) of the step."""
+
+    project_id: str
+    judge: str
+    judge_version: str
+    level: EntityLevel
+    outputs: list[MetadataOutput] = field(default_factory=list)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return sorted({o.run_id for o in self.outputs})
+
+
+@dataclass
+class LevelInput:
+    """The stored outputs of the level below, per run, for a downstream step."""
+
+    level: EntityLevel
+    by_run: dict[str, list[StoredEntity]]
+
+
+def _meta(metadata: Mapping[str, Any], key: str) -> Any:
+    value = metadata[key]
+    return getattr(value, "value", value)
+
+
+def child_ids(level: EntityLevel, refs: Sequence[Any]) -> list[str]:
+    """Entity ids of ``level`` among the traces ``refs`` (trace, datapoint or step ids)."""
+    if level is EntityLevel.TRACE:
+        return [ref.trace_id for ref in refs]
+    if level is EntityLevel.DATAPOINT:
+        return sorted({ref.datapoint_id for ref in refs})
+    if level is EntityLevel.STEP:
+        return sorted({str(ref.step_number) for ref in refs})
+    raise ValueError(f"{level.value} is the top level: nothing is loaded from it")
+
+
+def store_missing(store: Store, result: LevelResult) -> tuple[int, int]:
+    """Write the outputs of ``result`` not yet stored for its judge version.
+
+    Returns ``(entities stored now, entities this call wrote)``.
+    """
+    by_run: dict[str, list[MetadataOutput]] = defaultdict(list)
+    for outcome in result.outputs:
+        by_run[outcome.run_id].append(outcome)
+    missing: list[MetadataOutput] = []
+    for run_id, outputs in by_run.items():
+        status = load_status(
+            store,
+            project_id=result.project_id,
+            run_id=run_id,
+            judge=result.judge,
+            level=result.level,
+            judge_version=result.judge_version,
+        )
+        missing.extend(o for o in outputs if status.get(o.entity_id) is not o.ok)
+    if missing:
+        writer = MetadataWriter(store, project_id=result.project_id, judge=result.judge)
+        writer.add(missing)
+        writer.flush()
+    return len(result.outputs), len(missing)
+
+
+class EntityMetadataIOManager(dg.ConfigurableIOManager):
+    """Stores level outputs in ``entity_metadata`` and loads the level below for a reduce."""
+
+    clickhouse: ClickHouseResource
+
+    def handle_output(self, context: dg.OutputContext, obj: LevelResult | None) -> None:
+        if obj is None or not obj.outputs:
+            return
+        with self.clickhouse.open() as store:
+            stored, written = store_missing(store, obj)
+        context.log.debug(
+            "%s/%s: %d entities in entity_metadata, %d written by the IO manager",
+            obj.judge,
+            obj.level.value,
+            stored,
+            written,
+        )
+
+    def load_input(self, context: dg.InputContext) -> LevelInput:
+        upstream = context.upstream_output
+        if upstream is None:
+            raise dg.DagsterInvariantViolationError(
+                "EntityMetadataIOManager loads level assets only (no upstream output)"
+            )
+        metadata = upstream.definition_metadata or {}
+        level = EntityLevel(_meta(metadata, META_LEVEL))
+        project_id = _meta(metadata, META_PROJECT)
+        judge = _meta(metadata, META_JUDGE)
+        version = _meta(metadata, META_VERSION)
+        shard_count = int(_meta(metadata, META_SHARDS) or DEFAULT_SHARD_COUNT)
+        keys = context.asset_partition_keys if context.has_asset_partitions else []
+        by_run: dict[str, list[StoredEntity]] = {}
+        with self.clickhouse.open() as store:
+            for scope in scopes_from_keys(keys, shard_count):
+                ids = None
+                if scope.shards is not None:
+                    refs = plan_scope(
+                        store, scope.run_id, shards=scope.shards, shard_count=shard_count
+                    )
+                    ids = child_ids(level, refs)
+                by_run[scope.run_id] = load_entities(
+                    store,
+                    project_id=project_id,
+                    run_id=scope.run_id,
+                    judge=judge,
+                    level=level,
+                    judge_version=version,
+                    entity_ids=ids,
+                )
+        context.log.debug(
+            "loaded %s/%s for %d run(s): %d entities",
+            judge,
+            level.value,
+            len(by_run),
+            sum(len(v) for v in by_run.values()),
+        )
+        return LevelInput(level, by_run)
