@@ -322,6 +322,11 @@ class MantaService:
         span_filter: SpanFilter | None,
         batch_size: int,
     ) -> Iterator[list[TraceContext]]:
+        """Merge two streams sorted by (run_id, trace_id): trace rows and their spans.
+
+        Each stream has its own connection, so memory holds one batch whatever the run size,
+        and the caller may use this service while iterating.
+        """
         where, params = _trace_filter(run_id, filters).where()
         limit_sql = ""
         if limit is not None:
@@ -329,67 +334,45 @@ class MantaService:
                 raise QueryError(f"limit must be >= 0, got {limit}")
             params["q_limit"] = int(limit)
             limit_sql = " LIMIT {q_limit:UInt64}"
-        selected = (
-            f"SELECT run_id, trace_id FROM {{db}}.traces WHERE {where} "
-            f"ORDER BY run_id, trace_id{limit_sql}"
-        )
-        traces = [
-            trace_from_row(row)
-            for row in self.store.rows(
-                f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} "
-                f"ORDER BY run_id, trace_id{limit_sql}",
-                params,
-            )
-        ]
-        if not traces:
-            return
+        order = f"ORDER BY run_id, trace_id{limit_sql}"
+        traces_sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order}"
         span_where, span_params = (span_filter or SpanFilter()).where()
-        runs = sorted({t.run_id for t in traces})
         spans_sql = (
             f"SELECT {SPAN_SELECT} FROM {{db}}.spans "
-            f"WHERE run_id IN {{m_runs:Array(String)}} AND (run_id, trace_id) IN ({selected}) "
-            f"AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
+            f"WHERE run_id IN (SELECT run_id FROM {{db}}.traces WHERE {where}) "
+            f"AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {{db}}.traces "
+            f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
         )
-        position = 0
-        batch: list[TraceContext] = []
-        current: list[tuple] = []
-        current_key: tuple[str, str] | None = None
-
-        def emit_until(key: tuple[str, str] | None) -> Iterator[list[TraceContext]]:
-            """Attach ``current`` to its trace; emit traces (and full batches) up to ``key``."""
-            nonlocal position, batch
-            while position < len(traces):
-                trace = traces[position]
-                trace_key = (trace.run_id, trace.trace_id)
-                if key is not None and trace_key > key:
-                    return
-                batch.append(TraceContext(trace, current if trace_key == current_key else []))
-                position += 1
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
-                if key is not None and trace_key == key:
-                    return
-
-        # The stream gets its own connection so the caller may query while iterating.
-        streamer = self.store.sibling()
+        trace_conn = self.store.sibling()
+        span_conn = self.store.sibling()
         try:
-            with streamer.stream(spans_sql, {**params, **span_params, "m_runs": runs}) as blocks:
-                for block in blocks:
-                    for row in block:
-                        key = (row[1], row[0])
-                        if key != current_key:
-                            if current_key is not None:
-                                yield from emit_until(current_key)
-                            current_key, current = key, []
-                        current.append(row)
+            with (
+                trace_conn.stream(traces_sql, params) as trace_blocks,
+                span_conn.stream(spans_sql, {**params, **span_params}) as span_blocks,
+            ):
+                spans = (row for block in span_blocks for row in block)
+                pending = next(spans, None)
+                batch: list[TraceContext] = []
+                for block in trace_blocks:
+                    for trace_row in block:
+                        trace = trace_from_row(trace_row)
+                        key = (trace.run_id, trace.trace_id)
+                        # Spans sort by (run_id, trace_id) too: row[1] is run_id, row[0] trace_id.
+                        while pending is not None and (pending[1], pending[0]) < key:
+                            pending = next(spans, None)  # a trace added between the two reads
+                        rows: list[tuple] = []
+                        while pending is not None and (pending[1], pending[0]) == key:
+                            rows.append(pending)
+                            pending = next(spans, None)
+                        batch.append(TraceContext(trace, rows))
+                        if len(batch) >= batch_size:
+                            yield batch
+                            batch = []
+                if batch:
+                    yield batch
         finally:
-            streamer.close()
-        if current_key is not None:
-            yield from emit_until(current_key)
-        yield from emit_until(None)
-        if batch:
-            yield batch
+            trace_conn.close()
+            span_conn.close()
 
     def load_contexts(
         self, traces: Sequence[TraceRecord], span_filter: SpanFilter | None = None
