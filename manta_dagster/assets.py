@@ -19,14 +19,15 @@ Example::
     from manta_dagster.assets import build_pipeline_assets
     from examples.tool_errors import pipeline
 
-    assets = build_pipeline_assets(pipeline, shard_count=64)
+    built = build_pipeline_assets(pipeline, shard_count=64)
+    built.assets  # [tool_errors/trace, tool_errors/datapoint, tool_errors/step]
 """
 
-from __future__ import annotations
-
 import time
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -64,6 +65,19 @@ from manta_lib.pipeline.planner import TraceRef, plan_scope
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.store import Store
 from manta_lib.store.metadata import outputs_from_stored, utc_now
+
+__all__ = [
+    "DEFAULT_ERROR_RATE_THRESHOLD",
+    "IO_MANAGER_KEY",
+    "KIND",
+    "AssetOptions",
+    "PipelineAssets",
+    "build_level_asset",
+    "build_pipeline_assets",
+    "code_version",
+    "level_key",
+    "level_partitions",
+]
 
 KIND = "clickhouse"
 DEFAULT_ERROR_RATE_THRESHOLD = 0.05
@@ -162,7 +176,7 @@ def _metadata(
     seconds: float,
     computed: int,
     scopes: Sequence[RunScope],
-) -> dict[str, dg.RawMetadataValue]:
+) -> dict[str, Any]:
     errors = sum(1 for o in outputs if o.error is not None)
     return {
         "entities": len(outputs),
@@ -195,11 +209,11 @@ def build_level_asset(
     if not spec.is_map:
         ins["children"] = dg.AssetIn(key=level_key(pipeline, pipeline.below(spec.level).level))
 
-    def compute(
+    def materialize(
         context: dg.AssetExecutionContext,
         clickhouse: ClickHouseResource,
         kestrel: KestrelResource,
-        children: LevelInput | None = None,
+        children: LevelInput | None,
     ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
         started = time.perf_counter()
         created_at = utc_now()
@@ -274,35 +288,58 @@ def build_level_asset(
         )
         yield from checks
 
+    # Dagster reads the inputs from the signature: the map level has none, a reduce level one.
+    if spec.is_map:
+
+        def compute(
+            context: dg.AssetExecutionContext,
+            clickhouse: ClickHouseResource,
+            kestrel: KestrelResource,
+        ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+            yield from materialize(context, clickhouse, kestrel, None)
+
+    else:
+
+        def compute(  # type: ignore[misc]
+            context: dg.AssetExecutionContext,
+            clickhouse: ClickHouseResource,
+            kestrel: KestrelResource,
+            children: LevelInput,
+        ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+            yield from materialize(context, clickhouse, kestrel, children)
+
     compute.__name__ = f"{pipeline.judge}__{spec.level.value}"
-    return dg.asset(
-        key=key,
-        ins=ins,
-        group_name=pipeline.judge,
-        description=_description(pipeline, spec),
-        partitions_def=level_partitions(spec.level, shard_count),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        code_version=version,
-        kinds={KIND, "python"},
-        tags={"manta/judge": pipeline.judge, "manta/level": spec.level.value},
-        metadata={
-            META_JUDGE: pipeline.judge,
-            META_PROJECT: pipeline.project_id,
-            META_LEVEL: spec.level.value,
-            META_VERSION: version,
-            META_SHARDS: shard_count,
-            "manta/function": getattr(spec.fn, "__qualname__", repr(spec.fn)),
-            "manta/module": getattr(spec.fn, "__module__", ""),
-            "manta/schema": spec.schema.__name__,
-        },
-        io_manager_key=IO_MANAGER_KEY,
-        check_specs=check_specs(key, spec.level, options.error_rate_threshold),
-        automation_condition=(
-            level_condition(is_map=spec.is_map, cron=options.backfill_cron)
-            if options.automation
-            else None
-        ),
-    )(compute)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # backfill_policy is beta in 1.13
+        decorate = dg.asset(
+            key=key,
+            ins=ins,
+            group_name=pipeline.judge,
+            description=_description(pipeline, spec),
+            partitions_def=level_partitions(spec.level, shard_count),
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            code_version=version,
+            kinds={KIND, "python"},
+            tags={"manta/judge": pipeline.judge, "manta/level": spec.level.value},
+            metadata={
+                META_JUDGE: pipeline.judge,
+                META_PROJECT: pipeline.project_id,
+                META_LEVEL: spec.level.value,
+                META_VERSION: version,
+                META_SHARDS: shard_count,
+                "manta/function": getattr(spec.fn, "__qualname__", repr(spec.fn)),
+                "manta/module": getattr(spec.fn, "__module__", ""),
+                "manta/schema": spec.schema.__name__,
+            },
+            io_manager_key=IO_MANAGER_KEY,
+            check_specs=check_specs(key, spec.level, options.error_rate_threshold),
+            automation_condition=(
+                level_condition(is_map=spec.is_map, cron=options.backfill_cron)
+                if options.automation
+                else None
+            ),
+        )
+        return decorate(compute)
 
 
 def _run_checks(
@@ -344,8 +381,42 @@ def _run_checks(
     return results
 
 
+@dataclass(frozen=True)
+class PipelineAssets:
+    """The level assets of one pipeline, bottom-up."""
+
+    pipeline: MapReduceComputation
+    assets: list[dg.AssetsDefinition] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[dg.AssetKey]:
+        return [level_key(self.pipeline, spec.level) for spec in self.pipeline.levels]
+
+    @property
+    def trace_key(self) -> dg.AssetKey:
+        """The map level's key: what the discovery sensor requests for a new run."""
+        return level_key(self.pipeline, EntityLevel.TRACE)
+
+
 def build_pipeline_assets(
-    pipeline: MapReduceComputation, options: AssetOptions = AssetOptions()
-) -> list[dg.AssetsDefinition]:
-    """One asset per level of ``pipeline``, bottom-up."""
-    return [build_level_asset(pipeline, spec, options) for spec in pipeline.levels]
+    pipeline: MapReduceComputation,
+    *,
+    shard_count: int = DEFAULT_SHARD_COUNT,
+    error_rate_threshold: float = DEFAULT_ERROR_RATE_THRESHOLD,
+    backfill_cron: str = DEFAULT_BACKFILL_CRON,
+    automation: bool = True,
+    max_workers: int | None = None,
+    batch_size: int = 1000,
+) -> PipelineAssets:
+    """One asset per level of ``pipeline`` (see :class:`AssetOptions` for the knobs)."""
+    options = AssetOptions(
+        shard_count=shard_count,
+        error_rate_threshold=error_rate_threshold,
+        max_workers=max_workers,
+        batch_size=batch_size,
+        automation=automation,
+        backfill_cron=backfill_cron,
+    )
+    return PipelineAssets(
+        pipeline, [build_level_asset(pipeline, spec, options) for spec in pipeline.levels]
+    )

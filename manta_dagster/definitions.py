@@ -32,9 +32,13 @@ from manta_dagster.partitions import DEFAULT_SHARD_COUNT
 from manta_dagster.resources import ClickHouseResource, KestrelResource
 from manta_dagster.schedules import DEFAULT_BACKFILL_CRON, automation_sensor
 from manta_dagster.sensors import build_run_discovery_sensor
-from manta_dagster.wall_time import WALL_TIME_RESOURCES, wall_time_percentiles
 from manta_lib.errors import ConfigError, PipelineDefinitionError
 from manta_lib.pipeline.computation import MapReduceComputation
+
+try:  # the DuckDB runs-log asset lives in its own module, maintained separately
+    from manta_dagster.wall_time import WALL_TIME_RESOURCES, wall_time_percentiles
+except ImportError:  # pragma: no cover - only while that module is absent
+    WALL_TIME_RESOURCES, wall_time_percentiles = {}, None
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +150,7 @@ def build_definitions(
     ]
     clickhouse = clickhouse or ClickHouseResource()
     assets: list[dg.AssetsDefinition] = [a for b in built for a in b.assets]
-    if include_wall_time:
+    if include_wall_time and wall_time_percentiles is not None:
         assets.append(wall_time_percentiles)
     sensors: list[dg.SensorDefinition] = [
         automation_sensor(
@@ -165,7 +169,7 @@ def build_definitions(
             "clickhouse": clickhouse,
             "kestrel": kestrel or KestrelResource(),
             IO_MANAGER_KEY: EntityMetadataIOManager(clickhouse=clickhouse),
-            **WALL_TIME_RESOURCES,
+            **(WALL_TIME_RESOURCES if include_wall_time else {}),
         },
         executor=dg.in_process_executor if embedded else dg.multiprocess_executor,
     )

@@ -27,6 +27,9 @@ from manta_lib.pipeline.planner import plan_scope
 from manta_lib.store import Store
 from manta_lib.store.metadata import MetadataWriter, StoredEntity, load_entities, load_status
 
+IO_MANAGER_KEY = "manta_io_manager"
+"""The resource key of :class:`EntityMetadataIOManager` in the definitions."""
+
 # Keys of the asset definition metadata the IO manager reads to know what a level stores.
 META_JUDGE = "manta/judge"
 META_PROJECT = "manta/project_id"
