@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -35,10 +36,15 @@ from manta_dagster.sensors import build_run_discovery_sensor
 from manta_lib.errors import ConfigError, PipelineDefinitionError
 from manta_lib.pipeline.computation import MapReduceComputation
 
+WALL_TIME_RESOURCES: dict[str, Any] = {}
+wall_time_percentiles: dg.AssetsDefinition | None = None
 try:  # the DuckDB runs-log asset lives in its own module, maintained separately
-    from manta_dagster.wall_time import WALL_TIME_RESOURCES, wall_time_percentiles
+    from manta_dagster import wall_time as _wall_time
+
+    WALL_TIME_RESOURCES = dict(_wall_time.WALL_TIME_RESOURCES)
+    wall_time_percentiles = _wall_time.wall_time_percentiles
 except ImportError:  # pragma: no cover - only while that module is absent
-    WALL_TIME_RESOURCES, wall_time_percentiles = {}, None
+    pass
 
 log = logging.getLogger(__name__)
 
