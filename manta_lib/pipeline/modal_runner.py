@@ -1,0 +1,288 @@
+"""Modal mode: the batch driver with Modal containers as its workers.
+
+``pipeline.run(run_id)`` (``mode="modal"``, the default) comes here. Before any work or image
+build, :func:`preflight` checks that Modal credentials are set and that ClickHouse is reachable
+from Modal's cloud (not the embedded chDB store, not localhost). Then :func:`build_modal_app`
+defines, per computation:
+
+- an :class:`modal.App` named after the judge,
+- an Image: ``debian_slim`` + Manta's runtime dependencies + the pipeline's ``pip_install``,
+  carrying Manta's source and the pipeline's module (``add_local_python_source``),
+- a Secret with the ClickHouse (and Kestrel, when set) settings,
+- the worker Function, :func:`manta_lib.pipeline.remote.run_batch`, with a timeout, Modal-level
+  retries for lost containers, and more containers when the map function ``uses_llm``
+  (latency-bound, so more inputs in flight pay off).
+
+:class:`ModalExecutor` maps the worker over the pending batches with
+``Function.map(..., return_exceptions=True)`` inside ``app.run()``; the driver
+(:mod:`manta_lib.pipeline.driver`) plans, tracks commits, retries and reduces locally.
+
+Example::
+
+    result = pipeline.run("run_xxx")  # needs MODAL_TOKEN_ID/SECRET and a reachable CLICKHOUSE_URL
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import ipaddress
+import logging
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from manta_lib.entities import MetadataOutput
+from manta_lib.errors import ConfigError
+from manta_lib.models import EntityLevel
+from manta_lib.pipeline.computation import MapReduceComputation
+from manta_lib.pipeline.driver import MAX_ATTEMPTS, Outcome, Payload, run_with_executor
+from manta_lib.pipeline.engine import RunOptions
+from manta_lib.pipeline.remote import pipeline_ref, run_batch, worker_environment
+from manta_lib.settings import MantaSettings
+
+log = logging.getLogger(__name__)
+
+#: Seconds one batch may take in a container (Modal's limit per input).
+WORKER_TIMEOUT_S = 1800
+LLM_WORKER_TIMEOUT_S = 3600
+#: Modal-level retries of one input (a preempted or lost container); the driver then retries
+#: failed batches itself, ``MAX_ATTEMPTS`` rounds in all.
+MODAL_RETRIES = 1
+#: Containers at once: LLM map functions wait on the network, so more of them pay off.
+MAX_CONTAINERS = 16
+LLM_MAX_CONTAINERS = 64
+#: Distributions Manta needs locally but not in a worker (Modal provides its own client; the
+#: embedded chDB engine is never used remotely, preflight forbids it).
+_NOT_IN_IMAGE = {"modal", "chdb"}
+_LOCAL_HOSTS = {"localhost", "host.docker.internal"}
+
+
+def preflight(settings: MantaSettings) -> None:
+    """Fail before any work when Modal workers could not run or could not reach the store.
+
+    Raises:
+        ConfigError: one message listing everything to set (and suggesting mode="local").
+    """
+    problems: list[str] = []
+    missing = [
+        name
+        for name, value in (
+            ("MODAL_TOKEN_ID", settings.modal_token_id),
+            ("MODAL_TOKEN_SECRET", settings.modal_token_secret),
+        )
+        if value is None or not _secret_text(value).strip()
+    ]
+    if missing:
+        problems.append(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: create a "
+            f"token at https://modal.com/settings/tokens and export MODAL_TOKEN_ID and "
+            f"MODAL_TOKEN_SECRET"
+        )
+    url = settings.clickhouse_url
+    if url is None:
+        problems.append(
+            "CLICKHOUSE_URL is not set, so the store is the embedded chDB engine on this "
+            "machine, which Modal workers cannot reach: set CLICKHOUSE_URL=https://host:8443 "
+            "(a ClickHouse server reachable from the internet) with CLICKHOUSE_USER and "
+            "CLICKHOUSE_PASSWORD"
+        )
+    elif settings.embedded:
+        problems.append(
+            f"CLICKHOUSE_URL={url} is an embedded chDB store on this machine, which Modal "
+            f"workers cannot reach: set CLICKHOUSE_URL to a ClickHouse server reachable from "
+            f"the internet (https://host:8443) with CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
+        )
+    elif _is_local_host(urlparse(url).hostname or ""):
+        problems.append(
+            f"CLICKHOUSE_URL={url} points at this machine or a private network, which Modal "
+            f"workers (in Modal's cloud) cannot reach: set CLICKHOUSE_URL to a ClickHouse "
+            f"server reachable from the internet (https://host:8443)"
+        )
+    if problems:
+        raise ConfigError(
+            "mode='modal' cannot start: "
+            + "; ".join(problems)
+            + ". To run on this machine instead, use mode='local' (e.g. "
+            "pipeline.run(run_id, mode='local'))."
+        )
+
+
+def _secret_text(value: object) -> str:
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if getter is not None else value)
+
+
+def _is_local_host(host: str) -> bool:
+    """Loopback, unspecified, link-local or private addresses, and localhost names."""
+    host = host.strip("[]").lower()
+    if host in _LOCAL_HOSTS or host.endswith(".localhost") or host.endswith(".local"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (
+        address.is_loopback or address.is_unspecified or address.is_link_local or address.is_private
+    )
+
+
+def manta_requirements() -> list[str]:
+    """Manta's runtime dependencies for the worker image (from the installed metadata)."""
+    requirements = []
+    for requirement in importlib.metadata.requires("manta") or []:
+        if ";" in requirement and "extra ==" in requirement:
+            continue
+        name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
+        if name.lower() not in _NOT_IN_IMAGE:
+            requirements.append(requirement.split(";")[0].strip())
+    return requirements
+
+
+@dataclass(frozen=True)
+class ModalAppSpec:
+    """Plain values of what :func:`build_modal_app` defines (inspectable without Modal)."""
+
+    app_name: str
+    function_name: str
+    python_version: str
+    packages: list[str]
+    local_sources: list[str]
+    secret_keys: list[str]
+    timeout_s: int
+    retries: int
+    max_containers: int
+    secret_env: dict[str, str] = field(repr=False, default_factory=dict)
+
+
+def app_spec(
+    pipeline: MapReduceComputation,
+    settings: MantaSettings,
+    *,
+    timeout_s: int | None = None,
+    max_containers: int | None = None,
+    retries: int = MODAL_RETRIES,
+) -> ModalAppSpec:
+    """What the Modal App, Image, Secret and Function of ``pipeline`` will be."""
+    ref = pipeline_ref(pipeline)
+    module = ref.split(":")[0]
+    uses_llm = pipeline.level(EntityLevel.TRACE).uses_llm
+    env = worker_environment(settings)
+    # The Modal token stays with the driver; workers get only the store and Kestrel settings.
+    secret_env = {k: v for k, v in env.items() if v != ""}
+    sources = ["manta_lib", "manta", module.split(".")[0]]
+    return ModalAppSpec(
+        app_name=f"manta-{pipeline.judge.replace('_', '-')}",
+        function_name="run_batch",
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+        packages=list(dict.fromkeys([*manta_requirements(), *pipeline.pip_install])),
+        local_sources=list(dict.fromkeys(sources)),
+        secret_keys=sorted(secret_env),
+        timeout_s=timeout_s or (LLM_WORKER_TIMEOUT_S if uses_llm else WORKER_TIMEOUT_S),
+        retries=retries,
+        max_containers=max_containers or (LLM_MAX_CONTAINERS if uses_llm else MAX_CONTAINERS),
+        secret_env=secret_env,
+    )
+
+
+def build_modal_app(
+    pipeline: MapReduceComputation,
+    settings: MantaSettings,
+    *,
+    timeout_s: int | None = None,
+    max_containers: int | None = None,
+    retries: int = MODAL_RETRIES,
+) -> tuple[Any, Any, ModalAppSpec]:
+    """``(modal.App, worker modal.Function, spec)`` for ``pipeline``; defines, builds nothing.
+
+    Nothing is sent to Modal here: the image is built and the app started by ``app.run()``.
+    """
+    import modal
+
+    spec = app_spec(
+        pipeline, settings, timeout_s=timeout_s, max_containers=max_containers, retries=retries
+    )
+    image = (
+        modal.Image.debian_slim(python_version=spec.python_version)
+        .pip_install(*spec.packages)
+        .add_local_python_source(*spec.local_sources)
+    )
+    app = modal.App(spec.app_name)
+    function = app.function(
+        image=image,
+        secrets=[modal.Secret.from_dict(dict(spec.secret_env))],
+        timeout=spec.timeout_s,
+        retries=spec.retries,
+        max_containers=spec.max_containers,
+        name=spec.function_name,
+        include_source=False,
+    )(run_batch)
+    return app, function, spec
+
+
+class ModalExecutor:
+    """Runs batches as inputs of the Modal worker Function, inside one ``app.run()``."""
+
+    def __init__(self, app: Any, function: Any, settings: MantaSettings) -> None:
+        self.app = app
+        self.function = function
+        self.settings = settings
+        self._running: Any = None
+
+    def _start(self) -> None:
+        """Connect with the settings' token (not whatever ~/.modal.toml holds) and start."""
+        import modal
+
+        client = modal.Client.from_credentials(
+            _secret_text(self.settings.modal_token_id),
+            _secret_text(self.settings.modal_token_secret),
+        )
+        running = self.app.run(client=client)
+        running.__enter__()
+        self._running = running
+
+    def run(self, payloads: Sequence[Payload]) -> Iterator[tuple[Payload, Outcome]]:
+        if not payloads:
+            return
+        if self._running is None:
+            self._start()
+        outcomes = self.function.map(list(payloads), return_exceptions=True, order_outputs=True)
+        yield from zip(payloads, outcomes, strict=True)
+
+    def close(self) -> None:
+        """Stop the ephemeral app (and its containers)."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.__exit__(None, None, None)
+
+
+def run_on_modal(
+    pipeline: MapReduceComputation,
+    run_id: str,
+    *,
+    options: RunOptions,
+    settings: MantaSettings,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> dict[EntityLevel, list[MetadataOutput]]:
+    """Preflight, define the Modal app, drive the batches, write the runs-log row."""
+    preflight(settings)
+    pipeline_ref(pipeline)  # a pipeline in __main__ fails here, before anything is built
+    app, function, spec = build_modal_app(pipeline, settings)
+    log.info(
+        "running %s on Modal app %s (up to %d containers, %d s per batch)",
+        pipeline.judge,
+        spec.app_name,
+        spec.max_containers,
+        spec.timeout_s,
+    )
+    return run_with_executor(
+        pipeline,
+        run_id,
+        executor=ModalExecutor(app, function, settings),
+        options=options,
+        settings=settings,
+        mode="modal",
+        max_attempts=max_attempts,
+    )
