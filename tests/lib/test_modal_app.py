@@ -244,9 +244,12 @@ def test_modal_executor_maps_with_return_exceptions_inside_one_app_run(
     remote_settings: MantaSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     credentials: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        modal.Client, "from_credentials", lambda i, s: credentials.append((i, s)) or "client"
-    )
+
+    def from_credentials(token_id: str, token_secret: str) -> str:
+        credentials.append((token_id, token_secret))
+        return "client"
+
+    monkeypatch.setattr(modal.Client, "from_credentials", from_credentials)
     app, function = _RecordingApp(), _RecordingFunction()
     executor = ModalExecutor(app, function, remote_settings)
     first = list(executor.run([{"batch_id": "b1"}, {"batch_id": "b2"}]))
