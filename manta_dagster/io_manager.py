@@ -109,14 +109,19 @@ class EntityMetadataIOManager(dg.ConfigurableIOManager):
     clickhouse: ClickHouseResource
 
     def handle_output(self, context: dg.OutputContext, obj: LevelResult | None) -> None:
+        """Store what is missing of ``obj`` for the step's partition(s) (a range step holds
+        several keys, unordered); report how many outcomes this call had to write."""
         if obj is None or not obj.outputs:
             return
+        partitions = len(context.asset_partition_keys) if context.has_asset_partitions else 0
         with self.clickhouse.open() as store:
             stored, written = store_missing(store, obj)
+        context.add_output_metadata({"written_by_io_manager": written})
         context.log.debug(
-            "%s/%s: %d entities in entity_metadata, %d written by the IO manager",
+            "%s/%s (%d partition(s)): %d entities in entity_metadata, %d written by the IO manager",
             obj.judge,
             obj.level.value,
+            partitions,
             stored,
             written,
         )
