@@ -61,6 +61,7 @@ from manta_lib.entities import MetadataOutput
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.computation import LevelSpec, MapReduceComputation
 from manta_lib.pipeline.engine import Engine, RunOptions, _log_run
+from manta_lib.pipeline.executor import describe_exception
 from manta_lib.pipeline.planner import TraceRef, plan_scope
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.store import Store
@@ -226,6 +227,7 @@ def build_level_asset(
         try:
             with clickhouse.open() as store:
                 if spec.is_map:
+                    pipeline.check_pip_install()  # as pipeline.run(mode="local") does
                     with clock("register"):
                         kestrel.register(pipeline, store)
                 engine = Engine(pipeline, store, options=run_options, persist=True, clock=clock)
@@ -254,7 +256,7 @@ def build_level_asset(
                 checks = _run_checks(store, pipeline, spec, key, options, scopes, outputs)
             status = "succeeded"
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = describe_exception(exc)
             raise
         finally:
             _log_run(
