@@ -1,0 +1,251 @@
+"""Level assets materialized for real: same results as ``pipeline.run``, resume, checks.
+
+Every test materializes on an ephemeral Dagster instance against a real chDB database holding
+300 demo traces; 4 shards per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from examples import run_summary, tool_errors
+from manta_dagster.assets import level_key
+from manta_dagster.partitions import shard_key
+from manta_lib.models import EntityLevel
+from manta_lib.settings import load_settings
+from manta_lib.store import Store
+from manta_lib.store.metadata import load_entities
+from tests.dagster import judges
+from tests.dagster.conftest import (
+    RUN_ID,
+    SHARDS,
+    Demo,
+    all_shards,
+    build,
+    materialize,
+    metadata_values,
+    register,
+    stored_status,
+)
+
+TRACE, DATAPOINT, STEP, RUN = (
+    EntityLevel.TRACE,
+    EntityLevel.DATAPOINT,
+    EntityLevel.STEP,
+    EntityLevel.RUN,
+)
+
+
+@pytest.fixture
+def judge() -> Iterator[None]:
+    judges.reset()
+    yield
+    judges.reset()
+
+
+def _values(store: Store, pipeline: object, level: EntityLevel, run_id: str) -> dict[str, dict]:
+    stored = load_entities(
+        store,
+        project_id=pipeline.project_id,  # type: ignore[attr-defined]
+        run_id=run_id,
+        judge=pipeline.judge,  # type: ignore[attr-defined]
+        level=level,
+        judge_version=pipeline.judge_version,  # type: ignore[attr-defined]
+    )
+    return {e.entity_id: {"values": e.values, "ok": e.ok, "error": e.error} for e in stored}
+
+
+def test_every_level_materializes_what_pipeline_run_computes(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, manta_env: dict[str, str]
+) -> None:
+    defs = build([tool_errors.pipeline, run_summary.pipeline])
+    register(instance, RUN_ID)
+    lower = [level_key(tool_errors.pipeline, TRACE), level_key(tool_errors.pipeline, DATAPOINT)]
+    lower.append(level_key(run_summary.pipeline, TRACE))
+    first = materialize(defs, instance, lower, tags=all_shards(RUN_ID))
+    upper = [level_key(tool_errors.pipeline, STEP), level_key(run_summary.pipeline, RUN)]
+    second = materialize(defs, instance, upper, partition_key=RUN_ID)
+
+    # The local engine on a copy of the data in another database gives the same values.
+    local = load_settings(database=manta_env["MANTA_DATABASE"] + "_local")
+    with Store.open(local) as other:
+        from manta_lib.demo import seed_demo
+
+        seed_demo(other, traces=300)
+    tool_errors.pipeline.run(RUN_ID, mode="local", settings=local, progress=False)
+    run_summary.pipeline.run(RUN_ID, mode="local", settings=local, progress=False)
+    with Store.open(local) as other:
+        for pipeline, levels in (
+            (tool_errors.pipeline, (TRACE, DATAPOINT, STEP)),
+            (run_summary.pipeline, (TRACE, RUN)),
+        ):
+            for level in levels:
+                ours = _values(store, pipeline, level, RUN_ID)
+                theirs = _values(other, pipeline, level, RUN_ID)
+                assert ours, f"{pipeline.judge}/{level.value} wrote nothing"
+                assert ours == theirs, f"{pipeline.judge}/{level.value} differs from local"
+
+    assert len(_values(store, tool_errors.pipeline, TRACE, RUN_ID)) == demo.runs[RUN_ID]
+    events = {
+        (e.asset_key.to_user_string(), e.partition): metadata_values(e.materialization)
+        for e in [
+            *first.get_asset_materialization_events(),
+            *second.get_asset_materialization_events(),
+        ]
+    }
+    assert {key for key, _ in events} == {
+        "tool_errors/trace",
+        "tool_errors/datapoint",
+        "tool_errors/step",
+        "run_summary/trace",
+        "run_summary/run",
+    }
+    step = events[("tool_errors/step", RUN_ID)]
+    assert step["entities"] == 4 and step["errors"] == 0
+    assert step["judge_version"] == tool_errors.pipeline.judge_version
+    assert "Histogram of" in str(step["summary"]) and "| mean_error_rate |" in str(step["summary"])
+    assert step["first_failures"] == "No failures."
+    trace = events[("tool_errors/trace", f"{RUN_ID}|01")]
+    assert trace["entities"] == demo.runs[RUN_ID]  # the step covered every shard of the run
+    checks = [*first.get_asset_check_evaluations(), *second.get_asset_check_evaluations()]
+    assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} >= {
+        ("tool_errors/trace", "complete"),
+        ("tool_errors/trace", "error_rate"),
+        ("tool_errors/trace", "schema"),
+        ("tool_errors/step", "schema"),
+        ("run_summary/run", "error_rate"),
+    }
+    assert all(c.passed for c in checks)
+
+
+def test_one_shard_materializes_only_its_traces(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
+) -> None:
+    defs = build([judges.pipeline])
+    register(instance, RUN_ID)
+    shard, traces, datapoints = store.rows(
+        "SELECT cityHash64(datapoint_id) % 4 AS shard, groupArray(trace_id), "
+        "groupUniqArray(datapoint_id) FROM {db}.traces WHERE run_id = {r:String} "
+        "GROUP BY shard ORDER BY length(groupArray(trace_id)) DESC LIMIT 1",
+        {"r": RUN_ID},
+    )[0]
+    assert 0 < len(traces) < demo.runs[RUN_ID]
+    keys = [level_key(judges.pipeline, TRACE), level_key(judges.pipeline, DATAPOINT)]
+
+    materialize(defs, instance, keys, partition_key=f"{RUN_ID}|{shard_key(shard, SHARDS)}")
+
+    assert dict(judges.CALLS) == dict.fromkeys(traces, 1)
+    assert set(stored_status(store, judges.pipeline, TRACE, RUN_ID)) == set(traces)
+    assert set(stored_status(store, judges.pipeline, DATAPOINT, RUN_ID)) == set(datapoints)
+
+
+def test_a_failed_partition_resumes_from_what_was_persisted(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
+) -> None:
+    defs = build([judges.pipeline])
+    register(instance, RUN_ID)
+    key = level_key(judges.pipeline, TRACE)
+    total = demo.runs[RUN_ID]
+    judges.BEHAVIOUR["crash_after"] = 40
+
+    failed = materialize(defs, instance, [key], tags=all_shards(RUN_ID), raise_on_error=False)
+
+    assert not failed.success
+    persisted = stored_status(store, judges.pipeline, TRACE, RUN_ID)
+    assert 0 < len(persisted) < total
+    judges.reset()
+
+    retried = materialize(defs, instance, [key], tags=all_shards(RUN_ID))
+
+    assert retried.success
+    assert sum(judges.CALLS.values()) == total - len(persisted)  # only what was missing
+    assert not set(judges.CALLS) & set(persisted)
+    assert len(stored_status(store, judges.pipeline, TRACE, RUN_ID)) == total
+    computed = {
+        metadata_values(e.materialization)["computed_now"]
+        for e in retried.get_asset_materialization_events()
+    }
+    assert computed == {total - len(persisted)}
+
+
+def test_error_rate_check_fails_and_metadata_lists_the_first_failures(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
+) -> None:
+    defs = build([judges.pipeline], error_rate_threshold=0.1)
+    register(instance, RUN_ID)
+    judges.BEHAVIOUR["fail_every"] = 3
+
+    result = materialize(
+        defs, instance, [level_key(judges.pipeline, TRACE)], tags=all_shards(RUN_ID)
+    )
+
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["error_rate"].passed
+    rate = metadata_values(checks["error_rate"])["error_rate"]
+    assert 0.25 < float(rate) < 0.4  # type: ignore[arg-type]
+    assert checks["complete"].passed  # a recorded error counts as an outcome
+    assert checks["schema"].passed
+    event = result.get_asset_materialization_events()[0]
+    meta = metadata_values(event.materialization)
+    failed = sorted(t for t, ok in stored_status(store, judges.pipeline, TRACE, RUN_ID).items()
+                    if not ok)  # fmt: skip
+    assert meta["errors"] == len(failed) > 0
+    assert f"`{failed[0]}`: ValueError: cannot judge {failed[0]}" in str(meta["first_failures"])
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+def test_schema_check_fails_on_outputs_that_bypassed_validation(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
+) -> None:
+    defs = build([judges.pipeline])
+    register(instance, RUN_ID)
+    judges.BEHAVIOUR["bad_every"] = 5
+
+    result = materialize(
+        defs, instance, [level_key(judges.pipeline, TRACE)], tags=all_shards(RUN_ID)
+    )
+
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["schema"].passed
+    meta = metadata_values(checks["schema"])
+    assert int(meta["invalid"]) > 0  # type: ignore[call-overload]
+    assert "score" in str(meta["first_invalid"])
+    assert checks["error_rate"].passed and checks["complete"].passed
+
+
+def test_complete_check_fails_when_traces_arrive_during_the_map(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
+) -> None:
+    defs = build([judges.pipeline])
+    register(instance, RUN_ID)
+    existing = store.rows(
+        "SELECT trace_id FROM {db}.traces WHERE run_id = {r:String} ORDER BY trace_id LIMIT 1",
+        {"r": RUN_ID},
+    )[0][0]
+
+    def late_trace() -> None:
+        """A copy of an existing trace (same datapoint, so same shard) under a new id."""
+        names, columns = store.columns(
+            "SELECT * FROM {db}.traces WHERE trace_id = {t:String}", {"t": existing}
+        )
+        row = {name: list(column) for name, column in zip(names, columns, strict=True)}
+        row["trace_id"] = ["tr_late_zz"]
+        store.insert_columns("traces", row)
+
+    judges.BEHAVIOUR["on_first_call"] = late_trace
+    key = level_key(judges.pipeline, TRACE)
+
+    result = materialize(defs, instance, [key], tags=all_shards(RUN_ID))
+
+    complete = {c.check_name: c for c in result.get_asset_check_evaluations()}["complete"]
+    assert not complete.passed
+    assert "tr_late_zz" in str(metadata_values(complete)["missing_trace_ids"])
+
+    # The next materialization maps just the late trace and the check passes again.
+    judges.CALLS.clear()
+    again = materialize(defs, instance, [key], tags=all_shards(RUN_ID))
+    assert dict(judges.CALLS) == {"tr_late_zz": 1}
+    assert {c.check_name: c.passed for c in again.get_asset_check_evaluations()}["complete"]
