@@ -25,7 +25,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,14 +81,16 @@ class ProcessPoolBatchExecutor:
 
     Each batch opens and closes the store itself. With the embedded chDB store only one
     process can hold the store at a time, so keep ``max_workers=1`` there (more workers just
-    queue on the lock); with a ClickHouse server any number works. When a worker process dies
-    (a crash kills every batch in flight in a process pool), the batches it took down are rerun
-    one by one in fresh processes, so only the batch that really crashes is reported.
+    queue on the lock); with a ClickHouse server any number works. At most ``max_workers``
+    batches are in flight, so a dying worker process takes down only those (a process pool
+    fails every future in flight when one process dies): a lone one is reported as crashed, and
+    several are rerun one by one in fresh processes so that only the culprit is reported.
     """
 
     def __init__(self, settings: MantaSettings, max_workers: int = 1) -> None:
         self.env = worker_environment(settings)
         self.max_workers = max(1, max_workers)
+        self._shared: ProcessPoolExecutor | None = None
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -98,38 +100,67 @@ class ProcessPoolBatchExecutor:
             initargs=(self.env,),
         )
 
+    def _shared_pool(self) -> ProcessPoolExecutor:
+        if self._shared is None:
+            self._shared = self._pool(self.max_workers)
+        return self._shared
+
+    def _discard_shared_pool(self) -> None:
+        if self._shared is not None:
+            self._shared.shutdown(wait=True, cancel_futures=True)
+            self._shared = None
+
     def run(self, payloads: Sequence[Payload]) -> Iterator[tuple[Payload, Outcome]]:
-        broken: list[Payload] = []
-        pool = self._pool(min(self.max_workers, max(len(payloads), 1)))
+        waiting = list(reversed(payloads))
+        in_flight: dict[Future[Payload], Payload] = {}
         try:
-            futures: dict[Future[Payload], Payload] = {
-                pool.submit(run_batch, payload): payload for payload in payloads
-            }
-            for future in as_completed(futures):
-                try:
-                    yield futures[future], future.result()
-                except BrokenProcessPool:
-                    broken.append(futures[future])
-                except Exception as exc:  # noqa: BLE001 - reported to the driver
-                    yield futures[future], exc
+            while waiting or in_flight:
+                while waiting and len(in_flight) < self.max_workers:
+                    payload = waiting.pop()
+                    in_flight[self._shared_pool().submit(run_batch, payload)] = payload
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                crashed: list[Payload] = []
+                for future in done:
+                    payload = in_flight.pop(future)
+                    try:
+                        outcome: Outcome = future.result()
+                    except BrokenProcessPool:
+                        crashed.append(payload)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - reported to the driver
+                        outcome = exc
+                    yield payload, outcome
+                if crashed:
+                    # The whole pool is broken: everything still in flight went down with it.
+                    crashed.extend(in_flight.values())
+                    in_flight.clear()
+                    self._discard_shared_pool()
+                    if len(crashed) == 1:
+                        yield (
+                            crashed[0],
+                            RuntimeError("the worker process died while mapping this batch"),
+                        )
+                    else:
+                        for payload in crashed:
+                            yield payload, self._run_alone(payload)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for payload in broken:
-            yield payload, self._run_alone(payload)
+            for future in in_flight:
+                future.cancel()
 
     def _run_alone(self, payload: Payload) -> Outcome:
         pool = self._pool(1)
         try:
             return pool.submit(run_batch, payload).result()
-        except BrokenProcessPool as exc:
-            return RuntimeError(f"the worker process died while mapping this batch ({exc})")
+        except BrokenProcessPool:
+            return RuntimeError("the worker process died while mapping this batch")
         except Exception as exc:  # noqa: BLE001 - reported to the driver
             return exc
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
-        """Nothing to release: each :meth:`run` owns its pool."""
+        """Stop the worker processes."""
+        self._discard_shared_pool()
 
 
 @dataclass
