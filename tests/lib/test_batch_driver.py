@@ -1,0 +1,239 @@
+"""The batch driver behind Modal mode, through a local process-pool executor.
+
+The executor is the same interface Modal mode uses (payload in, report or exception out), with
+spawned worker processes instead of containers: scheduling, retries, crash handling and resume
+are the driver's own logic, exercised for real against chDB. The test process never holds the
+store open while workers run (chDB lets one process open it at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from manta_lib.errors import ComputationAborted
+from manta_lib.models import EntityLevel
+from manta_lib.pipeline.driver import ProcessPoolBatchExecutor, drive
+from manta_lib.pipeline.engine import RunOptions
+from manta_lib.pipeline.planner import make_batches, plan_scope
+from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.store import Store
+from tests.lib import driver_defs
+from tests.lib.builders import load_traces, trace_line
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(settings: MantaSettings, tmp_path: Path, count: int, run_id: str = "run_d") -> None:
+    lines = [
+        trace_line(f"t{i:03d}", run_id=run_id, datapoint=f"dp{i // 3}", tool_errors=i % 2)
+        for i in range(count)
+    ]
+    with Store.open(settings) as store:
+        load_traces(store, lines, tmp_path)
+
+
+def _batch_ids(settings: MantaSettings, batch_size: int, run_id: str = "run_d") -> list[str]:
+    with Store.open(settings) as store:
+        return [b.batch_id for b in make_batches(run_id, plan_scope(store, run_id), batch_size)]
+
+
+def _progress(settings: MantaSettings) -> list[tuple]:
+    """Raw progress rows (no FINAL): every commit and failure ever recorded."""
+    with Store.open(settings) as store:
+        return store.rows(
+            "SELECT batch_id, status, attempt FROM {db}.progress ORDER BY batch_id, updated_at"
+        )
+
+
+def _snapshot(settings: MantaSettings) -> list[tuple]:
+    with Store.open(settings) as store:
+        return store.rows(
+            """
+            SELECT entity_level, entity_id, column, value_type, value_number, value_string,
+                   value_bool, value_json, judge_version
+            FROM {db}.entity_metadata FINAL ORDER BY entity_level, entity_id, column
+            """
+        )
+
+
+def _raw_label_rows(settings: MantaSettings) -> dict[str, int]:
+    """Rows written per trace before FINAL merges anything: >1 means written twice."""
+    with Store.open(settings) as store:
+        return dict(
+            store.rows(
+                "SELECT entity_id, count() FROM {db}.entity_metadata "
+                "WHERE entity_level = 'trace' AND column = 'label' GROUP BY entity_id"
+            )
+        )
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _drive(settings: MantaSettings, batch_size: int) -> dict:
+    executor = ProcessPoolBatchExecutor(settings, max_workers=1)
+    try:
+        return drive(
+            driver_defs.pipeline,
+            "run_d",
+            executor=executor,
+            options=RunOptions(batch_size=batch_size, progress=False, max_workers=2),
+            settings=settings,
+        )
+    finally:
+        executor.close()
+
+
+@pytest.fixture
+def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "calls.txt"
+    monkeypatch.setenv("MANTA_TEST_CALLS_FILE", str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_driver_matches_local_mode_and_skips_committed_batches_on_rerun(
+    settings: MantaSettings,
+    manta_env: dict[str, str],
+    tmp_path: Path,
+    calls: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _load(settings, tmp_path, 14)
+    result = _drive(settings, batch_size=4)
+
+    assert [o.entity_id for o in result[EntityLevel.TRACE]] == [f"t{i:03d}" for i in range(14)]
+    assert len(result[EntityLevel.DATAPOINT]) == 5 and len(result[EntityLevel.RUN]) == 1
+    assert sorted(_calls(calls)) == [f"t{i:03d}" for i in range(14)]
+    batches = _batch_ids(settings, 4)
+    assert _progress(settings) == [(bid, "committed", 1) for bid in batches]
+    driven = _snapshot(settings)
+
+    # Same run_id again: every batch is committed, nothing is mapped, same result.
+    calls.unlink()
+    again = _drive(settings, batch_size=4)
+    assert _calls(calls) == []
+    assert [o.output for o in again[EntityLevel.DATAPOINT]] == [
+        o.output for o in result[EntityLevel.DATAPOINT]
+    ]
+    assert len(_progress(settings)) == len(batches)
+
+    # Local mode (the same BatchWorker) writes the same values.
+    monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_local")
+    local_settings = load_settings()
+    _load(local_settings, tmp_path, 14)
+    driver_defs.pipeline.run("run_d", mode="local", batch_size=4, progress=False)
+    assert _snapshot(local_settings) == driven
+
+
+@pytest.mark.slow
+def test_worker_crash_on_one_batch_is_retried_and_recorded(
+    settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _load(settings, tmp_path, 9)
+    monkeypatch.setenv("MANTA_TEST_CRASH_ON", "t004")
+    monkeypatch.setenv("MANTA_TEST_CRASH_ONCE_FILE", str(tmp_path / "crashed"))
+
+    result = _drive(settings, batch_size=3)
+
+    assert (tmp_path / "crashed").exists(), "the worker process really died"
+    assert len(result[EntityLevel.TRACE]) == 9
+    first, crashed, last = _batch_ids(settings, 3)
+    rows = _progress(settings)
+    assert [r for r in rows if r[0] != crashed] == [(first, "committed", 1), (last, "committed", 1)]
+    assert [r[1:] for r in rows if r[0] == crashed] == [("failed", 1), ("committed", 2)]
+    with Store.open(settings) as store:
+        (message,) = store.rows("SELECT message FROM {db}.progress WHERE status = 'failed'")[0]
+    assert "worker process died" in message
+    assert set(_raw_label_rows(settings).values()) == {1}
+
+
+@pytest.mark.slow
+def test_batch_that_always_crashes_aborts_after_bounded_attempts_keeping_the_rest(
+    settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _load(settings, tmp_path, 6)
+    monkeypatch.setenv("MANTA_TEST_CRASH_ON", "t001")
+    first, second = _batch_ids(settings, 3)
+
+    with pytest.raises(ComputationAborted) as info:
+        _drive(settings, batch_size=3)
+
+    message = str(info.value)
+    assert message.startswith(
+        f"1 of 2 batches of run_d failed 3 time(s) and were not committed: {first}: "
+    )
+    assert "The reduce levels were not computed" in message
+    assert "run again with the same run_id" in message
+    rows = _progress(settings)
+    assert [r[1:] for r in rows if r[0] == first] == [("failed", 1), ("failed", 2), ("failed", 3)]
+    assert [r[1:] for r in rows if r[0] == second] == [("committed", 1)]
+    assert sorted(_raw_label_rows(settings)) == ["t003", "t004", "t005"]
+
+    # Fixed: the re-run maps only the batch that never committed, then reduces.
+    monkeypatch.delenv("MANTA_TEST_CRASH_ON")
+    calls.unlink()
+    result = _drive(settings, batch_size=3)
+    assert sorted(_calls(calls)) == ["t000", "t001", "t002"]
+    assert len(result[EntityLevel.DATAPOINT]) == 2
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_batch(
+    settings: MantaSettings,
+    manta_env: dict[str, str],
+    tmp_path: Path,
+    calls: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    traces, batch_size = 48, 4
+    _load(settings, tmp_path, traces)
+    env = {
+        **os.environ,
+        "MANTA_TEST_MAP_DELAY_S": "0.03",
+        "MANTA_FLUSH_SECONDS": "0.05",
+        "PYTHONPATH": str(REPO),
+    }
+    command = [sys.executable, "-m", "tests.lib.driver_child", "run_d", str(batch_size)]
+    # Its own process group: the kill takes the driver and its worker processes down at once.
+    child = subprocess.Popen(command, env=env, cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + 40
+    while len(_calls(calls)) < 18 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    first_calls = _calls(calls)
+    assert 18 <= len(first_calls) < traces, "the driver must be killed mid-run"
+
+    before = _progress(settings)
+    committed_before = {bid for bid, status, _ in before if status == "committed"}
+    persisted_before = set(_raw_label_rows(settings))
+    assert committed_before, "batches finished before the kill must be committed"
+    assert len(committed_before) < traces // batch_size
+
+    env.pop("MANTA_TEST_MAP_DELAY_S")
+    calls.unlink()
+    subprocess.run(command, env=env, cwd=REPO, check=True, timeout=60)
+    second_calls = _calls(calls)
+
+    assert not persisted_before & set(second_calls), "a persisted trace was mapped again"
+    assert set(first_calls) | set(second_calls) == {f"t{i:03d}" for i in range(traces)}
+    after = _progress(settings)
+    commits = [bid for bid, status, _ in after if status == "committed"]
+    assert sorted(commits) == _batch_ids(settings, batch_size), "each batch committed once"
+    assert _raw_label_rows(settings) == {f"t{i:03d}": 1 for i in range(traces)}
+    resumed = _snapshot(settings)
+
+    monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_ref")
+    reference = load_settings()
+    _load(reference, tmp_path, traces)
+    driver_defs.pipeline.run("run_d", mode="local", batch_size=batch_size, progress=False)
+    assert _snapshot(reference) == resumed
