@@ -1,37 +1,38 @@
-"""``mode="modal"``: the batch driver with Modal containers as its workers.
+"""Modal mode: the batch driver with Modal containers as its workers.
 
-One ephemeral Modal App per computation (``manta-<judge>``) with one Function, the batch
-worker :func:`~manta_lib.pipeline.remote.run_batch`, mapped over the pending batches with
-``Function.map(payloads, return_exceptions=True)``. Its Image is Debian slim with Manta's
-runtime dependencies and the pipeline's ``pip_install`` packages, and carries Manta's source
-and the pipeline's package; a Secret carries the ClickHouse (and Kestrel) settings, because
-workers read their traces and write their results themselves. Batching, checkpointing, retries
-and the reduce levels are the driver's (:mod:`manta_lib.pipeline.driver`).
+``pipeline.run(run_id)`` (``mode="modal"``, the default) comes here. Before any work or image
+build, :func:`preflight` checks that Modal credentials are set and that ClickHouse is reachable
+from Modal's cloud (not the embedded chDB store, not localhost). Then :func:`build_modal_app`
+defines, per computation:
 
-:func:`preflight` runs before any work, image build or network call: Modal tokens must be set
-and ClickHouse must be a server Modal's cloud can reach.
+- an :class:`modal.App` named after the judge,
+- an Image: ``debian_slim`` + Manta's runtime dependencies + the pipeline's ``pip_install``,
+  carrying Manta's source and the pipeline's module (``add_local_python_source``),
+- a Secret with the ClickHouse (and Kestrel, when set) settings,
+- the worker Function, :func:`manta_lib.pipeline.remote.run_batch`, with a timeout, Modal-level
+  retries for lost containers, and more containers when the map function ``uses_llm``
+  (latency-bound, so more inputs in flight pay off).
+
+:class:`ModalExecutor` maps the worker over the pending batches with
+``Function.map(..., return_exceptions=True)`` inside ``app.run()``; the driver
+(:mod:`manta_lib.pipeline.driver`) plans, tracks commits, retries and reduces locally.
 
 Example::
 
-    result = pipeline.run(run_id="run_xxx")               # mode="modal" is the default
-    result = pipeline.run(run_id="run_xxx", mode="local", limit_traces=10)   # try first
+    result = pipeline.run("run_xxx")  # needs MODAL_TOKEN_ID/SECRET and a reachable CLICKHOUSE_URL
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import ipaddress
 import logging
-import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
-
-import modal
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import ConfigError
@@ -44,229 +45,217 @@ from manta_lib.settings import MantaSettings
 
 log = logging.getLogger(__name__)
 
-#: Containers at most: CPU-bound maps scale out; LLM maps run ``max_workers`` calls per
-#: container already, and the provider's rate limit is the real ceiling.
-MAX_CONTAINERS_CPU = 100
-MAX_CONTAINERS_LLM = 20
-#: Modal-level retries of one input (a preempted or crashed container); the driver's own
-#: rounds (``MAX_ATTEMPTS``) come on top, recorded in ``progress``.
-CONTAINER_RETRIES = 1
-#: Per-batch time limit without a per-trace ``timeout_s``.
-DEFAULT_TIMEOUT_S = {False: 15 * 60, True: 60 * 60}
-#: Distributions Modal workers do not install: Modal brings its own client, and workers never
-#: use the embedded engine (preflight rejects it).
-NOT_IN_IMAGE = frozenset({"modal", "chdb"})
-
-_TRY_LOCAL = (
-    "To try the pipeline without Modal first, run it locally on a subset: "
-    'pipeline.run(run_id, mode="local", limit_traces=10)'
-)
-_SET_SERVER = (
-    "set CLICKHOUSE_URL to a ClickHouse server reachable from the internet "
-    "(e.g. https://clickhouse.example.com:8443) with CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
-)
+#: Seconds one batch may take in a container (Modal's limit per input).
+WORKER_TIMEOUT_S = 1800
+LLM_WORKER_TIMEOUT_S = 3600
+#: Modal-level retries of one input (a preempted or lost container); the driver then retries
+#: failed batches itself, ``MAX_ATTEMPTS`` rounds in all.
+MODAL_RETRIES = 1
+#: Containers at once: LLM map functions wait on the network, so more of them pay off.
+MAX_CONTAINERS = 16
+LLM_MAX_CONTAINERS = 64
+#: Distributions Manta needs locally but not in a worker (Modal provides its own client; the
+#: embedded chDB engine is never used remotely, preflight forbids it).
+_NOT_IN_IMAGE = {"modal", "chdb"}
+_LOCAL_HOSTS = {"localhost", "host.docker.internal"}
 
 
-def preflight(pipeline: MapReduceComputation, settings: MantaSettings) -> str:
-    """Check what Modal mode needs before any work; return the pipeline's import reference.
+def preflight(settings: MantaSettings) -> None:
+    """Fail before any work when Modal workers could not run or could not reach the store.
 
     Raises:
-        ConfigError: Modal tokens are missing or ClickHouse is not reachable from Modal (all
-            problems in one message, each saying what to set).
-        PipelineDefinitionError: the pipeline is not importable by workers (a script or
-            notebook).
+        ConfigError: one message listing everything to set (and suggesting mode="local").
     """
-    problems = []
+    problems: list[str] = []
     missing = [
         name
         for name, value in (
             ("MODAL_TOKEN_ID", settings.modal_token_id),
-            (
-                "MODAL_TOKEN_SECRET",
-                settings.modal_token_secret.get_secret_value()
-                if settings.modal_token_secret is not None
-                else None,
-            ),
+            ("MODAL_TOKEN_SECRET", settings.modal_token_secret),
         )
-        if not value
+        if value is None or not _secret_text(value).strip()
     ]
     if missing:
         problems.append(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: create a "
-            f"token with `modal token new` (or in the Modal dashboard under Settings > API "
-            f"Tokens) and export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+            f"token at https://modal.com/settings/tokens and export MODAL_TOKEN_ID and "
+            f"MODAL_TOKEN_SECRET"
         )
-    unreachable = clickhouse_unreachable_reason(settings)
-    if unreachable:
-        problems.append(f"{unreachable}, which Modal workers cannot reach: {_SET_SERVER}")
-    if problems:
-        listed = "\n".join(f"  - {problem}" for problem in problems)
-        raise ConfigError(f'mode="modal" cannot start:\n{listed}\n{_TRY_LOCAL}')
-    return pipeline_ref(pipeline)
-
-
-def clickhouse_unreachable_reason(settings: MantaSettings) -> str | None:
-    """Why Modal's cloud cannot reach ``CLICKHOUSE_URL`` (None when it plausibly can)."""
     url = settings.clickhouse_url
     if url is None:
-        return (
-            f"CLICKHOUSE_URL is not set, so Manta uses the embedded chDB store at "
-            f"{settings.chdb_path} on this machine"
+        problems.append(
+            "CLICKHOUSE_URL is not set, so the store is the embedded chDB engine on this "
+            "machine, which Modal workers cannot reach: set CLICKHOUSE_URL=https://host:8443 "
+            "(a ClickHouse server reachable from the internet) with CLICKHOUSE_USER and "
+            "CLICKHOUSE_PASSWORD"
         )
-    if url.startswith("chdb:"):
-        return f"CLICKHOUSE_URL={url} is an embedded chDB store on this machine"
-    host = (urlparse(url).hostname or "").lower()
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        return f"CLICKHOUSE_URL={url} names {host}, a host only this machine or network knows"
+    elif settings.embedded:
+        problems.append(
+            f"CLICKHOUSE_URL={url} is an embedded chDB store on this machine, which Modal "
+            f"workers cannot reach: set CLICKHOUSE_URL to a ClickHouse server reachable from "
+            f"the internet (https://host:8443) with CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
+        )
+    elif _is_local_host(urlparse(url).hostname or ""):
+        problems.append(
+            f"CLICKHOUSE_URL={url} points at this machine or a private network, which Modal "
+            f"workers (in Modal's cloud) cannot reach: set CLICKHOUSE_URL to a ClickHouse "
+            f"server reachable from the internet (https://host:8443)"
+        )
+    if problems:
+        raise ConfigError(
+            "mode='modal' cannot start: "
+            + "; ".join(problems)
+            + ". To run on this machine instead, use mode='local' (e.g. "
+            "pipeline.run(run_id, mode='local'))."
+        )
+
+
+def _secret_text(value: object) -> str:
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if getter is not None else value)
+
+
+def _is_local_host(host: str) -> bool:
+    """Loopback, unspecified, link-local or private addresses, and localhost names."""
+    host = host.strip("[]").lower()
+    if host in _LOCAL_HOSTS or host.endswith(".localhost") or host.endswith(".local"):
+        return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return None
-    if address.is_loopback or address.is_unspecified:
-        return f"CLICKHOUSE_URL={url} is this machine ({host})"
-    if address.is_private or address.is_link_local:
-        return f"CLICKHOUSE_URL={url} is a private network address ({host})"
-    return None
+        return False
+    return (
+        address.is_loopback or address.is_unspecified or address.is_link_local or address.is_private
+    )
 
 
-def runtime_requirements() -> list[str]:
-    """Manta's own runtime dependencies (from its installed metadata), minus NOT_IN_IMAGE."""
-    try:
-        requires = importlib.metadata.requires("manta") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(
-            "Modal mode installs Manta's dependencies into the worker image from the installed "
-            "`manta` distribution, which is not installed here; run `pip install -e .` in the "
-            "Manta checkout (or `pip install manta`)"
-        ) from None
-    kept = []
-    for requirement in requires:
-        if "extra" in requirement.partition(";")[2]:
-            continue  # optional extras (dagster, dev)
-        name = re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
-        if name not in NOT_IN_IMAGE:
-            kept.append(requirement)
-    return kept
+def manta_requirements() -> list[str]:
+    """Manta's runtime dependencies for the worker image (from the installed metadata)."""
+    requirements = []
+    for requirement in importlib.metadata.requires("manta") or []:
+        if ";" in requirement and "extra ==" in requirement:
+            continue
+        name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
+        if name.lower() not in _NOT_IN_IMAGE:
+            requirements.append(requirement.split(";")[0].strip())
+    return requirements
 
 
 @dataclass(frozen=True)
-class WorkerSpec:
-    """Everything the Modal definitions are built from (plain data, easy to inspect)."""
+class ModalAppSpec:
+    """Plain values of what :func:`build_modal_app` defines (inspectable without Modal)."""
 
     app_name: str
+    function_name: str
     python_version: str
-    packages: tuple[str, ...]
-    source_modules: tuple[str, ...]
-    environment: dict[str, str]
+    packages: list[str]
+    local_sources: list[str]
+    secret_keys: list[str]
     timeout_s: int
-    container_retries: int
+    retries: int
     max_containers: int
+    secret_env: dict[str, str] = field(repr=False, default_factory=dict)
 
 
-def worker_spec(
-    pipeline: MapReduceComputation, settings: MantaSettings, options: RunOptions
-) -> WorkerSpec:
-    """The image, secret and function settings for ``pipeline``."""
-    module = pipeline.level(EntityLevel.TRACE).fn.__module__
-    sources = ["manta_lib", "manta"]
-    top = module.split(".")[0]
-    if top not in sources and top != "__main__":
-        sources.append(top)
-    uses_llm = pipeline.uses_llm
-    if options.timeout_s is not None:
-        rounds = math.ceil(options.batch_size / max(options.max_workers, 1))
-        timeout = int(rounds * options.timeout_s) + 120
-    else:
-        timeout = DEFAULT_TIMEOUT_S[uses_llm]
-    return WorkerSpec(
-        app_name=f"manta-{pipeline.judge}".replace("_", "-"),
+def app_spec(
+    pipeline: MapReduceComputation,
+    settings: MantaSettings,
+    *,
+    timeout_s: int | None = None,
+    max_containers: int | None = None,
+    retries: int = MODAL_RETRIES,
+) -> ModalAppSpec:
+    """What the Modal App, Image, Secret and Function of ``pipeline`` will be."""
+    ref = pipeline_ref(pipeline)
+    module = ref.split(":")[0]
+    uses_llm = pipeline.level(EntityLevel.TRACE).uses_llm
+    env = worker_environment(settings)
+    # The Modal token stays with the driver; workers get only the store and Kestrel settings.
+    secret_env = {k: v for k, v in env.items() if v != ""}
+    sources = ["manta_lib", "manta", module.split(".")[0]]
+    return ModalAppSpec(
+        app_name=f"manta-{pipeline.judge.replace('_', '-')}",
+        function_name="run_batch",
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
-        packages=tuple(dict.fromkeys([*runtime_requirements(), *pipeline.pip_install])),
-        source_modules=tuple(sources),
-        environment=worker_environment(settings),
-        timeout_s=min(max(timeout, 60), 24 * 60 * 60),
-        container_retries=CONTAINER_RETRIES,
-        max_containers=MAX_CONTAINERS_LLM if uses_llm else MAX_CONTAINERS_CPU,
+        packages=list(dict.fromkeys([*manta_requirements(), *pipeline.pip_install])),
+        local_sources=list(dict.fromkeys(sources)),
+        secret_keys=sorted(secret_env),
+        timeout_s=timeout_s or (LLM_WORKER_TIMEOUT_S if uses_llm else WORKER_TIMEOUT_S),
+        retries=retries,
+        max_containers=max_containers or (LLM_MAX_CONTAINERS if uses_llm else MAX_CONTAINERS),
+        secret_env=secret_env,
     )
-
-
-@dataclass
-class ModalApp:
-    """The Modal objects of one computation and the spec they were built from."""
-
-    app: modal.App
-    function: modal.Function
-    image: modal.Image
-    secret: modal.Secret
-    spec: WorkerSpec
 
 
 def build_modal_app(
-    pipeline: MapReduceComputation, settings: MantaSettings, options: RunOptions | None = None
-) -> ModalApp:
-    """Define (not deploy) the App, Image, Secret and worker Function; no network involved."""
-    spec = worker_spec(pipeline, settings, options or RunOptions())
+    pipeline: MapReduceComputation,
+    settings: MantaSettings,
+    *,
+    timeout_s: int | None = None,
+    max_containers: int | None = None,
+    retries: int = MODAL_RETRIES,
+) -> tuple[Any, Any, ModalAppSpec]:
+    """``(modal.App, worker modal.Function, spec)`` for ``pipeline``; defines, builds nothing.
+
+    Nothing is sent to Modal here: the image is built and the app started by ``app.run()``.
+    """
+    import modal
+
+    spec = app_spec(
+        pipeline, settings, timeout_s=timeout_s, max_containers=max_containers, retries=retries
+    )
     image = (
         modal.Image.debian_slim(python_version=spec.python_version)
         .pip_install(*spec.packages)
-        .add_local_python_source(*spec.source_modules)
+        .add_local_python_source(*spec.local_sources)
     )
-    secret = modal.Secret.from_dict(dict(spec.environment))
-    # Sources are added explicitly above, so the App does not auto-mount the caller's module.
-    app = modal.App(spec.app_name, include_source=False)
+    app = modal.App(spec.app_name)
     function = app.function(
         image=image,
-        secrets=[secret],
+        secrets=[modal.Secret.from_dict(dict(spec.secret_env))],
         timeout=spec.timeout_s,
-        retries=modal.Retries(
-            max_retries=spec.container_retries, initial_delay=5.0, backoff_coefficient=2.0
-        ),
+        retries=spec.retries,
         max_containers=spec.max_containers,
+        name=spec.function_name,
+        include_source=False,
     )(run_batch)
-    return ModalApp(app, function, image, secret, spec)
+    return app, function, spec
 
 
 class ModalExecutor:
-    """Runs batches with ``Function.map(..., return_exceptions=True)`` inside ``app.run()``.
+    """Runs batches as inputs of the Modal worker Function, inside one ``app.run()``."""
 
-    The app starts on the first :meth:`run` (a fully committed run never builds the image)
-    and stops in :meth:`close`, which also cancels inputs still queued after Ctrl-C.
-    """
-
-    def __init__(self, modal_app: ModalApp, settings: MantaSettings) -> None:
-        self.modal_app = modal_app
+    def __init__(self, app: Any, function: Any, settings: MantaSettings) -> None:
+        self.app = app
+        self.function = function
         self.settings = settings
-        self._stack: contextlib.ExitStack | None = None
+        self._running: Any = None
 
     def _start(self) -> None:
-        assert self.settings.modal_token_id and self.settings.modal_token_secret
-        stack = contextlib.ExitStack()
-        try:
-            stack.enter_context(modal.enable_output())
-            client = modal.Client.from_credentials(
-                self.settings.modal_token_id, self.settings.modal_token_secret.get_secret_value()
-            )
-            stack.enter_context(self.modal_app.app.run(client=client))
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+        """Connect with the settings' token (not whatever ~/.modal.toml holds) and start."""
+        import modal
+
+        client = modal.Client.from_credentials(
+            _secret_text(self.settings.modal_token_id),
+            _secret_text(self.settings.modal_token_secret),
+        )
+        running = self.app.run(client=client)
+        running.__enter__()
+        self._running = running
 
     def run(self, payloads: Sequence[Payload]) -> Iterator[tuple[Payload, Outcome]]:
         if not payloads:
             return
-        if self._stack is None:
+        if self._running is None:
             self._start()
-        # Ordered outputs pair each exception with its input (exceptions carry no input).
-        outputs: Iterator[Any] = self.modal_app.function.map(
-            list(payloads), order_outputs=True, return_exceptions=True
-        )
-        yield from zip(payloads, outputs, strict=True)
+        outcomes = self.function.map(list(payloads), return_exceptions=True, order_outputs=True)
+        yield from zip(payloads, outcomes, strict=True)
 
     def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            stack.close()
+        """Stop the ephemeral app (and its containers)."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.__exit__(None, None, None)
 
 
 def run_on_modal(
@@ -275,24 +264,25 @@ def run_on_modal(
     *,
     options: RunOptions,
     settings: MantaSettings,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> dict[EntityLevel, list[MetadataOutput]]:
-    """Preflight, then the batch driver with Modal workers; writes the runs-log row."""
-    preflight(pipeline, settings)
-    modal_app = build_modal_app(pipeline, settings, options)
+    """Preflight, define the Modal app, drive the batches, write the runs-log row."""
+    preflight(settings)
+    pipeline_ref(pipeline)  # a pipeline in __main__ fails here, before anything is built
+    app, function, spec = build_modal_app(pipeline, settings)
     log.info(
-        "running %s on %s with Modal app %s (up to %d containers, %d s per batch)",
+        "running %s on Modal app %s (up to %d containers, %d s per batch)",
         pipeline.judge,
-        run_id,
-        modal_app.spec.app_name,
-        modal_app.spec.max_containers,
-        modal_app.spec.timeout_s,
+        spec.app_name,
+        spec.max_containers,
+        spec.timeout_s,
     )
     return run_with_executor(
         pipeline,
         run_id,
-        executor=ModalExecutor(modal_app, settings),
+        executor=ModalExecutor(app, function, settings),
         options=options,
         settings=settings,
         mode="modal",
-        max_attempts=MAX_ATTEMPTS,
+        max_attempts=max_attempts,
     )
