@@ -24,9 +24,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import ipaddress
 import logging
+import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -51,6 +53,7 @@ LLM_WORKER_TIMEOUT_S = 3600
 #: Modal-level retries of one input (a preempted or lost container); the driver then retries
 #: failed batches itself, ``MAX_ATTEMPTS`` rounds in all.
 MODAL_RETRIES = 1
+MODAL_MAX_TIMEOUT_S = 24 * 60 * 60
 #: Containers at once: LLM map functions wait on the network, so more of them pay off.
 MAX_CONTAINERS = 16
 LLM_MAX_CONTAINERS = 64
@@ -78,8 +81,8 @@ def preflight(settings: MantaSettings) -> None:
     if missing:
         problems.append(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: create a "
-            f"token at https://modal.com/settings/tokens and export MODAL_TOKEN_ID and "
-            f"MODAL_TOKEN_SECRET"
+            f"token with `modal token new` (or at https://modal.com/settings/tokens) and export "
+            f"MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
         )
     url = settings.clickhouse_url
     if url is None:
@@ -105,8 +108,8 @@ def preflight(settings: MantaSettings) -> None:
         raise ConfigError(
             "mode='modal' cannot start: "
             + "; ".join(problems)
-            + ". To run on this machine instead, use mode='local' (e.g. "
-            "pipeline.run(run_id, mode='local'))."
+            + ". To run on this machine instead, use mode='local' (try a subset first: "
+            "pipeline.run(run_id, mode='local', limit_traces=10))."
         )
 
 
@@ -131,8 +134,16 @@ def _is_local_host(host: str) -> bool:
 
 def manta_requirements() -> list[str]:
     """Manta's runtime dependencies for the worker image (from the installed metadata)."""
+    try:
+        requires = importlib.metadata.requires("manta") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            "Modal mode installs Manta's dependencies into the worker image from the installed "
+            "`manta` distribution, which is not installed here: run `pip install -e .` in the "
+            "Manta checkout"
+        ) from None
     requirements = []
-    for requirement in importlib.metadata.requires("manta") or []:
+    for requirement in requires:
         if ";" in requirement and "extra ==" in requirement:
             continue
         name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
@@ -161,11 +172,16 @@ def app_spec(
     pipeline: MapReduceComputation,
     settings: MantaSettings,
     *,
+    options: RunOptions | None = None,
     timeout_s: int | None = None,
     max_containers: int | None = None,
     retries: int = MODAL_RETRIES,
 ) -> ModalAppSpec:
-    """What the Modal App, Image, Secret and Function of ``pipeline`` will be."""
+    """What the Modal App, Image, Secret and Function of ``pipeline`` will be.
+
+    The per-batch timeout is ``timeout_s``, else derived from the per-trace ``options.timeout_s``
+    (rounds of ``max_workers`` traces per batch, plus start-up), else a default by ``uses_llm``.
+    """
     ref = pipeline_ref(pipeline)
     module = ref.split(":")[0]
     uses_llm = pipeline.level(EntityLevel.TRACE).uses_llm
@@ -180,17 +196,25 @@ def app_spec(
         packages=list(dict.fromkeys([*manta_requirements(), *pipeline.pip_install])),
         local_sources=list(dict.fromkeys(sources)),
         secret_keys=sorted(secret_env),
-        timeout_s=timeout_s or (LLM_WORKER_TIMEOUT_S if uses_llm else WORKER_TIMEOUT_S),
+        timeout_s=timeout_s or _batch_timeout(options, uses_llm),
         retries=retries,
         max_containers=max_containers or (LLM_MAX_CONTAINERS if uses_llm else MAX_CONTAINERS),
         secret_env=secret_env,
     )
 
 
+def _batch_timeout(options: RunOptions | None, uses_llm: bool) -> int:
+    if options is None or options.timeout_s is None:
+        return LLM_WORKER_TIMEOUT_S if uses_llm else WORKER_TIMEOUT_S
+    rounds = math.ceil(options.batch_size / max(options.max_workers, 1))
+    return min(max(int(rounds * options.timeout_s) + 120, 60), MODAL_MAX_TIMEOUT_S)
+
+
 def build_modal_app(
     pipeline: MapReduceComputation,
     settings: MantaSettings,
     *,
+    options: RunOptions | None = None,
     timeout_s: int | None = None,
     max_containers: int | None = None,
     retries: int = MODAL_RETRIES,
@@ -202,22 +226,27 @@ def build_modal_app(
     import modal
 
     spec = app_spec(
-        pipeline, settings, timeout_s=timeout_s, max_containers=max_containers, retries=retries
+        pipeline,
+        settings,
+        options=options,
+        timeout_s=timeout_s,
+        max_containers=max_containers,
+        retries=retries,
     )
     image = (
         modal.Image.debian_slim(python_version=spec.python_version)
         .pip_install(*spec.packages)
         .add_local_python_source(*spec.local_sources)
     )
-    app = modal.App(spec.app_name)
+    # Sources are added to the image explicitly: no automatic mount of the caller's module.
+    app = modal.App(spec.app_name, include_source=False)
     function = app.function(
         image=image,
         secrets=[modal.Secret.from_dict(dict(spec.secret_env))],
         timeout=spec.timeout_s,
-        retries=spec.retries,
+        retries=modal.Retries(max_retries=spec.retries, initial_delay=5.0, backoff_coefficient=2.0),
         max_containers=spec.max_containers,
         name=spec.function_name,
-        include_source=False,
     )(run_batch)
     return app, function, spec
 
@@ -229,19 +258,24 @@ class ModalExecutor:
         self.app = app
         self.function = function
         self.settings = settings
-        self._running: Any = None
+        self._running: contextlib.ExitStack | None = None
 
     def _start(self) -> None:
         """Connect with the settings' token (not whatever ~/.modal.toml holds) and start."""
         import modal
 
-        client = modal.Client.from_credentials(
-            _secret_text(self.settings.modal_token_id),
-            _secret_text(self.settings.modal_token_secret),
-        )
-        running = self.app.run(client=client)
-        running.__enter__()
-        self._running = running
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(modal.enable_output())  # image build and container logs
+            client = modal.Client.from_credentials(
+                _secret_text(self.settings.modal_token_id),
+                _secret_text(self.settings.modal_token_secret),
+            )
+            stack.enter_context(self.app.run(client=client))
+        except BaseException:
+            stack.close()
+            raise
+        self._running = stack
 
     def run(self, payloads: Sequence[Payload]) -> Iterator[tuple[Payload, Outcome]]:
         if not payloads:
@@ -255,7 +289,7 @@ class ModalExecutor:
         """Stop the ephemeral app (and its containers)."""
         if self._running is not None:
             running, self._running = self._running, None
-            running.__exit__(None, None, None)
+            running.close()
 
 
 def run_on_modal(
@@ -269,7 +303,7 @@ def run_on_modal(
     """Preflight, define the Modal app, drive the batches, write the runs-log row."""
     preflight(settings)
     pipeline_ref(pipeline)  # a pipeline in __main__ fails here, before anything is built
-    app, function, spec = build_modal_app(pipeline, settings)
+    app, function, spec = build_modal_app(pipeline, settings, options=options)
     log.info(
         "running %s on Modal app %s (up to %d containers, %d s per batch)",
         pipeline.judge,

@@ -19,6 +19,7 @@ from manta_lib.context import TraceContext
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import MapReduceComputation
+from manta_lib.pipeline.engine import RunOptions
 from manta_lib.pipeline.modal_runner import (
     LLM_MAX_CONTAINERS,
     LLM_WORKER_TIMEOUT_S,
@@ -96,6 +97,10 @@ def test_timeouts_retries_and_containers_depend_on_uses_llm(remote_settings: Man
         driver_defs.pipeline, remote_settings, timeout_s=60, max_containers=3, retries=0
     )
     assert (custom.timeout_s, custom.max_containers, custom.retries) == (60, 3, 0)
+    # A per-trace timeout bounds the batch: 100 traces / 4 threads = 25 rounds of 10 s + 120.
+    options = RunOptions(batch_size=100, max_workers=4, timeout_s=10)
+    _, _, bounded = build_modal_app(driver_defs.pipeline, remote_settings, options=options)
+    assert bounded.timeout_s == 25 * 10 + 120
 
 
 class Out(BaseModel):

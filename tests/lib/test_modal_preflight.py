@@ -11,6 +11,10 @@ from tests.lib import driver_defs
 
 TOKENS = {"MODAL_TOKEN_ID": "ak-test", "MODAL_TOKEN_SECRET": "as-test"}
 REMOTE = "https://ch.example.com:8443"
+TRY_LOCAL = (
+    "To run on this machine instead, use mode='local' (try a subset first: "
+    "pipeline.run(run_id, mode='local', limit_traces=10))."
+)
 
 
 @pytest.fixture
@@ -38,9 +42,8 @@ def test_missing_tokens_name_both_variables(clean_env: pytest.MonkeyPatch) -> No
     message = _error(clean_env, CLICKHOUSE_URL=REMOTE)
     assert message == (
         "mode='modal' cannot start: MODAL_TOKEN_ID and MODAL_TOKEN_SECRET are not set: create a "
-        "token at https://modal.com/settings/tokens and export MODAL_TOKEN_ID and "
-        "MODAL_TOKEN_SECRET. To run on this machine instead, use mode='local' (e.g. "
-        "pipeline.run(run_id, mode='local'))."
+        "token with `modal token new` (or at https://modal.com/settings/tokens) and export "
+        "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET. " + TRY_LOCAL
     )
 
 
@@ -56,8 +59,7 @@ def test_unset_clickhouse_url_means_embedded_store(clean_env: pytest.MonkeyPatch
         "mode='modal' cannot start: CLICKHOUSE_URL is not set, so the store is the embedded chDB "
         "engine on this machine, which Modal workers cannot reach: set "
         "CLICKHOUSE_URL=https://host:8443 (a ClickHouse server reachable from the internet) with "
-        "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD. To run on this machine instead, use "
-        "mode='local' (e.g. pipeline.run(run_id, mode='local'))."
+        "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD. " + TRY_LOCAL
     )
 
 
@@ -67,8 +69,7 @@ def test_chdb_url_is_refused(clean_env: pytest.MonkeyPatch) -> None:
         "mode='modal' cannot start: CLICKHOUSE_URL=chdb:///data/manta is an embedded chDB store "
         "on this machine, which Modal workers cannot reach: set CLICKHOUSE_URL to a ClickHouse "
         "server reachable from the internet (https://host:8443) with CLICKHOUSE_USER and "
-        "CLICKHOUSE_PASSWORD. To run on this machine instead, use mode='local' (e.g. "
-        "pipeline.run(run_id, mode='local'))."
+        "CLICKHOUSE_PASSWORD. " + TRY_LOCAL
     )
 
 
@@ -89,8 +90,7 @@ def test_local_and_private_hosts_are_refused(clean_env: pytest.MonkeyPatch, url:
     assert message == (
         f"mode='modal' cannot start: CLICKHOUSE_URL={url} points at this machine or a private "
         f"network, which Modal workers (in Modal's cloud) cannot reach: set CLICKHOUSE_URL to a "
-        f"ClickHouse server reachable from the internet (https://host:8443). To run on this "
-        f"machine instead, use mode='local' (e.g. pipeline.run(run_id, mode='local'))."
+        f"ClickHouse server reachable from the internet (https://host:8443). " + TRY_LOCAL
     )
 
 
@@ -99,7 +99,7 @@ def test_all_problems_come_in_one_message(clean_env: pytest.MonkeyPatch) -> None
     assert message.count("mode='modal' cannot start") == 1
     assert "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET are not set" in message
     assert "CLICKHOUSE_URL is not set" in message
-    assert message.endswith("use mode='local' (e.g. pipeline.run(run_id, mode='local')).")
+    assert message.endswith(TRY_LOCAL)
 
 
 def test_default_mode_fails_in_preflight_before_any_work(
