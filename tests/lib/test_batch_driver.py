@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from manta_lib.errors import ComputationAborted
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.driver import ProcessPoolBatchExecutor, drive
 from manta_lib.pipeline.engine import RunOptions
-from manta_lib.pipeline.planner import make_batches, plan_scope
+from manta_lib.pipeline.planner import Limits, make_batches, plan_scope
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from tests.lib import driver_defs
@@ -78,14 +79,14 @@ def _calls(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _drive(settings: MantaSettings, batch_size: int) -> dict:
+def _drive(settings: MantaSettings, batch_size: int, **options: Any) -> dict:
     executor = ProcessPoolBatchExecutor(settings, max_workers=1)
     try:
         return drive(
             driver_defs.pipeline,
             "run_d",
             executor=executor,
-            options=RunOptions(batch_size=batch_size, progress=False, max_workers=2),
+            options=RunOptions(batch_size=batch_size, progress=False, max_workers=2, **options),
             settings=settings,
         )
     finally:
@@ -237,3 +238,33 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_batch(
     _load(reference, tmp_path, traces)
     driver_defs.pipeline.run("run_d", mode="local", batch_size=batch_size, progress=False)
     assert _snapshot(reference) == resumed
+
+
+@pytest.mark.slow
+def test_subset_runs_through_workers_and_writes_nothing(
+    settings: MantaSettings, tmp_path: Path, calls: Path
+) -> None:
+    _load(settings, tmp_path, 8)
+    result = _drive(settings, batch_size=2, limits=Limits(traces=5))
+    outputs = result[EntityLevel.TRACE]
+    assert [o.entity_id for o in outputs] == [f"t{i:03d}" for i in range(5)]
+    assert outputs[3].output == driver_defs.TraceOut(tool_errors=1, label="dp1")
+    assert [o.output for o in result[EntityLevel.DATAPOINT]] == [
+        driver_defs.DatapointOut(rollouts=3, failed=0),
+        driver_defs.DatapointOut(rollouts=2, failed=0),
+    ]
+    with Store.open(settings) as store:
+        assert store.rows("SELECT count() FROM {db}.entity_metadata") == [(0,)]
+        assert store.rows("SELECT count() FROM {db}.progress") == [(0,)]
+
+
+@pytest.mark.slow
+def test_too_many_trace_errors_abort_keeping_committed_batches(
+    settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _load(settings, tmp_path, 9)
+    monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t00")
+    with pytest.raises(ComputationAborted, match=r"traces failed, more than max_failures=1"):
+        _drive(settings, batch_size=3, max_failures=1)
+    first = _batch_ids(settings, 3)[0]
+    assert _progress(settings) == [(first, "committed", 1)]
