@@ -153,11 +153,11 @@ def assert_levels(
             assert columns <= stored_columns, (level, entity_id, stored_columns)
 
 
-@pytest.fixture
-def dagster_env(
+def make_dagster_env(
     manta_env: dict[str, str], settings: MantaSettings, tmp_path: Path
 ) -> dict[str, str]:
-    """Environment of the subprocesses: the test's store and a fresh DAGSTER_HOME."""
+    """Seed 300 demo traces (store closed again) and return the subprocess environment: the
+    test's store and a fresh DAGSTER_HOME holding the checked-in dagster.yaml."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
@@ -168,6 +168,14 @@ def dagster_env(
     env.pop("MANTA_PIPELINES", None)
     env.pop("MANTA_DAGSTER_AUTOMATION", None)
     return env
+
+
+@pytest.fixture
+def dagster_env(
+    manta_env: dict[str, str], settings: MantaSettings, tmp_path: Path
+) -> dict[str, str]:
+    """Environment of the subprocesses (see :func:`make_dagster_env`)."""
+    return make_dagster_env(manta_env, settings, tmp_path)
 
 
 def busiest_shard(settings: MantaSettings) -> int:
