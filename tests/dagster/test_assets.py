@@ -90,7 +90,9 @@ def test_every_level_materializes_what_pipeline_run_computes(
 
     assert len(_values(store, tool_errors.pipeline, TRACE, RUN_ID)) == demo.runs[RUN_ID]
     events = {
-        (e.asset_key.to_user_string(), e.partition): metadata_values(e.materialization)
+        (e.materialization.asset_key.to_user_string(), e.partition): metadata_values(
+            e.materialization
+        )
         for e in [
             *first.get_asset_materialization_events(),
             *second.get_asset_materialization_events(),
