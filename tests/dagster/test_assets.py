@@ -14,12 +14,14 @@ import pytest
 from examples import run_summary, tool_errors
 from manta_dagster.assets import level_key
 from manta_dagster.partitions import shard_key
+from manta_lib.demo import seed_demo
 from manta_lib.models import EntityLevel
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from manta_lib.store.metadata import load_entities
 from tests.dagster import judges
 from tests.dagster.conftest import (
+    DEMO_TRACES,
     RUN_ID,
     SHARDS,
     Demo,
@@ -72,9 +74,7 @@ def test_every_level_materializes_what_pipeline_run_computes(
     # The local engine on a copy of the data in another database gives the same values.
     local = load_settings(database=manta_env["MANTA_DATABASE"] + "_local")
     with Store.open(local) as other:
-        from manta_lib.demo import seed_demo
-
-        seed_demo(other, traces=300)
+        seed_demo(other, traces=DEMO_TRACES)
     tool_errors.pipeline.run(RUN_ID, mode="local", settings=local, progress=False)
     run_summary.pipeline.run(RUN_ID, mode="local", settings=local, progress=False)
     with Store.open(local) as other:
