@@ -60,7 +60,7 @@ from manta_dagster.summary import first_failures, markdown_summary
 from manta_lib.entities import MetadataOutput
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.computation import LevelSpec, MapReduceComputation
-from manta_lib.pipeline.engine import Engine, RunOptions, _log_run
+from manta_lib.pipeline.engine import Engine, RunOptions, log_computation_run
 from manta_lib.pipeline.executor import describe_exception
 from manta_lib.pipeline.planner import TraceRef, plan_scope
 from manta_lib.pipeline.progress import BucketClock
@@ -259,7 +259,7 @@ def build_level_asset(
             error = describe_exception(exc)
             raise
         finally:
-            _log_run(
+            log_computation_run(
                 pipeline,
                 ",".join(s.run_id for s in scopes),
                 "dagster",

@@ -18,7 +18,6 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
@@ -33,18 +32,9 @@ from manta_dagster.partitions import DEFAULT_SHARD_COUNT
 from manta_dagster.resources import ClickHouseResource, KestrelResource
 from manta_dagster.schedules import DEFAULT_BACKFILL_CRON, automation_sensor
 from manta_dagster.sensors import build_run_discovery_sensor
+from manta_dagster.wall_time import WALL_TIME_RESOURCES, wall_time_percentiles
 from manta_lib.errors import ConfigError, PipelineDefinitionError
 from manta_lib.pipeline.computation import MapReduceComputation
-
-WALL_TIME_RESOURCES: dict[str, Any] = {}
-wall_time_percentiles: dg.AssetsDefinition | None = None
-try:  # the DuckDB runs-log asset lives in its own module, maintained separately
-    from manta_dagster import wall_time as _wall_time
-
-    WALL_TIME_RESOURCES = dict(_wall_time.WALL_TIME_RESOURCES)
-    wall_time_percentiles = _wall_time.wall_time_percentiles
-except ImportError:  # pragma: no cover - only while that module is absent
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +146,7 @@ def build_definitions(
     ]
     clickhouse = clickhouse or ClickHouseResource()
     assets: list[dg.AssetsDefinition] = [a for b in built for a in b.assets]
-    if include_wall_time and wall_time_percentiles is not None:
+    if include_wall_time:
         assets.append(wall_time_percentiles)
     sensors: list[dg.SensorDefinition] = [
         automation_sensor(

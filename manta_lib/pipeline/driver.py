@@ -37,10 +37,10 @@ from manta_lib.pipeline.computation import MapReduceComputation
 from manta_lib.pipeline.engine import (
     Engine,
     RunOptions,
-    _log_run,
-    _summary,
     failure_budget,
+    log_computation_run,
     register_judge,
+    summarize_result,
 )
 from manta_lib.pipeline.executor import describe_exception
 from manta_lib.pipeline.planner import TraceBatch, make_batches, plan_scope
@@ -462,7 +462,7 @@ def run_with_executor(
             max_attempts=max_attempts,
             stats=stats,
         )
-        summary = _summary(result)
+        summary = summarize_result(result)
         status = "succeeded"
         log.info(
             "%s on %s (%s): %s; %d batches, %d already committed",
@@ -484,4 +484,6 @@ def run_with_executor(
         try:
             executor.close()
         finally:
-            _log_run(pipeline, run_id, mode, status, error, created_at, clock, summary, settings)
+            log_computation_run(
+                pipeline, run_id, mode, status, error, created_at, clock, summary, settings
+            )

@@ -428,7 +428,7 @@ def run_computation(
                 log.debug("judge %s registered in %s", pipeline.judge, where)
             engine = Engine(pipeline, store, options=options, persist=persist, clock=clock)
             result = engine.run(run_id, refs)
-        summary = _summary(result)
+        summary = summarize_result(result)
         status = "succeeded"
         log.info(
             "%s on %s: %s%s",
@@ -442,10 +442,13 @@ def run_computation(
         error = describe_exception(exc)
         raise
     finally:
-        _log_run(pipeline, run_id, mode, status, error, created_at, clock, summary, settings)
+        log_computation_run(
+            pipeline, run_id, mode, status, error, created_at, clock, summary, settings
+        )
 
 
-def _summary(result: dict[EntityLevel, list[MetadataOutput]]) -> dict[str, str]:
+def summarize_result(result: dict[EntityLevel, list[MetadataOutput]]) -> dict[str, str]:
+    """Entities per level, with the failed count: ``{"traces": "200 (3 failed)", ...}``."""
     summary = {}
     for level, outputs in result.items():
         errors = sum(1 for o in outputs if o.error is not None)
@@ -453,7 +456,7 @@ def _summary(result: dict[EntityLevel, list[MetadataOutput]]) -> dict[str, str]:
     return summary
 
 
-def _log_run(
+def log_computation_run(
     pipeline: MapReduceComputation,
     run_id: str,
     mode: str,

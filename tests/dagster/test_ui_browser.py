@@ -209,17 +209,22 @@ def launch_one_partition(dev: DagsterDev, run_id: str, shard: str, screenshot: P
     """In Chromium: the asset page, Materialize…, pick ``run_id`` and ``shard``, launch; then
     a screenshot of the asset group's graph once the run is done."""
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import Page, sync_playwright
+    from playwright.sync_api import Page, expect, sync_playwright
 
     def pick(page: Page, value: str) -> None:
         # Each dimension is a tag selector whose menu has a filter box and one checkbox item per
         # partition key; the first unfilled selector is the next dimension (run, then shard).
+        filter_box = page.get_by_placeholder("Filter partitions")
+        # The previous dimension's menu closes asynchronously: two filter boxes would make the
+        # strict locator below ambiguous, so wait until none is open before opening the next.
+        expect(filter_box).to_have_count(0)
         page.get_by_text("Select a partition or create one").first.click()
-        page.get_by_placeholder("Filter partitions").fill(value)
+        filter_box.fill(value)
         page.get_by_role("menuitem").filter(has_text=value).filter(
             has_not_text="Add partition"
         ).first.click()
         page.keyboard.press("Escape")
+        expect(filter_box).to_have_count(0)
 
     # The first-visit "Join the Dagster community" dialog would cover the page: mark it seen.
     dev.graphql("mutation { setNuxSeen }")
