@@ -160,6 +160,8 @@ def _children(
     pipeline: MapReduceComputation, spec: LevelSpec, inputs: LevelInput, run_id: str
 ) -> list[MetadataOutput]:
     below = pipeline.below(spec.level)
+    if inputs.outputs_by_run is not None:
+        return inputs.outputs_by_run.get(run_id, [])
     return outputs_from_stored(
         inputs.by_run.get(run_id, []),
         schema=below.schema,

@@ -251,3 +251,27 @@ def test_complete_check_fails_when_traces_arrive_during_the_map(
     again = materialize(defs, instance, [key], tags=all_shards(RUN_ID))
     assert dict(judges.CALLS) == {"tr_late_zz": 1}
     assert {c.check_name: c.passed for c in again.get_asset_check_evaluations()}["complete"]
+
+
+def _messages(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
+
+
+def test_the_level_below_is_handed_over_in_memory_within_a_run_and_read_back_otherwise(
+    store: Store, demo: Demo, instance: dg.DagsterInstance
+) -> None:
+    defs = build([tool_errors.pipeline])
+    register(instance, RUN_ID)
+    trace, datapoint = (level_key(tool_errors.pipeline, lvl) for lvl in (TRACE, DATAPOINT))
+
+    together = materialize(defs, instance, [trace, datapoint], tags=all_shards(RUN_ID))
+    handed_over = _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID)
+    alone = materialize(defs, instance, [datapoint], tags=all_shards(RUN_ID))
+
+    log_together, log_alone = _messages(instance, together), _messages(instance, alone)
+    traces = demo.runs[RUN_ID]
+    assert f"tool_errors/trace: {traces} entities handed over in memory" in log_together
+    assert "handed over in memory" not in log_alone
+    assert f"loaded tool_errors/trace for 1 run(s): {traces} entities" in log_alone
+    # Both paths give the reduce the same children, hence the same datapoint values.
+    assert handed_over and _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID) == handed_over
