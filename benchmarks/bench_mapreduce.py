@@ -94,7 +94,6 @@ def child(traces: int, repeat: int) -> dict[str, float]:
         "spans": spans,
         "raw_s": min(raw_times),
         "pipeline_s": min(pipeline_times),
-        "runs": len(raw_times),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

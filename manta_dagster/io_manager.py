@@ -86,6 +86,10 @@ class _Handoff:
 
     def put(self, key: HandoffKey, result: LevelResult) -> None:
         with self._lock:
+            # Only a step of the same run may take a result (the run id is in the key), so what
+            # earlier runs left untaken is dead weight in a long-lived process: drop it.
+            for stale in [k for k in self._results if k[0] != key[0]]:
+                del self._results[stale]
             self._results[key] = result
             while len(self._results) > self._capacity:
                 self._results.popitem(last=False)
