@@ -22,8 +22,15 @@ demo: $(STAMP)
 	$(BIN)/manta runs-overview
 	$(BIN)/python -m examples.tool_errors
 
+## Debian's Chromium for the browser test (apt-get, as root or through sudo), if missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 ## Lint, type-check and run the whole test suite (this is what CI runs).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
