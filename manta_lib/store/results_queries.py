@@ -431,3 +431,22 @@ def trace_grader_sql(query: EntityQuery) -> tuple[str, dict[str, Any]]:
         WHERE {version} AND _status = 'ok' ORDER BY e.run_id, e.entity_id
     """
     return sql, query.params
+
+
+def entity_values(
+    store: Store, run_id: str, entities: Sequence[tuple[str, str]]
+) -> list[tuple[Any, ...]]:
+    """Every stored value of the given ``(level, entity_id)`` entities of a run, each judge's
+    values at the version of its ``__status__`` row: ``(level, entity_id, judge, column,
+    value_type, number, string, bool, json, version, computed_at)``, by level, judge, column."""
+    return store.rows(
+        """
+        SELECT entity_level, entity_id, judge, column, value_type, value_number, value_string,
+               value_bool, value_json, judge_version, computed_at
+        FROM {db}.entity_metadata FINAL
+        WHERE run_id = {r:String}
+          AND (entity_level, entity_id) IN {e:Array(Tuple(String, String))}
+        ORDER BY entity_level, judge, column
+        """,
+        {"r": run_id, "e": [tuple(e) for e in entities]},
+    )
