@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -235,6 +235,54 @@ def _print_trace(trace: TraceContext, results: list[StoredResult], max_chars: in
         console.print(f"[bold]{escape(title)}[/] {_cut(values, max_chars)}")
 
 
+def export_command(
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Directory to write into (created).", file_okay=False),
+    ],
+    run: RunOption = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="parquet or jsonl (traces in the import format).")
+    ] = "parquet",
+    judge: Annotated[
+        list[str] | None,
+        typer.Option("--judge", "-j", help="Also export this judge's results (repeatable)."),
+    ] = None,
+    level: LevelOption = "trace",
+    results_filter: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", help='Only traces whose results match, e.g. "tool_errors.tool_errors > 0".'
+        ),
+    ] = None,
+    spans: Annotated[bool, typer.Option("--spans/--no-spans", help="Include spans.")] = True,
+    traces: Annotated[
+        bool, typer.Option("--traces/--no-traces", help="Export traces (or only results).")
+    ] = True,
+) -> None:
+    """Export traces (with spans) and/or stored results to Parquet or JSON Lines files."""
+    from manta_lib.results.export import ExportFormat, export
+
+    filters: dict[str, Any] = {} if results_filter is None else {"results": results_filter}
+    with MantaService() as svc:
+        if run:
+            for run_id in run:
+                svc.require_run(run_id)
+        summary = export(
+            svc,
+            output,
+            run,
+            fmt=cast(ExportFormat, fmt),  # validated by export()
+            traces=traces,
+            spans=spans,
+            judges=judge or (),
+            level=level,
+            **filters,
+        )
+    for path, rows in summary.files.items():
+        console.print(f"{rows:,} rows → {path}", highlight=False)
+
+
 def _cut(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
@@ -244,3 +292,4 @@ def register(app: typer.Typer) -> None:
     app.command("results")(results_command)
     app.command("judges")(judges_command)
     app.command("show")(show_command)
+    app.command("export")(export_command)

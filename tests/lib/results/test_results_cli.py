@@ -119,3 +119,48 @@ def test_show_prints_conversation_tool_errors_grader_and_results(cli) -> None:
     assert ("passed" if grader.passed else "failed") in out
     assert "typed_results · trace" in out and "tool_errors=" in out
     assert "typed_results · datapoint" in out and "strict_labels" not in out  # eval run only
+
+
+def test_export_parquet_matches_the_filtered_traces_and_their_spans(cli, tmp_path: Path) -> None:
+    condition = "typed_results.tool_errors > 1"
+    code, out, _ = cli(
+        "export", "-o", str(tmp_path), "-r", TRAIN_RUN, "--filter", condition,
+        "-j", "typed_results",
+    )  # fmt: skip
+    assert code == 0
+    with MantaService() as svc:
+        traces = svc.get_traces(TRAIN_RUN, results=condition)
+        spans = svc.get_spans([t.trace_id for t in traces])
+        results = svc.results("typed_results", TRAIN_RUN)
+    exported = pq.read_table(tmp_path / "traces.parquet")
+    assert sorted(exported.column("trace_id").to_pylist()) == sorted(t.trace_id for t in traces)
+    assert pq.read_table(tmp_path / "spans.parquet").num_rows == sum(map(len, spans.values()))
+    assert pq.read_table(tmp_path / "results_typed_results_trace.parquet").num_rows == len(results)
+    assert f"{len(traces):,} rows" in out
+
+
+def test_export_jsonl_is_the_import_format(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    condition = "typed_results.tool_errors > 1"
+    code, _, _ = cli(
+        "export", "-o", str(tmp_path), "-r", TRAIN_RUN, "-f", "jsonl", "--filter", condition
+    )
+    assert code == 0
+    with MantaService() as svc:
+        batches = svc.iter_trace_batches(TRAIN_RUN, results=condition)
+        originals = {trace.trace_id: trace for batch in batches for trace in batch}
+    from manta_lib.ingest import import_jsonl
+    from manta_lib.settings import load_settings
+    from manta_lib.store import Store
+
+    monkeypatch.setenv("MANTA_DATABASE", "r_reimport_" + TRAIN_RUN[-2:])
+    with Store.open(load_settings()) as store:
+        report = import_jsonl([tmp_path / "traces.jsonl"], store=store)
+        assert not report.errors and report.traces_loaded == len(originals)
+        with MantaService(store) as copy:
+            for trace_id, original in originals.items():
+                again = copy.get_trace(trace_id)
+                assert again.trace == original.trace
+                assert again.spans() == original.spans()
+        store.command("DROP DATABASE {db}")
