@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -46,6 +47,7 @@ from manta_lib.results import (
     results_frame,
 )
 from manta_lib.results.compare import Agreement, RunComparison
+from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from manta_lib.store.trace_queries import (
@@ -626,6 +628,46 @@ class MantaService:
         """A trace-level column against the traces' own grader (boolean column vs ``passed``,
         numeric vs ``score``): the calibration to check before trusting an LLM judge."""
         return compare.compare_with_grader(self.store, judge, run_id, column, version=version)
+
+    def series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """A numeric (or boolean) result column per step: ``run_id, step_number, mean, p50,
+        p95, count`` for one or several runs, computed in ClickHouse, ready to plot.
+
+        Example::
+
+            curve = svc.series("tool_errors", "tool_errors", ["run_a", "run_b"])
+        """
+        return series(self.store, judge, column, run_id, level=level, version=version)
+
+    def plot_series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        path: str | Path,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        statistic: str = "mean",
+        version: str | Sequence[str] | None = None,
+    ) -> Path:
+        """Write ``statistic`` (mean, p50, p95, count) of ``column`` per step, one curve per
+        run, to a PNG or SVG file (matplotlib); returns the path."""
+        frame = self.series(judge, column, run_id, level=level, version=version)
+        return plot_series(
+            frame,
+            Path(path),
+            title=f"{judge} · {column}",
+            ylabel=f"{column} ({statistic})",
+            statistic=statistic,
+        )
 
 
 def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:

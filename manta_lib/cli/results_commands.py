@@ -447,6 +447,42 @@ def _print_comparison(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
+def plot_command(
+    judge: Annotated[str, typer.Argument(help="Judge id.")],
+    column: Annotated[str, typer.Argument(help="A numeric or boolean result column.")],
+    run: RunOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Image file (.png or .svg).", dir_okay=False),
+    ] = None,
+    level: LevelOption = "trace",
+    statistic: Annotated[
+        str, typer.Option("--stat", help="mean, p50, p95 or count per step.")
+    ] = "mean",
+    version: Annotated[
+        str | None, typer.Option("--version", help="A judge version (default: latest).")
+    ] = None,
+) -> None:
+    """Plot COLUMN of JUDGE per step (one curve per --run) to a PNG or SVG file."""
+    if output is None:
+        raise typer.BadParameter("add -o curve.png (or .svg)", param_hint="--output")
+    if not run:
+        raise typer.BadParameter("name at least one run", param_hint="--run")
+    from manta_lib.results.series import plot_series
+
+    with MantaService() as svc:
+        frame = svc.series(judge, column, run, level=level, version=version)
+    path = plot_series(
+        frame, output, title=f"{judge} · {column}", ylabel=f"{column} ({statistic})",
+        statistic=statistic,
+    )  # fmt: skip
+    console.print(
+        f"{len(frame)} points of {column} ({statistic}) over {frame.run_id.nunique()} run(s) "
+        f"→ {path}",
+        highlight=False,
+    )
+
+
 def _cut(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
@@ -458,3 +494,4 @@ def register(app: typer.Typer) -> None:
     app.command("show")(show_command)
     app.command("export")(export_command)
     app.command("compare")(compare_command)
+    app.command("plot")(plot_command)

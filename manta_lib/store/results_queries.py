@@ -314,8 +314,8 @@ def series_sql(query: EntityQuery, step_expr: str, join_traces: bool) -> tuple[s
     value = f"toFloat64({query.value_expr(0)})"
     sql = f"""
         SELECT e.run_id AS run_id, {step_expr} AS step_number,
-               avg({value}) AS mean, quantileExact(0.5)({value}) AS p50,
-               quantileExact(0.95)({value}) AS p95, count({value}) AS count
+               avg({value}) AS mean, quantileExactInclusive(0.5)({value}) AS p50,
+               quantileExactInclusive(0.95)({value}) AS p95, count({value}) AS count
         FROM {source}
         WHERE {version} AND _status = 'ok' AND {value} IS NOT NULL
         GROUP BY run_id, step_number ORDER BY run_id, step_number
