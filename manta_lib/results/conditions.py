@@ -156,14 +156,13 @@ def table_condition(
             return _comparison_sql("_status", comparison, "status", params)
         if name == "error":
             check_value(name, "string", comparison.op, comparison.value)
-            expr = "if(_error_version = _version AND _error != '', _error, NULL)"
-            return _comparison_sql(expr, comparison, "string", params)
+            return _comparison_sql(q.EntityQuery.error_expr(), comparison, "string", params)
         if name not in index:
             hint = catalog.closest(name, [*index, *_BOOKKEEPING], "columns")
             raise QueryError(f"column {name!r} of judge {judge!r} is unknown{hint}")
         position, column = index[name]
         check_value(name, column.kind, comparison.op, comparison.value)
-        expr = f"if(_vv_{position} = _version, _v_{position}, NULL)"
+        expr = f"if(_vv_{position} = _key, _v_{position}, NULL)"
         return _value_leaf(_comparison_sql(expr, comparison, column.kind, params))
 
     return _compile(condition, leaf), params.values
@@ -203,8 +202,18 @@ def compile_trace_condition(
     key_columns = q.has_key_columns(store)
     resolved: dict[tuple[str, ...], tuple[str, str, str]] = {}  # field parts -> judge, level, col
     scopes: dict[tuple[str, str], list[q.ResultColumn]] = {}
+    names: dict[str, set[str]] = {}  # judge -> the column names the condition uses
     for comparison in comparisons(parsed):
-        judge, level, column = _resolve_field(store, comparison, run_ids, project_id, scopes)
+        names.setdefault(comparison.field.parts[0], set()).add(comparison.field.parts[-1])
+    for comparison in comparisons(parsed):
+        judge, level, column = _resolve_field(
+            store,
+            comparison,
+            run_ids,
+            project_id,
+            scopes,
+            names.get(comparison.field.parts[0], set()),
+        )
         resolved[comparison.field.parts] = (judge, level, column)
     groups: dict[tuple[str, str], int] = {}
     params: dict[str, Any] = {}
@@ -230,15 +239,14 @@ def compile_trace_condition(
                 return _comparison_sql("_status", comparison, "status", local)
             if column == "error":
                 check_value(str(comparison.field), "string", comparison.op, comparison.value)
-                expr = "if(_error_version = _version AND _error != '', _error, NULL)"
-                return _comparison_sql(expr, comparison, "string", local)
+                return _comparison_sql(q.EntityQuery.error_expr(), comparison, "string", local)
             position, info = index[column]
             check_value(str(comparison.field), info.kind, comparison.op, comparison.value)
             sql = _comparison_sql(query.value_expr(position), comparison, info.kind, local)
             return _value_leaf(sql)
 
         where = _compile(Not(item) if negate else item, leaf)
-        trace_columns, sql, query_params = q.semi_join_sql(query, where)
+        trace_columns, sql, query_params = q.semi_join_sql(query, where, with_error="error" in used)
         params.update(query_params)
         params.update(local.values)
         target = trace_columns[0] if len(trace_columns) == 1 else f"({', '.join(trace_columns)})"
@@ -263,6 +271,7 @@ def _resolve_field(
     run_ids: Sequence[str],
     project_id: str | None,
     scopes: dict[tuple[str, str], list[q.ResultColumn]],
+    names: set[str],
 ) -> tuple[str, str, str]:
     parts = comparison.field.parts
     if len(parts) == 1:
@@ -276,30 +285,25 @@ def _resolve_field(
         level = catalog.parse_level(parts[1]).value
         catalog.require_judge(store, judge, run_ids, level)
         column = parts[2]
-        _require_column(store, judge, level, column, run_ids, project_id, scopes)
+        _require_column(store, judge, level, column, run_ids, project_id, scopes, names)
         return judge, level, column
     column = parts[1]
     if column in _BOOKKEEPING:
         level = EntityLevel.TRACE.value if EntityLevel.TRACE.value in levels else levels[0]
-        _columns(store, judge, level, run_ids, project_id, scopes)
+        _columns(store, judge, level, run_ids, project_id, scopes, names)
         return judge, level, column
     having = [
         level
         for level in levels
-        if column in {c.name for c in _columns(store, judge, level, run_ids, project_id, scopes)}
+        if column
+        in {c.name for c in _columns(store, judge, level, run_ids, project_id, scopes, names)}
     ]
     if EntityLevel.TRACE.value in having:
         return judge, EntityLevel.TRACE.value, column
     if len(having) == 1:
         return judge, having[0], column
     if not having:
-        known = sorted(
-            {
-                c.name
-                for lv in levels
-                for c in _columns(store, judge, lv, run_ids, project_id, scopes)
-            }
-        )
+        known = _all_names(store, judge, levels, run_ids, project_id)
         raise QueryError(
             f"column {column!r} of judge {judge!r} is unknown"
             f"{catalog.closest(column, known, 'columns')}"
@@ -324,11 +328,12 @@ def _columns(
     run_ids: Sequence[str],
     project_id: str | None,
     scopes: dict[tuple[str, str], list[q.ResultColumn]],
+    names: set[str],
 ) -> list[q.ResultColumn]:
     if (judge, level) not in scopes:
         scope = q.Scope(judge, level, tuple(run_ids), project_id)
         choice = catalog.choose_versions(store, scope, None)
-        scopes[(judge, level)] = catalog.read_columns(store, scope, choice)
+        scopes[(judge, level)] = catalog.read_columns(store, scope, choice, sorted(names))
     return scopes[(judge, level)]
 
 
@@ -340,13 +345,26 @@ def _require_column(
     run_ids: Sequence[str],
     project_id: str | None,
     scopes: dict[tuple[str, str], list[q.ResultColumn]],
+    names: set[str],
 ) -> None:
-    columns = _columns(store, judge, level, run_ids, project_id, scopes)
+    columns = _columns(store, judge, level, run_ids, project_id, scopes, names)
     if column in _BOOKKEEPING:
         return
-    names = [c.name for c in columns]
-    if column not in names:
+    if column not in [c.name for c in columns]:
+        known = _all_names(store, judge, [level], run_ids, project_id)
         raise QueryError(
             f"column {column!r} of judge {judge!r} at level {level!r} is unknown"
-            f"{catalog.closest(column, names, 'columns')}"
+            f"{catalog.closest(column, known, 'columns')}"
         )
+
+
+def _all_names(
+    store: Store, judge: str, levels: Sequence[str], run_ids: Sequence[str], project_id: str | None
+) -> list[str]:
+    """Every column of ``judge`` at ``levels`` (for "did you mean" hints only)."""
+    known: set[str] = set()
+    for level in levels:
+        scope = q.Scope(judge, level, tuple(run_ids), project_id)
+        choice = catalog.choose_versions(store, scope, None)
+        known.update(c.name for c in catalog.read_columns(store, scope, choice))
+    return sorted(known)
