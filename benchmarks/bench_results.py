@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,7 +72,8 @@ def seed_run(store: Store, run_id: str, traces: int, judge: str, columns: list[t
         store.command(
             f"ALTER TABLE {{db}}.{table} DELETE WHERE run_id = {{r:String}}", {"r": run_id}
         )
-    params = {"r": run_id, "n": traces, "p": PROJECT, "j": judge}
+    # One computed_at for all of an entity's rows, as the pipeline writes them.
+    params = {"r": run_id, "n": traces, "p": PROJECT, "j": judge, "at": datetime.now(UTC)}
     store.command(
         f"""
         INSERT INTO {{db}}.traces (project_id, trace_id, run_id, step_number, phase, datapoint_id,
@@ -94,7 +96,7 @@ def seed_run(store: Store, run_id: str, traces: int, judge: str, columns: list[t
             f"""
             INSERT INTO {{db}}.entity_metadata
             SELECT {{p:String}}, {{r:String}}, {{j:String}}, 'trace', {TRACE_ID}, '{name}',
-                   '{kind}', {number}, {string}, {flag}, {raw}, 'v1', now64(6)
+                   '{kind}', {number}, {string}, {flag}, {raw}, 'v1', {{at:DateTime64(6, 'UTC')}}
             FROM numbers({{n:UInt64}}){where}
             """,
             params,

@@ -55,13 +55,13 @@ class LevelKeys:
     """How one level's entities map to keys and to the traces they cover.
 
     ``select``: ``(name, SQL over an entity group)`` key columns of the results table, in order;
-    ``trace_columns``: the ``traces`` columns a covered trace matches on, with ``entity_exprs``
-    the matching expressions over an entity group of entity_metadata.
+    ``trace_columns``: the ``traces`` columns a covered trace matches on, with ``row_exprs``
+    the matching expressions over one entity_metadata row.
     """
 
     select: tuple[tuple[str, str], ...]
     trace_columns: tuple[str, ...]
-    entity_exprs: tuple[str, ...]
+    row_exprs: tuple[str, ...]
     join_traces: bool = False
 
 
@@ -78,15 +78,15 @@ def level_keys(level: str, key_columns: bool) -> LevelKeys:
             "datapoint": LevelKeys(
                 (("datapoint_id", dp), ("step_number", step)),
                 ("run_id", "datapoint_id", "step_number"),
-                ("run_id", dp, f"assumeNotNull({step})"),
+                ("run_id", "datapoint_id", "assumeNotNull(step_number)"),
             ),
             "datapoint_across_steps": LevelKeys(
-                (("datapoint_id", dp),), ("run_id", "datapoint_id"), ("run_id", dp)
+                (("datapoint_id", dp),), ("run_id", "datapoint_id"), ("run_id", "datapoint_id")
             ),
             "step": LevelKeys(
                 (("step_number", step),),
                 ("run_id", "step_number"),
-                ("run_id", f"assumeNotNull({step})"),
+                ("run_id", "assumeNotNull(step_number)"),
             ),
         }
     else:
@@ -213,8 +213,8 @@ class EntityQuery:
     params: dict[str, Any] = field(default_factory=dict)
 
     def grouped_sql(self, extra_select: Sequence[str] = (), *, with_error: bool = True) -> str:
-        """Inner query: one row per entity with ``_status``, ``_key`` (version and computed_at
-        of its status), keys and values (``_v_i``, with their own ``_vv_i`` key)."""
+        """Inner query: one row per entity with ``_status``, ``_version``, ``_computed_at`` (of
+        its status row), keys and values (``_v_i``, written at ``_vv_i``)."""
         p = self.prefix
         where, params = self.scope.where(p)
         self.params.update(params)
@@ -226,23 +226,18 @@ class EntityQuery:
             f"anyIf(value_string, column = {{{p}status:String}}) AS _status",
             f"anyIf(judge_version, column = {{{p}status:String}}) AS _version",
             f"anyIf(computed_at, column = {{{p}status:String}}) AS _computed_at",
-            f"anyIf((judge_version, computed_at), column = {{{p}status:String}}) AS _key",
         ]
         if with_error:
             self.params[f"{p}error"] = ERROR_COLUMN
             wanted.append(ERROR_COLUMN)
             selects.append(f"anyIf(value_string, column = {{{p}error:String}}) AS _error")
-            selects.append(
-                f"anyIf((judge_version, computed_at), column = {{{p}error:String}}) AS _error_key"
-            )
+            selects.append(f"anyIf(computed_at, column = {{{p}error:String}}) AS _error_at")
         self.params[f"{p}cols"] = wanted
         for index, column in enumerate(self.columns):
             name = f"{p}c{index}"
             self.params[name] = column.name
             selects.append(f"anyIf({column.value_sql}, column = {{{name}:String}}) AS _v_{index}")
-            selects.append(
-                f"anyIf((judge_version, computed_at), column = {{{name}:String}}) AS _vv_{index}"
-            )
+            selects.append(f"anyIf(computed_at, column = {{{name}:String}}) AS _vv_{index}")
         selects.extend(extra_select)
         return (
             f"SELECT {', '.join(selects)} FROM {{db}}.entity_metadata FINAL "
@@ -262,14 +257,15 @@ class EntityQuery:
         return f"_version IN {{{p}versions:Array(String)}}"
 
     def value_expr(self, index: int) -> str:
-        """A column's value; NULL unless written together with the entity's status (same
-        version and computation), so a stale value of another version or run never shows."""
-        return f"if(_vv_{index} = _key, _v_{index}, NULL)"
+        """A column's value; NULL unless written together with the entity's status (one
+        computation writes all its rows with one ``computed_at``), so a stale value of another
+        version or an overwritten computation never shows."""
+        return f"if(_vv_{index} = _computed_at, _v_{index}, NULL)"
 
     @staticmethod
     def error_expr() -> str:
         """The entity's error text, NULL when it succeeded."""
-        return "if(_error_key = _key AND _error != '', _error, NULL)"
+        return "if(_error_at = _computed_at AND _error != '', _error, NULL)"
 
 
 def pivot_sql(
@@ -305,19 +301,23 @@ def pivot_sql(
     return sql, query.params
 
 
-def semi_join_sql(
-    query: EntityQuery, condition: str, *, with_error: bool = False
+def value_semi_join_sql(
+    scope: Scope, column: str, predicate: str, key_columns: bool, prefix: str
 ) -> tuple[tuple[str, ...], str, dict[str, Any]]:
-    """``(trace columns, subquery, params)``: the entities satisfying ``condition``, as the
-    key tuples of the traces they cover (``(trace cols) IN (subquery)``)."""
-    keys = level_keys(query.scope.level, query.key_columns)
-    inner = query.grouped_sql(
-        [f"{expr} AS _t{i}" for i, expr in enumerate(keys.entity_exprs)], with_error=with_error
+    """``(trace columns, subquery, params)``: the keys of the traces covered by entities whose
+    ``column`` row, written by the run's latest version, satisfies ``predicate`` (SQL over the
+    value columns). One scan of one column, like a hand-written filter."""
+    keys = level_keys(scope.level, key_columns)
+    where, params = scope.where(prefix)
+    params[f"{prefix}column"] = column
+    latest, latest_params = latest_versions_sql(scope, f"{prefix}l_")
+    params.update(latest_params)
+    sql = (
+        f"SELECT {', '.join(keys.row_exprs)} FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{{prefix}column:String}} "
+        f"AND (run_id, judge_version) IN ({latest}) AND {predicate}"
     )
-    outs = ", ".join(f"_t{i}" for i in range(len(keys.entity_exprs)))
-    version = query.version_clause()
-    sql = f"SELECT {outs} FROM ({inner}) WHERE {version} AND ({condition})"
-    return keys.trace_columns, sql, query.params
+    return keys.trace_columns, sql, params
 
 
 def series_sql(query: EntityQuery, step_expr: str, join_traces: bool) -> tuple[str, dict[str, Any]]:
