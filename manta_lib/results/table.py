@@ -222,8 +222,12 @@ def _integral(array: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _decode_json(array: pa.ChunkedArray) -> list[Any]:
-    loads = json.JSONDecoder().decode
-    return [None if text is None else loads(text) for text in array.to_pylist()]
+    """Decode a column of JSON texts with one parser call (the per-call overhead of 200k
+    ``json.loads`` calls is most of the cost)."""
+    import pyarrow.compute as pc
+
+    texts = pc.fill_null(array, "null").to_pylist()
+    return list(json.loads("[" + ",".join(texts) + "]")) if texts else []
 
 
 def _names(current: Sequence[str], selection: ResultsSelection, judge: str) -> list[str]:
