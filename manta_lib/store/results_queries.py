@@ -341,14 +341,22 @@ def value_semi_join_sql(
 def judge_facts(
     store: Store,
     judge: str,
-    columns: Sequence[str],
+    columns: Sequence[str] | None,
     run_ids: Sequence[str],
     project_id: str | None,
+    level: str | None = None,
 ) -> list[tuple[Any, ...]]:
     """``(level, run_id, version, column, [value kinds], last computed_at)`` of ``judge`` for
-    the status column and ``columns``: one scan answers levels, latest versions and kinds."""
-    params: dict[str, Any] = {"j": judge, "cols": [STATUS_COLUMN, *columns]}
-    where = "judge = {j:String} AND column IN {cols:Array(String)}"
+    the status column and ``columns`` (all when None), at ``level`` (all when None): one scan
+    answers levels, versions and value kinds."""
+    params: dict[str, Any] = {"j": judge}
+    where = "judge = {j:String}"
+    if columns is not None:
+        params["cols"] = [STATUS_COLUMN, *columns]
+        where += " AND column IN {cols:Array(String)}"
+    if level is not None:
+        params["level"] = level
+        where += " AND entity_level = {level:String}"
     if run_ids:
         params["runs"] = list(run_ids)
         where += " AND run_id IN {runs:Array(String)}"
