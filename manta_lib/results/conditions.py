@@ -137,9 +137,16 @@ def _compile(condition: Condition, leaf: Callable[[Comparison], str], negate: bo
 
 
 def table_condition(
-    text: str | Condition, judge: str, columns: Sequence[q.ResultColumn]
+    text: str | Condition,
+    judge: str,
+    columns: Sequence[q.ResultColumn],
+    keys: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """SQL over the grouped entity rows of :class:`EntityQuery` for a results-table ``where``."""
+    """SQL over the grouped entity rows of :class:`EntityQuery` for a results-table ``where``.
+
+    ``keys``: entity key fields usable too (``step_number >= 10``), name -> (SQL, kind).
+    """
+    keys = keys or {}
     condition = parse_condition(text) if isinstance(text, str) else text
     index = {c.name: (i, c) for i, c in enumerate(columns)}
     params = _Params("w_")
@@ -160,8 +167,12 @@ def table_condition(
         if name == "error":
             check_value(name, "string", comparison.op, comparison.value)
             return _comparison_sql(q.EntityQuery.error_expr(), comparison, "string", params)
+        if name not in index and name in keys:
+            sql, kind = keys[name]
+            check_value(name, kind, comparison.op, comparison.value)
+            return _comparison_sql(sql, comparison, kind, params)
         if name not in index:
-            hint = catalog.closest(name, [*index, *_BOOKKEEPING], "columns")
+            hint = catalog.closest(name, [*index, *_BOOKKEEPING, *keys], "columns")
             raise QueryError(f"column {name!r} of judge {judge!r} is unknown{hint}")
         position, column = index[name]
         check_value(name, column.kind, comparison.op, comparison.value)

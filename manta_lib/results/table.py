@@ -183,7 +183,8 @@ def _fetch(
     condition: str | None = None
     params: dict[str, Any] = {}
     if where is not None:  # compiled over every column: a condition may use unselected ones
-        condition, params = table_condition(where, judge, selection.columns)
+        fields = q.key_fields(selection.scope.level, selection.key_columns)
+        condition, params = table_condition(where, judge, selection.columns, fields)
     if columns is not None:
         catalog.require_columns(selection.columns, columns, judge)
         shown = [c for c in selection.columns if c.name in set(columns)]

@@ -113,6 +113,20 @@ def level_keys(level: str, key_columns: bool) -> LevelKeys:
     return by_level[level]
 
 
+def key_fields(level: str, key_columns: bool) -> dict[str, tuple[str, str]]:
+    """The entity keys a results-table condition may use: name -> (SQL in :func:`pivot_sql`'s
+    WHERE, kind)."""
+    keys = level_keys(level, key_columns)
+    kinds = {"step_number": "number"}
+    fields = {"run_id": ("e.run_id", "string")}
+    for name, _expr in keys.select:
+        fields[name] = (f"_k_{name}", kinds.get(name, "string"))
+    if keys.join_traces:
+        fields["datapoint_id"] = ("t.datapoint_id", "string")
+        fields["step_number"] = ("t.step_number", "number")
+    return fields
+
+
 @dataclass(frozen=True)
 class Scope:
     """Which stored results: one judge at one level, some runs (all when empty), a project."""

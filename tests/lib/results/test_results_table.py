@@ -91,6 +91,12 @@ def test_where_limit_and_columns(svc: MantaService) -> None:
     # A failed entity has no value: `not` does not select it.
     assert len(negated) == ((frame.status == "ok") & (frame.tool_errors < 1)).sum()
     assert len(svc.results("typed_results", EVAL_RUN, limit=5)) == 5
+    steps = svc.results("typed_results", TRAIN_RUN, where="step_number >= 2 and tool_errors > 0")
+    everything = svc.results("typed_results", TRAIN_RUN)
+    expected = everything[(everything.step_number >= 2) & (everything.tool_errors > 0)]
+    assert sorted(steps.trace_id) == sorted(expected.trace_id)
+    one = svc.results("typed_results", TRAIN_RUN, level="step", where="step_number == 1")
+    assert list(one.step_number) == [1]
 
 
 def test_arrow_table_is_typed_and_polars_ready(svc: MantaService) -> None:
