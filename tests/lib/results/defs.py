@@ -107,3 +107,29 @@ strict = MapReduceComputation("Strict labels", project_id="prj_demo").add_level(
 lenient = MapReduceComputation("Lenient labels", project_id="prj_demo").add_level(
     EntityLevel.TRACE, map_lenient, LabelOut
 )
+
+
+class EvolvingV1(BaseModel):
+    errors: int
+    dropped_later: str
+
+
+class EvolvingV2(BaseModel):
+    errors: int
+    added_later: bool
+
+
+def map_v1(trace: TraceContext) -> EvolvingV1:
+    return EvolvingV1(errors=trace.tool_error_count, dropped_later="v1")
+
+
+def map_v2(trace: TraceContext) -> EvolvingV2:
+    return EvolvingV2(errors=trace.tool_error_count * 10, added_later=True)
+
+
+evolving_v1 = MapReduceComputation("Evolving", project_id="prj_demo").add_level(
+    EntityLevel.TRACE, map_v1, EvolvingV1
+)
+evolving_v2 = MapReduceComputation("Evolving", project_id="prj_demo").add_level(
+    EntityLevel.TRACE, map_v2, EvolvingV2
+)

@@ -6,6 +6,7 @@ import pytest
 
 from manta_lib.errors import QueryError
 from manta_lib.service import MantaService
+from manta_lib.store.results_queries import has_key_columns
 from tests.lib.results import defs
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
@@ -18,7 +19,17 @@ def direct_ids(svc: MantaService, level: str, column: str, predicate: str) -> se
         f"AND entity_level = '{level}' AND run_id = {{r:String}} AND column = '{column}' "
         f"AND {predicate}"
     )
-    key = {"trace": "trace_id", "datapoint": "datapoint_id", "step": "toString(step_number)"}
+    if has_key_columns(svc.store):  # entity_metadata carries datapoint_id / step_number
+        keys = {"datapoint": "datapoint_id, step_number", "step": "step_number"}.get(level)
+        if keys is not None:
+            entities = entities.replace("SELECT entity_id", f"SELECT {keys}", 1)
+        key = {
+            "trace": "trace_id",
+            "datapoint": "(datapoint_id, step_number)",
+            "step": "step_number",
+        }
+    else:
+        key = {"trace": "trace_id", "datapoint": "datapoint_id", "step": "toString(step_number)"}
     rows = svc.store.rows(
         f"SELECT trace_id FROM {{db}}.traces WHERE run_id = {{r:String}} "
         f"AND {key[level]} IN ({entities})",
