@@ -15,7 +15,6 @@ level has them), ``status`` (``ok``/``error``), ``error``, ``judge_version``, ``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -109,7 +108,6 @@ def results_arrow(
     JSON columns hold nested Arrow values when Arrow can give all of a column's values one
     type, else their JSON text.
     """
-    import pyarrow as pa
 
     table, selection = _fetch(
         store, judge, run_id, level, version, where, columns, limit, project_id
@@ -120,10 +118,7 @@ def results_arrow(
         if column.kind == "number":
             array = _integral(array)
         elif column.kind in ("json", "mixed"):
-            decoded = _decode_json(array)
-            # Values of several shapes cannot take one Arrow type: keep the JSON text then.
-            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError):
-                array = pa.chunked_array([pa.array(decoded)])
+            array = _json_arrow(array)
         table = table.set_column(index, column.alias, array)
     return table.rename_columns(_names(table.column_names, selection, judge))
 
@@ -149,13 +144,13 @@ def results_frame(
     table, selection = _fetch(
         store, judge, run_id, level, version, where, columns, limit, project_id
     )
-    decoded: dict[str, list[Any]] = {}
+    decoded: dict[str, Any] = {}
     for column in selection.columns:
         index = table.schema.get_field_index(column.alias)
         if column.kind == "number":
             table = table.set_column(index, column.alias, _integral(table.column(index)))
         elif column.kind in ("json", "mixed"):
-            decoded[column.alias] = _decode_json(table.column(index))
+            decoded[column.alias] = _json_objects(table.column(index))
     mapping = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
     frame = table.to_pandas(types_mapper=mapping.get)
     for alias, values in decoded.items():
@@ -233,13 +228,41 @@ def _integral(array: pa.ChunkedArray) -> pa.ChunkedArray:
     return array
 
 
-def _decode_json(array: pa.ChunkedArray) -> list[Any]:
-    """Decode a column of JSON texts with one parser call (the per-call overhead of 200k
-    ``json.loads`` calls is most of the cost)."""
+def _decode_json(array: pa.ChunkedArray) -> tuple[list[Any], Any]:
+    """``(distinct decoded values, row -> index array)`` of a column of JSON texts.
+
+    Each distinct text is parsed once (with one parser call for all of them): result columns
+    repeat values a lot (``[]``, the same tool lists), and per-row parsing dominated the read.
+    """
     import pyarrow.compute as pc
 
-    texts = pc.fill_null(array, "null").to_pylist()
-    return list(json.loads("[" + ",".join(texts) + "]")) if texts else []
+    encoded = pc.dictionary_encode(pc.fill_null(array, "null")).combine_chunks()
+    texts = encoded.dictionary.to_pylist()
+    distinct = json.loads("[" + ",".join(texts) + "]") if texts else []
+    return distinct, encoded.indices
+
+
+def _json_objects(array: pa.ChunkedArray) -> Any:
+    """The column as a numpy object array of Python values; equal values share one object
+    (copy a list or dict before changing it in place)."""
+    import numpy as np
+
+    distinct, indices = _decode_json(array)
+    values = np.empty(len(distinct), dtype=object)
+    for index, value in enumerate(distinct):
+        values[index] = value
+    return values.take(indices.to_numpy(zero_copy_only=False))
+
+
+def _json_arrow(array: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Nested Arrow values when all of the column's values share one shape, else the text."""
+    import pyarrow as pa
+
+    distinct, indices = _decode_json(array)
+    try:
+        return pa.chunked_array([pa.array(distinct).take(indices)])
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return array
 
 
 def _names(current: Sequence[str], selection: ResultsSelection, judge: str) -> list[str]:
