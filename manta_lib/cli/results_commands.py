@@ -145,6 +145,9 @@ def judges_command(
         frame["last_computed_at"] = frame["last_computed_at"].map(
             lambda at: "-" if pd.isna(at) else f"{at:%Y-%m-%d %H:%M}"
         )
+        frame["latest"] = frame["latest"].map(lambda latest: "*" if latest is True else "")
+        if frame["project_id"].nunique() == 1:
+            frame = frame.drop(columns=["project_id"])
     write_frame(frame, out_format, output, console=console, highlight_errors=False)
 
 
