@@ -175,6 +175,16 @@ def require_judge(store: Store, judge: str, runs: Sequence[str], level: str) -> 
     )
 
 
+def require_runs(judge: str, level: str, wanted: Sequence[str], present: set[str]) -> None:
+    """Raise when some of the ``wanted`` runs have no results of ``judge`` at ``level``."""
+    missing = [run for run in wanted if run not in present]
+    if missing:
+        raise QueryError(
+            f"judge {judge!r} has no {level} results for run {', '.join(missing)}"
+            f"{closest(missing[0], sorted(present), 'runs with them')}"
+        )
+
+
 @dataclass(frozen=True)
 class VersionChoice:
     """The (run, version) pairs a read covers, and how they were chosen."""

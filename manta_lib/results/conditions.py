@@ -344,6 +344,7 @@ def _resolve_field(
         column = parts[2]
         if level not in levels:
             catalog.require_judge(store, judge, run_ids, level)
+        catalog.require_runs(judge, level, run_ids, set(facts.latest[level]))
         if column not in _BOOKKEEPING and not facts.has(level, column):
             known = _all_names(store, judge, [level], run_ids, project_id)
             raise QueryError(
@@ -354,12 +355,15 @@ def _resolve_field(
     column = parts[1]
     if column in _BOOKKEEPING:
         level = EntityLevel.TRACE.value if EntityLevel.TRACE.value in levels else levels[0]
+        catalog.require_runs(judge, level, run_ids, set(facts.latest[level]))
         return judge, level, column
     having = [level for level in levels if facts.has(level, column)]
-    if EntityLevel.TRACE.value in having:
-        return judge, EntityLevel.TRACE.value, column
-    if len(having) == 1:
-        return judge, having[0], column
+    chosen = EntityLevel.TRACE.value if EntityLevel.TRACE.value in having else None
+    if chosen is None and len(having) == 1:
+        chosen = having[0]
+    if chosen is not None:
+        catalog.require_runs(judge, chosen, run_ids, set(facts.latest[chosen]))
+        return judge, chosen, column
     if not having:
         known = _all_names(store, judge, levels, run_ids, project_id)
         raise QueryError(

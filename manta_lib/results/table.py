@@ -76,6 +76,7 @@ def select_results(
         catalog.require_judge(store, judge, runs, level_value)  # raises, naming close matches
     scope = q.Scope(judge, level_value, runs, project_id)
     versions = [(run, ver, last) for _lv, run, ver, col, _k, last in facts if col == STATUS_COLUMN]
+    catalog.require_runs(judge, level_value, runs, {run for run, _v, _l in versions})
     choice = catalog.choose_versions(store, scope, version, versions)
     if not runs:
         scope = q.Scope(judge, level_value, tuple(sorted({r for r, _ in choice.pairs})), project_id)

@@ -112,6 +112,11 @@ def test_filter_by_another_judge_on_the_same_traces(svc: MantaService) -> None:
     assert svc.count_traces(EVAL_RUN, results="strict_labels.errors == 1") == len(both)
 
 
+def test_a_listed_run_without_results_is_an_error_not_an_empty_match(svc: MantaService) -> None:
+    with pytest.raises(QueryError, match="has no trace results for run run_grpo_math_v2"):
+        svc.count_traces([TRAIN_RUN, "run_grpo_math_v2"], results="typed_results.tool_errors > 0")
+
+
 @pytest.mark.parametrize(
     ("condition", "message"),
     [

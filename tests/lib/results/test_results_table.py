@@ -125,6 +125,10 @@ def test_arrow_table_is_typed_and_polars_ready(svc: MantaService) -> None:
         ({"where": "tool_errors > 1 and"}, "expected a column name, found the end"),
         ({"run_id": "run_nope"}, "has no results for run run_nope"),
         ({"level": "run"}, "has no results at level 'run'; it has results at:"),
+        (
+            {"run_id": [EVAL_RUN, "run_grpo_math_v2"]},
+            "judge 'typed_results' has no trace results for run run_grpo_math_v2",
+        ),
     ],
 )
 def test_bad_input_names_the_value_and_close_matches(
