@@ -1,0 +1,217 @@
+"""The write side of the ``traces`` and ``spans`` tables: idempotent batches, run deletion.
+
+A batch is written spans first, then traces, so a stored trace always has its spans. A process
+killed between the two inserts leaves spans without a trace; writing the same batch again must
+not store those spans twice (ClickHouse merges ReplacingMergeTree duplicates only eventually,
+and reads must never show them). So before a batch is inserted, one query finds which of its
+traces are stored (those are skipped with their spans) and one finds which of the remaining
+spans are stored already (those are not inserted again): writing a batch twice, or after a
+crash at any point, leaves exactly one copy of every row.
+
+Ctrl-C (SIGINT) is held back while a batch's two inserts run, so an interrupted import or seed
+stops between batches, never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from manta_lib.store.client import Store
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BatchWrite",
+    "RunDeletion",
+    "delete_run",
+    "run_row_counts",
+    "stored_span_keys",
+    "stored_trace_runs",
+    "write_span_batch",
+    "write_trace_batch",
+]
+
+Columns = Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """What one idempotent batch write did."""
+
+    traces_written: int = 0
+    spans_written: int = 0
+    traces_present: int = 0  # skipped: already stored
+    spans_present: int = 0  # skipped: already stored, or their trace was
+
+
+@dataclass(frozen=True)
+class RunDeletion:
+    """Rows of one run removed by :func:`delete_run`."""
+
+    run_id: str
+    traces: int
+    spans: int
+    results: int
+
+
+def stored_trace_runs(
+    store: Store, trace_ids: Sequence[str], run_ids: Sequence[str] | None = None
+) -> dict[str, str]:
+    """``{trace_id: run_id}`` of the given traces that are stored.
+
+    ``run_ids`` (when known) narrows the scan to those runs through the sort key.
+    """
+    if not trace_ids:
+        return {}
+    if run_ids is not None:
+        rows = store.rows(
+            "SELECT DISTINCT trace_id, run_id FROM {db}.traces "
+            "WHERE run_id IN {runs:Array(String)} AND trace_id IN {ids:Array(String)}",
+            {"runs": sorted(set(run_ids)), "ids": list(trace_ids)},
+        )
+    else:
+        rows = store.rows(
+            "SELECT DISTINCT trace_id, run_id FROM {db}.traces "
+            "WHERE trace_id IN {ids:Array(String)}",
+            {"ids": list(trace_ids)},
+        )
+    return {row[0]: row[1] for row in rows}
+
+
+def stored_span_keys(
+    store: Store, run_ids: Sequence[str], trace_ids: Sequence[str]
+) -> set[tuple[str, str]]:
+    """``(trace_id, span_id)`` of the stored spans of the given traces."""
+    if not trace_ids:
+        return set()
+    rows = store.rows(
+        "SELECT DISTINCT trace_id, span_id FROM {db}.spans "
+        "WHERE run_id IN {runs:Array(String)} AND trace_id IN {ids:Array(String)}",
+        {"runs": sorted(set(run_ids)), "ids": sorted(set(trace_ids))},
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
+def write_trace_batch(
+    store: Store, traces: Columns, spans: Columns, *, check_stored: bool = True
+) -> BatchWrite:
+    """Insert a batch of traces with their spans, skipping every row that is stored already.
+
+    ``traces`` and ``spans`` are column-oriented (keys: the table's column names; spans must
+    belong to the batch's traces). ``check_stored=False`` skips the two look-ups, for a
+    caller that knows none of these rows can be stored (a fresh demo seed).
+    """
+    trace_ids = list(traces.get("trace_id", ()))
+    span_count = len(spans.get("trace_id", ())) if spans else 0
+    if not check_stored:
+        with hold_sigint():
+            store.insert_columns("spans", spans)
+            store.insert_columns("traces", traces)
+        return BatchWrite(traces_written=len(trace_ids), spans_written=span_count)
+    present = set(stored_trace_runs(store, trace_ids, traces.get("run_id", ())))
+    keep_traces = [i for i, trace_id in enumerate(trace_ids) if trace_id not in present]
+    new_ids = {trace_ids[i] for i in keep_traces}
+    keep_spans: list[int] = []
+    if span_count:
+        span_trace_ids = spans["trace_id"]
+        candidates = [i for i in range(span_count) if span_trace_ids[i] in new_ids]
+        stored = stored_span_keys(
+            store, [spans["run_id"][i] for i in candidates], [span_trace_ids[i] for i in candidates]
+        )
+        span_ids = spans["span_id"]
+        keep_spans = [i for i in candidates if (span_trace_ids[i], span_ids[i]) not in stored]
+    with hold_sigint():
+        store.insert_columns("spans", _take(spans, keep_spans, span_count))
+        store.insert_columns("traces", _take(traces, keep_traces, len(trace_ids)))
+    return BatchWrite(
+        traces_written=len(keep_traces),
+        spans_written=len(keep_spans),
+        traces_present=len(trace_ids) - len(keep_traces),
+        spans_present=span_count - len(keep_spans),
+    )
+
+
+def write_span_batch(store: Store, spans: Columns) -> BatchWrite:
+    """Insert spans of stored (or this batch's) traces, skipping ``(trace_id, span_id)`` pairs
+    that are stored already (spans of a separate span file)."""
+    span_count = len(spans.get("trace_id", ())) if spans else 0
+    if not span_count:
+        return BatchWrite()
+    trace_ids, span_ids = spans["trace_id"], spans["span_id"]
+    stored = stored_span_keys(store, spans["run_id"], trace_ids)
+    keep: list[int] = []
+    seen: set[tuple[str, str]] = set()
+    for i in range(span_count):
+        key = (trace_ids[i], span_ids[i])
+        if key not in stored and key not in seen:
+            seen.add(key)
+            keep.append(i)
+    with hold_sigint():
+        store.insert_columns("spans", _take(spans, keep, span_count))
+    return BatchWrite(spans_written=len(keep), spans_present=span_count - len(keep))
+
+
+def run_row_counts(store: Store, run_id: str) -> tuple[int, int, int]:
+    """``(traces, spans, result rows)`` stored for ``run_id``."""
+    parameters = {"run": run_id}
+    traces = store.rows("SELECT count() FROM {db}.traces WHERE run_id = {run:String}", parameters)
+    spans = store.rows("SELECT count() FROM {db}.spans WHERE run_id = {run:String}", parameters)
+    results = store.rows(
+        "SELECT count() FROM {db}.entity_metadata WHERE run_id = {run:String}", parameters
+    )
+    return int(traces[0][0]), int(spans[0][0]), int(results[0][0])
+
+
+def delete_run(store: Store, run_id: str) -> RunDeletion:
+    """Delete a run's traces, spans, computed results and progress records.
+
+    Spans go first and traces last, so an interrupted deletion leaves a run that is still
+    listed and can be deleted again (never traces whose spans silently vanished).
+    """
+    traces, spans, results = run_row_counts(store, run_id)
+    parameters = {"run": run_id}
+    with hold_sigint():
+        for table in ("entity_metadata", "progress", "spans", "traces"):
+            store.command(f"DELETE FROM {{db}}.{table} WHERE run_id = {{run:String}}", parameters)
+    log.info("deleted run %s: %d traces, %d spans, %d results", run_id, traces, spans, results)
+    return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)
+
+
+def _take(columns: Columns, keep: list[int], total: int) -> dict[str, Sequence[Any]]:
+    if not keep:
+        return {}
+    if len(keep) == total:
+        return dict(columns)
+    return {name: [values[i] for i in keep] for name, values in columns.items()}
+
+
+@contextmanager
+def hold_sigint() -> Iterator[None]:
+    """Defer Ctrl-C until the block ends (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    received: list[int] = []
+
+    def remember(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    try:
+        signal.signal(signal.SIGINT, remember)
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt here
