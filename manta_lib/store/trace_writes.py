@@ -15,6 +15,7 @@ stops between batches, never inside one.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,14 +32,21 @@ __all__ = [
     "BatchWrite",
     "RunDeletion",
     "delete_run",
+    "demo_trace_counts",
     "run_row_counts",
     "stored_span_keys",
+    "stored_trace_summaries",
     "stored_trace_runs",
     "write_span_batch",
     "write_trace_batch",
 ]
 
 Columns = Mapping[str, Sequence[Any]]
+
+# Test-only fault injection: "spans:N" (or "traces:N") kills this process with SIGKILL right
+# after its N-th insert into that table, the worst moment for a crash. The fault tests use it.
+_KILL_AFTER_ENV = "MANTA_TEST_KILL_AFTER"
+_inserts: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,33 @@ def stored_trace_runs(
     return {row[0]: row[1] for row in rows}
 
 
+def stored_trace_summaries(
+    store: Store, trace_ids: Sequence[str], run_ids: Sequence[str]
+) -> dict[str, tuple[str, int, str]]:
+    """``{trace_id: (run_id, step_number, datapoint_id)}`` of the given stored traces: enough
+    to tell whether a stored trace is the one a deterministic generator would write."""
+    if not trace_ids:
+        return {}
+    rows = store.rows(
+        "SELECT trace_id, any(run_id), any(step_number), any(datapoint_id) FROM {db}.traces "
+        "WHERE run_id IN {runs:Array(String)} AND trace_id IN {ids:Array(String)} "
+        "GROUP BY trace_id",
+        {"runs": sorted(set(run_ids)), "ids": list(trace_ids)},
+    )
+    return {row[0]: (row[1], int(row[2]), row[3]) for row in rows}
+
+
+def demo_trace_counts(store: Store, project_id: str, trace_prefix: str) -> tuple[int, int, int]:
+    """``(all traces, traces of project_id, those whose id starts with trace_prefix)``."""
+    row = store.rows(
+        "SELECT count(), countIf(project_id = {p:String}), "
+        "countIf(project_id = {p:String} AND startsWith(trace_id, {prefix:String})) "
+        "FROM {db}.traces",
+        {"p": project_id, "prefix": trace_prefix},
+    )[0]
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def stored_span_keys(
     store: Store, run_ids: Sequence[str], trace_ids: Sequence[str]
 ) -> set[tuple[str, str]]:
@@ -112,8 +147,8 @@ def write_trace_batch(
     span_count = len(spans.get("trace_id", ())) if spans else 0
     if not check_stored:
         with hold_sigint():
-            store.insert_columns("spans", spans)
-            store.insert_columns("traces", traces)
+            _insert(store, "spans", spans)
+            _insert(store, "traces", traces)
         return BatchWrite(traces_written=len(trace_ids), spans_written=span_count)
     present = set(stored_trace_runs(store, trace_ids, traces.get("run_id", ())))
     keep_traces = [i for i, trace_id in enumerate(trace_ids) if trace_id not in present]
@@ -128,8 +163,8 @@ def write_trace_batch(
         span_ids = spans["span_id"]
         keep_spans = [i for i in candidates if (span_trace_ids[i], span_ids[i]) not in stored]
     with hold_sigint():
-        store.insert_columns("spans", _take(spans, keep_spans, span_count))
-        store.insert_columns("traces", _take(traces, keep_traces, len(trace_ids)))
+        _insert(store, "spans", _take(spans, keep_spans, span_count))
+        _insert(store, "traces", _take(traces, keep_traces, len(trace_ids)))
     return BatchWrite(
         traces_written=len(keep_traces),
         spans_written=len(keep_spans),
@@ -154,7 +189,7 @@ def write_span_batch(store: Store, spans: Columns) -> BatchWrite:
             seen.add(key)
             keep.append(i)
     with hold_sigint():
-        store.insert_columns("spans", _take(spans, keep, span_count))
+        _insert(store, "spans", _take(spans, keep, span_count))
     return BatchWrite(spans_written=len(keep), spans_present=span_count - len(keep))
 
 
@@ -182,6 +217,15 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
             store.command(f"DELETE FROM {{db}}.{table} WHERE run_id = {{run:String}}", parameters)
     log.info("deleted run %s: %d traces, %d spans, %d results", run_id, traces, spans, results)
     return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)
+
+
+def _insert(store: Store, table: str, columns: Columns) -> None:
+    store.insert_columns(table, columns)
+    kill_after = os.environ.get(_KILL_AFTER_ENV)
+    if kill_after and columns:
+        _inserts[table] = _inserts.get(table, 0) + 1
+        if kill_after == f"{table}:{_inserts[table]}":
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _take(columns: Columns, keep: list[int], total: int) -> dict[str, Sequence[Any]]:

@@ -204,14 +204,23 @@ def test_scores_improve_with_the_step_in_train_runs() -> None:
         assert sum(late) / len(late) > sum(early) / len(early) + 0.05, run_id
 
 
-def test_seeding_twice_is_refused_unless_if_empty(store: Store) -> None:
+def test_seeding_again_writes_nothing_and_other_arguments_are_refused(store: Store) -> None:
     summary = seed_demo(store, traces=120, seed=1)
     assert (summary.traces, len(summary.runs)) == (120, 4)
     assert summary.spans == store.rows("SELECT count() FROM {db}.spans")[0][0]
+    again = seed_demo(store, traces=120, seed=1)
+    assert again.skipped and again.traces == 0 and again.already_stored == 120
+    assert "all 120 demo traces of seed 1 are already stored" in again.message
     skipped = seed_demo(store, traces=120, seed=1, if_empty=True)
-    assert skipped.skipped and "already has 120 rows" in skipped.message
-    with pytest.raises(MantaError, match="already holds 120 demo traces"):
-        seed_demo(store, traces=120, seed=1)
+    assert skipped.skipped and skipped.traces == 0
+    with pytest.raises(MantaError, match="120 demo traces of seed 1 written with another --traces"):
+        seed_demo(store, traces=60, seed=1)
+    with pytest.raises(MantaError, match="written with another --seed"):
+        seed_demo(store, traces=120, seed=2)
+    other = seed_demo(store, traces=120, seed=2, if_empty=True)
+    assert other.skipped and "nothing seeded" in other.message
+    with pytest.raises(MantaError, match="--traces must be between 1 and"):
+        seed_demo(store, traces=10**12)
     assert store.rows("SELECT count() FROM {db}.traces")[0][0] == 120
 
 
