@@ -27,6 +27,7 @@ from manta_lib.errors import ValidationError
 STDIN = "-"
 MAX_DEPTH = 64  # nesting levels of objects and lists in one line
 _MAX_PROBLEMS = 5  # per line, from the walk
+_CHUNK_CHARS = 1 << 16
 
 # Bytes that may decode to a lone surrogate: an escape \uD800-\uDFFF, or UTF-8-like bytes
 # ED A0..BF (json.loads decodes bytes with "surrogatepass").
@@ -124,7 +125,7 @@ def read_lines(
         for number, raw in enumerate(buffered, start=1):
             advance(len(raw))
             if raw.strip():
-                yield number, raw
+                yield number, raw.rstrip(b"\r\n")
 
 
 def _bom_encoding(head: bytes) -> str | None:
@@ -145,18 +146,32 @@ def _looks_like_utf16(head: bytes) -> bool:
 def _transcoded(
     handle: IO[bytes], encoding: str, advance: Callable[[int], Any]
 ) -> Iterator[tuple[int, bytes | LineProblems]]:
+    # Split on "\n" only: the codec's own line iteration also splits on U+2028 and U+0085,
+    # which JSON allows inside strings.
     reader = codecs.getreader(encoding)(handle, "strict")
-    number = 0
+    number, pending = 0, ""
     try:
-        for number, text in enumerate(reader, start=1):  # noqa: B007 - used after the loop
-            # surrogatepass: a lone surrogate becomes a per-line error in decode_line.
-            raw = text.encode("utf-8", "surrogatepass")
-            advance(len(raw))
-            if raw.strip():
-                yield number, raw
+        while chunk := reader.read(_CHUNK_CHARS):
+            *complete, pending = (pending + chunk).split("\n")
+            for text in complete:
+                number += 1
+                yield from _encoded_line(number, text, advance)
     except UnicodeDecodeError as exc:
         reason = f"invalid {encoding.upper()} ({exc.reason}); the rest of the file was not read"
         yield number + 1, LineProblems([("", reason)])
+        return
+    if pending:
+        yield from _encoded_line(number + 1, pending, advance)
+
+
+def _encoded_line(
+    number: int, text: str, advance: Callable[[int], Any]
+) -> Iterator[tuple[int, bytes]]:
+    # surrogatepass: a lone surrogate becomes a per-line error in decode_line.
+    raw = text.encode("utf-8", "surrogatepass")
+    advance(len(raw) + 1)
+    if raw.strip():
+        yield number, raw.rstrip(b"\r")
 
 
 def decode_line(raw: bytes) -> Any:
