@@ -43,6 +43,7 @@ from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
     demo_trace_counts,
+    hold_sigint,
     stored_trace_summaries,
     write_trace_batch,
 )
@@ -230,13 +231,14 @@ def seed_demo(
             for batch in generate_demo(traces=traces, seed=seed, batch_traces=batch_traces):
                 if resume and not _matches_store(store, batch):
                     return _conflict(conflict, if_empty, started)
-                done = write_trace_batch(store, batch.traces, batch.spans, check_stored=resume)
+                with hold_sigint():  # a Ctrl-C during the write is raised once counted
+                    done = write_trace_batch(store, batch.traces, batch.spans, check_stored=resume)
+                    summary.traces += done.traces_written
+                    summary.spans += done.spans_written
+                    summary.already_stored += done.traces_present
                 # Batches are written in order: after one whose traces were all new, so are
                 # the following ones (no need to look them up).
                 resume = resume and done.traces_present > 0
-                summary.traces += done.traces_written
-                summary.spans += done.spans_written
-                summary.already_stored += done.traces_present
                 run_ids.update(batch.traces["run_id"])
                 advance(batch.trace_count)
     except KeyboardInterrupt:

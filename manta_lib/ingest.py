@@ -64,6 +64,7 @@ from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanInput, Span
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
     BatchWrite,
+    hold_sigint,
     stored_trace_runs,
     write_span_batch,
     write_trace_batch,
@@ -562,15 +563,16 @@ class _Import:
     def _write(
         self, kind: str, traces: dict[str, Sequence[Any]], spans: dict[str, Sequence[Any]]
     ) -> None:
-        done: BatchWrite = (
-            write_trace_batch(self.store, traces, spans)
-            if kind == "traces"
-            else write_span_batch(self.store, spans)
-        )
-        self.report.traces_loaded += done.traces_written
-        self.report.spans_loaded += done.spans_written
-        self.report.traces_already_present += done.traces_present
-        self.report.spans_skipped += done.spans_present
+        with hold_sigint():  # a Ctrl-C during the write is raised once it is counted
+            done: BatchWrite = (
+                write_trace_batch(self.store, traces, spans)
+                if kind == "traces"
+                else write_span_batch(self.store, spans)
+            )
+            self.report.traces_loaded += done.traces_written
+            self.report.spans_loaded += done.spans_written
+            self.report.traces_already_present += done.traces_present
+            self.report.spans_skipped += done.spans_present
         log.debug("%s batch: %s", kind, done)
 
     def _replay(self) -> None:

@@ -56,6 +56,10 @@ InputFiles = Annotated[
 ]
 
 
+def _drop_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno != logging.WARNING
+
+
 def import_command(
     files: InputFiles,
     spans: Annotated[
@@ -85,8 +89,7 @@ def import_command(
     and a line saying what was stored.
     """
     ingest_log = logging.getLogger("manta_lib.ingest")
-    level = ingest_log.level
-    ingest_log.setLevel(logging.ERROR)  # the warnings are printed below, once
+    ingest_log.addFilter(_drop_warnings)  # the report's warnings are printed below, once
     try:
         with Store.open(load_settings()) as store:
             report = import_jsonl(
@@ -101,7 +104,7 @@ def import_command(
         typer.echo(interrupted.summary(), err=True)
         raise typer.Exit(_EXIT_INTERRUPTED) from None
     finally:
-        ingest_log.setLevel(level)
+        ingest_log.removeFilter(_drop_warnings)
     console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -127,6 +130,9 @@ def demo_seed_command(
             "unfinished seed with the same arguments is completed).",
         ),
     ] = False,
+    batch_traces: Annotated[
+        int, typer.Option("--batch-traces", min=1, hidden=True, help="Traces per insert.")
+    ] = 5_000,
 ) -> None:
     """Write realistic synthetic RL runs (GRPO groups, tool use, graders) into the store.
 
@@ -135,7 +141,9 @@ def demo_seed_command(
     """
     try:
         with Store.open(load_settings()) as store:
-            summary = seed_demo(store, traces=traces, seed=seed, if_empty=if_empty)
+            summary = seed_demo(
+                store, traces=traces, seed=seed, if_empty=if_empty, batch_traces=batch_traces
+            )
             database = store.database
     except DemoInterrupted as interrupted:
         typer.echo(interrupted.message(), err=True)

@@ -44,7 +44,8 @@ __all__ = [
 Columns = Mapping[str, Sequence[Any]]
 
 # Test-only fault injection: "spans:N" (or "traces:N") kills this process with SIGKILL right
-# after its N-th insert into that table, the worst moment for a crash. The fault tests use it.
+# after its N-th insert into that table, the worst moment for a crash; "spans:N:INT" sends it
+# SIGINT (Ctrl-C) there instead. The fault tests use it.
 _KILL_AFTER_ENV = "MANTA_TEST_KILL_AFTER"
 _inserts: dict[str, int] = {}
 
@@ -165,12 +166,14 @@ def write_trace_batch(
     with hold_sigint():
         _insert(store, "spans", _take(spans, keep_spans, span_count))
         _insert(store, "traces", _take(traces, keep_traces, len(trace_ids)))
-    return BatchWrite(
+    done = BatchWrite(
         traces_written=len(keep_traces),
         spans_written=len(keep_spans),
         traces_present=len(trace_ids) - len(keep_traces),
         spans_present=span_count - len(keep_spans),
     )
+    log.debug("trace batch written: %s", done)
+    return done
 
 
 def write_span_batch(store: Store, spans: Columns) -> BatchWrite:
@@ -221,11 +224,12 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
 
 def _insert(store: Store, table: str, columns: Columns) -> None:
     store.insert_columns(table, columns)
-    kill_after = os.environ.get(_KILL_AFTER_ENV)
-    if kill_after and columns:
+    fault = os.environ.get(_KILL_AFTER_ENV)
+    if fault and columns:
         _inserts[table] = _inserts.get(table, 0) + 1
-        if kill_after == f"{table}:{_inserts[table]}":
-            os.kill(os.getpid(), signal.SIGKILL)
+        where, _, name = fault.partition(f"{table}:{_inserts[table]}")
+        if not where and name in ("", ":INT"):
+            os.kill(os.getpid(), signal.SIGINT if name else signal.SIGKILL)
 
 
 def _take(columns: Columns, keep: list[int], total: int) -> dict[str, Sequence[Any]]:
