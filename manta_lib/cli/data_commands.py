@@ -162,6 +162,13 @@ def demo_seed_command(
     )
     console.print(table)
     console.print("runs: " + ", ".join(summary.runs), highlight=False, soft_wrap=True)
+    if summary.already_stored:
+        console.print(
+            f"resumed: {summary.already_stored:,} traces were already stored (an earlier seed "
+            f"was stopped); each row is stored once",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def runs_overview_command(
