@@ -4,8 +4,8 @@ A batch is written spans first, then traces, so a stored trace always has its sp
 killed between the two inserts leaves spans without a trace; writing the same batch again must
 not store those spans twice (ClickHouse merges ReplacingMergeTree duplicates only eventually,
 and reads must never show them). So before a batch is inserted, one query finds which of its
-traces are stored (those are skipped with their spans) and one finds which of the remaining
-spans are stored already (those are not inserted again): writing a batch twice, or after a
+traces are stored (those are skipped with their spans) and which of the remaining spans are
+stored already (those are not inserted again): writing a batch twice, or after a
 crash at any point, leaves exactly one copy of every row.
 
 Ctrl-C (SIGINT) is held back while a batch's two inserts run, so an interrupted import or seed
@@ -135,13 +135,34 @@ def stored_span_keys(
     return {(row[0], row[1]) for row in rows}
 
 
+def _stored_in_batch(
+    store: Store, run_ids: Sequence[str], trace_ids: Sequence[str]
+) -> tuple[set[str], set[tuple[str, str]]]:
+    """One query: the batch's stored traces, and the stored spans of its other traces (the
+    spans a crash between the two inserts of an earlier attempt left behind)."""
+    if not trace_ids:
+        return set(), set()
+    rows = store.rows(
+        "SELECT trace_id, '', 1 FROM {db}.traces "
+        "WHERE run_id IN {runs:Array(String)} AND trace_id IN {ids:Array(String)} "
+        "UNION ALL "
+        "SELECT trace_id, span_id, 0 FROM {db}.spans "
+        "WHERE run_id IN {runs:Array(String)} AND trace_id IN {ids:Array(String)} "
+        "AND trace_id NOT IN (SELECT trace_id FROM {db}.traces "
+        "WHERE run_id IN {runs:Array(String)} AND trace_id IN {ids:Array(String)})",
+        {"runs": sorted(set(run_ids)), "ids": list(trace_ids)},
+    )
+    present = {trace_id for trace_id, _, is_trace in rows if is_trace}
+    return present, {(trace_id, span_id) for trace_id, span_id, is_trace in rows if not is_trace}
+
+
 def write_trace_batch(
     store: Store, traces: Columns, spans: Columns, *, check_stored: bool = True
 ) -> BatchWrite:
     """Insert a batch of traces with their spans, skipping every row that is stored already.
 
     ``traces`` and ``spans`` are column-oriented (keys: the table's column names; spans must
-    belong to the batch's traces). ``check_stored=False`` skips the two look-ups, for a
+    belong to the batch's traces). ``check_stored=False`` skips the look-up, for a
     caller that knows none of these rows can be stored (a fresh demo seed).
     """
     trace_ids = list(traces.get("trace_id", ()))
@@ -151,18 +172,16 @@ def write_trace_batch(
             _insert(store, "spans", spans)
             _insert(store, "traces", traces)
         return BatchWrite(traces_written=len(trace_ids), spans_written=span_count)
-    present = set(stored_trace_runs(store, trace_ids, traces.get("run_id", ())))
+    present, stored = _stored_in_batch(store, traces.get("run_id", ()), trace_ids)
     keep_traces = [i for i, trace_id in enumerate(trace_ids) if trace_id not in present]
-    new_ids = {trace_ids[i] for i in keep_traces}
     keep_spans: list[int] = []
     if span_count:
-        span_trace_ids = spans["trace_id"]
-        candidates = [i for i in range(span_count) if span_trace_ids[i] in new_ids]
-        stored = stored_span_keys(
-            store, [spans["run_id"][i] for i in candidates], [span_trace_ids[i] for i in candidates]
-        )
-        span_ids = spans["span_id"]
-        keep_spans = [i for i in candidates if (span_trace_ids[i], span_ids[i]) not in stored]
+        span_trace_ids, span_ids = spans["trace_id"], spans["span_id"]
+        keep_spans = [
+            i
+            for i in range(span_count)
+            if span_trace_ids[i] not in present and (span_trace_ids[i], span_ids[i]) not in stored
+        ]
     with hold_sigint():
         _insert(store, "spans", _take(spans, keep_spans, span_count))
         _insert(store, "traces", _take(traces, keep_traces, len(trace_ids)))
