@@ -127,3 +127,12 @@ def test_ctrl_c_while_streaming_stdin(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     state = table_state(store_env(tmp_path))
     assert (state["traces"], state["spans"]) == (4, 8) and no_duplicates(state)
+
+
+def test_import_from_dev_stdin(tmp_path: Path) -> None:
+    data = "".join(trace_line(i) + "\n" for i in range(2)).encode()
+
+    result = manta("import", "/dev/stdin", env=store_env(tmp_path), stdin=data)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 traces and 4 spans loaded from 1 file" in result.stdout
