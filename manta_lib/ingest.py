@@ -64,6 +64,7 @@ from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanInput, Span
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
     BatchWrite,
+    delete_written,
     hold_sigint,
     stored_trace_runs,
     write_span_batch,
@@ -170,6 +171,11 @@ class ImportInterrupted(KeyboardInterrupt):
 
     def summary(self) -> str:
         """One line: what was stored before the interrupt and how to resume."""
+        if self.report.strict:
+            return (
+                "interrupted: nothing was stored (strict: rows written before the interrupt "
+                "were deleted again); run the same import again"
+            )
         return (
             f"interrupted: {_count(self.report.traces_loaded, 'trace')} and "
             f"{_count(self.report.spans_loaded, 'span')} were stored (whole batches only); "
@@ -314,6 +320,7 @@ def _run(
     try:
         loader.run(progress)
     except KeyboardInterrupt:
+        loader.report.strict = strict
         loader.report.seconds = time.perf_counter() - started
         raise ImportInterrupted(loader.report) from None
     finally:
@@ -381,6 +388,9 @@ class _Import:
         self.spanless: dict[str, list[str]] = {}
         self.spanless_count: dict[str, int] = {}
         self.got_spans: set[str] = set()
+        # Strict mode: what the writing phase inserted, to delete it if that phase fails.
+        self.new_traces: list[tuple[str, str]] = []
+        self.new_spans: list[tuple[str, str, str]] = []
 
     def close(self) -> None:
         if self.spool is not None:
@@ -573,18 +583,28 @@ class _Import:
             self.report.spans_loaded += done.spans_written
             self.report.traces_already_present += done.traces_present
             self.report.spans_skipped += done.spans_present
+            if self.spool is not None:  # strict: remembered for a rollback
+                self.new_traces.extend(done.new_traces)
+                self.new_spans.extend(done.new_spans)
         log.debug("%s batch: %s", kind, done)
 
     def _replay(self) -> None:
-        """Strict mode, every line good: write the spooled batches in their order."""
+        """Strict mode, every line good: write the spooled batches in their order. If the
+        writing fails or is interrupted, what it wrote is deleted again (all or nothing)."""
         assert self.spool is not None
         self.spool.seek(0)
-        while True:
-            try:
-                kind, traces, spans = pickle.load(self.spool)
-            except EOFError:
-                return
-            self._write(kind, traces, spans)
+        try:
+            while True:
+                try:
+                    kind, traces, spans = pickle.load(self.spool)
+                except EOFError:
+                    return
+                self._write(kind, traces, spans)
+        except BaseException:
+            log.warning("strict import stopped while writing: deleting the rows it wrote")
+            delete_written(self.store, self.new_traces, self.new_spans)
+            self.report.traces_loaded = self.report.spans_loaded = 0
+            raise
 
 
 # ---- parsing and validation ---------------------------------------------------------------

@@ -20,7 +20,7 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "BatchWrite",
     "RunDeletion",
     "delete_run",
+    "delete_written",
     "demo_trace_counts",
     "run_row_counts",
     "stored_span_keys",
@@ -48,6 +49,7 @@ Columns = Mapping[str, Sequence[Any]]
 # SIGINT (Ctrl-C) there instead. The fault tests use it.
 _KILL_AFTER_ENV = "MANTA_TEST_KILL_AFTER"
 _inserts: dict[str, int] = {}
+_DELETE_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class BatchWrite:
     spans_written: int = 0
     traces_present: int = 0  # skipped: already stored
     spans_present: int = 0  # skipped: already stored, or their trace was
+    # What was inserted, for a caller that may have to take it back (a strict import):
+    # (run_id, trace_id) of the new traces (their spans go with them), and
+    # (run_id, trace_id, span_id) of spans written for traces that were stored before.
+    new_traces: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    new_spans: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -185,11 +192,13 @@ def write_trace_batch(
     with hold_sigint():
         _insert(store, "spans", _take(spans, keep_spans, span_count))
         _insert(store, "traces", _take(traces, keep_traces, len(trace_ids)))
+    run_ids = traces["run_id"] if keep_traces else ()
     done = BatchWrite(
         traces_written=len(keep_traces),
         spans_written=len(keep_spans),
         traces_present=len(trace_ids) - len(keep_traces),
         spans_present=span_count - len(keep_spans),
+        new_traces=tuple((run_ids[i], trace_ids[i]) for i in keep_traces),
     )
     log.debug("trace batch written: %s", done)
     return done
@@ -212,7 +221,41 @@ def write_span_batch(store: Store, spans: Columns) -> BatchWrite:
             keep.append(i)
     with hold_sigint():
         _insert(store, "spans", _take(spans, keep, span_count))
-    return BatchWrite(spans_written=len(keep), spans_present=span_count - len(keep))
+    run_ids = spans["run_id"]
+    return BatchWrite(
+        spans_written=len(keep),
+        spans_present=span_count - len(keep),
+        new_spans=tuple((run_ids[i], trace_ids[i], span_ids[i]) for i in keep),
+    )
+
+
+def delete_written(
+    store: Store,
+    traces: Sequence[tuple[str, str]],
+    spans: Sequence[tuple[str, str, str]] = (),
+) -> None:
+    """Take back what batch writes inserted: the given new traces with all their spans, and
+    the given spans (``BatchWrite.new_traces`` / ``new_spans``)."""
+    with hold_sigint():
+        for start in range(0, len(spans), _DELETE_CHUNK):
+            chunk = spans[start : start + _DELETE_CHUNK]
+            store.command(
+                "DELETE FROM {db}.spans WHERE run_id IN {runs:Array(String)} "
+                "AND (trace_id, span_id) IN {keys:Array(Tuple(String, String))}",
+                {"runs": sorted({s[0] for s in chunk}), "keys": [(s[1], s[2]) for s in chunk]},
+            )
+        for start in range(0, len(traces), _DELETE_CHUNK):
+            chunk_traces = traces[start : start + _DELETE_CHUNK]
+            parameters = {
+                "runs": sorted({t[0] for t in chunk_traces}),
+                "ids": [t[1] for t in chunk_traces],
+            }
+            for table in ("spans", "traces"):
+                store.command(
+                    f"DELETE FROM {{db}}.{table} WHERE run_id IN {{runs:Array(String)}} "
+                    "AND trace_id IN {ids:Array(String)}",
+                    parameters,
+                )
 
 
 def run_row_counts(store: Store, run_id: str) -> tuple[int, int, int]:

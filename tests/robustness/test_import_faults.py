@@ -136,3 +136,26 @@ def test_import_from_dev_stdin(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "2 traces and 4 spans loaded from 1 file" in result.stdout
+
+
+def test_ctrl_c_while_a_strict_import_writes_takes_everything_back(
+    tmp_path: Path, traces_file: Path
+) -> None:
+    env = store_env(tmp_path)
+    interrupted = manta(
+        "import",
+        str(traces_file),
+        "--strict",
+        "--batch-size",
+        str(BATCH),
+        env={**env, "MANTA_TEST_KILL_AFTER": "traces:2:INT"},
+    )
+
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert (
+        interrupted.stderr.strip()
+        .splitlines()[-1]
+        .startswith("interrupted: nothing was stored (strict")
+    )
+    state = table_state(env)
+    assert (state["traces"], state["spans"]) == (0, 0)
