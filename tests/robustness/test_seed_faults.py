@@ -39,7 +39,6 @@ def check_complete(env: dict[str, str]) -> None:
     [
         ("spans:2", ()),
         pytest.param("traces:1", ("--if-empty",), marks=pytest.mark.slow),
-        pytest.param("spans:3", ("--if-empty",), marks=pytest.mark.slow),
     ],
 )
 def test_a_killed_seed_is_completed_by_running_it_again(
