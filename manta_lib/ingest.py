@@ -457,9 +457,9 @@ class _Import:
             shown = ", ".join(repr(t) for t in examples[:_NO_SPAN_EXAMPLES])
             more = ", ..." if count > _NO_SPAN_EXAMPLES else ""
             self.report.warnings.append(
-                f"{name}: {_count(count, 'trace')} ended with no spans ({shown}{more}): its "
-                f'conversation, tool calls and grader are missing; give them in "spans" or '
-                f"a --spans file"
+                f"{name}: {_count(count, 'trace')} ended with no spans ({shown}{more}): "
+                f"{'its' if count == 1 else 'their'} conversation, tool calls and grader are "
+                f'missing; give them in "spans" or a --spans file'
             )
 
     # -- trace lines --

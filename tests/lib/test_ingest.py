@@ -544,7 +544,7 @@ def test_unmapped_fields_and_traces_without_spans_are_warned_per_file(
         f"{first}: fields that nothing maps were stored in meta: 'messages' (2 traces). "
         f"'messages' looks like a conversation, which is not turned into spans: give each "
         f'message as a span of kind "message" with role and content (docs/import_format.md)',
-        f"{first}: 2 traces ended with no spans ('o1', 'o2'): its conversation, tool calls and "
+        f"{first}: 2 traces ended with no spans ('o1', 'o2'): their conversation, tool calls and "
         f'grader are missing; give them in "spans" or a --spans file',
     ]
 
