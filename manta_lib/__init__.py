@@ -17,13 +17,14 @@ from manta_lib.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from manta_lib.ingest import import_jsonl
+from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl, load_records
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
+from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
     "Agreement",
@@ -32,6 +33,8 @@ __all__ = [
     "Conversation",
     "EntityLevel",
     "EntityRef",
+    "ImportInterrupted",
+    "ImportReport",
     "JudgeInfo",
     "KestrelError",
     "MantaError",
@@ -51,7 +54,9 @@ __all__ = [
     "TraceContext",
     "TraceRecord",
     "ValidationError",
+    "delete_run",
     "import_jsonl",
+    "load_records",
     "load_settings",
     "open_store",
     "parse_condition",
