@@ -18,6 +18,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from manta_lib.context import Message, TraceContext
+from manta_lib.errors import QueryError
 from manta_lib.results.entity import StoredResult, trace_results
 from manta_lib.results.output import FORMATS, resolve_format, write_frame
 from manta_lib.service import MantaService
@@ -49,6 +50,14 @@ ProjectOption = Annotated[
 ]
 
 
+def _output_format(fmt: str | None, output: Path | None) -> Any:
+    """The output format, a usage error (exit 2) when --format / --output do not fit."""
+    try:
+        return resolve_format(fmt, output)
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format") from None
+
+
 def results_command(
     judge: Annotated[str, typer.Argument(help="Judge id, e.g. tool_errors.")],
     run: RunOption = None,
@@ -74,7 +83,7 @@ def results_command(
     project_id: ProjectOption = None,
 ) -> None:
     """Stored results of JUDGE: one row per entity, one column per output field."""
-    out_format = resolve_format(fmt, output)
+    out_format = _output_format(fmt, output)
     shown = limit if limit is not None or out_format != "table" else _TABLE_ROWS
     arguments: dict[str, Any] = {
         "level": level,
@@ -114,7 +123,7 @@ def judges_command(
     """Judges with stored results: versions, levels, entity counts, columns, when computed."""
     import pandas as pd
 
-    out_format = resolve_format(fmt, output)
+    out_format = _output_format(fmt, output)
     with MantaService() as svc:
         judges = svc.judges(run_id=run, project_id=project_id)
     rows = []
@@ -311,7 +320,7 @@ def compare_command(
     from manta_lib.results.compare import Agreement
 
     runs, versions = run or [], version or []
-    out_format = resolve_format(fmt, output)
+    out_format = _output_format(fmt, output)
     with MantaService() as svc:
         if len(runs) == 2 and not versions and against is None:
             result: Any = svc.compare_runs(

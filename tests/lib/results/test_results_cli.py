@@ -52,7 +52,6 @@ def test_results_where_and_levels(cli) -> None:
         (["results", "typed_result", "-r", TRAIN_RUN], "did you mean: typed_results"),
         (["results", "typed_results", "-r", TRAIN_RUN, "-w", "tool_errors >"], "position 14"),
         (["results", "typed_results", "-r", TRAIN_RUN, "-l", "stepp"], "did you mean: step"),
-        (["results", "typed_results", "-r", TRAIN_RUN, "-f", "parquet"], "add --output"),
         (["results", "typed_results", "-r", TRAIN_RUN, "-w", "label > 3"], "is text but is"),
         (["show", "tr_nope"], "trace_id 'tr_nope' not found"),
     ],
@@ -66,6 +65,9 @@ def test_bad_input_is_one_error_and_exit_1(cli, args: list[str], message: str) -
 def test_usage_errors_exit_2(cli) -> None:
     assert cli("results")[0] == 2
     assert cli("results", "typed_results", "--limit", "-1")[0] == 2
+    code, _, err = cli("results", "typed_results", "-r", TRAIN_RUN, "-f", "parquet")
+    assert code == 2 and "add --output" in err
+    assert cli("results", "typed_results", "-r", TRAIN_RUN, "-f", "xml")[0] == 2
 
 
 def test_judges_lists_each_version_and_level(cli) -> None:
