@@ -51,7 +51,12 @@ class ResultsSelection:
 
     def query(self, prefix: str = "q_") -> q.EntityQuery:
         return q.EntityQuery(
-            self.scope, self.columns, self.choice.versions, self.key_columns, prefix=prefix
+            self.scope,
+            self.columns,
+            self.choice.versions,
+            self.key_columns,
+            prefix=prefix,
+            latest_pairs=self.choice.pairs if self.choice.versions is None else None,
         )
 
 
@@ -188,9 +193,7 @@ def _fetch(
         selection = replace(selection, columns=shown)
     else:
         query_columns = selection.columns
-    query = q.EntityQuery(
-        selection.scope, query_columns, selection.choice.versions, selection.key_columns
-    )
+    query = replace(selection, columns=list(query_columns)).query()
     keys = q.level_keys(selection.scope.level, selection.key_columns)
     sql, query_params = q.pivot_sql(query, condition, limit, keys.join_traces)
     table = q.query_arrow(store, sql, {**query_params, **params})

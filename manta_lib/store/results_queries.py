@@ -223,6 +223,8 @@ class EntityQuery:
     columns: Sequence[ResultColumn]
     versions: Sequence[str] | str | None = None
     key_columns: bool = False
+    # (run, version) pairs already resolved for ``versions=None``: bound instead of a subquery.
+    latest_pairs: Sequence[tuple[str, str]] | None = None
     prefix: str = "q_"
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -263,6 +265,9 @@ class EntityQuery:
         p = self.prefix
         if self.versions == "all":
             return "1"
+        if self.versions is None and self.latest_pairs is not None:
+            self.params[f"{p}pairs"] = [tuple(pair) for pair in self.latest_pairs]
+            return f"(run_id, _version) IN {{{p}pairs:Array(Tuple(String, String))}}"
         if self.versions is None:
             latest, params = latest_versions_sql(self.scope, f"{p}l_")
             self.params.update(params)
