@@ -20,12 +20,14 @@ from manta_lib.errors import (
 from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl, load_records
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
+from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
 from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
+    "Agreement",
     "ComputationAborted",
     "ConfigError",
     "Conversation",
@@ -33,6 +35,7 @@ __all__ = [
     "EntityRef",
     "ImportInterrupted",
     "ImportReport",
+    "JudgeInfo",
     "KestrelError",
     "MantaError",
     "MantaService",
@@ -43,6 +46,7 @@ __all__ = [
     "Phase",
     "PipelineDefinitionError",
     "QueryError",
+    "RunComparison",
     "SpanKind",
     "SpanRecord",
     "Store",
@@ -55,5 +59,6 @@ __all__ = [
     "load_records",
     "load_settings",
     "open_store",
+    "parse_condition",
     "seed_demo",
 ]
