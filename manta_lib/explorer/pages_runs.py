@@ -1,0 +1,90 @@
+"""The runs page (every run, sortable) and a run's page (steps, score curve, judges)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from manta_lib.explorer.curves import score_chart
+from manta_lib.explorer.judges import run_judges
+from manta_lib.explorer.web import NotFound, choice_param, explorer, render
+from manta_lib.service import MantaService, RunSummary
+from manta_lib.store.explorer_queries import RunFacets, run_facets
+
+RUN_SORTS: dict[str, Any] = {
+    "run_id": lambda r: r["run"].run_id,
+    "traces": lambda r: r["run"].trace_count,
+    "steps": lambda r: r["run"].step_count,
+    "datapoints": lambda r: r["run"].datapoint_count,
+    "score": lambda r: r["run"].mean_score,
+    "error_rate": lambda r: r["error_rate"],
+    "cost": lambda r: r["facets"].cost_usd if r["facets"] else None,
+    "last": lambda r: r["run"].last_created_at,
+}
+
+
+def runs_page(request: Request) -> Response:
+    sort = choice_param(request, "sort", list(RUN_SORTS), "last")
+    descending = request.query_params.get("desc", "1" if sort != "run_id" else "0") == "1"
+    with explorer(request).service() as svc:
+        runs = svc.list_runs()
+        facets = run_facets(svc.store)
+    rows = [_run_row(run, facets.get(run.run_id)) for run in runs]
+    key = RUN_SORTS[sort]
+    present = [r for r in rows if key(r) is not None]
+    missing = [r for r in rows if key(r) is None]
+    present.sort(key=key, reverse=descending)
+    return render(
+        request,
+        "runs.html",
+        {"rows": present + missing, "sort": sort, "desc": descending},
+    )
+
+
+def _run_row(run: RunSummary, facets: RunFacets | None) -> dict[str, Any]:
+    return {
+        "run": run,
+        "facets": facets,
+        "error_rate": run.error_count / run.trace_count if run.trace_count else None,
+    }
+
+
+def require_run(svc: MantaService, run_id: str) -> RunSummary:
+    """The run's summary, or a 404 page naming the closest existing runs."""
+    for run in svc.list_runs():
+        if run.run_id == run_id:
+            return run
+    known = svc.run_ids()
+    closest = difflib.get_close_matches(run_id, known, n=5, cutoff=0.3) or known[:5]
+    raise NotFound(
+        "Run not found",
+        f"There is no run {run_id!r} in this store."
+        + (" The store has no traces yet." if not known else ""),
+        [(f"/runs/{r}", r) for r in closest],
+    )
+
+
+def run_page(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    state = explorer(request)
+    with state.service() as svc:
+        run = require_run(svc, run_id)
+        facets = run_facets(svc.store, [run_id]).get(run_id)
+        steps = svc.list_steps(run_id)
+        chart = score_chart(svc, [run_id])
+        judges = run_judges(svc, run_id)
+    return render(
+        request,
+        "run.html",
+        {
+            "run": run,
+            "facets": facets,
+            "steps": steps,
+            "chart": chart,
+            "judges": judges,
+            "error_rate": run.error_count / run.trace_count if run.trace_count else None,
+        },
+    )
