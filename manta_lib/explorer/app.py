@@ -16,7 +16,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -52,7 +55,8 @@ _SECURITY_HEADERS = [
 
 
 class ReadOnlyHeaders:
-    """Refuse every method but GET/HEAD, and add the security headers to each response."""
+    """Refuse every method but GET/HEAD; add the security headers and a ``Server-Timing``
+    header (milliseconds spent in the app until the response started) to each response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -71,10 +75,13 @@ class ReadOnlyHeaders:
             await response(scope, receive, send)
             return
 
+        started = time.perf_counter()
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + _SECURITY_HEADERS
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                timing = (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode())
+                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS, timing]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -116,16 +123,28 @@ def _error_page(
 
 
 def create_app(
-    settings: MantaSettings | None = None, *, dagster_url: str | None = None
+    settings: MantaSettings | None = None,
+    *,
+    dagster_url: str | None = None,
+    keep_store_open: bool | None = None,
 ) -> Starlette:
     """The explorer app over the store ``settings`` name (default: the environment).
 
     The store is opened when a request needs it and closed when no request is in flight, so
     other processes (a Dagster run) can use the embedded store between page views.
-    ``dagster_url`` defaults to ``MANTA_DAGSTER_URL`` (or ``http://127.0.0.1:3000``).
+    ``keep_store_open`` keeps one connection for the app's life instead (the default with a
+    ClickHouse server, where no lock is involved). ``dagster_url`` defaults to
+    ``MANTA_DAGSTER_URL`` (or ``http://127.0.0.1:3000``).
     """
+    lease = StoreLease(settings or load_settings(), keep_open=keep_store_open)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        lease.close()
+
     state = Explorer(
-        lease=StoreLease(settings or load_settings()),
+        lease=lease,
         templates=template_environment(),
         dagster_url=(dagster_url or links.dagster_base_url()).rstrip("/"),
     )
@@ -140,6 +159,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(ReadOnlyHeaders)],
         exception_handlers={
             PageError: _page_error,

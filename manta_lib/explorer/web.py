@@ -104,15 +104,28 @@ def render(
         "query": request.query_params,
         **context,
     }
-    values["fragment"] = (
+    fragment = (
         request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
     )
-    return HTMLResponse(page.render(values), status_code=status)
+    values["fragment"] = fragment
+    response = HTMLResponse(page.render(values), status_code=status)
+    if fragment:
+        # The address bar shows the filters that are set, not every empty form field.
+        response.headers["HX-Push-Url"] = clean_url(request)
+    return response
+
+
+def clean_url(request: Request) -> str:
+    """The request's path and query without empty parameters."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if v.strip()]
+    return request.url.path + (f"?{urlencode(params)}" if params else "")
 
 
 def url_with(request: Request, **changes: Any) -> str:
     """The current URL with some query parameters replaced (None removes one)."""
-    params = [(k, v) for k, v in request.query_params.multi_items() if k not in changes]
+    params = [
+        (k, v) for k, v in request.query_params.multi_items() if k not in changes and v.strip()
+    ]
     for key, value in changes.items():
         if value is None or value == "":
             continue
