@@ -10,7 +10,8 @@ from starlette.responses import Response
 
 from manta_lib.explorer.curves import score_chart
 from manta_lib.explorer.judges import run_judges
-from manta_lib.explorer.web import NotFound, choice_param, explorer, render
+from manta_lib.explorer.links import run_url
+from manta_lib.explorer.web import Explorer, NotFound, choice_param, explorer, render
 from manta_lib.service import MantaService, RunSummary
 from manta_lib.store.explorer_queries import RunFacets, run_facets
 
@@ -26,12 +27,21 @@ RUN_SORTS: dict[str, Any] = {
 }
 
 
+def cached_runs(
+    state: Explorer, svc: MantaService
+) -> tuple[list[RunSummary], dict[str, RunFacets]]:
+    """Every run (newest first) with its facets, reused while the traces are unchanged."""
+    return state.cached(svc, ("runs",), lambda: (svc.list_runs(), run_facets(svc.store)))
+
+
 def runs_page(request: Request) -> Response:
     sort = choice_param(request, "sort", list(RUN_SORTS), "last")
     descending = request.query_params.get("desc", "1" if sort != "run_id" else "0") == "1"
-    with explorer(request).service() as svc:
-        runs = svc.list_runs()
-        facets = run_facets(svc.store)
+    state = explorer(request)
+    with state.service() as svc:
+        runs, facets = state.cached(
+            svc, ("runs",), lambda: (svc.list_runs(), run_facets(svc.store))
+        )
     rows = [_run_row(run, facets.get(run.run_id)) for run in runs]
     key = RUN_SORTS[sort]
     present = [r for r in rows if key(r) is not None]
@@ -52,18 +62,19 @@ def _run_row(run: RunSummary, facets: RunFacets | None) -> dict[str, Any]:
     }
 
 
-def require_run(svc: MantaService, run_id: str) -> RunSummary:
+def require_run(state: Explorer, svc: MantaService, run_id: str) -> RunSummary:
     """The run's summary, or a 404 page naming the closest existing runs."""
-    for run in svc.list_runs():
+    runs, _ = cached_runs(state, svc)
+    for run in runs:
         if run.run_id == run_id:
             return run
-    known = svc.run_ids()
+    known = sorted(run.run_id for run in runs)
     closest = difflib.get_close_matches(run_id, known, n=5, cutoff=0.3) or known[:5]
     raise NotFound(
         "Run not found",
         f"There is no run {run_id!r} in this store."
         + (" The store has no traces yet." if not known else ""),
-        [(f"/runs/{r}", r) for r in closest],
+        [(run_url(r, base=""), r) for r in closest],
     )
 
 
@@ -71,11 +82,12 @@ def run_page(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     state = explorer(request)
     with state.service() as svc:
-        run = require_run(svc, run_id)
-        facets = run_facets(svc.store, [run_id]).get(run_id)
-        steps = svc.list_steps(run_id)
-        chart = score_chart(svc, [run_id])
+        run = require_run(state, svc, run_id)
+        _, all_facets = cached_runs(state, svc)
+        steps = state.cached(svc, ("steps", run_id), lambda: svc.list_steps(run_id))
+        chart = state.cached(svc, ("score_chart", run_id), lambda: score_chart(svc, [run_id]))
         judges = run_judges(svc, run_id)
+        facets = all_facets.get(run_id)
     return render(
         request,
         "run.html",

@@ -75,7 +75,8 @@ def traces_page(request: Request) -> Response:
     if per_page not in PAGE_SIZES:
         raise BadRequest("Invalid parameter", f"per={per_page} must be one of {PAGE_SIZES}.")
     page = int_param(request, "page", 1, minimum=1) or 1
-    with explorer(request).service() as svc:
+    state = explorer(request)
+    with state.service() as svc:
         total = svc.count_traces(**filters)
         traces = svc.get_traces(
             order_by=sort,
@@ -84,8 +85,11 @@ def traces_page(request: Request) -> Response:
             offset=(page - 1) * per_page,
             **filters,
         )
-        run_ids = svc.run_ids()
-        facets = trace_facets(svc.store, filters.get("run_id"))
+        selected = tuple(filters.get("run_id", ()))
+        run_ids = state.cached(svc, ("run_ids",), svc.run_ids)
+        facets = state.cached(
+            svc, ("trace_facets", selected), lambda: trace_facets(svc.store, selected)
+        )
     pages = max((total + per_page - 1) // per_page, 1)
     return render(
         request,

@@ -7,11 +7,13 @@ a value is always escaped unless a template says otherwise (none does).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import jinja2
@@ -22,6 +24,9 @@ from manta_lib.explorer import links
 from manta_lib.explorer.charts import format_number
 from manta_lib.explorer.store_lease import StoreLease
 from manta_lib.service import MantaService
+from manta_lib.store.explorer_queries import table_fingerprint
+
+T = TypeVar("T")
 
 
 class PageError(Exception):
@@ -46,6 +51,40 @@ class BadRequest(PageError):
     status = 400
 
 
+class AggregateCache:
+    """Aggregates over the traces table, reused while the table's data parts are unchanged.
+
+    The key includes a fingerprint of the table's active parts (read per request, a few ms),
+    so an import, a merge or a mutation makes every entry stale at once: a cached figure is
+    never older than the data it was computed from.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[Hashable, ...], Any] = {}
+        # One fingerprint per service, i.e. per request: the aggregates of a page share it.
+        self._fingerprints: weakref.WeakKeyDictionary[MantaService, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, svc: MantaService, key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
+        fingerprint = self._fingerprints.get(svc)
+        if fingerprint is None:
+            fingerprint = table_fingerprint(svc.store, "traces")
+            self._fingerprints[svc] = fingerprint
+        full_key = (fingerprint, *key)
+        with self._lock:
+            if full_key in self._entries:
+                return cast(T, self._entries[full_key])
+        value = compute()
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[full_key] = value
+        return value
+
+
 @dataclass
 class Explorer:
     """The app's state: where the data is, how to render, where Dagster is."""
@@ -53,12 +92,17 @@ class Explorer:
     lease: StoreLease
     templates: jinja2.Environment
     dagster_url: str
+    cache: AggregateCache = field(default_factory=AggregateCache)
 
     @contextmanager
     def service(self) -> Iterator[MantaService]:
         """A service on the shared store, held only for the duration of the block."""
         with self.lease.acquire() as store:
             yield MantaService(store)
+
+    def cached(self, svc: MantaService, key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, or its value from an earlier request if the traces are unchanged."""
+        return self.cache.get(svc, key, compute)
 
 
 def template_environment() -> jinja2.Environment:

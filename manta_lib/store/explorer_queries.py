@@ -158,3 +158,16 @@ def _finite(value: Any) -> float | None:
         return None
     number = float(value)
     return None if number != number else number
+
+
+def table_fingerprint(store: Store, table: str = "traces") -> int:
+    """A hash of the table's active data parts: any insert, merge or mutation changes it.
+
+    Aggregates keyed by it can be reused until the data changes, never after.
+    """
+    rows = store.rows(
+        "SELECT cityHash64(arrayStringConcat(arraySort(groupArray(name)), ',')) "
+        "FROM system.parts WHERE database = {d:String} AND table = {t:String} AND active",
+        {"d": store.database, "t": table},
+    )
+    return int(rows[0][0])

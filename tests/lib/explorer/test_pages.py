@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 from html import unescape
+from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
+from manta_lib.explorer import create_app
+from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
+from tests.lib.builders import load_traces, trace_line
 from tests.lib.explorer.conftest import HOSTILE_RUN, LONG_LINE, REPLACED, SCRIPT, ExplorerData
 
 pytestmark = pytest.mark.timeout(120)
@@ -220,3 +225,16 @@ def test_htmx_requests_get_the_content_fragment_only(explorer_data: ExplorerData
     )
     assert "<html" in full.text and "<html" not in fragment.text
     assert trace_ids_on(fragment.text) == trace_ids_on(full.text)
+
+
+def test_cached_aggregates_follow_new_data(
+    store: Store, settings: MantaSettings, tmp_path: Path
+) -> None:
+    load_traces(store, [trace_line("t1", run_id="run_first")], tmp_path)
+    client = TestClient(create_app(settings))
+    assert "run_first" in client.get("/").text
+    assert "run_second" not in client.get("/").text  # the second view is served from cache
+    load_traces(store, [trace_line("t2", run_id="run_second", score=0.25)], tmp_path)
+    page = client.get("/").text
+    assert "run_first" in page and "run_second" in page
+    assert "0.25" in client.get("/runs/run_second").text
