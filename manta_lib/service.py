@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -30,10 +30,19 @@ from manta_lib.errors import QueryError
 from manta_lib.models import (
     SPAN_COLUMNS,
     TRACE_COLUMNS,
+    EntityLevel,
     Phase,
     SpanRecord,
     TraceRecord,
     fast_construct,
+)
+from manta_lib.results import (
+    JudgeInfo,
+    ResultsFilter,
+    compile_trace_condition,
+    list_judges,
+    results_arrow,
+    results_frame,
 )
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
@@ -44,6 +53,10 @@ from manta_lib.store.trace_queries import (
     TraceFilter,
     order_clause,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 _ERROR_STATUSES = ("error", "timeout")
 
@@ -117,7 +130,8 @@ class MantaService:
     Trace filters (all optional, ANDed): ``run_id``, ``phase`` (train/eval/prod), ``step``
     (one number or an inclusive ``(first, last)`` range), ``datapoint_id``, ``status``,
     ``model_name``, ``env_name``, ``min_score``/``max_score``, ``meta`` (``{key: value}``
-    on top-level meta keys), ``trace_ids``. String filters also accept a list of values.
+    on top-level meta keys), ``trace_ids``, ``results`` (a condition on stored results such as
+    ``"tool_errors.tool_errors > 0"``, see docs/results.md). String filters also accept a list.
     """
 
     def __init__(self, store: Store | None = None, *, settings: MantaSettings | None = None):
@@ -270,7 +284,7 @@ class MantaService:
 
     def count_traces(self, run_id: str | Sequence[str] | None = None, **filters: Any) -> int:
         """How many traces match the filters."""
-        where, params = _trace_filter(run_id, filters).where()
+        where, params = self._trace_filter(run_id, filters).where()
         return int(
             self.store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0]
         )
@@ -327,7 +341,7 @@ class MantaService:
         Each stream has its own connection, so memory holds one batch whatever the run size,
         and the caller may use this service while iterating.
         """
-        where, params = _trace_filter(run_id, filters).where()
+        where, params = self._trace_filter(run_id, filters).where()
         limit_sql = ""
         if limit is not None:
             if limit < 0:
@@ -439,7 +453,7 @@ class MantaService:
         limit: int | None,
         offset: int,
     ) -> tuple[str, dict[str, Any]]:
-        where, params = _trace_filter(run_id, filters).where()
+        where, params = self._trace_filter(run_id, filters).where()
         order = order_clause(order_by, descending)
         sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} ORDER BY {order}"
         if limit is not None:
@@ -453,6 +467,98 @@ class MantaService:
             params["q_offset"] = int(offset)
             sql += " OFFSET {q_offset:UInt64}"
         return sql, params
+
+    # ---- stored results (manta_lib.results) ----------------------------------------------
+
+    def _trace_filter(
+        self, run_id: str | Sequence[str] | None, filters: dict[str, Any]
+    ) -> TraceFilter:
+        """The trace filter, with a ``results=`` condition compiled against the store."""
+        condition = filters.get("results")
+        if condition is not None and not isinstance(condition, ResultsFilter):
+            runs = () if run_id is None else ((run_id,) if isinstance(run_id, str) else run_id)
+            compiled = compile_trace_condition(
+                self.store, condition, run_ids=tuple(runs), project_id=filters.get("project_id")
+            )
+            filters = {**filters, "results": compiled}
+        return _trace_filter(run_id, filters)
+
+    def results(
+        self,
+        judge: str,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        project_id: str | None = None,
+    ) -> pd.DataFrame:
+        """Stored results of ``judge`` as a pandas DataFrame, one row per entity.
+
+        One typed column per output field (integers stay integers with pandas' nullable
+        ``Int64``, booleans ``boolean``, lists and dicts as Python values), the entity keys
+        (``run_id``, ``trace_id`` / ``datapoint_id`` / ``step_number`` as the level has them),
+        ``status`` (``ok``/``error``), ``error``, ``judge_version`` and ``computed_at``.
+
+        Args:
+            judge: the judge id (the pipeline name's slug, e.g. ``tool_errors``).
+            run_id: one run, a list of runs, or None for every run with results.
+            level: ``trace``, ``datapoint``, ``step`` or ``run``.
+            version: None for each run's latest version, a version (or list), or ``"all"``.
+            where: a condition on the columns, e.g. ``"tool_errors > 0 and status == 'ok'"``.
+            columns: only these output columns.
+            limit: at most this many rows.
+
+        Example::
+
+            df = svc.results("tool_errors", "run_grpo_math_v1", where="tool_errors > 0")
+            df.groupby("step_number").tool_errors.mean()
+        """
+        return results_frame(
+            self.store,
+            judge,
+            run_id,
+            level=level,
+            version=version,
+            where=where,
+            columns=columns,
+            limit=limit,
+            project_id=project_id,
+        )
+
+    def results_arrow(
+        self,
+        judge: str,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        project_id: str | None = None,
+    ) -> pa.Table:
+        """:meth:`results` as a ``pyarrow.Table`` (``polars.from_arrow(table)`` for polars)."""
+        return results_arrow(
+            self.store,
+            judge,
+            run_id,
+            level=level,
+            version=version,
+            where=where,
+            columns=columns,
+            limit=limit,
+            project_id=project_id,
+        )
+
+    def judges(
+        self, *, run_id: str | Sequence[str] | None = None, project_id: str | None = None
+    ) -> list[JudgeInfo]:
+        """Judges with stored results (and registered ones): versions, levels, columns, when
+        computed and entity counts per version, newest version first."""
+        return list_judges(self.store, run_id=run_id, project_id=project_id)
 
 
 def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:

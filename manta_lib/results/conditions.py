@@ -1,0 +1,352 @@
+"""Compile parsed conditions to SQL over stored results, with type checks.
+
+Two uses: the ``where`` of a results table (fields are the judge's columns, ``status`` and
+``error``), and trace filters (fields name their judge: ``judge.column`` or
+``judge.level.column``), which become semi-joins: ``(run_id, trace_id) IN (entities that
+satisfy it)``, with datapoint- and step-level results covering all traces of their entity.
+
+A comparison on an output column is true for an entity that succeeded and whose stored value
+satisfies it (``is null`` tests a null output); a failed entity satisfies no comparison on its
+values (test it with ``status == 'error'``), and ``not`` does not turn "unknown" into "true".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from manta_lib.errors import QueryError
+from manta_lib.models import EntityLevel
+from manta_lib.results import catalog
+from manta_lib.results.expr import And, Comparison, Condition, Not, Or, comparisons, parse_condition
+from manta_lib.store import Store
+from manta_lib.store import results_queries as q
+
+_BOOKKEEPING = ("status", "error")
+_STATUS_VALUES = ("ok", "error")
+_SQL_OPS = {"==": "=", "!=": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
+_PARAM_TYPES = {"number": "Float64", "string": "String", "boolean": "Bool", "status": "String"}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return repr(value)
+
+
+def check_value(field: str, kind: str, op: str, value: Any) -> None:
+    """Raise when ``value`` cannot be compared with a ``kind`` column by ``op``."""
+    if op in ("is_null", "not_null"):
+        return
+    if kind in ("json", "mixed"):
+        raise QueryError(
+            f"column {field!r} holds JSON values (lists, objects or mixed types): it can only be "
+            f"tested with `is null` / `is not null`, not compared with {_describe(value)}"
+        )
+    values = value if op in ("in", "not_in") else (value,)
+    for item in values:
+        if item is None:
+            raise QueryError(
+                f"{field} {op} null: compare with null using `{field} is null` or "
+                f"`{field} is not null`"
+            )
+        if kind == "number":
+            ok = isinstance(item, int | float) and not isinstance(item, bool)
+            expected = "a number"
+        elif kind == "boolean":
+            ok = isinstance(item, bool)
+            expected = "true or false"
+        elif kind == "status":
+            ok = item in _STATUS_VALUES
+            expected = "'ok' or 'error'"
+        else:
+            ok = isinstance(item, str)
+            expected = "quoted text"
+        if not ok:
+            raise QueryError(
+                f"column {field!r} is {_kind_name(kind)} but is compared with "
+                f"{_describe(item)}; use {expected}"
+            )
+    if kind == "boolean" and op not in ("==", "!=", "in", "not_in"):
+        raise QueryError(f"column {field!r} is boolean: use == or !=, not {op}")
+
+
+def _kind_name(kind: str) -> str:
+    return {
+        "number": "a number",
+        "string": "text",
+        "boolean": "a boolean",
+        "status": "the status (ok/error)",
+    }.get(kind, kind)
+
+
+class _Params:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.values: dict[str, Any] = {}
+
+    def bind(self, value: Any, kind: str) -> str:
+        name = f"{self.prefix}{len(self.values)}"
+        self.values[name] = value
+        ch_type = _PARAM_TYPES.get(kind, "String")
+        if isinstance(value, list):
+            ch_type = f"Array({ch_type})"
+        return f"{{{name}:{ch_type}}}"
+
+
+def _comparison_sql(expr: str, comparison: Comparison, kind: str, params: _Params) -> str:
+    op, value = comparison.op, comparison.value
+    if op == "is_null":
+        return f"({expr}) IS NULL"
+    if op == "not_null":
+        return f"({expr}) IS NOT NULL"
+    if kind == "number":
+        value = [float(v) for v in value] if op in ("in", "not_in") else float(value)
+    if op in ("in", "not_in"):
+        negate = "NOT " if op == "not_in" else ""
+        return f"({expr}) IS NOT NULL AND {negate}({expr}) IN {params.bind(list(value), kind)}"
+    return f"({expr}) {_SQL_OPS[op]} {params.bind(value, kind)}"
+
+
+def _value_leaf(sql: str) -> str:
+    """A comparison on an output value: unknown (NULL) for a failed entity, which has none."""
+    return f"if(_status = 'ok', ({sql}), NULL)"
+
+
+def _compile(condition: Condition, leaf: Callable[[Comparison], str], negate: bool = False) -> str:
+    """SQL for ``condition`` with ``not`` pushed to the leaves (missing values stay false)."""
+    if isinstance(condition, Not):
+        return _compile(condition.item, leaf, not negate)
+    if isinstance(condition, And | Or):
+        joiner = " AND " if isinstance(condition, And) != negate else " OR "
+        return "(" + joiner.join(_compile(c, leaf, negate) for c in condition.items) + ")"
+    sql = leaf(condition)
+    # NOT over a missing value must stay false: wrap with a NULL-to-false coalesce first.
+    return f"NOT coalesce(({sql}), true)" if negate else f"coalesce(({sql}), false)"
+
+
+# ---------------------------------------------------------------- results-table conditions
+
+
+def table_condition(
+    text: str | Condition, judge: str, columns: Sequence[q.ResultColumn]
+) -> tuple[str, dict[str, Any]]:
+    """SQL over the grouped entity rows of :class:`EntityQuery` for a results-table ``where``."""
+    condition = parse_condition(text) if isinstance(text, str) else text
+    index = {c.name: (i, c) for i, c in enumerate(columns)}
+    params = _Params("w_")
+
+    def leaf(comparison: Comparison) -> str:
+        parts = comparison.field.parts
+        if len(parts) > 1 and parts[0] == judge:
+            parts = parts[1:]
+        if len(parts) != 1:
+            raise QueryError(
+                f"field {comparison.field} (position {comparison.field.position + 1}): a results "
+                f"table of judge {judge!r} is filtered by its own columns; write the column name"
+            )
+        name = parts[0]
+        if name == "status":
+            check_value(name, "status", comparison.op, comparison.value)
+            return _comparison_sql("_status", comparison, "status", params)
+        if name == "error":
+            check_value(name, "string", comparison.op, comparison.value)
+            expr = "if(_error_version = _version AND _error != '', _error, NULL)"
+            return _comparison_sql(expr, comparison, "string", params)
+        if name not in index:
+            hint = catalog.closest(name, [*index, *_BOOKKEEPING], "columns")
+            raise QueryError(f"column {name!r} of judge {judge!r} is unknown{hint}")
+        position, column = index[name]
+        check_value(name, column.kind, comparison.op, comparison.value)
+        expr = f"if(_vv_{position} = _version, _v_{position}, NULL)"
+        return _value_leaf(_comparison_sql(expr, comparison, column.kind, params))
+
+    return _compile(condition, leaf), params.values
+
+
+# ---------------------------------------------------------------- trace filters
+
+
+@dataclass(frozen=True)
+class ResultsFilter:
+    """A compiled results condition on traces: ``sql`` for the traces WHERE and its params.
+
+    Build it with :func:`compile_trace_condition` (the service does when ``results=`` is given).
+    """
+
+    text: str
+    sql: str
+    params: dict[str, Any]
+
+
+def compile_trace_condition(
+    store: Store,
+    condition: str | Condition,
+    *,
+    run_ids: Sequence[str] = (),
+    project_id: str | None = None,
+    prefix: str = "rf_",
+) -> ResultsFilter:
+    """Resolve and compile a trace condition such as ``tool_errors.tool_errors > 0``.
+
+    Fields are ``judge.column`` (the column at the trace level, or at the only level that has
+    it), ``judge.level.column`` or ``judge.status`` / ``judge.error``. Each judge and level is
+    read at each run's latest version.
+    """
+    text = condition if isinstance(condition, str) else repr(condition)
+    parsed = parse_condition(condition) if isinstance(condition, str) else condition
+    key_columns = q.has_key_columns(store)
+    resolved: dict[tuple[str, ...], tuple[str, str, str]] = {}  # field parts -> judge, level, col
+    scopes: dict[tuple[str, str], list[q.ResultColumn]] = {}
+    for comparison in comparisons(parsed):
+        judge, level, column = _resolve_field(store, comparison, run_ids, project_id, scopes)
+        resolved[comparison.field.parts] = (judge, level, column)
+    groups: dict[tuple[str, str], int] = {}
+    params: dict[str, Any] = {}
+
+    def group_of(item: Condition) -> tuple[str, str] | None:
+        keys = {resolved[c.field.parts][:2] for c in comparisons(item)}
+        return keys.pop() if len(keys) == 1 else None
+
+    def semi_join(item: Condition, group: tuple[str, str], negate: bool) -> str:
+        judge, level = group
+        number = groups.setdefault(group, len(groups))
+        used = {resolved[c.field.parts][2] for c in comparisons(item)}
+        columns = [c for c in scopes[group] if c.name in used]
+        scope = q.Scope(judge, level, tuple(run_ids), project_id)
+        query = q.EntityQuery(scope, columns, None, key_columns, prefix=f"{prefix}{number}_")
+        index = {c.name: (i, c) for i, c in enumerate(columns)}
+        local = _Params(f"{prefix}{number}_{len(params)}w")
+
+        def leaf(comparison: Comparison) -> str:
+            column = resolved[comparison.field.parts][2]
+            if column == "status":
+                check_value(str(comparison.field), "status", comparison.op, comparison.value)
+                return _comparison_sql("_status", comparison, "status", local)
+            if column == "error":
+                check_value(str(comparison.field), "string", comparison.op, comparison.value)
+                expr = "if(_error_version = _version AND _error != '', _error, NULL)"
+                return _comparison_sql(expr, comparison, "string", local)
+            position, info = index[column]
+            check_value(str(comparison.field), info.kind, comparison.op, comparison.value)
+            sql = _comparison_sql(query.value_expr(position), comparison, info.kind, local)
+            return _value_leaf(sql)
+
+        where = _compile(Not(item) if negate else item, leaf)
+        trace_columns, sql, query_params = q.semi_join_sql(query, where)
+        params.update(query_params)
+        params.update(local.values)
+        target = trace_columns[0] if len(trace_columns) == 1 else f"({', '.join(trace_columns)})"
+        return f"{target} IN ({sql})"
+
+    def build(item: Condition, negate: bool = False) -> str:
+        group = group_of(item)
+        if group is not None:
+            return semi_join(item, group, negate)
+        if isinstance(item, Not):
+            return build(item.item, not negate)
+        assert isinstance(item, And | Or)
+        joiner = " AND " if isinstance(item, And) != negate else " OR "
+        return "(" + joiner.join(build(child, negate) for child in item.items) + ")"
+
+    return ResultsFilter(text, build(parsed), params)
+
+
+def _resolve_field(
+    store: Store,
+    comparison: Comparison,
+    run_ids: Sequence[str],
+    project_id: str | None,
+    scopes: dict[tuple[str, str], list[q.ResultColumn]],
+) -> tuple[str, str, str]:
+    parts = comparison.field.parts
+    if len(parts) == 1:
+        raise QueryError(
+            f"field {parts[0]!r} (position {comparison.field.position + 1}) does not say which "
+            f"judge: write judge.column, e.g. tool_errors.{parts[0]}"
+        )
+    judge = parts[0]
+    levels = _levels(store, judge, run_ids)
+    if len(parts) == 3:
+        level = catalog.parse_level(parts[1]).value
+        catalog.require_judge(store, judge, run_ids, level)
+        column = parts[2]
+        _require_column(store, judge, level, column, run_ids, project_id, scopes)
+        return judge, level, column
+    column = parts[1]
+    if column in _BOOKKEEPING:
+        level = EntityLevel.TRACE.value if EntityLevel.TRACE.value in levels else levels[0]
+        _columns(store, judge, level, run_ids, project_id, scopes)
+        return judge, level, column
+    having = [
+        level
+        for level in levels
+        if column in {c.name for c in _columns(store, judge, level, run_ids, project_id, scopes)}
+    ]
+    if EntityLevel.TRACE.value in having:
+        return judge, EntityLevel.TRACE.value, column
+    if len(having) == 1:
+        return judge, having[0], column
+    if not having:
+        known = sorted(
+            {
+                c.name
+                for lv in levels
+                for c in _columns(store, judge, lv, run_ids, project_id, scopes)
+            }
+        )
+        raise QueryError(
+            f"column {column!r} of judge {judge!r} is unknown"
+            f"{catalog.closest(column, known, 'columns')}"
+        )
+    raise QueryError(
+        f"column {column!r} of judge {judge!r} exists at levels {', '.join(having)}: say which, "
+        f"e.g. {judge}.{having[0]}.{column}"
+    )
+
+
+def _levels(store: Store, judge: str, run_ids: Sequence[str]) -> list[str]:
+    levels = q.judge_levels(store, judge, run_ids)
+    if not levels:
+        catalog.require_judge(store, judge, run_ids, EntityLevel.TRACE.value)
+    return sorted(levels, key=catalog.level_rank)
+
+
+def _columns(
+    store: Store,
+    judge: str,
+    level: str,
+    run_ids: Sequence[str],
+    project_id: str | None,
+    scopes: dict[tuple[str, str], list[q.ResultColumn]],
+) -> list[q.ResultColumn]:
+    if (judge, level) not in scopes:
+        scope = q.Scope(judge, level, tuple(run_ids), project_id)
+        choice = catalog.choose_versions(store, scope, None)
+        scopes[(judge, level)] = catalog.read_columns(store, scope, choice)
+    return scopes[(judge, level)]
+
+
+def _require_column(
+    store: Store,
+    judge: str,
+    level: str,
+    column: str,
+    run_ids: Sequence[str],
+    project_id: str | None,
+    scopes: dict[tuple[str, str], list[q.ResultColumn]],
+) -> None:
+    columns = _columns(store, judge, level, run_ids, project_id, scopes)
+    if column in _BOOKKEEPING:
+        return
+    names = [c.name for c in columns]
+    if column not in names:
+        raise QueryError(
+            f"column {column!r} of judge {judge!r} at level {level!r} is unknown"
+            f"{catalog.closest(column, names, 'columns')}"
+        )
