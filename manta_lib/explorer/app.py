@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
 from manta_lib.explorer.pages_curves import curves_page
+from manta_lib.explorer.pages_results import results_page
 from manta_lib.explorer.pages_runs import run_page, runs_page
 from manta_lib.explorer.pages_traces import span_text, trace_page, traces_page
 from manta_lib.explorer.store_lease import StoreLease
@@ -143,11 +144,8 @@ def create_app(
         yield
         lease.close()
 
-    state = Explorer(
-        lease=lease,
-        templates=template_environment(),
-        dagster_url=(dagster_url or links.dagster_base_url()).rstrip("/"),
-    )
+    dagster = (dagster_url or links.dagster_base_url()).rstrip("/")
+    state = Explorer(lease=lease, templates=template_environment(dagster), dagster_url=dagster)
     routes = [
         Route("/", runs_page, name="runs"),
         Route("/runs/{run_id:path}", run_page, name="run"),
@@ -155,6 +153,7 @@ def create_app(
         Route("/traces/{trace_id}/spans/{span_id}.txt", span_text, name="span_text"),
         Route("/traces/{trace_id:path}", trace_page, name="trace"),
         Route("/curves", curves_page, name="curves"),
+        Route("/results/{judge}", results_page, name="results"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(

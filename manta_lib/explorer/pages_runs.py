@@ -11,6 +11,7 @@ from starlette.responses import Response
 from manta_lib.explorer.curves import score_chart
 from manta_lib.explorer.judges import run_judges
 from manta_lib.explorer.links import run_url
+from manta_lib.explorer.pages_results import cached_judges
 from manta_lib.explorer.web import Explorer, NotFound, choice_param, explorer, render
 from manta_lib.service import MantaService, RunSummary
 from manta_lib.store.explorer_queries import RunFacets, run_facets
@@ -86,7 +87,7 @@ def run_page(request: Request) -> Response:
         _, all_facets = cached_runs(state, svc)
         steps = state.cached(svc, ("steps", run_id), lambda: svc.list_steps(run_id))
         chart = state.cached(svc, ("score_chart", run_id), lambda: score_chart(svc, [run_id]))
-        judges = run_judges(svc, run_id)
+        judges = run_judges(cached_judges(state, svc, run_id), run_id, state.dagster_url)
         facets = all_facets.get(run_id)
     return render(
         request,

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from manta_lib.explorer.pages_results import cached_judges
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
 from manta_lib.explorer.web import (
@@ -59,6 +60,9 @@ def trace_filters(request: Request) -> dict[str, Any]:
         value = float_param(request, param)
         if value is not None:
             filters[param] = value
+    condition = text_param(request, "results")
+    if condition is not None:
+        filters["results"] = condition  # a semi-join on stored results, run by the service
     shard = int_param(request, "shard", minimum=0)
     if shard is not None:
         if shard >= 64:
@@ -90,6 +94,9 @@ def traces_page(request: Request) -> Response:
         facets = state.cached(
             svc, ("trace_facets", selected), lambda: trace_facets(svc.store, selected)
         )
+        judges = [
+            j.judge for j in cached_judges(state, svc, selected[0] if len(selected) == 1 else None)
+        ]
     pages = max((total + per_page - 1) // per_page, 1)
     return render(
         request,
@@ -106,6 +113,7 @@ def traces_page(request: Request) -> Response:
             "run_ids": run_ids,
             "facets": facets,
             "selected_runs": filters.get("run_id", []),
+            "judges": judges,
             "prev_url": url_with(request, page=page - 1) if page > 1 else None,
             "next_url": url_with(request, page=page + 1) if page < pages else None,
             "sort_url": lambda column: url_with(

@@ -6,6 +6,7 @@ a value is always escaped unless a template says otherwise (none does).
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import weakref
@@ -52,28 +53,36 @@ class BadRequest(PageError):
 
 
 class AggregateCache:
-    """Aggregates over the traces table, reused while the table's data parts are unchanged.
+    """Aggregates reused while the tables they read hold the same data parts.
 
-    The key includes a fingerprint of the table's active parts (read per request, a few ms),
-    so an import, a merge or a mutation makes every entry stale at once: a cached figure is
-    never older than the data it was computed from.
+    The key includes a fingerprint of each table's active parts (read once per request, a few
+    ms), so an import, a merge or a newly stored result makes the entries that read that table
+    stale at once: a cached figure is never older than the data it was computed from.
     """
 
     def __init__(self, max_entries: int = 256) -> None:
         self.max_entries = max_entries
         self._entries: dict[tuple[Hashable, ...], Any] = {}
-        # One fingerprint per service, i.e. per request: the aggregates of a page share it.
-        self._fingerprints: weakref.WeakKeyDictionary[MantaService, int] = (
+        # Fingerprints per service, i.e. per request: the aggregates of a page share them.
+        self._fingerprints: weakref.WeakKeyDictionary[MantaService, dict[str, int]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
 
-    def get(self, svc: MantaService, key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
-        fingerprint = self._fingerprints.get(svc)
-        if fingerprint is None:
-            fingerprint = table_fingerprint(svc.store, "traces")
-            self._fingerprints[svc] = fingerprint
-        full_key = (fingerprint, *key)
+    def fingerprint(self, svc: MantaService, table: str) -> int:
+        known = self._fingerprints.setdefault(svc, {})
+        if table not in known:
+            known[table] = table_fingerprint(svc.store, table)
+        return known[table]
+
+    def get(
+        self,
+        svc: MantaService,
+        key: tuple[Hashable, ...],
+        compute: Callable[[], T],
+        tables: tuple[str, ...] = ("traces",),
+    ) -> T:
+        full_key = (*(self.fingerprint(svc, t) for t in tables), *key)
         with self._lock:
             if full_key in self._entries:
                 return cast(T, self._entries[full_key])
@@ -100,12 +109,18 @@ class Explorer:
         with self.lease.acquire() as store:
             yield MantaService(store)
 
-    def cached(self, svc: MantaService, key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
-        """``compute()``, or its value from an earlier request if the traces are unchanged."""
-        return self.cache.get(svc, key, compute)
+    def cached(
+        self,
+        svc: MantaService,
+        key: tuple[Hashable, ...],
+        compute: Callable[[], T],
+        tables: tuple[str, ...] = ("traces",),
+    ) -> T:
+        """``compute()``, or its value from an earlier request if ``tables`` are unchanged."""
+        return self.cache.get(svc, key, compute, tables)
 
 
-def template_environment() -> jinja2.Environment:
+def template_environment(dagster_url: str = links.DEFAULT_DAGSTER_URL) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("manta_lib.explorer", "templates"),
         autoescape=True,
@@ -117,8 +132,12 @@ def template_environment() -> jinja2.Environment:
     env.filters["pct"] = _pct
     env.filters["usd"] = _usd
     env.filters["when"] = _when
+    env.filters["cell"] = _cell
     env.globals.update(
         run_url=lambda run_id: links.run_url(run_id, base=""),
+        dagster_asset_url=lambda judge, level, partition=None: links.dagster_asset_url(
+            judge, level, partition=partition, base=dagster_url
+        ),
         trace_url=lambda trace_id: links.trace_url(trace_id, base=""),
         traces_url=lambda run_id=None, **f: links.traces_url(run_id, base="", **f),
         results_url=lambda judge, run_id, level="trace", **kw: links.results_url(
@@ -261,6 +280,21 @@ def _usd(value: float | None) -> str:
     if value is None:
         return "–"
     return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def _cell(value: Any) -> str:
+    """A table cell: numbers short, nested values as compact JSON (at most 300 characters)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool | int | float):
+        return _num(value)
+    if isinstance(value, list | dict | tuple):
+        text = json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+        return text if len(text) <= 300 else text[:299] + "…"
+    if isinstance(value, datetime):
+        return _when(value)
+    text = str(value)
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _when(value: datetime | None) -> str:

@@ -15,14 +15,17 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from examples.tool_errors import pipeline as tool_errors
 from manta_lib.demo import seed_demo
 from manta_lib.explorer import create_app
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
+from tests.lib.explorer.judges import echo_errors
 
 DEMO_TRACES = 400
 HOSTILE_RUN = "run_hostile"
+RESULTS_RUN = "run_grpo_math_v1"
 SCRIPT = "<script>alert('pwned')</script>"
 LONG_LINE = "x" * 30_000
 REPLACED = "caf\ufffd\ufffd na\ufffdve"  # bytes that were not UTF-8, decoded with replacement
@@ -75,11 +78,16 @@ def explorer_data(
         with Store.open(settings) as store:
             seed_demo(store, traces=DEMO_TRACES)
             load_traces(store, hostile_lines(), tmp)
+        # Real pipeline results: tool errors per trace, datapoint and step, and a judge that
+        # stores the hostile trace's error text.
+        tool_errors.run(RESULTS_RUN, mode="local", progress=False)
+        echo_errors.run(HOSTILE_RUN, mode="local", progress=False)
+        with Store.open(settings) as store:
             runs = dict(store.rows("SELECT run_id, count() FROM {db}.traces GROUP BY run_id"))
             error_trace = store.rows(
                 "SELECT trace_id FROM {db}.spans WHERE kind = 'tool' AND is_error "
-                "AND run_id != {r:String} ORDER BY trace_id LIMIT 1",
-                {"r": HOSTILE_RUN},
+                "AND run_id = {r:String} ORDER BY trace_id LIMIT 1",
+                {"r": RESULTS_RUN},
             )[0][0]
         app = create_app(settings, dagster_url="http://dagster.test:3000")
         with TestClient(app) as client:

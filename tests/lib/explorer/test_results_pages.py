@@ -1,0 +1,133 @@
+"""Judges, results tables, results filters and stored results on the trace page, read through
+the results API from a real pipeline run (examples/tool_errors.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from manta_lib.store import Store
+from tests.lib.explorer.conftest import HOSTILE_RUN, RESULTS_RUN, SCRIPT, ExplorerData
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sql(data: ExplorerData, query: str, params: dict | None = None) -> list[tuple]:
+    with Store.open(data.settings, ensure_schema=False) as store:
+        return store.rows(query, params)
+
+
+def tool_error_traces(data: ExplorerData, run_id: str = RESULTS_RUN) -> set[str]:
+    rows = sql(
+        data,
+        "SELECT DISTINCT trace_id FROM {db}.spans WHERE run_id = {r:String} "
+        "AND kind = 'tool' AND is_error",
+        {"r": run_id},
+    )
+    return {r[0] for r in rows}
+
+
+def result_rows(html: str) -> list[str]:
+    return re.findall(r"<tr class=\"[^\"]*\">\s*<td class=\"small\"><a href=\"([^\"]+)\"", html)
+
+
+def test_run_page_lists_judge_levels_with_counts_and_dagster_links(
+    explorer_data: ExplorerData,
+) -> None:
+    page = explorer_data.client.get(f"/runs/{RESULTS_RUN}").text
+    judges = page.split('id="judges"', 1)[1].split("</table>", 1)[0]
+    assert "tool_errors" in judges
+    for level in ("trace", "datapoint", "step"):
+        assert f'href="/results/tool_errors?run={RESULTS_RUN}&amp;level={level}"' in judges
+    assert f'<td class="num">{explorer_data.runs[RESULTS_RUN]:,}</td>' in judges  # trace entities
+    assert 'href="http://dagster.test:3000/assets/tool_errors/trace"' in judges
+    assert f'href="http://dagster.test:3000/assets/tool_errors/step?partition={RESULTS_RUN}"' in (
+        judges
+    )
+
+
+def test_trace_level_table_sorts_and_links_to_traces(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(
+        f"/results/tool_errors?run={RESULTS_RUN}&level=trace&sort=tool_errors&desc=1"
+    )
+    assert page.status_code == 200
+    total = explorer_data.runs[RESULTS_RUN]
+    assert f"{total:,} rows" in page.text
+    links = result_rows(page.text)
+    assert len(links) == 50 and all(link.startswith("/traces/") for link in links)
+    most = sql(
+        explorer_data,
+        "SELECT max(c) FROM (SELECT trace_id, countIf(kind = 'tool' AND is_error) c "
+        "FROM {db}.spans WHERE run_id = {r:String} GROUP BY trace_id)",
+        {"r": RESULTS_RUN},
+    )[0][0]
+    first_row = page.text.split('id="results-table"', 1)[1].split("<tbody>", 1)[1]
+    first_row = first_row.split("</tr>", 1)[0]
+    assert f'<td class="num">{most}</td>' in first_row
+
+
+def test_where_filters_the_table_like_sql(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(
+        "/results/tool_errors", params={"run": RESULTS_RUN, "where": "tool_errors > 0"}
+    )
+    expected = tool_error_traces(explorer_data)
+    assert f"{len(expected):,} rows" in page.text
+    bad = explorer_data.client.get(
+        "/results/tool_errors", params={"run": RESULTS_RUN, "where": "tool_errors >"}
+    )
+    assert bad.status_code == 400 and "position" in bad.text
+
+
+def test_datapoint_rows_link_to_their_rollouts(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint")
+    links = result_rows(page.text)
+    assert links and all(f"/traces?run={RESULTS_RUN}&amp;datapoint=" in link for link in links)
+    rollouts = explorer_data.client.get(links[0].replace("&amp;", "&")).text
+    assert "Traces <span" in rollouts and "No trace matches" not in rollouts
+
+
+def test_a_dagster_partition_link_narrows_to_its_shard(explorer_data: ExplorerData) -> None:
+    shard, count = sql(
+        explorer_data,
+        "SELECT cityHash64(datapoint_id) % 64 AS s, count() FROM {db}.traces "
+        "WHERE run_id = {r:String} GROUP BY s ORDER BY 2 DESC, s LIMIT 1",
+        {"r": RESULTS_RUN},
+    )[0]
+    page = explorer_data.client.get(f"/results/tool_errors?run={RESULTS_RUN}&shard={shard}")
+    assert f"{count:,} rows" in page.text and f"{RESULTS_RUN}|{shard:02d}" in page.text
+
+
+def test_unknown_judge_is_a_helpful_404(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(f"/results/tool_error?run={RESULTS_RUN}")
+    assert page.status_code == 404
+    assert "Judge &#39;tool_error&#39; has no stored results" in page.text
+    assert f'href="/results/tool_errors?run={RESULTS_RUN}&amp;level=trace"' in page.text
+
+
+def test_trace_list_filters_by_a_stored_result(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(
+        "/traces",
+        params={"run": RESULTS_RUN, "results": "tool_errors.tool_errors > 0", "per": 200},
+    )
+    assert page.status_code == 200
+    shown = set(re.findall(r'<td><a href="/traces/([^"]+)">', page.text))
+    assert shown == tool_error_traces(explorer_data)
+    bad = explorer_data.client.get("/traces", params={"results": "nope.column > 1"})
+    assert bad.status_code == 400
+
+
+def test_trace_page_shows_every_stored_result(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(f"/traces/{explorer_data.error_trace}").text
+    section = page.split('aria-label="stored results"', 1)[1].split("</section>", 1)[0]
+    for level in ("trace", "datapoint", "step"):
+        assert f"tool_errors</a></strong> · {level}" in section
+    assert "<td>tool_errors</td>" in section and "failing_tools" in section
+
+
+def test_stored_hostile_values_are_escaped(explorer_data: ExplorerData) -> None:
+    trace = explorer_data.client.get(f"/traces/{explorer_data.hostile_trace}").text
+    table = explorer_data.client.get(f"/results/echo_errors?run={HOSTILE_RUN}").text
+    for html in (trace, table):
+        assert "echo_errors" in html
+        assert SCRIPT not in html and "&lt;script&gt;" in html
