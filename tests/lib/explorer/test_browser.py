@@ -1,4 +1,5 @@
-"""The explorer in headless Chromium: runs → run → curve → filtered traces → a trace's tool error.
+"""The explorer in headless Chromium: runs → run → curve → traces filtered by status and by a
+stored result → a trace's tool error → a results page reached by a Dagster metadata link.
 
 The app runs under uvicorn in a thread of this process (the embedded store allows one process
 per path, and this process holds the test database); Chromium talks to it over 127.0.0.1.
@@ -7,6 +8,7 @@ Screenshots go to ``artifacts/explorer/``.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from manta_lib.explorer import create_app
+from manta_lib.explorer import create_app, results_url
 from tests.lib.explorer.conftest import ExplorerData
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -96,12 +98,30 @@ def test_browse_from_runs_to_a_tool_error(server: str, explorer_data: ExplorerDa
             assert statuses and set(statuses) == {"completed"}
             page.screenshot(path=str(SHOTS / "3_traces_filtered.png"))
 
-            page.goto(f"{server}/traces/{explorer_data.error_trace}")
+            # Filter by a stored result: the traces a judge found tool errors in.
+            page.locator("input[name=results]").fill("tool_errors.tool_errors > 0")
+            page.locator("input[name=results]").press("Enter")
+            expect(page).to_have_url(re.compile(r"results=tool_errors.tool_errors"))
+            expect(page.locator("#trace-table")).to_contain_text(explorer_data.error_trace)
+            page.screenshot(path=str(SHOTS / "4_traces_by_result.png"))
+
+            page.locator("#trace-table").get_by_role(
+                "link", name=explorer_data.error_trace, exact=True
+            ).click()
             error_call = page.locator(".bubble.tool-error").first
             expect(error_call).to_be_visible()
             expect(error_call.locator(".error-badge")).to_contain_text("error")
             error_call.scroll_into_view_if_needed()
-            page.screenshot(path=str(SHOTS / "4_trace_tool_error.png"))
+            page.screenshot(path=str(SHOTS / "5_trace_tool_error.png"))
+            expect(page.locator("section[aria-label='stored results']")).to_contain_text(
+                "tool_errors"
+            )
+
+            # The URL a Dagster materialization's metadata carries lands on its results page.
+            page.goto(results_url("tool_errors", RUN, "datapoint", shard=7, base=server))
+            expect(page.locator("h1")).to_contain_text("tool_errors")
+            expect(page.locator(".filters")).to_contain_text(f"partition {RUN}|07")
+            page.screenshot(path=str(SHOTS / "6_results_partition.png"))
 
         except Exception:
             page.screenshot(path=str(SHOTS / "failure.png"))
