@@ -163,14 +163,14 @@ def line_chart(
         banded = [p for p in drawn if p.low is not None and p.high is not None]
         band = ""
         if banded:
-            upper = [f"{px(p.x)},{py(p.high)}" for p in banded]  # type: ignore[arg-type]
-            lower = [f"{px(p.x)},{py(p.low)}" for p in reversed(banded)]  # type: ignore[arg-type]
+            upper = [_pt(px(p.x), py(p.high)) for p in banded]  # type: ignore[arg-type]
+            lower = [_pt(px(p.x), py(p.low)) for p in reversed(banded)]  # type: ignore[arg-type]
             band = " ".join(upper + lower)
         chart.series.append(
             DrawnSeries(
                 label=one.label,
                 color=PALETTE[index % len(PALETTE)],
-                line=" ".join(f"{px(p.x)},{py(p.mean)}" for p in drawn),  # type: ignore[arg-type]
+                line=" ".join(_pt(px(p.x), py(p.mean)) for p in drawn),  # type: ignore[arg-type]
                 band=band,
                 points=[
                     DrawnPoint(px(p.x), py(p.mean), _tooltip(one.label, x_label, p))  # type: ignore[arg-type]
@@ -179,6 +179,10 @@ def line_chart(
             )
         )
     return chart
+
+
+def _pt(x: float, y: float) -> str:
+    return f"{x:g},{y:g}"
 
 
 def _tooltip(label: str, x_label: str, point: SeriesPoint) -> str:
