@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -39,11 +40,14 @@ from manta_lib.models import (
 from manta_lib.results import (
     JudgeInfo,
     ResultsFilter,
+    compare,
     compile_trace_condition,
     list_judges,
     results_arrow,
     results_frame,
 )
+from manta_lib.results.compare import Agreement, RunComparison
+from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from manta_lib.store.trace_queries import (
@@ -559,6 +563,111 @@ class MantaService:
         """Judges with stored results (and registered ones): versions, levels, columns, when
         computed and entity counts per version, newest version first."""
         return list_judges(self.store, run_id=run_id, project_id=project_id)
+
+    def compare_runs(
+        self,
+        judge: str,
+        run_a: str,
+        run_b: str,
+        *,
+        level: EntityLevel | str = "datapoint",
+        columns: Sequence[str] | None = None,
+        version: str | None = None,
+        resamples: int = 1000,
+        seed: int = 0,
+    ) -> RunComparison:
+        """Two runs under one judge: common entities with deltas, and per column the shift of
+        its distribution (numeric: mean/p50/p95 deltas with a bootstrap CI of the mean delta;
+        categorical: value shares and total variation). ``run_b`` minus ``run_a``."""
+        return compare.compare_runs(
+            self.store,
+            judge,
+            run_a,
+            run_b,
+            level=str(level),
+            columns=columns,
+            version=version,
+            resamples=resamples,
+            seed=seed,
+        )
+
+    def compare_versions(
+        self,
+        judge: str,
+        run_id: str,
+        version_a: str,
+        version_b: str,
+        *,
+        level: EntityLevel | str = "trace",
+        columns: Sequence[str] | None = None,
+    ) -> Agreement:
+        """Agreement of two versions of ``judge`` on one run: accuracy and Cohen's kappa
+        (categorical, boolean), correlation and mean absolute difference (numeric), and the
+        disagreeing entity ids."""
+        return compare.compare_versions(
+            self.store, judge, run_id, version_a, version_b, level=str(level), columns=columns
+        )
+
+    def compare_judges(
+        self,
+        judge_a: str,
+        judge_b: str,
+        run_id: str,
+        *,
+        level: EntityLevel | str = "trace",
+        columns: Sequence[tuple[str, str]] | None = None,
+    ) -> Agreement:
+        """Agreement of two judges on one run (same figures as :meth:`compare_versions`)."""
+        return compare.compare_judges(
+            self.store, judge_a, judge_b, run_id, level=str(level), columns=columns
+        )
+
+    def compare_with_grader(
+        self, judge: str, run_id: str, column: str, *, version: str | None = None
+    ) -> Agreement:
+        """A trace-level column against the traces' own grader (boolean column vs ``passed``,
+        numeric vs ``score``): the calibration to check before trusting an LLM judge."""
+        return compare.compare_with_grader(self.store, judge, run_id, column, version=version)
+
+    def series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """A numeric (or boolean) result column per step: ``run_id, step_number, mean, p50,
+        p95, count`` for one or several runs, computed in ClickHouse, ready to plot.
+
+        Example::
+
+            curve = svc.series("tool_errors", "tool_errors", ["run_a", "run_b"])
+        """
+        return series(self.store, judge, column, run_id, level=level, version=version)
+
+    def plot_series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        path: str | Path,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        statistic: str = "mean",
+        version: str | Sequence[str] | None = None,
+    ) -> Path:
+        """Write ``statistic`` (mean, p50, p95, count) of ``column`` per step, one curve per
+        run, to a PNG or SVG file (matplotlib); returns the path."""
+        frame = self.series(judge, column, run_id, level=level, version=version)
+        return plot_series(
+            frame,
+            Path(path),
+            title=f"{judge} · {column}",
+            ylabel=f"{column} ({statistic})",
+            statistic=statistic,
+        )
 
 
 def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:

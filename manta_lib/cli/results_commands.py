@@ -283,6 +283,206 @@ def export_command(
         console.print(f"{rows:,} rows → {path}", highlight=False)
 
 
+def compare_command(
+    judge: Annotated[str, typer.Argument(help="Judge id.")],
+    run: RunOption = None,
+    version: Annotated[
+        list[str] | None,
+        typer.Option("--version", help="Two versions of JUDGE to compare on one run."),
+    ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option("--against", help="'grader' (the traces' own grader) or another judge."),
+    ] = None,
+    level: Annotated[
+        str | None, typer.Option("--level", "-l", help="Default: datapoint for runs, else trace.")
+    ] = None,
+    column: Annotated[
+        list[str] | None, typer.Option("--column", "-c", help="Only these columns (repeatable).")
+    ] = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Compare two runs (--run A --run B), two versions (--run R --version V1 --version V2),
+    or a judge against the grader or another judge (--run R --against grader|JUDGE)."""
+    from manta_lib.results.compare import Agreement
+
+    runs, versions = run or [], version or []
+    out_format = resolve_format(fmt, output)
+    with MantaService() as svc:
+        if len(runs) == 2 and not versions and against is None:
+            result: Any = svc.compare_runs(
+                judge, runs[0], runs[1], level=level or "datapoint", columns=column
+            )
+        elif len(runs) == 1 and len(versions) == 2 and against is None:
+            result = svc.compare_versions(
+                judge, runs[0], versions[0], versions[1], level=level or "trace", columns=column
+            )
+        elif len(runs) == 1 and against == "grader" and not versions:
+            if not column or len(column) != 1:
+                raise typer.BadParameter("--against grader needs one --column (boolean or numeric)")
+            result = svc.compare_with_grader(judge, runs[0], column[0])
+        elif len(runs) == 1 and against is not None and not versions:
+            pairs = [(c, c) for c in column] if column else None
+            result = svc.compare_judges(
+                judge, against, runs[0], level=level or "trace", columns=pairs
+            )
+        else:
+            raise typer.BadParameter(
+                "use --run A --run B, or --run R --version V1 --version V2, or --run R --against "
+                "grader|JUDGE"
+            )
+    if out_format in ("csv", "parquet"):
+        write_frame(result.joined, out_format, output, console=console)
+        return
+    summary = _agreement_summary(result) if isinstance(result, Agreement) else _runs_summary(result)
+    if out_format == "json":
+        text = json.dumps(summary, default=str, ensure_ascii=False, indent=2) + "\n"
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            output.write_text(text)
+        return
+    _print_comparison(summary)
+
+
+def _runs_summary(result: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "judge": result.judge,
+        "level": result.level,
+        "run_a": result.run_a,
+        "run_b": result.run_b,
+        "keys": list(result.keys),
+        "common_entities": len(result.joined),
+        "only_a": result.only_a,
+        "only_b": result.only_b,
+        "note": result.note,
+        "numeric": [
+            {**asdict(n), "delta_p50": n.delta_p50, "delta_p95": n.delta_p95}
+            for n in result.numeric
+        ],
+        "categorical": [asdict(c) for c in result.categorical],
+    }
+
+
+def _agreement_summary(result: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "a": result.label_a,
+        "b": result.label_b,
+        "level": result.level,
+        "common_entities": result.common,
+        "only_a": result.only_a,
+        "only_b": result.only_b,
+        "columns": [asdict(c) | {"disagreeing": list(c.disagreeing)} for c in result.columns],
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_comparison(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if "run_a" in summary:
+        console.print(
+            f"[bold]{summary['judge']}[/] · {summary['level']}: {summary['run_b']} vs "
+            f"{summary['run_a']} · {summary['common_entities']} common entities "
+            f"({summary['only_a']} only in A, {summary['only_b']} only in B)"
+        )
+        if summary["note"]:
+            console.print(f"[yellow]{escape(summary['note'])}[/]")
+        table = Table(title="numeric columns (B - A)", box=None, padding=(0, 1))
+        for name in (
+            "column",
+            "mean A",
+            "mean B",
+            "Δ mean",
+            "95% CI",
+            "Δ p50",
+            "Δ p95",
+            "n A",
+            "n B",
+        ):
+            table.add_column(name, justify="left" if name == "column" else "right")
+        for n in summary["numeric"]:
+            ci = "-" if n["ci_low"] is None else f"[{n['ci_low']:.4g}, {n['ci_high']:.4g}]"
+            table.add_row(
+                n["column"], _fmt(n["mean_a"]), _fmt(n["mean_b"]), _fmt(n["delta_mean"]), ci,
+                _fmt(n["delta_p50"]), _fmt(n["delta_p95"]), str(n["n_a"]), str(n["n_b"]),
+            )  # fmt: skip
+        if summary["numeric"]:
+            console.print(table)
+        for c in summary["categorical"]:
+            labels = sorted(set(c["shares_a"]) | set(c["shares_b"]), key=str)
+            shifts = ", ".join(
+                f"{label}: {c['shares_a'].get(label, 0):.1%} → {c['shares_b'].get(label, 0):.1%}"
+                for label in labels
+            )
+            console.print(
+                f"{c['column']}: {shifts} (total variation {_fmt(c['total_variation'])})",
+                highlight=False,
+            )
+        return
+    console.print(
+        f"[bold]{summary['b']}[/] vs [bold]{summary['a']}[/] · {summary['level']} · "
+        f"{summary['common_entities']} common entities ({summary['only_a']} only in A, "
+        f"{summary['only_b']} only in B)"
+    )
+    table = Table(box=None, padding=(0, 1))
+    for name in ("column", "n", "accuracy", "kappa", "correlation", "MAD", "disagree", "first"):
+        table.add_column(name, justify="left" if name in ("column", "first") else "right")
+    for c in summary["columns"]:
+        table.add_row(
+            c["column"], str(c["n"]), _fmt(c["accuracy"]), _fmt(c["kappa"]),
+            _fmt(c["correlation"]), _fmt(c["mad"]), str(len(c["disagreeing"])),
+            ", ".join(c["disagreeing"][:3]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def plot_command(
+    judge: Annotated[str, typer.Argument(help="Judge id.")],
+    column: Annotated[str, typer.Argument(help="A numeric or boolean result column.")],
+    run: RunOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Image file (.png or .svg).", dir_okay=False),
+    ] = None,
+    level: LevelOption = "trace",
+    statistic: Annotated[
+        str, typer.Option("--stat", help="mean, p50, p95 or count per step.")
+    ] = "mean",
+    version: Annotated[
+        str | None, typer.Option("--version", help="A judge version (default: latest).")
+    ] = None,
+) -> None:
+    """Plot COLUMN of JUDGE per step (one curve per --run) to a PNG or SVG file."""
+    if output is None:
+        raise typer.BadParameter("add -o curve.png (or .svg)", param_hint="--output")
+    if not run:
+        raise typer.BadParameter("name at least one run", param_hint="--run")
+    from manta_lib.results.series import plot_series
+
+    with MantaService() as svc:
+        frame = svc.series(judge, column, run, level=level, version=version)
+    path = plot_series(
+        frame, output, title=f"{judge} · {column}", ylabel=f"{column} ({statistic})",
+        statistic=statistic,
+    )  # fmt: skip
+    console.print(
+        f"{len(frame)} points of {column} ({statistic}) over {frame.run_id.nunique()} run(s) "
+        f"→ {path}",
+        highlight=False,
+    )
+
+
 def _cut(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
@@ -293,3 +493,5 @@ def register(app: typer.Typer) -> None:
     app.command("judges")(judges_command)
     app.command("show")(show_command)
     app.command("export")(export_command)
+    app.command("compare")(compare_command)
+    app.command("plot")(plot_command)

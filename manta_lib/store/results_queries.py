@@ -314,8 +314,8 @@ def series_sql(query: EntityQuery, step_expr: str, join_traces: bool) -> tuple[s
     value = f"toFloat64({query.value_expr(0)})"
     sql = f"""
         SELECT e.run_id AS run_id, {step_expr} AS step_number,
-               avg({value}) AS mean, quantileExact(0.5)({value}) AS p50,
-               quantileExact(0.95)({value}) AS p95, count({value}) AS count
+               avg({value}) AS mean, quantileExactInclusive(0.5)({value}) AS p50,
+               quantileExactInclusive(0.95)({value}) AS p95, count({value}) AS count
         FROM {source}
         WHERE {version} AND _status = 'ok' AND {value} IS NOT NULL
         GROUP BY run_id, step_number ORDER BY run_id, step_number
@@ -410,27 +410,22 @@ def query_arrow(store: Store, sql: str, params: dict[str, Any]) -> Any:
         return store.client.query_arrow(store.sql(sql), parameters=params)
 
 
-def trace_grader_sql(query: EntityQuery) -> tuple[str, dict[str, Any]]:
-    """Trace-level results joined with each trace's own grader: score and passed."""
-    inner = query.grouped_sql()
-    version = query.version_clause()
-    selects = ", ".join(f"{query.value_expr(i)} AS {c.alias}" for i, c in enumerate(query.columns))
-    query.params["g_runs"] = list(query.scope.run_ids)
-    sql = f"""
-        SELECT e.run_id AS run_id, e.entity_id AS trace_id, {selects},
-               t.score AS score, g.passed AS passed
-        FROM ({inner}) AS e
-        INNER JOIN (SELECT run_id, trace_id, score FROM {{db}}.traces
-                    WHERE run_id IN {{g_runs:Array(String)}}) AS t
-          ON e.run_id = t.run_id AND e.entity_id = t.trace_id
+def grader_verdicts(store: Store, run_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """``(run_id, trace_id, score, passed)`` of every trace of the runs: the trace's score and
+    its last grader span's ``passed`` attribute (NULL without one)."""
+    return store.rows(
+        """
+        SELECT t.run_id, t.trace_id, t.score, g.passed
+        FROM (SELECT run_id, trace_id, score FROM {db}.traces
+              WHERE run_id IN {runs:Array(String)}) AS t
         LEFT JOIN (SELECT run_id, trace_id,
                           argMax(JSONExtract(attributes, 'passed', 'Nullable(Bool)'), seq) AS passed
-                   FROM {{db}}.spans WHERE run_id IN {{g_runs:Array(String)}} AND kind = 'grader'
+                   FROM {db}.spans WHERE run_id IN {runs:Array(String)} AND kind = 'grader'
                    GROUP BY run_id, trace_id) AS g
-          ON e.run_id = g.run_id AND e.entity_id = g.trace_id
-        WHERE {version} AND _status = 'ok' ORDER BY e.run_id, e.entity_id
-    """
-    return sql, query.params
+          ON t.run_id = g.run_id AND t.trace_id = g.trace_id
+        """,
+        {"runs": list(run_ids)},
+    )
 
 
 def entity_values(

@@ -3,12 +3,14 @@ suite lean: seeding and computing happen once; tests only read)."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from manta_lib.cli import main
 from manta_lib.demo import seed_demo
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
@@ -48,3 +50,21 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, chdb_path: Path) -> It
 def svc(results_env: dict) -> Iterator[MantaService]:
     with MantaService() as service:
         yield service
+
+
+def run_main(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["manta", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli(results_env: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    return lambda *args: run_main(list(args), monkeypatch, capsys)

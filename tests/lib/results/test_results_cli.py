@@ -5,33 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from manta_lib.cli import main
 from manta_lib.service import MantaService
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
-
-
-def run_main(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["manta", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def cli(results_env: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    return lambda *args: run_main(list(args), monkeypatch, capsys)
 
 
 def test_results_csv_json_and_parquet_have_one_row_per_entity(cli, tmp_path: Path) -> None:
