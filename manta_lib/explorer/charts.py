@@ -72,6 +72,7 @@ class Chart:
     y_ticks: list[Tick] = field(default_factory=list)
     series: list[DrawnSeries] = field(default_factory=list)
     empty: bool = True
+    band_label: str = "band: p25–p75"
 
 
 def nice_ticks(low: float, high: float, target: int = 5) -> list[float]:

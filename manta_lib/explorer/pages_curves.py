@@ -1,4 +1,4 @@
-"""The curves page: a metric against step for one run or several overlaid."""
+"""The curves page: a trace metric or a stored result column against step, runs overlaid."""
 
 from __future__ import annotations
 
@@ -7,17 +7,37 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from manta_lib.explorer.curves import trace_metric_chart
+from manta_lib.explorer.curves import (
+    ResultMetric,
+    result_metric_chart,
+    result_metrics,
+    trace_metric_chart,
+)
+from manta_lib.explorer.pages_results import RESULT_TABLES
 from manta_lib.explorer.pages_runs import cached_runs
-from manta_lib.explorer.web import BadRequest, choice_param, explorer, list_param, render
+from manta_lib.explorer.web import (
+    BadRequest,
+    choice_param,
+    explorer,
+    list_param,
+    render,
+    text_param,
+)
 from manta_lib.store.explorer_queries import TRACE_METRICS
 
 PHASES = ("", "train", "eval", "prod")
 
 
 def curves_page(request: Request) -> Response:
-    metric = choice_param(request, "metric", list(TRACE_METRICS), "score")
+    metric = text_param(request, "metric") or "score"
     phase = choice_param(request, "phase", PHASES, "")
+    result_metric = ResultMetric.parse(metric)
+    if result_metric is None and metric not in TRACE_METRICS:
+        raise BadRequest(
+            "Invalid parameter",
+            f"metric={metric!r} is neither a trace metric ({', '.join(TRACE_METRICS)}) nor a "
+            f"result column written r/JUDGE/LEVEL/COLUMN.",
+        )
     state = explorer(request)
     with state.service() as svc:
         known = state.cached(svc, ("run_ids",), svc.run_ids)
@@ -29,19 +49,33 @@ def curves_page(request: Request) -> Response:
                 f"run {', '.join(map(repr, unknown))} is not in this store.",
                 [(f"/curves?{urlencode({'run': r, 'metric': metric})}", r) for r in known[:8]],
             )
-        chart, points = state.cached(
-            svc,
-            ("curve", tuple(runs), metric, phase),
-            lambda: trace_metric_chart(svc, runs, metric, phase=phase or None),
+        judges = state.cached(
+            svc, ("judges", tuple(runs)), lambda: svc.judges(run_id=runs), tables=RESULT_TABLES
         )
+        if result_metric is not None:
+            chart, rows, stats = state.cached(
+                svc,
+                ("result_curve", tuple(runs), metric),
+                lambda: result_metric_chart(svc, runs, result_metric),
+                tables=RESULT_TABLES,
+            )
+        else:
+            chart, rows, stats = state.cached(
+                svc,
+                ("curve", tuple(runs), metric, phase),
+                lambda: trace_metric_chart(svc, runs, metric, phase=phase or None),
+            )
     return render(
         request,
         "curves.html",
         {
             "chart": chart,
-            "points": points,
+            "rows": rows,
+            "stats": stats,
             "metric": metric,
             "metrics": TRACE_METRICS,
+            "result_metrics": result_metrics(judges),
+            "is_result": result_metric is not None,
             "phase": phase,
             "phases": PHASES,
             "runs": runs,

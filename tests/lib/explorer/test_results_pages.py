@@ -131,3 +131,22 @@ def test_stored_hostile_values_are_escaped(explorer_data: ExplorerData) -> None:
     for html in (trace, table):
         assert "echo_errors" in html
         assert SCRIPT not in html and "&lt;script&gt;" in html
+
+
+def test_curve_of_a_result_column_matches_sql(explorer_data: ExplorerData) -> None:
+    metric = "r/tool_errors/trace/tool_errors"
+    page = explorer_data.client.get("/curves", params={"run": RESULTS_RUN, "metric": metric})
+    assert page.status_code == 200
+    assert f'<option value="{metric}" selected>' in page.text
+    assert page.text.count("<polyline") == 1
+    step, count, mean = sql(
+        explorer_data,
+        "SELECT t.step_number, count(), avg(e) FROM {db}.traces AS t LEFT JOIN "
+        "(SELECT trace_id, countIf(kind = 'tool' AND is_error) AS e FROM {db}.spans "
+        "WHERE run_id = {r:String} GROUP BY trace_id) AS s ON s.trace_id = t.trace_id "
+        "WHERE t.run_id = {r:String} GROUP BY t.step_number ORDER BY 1 LIMIT 1",
+        {"r": RESULTS_RUN},
+    )[0]
+    assert f"{RESULTS_RUN}, step {step}: mean {mean:.6g}, n={count}</title>" in page.text
+    bad = explorer_data.client.get("/curves", params={"run": RESULTS_RUN, "metric": "bogus"})
+    assert bad.status_code == 400 and "r/JUDGE/LEVEL/COLUMN" in bad.text
