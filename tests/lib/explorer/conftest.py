@@ -26,6 +26,7 @@ from tests.lib.explorer.judges import echo_errors
 DEMO_TRACES = 400
 HOSTILE_RUN = "run_hostile"
 RESULTS_RUN = "run_grpo_math_v1"
+SECOND_RUN = "run_grpo_math_v2"
 SCRIPT = "<script>alert('pwned')</script>"
 LONG_LINE = "x" * 30_000
 REPLACED = "caf\ufffd\ufffd na\ufffdve"  # bytes that were not UTF-8, decoded with replacement
@@ -81,6 +82,7 @@ def explorer_data(
         # Real pipeline results: tool errors per trace, datapoint and step, and a judge that
         # stores the hostile trace's error text.
         tool_errors.run(RESULTS_RUN, mode="local", progress=False)
+        tool_errors.run(SECOND_RUN, mode="local", progress=False)
         echo_errors.run(HOSTILE_RUN, mode="local", progress=False)
         with Store.open(settings) as store:
             runs = dict(store.rows("SELECT run_id, count() FROM {db}.traces GROUP BY run_id"))

@@ -7,8 +7,16 @@ import re
 
 import pytest
 
+from manta_lib.explorer.charts import format_number
+from manta_lib.service import MantaService
 from manta_lib.store import Store
-from tests.lib.explorer.conftest import HOSTILE_RUN, RESULTS_RUN, SCRIPT, ExplorerData
+from tests.lib.explorer.conftest import (
+    HOSTILE_RUN,
+    RESULTS_RUN,
+    SCRIPT,
+    SECOND_RUN,
+    ExplorerData,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,3 +158,42 @@ def test_curve_of_a_result_column_matches_sql(explorer_data: ExplorerData) -> No
     assert f"{RESULTS_RUN}, step {step}: mean {mean:.6g}, n={count}</title>" in page.text
     bad = explorer_data.client.get("/curves", params={"run": RESULTS_RUN, "metric": "bogus"})
     assert bad.status_code == 400 and "r/JUDGE/LEVEL/COLUMN" in bad.text
+
+
+def test_compare_two_runs_shows_shifts_and_links_both_sides(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(
+        "/compare/tool_errors",
+        params={"run": [RESULTS_RUN, SECOND_RUN], "level": "datapoint"},
+    )
+    assert page.status_code == 200
+    with MantaService(Store.open(explorer_data.settings, ensure_schema=False)) as svc:
+        a = svc.results("tool_errors", RESULTS_RUN, level="datapoint")
+        b = svc.results("tool_errors", SECOND_RUN, level="datapoint")
+    shifts = page.text.split('id="numeric-shifts"', 1)[1].split("</table>", 1)[0]
+    row = shifts.split("<td>error_rate</td>", 1)[1].split("</tr>", 1)[0]
+    assert f'<td class="num">{format_number(float(a.error_rate.mean()))}</td>' in row
+    assert f'<td class="num">{format_number(float(b.error_rate.mean()))}</td>' in row
+    rows = page.text.split('id="compare-rows"', 1)[1].split("</table>", 1)[0]
+    assert f"/traces?run={RESULTS_RUN}&amp;datapoint=" in rows
+    assert f"/traces?run={SECOND_RUN}&amp;datapoint=" in rows
+
+
+def test_compare_with_the_grader_and_a_version_with_itself(explorer_data: ExplorerData) -> None:
+    grader = explorer_data.client.get(
+        "/compare/tool_errors", params={"run": RESULTS_RUN, "against": "grader", "column": "score"}
+    )
+    assert grader.status_code == 200
+    row = grader.text.split('id="agreement"', 1)[1].split("<td>score</td>", 1)[1]
+    row = row.split("</tr>", 1)[0]
+    assert '<td class="num">1</td>' in row  # the column is the trace score: correlation 1
+    with MantaService(Store.open(explorer_data.settings, ensure_schema=False)) as svc:
+        version = next(j for j in svc.judges(run_id=RESULTS_RUN) if j.judge == "tool_errors")
+    latest = version.versions[0].version
+    same = explorer_data.client.get(
+        "/compare/tool_errors",
+        params={"run": RESULTS_RUN, "version": [latest, latest], "level": "trace"},
+    )
+    assert same.status_code == 200 and "Disagreeing on" not in same.text
+    assert "100.0%" in same.text
+    choose = explorer_data.client.get("/compare/tool_errors", params={"run": RESULTS_RUN})
+    assert "Compare runs" in choose.text and "Choose two runs" in choose.text
