@@ -238,3 +238,14 @@ def test_cached_aggregates_follow_new_data(
     page = client.get("/").text
     assert "run_first" in page and "run_second" in page
     assert "0.25" in client.get("/runs/run_second").text
+
+
+def test_embedded_store_is_released_between_requests(explorer_data: ExplorerData) -> None:
+    lease = explorer_data.client.app.state.explorer.lease  # type: ignore[attr-defined]
+    assert explorer_data.client.get("/").status_code == 200
+    assert not lease.is_open  # another process could open the store now
+    kept = TestClient(create_app(explorer_data.settings, keep_store_open=True))
+    with kept:
+        assert kept.get("/").status_code == 200
+        assert kept.app.state.explorer.lease.is_open  # type: ignore[attr-defined]
+    assert not kept.app.state.explorer.lease.is_open  # type: ignore[attr-defined]
