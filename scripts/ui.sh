@@ -17,12 +17,25 @@ export MANTA_EXPLORER_URL=${MANTA_EXPLORER_URL:-http://127.0.0.1:$EXPLORER_PORT}
 "$BIN/manta" dagster register-runs
 
 pids=()
+# Ctrl-C reaches both process groups' members from the terminal already; a second SIGINT would
+# make them skip their clean shutdown. So: signal only when the terminal did not (one of the
+# two exited, or SIGTERM), then give both 20 s to stop before SIGKILL.
 stop() {
+    local from_terminal=$1
     trap - INT TERM EXIT
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    wait || true
+    if [ "$from_terminal" != yes ]; then
+        for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    fi
+    for _ in $(seq 1 40); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.5
+    done
+    for pid in "${pids[@]}"; do pkill -KILL -P "$pid" 2>/dev/null || true; kill -KILL "$pid" 2>/dev/null || true; done
 }
-trap stop INT TERM EXIT
+trap 'stop yes' INT
+trap 'stop no' TERM EXIT
 
 "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
 pids+=($!)
