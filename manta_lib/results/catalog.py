@@ -210,14 +210,16 @@ def choose_versions(
     return VersionChoice(tuple((run, ver) for run, ver, *_ in rows if ver in wanted), wanted)
 
 
-def read_columns(store: Store, scope: q.Scope, choice: VersionChoice) -> list[q.ResultColumn]:
+def read_columns(
+    store: Store, scope: q.Scope, choice: VersionChoice, names: Sequence[str] | None = None
+) -> list[q.ResultColumn]:
     """The output columns stored under ``choice``, each with its storage kind.
 
     A column's kind is the one value kind it is stored with (``number``, ``string``,
     ``boolean``, ``json``); several kinds (a union field) read as ``mixed`` (JSON text); a
     column holding only nulls takes its type from the registry (``json`` when unregistered).
     """
-    kinds = q.column_kinds(store, scope, choice.pairs)
+    kinds = q.column_kinds(store, scope, choice.pairs, names)
     registered = registered_types(store, scope.judge, scope.level)
     columns = []
     order = {name: index for index, name in enumerate(registered)}

@@ -8,6 +8,8 @@ satisfy it)``, with datapoint- and step-level results covering all traces of the
 A comparison on an output column is true for an entity that succeeded and whose stored value
 satisfies it (``is null`` tests a null output); a failed entity satisfies no comparison on its
 values (test it with ``status == 'error'``), and ``not`` does not turn "unknown" into "true".
+A trace filter reads each judge and level at each run's latest version, with one scan of one
+column per comparison (``and``/``or`` combine the scans), the shape of a hand-written query.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from manta_lib.results import catalog
 from manta_lib.results.expr import And, Comparison, Condition, Not, Or, comparisons, parse_condition
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
+from manta_lib.store.metadata import ERROR_COLUMN, STATUS_COLUMN
 
 _BOOKKEEPING = ("status", "error")
 _STATUS_VALUES = ("ok", "error")
@@ -156,14 +159,13 @@ def table_condition(
             return _comparison_sql("_status", comparison, "status", params)
         if name == "error":
             check_value(name, "string", comparison.op, comparison.value)
-            expr = "if(_error_version = _version AND _error != '', _error, NULL)"
-            return _comparison_sql(expr, comparison, "string", params)
+            return _comparison_sql(q.EntityQuery.error_expr(), comparison, "string", params)
         if name not in index:
             hint = catalog.closest(name, [*index, *_BOOKKEEPING], "columns")
             raise QueryError(f"column {name!r} of judge {judge!r} is unknown{hint}")
         position, column = index[name]
         check_value(name, column.kind, comparison.op, comparison.value)
-        expr = f"if(_vv_{position} = _version, _v_{position}, NULL)"
+        expr = f"if(_vv_{position} = _computed_at, _v_{position}, NULL)"
         return _value_leaf(_comparison_sql(expr, comparison, column.kind, params))
 
     return _compile(condition, leaf), params.values
@@ -203,54 +205,55 @@ def compile_trace_condition(
     key_columns = q.has_key_columns(store)
     resolved: dict[tuple[str, ...], tuple[str, str, str]] = {}  # field parts -> judge, level, col
     scopes: dict[tuple[str, str], list[q.ResultColumn]] = {}
+    names: dict[str, set[str]] = {}  # judge -> the column names the condition uses
     for comparison in comparisons(parsed):
-        judge, level, column = _resolve_field(store, comparison, run_ids, project_id, scopes)
+        names.setdefault(comparison.field.parts[0], set()).add(comparison.field.parts[-1])
+    for comparison in comparisons(parsed):
+        judge, level, column = _resolve_field(
+            store,
+            comparison,
+            run_ids,
+            project_id,
+            scopes,
+            names.get(comparison.field.parts[0], set()),
+        )
         resolved[comparison.field.parts] = (judge, level, column)
-    groups: dict[tuple[str, str], int] = {}
     params: dict[str, Any] = {}
+    kinds = {key: {c.name: c.kind for c in columns} for key, columns in scopes.items()}
 
-    def group_of(item: Condition) -> tuple[str, str] | None:
-        keys = {resolved[c.field.parts][:2] for c in comparisons(item)}
-        return keys.pop() if len(keys) == 1 else None
-
-    def semi_join(item: Condition, group: tuple[str, str], negate: bool) -> str:
-        judge, level = group
-        number = groups.setdefault(group, len(groups))
-        used = {resolved[c.field.parts][2] for c in comparisons(item)}
-        columns = [c for c in scopes[group] if c.name in used]
+    def leaf(comparison: Comparison, negate: bool) -> str:
+        judge, level, column = resolved[comparison.field.parts]
+        local = _Params(f"{prefix}{len(params)}_")
+        if column == "status":
+            kind, stored = "status", STATUS_COLUMN
+        elif column == "error":
+            kind, stored = "string", ERROR_COLUMN
+        else:
+            kind, stored = kinds[(judge, level)][column], column
+        check_value(str(comparison.field), kind, comparison.op, comparison.value)
+        value = (
+            "value_string" if column in _BOOKKEEPING else q.VALUE_COLUMNS.get(kind, "value_json")
+        )
+        if column == "error":
+            value = "nullIf(value_string, '')"
+        predicate = _comparison_sql(value, comparison, kind, local)
+        predicate = (
+            f"NOT coalesce(({predicate}), true)" if negate else f"coalesce(({predicate}), false)"
+        )
         scope = q.Scope(judge, level, tuple(run_ids), project_id)
-        query = q.EntityQuery(scope, columns, None, key_columns, prefix=f"{prefix}{number}_")
-        index = {c.name: (i, c) for i, c in enumerate(columns)}
-        local = _Params(f"{prefix}{number}_{len(params)}w")
-
-        def leaf(comparison: Comparison) -> str:
-            column = resolved[comparison.field.parts][2]
-            if column == "status":
-                check_value(str(comparison.field), "status", comparison.op, comparison.value)
-                return _comparison_sql("_status", comparison, "status", local)
-            if column == "error":
-                check_value(str(comparison.field), "string", comparison.op, comparison.value)
-                expr = "if(_error_version = _version AND _error != '', _error, NULL)"
-                return _comparison_sql(expr, comparison, "string", local)
-            position, info = index[column]
-            check_value(str(comparison.field), info.kind, comparison.op, comparison.value)
-            sql = _comparison_sql(query.value_expr(position), comparison, info.kind, local)
-            return _value_leaf(sql)
-
-        where = _compile(Not(item) if negate else item, leaf)
-        trace_columns, sql, query_params = q.semi_join_sql(query, where)
-        params.update(query_params)
+        trace_columns, sql, scan_params = q.value_semi_join_sql(
+            scope, stored, predicate, key_columns, prefix=f"{prefix}{len(params)}s_"
+        )
+        params.update(scan_params)
         params.update(local.values)
         target = trace_columns[0] if len(trace_columns) == 1 else f"({', '.join(trace_columns)})"
         return f"{target} IN ({sql})"
 
     def build(item: Condition, negate: bool = False) -> str:
-        group = group_of(item)
-        if group is not None:
-            return semi_join(item, group, negate)
+        if isinstance(item, Comparison):
+            return leaf(item, negate)
         if isinstance(item, Not):
             return build(item.item, not negate)
-        assert isinstance(item, And | Or)
         joiner = " AND " if isinstance(item, And) != negate else " OR "
         return "(" + joiner.join(build(child, negate) for child in item.items) + ")"
 
@@ -263,6 +266,7 @@ def _resolve_field(
     run_ids: Sequence[str],
     project_id: str | None,
     scopes: dict[tuple[str, str], list[q.ResultColumn]],
+    names: set[str],
 ) -> tuple[str, str, str]:
     parts = comparison.field.parts
     if len(parts) == 1:
@@ -276,30 +280,25 @@ def _resolve_field(
         level = catalog.parse_level(parts[1]).value
         catalog.require_judge(store, judge, run_ids, level)
         column = parts[2]
-        _require_column(store, judge, level, column, run_ids, project_id, scopes)
+        _require_column(store, judge, level, column, run_ids, project_id, scopes, names)
         return judge, level, column
     column = parts[1]
     if column in _BOOKKEEPING:
         level = EntityLevel.TRACE.value if EntityLevel.TRACE.value in levels else levels[0]
-        _columns(store, judge, level, run_ids, project_id, scopes)
+        _columns(store, judge, level, run_ids, project_id, scopes, names)
         return judge, level, column
     having = [
         level
         for level in levels
-        if column in {c.name for c in _columns(store, judge, level, run_ids, project_id, scopes)}
+        if column
+        in {c.name for c in _columns(store, judge, level, run_ids, project_id, scopes, names)}
     ]
     if EntityLevel.TRACE.value in having:
         return judge, EntityLevel.TRACE.value, column
     if len(having) == 1:
         return judge, having[0], column
     if not having:
-        known = sorted(
-            {
-                c.name
-                for lv in levels
-                for c in _columns(store, judge, lv, run_ids, project_id, scopes)
-            }
-        )
+        known = _all_names(store, judge, levels, run_ids, project_id)
         raise QueryError(
             f"column {column!r} of judge {judge!r} is unknown"
             f"{catalog.closest(column, known, 'columns')}"
@@ -324,11 +323,12 @@ def _columns(
     run_ids: Sequence[str],
     project_id: str | None,
     scopes: dict[tuple[str, str], list[q.ResultColumn]],
+    names: set[str],
 ) -> list[q.ResultColumn]:
     if (judge, level) not in scopes:
         scope = q.Scope(judge, level, tuple(run_ids), project_id)
         choice = catalog.choose_versions(store, scope, None)
-        scopes[(judge, level)] = catalog.read_columns(store, scope, choice)
+        scopes[(judge, level)] = catalog.read_columns(store, scope, choice, sorted(names))
     return scopes[(judge, level)]
 
 
@@ -340,13 +340,26 @@ def _require_column(
     run_ids: Sequence[str],
     project_id: str | None,
     scopes: dict[tuple[str, str], list[q.ResultColumn]],
+    names: set[str],
 ) -> None:
-    columns = _columns(store, judge, level, run_ids, project_id, scopes)
+    columns = _columns(store, judge, level, run_ids, project_id, scopes, names)
     if column in _BOOKKEEPING:
         return
-    names = [c.name for c in columns]
-    if column not in names:
+    if column not in [c.name for c in columns]:
+        known = _all_names(store, judge, [level], run_ids, project_id)
         raise QueryError(
             f"column {column!r} of judge {judge!r} at level {level!r} is unknown"
-            f"{catalog.closest(column, names, 'columns')}"
+            f"{catalog.closest(column, known, 'columns')}"
         )
+
+
+def _all_names(
+    store: Store, judge: str, levels: Sequence[str], run_ids: Sequence[str], project_id: str | None
+) -> list[str]:
+    """Every column of ``judge`` at ``levels`` (for "did you mean" hints only)."""
+    known: set[str] = set()
+    for level in levels:
+        scope = q.Scope(judge, level, tuple(run_ids), project_id)
+        choice = catalog.choose_versions(store, scope, None)
+        known.update(c.name for c in catalog.read_columns(store, scope, choice))
+    return sorted(known)

@@ -55,13 +55,13 @@ class LevelKeys:
     """How one level's entities map to keys and to the traces they cover.
 
     ``select``: ``(name, SQL over an entity group)`` key columns of the results table, in order;
-    ``trace_columns``: the ``traces`` columns a covered trace matches on, with ``entity_exprs``
-    the matching expressions over an entity group of entity_metadata.
+    ``trace_columns``: the ``traces`` columns a covered trace matches on, with ``row_exprs``
+    the matching expressions over one entity_metadata row.
     """
 
     select: tuple[tuple[str, str], ...]
     trace_columns: tuple[str, ...]
-    entity_exprs: tuple[str, ...]
+    row_exprs: tuple[str, ...]
     join_traces: bool = False
 
 
@@ -78,15 +78,15 @@ def level_keys(level: str, key_columns: bool) -> LevelKeys:
             "datapoint": LevelKeys(
                 (("datapoint_id", dp), ("step_number", step)),
                 ("run_id", "datapoint_id", "step_number"),
-                ("run_id", dp, f"assumeNotNull({step})"),
+                ("run_id", "datapoint_id", "assumeNotNull(step_number)"),
             ),
             "datapoint_across_steps": LevelKeys(
-                (("datapoint_id", dp),), ("run_id", "datapoint_id"), ("run_id", dp)
+                (("datapoint_id", dp),), ("run_id", "datapoint_id"), ("run_id", "datapoint_id")
             ),
             "step": LevelKeys(
                 (("step_number", step),),
                 ("run_id", "step_number"),
-                ("run_id", f"assumeNotNull({step})"),
+                ("run_id", "assumeNotNull(step_number)"),
             ),
         }
     else:
@@ -144,15 +144,14 @@ def latest_versions_sql(scope: Scope, prefix: str) -> tuple[str, dict[str, Any]]
     ), params
 
 
-def stored_versions(store: Store, scope: Scope) -> list[tuple[str, str, int, int, Any, Any]]:
-    """``(run_id, version, entities, errors, first computed_at, last computed_at)`` rows."""
+def stored_versions(store: Store, scope: Scope) -> list[tuple[str, str, Any]]:
+    """``(run_id, version, last computed_at)`` of the versions with entities in ``scope``,
+    each run's newest last. No FINAL: a replaced row only repeats an older timestamp."""
     where, params = scope.where("v_")
     params["v_status"] = STATUS_COLUMN
     return store.rows(
         f"""
-        SELECT run_id, judge_version, count(), countIf(value_string = 'error'),
-               min(computed_at), max(computed_at)
-        FROM {{db}}.entity_metadata FINAL
+        SELECT run_id, judge_version, max(computed_at) FROM {{db}}.entity_metadata
         WHERE {where} AND column = {{v_status:String}}
         GROUP BY run_id, judge_version ORDER BY run_id, max(computed_at)
         """,
@@ -161,15 +160,22 @@ def stored_versions(store: Store, scope: Scope) -> list[tuple[str, str, int, int
 
 
 def column_kinds(
-    store: Store, scope: Scope, versions: Sequence[tuple[str, str]]
+    store: Store,
+    scope: Scope,
+    versions: Sequence[tuple[str, str]],
+    names: Sequence[str] | None = None,
 ) -> dict[str, set[str]]:
-    """``{column: {value kinds}}`` stored under the given (run_id, version) pairs."""
+    """``{column: {value kinds}}`` stored under the given (run_id, version) pairs (only the
+    columns in ``names`` when given)."""
     where, params = scope.where("k_")
     params["k_pairs"] = [tuple(pair) for pair in versions]
     params["k_meta"] = [STATUS_COLUMN, ERROR_COLUMN]
+    if names is not None:
+        params["k_names"] = list(names)
+        where += " AND column IN {k_names:Array(String)}"
     rows = store.rows(
         f"""
-        SELECT column, groupUniqArray(value_type) FROM {{db}}.entity_metadata FINAL
+        SELECT column, groupUniqArray(value_type) FROM {{db}}.entity_metadata
         WHERE {where} AND (run_id, judge_version) IN {{k_pairs:Array(Tuple(String, String))}}
           AND column NOT IN {{k_meta:Array(String)}}
         GROUP BY column ORDER BY column
@@ -206,29 +212,32 @@ class EntityQuery:
     prefix: str = "q_"
     params: dict[str, Any] = field(default_factory=dict)
 
-    def grouped_sql(self, extra_select: Sequence[str] = ()) -> str:
-        """Inner query: one row per entity with ``_status``, ``_version``, keys and values."""
+    def grouped_sql(self, extra_select: Sequence[str] = (), *, with_error: bool = True) -> str:
+        """Inner query: one row per entity with ``_status``, ``_version``, ``_computed_at`` (of
+        its status row), keys and values (``_v_i``, written at ``_vv_i``)."""
         p = self.prefix
         where, params = self.scope.where(p)
         self.params.update(params)
         self.params[f"{p}status"] = STATUS_COLUMN
-        self.params[f"{p}error"] = ERROR_COLUMN
-        wanted = [STATUS_COLUMN, ERROR_COLUMN] + [c.name for c in self.columns]
-        self.params[f"{p}cols"] = wanted
+        wanted = [STATUS_COLUMN] + [c.name for c in self.columns]
         selects = [
             "run_id",
             "entity_id",
             f"anyIf(value_string, column = {{{p}status:String}}) AS _status",
             f"anyIf(judge_version, column = {{{p}status:String}}) AS _version",
             f"anyIf(computed_at, column = {{{p}status:String}}) AS _computed_at",
-            f"anyIf(value_string, column = {{{p}error:String}}) AS _error",
-            f"anyIf(judge_version, column = {{{p}error:String}}) AS _error_version",
         ]
+        if with_error:
+            self.params[f"{p}error"] = ERROR_COLUMN
+            wanted.append(ERROR_COLUMN)
+            selects.append(f"anyIf(value_string, column = {{{p}error:String}}) AS _error")
+            selects.append(f"anyIf(computed_at, column = {{{p}error:String}}) AS _error_at")
+        self.params[f"{p}cols"] = wanted
         for index, column in enumerate(self.columns):
             name = f"{p}c{index}"
             self.params[name] = column.name
             selects.append(f"anyIf({column.value_sql}, column = {{{name}:String}}) AS _v_{index}")
-            selects.append(f"anyIf(judge_version, column = {{{name}:String}}) AS _vv_{index}")
+            selects.append(f"anyIf(computed_at, column = {{{name}:String}}) AS _vv_{index}")
         selects.extend(extra_select)
         return (
             f"SELECT {', '.join(selects)} FROM {{db}}.entity_metadata FINAL "
@@ -248,8 +257,15 @@ class EntityQuery:
         return f"_version IN {{{p}versions:Array(String)}}"
 
     def value_expr(self, index: int) -> str:
-        """A column's value, NULL when it was written by another version than the entity's."""
-        return f"if(_vv_{index} = _version, _v_{index}, NULL)"
+        """A column's value; NULL unless written together with the entity's status (one
+        computation writes all its rows with one ``computed_at``), so a stale value of another
+        version or an overwritten computation never shows."""
+        return f"if(_vv_{index} = _computed_at, _v_{index}, NULL)"
+
+    @staticmethod
+    def error_expr() -> str:
+        """The entity's error text, NULL when it succeeded."""
+        return "if(_error_at = _computed_at AND _error != '', _error, NULL)"
 
 
 def pivot_sql(
@@ -263,7 +279,7 @@ def pivot_sql(
         selects += ["t.datapoint_id AS datapoint_id", "t.step_number AS step_number"]
     selects += [
         "_status AS status",
-        "if(_error_version = _version AND _error != '', _error, NULL) AS error",
+        f"{query.error_expr()} AS error",
         "_version AS judge_version",
         "_computed_at AS computed_at",
     ]
@@ -285,23 +301,31 @@ def pivot_sql(
     return sql, query.params
 
 
-def semi_join_sql(
-    query: EntityQuery, condition: str
+def value_semi_join_sql(
+    scope: Scope, column: str, predicate: str, key_columns: bool, prefix: str
 ) -> tuple[tuple[str, ...], str, dict[str, Any]]:
-    """``(trace columns, subquery, params)``: the entities satisfying ``condition``, as the
-    key tuples of the traces they cover (``(trace cols) IN (subquery)``)."""
-    keys = level_keys(query.scope.level, query.key_columns)
-    inner = query.grouped_sql([f"{expr} AS _t{i}" for i, expr in enumerate(keys.entity_exprs)])
-    outs = ", ".join(f"_t{i}" for i in range(len(keys.entity_exprs)))
-    version = query.version_clause()
-    sql = f"SELECT {outs} FROM ({inner}) WHERE {version} AND ({condition})"
-    return keys.trace_columns, sql, query.params
+    """``(trace columns, subquery, params)``: the keys of the traces covered by entities whose
+    ``column`` row, written by the run's latest version, satisfies ``predicate`` (SQL over the
+    value columns). One scan of one column, like a hand-written filter."""
+    keys = level_keys(scope.level, key_columns)
+    where, params = scope.where(prefix)
+    params[f"{prefix}column"] = column
+    latest, latest_params = latest_versions_sql(scope, f"{prefix}l_")
+    params.update(latest_params)
+    sql = (
+        f"SELECT {', '.join(keys.row_exprs)} FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{{prefix}column:String}} "
+        f"AND (run_id, judge_version) IN ({latest}) AND {predicate}"
+    )
+    return keys.trace_columns, sql, params
 
 
 def series_sql(query: EntityQuery, step_expr: str, join_traces: bool) -> tuple[str, dict[str, Any]]:
     """Mean, p50, p95 and count of column 0 per (run, step), over ok entities with a value."""
     keys = level_keys(query.scope.level, query.key_columns)
-    inner = query.grouped_sql([f"{expr} AS _k_{name}" for name, expr in keys.select])
+    inner = query.grouped_sql(
+        [f"{expr} AS _k_{name}" for name, expr in keys.select], with_error=False
+    )
     version = query.version_clause()
     source = f"({inner}) AS e"
     if join_traces:
