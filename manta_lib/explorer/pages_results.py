@@ -29,6 +29,7 @@ from manta_lib.explorer.web import (
 )
 from manta_lib.results import JudgeInfo
 from manta_lib.service import MantaService
+from manta_lib.store.results_queries import has_key_columns
 
 LEVELS = ("trace", "datapoint", "step", "run")
 PER_PAGE = 50
@@ -83,6 +84,7 @@ def results_page(request: Request) -> Response:
     where = text_param(request, "where")
     page = int_param(request, "page", 1, minimum=1) or 1
     shard = int_param(request, "shard", minimum=0)
+    step = int_param(request, "step")
     state = explorer(request)
     with state.service() as svc:
         info = require_judge(state, svc, judge, run_id)
@@ -94,6 +96,9 @@ def results_page(request: Request) -> Response:
         )
         if shard is not None:
             frame = _in_shard(svc, frame, run_id, level, shard)
+        by_step = has_key_columns(svc.store)
+    if step is not None and "step_number" in frame.columns:
+        frame = frame[frame["step_number"] == step]
     key_columns = [c for c in KEY_COLUMNS if c in frame.columns]
     value_columns = [c for c in frame.columns if c not in key_columns and c not in BOOKKEEPING]
     sortable = key_columns + value_columns + ["status", "computed_at"]
@@ -103,7 +108,12 @@ def results_page(request: Request) -> Response:
     total = len(frame)
     pages = max(math.ceil(total / PER_PAGE), 1)
     shown = frame.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
-    rows = [_row(record, level, run_id, key_columns, value_columns) for record in _records(shown)]
+    # Datapoint results are per step when the store keeps their step (datapoint@step ids).
+    datapoints_by_step = "datapoint" in info.levels and by_step
+    rows = [
+        _row(record, level, run_id, key_columns, value_columns, judge, datapoints_by_step)
+        for record in _records(shown)
+    ]
     errors = int((frame["status"] == "error").sum()) if total else 0
     return render(
         request,
@@ -117,6 +127,7 @@ def results_page(request: Request) -> Response:
             "versions": [v for v in info.versions if v.level == level],
             "where": where or "",
             "shard": shard,
+            "step": step,
             "key_columns": key_columns,
             "value_columns": value_columns,
             "rows": rows,
@@ -176,6 +187,8 @@ def _row(
     run_id: str,
     key_columns: list[str],
     value_columns: list[str],
+    judge: str,
+    datapoints_by_step: bool,
 ) -> ResultRow:
     if level == "trace":
         link, label = links.trace_url(str(record["trace_id"]), base=""), "trace"
@@ -187,8 +200,12 @@ def _row(
         link, label = links.traces_url(run_id, base="", **filters), "rollouts"
     elif level == "step":
         step = record.get("step_number")
-        link = links.traces_url(run_id, base="", step_min=step, step_max=step)
-        label = "traces"
+        if datapoints_by_step:  # the step's datapoints, each linking on to its rollouts
+            link = links.results_url(judge, run_id, "datapoint", base="") + f"&step={step}"
+            label = "datapoints"
+        else:
+            link = links.traces_url(run_id, base="", step_min=step, step_max=step)
+            label = "traces"
     else:
         link, label = links.run_url(run_id, base=""), "run"
     return ResultRow(

@@ -10,6 +10,7 @@ import pytest
 from manta_lib.explorer.charts import format_number
 from manta_lib.service import MantaService
 from manta_lib.store import Store
+from manta_lib.store.results_queries import has_key_columns
 from tests.lib.explorer.conftest import (
     HOSTILE_RUN,
     RESULTS_RUN,
@@ -197,3 +198,30 @@ def test_compare_with_the_grader_and_a_version_with_itself(explorer_data: Explor
     assert "100.0%" in same.text
     choose = explorer_data.client.get("/compare/tool_errors", params={"run": RESULTS_RUN})
     assert "Compare runs" in choose.text and "Choose two runs" in choose.text
+
+
+def test_a_step_row_links_to_its_datapoints_or_traces(explorer_data: ExplorerData) -> None:
+    page = explorer_data.client.get(f"/results/tool_errors?run={RESULTS_RUN}&level=step")
+    links = [link.replace("&amp;", "&") for link in result_rows(page.text)]
+    step = int(links[0].rsplit("=", 1)[1])
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        per_step = has_key_columns(store)
+    if per_step:  # datapoint results are per step: the row lists the step's datapoints
+        assert links[0].startswith(f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint")
+        expected = sql(
+            explorer_data,
+            "SELECT uniqExact(datapoint_id) FROM {db}.traces WHERE run_id = {r:String} "
+            "AND step_number = {s:Int64}",
+            {"r": RESULTS_RUN, "s": step},
+        )[0][0]
+        assert f"{expected:,} rows" in explorer_data.client.get(links[0]).text
+    else:  # datapoint results span steps: the row lists the step's traces
+        assert links[0] == f"/traces?run={RESULTS_RUN}&step_min={step}&step_max={step}"
+        count = sql(
+            explorer_data,
+            "SELECT count() FROM {db}.traces WHERE run_id = {r:String} AND step_number = {s:Int64}",
+            {"r": RESULTS_RUN, "s": step},
+        )[0][0]
+        assert f'Traces <span class="muted">{count:,}</span>' in (
+            explorer_data.client.get(links[0]).text
+        )
