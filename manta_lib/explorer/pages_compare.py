@@ -74,6 +74,7 @@ def compare_page(request: Request) -> Response:
                 ("grader", judge, runs[0], column),
                 lambda: svc.compare_with_grader(judge, runs[0], column),
                 tables=RESULT_TABLES,
+                large=True,
             )
             context.update(mode="agreement", agreement=agreement, run_id=runs[0])
         elif len(versions) == 2:
@@ -83,6 +84,7 @@ def compare_page(request: Request) -> Response:
                 ("versions", judge, runs[0], *versions, level),
                 lambda: svc.compare_versions(judge, runs[0], versions[0], versions[1], level=level),
                 tables=RESULT_TABLES,
+                large=True,
             )
             context.update(mode="agreement", agreement=agreement, run_id=runs[0])
         elif len(runs) == 2:
@@ -92,6 +94,7 @@ def compare_page(request: Request) -> Response:
                 ("runs", judge, *runs, level),
                 lambda: svc.compare_runs(judge, runs[0], runs[1], level=level),
                 tables=RESULT_TABLES,
+                large=True,
             )
             context.update(mode="runs", comparison=comparison, **_run_rows(comparison))
         else:

@@ -93,6 +93,7 @@ def results_page(request: Request) -> Response:
             ("results", judge, run_id, level, version, where),
             lambda: svc.results(judge, run_id, level=level, version=version, where=where),
             tables=RESULT_TABLES,
+            large=True,
         )
         if shard is not None:
             frame = _in_shard(svc, frame, run_id, level, shard)

@@ -102,6 +102,8 @@ class Explorer:
     templates: jinja2.Environment
     dagster_url: str
     cache: AggregateCache = field(default_factory=AggregateCache)
+    # Results tables and comparisons can hold a row per trace: keep only a few of them.
+    large_cache: AggregateCache = field(default_factory=lambda: AggregateCache(max_entries=8))
 
     @contextmanager
     def service(self) -> Iterator[MantaService]:
@@ -115,9 +117,14 @@ class Explorer:
         key: tuple[Hashable, ...],
         compute: Callable[[], T],
         tables: tuple[str, ...] = ("traces",),
+        *,
+        large: bool = False,
     ) -> T:
-        """``compute()``, or its value from an earlier request if ``tables`` are unchanged."""
-        return self.cache.get(svc, key, compute, tables)
+        """``compute()``, or its value from an earlier request if ``tables`` are unchanged.
+
+        ``large`` values (a row per entity) go to a cache of a few entries only.
+        """
+        return (self.large_cache if large else self.cache).get(svc, key, compute, tables)
 
 
 def template_environment(dagster_url: str = links.DEFAULT_DAGSTER_URL) -> jinja2.Environment:
