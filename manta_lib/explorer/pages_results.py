@@ -131,6 +131,9 @@ def results_page(request: Request) -> Response:
             "step": step,
             "key_columns": key_columns,
             "value_columns": value_columns,
+            "numeric_columns": {
+                c for c in value_columns if str(frame[c].dtype).lower().startswith(("int", "float"))
+            },
             "rows": rows,
             "total": total,
             "errors": errors,
