@@ -20,16 +20,19 @@ from manta_lib.errors import (
 from manta_lib.ingest import import_jsonl
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
+from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
 
 __all__ = [
+    "Agreement",
     "ComputationAborted",
     "ConfigError",
     "Conversation",
     "EntityLevel",
     "EntityRef",
+    "JudgeInfo",
     "KestrelError",
     "MantaError",
     "MantaService",
@@ -40,6 +43,7 @@ __all__ = [
     "Phase",
     "PipelineDefinitionError",
     "QueryError",
+    "RunComparison",
     "SpanKind",
     "SpanRecord",
     "Store",
@@ -50,5 +54,6 @@ __all__ = [
     "import_jsonl",
     "load_settings",
     "open_store",
+    "parse_condition",
     "seed_demo",
 ]

@@ -4,15 +4,27 @@ methods (``results``, ``judges``, ``compare_runs`` ...); this package is the one
 for stored results."""
 
 from manta_lib.results.catalog import ColumnInfo, JudgeInfo, JudgeVersionInfo, list_judges
+from manta_lib.results.compare import (
+    Agreement,
+    CategoricalShift,
+    ColumnAgreement,
+    NumericShift,
+    RunComparison,
+)
 from manta_lib.results.conditions import ResultsFilter, compile_trace_condition
 from manta_lib.results.expr import parse_condition
 from manta_lib.results.table import results_arrow, results_frame
 
 __all__ = [
+    "Agreement",
+    "CategoricalShift",
+    "ColumnAgreement",
     "ColumnInfo",
     "JudgeInfo",
     "JudgeVersionInfo",
+    "NumericShift",
     "ResultsFilter",
+    "RunComparison",
     "compile_trace_condition",
     "list_judges",
     "parse_condition",

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
@@ -183,10 +184,18 @@ class VersionChoice:
 
 
 def choose_versions(
-    store: Store, scope: q.Scope, version: str | Sequence[str] | None
+    store: Store,
+    scope: q.Scope,
+    version: str | Sequence[str] | None,
+    rows: Sequence[tuple[str, str, Any]] | None = None,
 ) -> VersionChoice:
-    """Resolve ``None`` (each run's latest), a version (or list) or ``"all"`` to stored pairs."""
-    rows = q.stored_versions(store, scope)
+    """Resolve ``None`` (each run's latest), a version (or list) or ``"all"`` to stored pairs.
+
+    ``rows``: ``(run, version, last computed_at)`` already read (else they are queried).
+    """
+    if rows is None:
+        rows = q.stored_versions(store, scope)
+    rows = sorted(rows, key=lambda row: (row[0], row[2]))
     if not rows:
         raise QueryError(
             f"judge {scope.judge!r} has no stored results at level {scope.level!r} for "
@@ -211,7 +220,11 @@ def choose_versions(
 
 
 def read_columns(
-    store: Store, scope: q.Scope, choice: VersionChoice, names: Sequence[str] | None = None
+    store: Store,
+    scope: q.Scope,
+    choice: VersionChoice,
+    names: Sequence[str] | None = None,
+    kinds: dict[str, set[str]] | None = None,
 ) -> list[q.ResultColumn]:
     """The output columns stored under ``choice``, each with its storage kind.
 
@@ -219,7 +232,8 @@ def read_columns(
     ``boolean``, ``json``); several kinds (a union field) read as ``mixed`` (JSON text); a
     column holding only nulls takes its type from the registry (``json`` when unregistered).
     """
-    kinds = q.column_kinds(store, scope, choice.pairs, names)
+    if kinds is None:
+        kinds = q.column_kinds(store, scope, choice.pairs, names)
     registered = registered_types(store, scope.judge, scope.level)
     columns = []
     order = {name: index for index, name in enumerate(registered)}

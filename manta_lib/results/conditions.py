@@ -203,23 +203,25 @@ def compile_trace_condition(
     text = condition if isinstance(condition, str) else repr(condition)
     parsed = parse_condition(condition) if isinstance(condition, str) else condition
     key_columns = q.has_key_columns(store)
-    resolved: dict[tuple[str, ...], tuple[str, str, str]] = {}  # field parts -> judge, level, col
-    scopes: dict[tuple[str, str], list[q.ResultColumn]] = {}
     names: dict[str, set[str]] = {}  # judge -> the column names the condition uses
     for comparison in comparisons(parsed):
+        if len(comparison.field.parts) == 1:
+            raise QueryError(
+                f"field {comparison.field.parts[0]!r} (position {comparison.field.position + 1}) "
+                f"does not say which judge: write judge.column, e.g. "
+                f"tool_errors.{comparison.field.parts[0]}"
+            )
         names.setdefault(comparison.field.parts[0], set()).add(comparison.field.parts[-1])
+    facts = {
+        judge: _JudgeFacts.load(store, judge, used, run_ids, project_id)
+        for judge, used in names.items()
+    }
+    resolved: dict[tuple[str, ...], tuple[str, str, str]] = {}  # field parts -> judge, level, col
     for comparison in comparisons(parsed):
-        judge, level, column = _resolve_field(
-            store,
-            comparison,
-            run_ids,
-            project_id,
-            scopes,
-            names.get(comparison.field.parts[0], set()),
+        resolved[comparison.field.parts] = _resolve_field(
+            store, comparison, facts[comparison.field.parts[0]], run_ids, project_id
         )
-        resolved[comparison.field.parts] = (judge, level, column)
     params: dict[str, Any] = {}
-    kinds = {key: {c.name: c.kind for c in columns} for key, columns in scopes.items()}
 
     def leaf(comparison: Comparison, negate: bool) -> str:
         judge, level, column = resolved[comparison.field.parts]
@@ -229,7 +231,7 @@ def compile_trace_condition(
         elif column == "error":
             kind, stored = "string", ERROR_COLUMN
         else:
-            kind, stored = kinds[(judge, level)][column], column
+            kind, stored = facts[judge].kind(level, column), column
         check_value(str(comparison.field), kind, comparison.op, comparison.value)
         value = (
             "value_string" if column in _BOOKKEEPING else q.VALUE_COLUMNS.get(kind, "value_json")
@@ -242,7 +244,12 @@ def compile_trace_condition(
         )
         scope = q.Scope(judge, level, tuple(run_ids), project_id)
         trace_columns, sql, scan_params = q.value_semi_join_sql(
-            scope, stored, predicate, key_columns, prefix=f"{prefix}{len(params)}s_"
+            scope,
+            stored,
+            predicate,
+            key_columns,
+            facts[judge].latest[level],
+            prefix=f"{prefix}{len(params)}s_",
         )
         params.update(scan_params)
         params.update(local.values)
@@ -260,39 +267,84 @@ def compile_trace_condition(
     return ResultsFilter(text, build(parsed), params)
 
 
+@dataclass
+class _JudgeFacts:
+    """What one catalog query says about a judge: each level's latest version per run, and the
+    value kinds of the used columns under those versions."""
+
+    judge: str
+    latest: dict[str, dict[str, str]]  # level -> run -> version
+    kinds: dict[tuple[str, str], set[str]]  # (level, column) -> value kinds
+
+    @classmethod
+    def load(
+        cls,
+        store: Store,
+        judge: str,
+        names: set[str],
+        run_ids: Sequence[str],
+        project_id: str | None,
+    ) -> _JudgeFacts:
+        rows = q.judge_facts(store, judge, sorted(names), run_ids, project_id)
+        newest: dict[tuple[str, str], tuple[Any, str]] = {}
+        for level, run, version, column, _kinds, last in rows:
+            if column == STATUS_COLUMN and (
+                (level, run) not in newest or last > newest[(level, run)][0]
+            ):
+                newest[(level, run)] = (last, version)
+        latest: dict[str, dict[str, str]] = {}
+        for (level, run), (_last, version) in newest.items():
+            latest.setdefault(level, {})[run] = version
+        kinds: dict[tuple[str, str], set[str]] = {}
+        for level, run, version, column, value_kinds, _last in rows:
+            if column != STATUS_COLUMN and latest.get(level, {}).get(run) == version:
+                kinds.setdefault((level, column), set()).update(value_kinds)
+        return cls(judge, latest, kinds)
+
+    @property
+    def levels(self) -> list[str]:
+        return sorted(self.latest, key=catalog.level_rank)
+
+    def has(self, level: str, column: str) -> bool:
+        return (level, column) in self.kinds
+
+    def kind(self, level: str, column: str) -> str:
+        real = self.kinds[(level, column)] - {"null"}
+        if len(real) == 1:
+            return real.pop()
+        return "mixed" if real else "json"
+
+
 def _resolve_field(
     store: Store,
     comparison: Comparison,
+    facts: _JudgeFacts,
     run_ids: Sequence[str],
     project_id: str | None,
-    scopes: dict[tuple[str, str], list[q.ResultColumn]],
-    names: set[str],
 ) -> tuple[str, str, str]:
+    """``(judge, level, column)`` of a ``judge.column`` / ``judge.level.column`` field."""
     parts = comparison.field.parts
-    if len(parts) == 1:
-        raise QueryError(
-            f"field {parts[0]!r} (position {comparison.field.position + 1}) does not say which "
-            f"judge: write judge.column, e.g. tool_errors.{parts[0]}"
-        )
     judge = parts[0]
-    levels = _levels(store, judge, run_ids)
+    levels = facts.levels
+    if not levels:
+        catalog.require_judge(store, judge, run_ids, EntityLevel.TRACE.value)
     if len(parts) == 3:
         level = catalog.parse_level(parts[1]).value
-        catalog.require_judge(store, judge, run_ids, level)
         column = parts[2]
-        _require_column(store, judge, level, column, run_ids, project_id, scopes, names)
+        if level not in levels:
+            catalog.require_judge(store, judge, run_ids, level)
+        if column not in _BOOKKEEPING and not facts.has(level, column):
+            known = _all_names(store, judge, [level], run_ids, project_id)
+            raise QueryError(
+                f"column {column!r} of judge {judge!r} at level {level!r} is unknown"
+                f"{catalog.closest(column, known, 'columns')}"
+            )
         return judge, level, column
     column = parts[1]
     if column in _BOOKKEEPING:
         level = EntityLevel.TRACE.value if EntityLevel.TRACE.value in levels else levels[0]
-        _columns(store, judge, level, run_ids, project_id, scopes, names)
         return judge, level, column
-    having = [
-        level
-        for level in levels
-        if column
-        in {c.name for c in _columns(store, judge, level, run_ids, project_id, scopes, names)}
-    ]
+    having = [level for level in levels if facts.has(level, column)]
     if EntityLevel.TRACE.value in having:
         return judge, EntityLevel.TRACE.value, column
     if len(having) == 1:
@@ -307,50 +359,6 @@ def _resolve_field(
         f"column {column!r} of judge {judge!r} exists at levels {', '.join(having)}: say which, "
         f"e.g. {judge}.{having[0]}.{column}"
     )
-
-
-def _levels(store: Store, judge: str, run_ids: Sequence[str]) -> list[str]:
-    levels = q.judge_levels(store, judge, run_ids)
-    if not levels:
-        catalog.require_judge(store, judge, run_ids, EntityLevel.TRACE.value)
-    return sorted(levels, key=catalog.level_rank)
-
-
-def _columns(
-    store: Store,
-    judge: str,
-    level: str,
-    run_ids: Sequence[str],
-    project_id: str | None,
-    scopes: dict[tuple[str, str], list[q.ResultColumn]],
-    names: set[str],
-) -> list[q.ResultColumn]:
-    if (judge, level) not in scopes:
-        scope = q.Scope(judge, level, tuple(run_ids), project_id)
-        choice = catalog.choose_versions(store, scope, None)
-        scopes[(judge, level)] = catalog.read_columns(store, scope, choice, sorted(names))
-    return scopes[(judge, level)]
-
-
-def _require_column(
-    store: Store,
-    judge: str,
-    level: str,
-    column: str,
-    run_ids: Sequence[str],
-    project_id: str | None,
-    scopes: dict[tuple[str, str], list[q.ResultColumn]],
-    names: set[str],
-) -> None:
-    columns = _columns(store, judge, level, run_ids, project_id, scopes, names)
-    if column in _BOOKKEEPING:
-        return
-    if column not in [c.name for c in columns]:
-        known = _all_names(store, judge, [level], run_ids, project_id)
-        raise QueryError(
-            f"column {column!r} of judge {judge!r} at level {level!r} is unknown"
-            f"{catalog.closest(column, known, 'columns')}"
-        )
 
 
 def _all_names(

@@ -302,22 +302,76 @@ def pivot_sql(
 
 
 def value_semi_join_sql(
-    scope: Scope, column: str, predicate: str, key_columns: bool, prefix: str
+    scope: Scope,
+    column: str,
+    predicate: str,
+    key_columns: bool,
+    versions: dict[str, str],
+    prefix: str,
 ) -> tuple[tuple[str, ...], str, dict[str, Any]]:
     """``(trace columns, subquery, params)``: the keys of the traces covered by entities whose
-    ``column`` row, written by the run's latest version, satisfies ``predicate`` (SQL over the
-    value columns). One scan of one column, like a hand-written filter."""
+    ``column`` row, written by its run's version in ``versions`` (run -> version), satisfies
+    ``predicate`` (SQL over the value columns). One scan of one column, like a hand-written
+    filter. Trace ids are unique in the store, and one run needs no run key."""
     keys = level_keys(scope.level, key_columns)
     where, params = scope.where(prefix)
     params[f"{prefix}column"] = column
-    latest, latest_params = latest_versions_sql(scope, f"{prefix}l_")
-    params.update(latest_params)
+    params[f"{prefix}pairs"] = sorted(versions.items())
+    trace_columns, row_exprs = keys.trace_columns, keys.row_exprs
+    if scope.level == "trace" or (len(versions) == 1 and len(trace_columns) > 1):
+        trace_columns, row_exprs = trace_columns[1:], row_exprs[1:]
+    if len(versions) == 1:
+        ((run, version),) = versions.items()
+        params.update({f"{prefix}run": run, f"{prefix}version": version})
+        version_sql = (
+            f"run_id = {{{prefix}run:String}} AND judge_version = {{{prefix}version:String}}"
+        )
+    else:
+        version_sql = f"(run_id, judge_version) IN {{{prefix}pairs:Array(Tuple(String, String))}}"
+    if not trace_columns:  # the run level of one run
+        trace_columns, row_exprs = ("run_id",), ("run_id",)
     sql = (
-        f"SELECT {', '.join(keys.row_exprs)} FROM {{db}}.entity_metadata FINAL "
-        f"WHERE {where} AND column = {{{prefix}column:String}} "
-        f"AND (run_id, judge_version) IN ({latest}) AND {predicate}"
+        f"SELECT {', '.join(row_exprs)} FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{{prefix}column:String}} AND {version_sql} "
+        f"AND {predicate}"
     )
-    return keys.trace_columns, sql, params
+    return trace_columns, sql, params
+
+
+def judge_facts(
+    store: Store,
+    judge: str,
+    columns: Sequence[str] | None,
+    run_ids: Sequence[str],
+    project_id: str | None,
+    level: str | None = None,
+) -> list[tuple[Any, ...]]:
+    """``(level, run_id, version, column, [value kinds], last computed_at)`` of ``judge`` for
+    the status column and ``columns`` (all when None), at ``level`` (all when None): one scan
+    answers levels, versions and value kinds."""
+    params: dict[str, Any] = {"j": judge}
+    where = "judge = {j:String}"
+    if columns is not None:
+        params["cols"] = [STATUS_COLUMN, *columns]
+        where += " AND column IN {cols:Array(String)}"
+    if level is not None:
+        params["level"] = level
+        where += " AND entity_level = {level:String}"
+    if run_ids:
+        params["runs"] = list(run_ids)
+        where += " AND run_id IN {runs:Array(String)}"
+    if project_id is not None:
+        params["project"] = project_id
+        where += " AND project_id = {project:String}"
+    return store.rows(
+        f"""
+        SELECT entity_level, run_id, judge_version, column, groupUniqArray(value_type),
+               max(computed_at)
+        FROM {{db}}.entity_metadata WHERE {where}
+        GROUP BY entity_level, run_id, judge_version, column
+        """,
+        params,
+    )
 
 
 def series_sql(query: EntityQuery, step_expr: str, join_traces: bool) -> tuple[str, dict[str, Any]]:
