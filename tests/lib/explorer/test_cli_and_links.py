@@ -124,3 +124,15 @@ def test_line_chart_maps_values_into_the_plot_and_skips_missing_means() -> None:
     assert len(b.points) == 1 and b.band == ""
     assert "n=2" in b.points[0].tooltip
     assert line_chart([Series("x", [SeriesPoint(1, None)])]).empty
+
+
+def test_link_helpers_do_not_load_the_web_stack() -> None:
+    code = (
+        "import sys; from manta_lib.explorer.links import trace_url; trace_url('t'); "
+        "print(sorted(m for m in ('starlette', 'jinja2', 'uvicorn') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
