@@ -17,6 +17,7 @@ from manta_lib.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from manta_lib.importers import import_files, import_records
 from manta_lib.ingest import import_jsonl
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
@@ -47,7 +48,9 @@ __all__ = [
     "TraceContext",
     "TraceRecord",
     "ValidationError",
+    "import_files",
     "import_jsonl",
+    "import_records",
     "load_settings",
     "open_store",
     "seed_demo",

@@ -27,7 +27,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,7 +53,7 @@ from manta_lib.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImportReport", "LineError", "import_jsonl"]
+__all__ = ["ImportReport", "LineError", "SourceRecord", "import_jsonl", "load_records"]
 
 _TRACE_KEYS = frozenset(TraceRecord.model_fields)
 _SPAN_KEYS = frozenset(SpanRecord.model_fields)
@@ -657,3 +657,80 @@ def _progress_bar(enabled: bool, files: list[tuple[Path, bool]], dry_run: bool) 
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("validating" if dry_run else "importing", total=total)
         yield lambda n: bar.advance(task, n)
+
+
+# ---- parsed records from other formats (the importers) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One trace object in the JSON Lines trace format, and where it came from.
+
+    ``source``/``line`` locate errors (a file and line, a log and sample number, ``<records>``
+    and an index); ``problems`` are ``(field, reason)`` pairs an importer found while mapping
+    its own format: such a record is reported and skipped.
+    """
+
+    source: str
+    line: int
+    record: Any
+    problems: tuple[tuple[str, str], ...] = ()
+
+
+def load_records(
+    records: Iterable[SourceRecord] | Callable[[], Iterable[SourceRecord]],
+    *,
+    store: Store,
+    strict: bool = False,
+    batch_size: int = 5000,
+    project_id: str = "",
+    files: int = 0,
+) -> ImportReport:
+    """Validate and load parsed trace objects with the same rules as :func:`import_jsonl`.
+
+    The shared loader of every importer: each record is validated like a trace line,
+    bad ones become :class:`LineError` at their ``source:line``, traces already stored are
+    skipped (idempotent re-import). With ``strict=True`` ``records`` must be a callable
+    returning a fresh iterable (or a re-iterable collection): it is read twice, to validate
+    and then to load.
+    """
+    if batch_size < 1:
+        raise ValidationError(f"batch_size must be at least 1, got {batch_size}")
+    started = time.perf_counter()
+    if strict:
+        check = _load_pass(store, records, batch_size, project_id, files, dry_run=True)
+        if check.errors:
+            check.strict = True
+            check.traces_loaded = check.spans_loaded = 0
+            check.seconds = time.perf_counter() - started
+            return check
+    report = _load_pass(store, records, batch_size, project_id, files, dry_run=False)
+    report.strict = strict
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _load_pass(
+    store: Store,
+    records: Iterable[SourceRecord] | Callable[[], Iterable[SourceRecord]],
+    batch_size: int,
+    project_id: str,
+    files: int,
+    *,
+    dry_run: bool,
+) -> ImportReport:
+    loader = _Import(store, [], [], batch_size, project_id, dry_run=dry_run)
+    loader.report.files = files
+    for item in records() if callable(records) else records:
+        problems = list(item.problems)
+        if not problems:
+            try:
+                loader._trace_line(item.record, item.source, item.line)
+                continue
+            except _LineProblems as exc:
+                problems = exc.problems
+        loader.report.errors.extend(
+            LineError(item.source, item.line, name, reason) for name, reason in problems
+        )
+    loader._flush_traces()
+    return loader.report

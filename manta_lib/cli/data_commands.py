@@ -150,6 +150,5 @@ def runs_overview_command(
 
 def register(app: typer.Typer) -> None:
     """Attach the data commands to ``app``."""
-    app.command("import")(import_command)
     app.command("runs-overview")(runs_overview_command)
     app.add_typer(demo_app, name="demo")

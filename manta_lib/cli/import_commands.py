@@ -1,0 +1,137 @@
+"""``manta import`` (every supported format) and ``manta collect`` (an OTLP/HTTP collector).
+
+Both open the store late and close it early (the embedded chDB store can be open in one
+process at a time).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from manta_lib.importers import FORMATS, detect_format, import_files
+from manta_lib.ingest import ImportReport, import_jsonl
+from manta_lib.settings import load_settings
+from manta_lib.store import Store
+
+console = Console()
+_MAX_ERRORS_SHOWN = 200
+
+Files = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Files to import: Manta JSON lines, OpenAI-message JSON lines, Inspect AI logs "
+        "(.eval/.json), OTLP JSON or protobuf (docs/importers.md).",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        show_default=False,
+    ),
+]
+
+
+def import_command(
+    files: Files,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help=f"Input format: {'|'.join(FORMATS)} (auto: by content)."
+        ),
+    ] = "auto",
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run of every imported trace.")
+    ] = None,
+    phase: Annotated[
+        str | None, typer.Option("--phase", help="Phase of every trace: train|eval|prod.")
+    ] = None,
+    step: Annotated[
+        str | None,
+        typer.Option("--step", help="Step: an integer, or a field path such as metadata.step."),
+    ] = None,
+    datapoint: Annotated[
+        str | None,
+        typer.Option("--datapoint", help="Field path of the datapoint id (metadata.problem_id)."),
+    ] = None,
+    score: Annotated[
+        str | None, typer.Option("--score", help="Field path of the trace score (reward).")
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", "--project-id", help="project_id of the imported traces."),
+    ] = None,
+    spans: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--spans",
+            help="Manta format only: a JSON Lines file of spans, one per line with its "
+            "trace_id (repeatable).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Load nothing if any record is bad.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Traces per insert batch.")
+    ] = 5000,
+) -> None:
+    """Import traces from files; exit code 1 if a record was bad.
+
+    Good records load even when others are bad (unless --strict); traces already in the
+    store are skipped, so importing a file twice is harmless.
+    """
+    if format not in FORMATS:
+        raise typer.BadParameter(
+            f"{format!r} is not one of {', '.join(FORMATS)}", param_hint="--format"
+        )
+    hierarchy_given = any(v is not None for v in (run_id, phase, step, datapoint, score))
+    if spans:
+        formats = {detect_format(path) if format == "auto" else format for path in files}
+        if formats != {"manta"} or hierarchy_given:
+            raise typer.BadParameter(
+                "--spans works with Manta-format trace files only, without hierarchy options",
+                param_hint="--spans",
+            )
+    with Store.open(load_settings()) as store:
+        report: ImportReport
+        if spans:
+            report = import_jsonl(
+                files,
+                store=store,
+                spans_paths=spans,
+                strict=strict,
+                batch_size=batch_size,
+                project_id=project or "",
+            )
+        else:
+            report = import_files(
+                files,
+                store=store,
+                format=format,
+                run_id=run_id,
+                phase=phase,
+                step=step,
+                datapoint=datapoint,
+                score=score,
+                project=project,
+                strict=strict,
+                batch_size=batch_size,
+            )
+    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+    for error in report.errors[:_MAX_ERRORS_SHOWN]:
+        typer.echo(str(error), err=True)
+    if len(report.errors) > _MAX_ERRORS_SHOWN:
+        typer.echo(f"... and {len(report.errors) - _MAX_ERRORS_SHOWN:,} more errors", err=True)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``import`` and ``collect`` to ``app``."""
+    app.command("import")(import_command)

@@ -1,0 +1,81 @@
+"""Manta's own JSON Lines trace format (``docs/import_format.md``), with hierarchy overrides.
+
+Lines pass to the loader as they are; ``--run-id``, ``--phase``, ``--step``, ``--datapoint``,
+``--score`` and ``--project`` replace the trace keys of every line (and the ``run_id`` of its
+embedded spans) when given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from manta_lib.importers.base import Hierarchy, Problems, first_json_line, plain, score_number
+from manta_lib.ingest import SourceRecord
+
+
+class NativeImporter:
+    """``--format manta``: one trace object per line, spans embedded."""
+
+    name = "manta"
+
+    def sniff(self, path: Path) -> bool:
+        first = first_json_line(path)
+        return isinstance(first, dict) and "trace_id" in first and "messages" not in first
+
+    def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
+        source = str(path)
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    reason = f"invalid JSON ({exc.msg} at column {exc.colno})"
+                    yield SourceRecord(source, number, None, (("", reason),))
+                    continue
+                except UnicodeDecodeError as exc:
+                    reason = f"invalid UTF-8 ({exc.reason} at byte {exc.start})"
+                    yield SourceRecord(source, number, None, (("", reason),))
+                    continue
+                try:
+                    yield SourceRecord(source, number, override(obj, hierarchy))
+                except Problems as exc:
+                    yield SourceRecord(source, number, None, tuple(exc.problems))
+
+    def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
+        return [override(plain(record), hierarchy)]
+
+
+def override(obj: Any, hierarchy: Hierarchy) -> Any:
+    """The trace object with the hierarchy options applied (unchanged when none is set)."""
+    if not isinstance(obj, dict) or hierarchy == Hierarchy():
+        return obj
+    problems: list[tuple[str, str]] = []
+    out = dict(obj)
+    if hierarchy.run_id:
+        out["run_id"] = hierarchy.run_id
+        if isinstance(out.get("spans"), list):
+            out["spans"] = [
+                {**span, "run_id": hierarchy.run_id} if isinstance(span, dict) else span
+                for span in out["spans"]
+            ]
+    if hierarchy.phase:
+        out["phase"] = hierarchy.phase
+    if hierarchy.project:
+        out["project_id"] = hierarchy.project
+    try:
+        out["step_number"] = hierarchy.step_value(obj, out.get("step_number"))
+        out["datapoint_id"] = hierarchy.path_value(obj, "datapoint", out.get("datapoint_id"))
+        if hierarchy.score:
+            out["score"] = score_number(hierarchy.path_value(obj, "score", None), hierarchy.score)
+    except Problems as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise Problems(problems)
+    if out.get("datapoint_id") is not None:
+        out["datapoint_id"] = str(out["datapoint_id"])
+    return out
