@@ -6,6 +6,8 @@ process at a time).
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -132,6 +134,79 @@ def import_command(
         raise typer.Exit(1)
 
 
+def collect_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (OTLP/HTTP: 4318).")
+    ] = 4318,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="MANTA_COLLECT_TOKEN", help="Require 'Authorization: Bearer T'."
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout", min=0.0, help="Seconds without a new span before a trace is written."
+        ),
+    ] = 30.0,
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", min=0.001, help="Largest request body accepted.")
+    ] = 16.0,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run of traces without manta.run_id.")
+    ] = None,
+    phase: Annotated[str | None, typer.Option("--phase", help="Phase of every trace.")] = None,
+    step: Annotated[
+        str | None, typer.Option("--step", help="Step: an integer or an attribute name.")
+    ] = None,
+    datapoint: Annotated[
+        str | None, typer.Option("--datapoint", help="Attribute holding the datapoint id.")
+    ] = None,
+    score: Annotated[
+        str | None, typer.Option("--score", help="Attribute holding the trace score.")
+    ] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", help="project_id of the collected traces.")
+    ] = None,
+) -> None:
+    """Receive OTLP/HTTP traces (POST /v1/traces, protobuf or JSON, gzip) into the store.
+
+    Runs until SIGTERM or Ctrl-C, then writes every buffered trace before exiting.
+    """
+    from manta_lib.collector import Collector
+    from manta_lib.importers import Hierarchy
+
+    hierarchy = Hierarchy(run_id, phase, step, datapoint, score, project)
+    collector = Collector(
+        host=host,
+        port=port,
+        token=token,
+        idle_timeout=idle_timeout,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        hierarchy=hierarchy,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    collector.start()
+    console.print(f"collecting on {collector.endpoint} (Ctrl-C to stop)", highlight=False)
+    while not stop.wait(0.5):
+        pass
+    collector.stop()
+    stats = collector.stats
+    console.print(
+        f"{stats.spans_received:,} spans received in {stats.requests:,} requests; "
+        f"{stats.traces_stored:,} traces and {stats.spans_stored:,} spans stored"
+        + (f"; {stats.traces_failed:,} traces not stored" if stats.traces_failed else ""),
+        highlight=False,
+    )
+    if stats.traces_failed:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Attach ``import`` and ``collect`` to ``app``."""
     app.command("import")(import_command)
+    app.command("collect")(collect_command)

@@ -68,17 +68,18 @@ class OTLPImporter:
         spans: list[tuple[int, OtelSpan]] = []
         if body.lstrip().startswith(b"{"):
             try:
-                documents: list[tuple[int, Any]] = [(1, json.loads(body))]
-            except ValueError:
-                documents = []
-                for number, raw in enumerate(body.splitlines(), start=1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        documents.append((number, json.loads(raw)))
-                    except ValueError as exc:
-                        yield SourceRecord(source, number, None, (("", f"invalid JSON ({exc})"),))
-            for number, doc in documents:
+                lines: list[tuple[int, bytes]] = [(1, body)]
+                json.loads(body)
+            except ValueError:  # not one document: one request per line
+                lines = list(enumerate(body.splitlines(), start=1))
+            for number, raw in lines:
+                if not raw.strip():
+                    continue
+                try:
+                    doc = json.loads(raw)
+                except ValueError as exc:
+                    yield SourceRecord(source, number, None, (("", f"invalid JSON ({exc})"),))
+                    continue
                 try:
                     spans.extend((number, span) for span in spans_from_json(doc))
                 except Problems as exc:
