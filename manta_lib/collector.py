@@ -12,8 +12,9 @@ full. A request is validated whole before any span is buffered.
 Spans are buffered per trace; a trace is complete when no span of it arrived for
 ``idle_timeout`` seconds, then it is mapped (:mod:`manta_lib.importers.otel_map`) and
 written with the other complete traces in one batch through the validated loader. The store
-is opened for each batch and closed after it (the embedded store stays usable by other
-processes between batches); a batch that cannot be written stays buffered and is retried. On
+is opened when traces arrive and closed again as soon as a flush finds nothing to write (so
+the embedded store is usable by other processes whenever the collector is quiet); a batch
+that cannot be written stays buffered and is retried. On
 shutdown (SIGTERM, SIGINT, :meth:`Collector.stop`) every buffered trace is written; traces
 that still cannot be written, or that cannot be mapped, go to a JSON Lines file under
 ``$MANTA_DATA_DIR/collector/`` so nothing is lost.
@@ -187,6 +188,7 @@ class Collector:
         self._buffer = _Buffer(max_buffered_spans)
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
+        self._store: Store | None = None  # open while traces keep coming, closed when quiet
         self._server = ThreadingHTTPServer((host, port), _handler_class(self))
         self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
@@ -221,6 +223,7 @@ class Collector:
         for thread in self._threads:
             thread.join()
         self.flush(everything=True, final=True)
+        self._release_store()
         log.info("collector stopped: %s", dataclasses.asdict(self.stats))
 
     def __enter__(self) -> Collector:
@@ -243,6 +246,8 @@ class Collector:
         with self._write_lock:
             groups = self._buffer.take(None if everything else self.idle_timeout)
             if not groups:
+                # quiet: release the store (the embedded one is then free for other processes)
+                self._release_store()
                 return 0
             records: list[SourceRecord] = []
             for number, group in enumerate(groups, start=1):
@@ -251,9 +256,11 @@ class Collector:
                 )
             good = [r for r in records if not r.problems]
             try:
-                with Store.open(self.settings) as store:
-                    report = load_records(good, store=store, batch_size=self.batch_size)
+                store = self._store or Store.open(self.settings)
+                self._store = store
+                report = load_records(good, store=store, batch_size=self.batch_size)
             except (MantaError, OSError) as exc:
+                self._release_store()
                 if not final:
                     log.warning("cannot write %d traces yet (%s); will retry", len(groups), exc)
                     self._buffer.put_back(groups)
@@ -273,6 +280,11 @@ class Collector:
                 log.error("%d traces could not be stored: %s", len(failed), reasons[:2000])
                 self._dead_letter([groups[line - 1] for line in failed], reasons)
             return report.traces_loaded
+
+    def _release_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _dead_letter(self, groups: list[list[OtelSpan]], reason: str) -> None:
         if not groups:

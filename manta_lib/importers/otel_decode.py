@@ -211,17 +211,20 @@ def _json_span(
 # ---- protobuf ------------------------------------------------------------------------------
 
 
+_PROTO_READERS: dict[str | None, Any] = {
+    "string_value": lambda v: v.string_value,
+    "int_value": lambda v: v.int_value,
+    "double_value": lambda v: v.double_value,
+    "bool_value": lambda v: v.bool_value,
+    "array_value": lambda v: [_proto_value(item) for item in v.array_value.values],
+    "kvlist_value": lambda v: {i.key: _proto_value(i.value) for i in v.kvlist_value.values},
+    "bytes_value": lambda v: base64.b64encode(v.bytes_value).decode(),
+    None: lambda v: None,
+}
+
+
 def _proto_value(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_proto_value(item) for item in value.array_value.values]
-    if kind == "kvlist_value":
-        return {item.key: _proto_value(item.value) for item in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return getattr(value, kind)
+    return _PROTO_READERS[value.WhichOneof("value")](value)
 
 
 def _proto_attributes(items: Any) -> dict[str, Any]:

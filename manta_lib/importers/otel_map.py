@@ -245,7 +245,7 @@ def llm_messages(span: OtelSpan) -> tuple[list[dict[str, Any]], list[dict[str, A
         outputs = [m for m in map(_openai_message, unflatten(attrs, "gen_ai.completion")) if m]
         return inputs, outputs, finish
     inputs, outputs = [], []
-    for name, _time, event_attrs in span.events:
+    for name, _when, event_attrs in span.events:
         if name in _EVENT_ROLES:
             message = {"role": _EVENT_ROLES[name], **event_attrs}
             converted = _openai_message(message)
@@ -289,10 +289,10 @@ def _kind(span: OtelSpan) -> str:
     return "other"
 
 
-def _iso(nanos: int) -> str | None:
+def _time(nanos: int) -> datetime | None:
     if not nanos:
         return None
-    return datetime.fromtimestamp(nanos / 1e9, tz=UTC).isoformat()
+    return datetime.fromtimestamp(nanos / 1e9, tz=UTC)
 
 
 def _error_type(span: OtelSpan) -> str | None:
@@ -300,7 +300,7 @@ def _error_type(span: OtelSpan) -> str | None:
         return None
     kind = span.attributes.get("error.type")
     if not kind:
-        for name, _time, attrs in span.events:
+        for name, _when, attrs in span.events:
             if name == "exception" and attrs.get("exception.type"):
                 kind = attrs["exception.type"]
                 break
@@ -398,8 +398,8 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
                 )
                 or 0,
                 "cost_usd": _first(attrs, "gen_ai.usage.cost", "llm.cost.total") or 0.0,
-                "started_at": _iso(span.start_ns),
-                "ended_at": _iso(span.end_ns),
+                "started_at": _time(span.start_ns),
+                "ended_at": _time(span.end_ns),
                 "is_error": span.status_code == _STATUS_ERROR,
                 "attributes": {
                     "turn": len(llm_spans),
@@ -427,8 +427,8 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
         result = _first(attrs, "gen_ai.tool.call.result", "output.value")
         error_type = _error_type(span)
         details = {
-            "started_at": _iso(span.start_ns),
-            "ended_at": _iso(span.end_ns),
+            "started_at": _time(span.start_ns),
+            "ended_at": _time(span.end_ns),
             "is_error": error_type is not None,
         }
         target = by_call.get(str(call_id)) if call_id else None
@@ -466,8 +466,8 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
                 "name": span.name,
                 "content": span.status_message,
                 "is_error": span.status_code == _STATUS_ERROR,
-                "started_at": _iso(span.start_ns),
-                "ended_at": _iso(span.end_ns),
+                "started_at": _time(span.start_ns),
+                "ended_at": _time(span.end_ns),
                 "attributes": {"otel_span_id": span.span_id, **span.attributes},
             }
         )
@@ -499,7 +499,7 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
         "spans": spans_out,
     }
     if start:
-        trace["created_at"] = _iso(start)
+        trace["created_at"] = _time(start)
     project = hierarchy.project or _lookup(context, "manta.project_id")
     if project:
         trace["project_id"] = str(project)
