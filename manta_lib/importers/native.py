@@ -47,7 +47,18 @@ class NativeImporter:
                     yield SourceRecord(source, number, None, tuple(exc.problems))
 
     def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
-        return [override(plain(record), hierarchy)]
+        """A trace dict or object with ``spans``; spans may be ``SpanRecord`` objects, whose
+        empty ``trace_id``/``run_id`` defaults mean "the trace's"."""
+        obj = plain(record)
+        if isinstance(obj, dict) and isinstance(obj.get("spans"), list):
+            obj["spans"] = [_without_empty_ids(span) for span in obj["spans"]]
+        return [override(obj, hierarchy)]
+
+
+def _without_empty_ids(span: Any) -> Any:
+    if not isinstance(span, dict):
+        return span
+    return {k: v for k, v in span.items() if not (k in ("trace_id", "run_id") and v == "")}
 
 
 def override(obj: Any, hierarchy: Hierarchy) -> Any:
