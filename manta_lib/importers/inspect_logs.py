@@ -17,10 +17,13 @@ epoch:
   dicts), ``passed`` (for C/I and booleans), ``answer``, ``explanation``, ``metadata``;
 - the trace ``score`` is the first scorer of the log's results (``--score`` path into the
   sample overrides, e.g. ``scores.match.value``);
-- one ``llm`` span per model call (Inspect's model events: model, tokens, cost, timing,
-  finish reason), or per model of the sample's usage when the log has no events;
+- one ``llm`` span per model call of the solver (Inspect's model events: model, tokens, cost,
+  timing, finish reason), or per model of the sample's usage when the log has no events; model
+  calls made inside a scorer go to that scorer's grader span (model, tokens, cost, and its
+  conversation as ``attributes.messages``);
 - ``status``: ``error`` when the sample errored, ``<type>_limit`` when it hit a limit;
-  ``duration_ms`` = total time; ``meta.inspect`` = the eval's task, ids, model, dataset,
+  ``duration_ms`` = total time; tokens and cost = the sums of the ``llm`` spans;
+  ``meta.inspect`` = the eval's task, ids, model, dataset,
   task arguments and metadata; ``meta.sample_metadata``, ``meta.target``.
 """
 
@@ -154,33 +157,76 @@ def _grader(name: str, score: Any, to_float: Any, trace_id: str, index: int) -> 
     }
 
 
-def _llm_spans(sample: Any, trace_id: str) -> list[dict[str, Any]]:
+def _scorer_of_events(events: list[Any]) -> dict[str, str]:
+    """Inspect span id -> the scorer it runs under (model calls there are a grader's)."""
+    parents: dict[str, tuple[str | None, str, str]] = {}
+    for event in events:
+        if getattr(event, "event", "") == "span_begin":
+            parents[event.id] = (event.parent_id, event.type or "", event.name)
+    scorer: dict[str, str] = {}
+    for span_id in parents:
+        current: str | None = span_id
+        while current in parents:
+            parent, kind, name = parents[current]
+            if kind == "scorer":
+                scorer[span_id] = name
+                break
+            current = parent
+    return scorer
+
+
+def _model_calls(
+    sample: Any, trace_id: str
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``llm`` spans of the sample's own model calls, and the usage of each scorer's calls."""
+    events = list(sample.events or [])
+    scorer_of = _scorer_of_events(events)
     spans: list[dict[str, Any]] = []
-    events = [e for e in sample.events or [] if getattr(e, "event", "") == "model"]
-    for turn, event in enumerate(events):
+    graders: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if getattr(event, "event", "") != "model":
+            continue
         output = event.output
         usage = output.usage if output else None
         choice = output.choices[0] if output and output.choices else None
+        model = (output.model if output and output.model else None) or event.model
+        tokens_in = usage.input_tokens if usage else 0
+        tokens_out = usage.output_tokens if usage else 0
+        cost = (usage.total_cost or 0.0) if usage else 0.0
+        scorer = scorer_of.get(event.span_id or "")
+        if scorer is not None:
+            grader = graders.setdefault(
+                scorer,
+                {"model_name": model, "tokens_input": 0, "tokens_output": 0, "cost_usd": 0.0},
+            )
+            grader["tokens_input"] += tokens_in
+            grader["tokens_output"] += tokens_out
+            grader["cost_usd"] += cost
+            grader.setdefault("messages", []).extend(
+                {"role": m.role, "content": m.text}
+                for m in [*event.input, *([choice.message] if choice else [])]
+            )
+            continue
         spans.append(
             {
-                "span_id": f"{trace_id}:l{turn}",
+                "span_id": f"{trace_id}:l{len(spans)}",
                 "kind": "llm",
                 "name": "generate",
-                "model_name": (output.model if output and output.model else None) or event.model,
-                "tokens_input": usage.input_tokens if usage else 0,
-                "tokens_output": usage.output_tokens if usage else 0,
-                "cost_usd": (usage.total_cost or 0.0) if usage else 0.0,
+                "model_name": model,
+                "tokens_input": tokens_in,
+                "tokens_output": tokens_out,
+                "cost_usd": cost,
                 "started_at": _iso(event.timestamp),
                 "ended_at": _iso(getattr(event, "completed", None)),
                 "attributes": {
-                    "turn": turn,
+                    "turn": len(spans),
                     "finish_reason": choice.stop_reason if choice else None,
                     "input_tokens_cache_read": usage.input_tokens_cache_read if usage else None,
                 },
             }
         )
-    if spans:
-        return spans
+    if spans or graders:
+        return spans, graders
     for turn, (model, usage) in enumerate((sample.model_usage or {}).items()):
         spans.append(
             {
@@ -194,7 +240,7 @@ def _llm_spans(sample: Any, trace_id: str) -> list[dict[str, Any]]:
                 "attributes": {"turn": turn, "aggregate": True},
             }
         )
-    return spans
+    return spans, graders
 
 
 def _iso(moment: datetime | str | None) -> str | None:
@@ -219,11 +265,16 @@ def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) 
     scorer_order = [s.name for s in (header.results.scores if header.results else [])]
     scores = dict(sample.scores or {})
     names = [n for n in scorer_order if n in scores] + [n for n in scores if n not in scorer_order]
+    llm_spans, grader_usage = _model_calls(sample, trace_id)
     seq = len(spans)
     for index, name in enumerate(names):
-        spans.append({**_grader(name, scores[name], to_float, trace_id, index), "seq": seq})
+        grader = _grader(name, scores[name], to_float, trace_id, index)
+        usage_of_grader = dict(grader_usage.get(name, {}))
+        if "messages" in usage_of_grader:
+            grader["attributes"]["messages"] = usage_of_grader.pop("messages")
+        spans.append({**grader, **usage_of_grader, "seq": seq})
         seq += 1
-    for span in _llm_spans(sample, trace_id):
+    for span in llm_spans:
         spans.append({**span, "seq": seq})
         seq += 1
     default_score = None
@@ -236,7 +287,6 @@ def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) 
         status = "error"
     elif sample.limit:
         status = f"{sample.limit.type}_limit"
-    usage = list((sample.model_usage or {}).values())
     meta: dict[str, Any] = {
         "inspect": {
             "eval_id": spec.eval_id,
@@ -270,9 +320,9 @@ def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) 
         "env_name": spec.task,
         "turn_count": turns,
         "duration_ms": round((sample.total_time or 0) * 1000),
-        "tokens_input": sum(u.input_tokens for u in usage),
-        "tokens_output": sum(u.output_tokens for u in usage),
-        "cost_usd": sum(u.total_cost or 0.0 for u in usage),
+        "tokens_input": sum(span["tokens_input"] for span in llm_spans),
+        "tokens_output": sum(span["tokens_output"] for span in llm_spans),
+        "cost_usd": sum(span["cost_usd"] for span in llm_spans),
         "meta": meta,
         "spans": spans,
     }

@@ -88,6 +88,25 @@ def test_field_mapping_of_an_agent_log(store: Store, log_files: list[Path]) -> N
     assert context.conversation().to_openai_messages()[-1]["role"] == "assistant"
 
 
+def test_model_graded_scorer_usage_goes_to_its_grader(store: Store, log_files: list[Path]) -> None:
+    path = LOGS / "2025-05-12T20-28-26-04-00_security-guide.json"
+    import_files([path], store=store)
+    sample = read_eval_log(str(path)).samples[0]
+    service = MantaService(store)
+    context = service.get_trace(f"{read_eval_log(str(path)).eval.eval_id}:1:1")
+    grader = context.grader_result()
+    assert grader is not None and grader.name == "model_graded_fact"
+    assert grader.model_name == "gpt-4o-mini-2024-07-18" or grader.model_name.endswith(
+        "gpt-4o-mini"
+    )
+    (solver_call,) = context.llm_calls()
+    usage = sample.model_usage["openai/gpt-4o-mini"]
+    # the sample's usage is the solver's call plus the scorer's
+    assert solver_call.tokens_input + grader.tokens_input == usage.input_tokens
+    assert context.trace.tokens_input == solver_call.tokens_input
+    assert grader.messages and grader.messages[-1].role == "assistant"
+
+
 def test_tool_errors_and_hierarchy_options(store: Store, log_files: list[Path]) -> None:
     errors_log = LOGS / "log_tool_call_error.json"
     report = import_files([errors_log], store=store, run_id="inspect_run", step=3, project="p1")
