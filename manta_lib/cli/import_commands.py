@@ -191,7 +191,9 @@ def collect_command(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     collector.start()
-    console.print(f"collecting on {collector.endpoint} (Ctrl-C to stop)", highlight=False)
+    console.print(
+        f"collecting on {collector.endpoint} (Ctrl-C to stop)", highlight=False, soft_wrap=True
+    )
     while not stop.wait(0.5):
         pass
     collector.stop()

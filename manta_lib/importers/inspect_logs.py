@@ -30,6 +30,7 @@ epoch:
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -37,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from manta_lib.errors import ConfigError
-from manta_lib.importers.base import Hierarchy, Problems, first_json_line, score_number
+from manta_lib.importers.base import Hierarchy, Problems, score_number
 from manta_lib.importers.chat import chat_spans
 from manta_lib.ingest import SourceRecord
 
+_JSON_LOG_HEAD = re.compile(rb'\s*\{\s*"version"\s*:\s*\d')
 _ROLE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "function", "error")
 
 
@@ -65,13 +67,9 @@ class InspectImporter:
                 names = set(archive.namelist())
             return "header.json" in names or "_journal/start.json" in names
         with path.open("rb") as handle:
-            head = handle.read(4096).lstrip()
-        if not head.startswith(b"{"):
-            return False
-        first = first_json_line(path) if head.count(b"\n") == 0 else None
-        if isinstance(first, dict):
-            return "eval" in first and "version" in first
-        return b'"eval"' in head and b'"version"' in head
+            head = handle.read(4096)
+        # Inspect writes "version" as the first key of a JSON log, "eval" soon after
+        return bool(_JSON_LOG_HEAD.match(head)) and b'"eval"' in head
 
     def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
         inspect_log = _inspect_log_module()
