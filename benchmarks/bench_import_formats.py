@@ -92,15 +92,21 @@ def bench_import(args: argparse.Namespace) -> None:
     openai_path, native_path = write_inputs(args.rollouts, DATA_ROOT / "import_formats")
     native_times: list[float] = []
     openai_times: list[float] = []
+    native_cpu: list[float] = []
+    openai_cpu: list[float] = []
     with Store.open(bench_settings("import_formats")) as store:
         for _ in range(max(1, args.repeat)):
             empty(store)
+            cpu = time.process_time()
             report = import_jsonl([native_path], store=store, progress=False)
+            native_cpu.append(time.process_time() - cpu)
             assert report.ok and report.traces_loaded == args.rollouts, report.summary()
             native_times.append(report.seconds)
             spans = report.spans_loaded
             empty(store)
+            cpu = time.process_time()
             report = import_files([openai_path], store=store)
+            openai_cpu.append(time.process_time() - cpu)
             assert report.ok and report.traces_loaded == args.rollouts, report.summary()
             assert report.spans_loaded == spans
             openai_times.append(report.seconds)
@@ -109,6 +115,10 @@ def bench_import(args: argparse.Namespace) -> None:
     print(f"    native JSON Lines : {native_s:7.2f} s  {args.rollouts / native_s:9,.0f} traces/s")
     print(f"    OpenAI messages   : {openai_s:7.2f} s  {args.rollouts / openai_s:9,.0f} traces/s")
     print(f"    ratio openai/native: {openai_s / native_s:.2f}x (target <= 2x)")
+    print(
+        f"    CPU time native {min(native_cpu):.2f} s, openai {min(openai_cpu):.2f} s: "
+        f"{min(openai_cpu) / min(native_cpu):.2f}x; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def _exporter(endpoint: str, worker: int, requests: int, ready: Any, go: Any) -> None:

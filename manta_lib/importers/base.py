@@ -27,6 +27,9 @@ MISSING: Any = object()
 """What :func:`field_path` returns for a path that is not there."""
 
 
+_MAPPINGS = (dict, Mapping)  # dict first: isinstance checks it before the slower ABC
+
+
 class Problems(Exception):
     """Raised by a mapper: the ``(field, reason)`` pairs that make a record unusable."""
 
@@ -103,8 +106,10 @@ class Importer(Protocol):
 
 def field_path(record: Any, path: str) -> Any:
     """The value at a dotted ``path`` of ``record`` (dicts, lists by index), or ``MISSING``."""
-    if isinstance(record, Mapping) and path in record:
+    if isinstance(record, _MAPPINGS) and path in record:
         return record[path]
+    if "." not in path:
+        return MISSING
     current = record
     parts = path.split(".")
     index = 0
@@ -112,7 +117,7 @@ def field_path(record: Any, path: str) -> Any:
         # The longest run of parts that is itself a key wins ("attributes.manta.step").
         for end in range(len(parts), index, -1):
             key = ".".join(parts[index:end])
-            if isinstance(current, Mapping) and key in current:
+            if isinstance(current, _MAPPINGS) and key in current:
                 current = current[key]
                 index = end
                 break
