@@ -3,6 +3,7 @@
 Public API; ``from manta import ...`` re-exports exactly this.
 """
 
+from manta_lib.collector import Collector
 from manta_lib.context import Conversation, TraceContext
 from manta_lib.demo import seed_demo
 from manta_lib.entities import EntityRef, MetadataOutput
@@ -26,6 +27,7 @@ from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
 
 __all__ = [
+    "Collector",
     "ComputationAborted",
     "ConfigError",
     "Conversation",
