@@ -17,9 +17,13 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from manta_lib.errors import ValidationError
 from manta_lib.importers.base import Hierarchy, Importer, Problems
@@ -91,6 +95,7 @@ def import_files(
     project: str | None = None,
     strict: bool = False,
     batch_size: int = 5000,
+    progress: bool | None = None,
 ) -> ImportReport:
     """Import trace files of any supported format into the store.
 
@@ -98,6 +103,7 @@ def import_files(
     the traces in the hierarchy (see :class:`Hierarchy`; each format documents its defaults).
     Bad records are reported as ``file:line: field: reason`` and skipped, good ones load
     (``strict=True``: nothing loads if any is bad); traces already stored are skipped.
+    ``progress`` counts records on stderr (default: when stderr is a terminal).
 
     Example::
 
@@ -115,9 +121,25 @@ def import_files(
         (path, get_importer(detect_format(path) if format == "auto" else format)) for path in files
     ]
 
+    show = sys.stderr.isatty() if progress is None else progress
+
     def records() -> Iterator[SourceRecord]:
-        for path, importer in plan:
-            yield from importer.read_file(path, hierarchy)
+        if not show:
+            for path, importer in plan:
+                yield from importer.read_file(path, hierarchy)
+            return
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
+            for path, importer in plan:
+                task = bar.add_task(f"{importer.name} {path.name}", total=None)
+                for record in importer.read_file(path, hierarchy):
+                    bar.advance(task)
+                    yield record
 
     return load_records(
         records, store=store, strict=strict, batch_size=batch_size, files=len(files)

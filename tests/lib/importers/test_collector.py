@@ -263,3 +263,19 @@ def test_real_openai_agent_through_manta_collect(
             ("fake-model-2024", 50, 7)
         ] * 2
         assert (trace.tokens_input, trace.model_name) == (100, "fake-model-2024")
+
+
+def test_unwritable_store_keeps_traces_in_the_dead_letter_file(
+    manta_env: dict[str, str], tmp_path: Path
+) -> None:
+    from manta_lib.settings import load_settings
+
+    down = load_settings(CLICKHOUSE_URL="http://127.0.0.1:9", MANTA_CONNECT_TIMEOUT_S=0.5)
+    collector = Collector(port=0, idle_timeout=0.05, flush_interval=0.05, settings=down).start()
+    body = to_protobuf(request(genai_agent_trace(21), RESOURCE))
+    assert _post(collector, body, PROTOBUF).status_code == 200
+    collector.stop()
+    assert collector.stats.traces_stored == 0
+    (row,) = [json.loads(line) for line in collector.dead_letter.read_text().splitlines()]
+    assert row["trace_id"] == f"{21:032x}" and len(row["spans"]) == 4
+    assert "store unavailable" in row["reason"]

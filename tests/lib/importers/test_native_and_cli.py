@@ -50,7 +50,8 @@ def test_native_with_hierarchy_overrides(store: Store, tmp_path: Path) -> None:
         (1, "p1", 0.25, "eval"),
         (2, "p0", 0.5, "eval"),
     ]
-    assert import_files([path], store=store, run_id="moved").traces_already_present == 3
+    again = import_files([path], store=store, run_id="moved", progress=True)
+    assert again.traces_already_present == 3
 
 
 def test_records_in_memory_strict_and_pydantic(store: Store) -> None:
