@@ -155,7 +155,8 @@ def collect_command(
         float, typer.Option("--max-body-mb", min=0.001, help="Largest request body accepted.")
     ] = 16.0,
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Run of traces without manta.run_id.")
+        str | None,
+        typer.Option("--run-id", help="Run of every trace (else its manta.run_id attribute)."),
     ] = None,
     phase: Annotated[str | None, typer.Option("--phase", help="Phase of every trace.")] = None,
     step: Annotated[
