@@ -220,7 +220,7 @@ def _openinference_messages(attrs: dict[str, Any], prefix: str) -> list[dict[str
 def llm_messages(span: OtelSpan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
     """(input messages, output messages, finish reason) of an LLM span, whatever the layout."""
     attrs = span.attributes
-    finish = _first(attrs, "gen_ai.response.finish_reasons")
+    finish = _first(attrs, "gen_ai.response.finish_reasons", "llm.finish_reason")
     if isinstance(finish, list):
         finish = finish[0] if finish else None
     if "gen_ai.input.messages" in attrs or "gen_ai.output.messages" in attrs:

@@ -1,8 +1,10 @@
 """A tool-using agent on the official ``openai`` client, traced by OpenTelemetry (a child process).
 
-``python -m tests.lib.importers.otel_agent_child CHAT_URL OTLP_URL RUN_ID N_ROLLOUTS``: the
-client is instrumented by ``opentelemetry-instrumentation-openai-v2`` and exports with the
-OTLP/HTTP protobuf exporter; the agent writes its own ``execute_tool`` spans (one tool fails).
+``python -m tests.lib.importers.otel_agent_child CHAT_URL OTLP_URL RUN_ID N_ROLLOUTS
+[genai|openinference]``: the client is instrumented by ``opentelemetry-instrumentation-openai-v2``
+(GenAI conventions, the default) or ``openinference-instrumentation-openai`` and exports with
+the OTLP/HTTP protobuf exporter; the agent writes its own ``execute_tool`` spans (one tool
+fails).
 It prints, as JSON on stdout, the conversation it had with the model for each rollout.
 """
 
@@ -17,7 +19,6 @@ os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "gen_ai_latest_experimental"
 
 import openai  # noqa: E402
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
-from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # noqa: E402
 from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
@@ -44,6 +45,11 @@ def run_tool(name: str, arguments: dict[str, str]) -> str:
 
 def main() -> None:
     chat_url, otlp_url, run_id, rollouts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    instrumentation = sys.argv[5] if len(sys.argv) > 5 else "genai"
+    if instrumentation == "openinference":
+        from openinference.instrumentation.openai import OpenAIInstrumentor
+    else:
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
     provider = TracerProvider(
         resource=Resource.create({"service.name": "agent", "manta.run_id": run_id})
     )

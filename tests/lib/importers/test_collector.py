@@ -174,8 +174,9 @@ def _completion(message: dict[str, Any], finish: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("instrumentation", ["genai", "openinference"])
 def test_real_openai_agent_through_manta_collect(
-    manta_env: dict[str, str], settings: MantaSettings
+    manta_env: dict[str, str], settings: MantaSettings, instrumentation: str
 ) -> None:
     rollouts = 3
     env = {**os.environ, "PYTHONPATH": str(REPO), "MANTA_LOG_LEVEL": "WARNING"}
@@ -222,6 +223,7 @@ def test_real_openai_agent_through_manta_collect(
                     endpoint,
                     "agent_run",
                     str(rollouts),
+                    instrumentation,
                 ],
                 cwd=REPO,
                 env=env,
