@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from manta_lib.errors import MantaError
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import (
     OtelSpan,
@@ -249,17 +248,14 @@ class Collector:
                 # quiet: release the store (the embedded one is then free for other processes)
                 self._release_store()
                 return 0
-            records: list[SourceRecord] = []
-            for number, group in enumerate(groups, start=1):
-                records.extend(
-                    group_traces([(number, s) for s in group], self.hierarchy, "collector")
-                )
+            records = [self._map(number, group) for number, group in enumerate(groups, start=1)]
             good = [r for r in records if not r.problems]
             try:
                 store = self._store or Store.open(self.settings)
                 self._store = store
                 report = load_records(good, store=store, batch_size=self.batch_size)
-            except (MantaError, OSError) as exc:
+            except Exception as exc:  # any store failure: keep the traces (written ones are
+                # found present on the retry, so a retry never duplicates)
                 self._release_store()
                 if not final:
                     log.warning("cannot write %d traces yet (%s); will retry", len(groups), exc)
@@ -280,6 +276,17 @@ class Collector:
                 log.error("%d traces could not be stored: %s", len(failed), reasons[:2000])
                 self._dead_letter([groups[line - 1] for line in failed], reasons)
             return report.traces_loaded
+
+    def _map(self, number: int, group: list[OtelSpan]) -> SourceRecord:
+        """One buffered trace as a record; a mapping failure becomes the record's problem."""
+        try:
+            (record,) = group_traces([(number, s) for s in group], self.hierarchy, "collector")
+        except Exception as exc:  # an unexpected shape must not lose the other traces
+            log.debug("mapping trace %s failed", group[0].trace_id, exc_info=True)
+            return SourceRecord(
+                "collector", number, None, (("", f"cannot map the trace ({exc!r})"),)
+            )
+        return record
 
     def _release_store(self) -> None:
         if self._store is not None:
@@ -408,6 +415,13 @@ class _OTLPHandler(BaseHTTPRequestHandler):
             return
         try:
             accepted, rejected, message = owner.receive(body, content_type)
+        except (RecursionError, ValueError, TypeError, AttributeError) as exc:
+            # shapes the decoders did not foresee: refused whole like any bad payload
+            log.debug("unreadable OTLP request", exc_info=True)
+            with owner._stats_lock:
+                owner.stats.bad_requests += 1
+            self._error(400, f"cannot read the request ({type(exc).__name__}: {exc})", reply_type)
+            return
         except Problems as exc:
             with owner._stats_lock:
                 owner.stats.bad_requests += 1

@@ -17,6 +17,7 @@ from manta_lib.errors import ConfigError
 from manta_lib.importers.base import Problems
 
 _MAX_PROBLEMS = 20
+_MAX_NANOS = 2**63  # Unix nanoseconds up to the year 2262
 
 
 @dataclass
@@ -190,6 +191,9 @@ def _json_span(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         problems.append((at, f"malformed span ({exc})"))
         return None
+    for name, value in (("startTimeUnixNano", start), ("endTimeUnixNano", end)):
+        if not 0 <= value < _MAX_NANOS:
+            problems.append((f"{at}.{name}", f"{value} is out of range"))
     if len(problems) > before:
         return None
     return OtelSpan(
@@ -266,6 +270,12 @@ def spans_from_proto(request: Any) -> list[OtelSpan]:
                     )
                 if not bad and (not any(span.trace_id) or not any(span.span_id)):
                     bad.append((at, "an all-zero trace or span id is invalid"))
+                for name, value in (
+                    ("startTimeUnixNano", span.start_time_unix_nano),
+                    ("endTimeUnixNano", span.end_time_unix_nano),
+                ):
+                    if value >= _MAX_NANOS:
+                        bad.append((f"{at}.{name}", f"{value} is out of range"))
                 if bad:
                     problems.extend(bad)
                     if len(problems) >= _MAX_PROBLEMS:

@@ -91,6 +91,19 @@ def test_hostile_input_gets_4xx_and_the_collector_keeps_serving(
     short_span.resource_spans[0].scope_spans[0].spans[1].span_id = b"1234567"
     assert _post(collector, short_span.SerializeToString(), PROTOBUF).status_code == 400
 
+    # shapes no exporter sends: deep nesting, a year-3000 timestamp, attributes not a list
+    deep = b'{"resourceSpans": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    weird = [
+        deep,
+        json.dumps(
+            request([{**span(6, 0, "x", {}), "endTimeUnixNano": str(2**64)}], RESOURCE)
+        ).encode(),
+        json.dumps(request([{**span(7, 0, "x", {}), "attributes": "oops"}], RESOURCE)).encode(),
+    ]
+    for payload in weird:
+        answer = _post(collector, payload, {"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+
     no_run = request(genai_agent_trace(4), {"service.name": "anonymous"})
     partial = _post(collector, json.dumps(no_run).encode(), {"Content-Type": "application/json"})
     assert partial.status_code == 200
@@ -131,7 +144,7 @@ def test_hostile_input_gets_4xx_and_the_collector_keeps_serving(
     )
 
     collector.stop()
-    assert collector.stats.bad_requests == 3
+    assert collector.stats.bad_requests == 6
     stored = _stored_trace_ids(settings)
     expected = {f"{n:032x}" for n in (1, 5)} | {f"{100 + t:032x}" for t in range(100)}
     assert stored == expected  # nothing of traces 2, 3 (bad request) or 4 (no run id)
