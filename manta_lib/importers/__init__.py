@@ -29,7 +29,7 @@ from manta_lib.errors import ValidationError
 from manta_lib.importers.base import Hierarchy, Importer, Problems
 from manta_lib.importers.native import NativeImporter
 from manta_lib.importers.openai import OpenAIImporter
-from manta_lib.ingest import ImportReport, SourceRecord, load_records
+from manta_lib.ingest import ImportReport, SourceRecord, import_jsonl, load_records
 from manta_lib.store import Store
 
 __all__ = [
@@ -117,10 +117,15 @@ def import_files(
     if format not in FORMATS:
         raise ValidationError(f"unknown format {format!r} (expected one of: {', '.join(FORMATS)})")
     hierarchy = Hierarchy(run_id, phase, step, datapoint, score, project)
-    plan = [
+    plan: list[tuple[Path, Importer]] = [
         (path, get_importer(detect_format(path) if format == "auto" else format)) for path in files
     ]
 
+    if hierarchy == Hierarchy() and all(importer.name == "manta" for _, importer in plan):
+        # Manta's own format as is: the JSON Lines importer, with its byte progress bar
+        return import_jsonl(
+            files, store=store, strict=strict, batch_size=batch_size, progress=progress
+        )
     show = sys.stderr.isatty() if progress is None else progress
 
     def records() -> Iterator[SourceRecord]:
