@@ -19,12 +19,19 @@ from manta_lib.errors import (
     ValidationError,
 )
 from manta_lib.importers import import_files, import_records
-from manta_lib.ingest import import_jsonl
+from manta_lib.ingest import (
+    ImportInterrupted,
+    ImportReport,
+    SourceRecord,
+    import_jsonl,
+    load_records,
+)
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
+from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
     "Collector",
@@ -33,6 +40,8 @@ __all__ = [
     "Conversation",
     "EntityLevel",
     "EntityRef",
+    "ImportInterrupted",
+    "ImportReport",
     "KestrelError",
     "MantaError",
     "MantaService",
@@ -43,6 +52,7 @@ __all__ = [
     "Phase",
     "PipelineDefinitionError",
     "QueryError",
+    "SourceRecord",
     "SpanKind",
     "SpanRecord",
     "Store",
@@ -50,9 +60,11 @@ __all__ = [
     "TraceContext",
     "TraceRecord",
     "ValidationError",
+    "delete_run",
     "import_files",
     "import_jsonl",
     "import_records",
+    "load_records",
     "load_settings",
     "open_store",
     "seed_demo",

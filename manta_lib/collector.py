@@ -253,7 +253,13 @@ class Collector:
             try:
                 store = self._store or Store.open(self.settings)
                 self._store = store
-                report = load_records(good, store=store, batch_size=self.batch_size)
+                report = load_records(
+                    good,
+                    source="collector",
+                    store=store,
+                    batch_size=self.batch_size,
+                    progress=False,
+                )
             except Exception as exc:  # any store failure: keep the traces (written ones are
                 # found present on the retry, so a retry never duplicates)
                 self._release_store()

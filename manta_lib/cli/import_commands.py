@@ -6,6 +6,7 @@ process at a time).
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -14,25 +15,44 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from manta_lib.importers import FORMATS, detect_format, import_files
-from manta_lib.ingest import ImportReport, import_jsonl
+from manta_lib.importers import FORMATS, format_of, import_files
+from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl
+from manta_lib.ingest_lines import STDIN
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 
 console = Console()
 _MAX_ERRORS_SHOWN = 200
+_EXIT_INTERRUPTED = 130
+
+
+def _readable_inputs(values: list[Path] | None) -> list[Path] | None:
+    """``-`` is standard input; anything else must exist and not be a directory (regular
+    files, ``/dev/stdin``, named pipes and ``<(...)`` substitutions all qualify)."""
+    for value in values or []:
+        if str(value) == STDIN:
+            continue
+        if not value.exists():
+            raise typer.BadParameter(f"{value}: no such file")
+        if value.is_dir():
+            raise typer.BadParameter(f"{value}: is a directory, not a file")
+    return values
+
 
 Files = Annotated[
     list[Path],
     typer.Argument(
         help="Files to import: Manta JSON lines, OpenAI-message JSON lines, Inspect AI logs "
-        "(.eval/.json), OTLP JSON or protobuf (docs/importers.md).",
-        exists=True,
-        dir_okay=False,
-        readable=True,
+        "(.eval/.json), OTLP JSON or protobuf (docs/importers.md); - reads stdin (Manta "
+        "JSON lines).",
+        callback=_readable_inputs,
         show_default=False,
     ),
 ]
+
+
+def _drop_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno != logging.WARNING
 
 
 def import_command(
@@ -61,18 +81,18 @@ def import_command(
         str | None, typer.Option("--score", help="Field path of the trace score (reward).")
     ] = None,
     project: Annotated[
-        str | None,
-        typer.Option("--project", "--project-id", help="project_id of the imported traces."),
+        str | None, typer.Option("--project", help="project_id of every imported trace.")
     ] = None,
+    project_id: Annotated[
+        str, typer.Option("--project-id", help="project_id of traces that carry none.")
+    ] = "",
     spans: Annotated[
         list[Path] | None,
         typer.Option(
             "--spans",
             help="Manta format only: a JSON Lines file of spans, one per line with its "
             "trace_id (repeatable).",
-            exists=True,
-            dir_okay=False,
-            readable=True,
+            callback=_readable_inputs,
             show_default=False,
         ),
     ] = None,
@@ -86,46 +106,59 @@ def import_command(
     """Import traces from files; exit code 1 if a record was bad.
 
     Good records load even when others are bad (unless --strict); traces already in the
-    store are skipped, so importing a file twice is harmless.
+    store are skipped, so importing a file twice, or again after an interrupted import, is
+    harmless. FILE may be - (stdin) or a pipe (read as Manta JSON lines). Ctrl-C stops
+    between batches: exit code 130 and a line saying what was stored.
     """
     if format not in FORMATS:
         raise typer.BadParameter(
             f"{format!r} is not one of {', '.join(FORMATS)}", param_hint="--format"
         )
-    hierarchy_given = any(v is not None for v in (run_id, phase, step, datapoint, score))
+    hierarchy_given = any(v is not None for v in (run_id, phase, step, datapoint, score, project))
     if spans:
-        formats = {detect_format(path) if format == "auto" else format for path in files}
+        formats = {format_of(path, format) for path in files}
         if formats != {"manta"} or hierarchy_given:
             raise typer.BadParameter(
                 "--spans works with Manta-format trace files only, without hierarchy options",
                 param_hint="--spans",
             )
-    with Store.open(load_settings()) as store:
-        report: ImportReport
-        if spans:
-            report = import_jsonl(
-                files,
-                store=store,
-                spans_paths=spans,
-                strict=strict,
-                batch_size=batch_size,
-                project_id=project or "",
-            )
-        else:
-            report = import_files(
-                files,
-                store=store,
-                format=format,
-                run_id=run_id,
-                phase=phase,
-                step=step,
-                datapoint=datapoint,
-                score=score,
-                project=project,
-                strict=strict,
-                batch_size=batch_size,
-            )
+    ingest_log = logging.getLogger("manta_lib.ingest")
+    ingest_log.addFilter(_drop_warnings)  # the report's warnings are printed below, once
+    try:
+        with Store.open(load_settings()) as store:
+            report: ImportReport
+            if spans:
+                report = import_jsonl(
+                    files,
+                    store=store,
+                    spans_paths=spans,
+                    strict=strict,
+                    batch_size=batch_size,
+                    project_id=project_id,
+                )
+            else:
+                report = import_files(
+                    files,
+                    store=store,
+                    format=format,
+                    run_id=run_id,
+                    phase=phase,
+                    step=step,
+                    datapoint=datapoint,
+                    score=score,
+                    project=project,
+                    project_id=project_id,
+                    strict=strict,
+                    batch_size=batch_size,
+                )
+    except ImportInterrupted as interrupted:
+        typer.echo(interrupted.summary(), err=True)
+        raise typer.Exit(_EXIT_INTERRUPTED) from None
+    finally:
+        ingest_log.removeFilter(_drop_warnings)
     console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     for error in report.errors[:_MAX_ERRORS_SHOWN]:
         typer.echo(str(error), err=True)
     if len(report.errors) > _MAX_ERRORS_SHOWN:

@@ -29,13 +29,21 @@ from manta_lib.errors import ValidationError
 from manta_lib.importers.base import Hierarchy, Importer, Problems
 from manta_lib.importers.native import NativeImporter
 from manta_lib.importers.openai import OpenAIImporter
-from manta_lib.ingest import ImportReport, SourceRecord, import_jsonl, load_records
+from manta_lib.ingest import (
+    ImportInterrupted,
+    ImportReport,
+    SourceRecord,
+    import_jsonl,
+    load_records,
+)
+from manta_lib.ingest_lines import source_of
 from manta_lib.store import Store
 
 __all__ = [
     "FORMATS",
     "Hierarchy",
     "detect_format",
+    "format_of",
     "get_importer",
     "import_files",
     "import_records",
@@ -95,15 +103,20 @@ def import_files(
     project: str | None = None,
     strict: bool = False,
     batch_size: int = 5000,
+    project_id: str = "",
     progress: bool | None = None,
 ) -> ImportReport:
     """Import trace files of any supported format into the store.
 
-    ``format="auto"`` detects each file's format by content. ``run_id`` ... ``project`` place
-    the traces in the hierarchy (see :class:`Hierarchy`; each format documents its defaults).
-    Bad records are reported as ``file:line: field: reason`` and skipped, good ones load
-    (``strict=True``: nothing loads if any is bad); traces already stored are skipped.
-    ``progress`` counts records on stderr (default: when stderr is a terminal).
+    ``format="auto"`` detects each file's format by content. ``-`` (standard input), named
+    pipes and ``/dev/stdin`` cannot be sniffed without consuming them: they are read as Manta
+    JSON Lines (``format`` ``auto`` or ``manta``). ``run_id`` ... ``project`` place the traces
+    in the hierarchy (see :class:`Hierarchy`; each format documents its defaults);
+    ``project_id`` is used for traces that carry none. Bad records are reported as
+    ``file:line: field: reason`` and skipped, good ones load (``strict=True``: nothing loads if
+    any is bad); traces already stored are skipped, so an import stopped by Ctrl-C
+    (:class:`~manta_lib.ingest.ImportInterrupted`) resumes when run again. ``progress`` shows
+    progress on stderr (default: when stderr is a terminal).
 
     Example::
 
@@ -111,21 +124,23 @@ def import_files(
         print(report.summary())
     """
     files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    for path in files:
-        if not path.is_file():
-            raise ValidationError(f"cannot import {path}: no such file")
     if format not in FORMATS:
         raise ValidationError(f"unknown format {format!r} (expected one of: {', '.join(FORMATS)})")
     hierarchy = Hierarchy(run_id, phase, step, datapoint, score, project)
-    plan: list[tuple[Path, Importer]] = [
-        (path, get_importer(detect_format(path) if format == "auto" else format)) for path in files
-    ]
+    plan = [(path, get_importer(format_of(path, format))) for path in files]
 
     if hierarchy == Hierarchy() and all(importer.name == "manta" for _, importer in plan):
         # Manta's own format as is: the JSON Lines importer, with its byte progress bar
         return import_jsonl(
-            files, store=store, strict=strict, batch_size=batch_size, progress=progress
+            files,
+            store=store,
+            strict=strict,
+            batch_size=batch_size,
+            project_id=project_id,
+            progress=progress,
         )
+    if sum(str(path) == "-" for path in files) > 1:
+        raise ValidationError("standard input (-) can be given only once")
     show = sys.stderr.isatty() if progress is None else progress
 
     def records() -> Iterator[SourceRecord]:
@@ -146,9 +161,35 @@ def import_files(
                     bar.advance(task)
                     yield record
 
-    return load_records(
-        records, store=store, strict=strict, batch_size=batch_size, files=len(files)
-    )
+    try:
+        report = load_records(
+            records(),
+            source=str(files[0]) if files else "<files>",
+            store=store,
+            strict=strict,
+            batch_size=batch_size,
+            project_id=project_id,
+            progress=False,  # the record counter above: these inputs have no byte sizes
+        )
+    except ImportInterrupted as interrupted:
+        interrupted.report.files = len(files)
+        raise
+    report.files = len(files)  # a file may hold no record
+    return report
+
+
+def format_of(path: Path, format: str) -> str:
+    """The format of one input: ``format``, or detected (``auto``); ``-`` and pipes are Manta
+    JSON Lines. Raises :class:`ValidationError` for a missing file or a directory."""
+    source = source_of(path)
+    if source.path is not None and source.path.is_file():
+        return detect_format(path) if format == "auto" else format
+    if format not in ("auto", "manta"):
+        raise ValidationError(
+            f"cannot import {source.name} as {format}: standard input and pipes are read as "
+            "Manta JSON Lines only; save the input to a file first"
+        )
+    return "manta"
 
 
 def import_records(
@@ -164,6 +205,7 @@ def import_records(
     project: str | None = None,
     strict: bool = False,
     batch_size: int = 5000,
+    project_id: str = "",
 ) -> ImportReport:
     """Import records held in memory: dicts or pydantic objects (notebooks, training loops).
 
@@ -183,10 +225,9 @@ def import_records(
         raise ValidationError(f"import_records needs format= one of: {expected}; got {format!r}")
     hierarchy = Hierarchy(run_id, phase, step, datapoint, score, project)
     importer = get_importer(format)
-    items = list(records) if strict and not isinstance(records, Sequence) else records
 
     def mapped() -> Iterator[SourceRecord]:
-        for number, record in enumerate(items, start=1):
+        for number, record in enumerate(records, start=1):
             try:
                 traces = importer.map_record(record, hierarchy)
             except Problems as exc:
@@ -195,4 +236,12 @@ def import_records(
             for trace in traces:
                 yield SourceRecord(_RECORDS_SOURCE, number, trace)
 
-    return load_records(mapped, store=store, strict=strict, batch_size=batch_size)
+    return load_records(
+        mapped(),
+        source=_RECORDS_SOURCE,
+        store=store,
+        strict=strict,
+        batch_size=batch_size,
+        project_id=project_id,
+        progress=False,
+    )

@@ -12,7 +12,9 @@ from manta_lib import MantaService, import_files, import_records
 from manta_lib.cli import _register_commands, app
 from manta_lib.errors import ValidationError
 from manta_lib.importers import detect_format
+from manta_lib.ingest import SourceRecord, load_records
 from manta_lib.models import SpanRecord, TraceRecord
+from manta_lib.settings import load_settings
 from manta_lib.store import Store
 
 LOGS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "inspect_logs"
@@ -93,3 +95,50 @@ def test_cli_detects_and_reimports(store: Store, tmp_path: Path) -> None:
     assert again.exit_code == 0 and "1 trace already present" in again.stdout
     bad = cli.invoke(app, ["import", log, "--spans", log])
     assert bad.exit_code == 2 and "Manta-format" in bad.output
+
+
+def test_source_records_of_several_files_keep_their_locations(store: Store) -> None:
+    records = [
+        SourceRecord("b.jsonl", 3, None, (("messages", "expected a list"),)),
+        SourceRecord("a.jsonl", 7, {"trace_id": "loc1", "run_id": "loc", "phase": "nope"}),
+        SourceRecord("a.jsonl", 2, {"trace_id": "loc2", "run_id": "loc", "spans": []}),
+        SourceRecord("b.jsonl", 1, {"trace_id": "loc2", "run_id": "loc"}),
+    ]
+    report = load_records(records, source="unused", store=store)
+    assert report.traces_loaded == 1 and report.files == 2
+    # grouped by source in the order first seen, then by line
+    assert [str(e).split(":", 2)[:2] for e in report.errors] == [
+        ["b.jsonl", "1"],
+        ["b.jsonl", "3"],
+        ["a.jsonl", "7"],
+    ]
+    assert "duplicate trace_id 'loc2' (first seen at a.jsonl:2)" in str(report.errors[0])
+    assert str(report.errors[1]) == "b.jsonl:3: messages: expected a list"
+
+
+def test_cli_hierarchy_from_stdin_and_strict_across_formats(store: Store, tmp_path: Path) -> None:
+    _register_commands()
+    store.close()
+    cli = CliRunner()
+    data = "".join(json.dumps(_trace(n)) + "\n" for n in range(2))
+    piped = cli.invoke(
+        app, ["import", "-", "--run-id", "piped", "--step", "meta.iteration"], input=data
+    )
+    assert piped.exit_code == 0, piped.output
+    assert "2 traces and 4 spans loaded from 1 file" in piped.stdout
+    refused = cli.invoke(app, ["import", "-", "--format", "openai"], input=data)
+    assert refused.exit_code == 1 and "read as Manta JSON Lines only" in str(refused.exception)
+    # one bad record in the second file: --strict loads nothing from either
+    rollouts = tmp_path / "rollouts.jsonl"
+    rollouts.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": "not a list", "run_id": "r"}) + "\n")
+    strict = cli.invoke(
+        app, ["import", str(rollouts), str(bad), "--format", "openai", "--run-id", "s", "--strict"]
+    )
+    assert strict.exit_code == 1
+    assert "0 traces and 0 spans loaded from 2 files" in strict.stdout
+    assert f"{bad}:1: " in strict.stderr and "nothing loaded (strict)" in strict.stdout
+    with Store.open(load_settings()) as reopened:
+        assert MantaService(reopened).count_traces("piped") == 2
+        assert MantaService(reopened).count_traces("s") == 0

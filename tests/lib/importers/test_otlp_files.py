@@ -54,11 +54,15 @@ def test_genai_json_and_protobuf(store: Store, tmp_path: Path) -> None:
 
     message = trace_service_pb2.ExportTraceServiceRequest.FromString(to_protobuf(doc))
     moved = import_records([message], store=store, format="otlp", run_id="moved", step=9)
-    assert moved.ok and moved.traces_loaded == 0  # trace ids are the OTel ids: already stored
-    other = request(genai_agent_trace(3), RESOURCE)
+    assert moved.ok and moved.traces_loaded == 2  # a trace is identified by run and trace id
+    again = import_records([message], store=store, format="otlp", run_id="moved", step=9)
+    assert (again.traces_loaded, again.traces_already_present) == (0, 2)
+    other = request(genai_agent_trace(3, step=4), RESOURCE)
     moved = import_records([other], store=store, format="otlp", run_id="moved", step="manta.step")
     assert moved.traces_loaded == 1
-    assert [t.run_id for t in service.get_traces("moved")] == ["moved"]
+    traces = service.get_traces("moved")
+    assert {t.run_id for t in traces} == {"moved"}
+    assert sorted(t.step_number for t in traces) == [4, 9, 9]
 
 
 def test_older_event_layout_and_openinference(store: Store, tmp_path: Path) -> None:
