@@ -14,9 +14,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from manta_lib.pipeline.computation import MapReduceComputation
-from manta_lib.pipeline.engine import register_judge
-from manta_lib.settings import MantaSettings, load_settings
+from manta_lib import MantaSettings, load_settings
+from manta_lib.pipeline import PipelineDefinition, register_judge
 from manta_lib.store import Store
 
 
@@ -71,7 +70,7 @@ class KestrelResource(dg.ConfigurableResource):
     api_url: str | None = Field(default=None, description="Default: KESTREL_API_URL.")
     api_key: str | None = Field(default=None, description="Default: KESTREL_API_KEY.")
 
-    def register(self, pipeline: MapReduceComputation, store: Store) -> str:
+    def register(self, pipeline: PipelineDefinition, store: Store) -> str:
         """Register ``pipeline``'s judge and columns; returns ``"kestrel"`` or ``"local"``."""
         settings = store.settings
         updates: dict[str, Any] = {}

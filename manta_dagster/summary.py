@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from manta_lib.entities import MetadataOutput
+from manta_lib import MetadataOutput
 
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 30

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from manta_lib.models import EntityLevel
+from manta_lib.models import EntityLevel, fast_construct
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,47 @@ class MetadataOutput(BaseModel):
     def __str__(self) -> str:
         body = self.output.model_dump_json() if self.output is not None else f"ERROR {self.error}"
         return f"{self.entity_level.value} {self.entity_id}: {body}"
+
+
+def new_output(
+    *,
+    level: EntityLevel,
+    entity_id: str,
+    run_id: str,
+    judge: str,
+    judge_version: str,
+    output: BaseModel | None,
+    error: str | None,
+    computed_at: datetime,
+) -> MetadataOutput:
+    """A :class:`MetadataOutput` from values already of the field types (validated outputs).
+
+    The one place outcomes are built: the map, the reduces, a worker's report and rows read
+    back from ``entity_metadata`` all come through here (skipping pydantic's validation, which
+    these values have already passed).
+    """
+    return fast_construct(
+        MetadataOutput,
+        {
+            "entity_level": level,
+            "entity_id": entity_id,
+            "run_id": run_id,
+            "judge": judge,
+            "judge_version": judge_version,
+            "output": output,
+            "error": error,
+            "computed_at": computed_at,
+        },
+    )
+
+
+def first_error(outputs: Iterable[MetadataOutput]) -> str | None:
+    """``"<entity id>: <error>"`` of the failure with the smallest entity id, or None.
+
+    The smallest id, not the first to finish, so the message is the same whatever the order.
+    """
+    failed = [o for o in outputs if o.error is not None]
+    if not failed:
+        return None
+    first = min(failed, key=lambda o: o.entity_id)
+    return f"{first.entity_id}: {first.error}"

@@ -20,6 +20,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from manta_lib.errors import StoreUnavailableError
 from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.store.schema import ensure_schema as ensure_tables
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -133,10 +134,8 @@ class Store:
         settings = settings or load_settings()
         store = cls(connect(settings), settings)
         if ensure_schema:
-            from manta_lib.store.schema import ensure_schema as _ensure
-
             try:
-                _ensure(store)
+                ensure_tables(store)
             except BaseException:
                 store.close()
                 raise

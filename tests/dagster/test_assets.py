@@ -257,7 +257,7 @@ def _messages(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -
     return "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
 
 
-def test_the_level_below_is_handed_over_in_memory_within_a_run_and_read_back_otherwise(
+def test_the_level_below_is_read_back_from_the_store_for_exactly_the_partitions(
     store: Store, demo: Demo, instance: dg.DagsterInstance
 ) -> None:
     defs = build([tool_errors.pipeline])
@@ -265,13 +265,25 @@ def test_the_level_below_is_handed_over_in_memory_within_a_run_and_read_back_oth
     trace, datapoint = (level_key(tool_errors.pipeline, lvl) for lvl in (TRACE, DATAPOINT))
 
     together = materialize(defs, instance, [trace, datapoint], tags=all_shards(RUN_ID))
-    handed_over = _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID)
+    first = _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID)
     alone = materialize(defs, instance, [datapoint], tags=all_shards(RUN_ID))
+    one_shard = materialize(
+        defs, instance, [datapoint], partition_key=f"{RUN_ID}|{shard_key(1, SHARDS)}"
+    )
 
-    log_together, log_alone = _messages(instance, together), _messages(instance, alone)
     traces = demo.runs[RUN_ID]
-    assert f"tool_errors/trace: {traces} entities handed over in memory" in log_together
-    assert "handed over in memory" not in log_alone
-    assert f"loaded tool_errors/trace for 1 run(s): {traces} entities" in log_alone
-    # Both paths give the reduce the same children, hence the same datapoint values.
-    assert handed_over and _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID) == handed_over
+    for result in (together, alone):
+        assert f"loaded tool_errors/trace for 1 run(s): {traces} entities" in _messages(
+            instance, result
+        )
+    shard_traces = store.rows(
+        "SELECT count() FROM {db}.traces WHERE run_id = {r:String} "
+        "AND cityHash64(datapoint_id) % 4 = 1",
+        {"r": RUN_ID},
+    )[0][0]
+    assert 0 < shard_traces < traces
+    assert f"loaded tool_errors/trace for 1 run(s): {shard_traces} entities" in _messages(
+        instance, one_shard
+    )
+    # Every path gives the reduce the same children, hence the same datapoint values.
+    assert first and _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID) == first
