@@ -2,7 +2,9 @@
 
 Map calls are recorded by the functions themselves: in memory (``CALLS``) and, when
 ``MANTA_TEST_CALLS_FILE`` is set, one line per call appended to that file, so a test can count
-what a killed child process computed.
+what a killed child process computed. With ``MANTA_TEST_DONE_FILE`` set, each map call also
+appends ``<trace id> <unix time>`` when it finishes (after the delay), so a test knows when
+each trace was complete.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def record_call(trace_id: str) -> None:
     delay = float(os.environ.get("MANTA_TEST_MAP_DELAY_S", "0"))
     if delay:
         time.sleep(delay)
+    done = os.environ.get("MANTA_TEST_DONE_FILE")
+    if done:
+        with open(done, "a") as handle:
+            handle.write(f"{trace_id} {time.time():.6f}\n")
 
 
 class TraceOut(BaseModel):
