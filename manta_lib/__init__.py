@@ -19,6 +19,7 @@ from manta_lib.errors import (
 )
 from manta_lib.ingest import import_jsonl
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
+from manta_lib.percentile import percentile
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
@@ -50,5 +51,6 @@ __all__ = [
     "import_jsonl",
     "load_settings",
     "open_store",
+    "percentile",
     "seed_demo",
 ]

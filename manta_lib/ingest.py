@@ -1,6 +1,6 @@
 """Import traces and spans from JSON Lines files (the format of ``docs/import_format.md``).
 
-One trace per line: the trace properties of seed 001 plus ``spans``, a list of span objects;
+One trace per line: the trace properties plus ``spans``, a list of span objects;
 spans may also come from separate files, one span per line, each with its ``trace_id``.
 Every line is validated with the pydantic row models; a bad line becomes a :class:`LineError`
 (``file:line: field: reason``) and every good line is still loaded, unless ``strict`` asks for

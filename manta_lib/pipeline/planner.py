@@ -32,7 +32,7 @@ class TraceRef:
 
 @dataclass(frozen=True)
 class Limits:
-    """At most one of the seed's subset limits."""
+    """At most one subset limit: the first N traces, datapoints or steps."""
 
     traces: int | None = None
     datapoints: int | None = None

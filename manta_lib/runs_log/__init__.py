@@ -1,4 +1,4 @@
-"""The JSONL runs log (seed 002): one line per terminal run, aggregated by ``mantis runs stats``.
+"""The JSONL runs log: one line per terminal run, aggregated by ``mantis runs stats``.
 
 Write with :func:`append_run` (pure stdlib, best effort, never raises); query with
 :func:`compute_stats`, :func:`compare_windows` and :func:`list_workflows` (pure-Python or

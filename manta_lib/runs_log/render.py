@@ -29,7 +29,7 @@ def status_label(status: str) -> str:
 
 
 def stats_table(result: StatsResult) -> str:
-    """The seed's bucket × percentile table, p50 descending, ``total_time_s`` under a rule.
+    """The bucket × percentile table, p50 descending, ``total_time_s`` under a rule.
 
     >>> print(stats_table(result))  # doctest: +SKIP
     Across last 100 succeeded runs of default__marketplace-listings-v1:

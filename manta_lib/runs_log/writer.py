@@ -1,4 +1,4 @@
-"""Append one JSON line per terminal run to the month shard of the runs log (seed 002).
+"""Append one JSON line per terminal run to the month shard of the runs log.
 
 The write path is pure stdlib (``json``, ``os``) and best effort: a row that cannot be written
 (invalid row, full disk, EIO, read-only or unusable directory, oversized row) is logged with

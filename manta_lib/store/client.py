@@ -198,7 +198,7 @@ class Store:
             yield blocks
 
     def insert_columns(self, table: str, data: Mapping[str, Sequence[Any]]) -> None:
-        """Column-oriented insert (0.7 M rows/s on chDB here, twice row-oriented)."""
+        """Column-oriented insert (cheaper than row-oriented: no per-row tuples)."""
         if not data or not len(next(iter(data.values()))):
             return
         with self._lock:
@@ -211,7 +211,7 @@ class Store:
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         """Insert an Arrow table (``FORMAT Arrow``): the columns are converted in C, not per
-        value in Python, so wide batches such as entity_metadata's insert ~1.5x faster."""
+        value in Python, which pays off for wide batches such as entity_metadata's."""
         if not data.num_rows:
             return
         with self._lock:

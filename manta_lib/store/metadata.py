@@ -51,7 +51,7 @@ METADATA_COLUMNS = (
 
 def _metadata_arrow_table(columns: dict[str, list[Any]]) -> Any:
     """The buffered columns as an Arrow table typed like the entity_metadata DDL."""
-    import pyarrow as pa  # deferred: only a flush needs it (~0.15 s to import)
+    import pyarrow as pa  # deferred: only a flush needs it, and its import is slow
 
     types = {
         "value_number": pa.float64(),

@@ -193,10 +193,3 @@ class SpanFilter:
             params["s_is_error"] = bool(self.is_error)
             clauses.append("is_error = {s_is_error:Bool}")
         return (" AND ".join(clauses) or "1"), params
-
-    @property
-    def is_empty(self) -> bool:
-        return all(
-            value is None
-            for value in (self.kind, self.role, self.tool_name, self.name, self.is_error)
-        )

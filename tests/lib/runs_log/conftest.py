@@ -1,4 +1,4 @@
-"""Fixtures for the runs log: a log directory and the seed's example workflow."""
+"""Fixtures for the runs log: a log directory and a reference workflow."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from manta_lib.runs_log import append_run, make_run_row
 
 SEED_WORKFLOW = "default__marketplace-listings-v1"
 
-# bucket -> (p50, p95, p99) of the seed's example table, in its row order.
+# bucket -> (p50, p95, p99) of the reference table, in its row order.
 SEED_TABLE: dict[str, tuple[float, float, float]] = {
     "think": (92.0, 145.0, 201.0),
     "claude_extract": (67.0, 128.0, 156.0),
@@ -66,7 +66,7 @@ def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def write_seed_log(log_dir: Path, now: datetime | None = None) -> datetime:
-    """Write the seed example: the 100 newest succeeded runs produce the seed's table.
+    """Write the reference example: the 100 newest succeeded runs produce the reference table.
 
     Around them: 30 older succeeded runs and 20 failed runs with much larger values (the
     default flags must ignore both) and another workflow. Returns the newest finished_at.
@@ -128,6 +128,6 @@ def _row(
 
 @pytest.fixture
 def seed_log(log_dir: Path) -> Path:
-    """``log_dir`` holding the seed example (see :func:`write_seed_log`)."""
+    """``log_dir`` holding the reference example (see :func:`write_seed_log`)."""
     write_seed_log(log_dir)
     return log_dir

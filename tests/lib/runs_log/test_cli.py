@@ -1,4 +1,4 @@
-"""``mantis runs stats | compare | workflows``: the seed's output and every flag."""
+"""``mantis runs stats | compare | workflows``: the documented output and every flag."""
 
 from __future__ import annotations
 
