@@ -19,7 +19,7 @@ from manta_lib.pipeline import PipelineDefinition, register_judge
 from manta_lib.store import Store
 
 
-class ClickHouseResource(dg.ConfigurableResource):
+class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # bare, as Dagster documents
     """Manta's ClickHouse store: embedded chDB under ``MANTA_DATA_DIR`` unless a URL is set.
 
     Example::
@@ -64,7 +64,7 @@ class ClickHouseResource(dg.ConfigurableResource):
             store.close()
 
 
-class KestrelResource(dg.ConfigurableResource):
+class KestrelResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # bare, as Dagster documents
     """The Kestrel judge registry; without a URL, judges go to the local ``judges`` table."""
 
     api_url: str | None = Field(default=None, description="Default: KESTREL_API_URL.")

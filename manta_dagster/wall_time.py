@@ -86,7 +86,7 @@ def _empty_reason(log_dir: Path) -> str | None:
 )
 def wall_time_percentiles(
     context: dg.AssetExecutionContext, config: WallTimeConfig, duckdb: DuckDBResource
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[Any]:
     """Percentiles of every (workflow, bucket); the table goes to the metadata."""
     log_dir = Path(config.log_dir) if config.log_dir else load_settings().runs_log_dir
     rows: list[dict[str, Any]] = []

@@ -417,7 +417,9 @@ def _decode(raw: bytes) -> Any:
         raise _LineProblems([("", f"invalid UTF-8 ({exc.reason} at byte {exc.start})")]) from None
 
 
-def _parse_trace(obj: Any, project_id: str, now_ms: int) -> tuple[tuple[Any, ...], list[tuple]]:
+def _parse_trace(
+    obj: Any, project_id: str, now_ms: int
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
     """Validate one trace object; return its row and its span rows, or raise _LineProblems."""
     if not isinstance(obj, dict):
         raise _LineProblems([("", f"expected a JSON object, got {_show(obj)}")])

@@ -358,7 +358,7 @@ class MantaService:
                         # Spans sort by (run_id, trace_id) too: row[1] is run_id, row[0] trace_id.
                         while pending is not None and (pending[1], pending[0]) < key:
                             pending = next(spans, None)  # a trace added between the two reads
-                        rows: list[tuple] = []
+                        rows: list[tuple[Any, ...]] = []
                         while pending is not None and (pending[1], pending[0]) == key:
                             rows.append(pending)
                             pending = next(spans, None)
@@ -411,7 +411,7 @@ class MantaService:
         trace_ids: list[str],
         run_ids: set[str] | None,
         span_filter: SpanFilter | None,
-    ) -> dict[str, list[tuple]]:
+    ) -> dict[str, list[tuple[Any, ...]]]:
         span_where, params = (span_filter or SpanFilter()).where()
         params["ids"] = trace_ids
         run_clause = ""

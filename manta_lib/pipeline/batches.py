@@ -124,10 +124,9 @@ class BatchMapper:
                     )
                     continue
                 first = outcome.get("first_error")
+                trace_id, _, error = (first or "").partition(": ")
                 job.tally.add(
-                    outcome["mapped"],
-                    outcome["errors"],
-                    tuple(first.split(": ", 1)) if first else None,  # type: ignore[arg-type]
+                    outcome["mapped"], outcome["errors"], (trace_id, error) if first else None
                 )
                 if not job.persist:
                     returned.extend(decode_outputs(job.pipeline, job.scope.run_id, outcome))

@@ -111,15 +111,7 @@ class IsolatedPool:
 
         def work() -> None:
             try:
-                while not stop.is_set():
-                    try:
-                        chunk = chunks.get_nowait()
-                    except queue.Empty:
-                        return
-                    for item in chunk:
-                        if stop.is_set():
-                            return
-                        on_result(apply(fn, item, schema))
+                _work_on_chunks(fn, chunks, schema, on_result, stop)
             except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
                 failures.append(exc)
                 stop.set()
@@ -139,6 +131,25 @@ class IsolatedPool:
             raise
         if failures:
             raise failures[0]
+
+
+def _work_on_chunks(
+    fn: Callable[[T], Any],
+    chunks: queue.SimpleQueue[Sequence[T]],
+    schema: type[BaseModel],
+    on_result: Callable[[ItemResult[T]], None],
+    stop: threading.Event,
+) -> None:
+    """Take chunks until none is left (or ``stop``), handing over each item's result."""
+    while not stop.is_set():
+        try:
+            chunk = chunks.get_nowait()
+        except queue.Empty:
+            return
+        for item in chunk:
+            if stop.is_set():
+                return
+            on_result(apply(fn, item, schema))
 
 
 class _PerItemRun(Generic[T]):

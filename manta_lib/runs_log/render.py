@@ -6,12 +6,8 @@ import json
 from typing import Any
 
 from manta_lib.runs_log.schema import TOTAL_BUCKET
-from manta_lib.runs_log.stats import (
-    BucketChange,
-    CompareResult,
-    StatsResult,
-    WorkflowSummary,
-)
+from manta_lib.runs_log.selection import WorkflowSummary
+from manta_lib.runs_log.stats import BucketChange, CompareResult, StatsResult
 
 RULE = "─"
 _NUMBER_WIDTH = 10

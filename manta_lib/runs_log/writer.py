@@ -120,7 +120,7 @@ def make_run_row(
     return row
 
 
-def validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def validate_row(row: Mapping[str, Any]) -> dict[str, Any]:  # noqa: C901 - one flat check per key
     """Check ``row`` against schema version 1 and return it normalised for writing.
 
     Missing optional stable keys get their defaults (``tenant_id="default"`` ...), the stable

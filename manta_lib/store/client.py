@@ -171,12 +171,14 @@ class Store:
         with self._lock:
             return self.client.command(self.sql(template), parameters=parameters)
 
-    def rows(self, template: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+    def rows(
+        self, template: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         """Run a query and return its rows as tuples."""
         with self._lock:
             result = self.client.query(self.sql(template), parameters=parameters)
             # result_rows is already a list of tuples; avoid copying large span results.
-            return cast(list[tuple], result.result_rows)
+            return cast(list[tuple[Any, ...]], result.result_rows)
 
     def columns(
         self, template: str, parameters: dict[str, Any] | None = None
@@ -189,7 +191,7 @@ class Store:
     @contextmanager
     def stream(
         self, template: str, parameters: dict[str, Any] | None = None
-    ) -> Iterator[Iterator[Sequence[tuple]]]:
+    ) -> Iterator[Iterator[Sequence[tuple[Any, ...]]]]:
         """Stream row blocks; the lock is held until the stream is closed."""
         with (
             self._lock,

@@ -68,7 +68,7 @@ class TraceFilter:
     shards: Sequence[int] | None = None
     shard_count: int = 64
 
-    def where(self) -> tuple[str, dict[str, Any]]:
+    def where(self) -> tuple[str, dict[str, Any]]:  # noqa: C901 - one flat clause per filter
         """The WHERE clause (``1`` when empty) and its parameters."""
         clauses: list[str] = []
         params: dict[str, Any] = {}

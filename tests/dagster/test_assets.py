@@ -20,7 +20,7 @@ from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from manta_lib.store.metadata import load_entities
 from tests.dagster import judges
-from tests.dagster.conftest import (
+from tests.dagster.helpers import (
     DEMO_TRACES,
     RUN_ID,
     SHARDS,

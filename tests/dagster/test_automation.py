@@ -25,7 +25,7 @@ from manta_dagster.partitions import shard_key
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.computation import MapReduceComputation
 from manta_lib.store import Store
-from tests.dagster.conftest import (
+from tests.dagster.helpers import (
     RUN_ID,
     SHARDS,
     Demo,
