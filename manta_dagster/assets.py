@@ -99,7 +99,9 @@ class AssetOptions:
         shard_count: hash shards of datapoint_id per run (the ``shard`` dimension).
         error_rate_threshold: the ``error_rate`` check fails above this share of failures.
         max_workers: thread pool of the map (default: 4, or 32 when a level uses an LLM).
-        batch_size: traces per batch of the engine.
+        batch_size: traces loaded per batch by the map.
+        max_failures: a map step stops once more traces failed than this count (or fraction
+            of its scope); what it finished is kept and the step fails.
         automation: attach the declarative automation conditions (see ``automation.py``).
         backfill_cron: when the scheduled backfill of missing/outdated partitions runs.
     """
@@ -108,6 +110,7 @@ class AssetOptions:
     error_rate_threshold: float = DEFAULT_ERROR_RATE_THRESHOLD
     max_workers: int | None = None
     batch_size: int = 1000
+    max_failures: int | float | None = None
     automation: bool = True
     backfill_cron: str = DEFAULT_BACKFILL_CRON
 
@@ -294,6 +297,7 @@ def _run_options(pipeline: PipelineDefinition, options: AssetOptions) -> RunOpti
     return RunOptions(
         max_workers=options.max_workers or pipeline.default_max_workers,
         batch_size=options.batch_size,
+        max_failures=options.max_failures,
         progress=False,
     )
 
@@ -436,6 +440,7 @@ def build_pipeline_assets(
     automation: bool = True,
     max_workers: int | None = None,
     batch_size: int = 1000,
+    max_failures: int | float | None = None,
 ) -> PipelineAssets:
     """One asset per level of ``pipeline`` (see :class:`AssetOptions` for the knobs)."""
     options = AssetOptions(
@@ -443,6 +448,7 @@ def build_pipeline_assets(
         error_rate_threshold=error_rate_threshold,
         max_workers=max_workers,
         batch_size=batch_size,
+        max_failures=max_failures,
         automation=automation,
         backfill_cron=backfill_cron,
     )

@@ -115,6 +115,7 @@ def build_definitions(
     kestrel: KestrelResource | None = None,
     include_wall_time: bool = True,
     automation_in_code_server: bool = False,
+    max_failures: int | float | None = None,
 ) -> dg.Definitions:
     """Definitions for ``pipelines`` (default: :func:`load_pipelines`).
 
@@ -141,6 +142,7 @@ def build_definitions(
             shard_count=shard_count,
             error_rate_threshold=error_rate_threshold,
             backfill_cron=backfill_cron,
+            max_failures=max_failures,
         )
         for p in chosen
     ]

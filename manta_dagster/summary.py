@@ -114,11 +114,16 @@ def markdown_summary(schema: type[BaseModel], outputs: Sequence[MetadataOutput])
 
 
 def first_failures(outputs: Sequence[MetadataOutput], limit: int = FIRST_FAILURES) -> str:
-    """The first failed entity ids (smallest first) with their messages, as markdown."""
+    """The first failed entity ids (smallest first) with their messages and where in the
+    user's code each was raised, as markdown."""
     failed = sorted((o for o in outputs if o.error is not None), key=lambda o: o.entity_id)
     if not failed:
         return "No failures."
-    lines = [f"- `{o.entity_id}`: {str(o.error).splitlines()[0][:300]}" for o in failed[:limit]]
+    lines = [
+        f"- `{o.entity_id}`: {str(o.error).splitlines()[0][:300]}"
+        + (f" (at `{o.error_at[:300]}`)" if o.error_at else "")
+        for o in failed[:limit]
+    ]
     if len(failed) > limit:
         lines.append(f"- … and {len(failed) - limit:,} more")
     return "\n".join(lines)

@@ -54,6 +54,9 @@ class MetadataOutput(BaseModel):
     output: BaseModel | None = None
     error: str | None = None
     computed_at: datetime
+    #: Where the error was raised: the innermost frames of the user's code,
+    #: ``file:line in function``, innermost first (None without an error or a traceback).
+    error_at: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +77,7 @@ def new_output(
     output: BaseModel | None,
     error: str | None,
     computed_at: datetime,
+    error_at: str | None = None,
 ) -> MetadataOutput:
     """A :class:`MetadataOutput` from values already of the field types (validated outputs).
 
@@ -92,6 +96,7 @@ def new_output(
             "output": output,
             "error": error,
             "computed_at": computed_at,
+            "error_at": error_at,
         },
     )
 

@@ -207,6 +207,7 @@ class ThreadMapper:
                 output=result.output,
                 error=result.error,
                 computed_at=utc_now(),
+                error_at=result.where,
             )
             if writer is not None:
                 writer.add((output,))

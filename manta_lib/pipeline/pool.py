@@ -6,9 +6,12 @@ never stops the others.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -27,6 +30,7 @@ class ItemResult(Generic[T]):
     output: BaseModel | None
     error: str | None
     seconds: float
+    where: str | None = None
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -244,10 +248,41 @@ class _PerItemRun(Generic[T]):
 
 
 def apply(fn: Callable[[T], Any], item: T, schema: type[BaseModel]) -> ItemResult[T]:
-    """``fn(item)`` validated into ``schema``; any exception becomes the item's error."""
+    """``fn(item)`` validated into ``schema``; anything it raises becomes the item's error.
+
+    Runs on a pool thread, where even ``SystemExit``, ``KeyboardInterrupt`` or a bare
+    ``BaseException`` can only come from the user's function (a real Ctrl-C is delivered to the
+    main thread), so they are that item's error too and never stop the others.
+    """
     started = time.perf_counter()
     try:
         output = validate_output(fn(item), schema)
         return ItemResult(item, output, None, time.perf_counter() - started)
-    except Exception as exc:  # noqa: BLE001 - isolation is the point
-        return ItemResult(item, None, describe_exception(exc), time.perf_counter() - started)
+    except BaseException as exc:  # noqa: BLE001 - isolation is the point
+        return ItemResult(
+            item, None, describe_exception(exc), time.perf_counter() - started, user_frames(exc)
+        )
+
+
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # manta_lib/
+_SHOWN_FRAMES = 3
+
+
+def user_frames(exc: BaseException) -> str | None:
+    """Where ``exc`` was raised, innermost last: the last frames outside Manta's own code,
+    ``file:line in function`` (paths relative to the working directory when below it)."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not os.path.abspath(frame.filename).startswith(_OWN_DIR + os.sep)
+    ]
+    if not frames:
+        return None
+    shown = []
+    for frame in frames[-_SHOWN_FRAMES:]:
+        path = frame.filename
+        with contextlib.suppress(ValueError):
+            relative = os.path.relpath(path)
+            path = path if relative.startswith("..") else relative
+        shown.append(f"{path}:{frame.lineno} in {frame.name}")
+    return " <- ".join(reversed(shown))

@@ -69,6 +69,7 @@ def reduce_level(
             output=result.output,
             error=result.error,
             computed_at=utc_now(),
+            error_at=result.where,
         )
         with lock:
             outputs.append(output)

@@ -193,6 +193,7 @@ def _encode(outcome: MetadataOutput) -> dict[str, Any]:
         "entity_id": outcome.entity_id,
         "output": outcome.output.model_dump(mode="json") if outcome.output is not None else None,
         "error": outcome.error,
+        "error_at": outcome.error_at,
         "computed_at": outcome.computed_at.isoformat(),
     }
 
@@ -212,6 +213,7 @@ def decode_outputs(
             output=schema.model_validate(item["output"]) if item["output"] is not None else None,
             error=item["error"],
             computed_at=datetime.fromisoformat(item["computed_at"]),
+            error_at=item.get("error_at"),
         )
         for item in report["outputs"]
     ]

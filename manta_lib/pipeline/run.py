@@ -210,6 +210,17 @@ def map_scope(
                 clock=clock,
             )
             computed = mapper.map(job)
+    except KeyboardInterrupt:
+        log.warning(
+            "interrupted: %d of %d traces of %s were mapped%s. Run the same pipeline on %s "
+            "again to map only the traces without a stored result",
+            tally.mapped,
+            len(pending),
+            scope.describe(),
+            " and written" if options.persists else " (not persisted)",
+            scope.run_id,
+        )
+        raise
     finally:
         tally.close()
     tally.raise_if_over_budget()

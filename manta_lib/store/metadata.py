@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _TYPED_COLUMNS = ("value_type", "value_number", "value_string", "value_bool", "value_json")
 STATUS_COLUMN = "__status__"
 ERROR_COLUMN = "__error__"
+ERROR_AT_COLUMN = "__error_at__"
 METADATA_COLUMNS = (
     "project_id",
     "run_id",
@@ -142,6 +143,8 @@ class MetadataWriter:
             )
             values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
             values[ERROR_COLUMN] = outcome.error or ""
+            if outcome.error_at:
+                values[ERROR_AT_COLUMN] = outcome.error_at
             rows.append((outcome, values))
         with self._lock:
             buf = self._buffer
@@ -229,6 +232,7 @@ class StoredEntity:
     error: str | None
     judge_version: str
     computed_at: datetime
+    error_at: str | None = None
 
 
 def _identity_where(
@@ -328,11 +332,15 @@ def load_entities(
             return
         status = values.pop(STATUS_COLUMN)
         error = values.pop(ERROR_COLUMN, "") or None
+        error_at = values.pop(ERROR_AT_COLUMN, None) if error is not None else None
+        values.pop(ERROR_AT_COLUMN, None)
         stale = {c for c, v in meta["versions"].items() if v != version}
         for column in stale:
             values.pop(column, None)
         entities.append(
-            StoredEntity(current, dict(values), status == "ok", error, version, meta["at"])
+            StoredEntity(
+                current, dict(values), status == "ok", error, version, meta["at"], error_at
+            )
         )
 
     for entity_id, column, vtype, number, string, flag, raw, version, computed_at in rows:
@@ -366,6 +374,7 @@ def outputs_from_stored(
             output=schema.model_validate(entity.values) if entity.ok else None,
             error=entity.error,
             computed_at=entity.computed_at,
+            error_at=entity.error_at,
         )
         for entity in stored
     ]
