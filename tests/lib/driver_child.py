@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 
 from manta_lib.pipeline import RunOptions, run_pipeline
-from manta_lib.pipeline.batches import BatchMapper, ProcessPoolRunner
+from manta_lib.pipeline.batches import BatchMapper
 from manta_lib.settings import load_settings
 from tests.lib import driver_defs
+from tests.lib.process_pool_runner import ProcessPoolRunner
 
 
 def main(run_id: str, batch_size: int) -> None:

@@ -22,11 +22,12 @@ import pytest
 from manta_lib.errors import ComputationAborted
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import Limits, RunOptions, run_pipeline
-from manta_lib.pipeline.batches import BatchMapper, ProcessPoolRunner
+from manta_lib.pipeline.batches import BatchMapper
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from tests.lib import driver_defs
 from tests.lib.builders import load_traces, trace_line
+from tests.lib.process_pool_runner import ProcessPoolRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
