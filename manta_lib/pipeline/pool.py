@@ -86,18 +86,22 @@ class IsolatedPool:
         on_result: Callable[[ItemResult[T]], None],
         *,
         stop: threading.Event | None = None,
+        tick: Callable[[], None] | None = None,
     ) -> None:
         """Apply ``fn`` to ``items`` (until ``stop`` is set); ``on_result`` gets each result.
 
-        An exception raised by ``on_result`` stops the pool and is raised here.
+        ``tick`` is called in the calling thread about every 0.1 s while items run (to hand
+        results on in groups). An exception raised by ``on_result`` stops the pool and is
+        raised here.
         """
         if not items:
             return
         stop = stop or threading.Event()
+        tick = tick or _nothing
         if self.chunked:
-            self._run_chunked(fn, items, schema, on_result, stop)
+            self._run_chunked(fn, items, schema, on_result, stop, tick)
         else:
-            _PerItemRun(self, fn, items, schema, on_result, stop).run()
+            _PerItemRun(self, fn, items, schema, on_result, stop, tick).run()
 
     def _run_chunked(
         self,
@@ -106,6 +110,7 @@ class IsolatedPool:
         schema: type[BaseModel],
         on_result: Callable[[ItemResult[T]], None],
         stop: threading.Event,
+        tick: Callable[[], None],
     ) -> None:
         size = max(1, min(64, len(items) // (self.max_workers * 4) or 1))
         chunks: queue.SimpleQueue[Sequence[T]] = queue.SimpleQueue()
@@ -130,6 +135,7 @@ class IsolatedPool:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.1)
+                    tick()
         except BaseException:
             stop.set()  # Ctrl-C: the threads finish the item in hand and stop
             raise
@@ -167,8 +173,10 @@ class _PerItemRun(Generic[T]):
         schema: type[BaseModel],
         on_result: Callable[[ItemResult[T]], None],
         stop: threading.Event,
+        tick: Callable[[], None],
     ) -> None:
         self.pool = pool
+        self.tick = tick
         self.fn = fn
         self.items = items
         self.schema = schema
@@ -228,6 +236,7 @@ class _PerItemRun(Generic[T]):
             self._deliver(result)
 
     def _expire(self) -> None:
+        self.tick()
         timeout = self.pool.timeout_s
         if timeout is None:
             return
@@ -245,6 +254,10 @@ class _PerItemRun(Generic[T]):
                         now - began,
                     )
                 )
+
+
+def _nothing() -> None:
+    return None
 
 
 def apply(fn: Callable[[T], Any], item: T, schema: type[BaseModel]) -> ItemResult[T]:
