@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -99,15 +98,3 @@ def new_output(
             "error_at": error_at,
         },
     )
-
-
-def first_error(outputs: Iterable[MetadataOutput]) -> str | None:
-    """``"<entity id>: <error>"`` of the failure with the smallest entity id, or None.
-
-    The smallest id, not the first to finish, so the message is the same whatever the order.
-    """
-    failed = [o for o in outputs if o.error is not None]
-    if not failed:
-        return None
-    first = min(failed, key=lambda o: o.entity_id)
-    return f"{first.entity_id}: {first.error}"

@@ -23,7 +23,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from manta_lib.entities import MetadataOutput, first_error, new_output
+from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import PipelineDefinitionError, StoreUnavailableError
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import CPU_MAX_WORKERS, PipelineDefinition
@@ -179,7 +179,7 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
         "mapped": tally.mapped,
         "skipped": len(done),
         "errors": tally.failed,
-        "first_error": first_error(outputs),
+        "first_error": tally.first_error,
         "wall_s": round(sum(clock.seconds.values()), 4),
         **{f"{bucket}_s": round(seconds, 4) for bucket, seconds in clock.seconds.items()},
     }
