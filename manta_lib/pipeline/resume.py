@@ -15,6 +15,10 @@ from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import load_entities, load_status, outputs_from_stored
 
+#: Above this many ids a query reads the run's rows and the ids are picked here: a long
+#: array parameter makes the query text itself slow to build and parse.
+ID_FILTER_LIMIT = 1000
+
 
 def completed_traces(
     store: Store,
@@ -33,7 +37,7 @@ def completed_traces(
         judge=pipeline.judge,
         level=EntityLevel.TRACE,
         judge_version=judge_version,
-        entity_ids=None if len(trace_ids) > 10_000 else list(trace_ids),
+        entity_ids=None if len(trace_ids) > ID_FILTER_LIMIT else list(trace_ids),
     )
     wanted = trace_ids if isinstance(trace_ids, set | frozenset) else set(trace_ids)
     return {tid for tid, ok in status.items() if tid in wanted and (ok or not retry_errors)}

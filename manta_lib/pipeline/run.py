@@ -32,17 +32,13 @@ from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.pipeline.record import record_computation, summarize_result
 from manta_lib.pipeline.reducer import reduce_level
-from manta_lib.pipeline.resume import completed_traces, load_level
+from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_level
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import MetadataWriter
 
 log = logging.getLogger(__name__)
-
-#: Above this many ids, stored outputs are read for the whole run and filtered here (a
-#: parameter array that long costs more than reading the run).
-_ID_FILTER_LIMIT = 10_000
 
 
 class StoreSession:
@@ -243,7 +239,7 @@ def _load_traces(
     store: Store, pipeline: PipelineDefinition, scope: Scope, trace_ids: Sequence[str]
 ) -> list[MetadataOutput]:
     """The stored trace outputs of ``trace_ids``, in scope order."""
-    ids = None if len(trace_ids) > _ID_FILTER_LIMIT else list(trace_ids)
+    ids = None if len(trace_ids) > ID_FILTER_LIMIT else list(trace_ids)
     stored = load_level(store, pipeline, EntityLevel.TRACE, scope.run_id, ids)
     return ordered(trace_ids, stored)
 
