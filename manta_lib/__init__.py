@@ -27,6 +27,7 @@ from manta_lib.ingest import (
     load_records,
 )
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
+from manta_lib.percentile import percentile
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
@@ -72,5 +73,6 @@ __all__ = [
     "load_settings",
     "open_store",
     "parse_condition",
+    "percentile",
     "seed_demo",
 ]

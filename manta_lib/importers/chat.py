@@ -106,7 +106,7 @@ def _arguments_text(arguments: Any, where: str) -> str:
     raise Problems([(where, f"expected JSON text or an object, got {arguments!r}")])
 
 
-def chat_spans(
+def chat_spans(  # noqa: C901 - one flat branch per OpenAI message field and role
     messages: Sequence[Any],
     trace_id: str,
     *,

@@ -105,7 +105,7 @@ def _get(obj: dict[str, Any], *paths: str) -> Any:
     return None
 
 
-def rollout_trace(obj: Any, hierarchy: Hierarchy, content_key: bytes) -> dict[str, Any]:
+def rollout_trace(obj: Any, hierarchy: Hierarchy, content_key: bytes) -> dict[str, Any]:  # noqa: C901 - one branch per optional rollout field
     """One rollout object -> one trace object (raises :class:`Problems`)."""
     if not isinstance(obj, dict):
         raise Problems([("", f"expected a JSON object, got {type(obj).__name__}")])

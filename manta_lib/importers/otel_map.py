@@ -97,7 +97,8 @@ def unflatten(attrs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
                     break
             else:
                 node[parts[-1]] = value
-    return _as_list(root)
+    listed: list[dict[str, Any]] = _as_list(root)
+    return listed
 
 
 def _as_list(node: Any) -> Any:
@@ -217,7 +218,7 @@ def _openinference_messages(attrs: dict[str, Any], prefix: str) -> list[dict[str
     return out
 
 
-def llm_messages(span: OtelSpan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+def llm_messages(span: OtelSpan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:  # noqa: C901 - one branch per message layout (attributes, events, flattened)
     """(input messages, output messages, finish reason) of an LLM span, whatever the layout."""
     attrs = span.attributes
     finish = _first(attrs, "gen_ai.response.finish_reasons", "llm.finish_reason")
@@ -327,7 +328,7 @@ def _lookup(context: dict[str, Any], key: str) -> Any:
     return None if value is MISSING else value
 
 
-def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[str, Any]:
+def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[str, Any]:  # noqa: C901 - one branch per span kind and hierarchy source
     """The trace object of one OTel trace's spans; raises :class:`Problems`."""
     ordered = sorted(spans, key=lambda s: (s.start_ns, s.end_ns, s.span_id))
     context = _context(ordered)
