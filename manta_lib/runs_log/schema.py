@@ -84,4 +84,4 @@ def shard_month(file_name: str) -> tuple[int, int] | None:
     if match is None:
         return None
     year, month = int(match.group(1)), int(match.group(2))
-    return (year, month) if 1 <= month <= 12 else None
+    return (year, month) if 1 <= year <= 9999 and 1 <= month <= 12 else None

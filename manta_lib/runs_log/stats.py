@@ -181,7 +181,25 @@ def parse_duration(text: str, option: str = "--since") -> timedelta:
             f"{option} {text!r} is not a duration: use a positive whole number followed by "
             "d (days), h (hours) or m (minutes), e.g. 7d, 24h or 30m"
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise QueryError(f"{option} {text!r} is too long: {_TOO_LONG}") from None
+
+
+_TOO_LONG = "a window must start after the year 1 (at most 700000d)"
+
+
+def window_start(now: datetime, length: timedelta, option: str) -> datetime:
+    """``now - length``, or :class:`QueryError` naming ``option`` when that is before year 1."""
+    try:
+        return now - length
+    except OverflowError:
+        raise QueryError(f"{option} {_show_duration(length)} is too long: {_TOO_LONG}") from None
+
+
+def _show_duration(length: timedelta) -> str:
+    return f"{length.days}d" if not length.seconds and not length.microseconds else str(length)
 
 
 def resolve_since(
@@ -191,7 +209,7 @@ def resolve_since(
     if since is None or isinstance(since, datetime):
         return None if since is None else _utc(since)
     now = _utc(now or datetime.now(UTC))
-    return now - (parse_duration(since) if isinstance(since, str) else since)
+    return window_start(now, parse_duration(since) if isinstance(since, str) else since, "--since")
 
 
 def _utc(value: datetime) -> datetime:
@@ -216,7 +234,7 @@ def bucket_values(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {}
     for row in rows:
         total = row.get(TOTAL_BUCKET)
-        if _is_number(total):
+        if _is_number(total) and not isinstance(total, bool):  # a JSON number, as in DuckDB
             values.setdefault(TOTAL_BUCKET, []).append(float(total))
         breakdown = row.get("wall_time_breakdown")
         if isinstance(breakdown, dict):
@@ -523,10 +541,13 @@ def compare_windows(
     now = _utc(now or datetime.now(UTC))
     recent_td = parse_duration(recent, "--recent") if isinstance(recent, str) else recent
     baseline_td = parse_duration(baseline, "--baseline") if isinstance(baseline, str) else baseline
-    if threshold_pct < 0:
-        raise QueryError(f"--threshold {threshold_pct} must be a percentage >= 0")
-    recent_start = now - recent_td
-    baseline_start = recent_start - baseline_td
+    if not _is_number(threshold_pct) or threshold_pct < 0:
+        raise QueryError(
+            f"--threshold {threshold_pct} must be a finite percentage >= 0 (NaN or infinity "
+            f"would never flag a regression)"
+        )
+    recent_start = window_start(now, recent_td, "--recent")
+    baseline_start = window_start(recent_start, baseline_td, "--baseline")
     recent_flt = RunFilter(workflow_id, status, recent_start, None)
     baseline_flt = RunFilter(workflow_id, status, baseline_start, recent_start)
     shards = list_shards(log_dir, since=baseline_start)
