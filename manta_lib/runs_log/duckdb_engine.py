@@ -58,7 +58,7 @@ from manta_lib.runs_log.stats import (
 
 JSON_COLUMNS = (
     "{schema_version: 'JSON', workflow_id: 'JSON', run_id: 'VARCHAR', status: 'VARCHAR', "
-    "finished_at: 'VARCHAR', total_time_s: 'JSON', wall_time_breakdown: 'JSON'}"
+    "finished_at: 'VARCHAR', total_time_s: 'JSON', wall_time_breakdown: 'JSON', subset: 'JSON'}"
 )
 """The ``read_json`` schema of every query: only the columns the engines use. The columns whose
 JSON type matters are read as JSON and typed by :data:`TYPED_COLUMNS`, so that DuckDB's casts
@@ -73,11 +73,13 @@ TYPED_COLUMNS = f"""
     run_id, status, finished_at,
     CASE WHEN json_type(total_time_s) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
          THEN total_time_s::DOUBLE END AS total_time_s,
-    wall_time_breakdown::VARCHAR AS wall_time_breakdown
+    wall_time_breakdown::VARCHAR AS wall_time_breakdown,
+    coalesce(subset::VARCHAR = 'true', false) AS subset
 """
 """The engine's columns from a ``read_json`` over :data:`JSON_COLUMNS`: ``schema_version`` is
 1 only for the JSON integer 1 (-1 for any other value), ``workflow_id`` only a JSON string,
-``total_time_s`` only a JSON number (the Python engine's rules)."""
+``total_time_s`` only a JSON number (the Python engine's rules); ``subset`` is true only for
+a JSON ``true``."""
 
 DEFAULT_MAX_OBJECT = 16 << 20
 """``maximum_object_size`` of a scan; a longer line makes the scan retry with the file size."""
@@ -96,8 +98,8 @@ _READ_JSON = f"""
 
 _READ_PARQUET = """
     SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
-           wall_time_breakdown, filename
-    FROM read_parquet($NAME, filename = true)
+           wall_time_breakdown, SUBSET AS subset, filename
+    FROM read_parquet($NAME, filename = true, union_by_name = true)
 """
 
 # An all-NULL row is a line DuckDB could not parse.
@@ -144,6 +146,7 @@ _KIND = f"""
         WHEN schema_version IS DISTINCT FROM {SCHEMA_VERSION} THEN 'unknown_version'
         WHEN workflow_id IS DISTINCT FROM $workflow_id THEN 'other'
         WHEN $status <> '' AND status IS DISTINCT FROM $status THEN 'other'
+        WHEN subset AND NOT $include_subset THEN 'other'
         WHEN ts IS NULL THEN 'invalid'
         WHEN ($since IS NOT NULL AND ts < $since::TIMESTAMPTZ)
              OR ($until IS NOT NULL AND ts >= $until::TIMESTAMPTZ) THEN 'other'
@@ -182,7 +185,10 @@ def source_sql(
         parts.append(_READ_JSON.replace("$NAME", "$jsonl"))
     if parquet:
         params["parquet"] = parquet
-        scan = _READ_PARQUET.replace("$NAME", "$parquet")
+        # Months compacted before the subset flag existed have no such column.
+        scan = _READ_PARQUET.replace("$NAME", "$parquet").replace(
+            "SUBSET", "coalesce(subset, false)" if _has_subset(parquet) else "false"
+        )
         if one_workflow:
             parts.append(f"{scan} WHERE workflow_id = $workflow_id")
             parts.append(
@@ -194,6 +200,18 @@ def source_sql(
     if not parts:
         raise ValueError("source_sql needs at least one shard")
     return " UNION ALL ".join(parts)
+
+
+def _has_subset(files: list[str]) -> bool:
+    with connect() as conn:
+        try:
+            row = conn.execute(
+                "SELECT count(*) FROM parquet_schema($files) WHERE name = 'subset'",
+                {"files": files},
+            ).fetchone()
+        except duckdb.Error:
+            return False  # reported by the scan itself, naming the file
+    return bool(row and row[0])
 
 
 def duckdb_select(
@@ -218,6 +236,7 @@ def duckdb_select(
                 "status": flt.status,
                 "since": flt.since,
                 "until": flt.until,
+                "include_subset": flt.include_subset,
             }
             source = source_sql(batch, params, one_workflow=True)
             execute(
@@ -404,7 +423,8 @@ def workflow_bucket_percentiles(
 ) -> list[dict[str, Any]]:
     """p50/p95/p99 per (workflow, bucket) for every workflow of the log, on ``conn``.
 
-    For each workflow, the newest ``last`` runs (0 = all) with ``status`` (``""`` = any) that
+    Subset runs are left out. For each workflow, the newest ``last`` runs (0 = all) with
+    ``status`` (``""`` = any) that
     finished at or after ``since`` (``"7d"``, ``"24h"``, ``"30m"`` or a datetime): the same
     selection and figures as ``mantis runs stats <workflow_id>``. Returns one dict per
     (workflow, bucket) with keys ``workflow_id, bucket, run_count, count, p50, p95, p99``,
@@ -436,7 +456,7 @@ def workflow_bucket_percentiles(
                    coalesce(run_id, '') AS run_id, total_time_s, wall_time_breakdown
             FROM ({source})
             WHERE schema_version = {SCHEMA_VERSION} AND workflow_id IS NOT NULL
-              AND ($status = '' OR status = $status)
+              AND ($status = '' OR status = $status) AND NOT subset
         )
         WHERE ts IS NOT NULL AND ($since IS NULL OR ts >= $since::TIMESTAMPTZ)
         {qualify}

@@ -216,16 +216,12 @@ def iter_shard(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
         raise unreadable_shard(shard.path, exc.strerror or str(exc)) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _iter_jsonl(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
     with shard.path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
             report.lines += 1
             try:
-                obj = json.loads(raw, parse_constant=_reject_constant)
+                obj = json.loads(raw)
             except ValueError:
                 if not raw.strip():
                     report.blank += 1
@@ -288,6 +284,7 @@ _PARQUET_COLUMNS = (
     "finished_at",
     "total_time_s",
     "wall_time_breakdown",
+    "subset",
 )
 
 
@@ -304,9 +301,15 @@ def _iter_parquet(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
     conn = duckdb.connect(":memory:")
     try:
         try:
-            cursor = conn.execute(
-                f"SELECT {', '.join(_PARQUET_COLUMNS)} FROM read_parquet($path)",
+            has_subset = conn.execute(
+                "SELECT count(*) FROM parquet_schema($path) WHERE name = 'subset'",
                 {"path": str(shard.path)},
+            ).fetchone()
+            columns = list(_PARQUET_COLUMNS)
+            if not (has_subset and has_subset[0]):
+                columns[-1] = "NULL AS subset"  # compacted before the flag existed
+            cursor = conn.execute(
+                f"SELECT {', '.join(columns)} FROM read_parquet($path)", {"path": str(shard.path)}
             )
         except duckdb.Error as exc:
             raise unreadable_shard(shard.path, parquet_problem(exc)) from None
@@ -315,7 +318,7 @@ def _iter_parquet(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
             for values in batch:
                 number += 1
                 report.lines += 1
-                if all(value is None for value in values):
+                if all(value is None for value in values[: len(ENGINE_KEYS)]):
                     report.note("corrupt", f"{shard.path}:row {number}")
                     continue
                 row = dict(zip(_PARQUET_COLUMNS, values, strict=True))

@@ -113,6 +113,7 @@ class RunFilter:
     status: str = "succeeded"
     since: datetime | None = None
     until: datetime | None = None
+    include_subset: bool = False
 
 
 @dataclass
@@ -262,6 +263,8 @@ def python_select(shards: Sequence[Shard], flt: RunFilter, last: int) -> Selecti
                     continue
                 if flt.status and row.get("status") != flt.status:
                     continue
+                if row.get("subset") is True and not flt.include_subset:
+                    continue
                 finished = parse_timestamp(row.get("finished_at"))
                 if finished is None:
                     report.note("invalid", f"{shard.path} (run_id {row.get('run_id')!r})")
@@ -371,14 +374,16 @@ def compute_stats(
     engine: str = "auto",
     until: datetime | None = None,
     now: datetime | None = None,
+    include_subset: bool = False,
 ) -> StatsResult:
     """p50/p95/p99 per wall-time bucket over the newest ``last`` runs of ``workflow_id``.
 
     ``last=0`` means no cap; ``status=""`` keeps every terminal status; ``since`` is ``"7d"``,
     ``"24h"``, ``"30m"``, a timedelta or a datetime; ``buckets`` restricts the report
-    (``total_time_s`` is always included). Raises :class:`QueryError` when no run matches,
-    naming the closest workflow ids, and :class:`~manta_lib.errors.ConfigError` when the log
-    directory is missing.
+    (``total_time_s`` is always included); runs over a subset of their data (logged with
+    ``subset: true``) are left out unless ``include_subset``. Raises :class:`QueryError` when
+    no run matches, naming the closest workflow ids, and
+    :class:`~manta_lib.errors.ConfigError` when the log directory is missing.
 
     >>> result = compute_stats("runs_log", "default__marketplace-listings-v1")  # doctest: +SKIP
     >>> result.buckets["total_time_s"].p95  # doctest: +SKIP
@@ -386,7 +391,7 @@ def compute_stats(
     """
     if last < 0:
         raise QueryError(f"--last {last} must be 0 (no cap) or a positive number of runs")
-    flt = RunFilter(workflow_id, status, resolve_since(since, now), until)
+    flt = RunFilter(workflow_id, status, resolve_since(since, now), until, include_subset)
     shards = list_shards(log_dir, since=flt.since, until=flt.until)
     chosen = choose_engine(engine, shards)
     selection = select(shards, flt, last, chosen)
@@ -527,6 +532,7 @@ def compare_windows(
     threshold_pct: float = 20.0,
     engine: str = "auto",
     now: datetime | None = None,
+    include_subset: bool = False,
 ) -> CompareResult:
     """Compare p50/p95 per bucket in the recent window against the baseline window before it.
 
@@ -548,8 +554,8 @@ def compare_windows(
         )
     recent_start = window_start(now, recent_td, "--recent")
     baseline_start = window_start(recent_start, baseline_td, "--baseline")
-    recent_flt = RunFilter(workflow_id, status, recent_start, None)
-    baseline_flt = RunFilter(workflow_id, status, baseline_start, recent_start)
+    recent_flt = RunFilter(workflow_id, status, recent_start, None, include_subset)
+    baseline_flt = RunFilter(workflow_id, status, baseline_start, recent_start, include_subset)
     shards = list_shards(log_dir, since=baseline_start)
     chosen = choose_engine(engine, shards)
     selections = []
