@@ -260,16 +260,8 @@ class Store:
         return store
 
     def describe(self) -> str:
-        """Where this store is, for messages: the embedded path or the server URL, and the
-        database."""
-        settings = self.settings
-        if not settings.embedded:
-            return f"ClickHouse at {settings.clickhouse_url}, database {self.database}"
-        if settings.clickhouse_url:
-            where = f"CLICKHOUSE_URL={settings.clickhouse_url}"
-        else:
-            where = f"MANTA_DATA_DIR={settings.data_dir}; CLICKHOUSE_URL is unset"
-        return f"embedded chDB at {settings.chdb_path} ({where}), database {self.database}"
+        """Where this store is, for messages (see :func:`describe_store`)."""
+        return describe_store(self.settings)
 
     def _announce(self) -> None:
         """Log, once per process and store, where the store is and how many traces it holds."""
@@ -374,6 +366,19 @@ class Store:
             return
         with self._lock:
             self.client.insert_arrow(f"{self.database}.{table}", data)
+
+
+def describe_store(settings: MantaSettings) -> str:
+    """Where the store of ``settings`` is: the embedded path or the server URL, which setting
+    chose it, and the database."""
+    database = settings.database
+    if not settings.embedded:
+        return f"ClickHouse at {settings.clickhouse_url}, database {database}"
+    if settings.clickhouse_url:
+        where = f"CLICKHOUSE_URL={settings.clickhouse_url}"
+    else:
+        where = f"MANTA_DATA_DIR={settings.data_dir}; CLICKHOUSE_URL is unset"
+    return f"embedded chDB at {settings.chdb_path} ({where}), database {database}"
 
 
 @contextmanager
