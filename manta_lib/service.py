@@ -110,7 +110,7 @@ def span_from_row(row: Sequence[Any]) -> SpanRecord:
     values = dict(zip(SPAN_COLUMNS, row, strict=True))
     values["kind"] = _SPAN_KINDS.get(values["kind"], values["kind"])
     attributes = values["attributes"]
-    values["attributes"] = _decode_json(attributes) if attributes else {}
+    values["attributes"] = _decode_json(attributes) if attributes and attributes != "{}" else {}
     return fast_construct(SpanRecord, values)
 
 
@@ -476,8 +476,7 @@ def require_runs(store: Store, run_ids: Sequence[str] | None) -> None:
         )
     closest = difflib.get_close_matches(missing[0], known, n=5, cutoff=0.0)
     raise QueryError(
-        f"run_id {missing[0]!r} not found in the store ({store.describe()}); existing runs "
-        f"(closest first): {', '.join(closest)}"
+        f"run_id {missing[0]!r} not found; existing runs (closest first): {', '.join(closest)}"
     )
 
 

@@ -111,7 +111,7 @@ def test_trace_records_carry_the_seed_properties(svc: MantaService) -> None:
         (lambda s: s.get_traces(meta={"k": [1]}), "meta filter 'k'=[1] is not supported"),
         (
             lambda s: s.get_traces("run_a' OR 1=1 --"),
-            'run_id "run_a\' OR 1=1 --" not found in the store',
+            'run_id "run_a\' OR 1=1 --" not found;',
         ),
     ],
 )

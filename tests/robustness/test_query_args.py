@@ -106,7 +106,7 @@ UNKNOWN_RUN_CALLS: list[Callable[[MantaService], Any]] = [
 def test_an_unknown_run_fails_the_same_way_in_every_method(svc: MantaService, call: Any) -> None:
     with pytest.raises(QueryError) as excinfo:
         call(svc)
-    assert "run_id 'run_aa' not found in the store" in str(excinfo.value)
+    assert "run_id 'run_aa' not found;" in str(excinfo.value)
     assert "existing runs (closest first): run_a, run_b" in str(excinfo.value)
 
 
