@@ -17,19 +17,25 @@ from manta_lib.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from manta_lib.ingest import import_jsonl
+from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl, load_records
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
+from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
+from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
+    "Agreement",
     "ComputationAborted",
     "ConfigError",
     "Conversation",
     "EntityLevel",
     "EntityRef",
+    "ImportInterrupted",
+    "ImportReport",
+    "JudgeInfo",
     "KestrelError",
     "MantaError",
     "MantaService",
@@ -40,6 +46,7 @@ __all__ = [
     "Phase",
     "PipelineDefinitionError",
     "QueryError",
+    "RunComparison",
     "SpanKind",
     "SpanRecord",
     "Store",
@@ -47,8 +54,11 @@ __all__ = [
     "TraceContext",
     "TraceRecord",
     "ValidationError",
+    "delete_run",
     "import_jsonl",
+    "load_records",
     "load_settings",
     "open_store",
+    "parse_condition",
     "seed_demo",
 ]

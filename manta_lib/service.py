@@ -21,7 +21,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from itertools import groupby
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -30,12 +31,24 @@ from manta_lib.errors import QueryError
 from manta_lib.models import (
     SPAN_COLUMNS,
     TRACE_COLUMNS,
+    EntityLevel,
     Phase,
     SpanKind,
     SpanRecord,
     TraceRecord,
     fast_construct,
 )
+from manta_lib.results import (
+    JudgeInfo,
+    ResultsFilter,
+    compare,
+    compile_trace_condition,
+    list_judges,
+    results_arrow,
+    results_frame,
+)
+from manta_lib.results.compare import Agreement, RunComparison
+from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from manta_lib.store import query_args as args
@@ -47,6 +60,10 @@ from manta_lib.store.trace_queries import (
     in_strings,
     order_clause,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 _ERROR_STATUSES = ("error", "timeout")
 
@@ -125,7 +142,8 @@ class MantaService:
     Trace filters (all optional, ANDed): ``run_id``, ``phase`` (train/eval/prod), ``step``
     (one number or an inclusive ``(first, last)`` range), ``datapoint_id``, ``status``,
     ``model_name``, ``env_name``, ``min_score``/``max_score``, ``meta`` (``{key: value}``
-    on top-level meta keys), ``trace_ids``. String filters also accept a list of values.
+    on top-level meta keys), ``trace_ids``, ``results`` (a condition on stored results such as
+    ``"tool_errors.tool_errors > 0"``, see docs/results.md). String filters also accept a list.
     Every argument is checked before a query runs: a wrong type or value raises
     :class:`QueryError` naming it, and a ``run_id`` the store does not hold raises
     :class:`QueryError` listing the closest run ids, in every method.
@@ -286,17 +304,20 @@ class MantaService:
         **filters: Any,
     ) -> list[TraceRecord]:
         """Trace rows matching the filters (see the class docstring), without spans."""
-        flt = _trace_filter(run_id, filters)
-        sql, params = _trace_query(flt, order_by, descending, limit, offset)
+        checked = _build_filter(None, run_id, filters)
+        _trace_query(checked, order_by, descending, limit, offset)  # check before opening
         with self._open() as store:
+            flt = _with_results(store, checked, run_id, filters)
+            sql, params = _trace_query(flt, order_by, descending, limit, offset)
             require_runs(store, flt.run_id)
             return [trace_from_row(row) for row in store.rows(sql, params)]
 
     def count_traces(self, run_id: str | Sequence[str] | None = None, **filters: Any) -> int:
         """How many traces match the filters (an unknown ``run_id`` raises, as everywhere)."""
-        flt = _trace_filter(run_id, filters)
-        where, params = flt.where()
+        checked = _build_filter(None, run_id, filters)
         with self._open() as store:
+            flt = _with_results(store, checked, run_id, filters)
+            where, params = flt.where()
             require_runs(store, flt.run_id)
             return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])
 
@@ -334,24 +355,29 @@ class MantaService:
         args.boolean("with_spans", with_spans)
         if span_filter is not None and not isinstance(span_filter, SpanFilter):
             raise QueryError(f"span_filter must be a SpanFilter, got {type(span_filter).__name__}")
-        flt = _trace_filter(run_id, filters)
+        checked = _build_filter(None, run_id, filters)
+        query = (run_id, filters, checked)
         if order_by is None and with_spans:
             args.boolean("descending", descending)
             capped = None if limit is None else args.count("limit", limit)
-            return self._merged_batches(flt, capped, span_filter, size)
-        sql, params = _trace_query(flt, order_by or "trace_id", descending, limit, 0)
-        return self._ordered_batches(flt, sql, params, with_spans, span_filter, size)
+            return self._merged_batches(query, capped, span_filter, size)
+        order = order_by or "trace_id"
+        _trace_query(checked, order, descending, limit, 0)  # check before the first batch
+        return self._ordered_batches(
+            query, (order, descending, limit), with_spans, span_filter, size
+        )
 
     def _ordered_batches(
         self,
-        flt: TraceFilter,
-        sql: str,
-        params: dict[str, Any],
+        query: tuple[Any, dict[str, Any], TraceFilter],
+        ordering: tuple[str | Sequence[str], bool, int | None],
         with_spans: bool,
         span_filter: SpanFilter | None,
         batch_size: int,
     ) -> Iterator[list[TraceContext]]:
         with self._open() as store:
+            flt = _with_results(store, query[2], query[0], query[1])
+            sql, params = _trace_query(flt, *ordering, 0)
             require_runs(store, flt.run_id)
             traces = [trace_from_row(row) for row in store.rows(sql, params)]
             for start in range(0, len(traces), batch_size):
@@ -360,7 +386,7 @@ class MantaService:
 
     def _merged_batches(
         self,
-        flt: TraceFilter,
+        query: tuple[Any, dict[str, Any], TraceFilter],
         limit: int | None,
         span_filter: SpanFilter | None,
         batch_size: int,
@@ -370,6 +396,18 @@ class MantaService:
         Each stream has its own connection, so memory holds one batch whatever the run size,
         and the caller may use this service while iterating.
         """
+        with self._open() as store:
+            flt = _with_results(store, query[2], query[0], query[1])
+            yield from self._merge_streams(store, flt, limit, span_filter, batch_size)
+
+    def _merge_streams(
+        self,
+        store: Store,
+        flt: TraceFilter,
+        limit: int | None,
+        span_filter: SpanFilter | None,
+        batch_size: int,
+    ) -> Iterator[list[TraceContext]]:
         where, params = flt.where()
         limit_sql = ""
         if limit is not None:
@@ -384,38 +422,37 @@ class MantaService:
             f"AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {{db}}.traces "
             f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
         )
-        with self._open() as store:
-            require_runs(store, flt.run_id)
-            trace_conn = store.sibling()
-            span_conn = store.sibling()
-            try:
-                with (
-                    trace_conn.stream(traces_sql, params) as trace_blocks,
-                    span_conn.stream(spans_sql, {**params, **span_params}) as span_blocks,
-                ):
-                    spans = (row for block in span_blocks for row in block)
-                    pending = next(spans, None)
-                    batch: list[TraceContext] = []
-                    for block in trace_blocks:
-                        for trace_row in block:
-                            trace = trace_from_row(trace_row)
-                            key = (trace.run_id, trace.trace_id)
-                            # Spans sort by (run_id, trace_id) too: row[1] is run_id, row[0] id.
-                            while pending is not None and (pending[1], pending[0]) < key:
-                                pending = next(spans, None)  # a trace added between the reads
-                            rows: list[tuple] = []
-                            while pending is not None and (pending[1], pending[0]) == key:
-                                rows.append(pending)
-                                pending = next(spans, None)
-                            batch.append(TraceContext(trace, rows))
-                            if len(batch) >= batch_size:
-                                yield batch
-                                batch = []
-                    if batch:
-                        yield batch
-            finally:
-                trace_conn.close()
-                span_conn.close()
+        require_runs(store, flt.run_id)
+        trace_conn = store.sibling()
+        span_conn = store.sibling()
+        try:
+            with (
+                trace_conn.stream(traces_sql, params) as trace_blocks,
+                span_conn.stream(spans_sql, {**params, **span_params}) as span_blocks,
+            ):
+                spans = (row for block in span_blocks for row in block)
+                pending = next(spans, None)
+                batch: list[TraceContext] = []
+                for block in trace_blocks:
+                    for trace_row in block:
+                        trace = trace_from_row(trace_row)
+                        key = (trace.run_id, trace.trace_id)
+                        # Spans sort by (run_id, trace_id) too: row[1] is run_id, row[0] id.
+                        while pending is not None and (pending[1], pending[0]) < key:
+                            pending = next(spans, None)  # a trace added between the reads
+                        rows: list[tuple] = []
+                        while pending is not None and (pending[1], pending[0]) == key:
+                            rows.append(pending)
+                            pending = next(spans, None)
+                        batch.append(TraceContext(trace, rows))
+                        if len(batch) >= batch_size:
+                            yield batch
+                            batch = []
+                if batch:
+                    yield batch
+        finally:
+            trace_conn.close()
+            span_conn.close()
 
     def load_contexts(
         self, traces: Sequence[TraceRecord], span_filter: SpanFilter | None = None
@@ -449,6 +486,205 @@ class MantaService:
         with self._open() as store:
             grouped = _span_rows(store, ids, None, span_filter)
         return {tid: [span_from_row(r) for r in rows] for tid, rows in grouped.items()}
+
+    def _trace_filter(
+        self, run_id: str | Sequence[str] | None, filters: dict[str, Any]
+    ) -> TraceFilter:
+        """The checked trace filter with its ``results=`` condition compiled against the held
+        store (for callers that keep using :attr:`store`, such as the export)."""
+        return _build_filter(self.store, run_id, filters)
+
+    # ---- stored results (manta_lib.results) ----------------------------------------------
+
+    def results(
+        self,
+        judge: str,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        project_id: str | None = None,
+    ) -> pd.DataFrame:
+        """Stored results of ``judge`` as a pandas DataFrame, one row per entity.
+
+        One typed column per output field (integers stay integers with pandas' nullable
+        ``Int64``, booleans ``boolean``, lists and dicts as Python values), the entity keys
+        (``run_id``, ``trace_id`` / ``datapoint_id`` / ``step_number`` as the level has them),
+        ``status`` (``ok``/``error``), ``error``, ``judge_version`` and ``computed_at``.
+
+        Args:
+            judge: the judge id (the pipeline name's slug, e.g. ``tool_errors``).
+            run_id: one run, a list of runs, or None for every run with results.
+            level: ``trace``, ``datapoint``, ``step`` or ``run``.
+            version: None for each run's latest version, a version (or list), or ``"all"``.
+            where: a condition on the columns, e.g. ``"tool_errors > 0 and status == 'ok'"``.
+            columns: only these output columns.
+            limit: at most this many rows.
+
+        Example::
+
+            df = svc.results("tool_errors", "run_grpo_math_v1", where="tool_errors > 0")
+            df.groupby("step_number").tool_errors.mean()
+        """
+        with self._open() as store:
+            return results_frame(
+                store,
+                judge,
+                run_id,
+                level=level,
+                version=version,
+                where=where,
+                columns=columns,
+                limit=limit,
+                project_id=project_id,
+            )
+
+    def results_arrow(
+        self,
+        judge: str,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        project_id: str | None = None,
+    ) -> pa.Table:
+        """:meth:`results` as a ``pyarrow.Table`` (``polars.from_arrow(table)`` for polars)."""
+        with self._open() as store:
+            return results_arrow(
+                store,
+                judge,
+                run_id,
+                level=level,
+                version=version,
+                where=where,
+                columns=columns,
+                limit=limit,
+                project_id=project_id,
+            )
+
+    def judges(
+        self, *, run_id: str | Sequence[str] | None = None, project_id: str | None = None
+    ) -> list[JudgeInfo]:
+        """Judges with stored results (and registered ones): versions, levels, columns, when
+        computed and entity counts per version, newest version first."""
+        with self._open() as store:
+            return list_judges(store, run_id=run_id, project_id=project_id)
+
+    def compare_runs(
+        self,
+        judge: str,
+        run_a: str,
+        run_b: str,
+        *,
+        level: EntityLevel | str = "datapoint",
+        columns: Sequence[str] | None = None,
+        version: str | None = None,
+        resamples: int = 1000,
+        seed: int = 0,
+    ) -> RunComparison:
+        """Two runs under one judge: common entities with deltas, and per column the shift of
+        its distribution (numeric: mean/p50/p95 deltas with a bootstrap CI of the mean delta;
+        categorical: value shares and total variation). ``run_b`` minus ``run_a``."""
+        with self._open() as store:
+            return compare.compare_runs(
+                store,
+                judge,
+                run_a,
+                run_b,
+                level=str(level),
+                columns=columns,
+                version=version,
+                resamples=resamples,
+                seed=seed,
+            )
+
+    def compare_versions(
+        self,
+        judge: str,
+        run_id: str,
+        version_a: str,
+        version_b: str,
+        *,
+        level: EntityLevel | str = "trace",
+        columns: Sequence[str] | None = None,
+    ) -> Agreement:
+        """Agreement of two versions of ``judge`` on one run: accuracy and Cohen's kappa
+        (categorical, boolean), correlation and mean absolute difference (numeric), and the
+        disagreeing entity ids."""
+        with self._open() as store:
+            return compare.compare_versions(
+                store, judge, run_id, version_a, version_b, level=str(level), columns=columns
+            )
+
+    def compare_judges(
+        self,
+        judge_a: str,
+        judge_b: str,
+        run_id: str,
+        *,
+        level: EntityLevel | str = "trace",
+        columns: Sequence[tuple[str, str]] | None = None,
+    ) -> Agreement:
+        """Agreement of two judges on one run (same figures as :meth:`compare_versions`)."""
+        with self._open() as store:
+            return compare.compare_judges(
+                store, judge_a, judge_b, run_id, level=str(level), columns=columns
+            )
+
+    def compare_with_grader(
+        self, judge: str, run_id: str, column: str, *, version: str | None = None
+    ) -> Agreement:
+        """A trace-level column against the traces' own grader (boolean column vs ``passed``,
+        numeric vs ``score``): the calibration to check before trusting an LLM judge."""
+        with self._open() as store:
+            return compare.compare_with_grader(store, judge, run_id, column, version=version)
+
+    def series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """A numeric (or boolean) result column per step: ``run_id, step_number, mean, p50,
+        p95, count`` for one or several runs, computed in ClickHouse, ready to plot.
+
+        Example::
+
+            curve = svc.series("tool_errors", "tool_errors", ["run_a", "run_b"])
+        """
+        with self._open() as store:
+            return series(store, judge, column, run_id, level=level, version=version)
+
+    def plot_series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        path: str | Path,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        statistic: str = "mean",
+        version: str | Sequence[str] | None = None,
+    ) -> Path:
+        """Write ``statistic`` (mean, p50, p95, count) of ``column`` per step, one curve per
+        run, to a PNG or SVG file (matplotlib); returns the path."""
+        frame = self.series(judge, column, run_id, level=level, version=version)
+        return plot_series(
+            frame,
+            Path(path),
+            title=f"{judge} · {column}",
+            ylabel=f"{column} ({statistic})",
+            statistic=statistic,
+        )
 
 
 def require_runs(store: Store, run_ids: Sequence[str] | None) -> None:
@@ -536,13 +772,36 @@ def _trace_query(
     return sql, params
 
 
-def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:
+def _with_results(
+    store: Store, checked: TraceFilter, run_id: Any, filters: dict[str, Any]
+) -> TraceFilter:
+    """``checked`` with its ``results=`` condition compiled against ``store``, if it has one."""
+    if filters.get("results") is None or isinstance(filters["results"], ResultsFilter):
+        return checked
+    return _build_filter(store, run_id, filters)
+
+
+def _build_filter(
+    store: Store | None, run_id: str | Sequence[str] | None, filters: dict[str, Any]
+) -> TraceFilter:
+    """The checked trace filter; a ``results=`` condition is compiled against ``store`` (with
+    ``store=None`` it is left out: the arguments are only being checked)."""
     known = sorted(TraceFilter.__dataclass_fields__)
     unknown = sorted(set(filters) - set(known))
     if unknown:
         raise QueryError(
             f"unknown trace filter(s) {', '.join(unknown)} (expected: {', '.join(known)})"
         )
+    condition = filters.get("results")
+    if condition is not None and not isinstance(condition, ResultsFilter):
+        if store is None:
+            filters = {k: v for k, v in filters.items() if k != "results"}
+        else:
+            runs = () if run_id is None else ((run_id,) if isinstance(run_id, str) else run_id)
+            compiled = compile_trace_condition(
+                store, condition, run_ids=tuple(runs), project_id=filters.get("project_id")
+            )
+            filters = {**filters, "results": compiled}
     return TraceFilter(run_id=run_id, **filters)
 
 

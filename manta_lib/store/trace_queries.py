@@ -92,6 +92,8 @@ class TraceFilter:
     project_id: str | None = None
     shards: Sequence[int] | None = None
     shard_count: int = 64
+    # A compiled results condition (manta_lib.results.ResultsFilter): its semi-join SQL.
+    results: Any = None
 
     def __post_init__(self) -> None:
         self.run_id = args.optional_strings("run_id", self.run_id)
@@ -162,6 +164,14 @@ class TraceFilter:
             params["f_shards"] = list(self.shards)
             params["f_shard_count"] = self.shard_count
             clauses.append(f"{SHARD_EXPR} IN {{f_shards:Array(UInt32)}}")
+        if self.results is not None:
+            if not hasattr(self.results, "sql"):
+                raise QueryError(
+                    "results filters are compiled by MantaService (get_traces / count_traces / "
+                    "iter_trace_batches with results=...); TraceFilter needs the compiled form"
+                )
+            clauses.append(self.results.sql)
+            params.update(self.results.params)
         return (" AND ".join(clauses) or "1"), params
 
 
