@@ -28,9 +28,16 @@ err_console = Console(stderr=True)
 
 def _register_commands() -> None:
     # Imported here so that each module can import `app` from this package.
-    from manta_lib.cli import data_commands, explore_commands, results_commands, runs_commands
+    from manta_lib.cli import (
+        data_commands,
+        explore_commands,
+        import_commands,
+        results_commands,
+        runs_commands,
+    )
 
     data_commands.register(app)
+    import_commands.register(app)
     explore_commands.register(app)
     runs_commands.register(app)
     results_commands.register(app)
