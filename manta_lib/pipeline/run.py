@@ -109,6 +109,9 @@ def run_pipeline(
             traces = map_scope(
                 pipeline, scope, store=session, options=options, mapper=mapper, clock=clock
             )
+            record.subset = options.limits.active
+            record.traces_total = len(traces.outputs)
+            record.traces_failed = sum(1 for o in traces.outputs if o.error is not None)
             result = {EntityLevel.TRACE: traces.outputs}
             children = traces.outputs
             for spec in pipeline.levels[1:]:

@@ -203,3 +203,20 @@ def test_every_computation_appends_a_runs_log_row(
     )
     assert abs(sum(first["wall_time_breakdown"].values()) - first["total_time_s"]) < 1.0
     assert rows[1]["error"].startswith("ComputationAborted: ")
+
+
+def test_runs_log_rows_record_subset_runs_and_mostly_failed_ones(
+    hierarchy: Store, manta_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline_defs.full.run("run_h", mode="local", limit_traces=3)
+    monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t_dp_")  # every trace of run_h fails...
+    pipeline_defs.full.run("run_h", mode="local", persist_results=False)
+    monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t_dp_a_0_")  # ...then 2 of 8
+    pipeline_defs.full.run("run_h", mode="local", persist_results=False)
+    shards = sorted(Path(manta_env["MANTA_RUNS_LOG_DIR"]).glob("*.jsonl"))
+    rows = [json.loads(line) for shard in shards for line in shard.read_text().splitlines()]
+    assert [(r["status"], r["subset"], r["traces_total"], r["traces_failed"]) for r in rows] == [
+        ("succeeded", True, 3, 0),
+        ("mostly_failed", False, 8, 8),
+        ("succeeded", False, 8, 2),
+    ]
