@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from manta_lib.store.llm_cache import LLM_CACHE_DDL
+
 if TYPE_CHECKING:
     from manta_lib.store.client import Store
 
@@ -131,6 +133,7 @@ TABLES_DDL: dict[str, str] = {
     "entity_metadata": ENTITY_METADATA_DDL,
     "judges": JUDGES_DDL,
     "progress": PROGRESS_DDL,
+    "llm_cache": LLM_CACHE_DDL,
 }
 
 # version -> statements that bring a store from version-1 to version. Version 1 is the

@@ -1,0 +1,156 @@
+"""Adaptive concurrency (AIMD) and optional request/token rate limits, shared by all threads.
+
+The limit starts at ``initial``; every overload signal (HTTP 429, a timeout) halves it, at most
+once per round of requests in flight (the requests sent before a cut do not cut it again), and
+pauses every thread for the server's ``Retry-After``; every success adds ``1 / limit``, so the
+limit grows by about one per round trip, never above ``ceiling``. Requests-per-minute and
+tokens-per-minute limits are token buckets refilled continuously.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+class TokenBucket:
+    """A continuously refilled bucket: ``rate`` units per second, at most ``burst`` stored.
+
+    ``take`` may drive the level below zero (a large request), which later takes wait out.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self.rate = rate_per_s
+        self.burst = max(burst, 1.0)
+        self._level = self.burst
+        self._stamp = time.monotonic()
+
+    def wait_time(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` can be taken (0 when it can be taken now)."""
+        self._level = min(self.burst, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+        needed = min(amount, self.burst)
+        return 0.0 if self._level >= needed else (needed - self._level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self._level -= amount
+
+    def give_back(self, amount: float) -> None:
+        self._level = min(self.burst, self._level + amount)
+
+
+@dataclass
+class Permit:
+    """A slot held by one request; ``epoch`` tells whether a later cut already happened."""
+
+    epoch: int
+    tokens: float
+
+
+class AdaptiveLimiter:
+    """AIMD concurrency limit plus optional RPM/TPM buckets, for one process.
+
+    Use::
+
+        with limiter.slot(estimated_tokens) as permit:
+            ...send...
+        limiter.on_success(permit)   # or limiter.on_overload(permit, retry_after)
+    """
+
+    def __init__(
+        self,
+        initial: int = 8,
+        ceiling: int = 64,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        decrease_factor: float = 0.5,
+    ) -> None:
+        self.ceiling = max(1, ceiling)
+        self._limit = float(min(max(1, initial), self.ceiling))
+        self.decrease_factor = decrease_factor
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._in_flight = 0
+        self._epoch = 0
+        self._paused_until = 0.0
+        self._cond = threading.Condition()
+        # Requests are paced without a burst: a provider counting per second sees the rate.
+        self._rpm = TokenBucket(requests_per_minute / 60.0, 1.0) if requests_per_minute else None
+        # A minute's tokens may go out in a burst at the start, like the providers allow.
+        self._tpm = (
+            TokenBucket(tokens_per_minute / 60.0, tokens_per_minute) if tokens_per_minute else None
+        )
+        self.cuts = 0
+
+    @property
+    def limit(self) -> int:
+        """The current concurrency limit (whole requests)."""
+        with self._cond:
+            return int(self._limit)
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    @contextmanager
+    def slot(self, estimated_tokens: float = 0.0) -> Iterator[Permit]:
+        """Wait for a free slot (and rate budget), hold it for the block."""
+        permit = self._acquire(estimated_tokens)
+        try:
+            yield permit
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify()
+
+    def _acquire(self, tokens: float) -> Permit:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                wait = self._paused_until - now
+                if wait <= 0 and self._in_flight >= int(self._limit):
+                    self._cond.wait()
+                    continue
+                if wait <= 0 and self._rpm is not None:
+                    wait = self._rpm.wait_time(1.0, now)
+                if wait <= 0 and self._tpm is not None and tokens:
+                    wait = self._tpm.wait_time(tokens, now)
+                if wait > 0:
+                    self._cond.wait(timeout=wait)
+                    continue
+                if self._rpm is not None:
+                    self._rpm.take(1.0)
+                if self._tpm is not None and tokens:
+                    self._tpm.take(tokens)
+                self._in_flight += 1
+                return Permit(self._epoch, tokens)
+
+    def on_success(self, permit: Permit, actual_tokens: float | None = None) -> None:
+        """Additive increase; corrects the token bucket with the tokens really used."""
+        with self._cond:
+            if self._limit < self.ceiling:
+                before = int(self._limit)
+                self._limit = min(float(self.ceiling), self._limit + 1.0 / self._limit)
+                if int(self._limit) > before:
+                    self._cond.notify()
+            if self._tpm is not None and actual_tokens is not None:
+                delta = actual_tokens - permit.tokens
+                if delta > 0:
+                    self._tpm.take(delta)
+                else:
+                    self._tpm.give_back(-delta)
+
+    def on_overload(self, permit: Permit, retry_after: float | None = None) -> None:
+        """Multiplicative decrease (once per round in flight) and a pause for ``retry_after``."""
+        with self._cond:
+            if permit.epoch == self._epoch:
+                self._limit = max(1.0, self._limit * self.decrease_factor)
+                self._epoch += 1
+                self.cuts += 1
+            if retry_after and retry_after > 0:
+                self._paused_until = max(self._paused_until, time.monotonic() + retry_after)

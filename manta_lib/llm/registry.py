@@ -1,0 +1,78 @@
+"""The judges alive in this process, and the limiters they share per endpoint.
+
+A map function usually creates its judge at import time; the pipeline reaches every judge here
+to check them before the first trace, read their usage for the progress bar, and flush their
+caches when the map level ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from manta_lib.llm.concurrency import AdaptiveLimiter
+from manta_lib.llm.settings import LLMSettings
+from manta_lib.llm.usage import UsageSnapshot
+
+if TYPE_CHECKING:
+    from manta_lib.llm.client import LLMJudge
+
+_judges: weakref.WeakSet[LLMJudge] = weakref.WeakSet()
+_limiters: dict[str, AdaptiveLimiter] = {}
+_lock = threading.Lock()
+
+
+def register(judge: LLMJudge) -> None:
+    with _lock:
+        _judges.add(judge)
+
+
+def live_judges() -> list[LLMJudge]:
+    """Every judge created in this process and not yet garbage-collected."""
+    with _lock:
+        return list(_judges)
+
+
+def shared_limiter(endpoint: str, settings: LLMSettings) -> AdaptiveLimiter:
+    """One adaptive limiter per endpoint (and limit settings): all judges and threads calling it
+    share its concurrency and rate limits."""
+    key = (
+        f"{endpoint}|{settings.concurrency}|{settings.max_concurrency}|"
+        f"{settings.requests_per_minute}|{settings.tokens_per_minute}"
+    )
+    with _lock:
+        limiter = _limiters.get(key)
+        if limiter is None:
+            limiter = AdaptiveLimiter(
+                settings.concurrency,
+                settings.max_concurrency,
+                requests_per_minute=settings.requests_per_minute,
+                tokens_per_minute=settings.tokens_per_minute,
+            )
+            _limiters[key] = limiter
+        return limiter
+
+
+def total_usage() -> UsageSnapshot:
+    """Usage of every live judge added up (concurrency: the sum of the distinct limiters)."""
+    total = UsageSnapshot()
+    limiters: dict[int, AdaptiveLimiter] = {}
+    for judge in live_judges():
+        total = total.plus(judge.usage.snapshot())
+        limiters[id(judge.limiter)] = judge.limiter
+    concurrency = sum(limiter.limit for limiter in limiters.values())
+    return dataclasses.replace(total, concurrency=concurrency)
+
+
+def flush_all() -> None:
+    """Write every judge's buffered cache rows now."""
+    for judge in live_judges():
+        judge.flush()
+
+
+def close_all() -> None:
+    """Flush and release the store connections of every judge's cache."""
+    for judge in live_judges():
+        judge.close()
