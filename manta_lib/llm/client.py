@@ -186,14 +186,7 @@ class LLMJudge(Generic[T]):
         self.namespace = namespace_of(model, self._json_schema, self._params)
         use_cache = self.settings.cache if cache is None else cache
         self.cache: ResponseCache | None = (
-            ResponseCache(
-                manta_settings,
-                store=cache_store,
-                max_age_days=self.settings.cache_max_age_days,
-                flush_seconds=self.settings.flush_seconds,
-            )
-            if use_cache
-            else None
+            registry.shared_cache(manta_settings, cache_store, self.settings) if use_cache else None
         )
         self.usage = LLMUsage()
         self.limiter: AdaptiveLimiter = registry.shared_limiter(self.base_url, self.settings)
@@ -308,7 +301,8 @@ class LLMJudge(Generic[T]):
             self.cache.flush()
 
     def close(self) -> None:
-        """Flush the cache and release its store connection (the judge stays usable)."""
+        """Flush the cache and release its store connection (the judge stays usable; the
+        cache is shared by the judges on the same store and reopens on next use)."""
         if self.cache is not None:
             self.cache.close()
 

@@ -12,15 +12,19 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from manta_lib.llm.cache import ResponseCache
 from manta_lib.llm.concurrency import AdaptiveLimiter
 from manta_lib.llm.settings import LLMSettings
 from manta_lib.llm.usage import UsageSnapshot
+from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.store.client import Store
 
 if TYPE_CHECKING:
     from manta_lib.llm.client import LLMJudge
 
 _judges: weakref.WeakSet[LLMJudge] = weakref.WeakSet()
 _limiters: dict[str, AdaptiveLimiter] = {}
+_caches: dict[tuple[str, float | None], ResponseCache] = {}
 _lock = threading.Lock()
 
 
@@ -55,6 +59,29 @@ def shared_limiter(endpoint: str, settings: LLMSettings) -> AdaptiveLimiter:
         return limiter
 
 
+def shared_cache(
+    manta_settings: MantaSettings | None, store: Store | None, settings: LLMSettings
+) -> ResponseCache:
+    """One response cache per store: every judge sees the answers the others just made."""
+    if store is not None:
+        where = f"store:{id(store)}"
+    else:
+        manta_settings = manta_settings or load_settings()
+        where = f"{manta_settings.clickhouse_dsn}|{manta_settings.database}"
+    key = (where, settings.cache_max_age_days)
+    with _lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = ResponseCache(
+                manta_settings,
+                store=store,
+                max_age_days=settings.cache_max_age_days,
+                flush_seconds=settings.flush_seconds,
+            )
+            _caches[key] = cache
+        return cache
+
+
 def total_usage() -> UsageSnapshot:
     """Usage of every live judge added up (concurrency: the sum of the distinct limiters)."""
     total = UsageSnapshot()
@@ -67,12 +94,16 @@ def total_usage() -> UsageSnapshot:
 
 
 def flush_all() -> None:
-    """Write every judge's buffered cache rows now."""
-    for judge in live_judges():
-        judge.flush()
+    """Write every cache's buffered rows now."""
+    with _lock:
+        caches = list(_caches.values())
+    for cache in caches:
+        cache.flush()
 
 
 def close_all() -> None:
-    """Flush and release the store connections of every judge's cache."""
-    for judge in live_judges():
-        judge.close()
+    """Flush every cache and release its store connection (reopened on next use)."""
+    with _lock:
+        caches = list(_caches.values())
+    for cache in caches:
+        cache.close()

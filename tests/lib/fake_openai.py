@@ -102,6 +102,7 @@ class FakeOpenAIServer:
         self.answer = answer
         self.record = record
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each chat request (when recording)
         self.chat_requests = 0
         self.completions = 0
         self.rate_limited = 0
@@ -166,6 +167,7 @@ class FakeOpenAIServer:
             self.chat_requests += 1
             if self.record:
                 self.requests.append(body)
+                self.arrivals.append(now)
             if self.rps_limit is not None:
                 while self._window and now - self._window[0] >= 1.0:
                     self._window.popleft()

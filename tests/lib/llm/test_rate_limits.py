@@ -1,0 +1,89 @@
+"""Adaptive concurrency and rate limits against the loopback server: 429s halve the shared
+limit and pause for Retry-After, successes grow it back, and an RPM limit keeps a server's
+requests-per-second limit from answering 429 at all."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from manta_lib.llm import AdaptiveLimiter, LLMJudge
+from tests.lib.fake_openai import FakeOpenAIServer, Fault
+
+Judge = Callable[..., LLMJudge[Any]]
+
+
+def test_429s_halve_the_shared_concurrency_and_successes_grow_it_back(
+    fake: FakeOpenAIServer, make_judge: Judge
+) -> None:
+    judge = make_judge(cache=False, llm={"concurrency": 8, "max_concurrency": 12})
+    assert judge.limiter.limit == 8
+    fake.plan(*[Fault(429)] * 8)
+    seen_limits: list[int] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        judge(f"input {i}")
+        with lock:
+            seen_limits.append(judge.limiter.limit)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(call, range(8)))
+    assert judge.usage.snapshot().rate_limited == 8
+    # 8 requests in flight met 429 together: one cut for the round, not eight.
+    assert min(seen_limits) == 4
+    assert judge.limiter.cuts == 1
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(judge, [f"more {i}" for i in range(120)]))
+    assert judge.limiter.limit == 12  # grew back additively, capped at the ceiling
+    assert fake.stats()["max_in_flight"] <= 12
+
+
+def test_retry_after_pauses_every_thread(fake: FakeOpenAIServer, make_judge: Judge) -> None:
+    judge = make_judge(cache=False)
+    fake.plan(Fault(429, retry_after=0.6))
+    started = time.monotonic()
+    judge("first")
+    arrivals = fake.arrivals
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 0.6  # not sooner than the server asked
+    assert time.monotonic() - started >= 0.6
+
+
+def test_an_rpm_limit_keeps_the_server_limit_unbroken(
+    fake: FakeOpenAIServer, make_judge: Judge
+) -> None:
+    fake.rps_limit = 10
+    judge = make_judge(cache=False, llm={"requests_per_minute": 540, "concurrency": 16})
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(judge, [f"input {i}" for i in range(25)]))
+    assert fake.stats()["rate_limited"] == 0
+    assert fake.stats()["completions"] == 25
+
+
+def test_a_server_rate_limit_without_retry_after_is_survived(
+    fake: FakeOpenAIServer, make_judge: Judge
+) -> None:
+    fake.rps_limit = 10
+    judge = make_judge(cache=False, llm={"concurrency": 16, "max_retries": 12})
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(judge, [f"input {i}" for i in range(30)]))
+    assert len(results) == 30
+    assert fake.stats()["rate_limited"] > 0
+    assert judge.limiter.cuts >= 1
+    assert judge.usage.snapshot().failures == 0
+
+
+def test_token_bucket_pacing_of_the_limiter() -> None:
+    limiter = AdaptiveLimiter(4, 4, tokens_per_minute=600)  # 10 tokens/s, a minute's burst
+    with limiter.slot(300) as permit:  # estimated 300, really used 580: 20 left
+        pass
+    limiter.on_success(permit, actual_tokens=580)
+    started = time.monotonic()
+    with limiter.slot(40):  # waits for 20 more tokens (~2 s)
+        pass
+    assert time.monotonic() - started >= 1.8
