@@ -6,6 +6,7 @@ from manta_lib.llm.client import JudgeAnswer, LLMJudge
 from manta_lib.llm.concurrency import AdaptiveLimiter
 from manta_lib.llm.estimate import Estimate, estimate
 from manta_lib.llm.prices import ModelPrice, PriceTable
+from manta_lib.llm.scope import LLMRunScope
 from manta_lib.llm.settings import LLMSettings, load_llm_settings
 from manta_lib.llm.usage import CallAccount, LLMUsage, UsageSnapshot, call_accounting
 
@@ -16,6 +17,7 @@ __all__ = [
     "Estimate",
     "JudgeAnswer",
     "LLMJudge",
+    "LLMRunScope",
     "LLMSettings",
     "LLMUsage",
     "ModelPrice",

@@ -2,7 +2,8 @@
 
 Each call reserves an upper bound of its cost (prompt bytes as tokens, ``max_tokens`` or twice
 the longest answer seen as output) while it is in flight; the reservation is replaced by the
-real cost when it returns. A call whose bound does not fit in what is left raises
+real cost when it returns. A call whose bound does not fit waits for the calls in flight to
+settle; if it still does not fit in what is left, it raises
 :class:`~manta_lib.errors.LLMBudgetExceeded`, and so does every later one: the run stops
 cleanly. With ``max_tokens`` set on the judge the cap is never crossed; without it, an answer
 longer than twice any earlier one could cross it by that one call.
@@ -25,8 +26,9 @@ class Budget:
         self.spent_usd = 0.0
         self.calls = 0
         self._reserved = 0.0
+        self._in_flight = 0
         self._stopped = False
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     @property
     def stopped(self) -> bool:
@@ -34,19 +36,32 @@ class Budget:
         return self._stopped
 
     def reserve(self, bound_usd: float) -> None:
-        """Hold ``bound_usd`` for a call about to be sent, or stop the run if it does not fit."""
-        with self._lock:
-            if self._stopped or self.spent_usd + self._reserved + bound_usd > self.max_cost_usd:
-                self._stopped = True
-                raise LLMBudgetExceeded(self.message())
-            self._reserved += bound_usd
+        """Hold ``bound_usd`` for a call about to be sent, or stop the run if it cannot fit.
+
+        While other calls are in flight, a call that does not fit waits for them to settle
+        (their real cost is usually far below their bound) before it is refused.
+        """
+        with self._cond:
+            while True:
+                if self._stopped:
+                    raise LLMBudgetExceeded(self.message())
+                if self.spent_usd + self._reserved + bound_usd <= self.max_cost_usd:
+                    self._reserved += bound_usd
+                    self._in_flight += 1
+                    return
+                if self._in_flight == 0:
+                    self._stopped = True
+                    raise LLMBudgetExceeded(self.message())
+                self._cond.wait()
 
     def settle(self, bound_usd: float, cost_usd: float) -> None:
         """Replace a reservation by the call's real cost (0 for a call that failed unbilled)."""
-        with self._lock:
+        with self._cond:
             self._reserved -= bound_usd
+            self._in_flight -= 1
             self.spent_usd += cost_usd
             self.calls += 1
+            self._cond.notify_all()
 
     def message(self) -> str:
         return (

@@ -44,7 +44,7 @@ from manta_lib.llm.cache import ResponseCache, key_of, namespace_of
 from manta_lib.llm.concurrency import AdaptiveLimiter, Permit
 from manta_lib.llm.prices import ModelPrice, PriceTable
 from manta_lib.llm.settings import LLMSettings, load_llm_settings
-from manta_lib.llm.usage import LLMUsage
+from manta_lib.llm.usage import PROCESS_USAGE, LLMUsage
 from manta_lib.settings import MantaSettings
 from manta_lib.store.llm_cache import CachedRow
 
@@ -188,7 +188,7 @@ class LLMJudge(Generic[T]):
         self.cache: ResponseCache | None = (
             registry.shared_cache(manta_settings, cache_store, self.settings) if use_cache else None
         )
-        self.usage = LLMUsage()
+        self.usage = LLMUsage(parent=PROCESS_USAGE)
         self.limiter: AdaptiveLimiter = registry.shared_limiter(self.base_url, self.settings)
         self._client = OpenAI(
             api_key=self._api_key(),

@@ -10,6 +10,7 @@ the cache already holds.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from manta_lib.llm import registry
 from manta_lib.llm.concurrency import AdaptiveLimiter
+from manta_lib.llm.usage import CallAccount, call_accounting
 
 X = TypeVar("X")
 
@@ -32,6 +34,7 @@ class Estimate:
     input_tokens: int
     output_tokens: int
     cost_usd: float | None
+    cost_interval_usd: tuple[float, float] | None  # ~95% range from the sample's spread
     expected_cost_usd: float | None
     cache_hit_rate: float
     mean_latency_s: float
@@ -75,12 +78,12 @@ def estimate(
     """
     before = registry.total_usage()
     failures = 0
+    item_costs: list[float] = []
     if sample:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sample)))) as pool:
-            futures = [pool.submit(fn, item) for item in sample]
-            for future in futures:
-                if future.exception() is not None:
-                    failures += 1
+            for account, failed in pool.map(lambda item: _accounted(fn, item), sample):
+                failures += failed
+                item_costs.append(account.cost_usd + account.cached_cost_usd)
     used = registry.total_usage().minus(before)
     n = max(len(sample), 1)
     scale = scope_size / n
@@ -98,6 +101,7 @@ def estimate(
         input_tokens=round((used.input_tokens + used.cached_input_tokens) * scale),
         output_tokens=round((used.output_tokens + used.cached_output_tokens) * scale),
         cost_usd=full_cost,
+        cost_interval_usd=_interval(item_costs, scope_size) if full_cost is not None else None,
         expected_cost_usd=None if full_cost is None else full_cost * (1 - hit_rate),
         cache_hit_rate=hit_rate,
         mean_latency_s=used.mean_latency_s,
@@ -105,6 +109,26 @@ def estimate(
         wall_s=calls_to_make / throughput if throughput > 0 else 0.0,
         limits=limits,
     )
+
+
+def _accounted(fn: Callable[[X], Any], item: X) -> tuple[CallAccount, bool]:
+    with call_accounting() as account:
+        try:
+            fn(item)
+        except Exception:  # noqa: BLE001 - a failing item is counted, the estimate goes on
+            return account, True
+    return account, False
+
+
+def _interval(item_costs: list[float], scope_size: int) -> tuple[float, float] | None:
+    """A ~95% interval of the scope's cost from the per-item spread (finite population)."""
+    n = len(item_costs)
+    if n < 2:
+        return None
+    mean = statistics.fmean(item_costs)
+    correction = max(0.0, 1 - n / scope_size) if scope_size else 0.0
+    half = 1.96 * statistics.stdev(item_costs) / math.sqrt(n) * math.sqrt(correction)
+    return max(0.0, (mean - half) * scope_size), (mean + half) * scope_size
 
 
 def _throughput(latency_s: float, workers: int, used: Any, calls: int) -> tuple[float, str]:

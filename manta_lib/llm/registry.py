@@ -7,7 +7,6 @@ caches when the map level ends.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 from manta_lib.llm.cache import ResponseCache
 from manta_lib.llm.concurrency import AdaptiveLimiter
 from manta_lib.llm.settings import LLMSettings
-from manta_lib.llm.usage import UsageSnapshot
+from manta_lib.llm.usage import PROCESS_USAGE, UsageSnapshot
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store.client import Store
 
@@ -83,14 +82,10 @@ def shared_cache(
 
 
 def total_usage() -> UsageSnapshot:
-    """Usage of every live judge added up (concurrency: the sum of the distinct limiters)."""
-    total = UsageSnapshot()
-    limiters: dict[int, AdaptiveLimiter] = {}
-    for judge in live_judges():
-        total = total.plus(judge.usage.snapshot())
-        limiters[id(judge.limiter)] = judge.limiter
-    concurrency = sum(limiter.limit for limiter in limiters.values())
-    return dataclasses.replace(total, concurrency=concurrency)
+    """Usage of every judge this process has had; concurrency: the live limiters' limits."""
+    with _lock:
+        concurrency = sum(limiter.limit for limiter in _limiters.values())
+    return PROCESS_USAGE.snapshot(concurrency)
 
 
 def flush_all() -> None:

@@ -119,6 +119,7 @@ class LLMUsage:
     """Thread-safe counters of one judge (or of a whole process, see ``registry``)."""
 
     started: float = field(default_factory=time.monotonic)
+    parent: LLMUsage | None = None  # also counts everything recorded here (the process total)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _calls: int = 0
     _cache_hits: int = 0
@@ -147,7 +148,10 @@ class LLMUsage:
                 self._cost_known = False
             else:
                 self._cost_usd += cost_usd
-        _thread_call(cost_usd, cached=False)
+        if self.parent is not None:
+            self.parent.record_call(input_tokens, output_tokens, cost_usd, latency_ms)
+        else:
+            _thread_call(cost_usd, cached=False)
 
     def record_cache_hit(
         self, input_tokens: int, output_tokens: int, cost_usd: float | None
@@ -158,19 +162,28 @@ class LLMUsage:
             self._cached_input_tokens += input_tokens
             self._cached_output_tokens += output_tokens
             self._cached_cost_usd += cost_usd or 0.0
-        _thread_call(0.0, cached=True)
+        if self.parent is not None:
+            self.parent.record_cache_hit(input_tokens, output_tokens, cost_usd)
+        else:
+            _thread_call(cost_usd, cached=True)
 
     def record_rate_limited(self) -> None:
         with self._lock:
             self._rate_limited += 1
+        if self.parent is not None:
+            self.parent.record_rate_limited()
 
     def record_retry(self) -> None:
         with self._lock:
             self._retries += 1
+        if self.parent is not None:
+            self.parent.record_retry()
 
     def record_failure(self) -> None:
         with self._lock:
             self._failures += 1
+        if self.parent is not None:
+            self.parent.record_failure()
 
     @property
     def cost_usd(self) -> float:
@@ -206,6 +219,7 @@ class CallAccount:
     cache_hits: int = 0
     cost_usd: float = 0.0
     cost_known: bool = True
+    cached_cost_usd: float = 0.0  # what the cached answers cost when they were made
 
 
 _local = threading.local()
@@ -217,6 +231,7 @@ def _thread_call(cost_usd: float | None, *, cached: bool) -> None:
         return
     if cached:
         account.cache_hits += 1
+        account.cached_cost_usd += cost_usd or 0.0
         return
     account.calls += 1
     if cost_usd is None:
@@ -242,3 +257,7 @@ def call_accounting() -> Iterator[CallAccount]:
         yield account
     finally:
         _local.account = previous
+
+
+PROCESS_USAGE = LLMUsage()
+"""Everything every judge in this process recorded (never decreases)."""
