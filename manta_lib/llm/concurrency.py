@@ -78,8 +78,14 @@ class AdaptiveLimiter:
         self._epoch = 0
         self._paused_until = 0.0
         self._cond = threading.Condition()
-        # Requests are paced without a burst: a provider counting per second sees the rate.
-        self._rpm = TokenBucket(requests_per_minute / 60.0, 1.0) if requests_per_minute else None
+        # Requests are paced at 95% of the limit with a burst of 1/20 s of them, so a provider
+        # that counts per second (or per minute) never sees more than the limit, and a thread
+        # that wakes up late does not lose its turn.
+        self._rpm = (
+            TokenBucket(0.95 * requests_per_minute / 60.0, requests_per_minute / 60.0 / 20)
+            if requests_per_minute
+            else None
+        )
         # A minute's tokens may go out in a burst at the start, like the providers allow.
         self._tpm = (
             TokenBucket(tokens_per_minute / 60.0, tokens_per_minute) if tokens_per_minute else None

@@ -8,8 +8,9 @@ with one model, and ``GET /_stats`` with its counters. It can be told to misbeha
   ``Fault(429, retry_after=0.2)``, ``Fault(500)``, ``Fault(400, message=...)``,
   ``Fault("slow", delay=2)``, ``Fault("malformed")`` (content that is not JSON),
   ``Fault("schema")`` (valid JSON that violates the schema);
-* ``rps_limit`` answers 429 (with ``Retry-After`` when ``retry_after`` is set) to every request
-  beyond that many in the last second;
+* ``rps_limit`` answers 429 to every request beyond that many in the last second, with
+  ``Retry-After: <retry_after>``, or with ``retry-after-ms`` until the window has room when
+  ``retry_after="exact"`` (as OpenAI's own limiter does), or with no hint;
 * ``latency`` delays every answer; ``context_tokens`` refuses longer prompts like OpenAI does.
 
 Usage tokens are deterministic: ``ceil(chars / 4)`` of the message contents plus 4 per message,
@@ -29,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class FakeOpenAIServer:
         *,
         latency: float = 0.0,
         rps_limit: float | None = None,
-        retry_after: float | None = None,
+        retry_after: float | Literal["exact"] | None = None,
         context_tokens: int | None = None,
         answer: Callable[[dict[str, Any]], Any] | None = None,
         record: bool = True,
@@ -160,8 +161,8 @@ class FakeOpenAIServer:
 
     # -- request handling --------------------------------------------------------------------
 
-    def _admit(self, body: dict[str, Any]) -> tuple[Fault | None, bool]:
-        """(fault to serve, rate limited) for one chat request, counting it."""
+    def _admit(self, body: dict[str, Any]) -> tuple[Fault | None, float | None]:
+        """(fault to serve, seconds until the rate window has room when limited)."""
         now = time.monotonic()
         with self._lock:
             self.chat_requests += 1
@@ -173,7 +174,7 @@ class FakeOpenAIServer:
                     self._window.popleft()
                 if len(self._window) >= self.rps_limit:
                     self.rate_limited += 1
-                    return None, True
+                    return None, max(0.001, 1.0 - (now - self._window[0]))
                 self._window.append(now)
             fault = self._faults.popleft() if self._faults else None
             if fault is not None:
@@ -182,16 +183,20 @@ class FakeOpenAIServer:
                     self.rate_limited += 1
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
-            return fault, False
+            return fault, None
 
     def _done(self) -> None:
         with self._lock:
             self._in_flight -= 1
 
     def _chat(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
-        fault, limited = self._admit(body)
-        if limited:
-            headers = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
+        fault, room_in = self._admit(body)
+        if room_in is not None:
+            headers = {}
+            if self.retry_after == "exact":  # like OpenAI's retry-after-ms: when there is room
+                headers["retry-after-ms"] = f"{room_in * 1000:.0f}"
+            elif self.retry_after is not None:
+                headers["Retry-After"] = f"{self.retry_after:g}"
             return 429, _error("Rate limit reached for requests", "rate_limit_exceeded"), headers
         try:
             return self._chat_answer(body, fault)
@@ -306,12 +311,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rps", type=float, default=None, help="requests/second limit")
-    parser.add_argument("--retry-after", type=float, default=None)
+    parser.add_argument(
+        "--retry-after", default=None, help="seconds, or 'exact' (retry-after-ms until room)"
+    )
     args = parser.parse_args()
     server = FakeOpenAIServer(
         latency=args.latency,
         rps_limit=args.rps,
-        retry_after=args.retry_after,
+        retry_after=(
+            args.retry_after if args.retry_after in (None, "exact") else float(args.retry_after)
+        ),
         record=False,
         port=args.port,
     )
