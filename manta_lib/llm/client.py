@@ -143,7 +143,8 @@ class LLMJudge(Generic[T]):
         context_window: the model's context size in tokens, if the price table does not know it.
         cache: False to skip the response cache (default: ``MANTA_LLM_CACHE``, on).
         settings: LLM settings (default: from the environment).
-        manta_settings: where the cache lives (default: Manta's store settings).
+        manta_settings: where the cache lives (default: the store of the computation running
+            the judge, else Manta's settings from the environment when first used).
     """
 
     def __init__(
@@ -185,9 +186,9 @@ class LLMJudge(Generic[T]):
         self._params.update(params or {})
         self.namespace = namespace_of(model, self._json_schema, self._params)
         use_cache = self.settings.cache if cache is None else cache
-        self.cache: ResponseCache | None = (
-            registry.shared_cache(manta_settings, cache_store, self.settings) if use_cache else None
-        )
+        self.use_cache = use_cache
+        self._manta_settings = manta_settings
+        self._cache_store = cache_store
         self.usage = LLMUsage(parent=PROCESS_USAGE)
         self.limiter: AdaptiveLimiter = registry.shared_limiter(self.base_url, self.settings)
         self._client = OpenAI(
@@ -204,6 +205,13 @@ class LLMJudge(Generic[T]):
             return self.settings.api_key.get_secret_value()
         # Local servers (vLLM, Ollama) accept any key; the real API is checked by preflight().
         return "unset"
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The response cache this judge uses now (None when caching is off)."""
+        if not self.use_cache:
+            return None
+        return registry.shared_cache(self._manta_settings, self._cache_store, self.settings)
 
     @property
     def context_window(self) -> int | None:
@@ -234,8 +242,9 @@ class LLMJudge(Generic[T]):
         """The answer with its tokens, cost, latency and whether it came from the cache."""
         messages = self._messages(prompt)
         key = key_of(self.namespace, messages, sample_index if self.temperature > 0 else None)
-        if self.cache is not None:
-            row = self.cache.get(self.namespace, key)
+        cache = self.cache
+        if cache is not None:
+            row = cache.get(self.namespace, key)
             if row is not None:
                 try:
                     value = self.schema.model_validate_json(row.response)
@@ -253,8 +262,8 @@ class LLMJudge(Generic[T]):
                     )
         self._check_context(messages)
         answer = self._ask(messages)
-        if self.cache is not None:
-            self.cache.put(
+        if cache is not None:
+            cache.put(
                 self.namespace,
                 key,
                 self.model,
@@ -297,14 +306,16 @@ class LLMJudge(Generic[T]):
 
     def flush(self) -> None:
         """Write buffered cache rows now."""
-        if self.cache is not None:
-            self.cache.flush()
+        cache = self.cache
+        if cache is not None:
+            cache.flush()
 
     def close(self) -> None:
         """Flush the cache and release its store connection (the judge stays usable; the
         cache is shared by the judges on the same store and reopens on next use)."""
-        if self.cache is not None:
-            self.cache.close()
+        cache = self.cache
+        if cache is not None:
+            cache.close()
 
     def __enter__(self) -> LLMJudge[T]:
         return self

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _judges: weakref.WeakSet[LLMJudge] = weakref.WeakSet()
 _limiters: dict[str, AdaptiveLimiter] = {}
 _caches: dict[tuple[str, float | None], ResponseCache] = {}
+_bound_settings: MantaSettings | None = None
 _lock = threading.Lock()
 
 
@@ -61,11 +62,15 @@ def shared_limiter(endpoint: str, settings: LLMSettings) -> AdaptiveLimiter:
 def shared_cache(
     manta_settings: MantaSettings | None, store: Store | None, settings: LLMSettings
 ) -> ResponseCache:
-    """One response cache per store: every judge sees the answers the others just made."""
+    """One response cache per store: every judge sees the answers the others just made.
+
+    Without explicit settings, the store is the one bound by the computation in progress
+    (:func:`bind_store_settings`), else the environment's.
+    """
     if store is not None:
         where = f"store:{id(store)}"
     else:
-        manta_settings = manta_settings or load_settings()
+        manta_settings = manta_settings or _bound_settings or load_settings()
         where = f"{manta_settings.clickhouse_dsn}|{manta_settings.database}"
     key = (where, settings.cache_max_age_days)
     with _lock:
@@ -79,6 +84,14 @@ def shared_cache(
             )
             _caches[key] = cache
         return cache
+
+
+def bind_store_settings(settings: MantaSettings | None) -> MantaSettings | None:
+    """Make ``settings`` the store of judges that were given none; returns the previous one."""
+    global _bound_settings
+    with _lock:
+        previous, _bound_settings = _bound_settings, settings
+    return previous
 
 
 def total_usage() -> UsageSnapshot:

@@ -22,6 +22,7 @@ from manta_lib.errors import ConfigError
 from manta_lib.llm import registry
 from manta_lib.llm.budget import Budget, set_active_budget
 from manta_lib.llm.usage import UsageSnapshot
+from manta_lib.settings import MantaSettings
 
 if TYPE_CHECKING:
     from manta_lib.llm.client import LLMJudge
@@ -37,6 +38,8 @@ class LLMRunScope:
         preflight: check each distinct server once (key, reachability) on entry.
         judges: the judges to check on entry (default: every judge alive in the process,
             which is what a map function's module-level judge is).
+        settings: the computation's store: judges created without ``manta_settings`` keep
+            their response cache there during the scope.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class LLMRunScope:
         *,
         preflight: bool = True,
         judges: list[LLMJudge[Any]] | None = None,
+        settings: MantaSettings | None = None,
     ) -> None:
         if max_cost_usd is not None and max_cost_usd < 0:
             raise ConfigError(f"max_cost_usd must be >= 0, got {max_cost_usd}")
@@ -52,6 +56,8 @@ class LLMRunScope:
         self.budget: Budget | None = Budget(max_cost_usd) if max_cost_usd is not None else None
         self.do_preflight = preflight
         self.judges = judges
+        self.settings = settings
+        self._previous_settings: MantaSettings | None = None
         self._start = UsageSnapshot()
         self._previous_budget: Budget | None = None
 
@@ -74,11 +80,15 @@ class LLMRunScope:
                 )
         self._start = registry.total_usage()
         self._previous_budget = set_active_budget(self.budget)
+        if self.settings is not None:
+            self._previous_settings = registry.bind_store_settings(self.settings)
         return self
 
     def __exit__(self, *exc: object) -> None:
         set_active_budget(self._previous_budget)
         registry.flush_all()
+        if self.settings is not None:
+            registry.bind_store_settings(self._previous_settings)
 
     @property
     def stopped(self) -> bool:

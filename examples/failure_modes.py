@@ -1,0 +1,174 @@
+"""Failure modes by an LLM judge: a category and a short rationale per failed rollout, then the
+distribution per datapoint (and per datapoint group at each step), per step and for the run.
+
+Runs against any OpenAI-compatible server (OpenAI, vLLM, Ollama, OpenRouter ...)::
+
+    OPENAI_API_KEY=sk-... python -m examples.failure_modes [RUN_ID] [--max-cost-usd 2]
+    OPENAI_BASE_URL=http://localhost:8000/v1 MANTA_JUDGE_MODEL=qwen2.5-7b-instruct \\
+        MANTA_LLM_PRICES='{"qwen2.5-7b-instruct": {"input_per_mtok": 0, "output_per_mtok": 0}}' \\
+        python -m examples.failure_modes
+
+Rollouts that passed are labelled without a call (a judge is for what the grader cannot say);
+answers are cached in the store, so running it again costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext
+from manta_lib.llm import LLMJudge
+
+Category = Literal[
+    "passed", "tool_misuse", "reasoning_error", "wrong_final_answer", "gave_up", "looping", "other"
+]
+CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
+MAX_PROMPT_CHARS = 12_000
+
+SYSTEM = """You review one rollout of an AI agent that failed its task.
+Pick the single category that best explains the failure:
+- tool_misuse: wrong tool, bad arguments, or ignored a tool error
+- reasoning_error: a wrong step of reasoning or computation
+- wrong_final_answer: reasoning looked fine but the final answer is wrong or malformed
+- gave_up: stopped without an answer or asked the user to do it
+- looping: repeated the same action without progress
+- other: none of the above
+Give a rationale of one or two sentences that cites what the agent did."""
+
+
+class FailureVerdict(BaseModel):
+    """What the judge answers (sent to the model as a strict JSON schema)."""
+
+    category: Literal[
+        "tool_misuse", "reasoning_error", "wrong_final_answer", "gave_up", "looping", "other"
+    ]
+    rationale: str = Field(description="one or two sentences")
+
+
+class TraceFailureMode(BaseModel):
+    category: Category = Field(description="failure mode of the rollout ('passed' if it passed)")
+    rationale: str = Field(description="the judge's short reason ('' when passed)")
+    judged: bool = Field(description="whether an LLM call (or its cached answer) decided it")
+    step: int = Field(description="training step of the rollout")
+
+
+class DatapointFailureModes(BaseModel):
+    rollouts: int
+    failed: int
+    counts: dict[str, int] = Field(description="category -> rollouts of this datapoint")
+    by_step: dict[str, dict[str, int]] = Field(
+        description="step -> category -> rollouts: the group of this datapoint at each step"
+    )
+    top_failure: str | None = Field(description="most frequent failure category")
+
+
+class FailureDistribution(BaseModel):
+    rollouts: int
+    failed: int
+    counts: dict[str, int] = Field(description="category -> rollouts")
+    failure_share: dict[str, float] = Field(description="category -> share of failed rollouts")
+    top_failure: str | None = Field(description="most frequent failure category")
+
+
+judge = LLMJudge(
+    os.environ.get("MANTA_JUDGE_MODEL", "gpt-4o-mini"),
+    FailureVerdict,
+    system=SYSTEM,
+    temperature=0.0,
+    max_tokens=200,  # bounds each call's cost, so max_cost_usd is never crossed
+)
+
+
+def passed(trace: TraceContext) -> bool:
+    grade = trace.grader_result()
+    if grade is not None and grade.passed is not None:
+        return bool(grade.passed) and not trace.has_error
+    return trace.score is not None and trace.score >= 0.5 and not trace.has_error
+
+
+def map_trace(trace: TraceContext) -> TraceFailureMode:
+    step = trace.step_number
+    if passed(trace):
+        return TraceFailureMode(category="passed", rationale="", judged=False, step=step)
+    verdict = judge(trace.conversation().to_text(max_chars=MAX_PROMPT_CHARS))
+    return TraceFailureMode(
+        category=verdict.category, rationale=verdict.rationale, judged=True, step=step
+    )
+
+
+def _ordered(counts: Counter[str]) -> dict[str, int]:
+    return {name: counts[name] for name in CATEGORIES if counts[name]}
+
+
+def _top_failure(counts: Counter[str]) -> str | None:
+    failures = Counter({name: n for name, n in counts.items() if name != "passed"})
+    return failures.most_common(1)[0][0] if failures else None
+
+
+def reduce_datapoint(entity: EntityRef, rollouts: list[TraceFailureMode]) -> DatapointFailureModes:
+    counts = Counter(r.category for r in rollouts)
+    by_step: dict[int, Counter[str]] = {}
+    for rollout in rollouts:
+        by_step.setdefault(rollout.step, Counter())[rollout.category] += 1
+    return DatapointFailureModes(
+        rollouts=len(rollouts),
+        failed=len(rollouts) - counts["passed"],
+        counts=_ordered(counts),
+        by_step={str(step): _ordered(by_step[step]) for step in sorted(by_step)},
+        top_failure=_top_failure(counts),
+    )
+
+
+def distribution(counts: Counter[str]) -> FailureDistribution:
+    rollouts = sum(counts.values())
+    failed = rollouts - counts["passed"]
+    return FailureDistribution(
+        rollouts=rollouts,
+        failed=failed,
+        counts=_ordered(counts),
+        failure_share={
+            name: counts[name] / failed for name in CATEGORIES if name != "passed" and counts[name]
+        },
+        top_failure=_top_failure(counts),
+    )
+
+
+def reduce_step(entity: EntityRef, datapoints: list[DatapointFailureModes]) -> FailureDistribution:
+    # A datapoint can have rollouts at several steps: count only this step's group.
+    step = str(entity.keys["step_number"])
+    counts: Counter[str] = Counter()
+    for datapoint in datapoints:
+        counts.update(datapoint.by_step.get(step, {}))
+    return distribution(counts)
+
+
+def reduce_run(entity: EntityRef, steps: list[FailureDistribution]) -> FailureDistribution:
+    counts: Counter[str] = Counter()
+    for step in steps:
+        counts.update(step.counts)
+    return distribution(counts)
+
+
+pipeline = (
+    MapReduceComputation(
+        "Failure modes",
+        project_id="prj_demo",
+        description="LLM-judged failure mode per rollout, distributions per group, step and run",
+        pip_install=["openai", "genai-prices"],
+    )
+    .add_level(EntityLevel.TRACE, map_trace, TraceFailureMode, uses_llm=True)
+    .add_level(EntityLevel.DATAPOINT, reduce_datapoint, DatapointFailureModes)
+    .add_level(EntityLevel.STEP, reduce_step, FailureDistribution)
+    .add_level(EntityLevel.RUN, reduce_run, FailureDistribution)
+)
+
+
+if __name__ == "__main__":
+    from examples._cli import run_example
+
+    run_example(pipeline, sys.argv[1:])

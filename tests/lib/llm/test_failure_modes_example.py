@@ -1,0 +1,67 @@
+"""The failure-mode example end to end on demo data, judged by the loopback server."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import pytest
+
+from manta_lib.demo import seed_demo
+from manta_lib.models import EntityLevel
+from manta_lib.settings import MantaSettings
+from manta_lib.store import Store
+from tests.lib.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture
+def example(
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, settings: MantaSettings
+) -> ModuleType:
+    """The example module with its judge pointed at the fake server."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    import examples.failure_modes as module
+
+    return importlib.reload(module)  # the judge reads the environment at import
+
+
+@pytest.mark.slow
+def test_failure_modes_on_demo_data(
+    example: ModuleType, fake: FakeOpenAIServer, store: Store
+) -> None:
+    seed_demo(store, traces=120, seed=3)
+    run_id = store.rows(
+        "SELECT run_id FROM {db}.traces GROUP BY run_id ORDER BY count() DESC LIMIT 1"
+    )[0][0]
+    result = example.pipeline.run(run_id=run_id, mode="local", progress=False)
+
+    traces = result[EntityLevel.TRACE]
+    assert traces and [t.error for t in traces if t.error] == []
+    judged = [t.output for t in traces if t.output.judged]
+    assert judged and len(judged) < len(traces)  # passed rollouts cost no call
+    assert fake.stats()["completions"] == len(judged)
+    assert all(t.category != "passed" for t in judged)
+    [run] = result[EntityLevel.RUN]
+    assert run.output.rollouts == len(traces)
+    assert sum(run.output.counts.values()) == len(traces)
+    assert run.output.failed == len(judged)
+    steps = result[EntityLevel.STEP]
+    assert sum(s.output.rollouts for s in steps) == len(traces)  # each rollout counted once
+    for step in steps:
+        at_step = [t.output for t in traces if str(t.output.step) == step.entity_id]
+        assert step.output.rollouts == len(at_step)
+        assert step.output.failed == sum(t.category != "passed" for t in at_step)
+    groups = sum(len(d.output.by_step) for d in result[EntityLevel.DATAPOINT])
+    [(expected_groups,)] = store.rows(
+        "SELECT uniqExact(datapoint_id, step_number) FROM {db}.traces WHERE run_id = {r:String}",
+        {"r": run_id},
+    )
+    assert groups == expected_groups
+
+    # Mapping every trace again (results not persisted, so nothing is skipped): no new call.
+    example.judge.close()
+    again = example.pipeline.run(run_id=run_id, mode="local", progress=False, persist_results=False)
+    assert fake.stats()["completions"] == len(judged)
+    assert example.judge.usage.snapshot().cache_hits == len(judged)
+    assert [t.output for t in again[EntityLevel.TRACE]] == [t.output for t in traces]
