@@ -10,6 +10,8 @@ from manta_lib.errors import (
     ComputationAborted,
     ConfigError,
     KestrelError,
+    LLMBudgetExceeded,
+    LLMError,
     MantaError,
     PersistenceError,
     PipelineDefinitionError,
@@ -18,6 +20,7 @@ from manta_lib.errors import (
     ValidationError,
 )
 from manta_lib.ingest import import_jsonl
+from manta_lib.llm import LLMJudge, ModelPrice
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.service import MantaService
@@ -31,11 +34,15 @@ __all__ = [
     "EntityLevel",
     "EntityRef",
     "KestrelError",
+    "LLMBudgetExceeded",
+    "LLMError",
+    "LLMJudge",
     "MantaError",
     "MantaService",
     "MantaSettings",
     "MapReduceComputation",
     "MetadataOutput",
+    "ModelPrice",
     "PersistenceError",
     "Phase",
     "PipelineDefinitionError",

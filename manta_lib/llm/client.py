@@ -23,10 +23,8 @@ import email.utils
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import openai
-from openai import OpenAI
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from tenacity import (
@@ -47,6 +45,9 @@ from manta_lib.llm.settings import LLMSettings, load_llm_settings
 from manta_lib.llm.usage import PROCESS_USAGE, LLMUsage
 from manta_lib.settings import MantaSettings
 from manta_lib.store.llm_cache import CachedRow
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ class LLMJudge(Generic[T]):
         self._cache_store = cache_store
         self.usage = LLMUsage(parent=PROCESS_USAGE)
         self.limiter: AdaptiveLimiter = registry.shared_limiter(self.base_url, self.settings)
+        from openai import OpenAI  # deferred: importing openai takes ~0.5 s
+
         self._client = OpenAI(
             api_key=self._api_key(),
             base_url=self.base_url,
@@ -283,6 +286,8 @@ class LLMJudge(Generic[T]):
         One request (``GET /models``) with a short timeout: a missing key for the OpenAI API,
         an unreachable ``OPENAI_BASE_URL`` or a refused key each give one line saying what to set.
         """
+        import openai
+
         if self.settings.api_key is None and self.settings.base_url is None:
             raise ConfigError(
                 f"LLM judge {self.model!r}: OPENAI_API_KEY is not set. Set it, or point "
@@ -450,6 +455,8 @@ class LLMJudge(Generic[T]):
             log.info("LLM call retry %d: %s", state.attempt_number, state.outcome.exception())
 
     def _send_once(self, messages: list[dict[str, Any]], estimated_tokens: float) -> _Completion:
+        import openai
+
         request: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
