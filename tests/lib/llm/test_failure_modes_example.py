@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from types import ModuleType
 
 import pytest
@@ -65,3 +66,35 @@ def test_failure_modes_on_demo_data(
     assert fake.stats()["completions"] == len(judged)
     assert example.judge.usage.snapshot().cache_hits == len(judged)
     assert [t.output for t in again[EntityLevel.TRACE]] == [t.output for t in traces]
+
+
+def test_llm_estimate_cli_projects_the_run(
+    example: ModuleType, fake: FakeOpenAIServer, store: Store
+) -> None:
+    from typer.testing import CliRunner
+
+    from manta_lib.cli import _register_commands, app
+
+    _register_commands()
+    seed_demo(store, traces=120, seed=3)
+    run_id = store.rows(
+        "SELECT run_id FROM {db}.traces GROUP BY run_id ORDER BY count() DESC LIMIT 1"
+    )[0][0]
+    scope = store.rows("SELECT count() FROM {db}.traces WHERE run_id = {r:String}", {"r": run_id})
+    result = CliRunner().invoke(
+        app, ["llm-estimate", "examples.failure_modes:pipeline", run_id, "--sample", "10", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    estimate = json.loads(result.output)
+    assert estimate["sample_size"] == 10 and estimate["scope_size"] == scope[0][0]
+    calls_in_sample = fake.stats()["completions"]
+    assert calls_in_sample <= 10
+    assert estimate["calls"] == round(calls_in_sample * estimate["scope_size"] / 10)
+    assert estimate["cost_usd"] > 0
+
+    text = CliRunner().invoke(app, ["llm-estimate", "examples.failure_modes:pipeline", run_id])
+    assert text.exit_code == 0, text.output
+    assert "cost with an empty cache: $" in text.output and "wall time:" in text.output
+
+    bad = CliRunner().invoke(app, ["llm-estimate", "examples.failure_modes", run_id])
+    assert bad.exit_code != 0
