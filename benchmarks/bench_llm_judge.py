@@ -1,7 +1,7 @@
 """LLM judge throughput under a provider rate limit, and the cost of a fully cached re-run.
 
     .venv/bin/python benchmarks/bench_llm_judge.py [--calls 20000] [--latency 0.1] [--rps 200]
-        [--workers 64] [--mode aimd|rpm|both]
+        [--workers 64] [--mode aimd|headers|rpm|all]
 
 A loopback OpenAI-compatible server runs in a child process with ``--latency`` per answer and a
 ``--rps`` requests-per-second limit (beyond it: HTTP 429 with ``retry-after-ms`` until the
@@ -15,8 +15,10 @@ cache in a fresh embedded store. Reported per mode:
 * a second run over the same prompts by a new judge: calls made (target 0) and its wall time
   as a share of the first run's (target < 5%).
 
-Modes: ``aimd`` discovers the limit by itself (halve on 429, grow by one per round trip);
-``rpm`` is also told the provider's limit (``MANTA_LLM_RPM``; it paces at 95% of it).
+Modes: ``aimd``: the server says nothing about its limit, the judge discovers it by itself
+(halve on 429, grow by one per round trip); ``headers``: the server announces its limit in
+``x-ratelimit-limit-requests`` as OpenAI does, and the judge paces at 95% of it; ``rpm``: the
+limit is configured (``MANTA_LLM_RPM``).
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ from manta_lib.errors import LLMError  # noqa: E402
 from manta_lib.llm import LLMJudge, LLMSettings, registry  # noqa: E402
 from manta_lib.settings import load_settings  # noqa: E402
 
+MODES = ("aimd", "headers", "rpm")
+
 
 class FailureMode(BaseModel):
     category: Literal["tool_misuse", "reasoning", "gave_up", "none"]
     rationale: str
 
 
-def start_server(latency: float, rps: float) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    latency: float, rps: float, limit_headers: bool
+) -> tuple[subprocess.Popen[str], str]:
     command = [
         sys.executable,
         "-m",
@@ -59,6 +65,8 @@ def start_server(latency: float, rps: float) -> tuple[subprocess.Popen[str], str
         "--retry-after",
         "exact",
     ]
+    if limit_headers:
+        command.append("--limit-headers")
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -116,7 +124,7 @@ def run_once(judge: LLMJudge[Any], prompts: list[str], workers: int, url: str) -
 
 
 def bench_mode(mode: str, args: argparse.Namespace, data_dir: Path) -> None:
-    process, url = start_server(args.latency, args.rps)
+    process, url = start_server(args.latency, args.rps, limit_headers=mode == "headers")
     try:
         rpm = args.rps * 60 if mode == "rpm" else None
         llm = LLMSettings(
@@ -173,10 +181,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--rps", type=float, default=200.0)
     parser.add_argument("--workers", type=int, default=64)
-    parser.add_argument("--mode", choices=["aimd", "rpm", "both"], default="both")
+    parser.add_argument("--mode", choices=[*MODES, "all"], default="all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_llm_") as tmp:
-        for mode in ("aimd", "rpm") if args.mode == "both" else (args.mode,):
+        for mode in MODES if args.mode == "all" else (args.mode,):
             bench_mode(mode, args, Path(tmp))
 
 

@@ -473,9 +473,11 @@ class LLMJudge(Generic[T]):
         with self.limiter.slot(estimated_tokens) as permit:
             started = time.perf_counter()
             try:
-                response = self._client.chat.completions.create(**request)
+                raw = self._client.chat.completions.with_raw_response.create(**request)
+                response = raw.parse()
             except openai.RateLimitError as exc:
                 self.usage.record_rate_limited()
+                self.limiter.learn_limits(exc.response.headers)
                 self._overloaded(permit, retry_after_seconds(exc.response.headers))
                 raise _Retryable(f"HTTP 429: {_server_message(exc)}") from None
             except openai.APITimeoutError:
@@ -489,6 +491,7 @@ class LLMJudge(Generic[T]):
                 self.usage.record_failure()
                 raise self._refused(exc, messages) from None
             latency_ms = (time.perf_counter() - started) * 1000
+        self.limiter.learn_limits(raw.headers)
         usage = response.usage
         tokens_in = usage.prompt_tokens if usage else 0
         tokens_out = usage.completion_tokens if usage else 0

@@ -4,14 +4,17 @@ The limit starts at ``initial``; every overload signal (HTTP 429, a timeout) hal
 once per round of requests in flight (the requests sent before a cut do not cut it again), and
 pauses every thread for the server's ``Retry-After``; every success adds ``1 / limit``, so the
 limit grows by about one per round trip, never above ``ceiling``. Requests-per-minute and
-tokens-per-minute limits are token buckets refilled continuously.
+tokens-per-minute limits are token buckets refilled continuously; when not configured, they are
+learned from the ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens`` headers that
+OpenAI, Azure and other providers send with every answer.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -78,18 +81,11 @@ class AdaptiveLimiter:
         self._epoch = 0
         self._paused_until = 0.0
         self._cond = threading.Condition()
-        # Requests are paced at 95% of the limit with a burst of 1/20 s of them, so a provider
-        # that counts per second (or per minute) never sees more than the limit, and a thread
-        # that wakes up late does not lose its turn.
-        self._rpm = (
-            TokenBucket(0.95 * requests_per_minute / 60.0, requests_per_minute / 60.0 / 20)
-            if requests_per_minute
-            else None
-        )
-        # A minute's tokens may go out in a burst at the start, like the providers allow.
-        self._tpm = (
-            TokenBucket(tokens_per_minute / 60.0, tokens_per_minute) if tokens_per_minute else None
-        )
+        self._configured_rpm = requests_per_minute is not None
+        self._configured_tpm = tokens_per_minute is not None
+        self._rpm = _request_bucket(requests_per_minute) if requests_per_minute else None
+        self._tpm = _token_bucket(tokens_per_minute) if tokens_per_minute else None
+        self._recent_sends: deque[float] = deque(maxlen=4096)
         self.cuts = 0
 
     @property
@@ -134,6 +130,7 @@ class AdaptiveLimiter:
                 if self._tpm is not None and tokens:
                     self._tpm.take(tokens)
                 self._in_flight += 1
+                self._recent_sends.append(now)
                 return Permit(self._epoch, tokens)
 
     def on_success(self, permit: Permit, actual_tokens: float | None = None) -> None:
@@ -151,6 +148,25 @@ class AdaptiveLimiter:
                 else:
                     self._tpm.give_back(-delta)
 
+    def learn_limits(self, headers: Mapping[str, str] | None) -> None:
+        """Adopt the provider's per-minute limits from its headers (configured limits win)."""
+        if headers is None:
+            return
+        rpm = _header_number(headers, "x-ratelimit-limit-requests")
+        tpm = _header_number(headers, "x-ratelimit-limit-tokens")
+        if rpm is None and tpm is None:
+            return
+        with self._cond:
+            if rpm and not self._configured_rpm and rpm != self.requests_per_minute:
+                self.requests_per_minute = rpm
+                self._rpm = _request_bucket(rpm)
+                # What went out unpaced in the last second counts against the new budget.
+                now = time.monotonic()
+                self._rpm.take(sum(1 for sent in self._recent_sends if now - sent < 1.0))
+            if tpm and not self._configured_tpm and tpm != self.tokens_per_minute:
+                self.tokens_per_minute = tpm
+                self._tpm = _token_bucket(tpm)
+
     def on_overload(self, permit: Permit, retry_after: float | None = None) -> None:
         """Multiplicative decrease (once per round in flight) and a pause for ``retry_after``."""
         with self._cond:
@@ -160,3 +176,26 @@ class AdaptiveLimiter:
                 self.cuts += 1
             if retry_after and retry_after > 0:
                 self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+
+
+def _request_bucket(per_minute: float) -> TokenBucket:
+    # Requests are paced at 95% of the limit with a burst of 1/20 s of them, so a provider that
+    # counts per second (or per minute) never sees more than the limit, and a thread that wakes
+    # up late does not lose its turn.
+    return TokenBucket(0.95 * per_minute / 60.0, per_minute / 60.0 / 20)
+
+
+def _token_bucket(per_minute: float) -> TokenBucket:
+    # A minute's tokens may go out in a burst at the start, as the providers allow.
+    return TokenBucket(per_minute / 60.0, per_minute)
+
+
+def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number > 0 else None

@@ -11,6 +11,8 @@ with one model, and ``GET /_stats`` with its counters. It can be told to misbeha
 * ``rps_limit`` answers 429 to every request beyond that many in the last second, with
   ``Retry-After: <retry_after>``, or with ``retry-after-ms`` until the window has room when
   ``retry_after="exact"`` (as OpenAI's own limiter does), or with no hint;
+* ``limit_headers`` adds ``x-ratelimit-limit-requests`` (the limit per minute) to answers, as
+  OpenAI does;
 * ``latency`` delays every answer; ``context_tokens`` refuses longer prompts like OpenAI does.
 
 Usage tokens are deterministic: ``ceil(chars / 4)`` of the message contents plus 4 per message,
@@ -94,6 +96,7 @@ class FakeOpenAIServer:
         context_tokens: int | None = None,
         answer: Callable[[dict[str, Any]], Any] | None = None,
         record: bool = True,
+        limit_headers: bool = False,
         port: int = 0,
     ) -> None:
         self.latency = latency
@@ -102,6 +105,7 @@ class FakeOpenAIServer:
         self.context_tokens = context_tokens
         self.answer = answer
         self.record = record
+        self.limit_headers = limit_headers
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each chat request (when recording)
         self.chat_requests = 0
@@ -199,9 +203,12 @@ class FakeOpenAIServer:
                 headers["Retry-After"] = f"{self.retry_after:g}"
             return 429, _error("Rate limit reached for requests", "rate_limit_exceeded"), headers
         try:
-            return self._chat_answer(body, fault)
+            status, payload, headers = self._chat_answer(body, fault)
         finally:
             self._done()
+        if self.limit_headers and self.rps_limit is not None:
+            headers["x-ratelimit-limit-requests"] = f"{self.rps_limit * 60:g}"
+        return status, payload, headers
 
     def _chat_answer(self, body: dict[str, Any], fault: Fault | None) -> tuple[int, Any, dict]:
         delay = self.latency + (fault.delay if fault is not None and fault.kind == "slow" else 0)
@@ -322,6 +329,7 @@ def main() -> None:
             args.retry_after if args.retry_after in (None, "exact") else float(args.retry_after)
         ),
         record=False,
+        limit_headers=args.limit_headers,
         port=args.port,
     )
     server.start()

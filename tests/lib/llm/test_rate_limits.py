@@ -87,3 +87,15 @@ def test_token_bucket_pacing_of_the_limiter() -> None:
     with limiter.slot(40):  # waits for 20 more tokens (~2 s)
         pass
     assert time.monotonic() - started >= 1.8
+
+
+def test_the_limit_announced_in_headers_is_learned(
+    fake: FakeOpenAIServer, make_judge: Judge
+) -> None:
+    fake.rps_limit = 10
+    fake.limit_headers = True  # x-ratelimit-limit-requests: 600 (per minute)
+    judge = make_judge(cache=False, llm={"concurrency": 4, "max_concurrency": 16})
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(judge, [f"input {i}" for i in range(30)]))
+    assert judge.limiter.requests_per_minute == 600
+    assert fake.stats()["rate_limited"] == 0
