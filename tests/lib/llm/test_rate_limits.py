@@ -58,7 +58,7 @@ def test_an_rpm_limit_keeps_the_server_limit_unbroken(
     fake: FakeOpenAIServer, make_judge: Judge
 ) -> None:
     fake.rps_limit = 10
-    judge = make_judge(cache=False, llm={"requests_per_minute": 600, "concurrency": 16})
+    judge = make_judge(cache=False, llm={"requests_per_minute": 480, "concurrency": 16})
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(judge, [f"input {i}" for i in range(25)]))
     assert fake.stats()["rate_limited"] == 0
