@@ -70,7 +70,11 @@ def start_server(
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    return process, process.stdout.readline().strip()
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise SystemExit(f"the fake server did not start: {command}")
+    return process, url
 
 
 def server_stats(url: str) -> dict[str, Any]:

@@ -318,6 +318,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rps", type=float, default=None, help="requests/second limit")
+    parser.add_argument("--limit-headers", action="store_true", help="announce the limit")
     parser.add_argument(
         "--retry-after", default=None, help="seconds, or 'exact' (retry-after-ms until room)"
     )
