@@ -495,7 +495,9 @@ class LLMJudge(Generic[T]):
         usage = response.usage
         tokens_in = usage.prompt_tokens if usage else 0
         tokens_out = usage.completion_tokens if usage else 0
-        self.limiter.on_success(permit, tokens_in + tokens_out if usage else None)
+        self.limiter.on_success(
+            permit, tokens_in + tokens_out if usage else None, latency_s=latency_ms / 1000
+        )
         if not response.choices:
             raise LLMError(f"{self.model} returned no choices")
         message = response.choices[0].message

@@ -2,7 +2,8 @@
 
 The limit starts at ``initial``; every overload signal (HTTP 429, a timeout) halves it, at most
 once per round of requests in flight (the requests sent before a cut do not cut it again), and
-pauses every thread for the server's ``Retry-After``; every success adds ``1 / limit``, so the
+pauses every thread for the server's ``Retry-After``; under a known request rate it is never
+cut below what that rate needs (rate x latency); every success adds ``1 / limit``, so the
 limit grows by about one per round trip, never above ``ceiling``. Requests-per-minute and
 tokens-per-minute limits are token buckets refilled continuously; when not configured, they are
 learned from the ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens`` headers that
@@ -11,6 +12,7 @@ OpenAI, Azure and other providers send with every answer.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -86,6 +88,7 @@ class AdaptiveLimiter:
         self._rpm = _request_bucket(requests_per_minute) if requests_per_minute else None
         self._tpm = _token_bucket(tokens_per_minute) if tokens_per_minute else None
         self._recent_sends: deque[float] = deque(maxlen=4096)
+        self._latency_s: float | None = None  # moving average of answered requests
         self.cuts = 0
 
     @property
@@ -133,9 +136,17 @@ class AdaptiveLimiter:
                 self._recent_sends.append(now)
                 return Permit(self._epoch, tokens)
 
-    def on_success(self, permit: Permit, actual_tokens: float | None = None) -> None:
+    def on_success(
+        self, permit: Permit, actual_tokens: float | None = None, latency_s: float | None = None
+    ) -> None:
         """Additive increase; corrects the token bucket with the tokens really used."""
         with self._cond:
+            if latency_s is not None:
+                self._latency_s = (
+                    latency_s
+                    if self._latency_s is None
+                    else (0.9 * self._latency_s + 0.1 * latency_s)
+                )
             if self._limit < self.ceiling:
                 before = int(self._limit)
                 self._limit = min(float(self.ceiling), self._limit + 1.0 / self._limit)
@@ -171,11 +182,22 @@ class AdaptiveLimiter:
         """Multiplicative decrease (once per round in flight) and a pause for ``retry_after``."""
         with self._cond:
             if permit.epoch == self._epoch:
-                self._limit = max(1.0, self._limit * self.decrease_factor)
+                self._limit = max(self._floor(), self._limit * self.decrease_factor)
                 self._epoch += 1
                 self.cuts += 1
             if retry_after and retry_after > 0:
                 self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+
+    def _floor(self) -> float:
+        """The fewest requests in flight that can still reach a known request rate.
+
+        Under a paced rate, a 429 is arrival jitter at the provider, not too many requests in
+        flight: halving below rate x latency (Little's law) would only lose throughput.
+        """
+        if self._rpm is None or self._latency_s is None:
+            return 1.0
+        needed = self._rpm.rate * self._latency_s * 1.2
+        return float(min(self.ceiling, max(1, math.ceil(needed))))
 
 
 def _request_bucket(per_minute: float) -> TokenBucket:

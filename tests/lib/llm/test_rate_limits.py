@@ -118,3 +118,23 @@ def test_the_limit_announced_in_headers_is_learned(
         list(pool.map(judge, [f"input {i}" for i in range(30)]))
     assert judge.limiter.requests_per_minute == 600
     assert fake.stats()["rate_limited"] == 0
+
+
+def test_under_a_known_rate_a_429_never_cuts_below_what_the_rate_needs() -> None:
+    limiter = AdaptiveLimiter(16, 32, requests_per_minute=600)  # paced at 9.5 requests/s
+    with limiter.slot() as permit:
+        pass
+    limiter.on_success(permit, latency_s=1.0)  # 1 s per answer: 9.5 in flight are needed
+    with limiter.slot() as permit:
+        pass
+    limiter.on_overload(permit)
+    assert limiter.limit == 12  # ceil(9.5 x 1.0 x 1.2), not 16 / 2
+
+    unpaced = AdaptiveLimiter(16, 32)
+    with unpaced.slot() as permit:
+        pass
+    unpaced.on_success(permit, latency_s=1.0)
+    with unpaced.slot() as permit:
+        pass
+    unpaced.on_overload(permit)
+    assert unpaced.limit == 8
