@@ -194,6 +194,7 @@ class LLMJudge(Generic[T]):
         self.limiter: AdaptiveLimiter = registry.shared_limiter(self.base_url, self.settings)
         from openai import OpenAI  # deferred: importing openai takes ~0.5 s
 
+        _quiet_http_logs()
         self._client = OpenAI(
             api_key=self._api_key(),
             base_url=self.base_url,
@@ -523,6 +524,15 @@ class LLMJudge(Generic[T]):
             f"{self.model} at {self.base_url} refused the request with HTTP {exc.status_code}: "
             f"{_server_message(exc)}"
         )
+
+
+def _quiet_http_logs() -> None:
+    """httpx logs every request at INFO: 100k lines for a judge run. Keep them at WARNING
+    unless the application configured that logger itself."""
+    for name in ("httpx", "httpx2"):  # openai 3 ships on httpx2
+        http_log = logging.getLogger(name)
+        if http_log.level == logging.NOTSET:
+            http_log.setLevel(logging.WARNING)
 
 
 def _strict_schema(schema: type[BaseModel]) -> dict[str, Any]:

@@ -44,8 +44,17 @@ class Estimate:
 
     def lines(self) -> list[str]:
         """A human summary, one figure per line."""
-        cost = (
-            "unknown (a model has no price)" if self.cost_usd is None else f"${self.cost_usd:,.2f}"
+        cost = "unknown (a model has no price)"
+        if self.cost_usd is not None:
+            cost = f"${self.cost_usd:,.2f}"
+        if self.cost_interval_usd is not None:
+            low, high = self.cost_interval_usd
+            cost += f" (95%: ${low:,.2f} to ${high:,.2f})"
+        wall = (
+            f"wall time: {_duration(self.wall_s)} at {self.calls_per_s:,.1f} calls/s "
+            f"({self.limits}; mean latency {self.mean_latency_s * 1000:,.0f} ms)"
+            if self.calls_per_s > 0
+            else "wall time: seconds (every answer is cached)"
         )
         expected = (
             "unknown" if self.expected_cost_usd is None else f"${self.expected_cost_usd:,.2f}"
@@ -57,8 +66,7 @@ class Estimate:
             f"{self.output_tokens:,} out",
             f"cost with an empty cache: {cost}   to spend now "
             f"({self.cache_hit_rate:.0%} already cached): {expected}",
-            f"wall time: {_duration(self.wall_s)} at {self.calls_per_s:,.1f} calls/s "
-            f"({self.limits}; mean latency {self.mean_latency_s * 1000:,.0f} ms)",
+            wall,
         ]
 
 
