@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -74,3 +76,17 @@ def load_llm_settings(**overrides: Any) -> LLMSettings:
             name = alias.validation_alias if alias and alias.validation_alias else field
             problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid LLM configuration: " + "; ".join(problems)) from None
+
+
+def llm_worker_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The LLM variables set here, for a remote worker (a Modal container) to judge the same way.
+
+    ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` and every ``MANTA_LLM_*`` variable that is set.
+    """
+    source = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in source.items()
+        if value
+        and (name in ("OPENAI_API_KEY", "OPENAI_BASE_URL") or name.startswith("MANTA_LLM_"))
+    }

@@ -179,3 +179,21 @@ def unused_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+def test_the_llm_environment_for_remote_workers() -> None:
+    from manta_lib.llm.settings import llm_worker_environment
+
+    environ = {
+        "OPENAI_API_KEY": "sk-1",
+        "OPENAI_BASE_URL": "http://vllm:8000/v1",
+        "MANTA_LLM_RPM": "600",
+        "MANTA_LLM_CACHE": "",
+        "CLICKHOUSE_PASSWORD": "secret",
+        "HOME": "/root",
+    }
+    assert llm_worker_environment(environ) == {
+        "OPENAI_API_KEY": "sk-1",
+        "OPENAI_BASE_URL": "http://vllm:8000/v1",
+        "MANTA_LLM_RPM": "600",
+    }
