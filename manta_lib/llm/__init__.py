@@ -6,7 +6,7 @@ from manta_lib.llm.client import JudgeAnswer, LLMJudge
 from manta_lib.llm.concurrency import AdaptiveLimiter
 from manta_lib.llm.estimate import Estimate, estimate
 from manta_lib.llm.prices import ModelPrice, PriceTable
-from manta_lib.llm.scope import LLMRunScope
+from manta_lib.llm.scope import LLMRunScope, is_budget_refusal
 from manta_lib.llm.settings import LLMSettings, load_llm_settings
 from manta_lib.llm.usage import CallAccount, LLMUsage, UsageSnapshot, call_accounting
 
@@ -25,5 +25,6 @@ __all__ = [
     "UsageSnapshot",
     "call_accounting",
     "estimate",
+    "is_budget_refusal",
     "load_llm_settings",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from manta_lib.errors import ConfigError
+from manta_lib.errors import ConfigError, LLMBudgetExceeded
 from manta_lib.llm import registry
 from manta_lib.llm.budget import Budget, set_active_budget
 from manta_lib.llm.usage import UsageSnapshot
@@ -99,6 +99,11 @@ class LLMRunScope:
         """Usage of every judge since the scope began (concurrency: the current limit)."""
         return registry.total_usage().minus(self._start)
 
+    def stop_error(self, done: int, total: int) -> LLMBudgetExceeded:
+        """The clean-stop error to raise once finished work is kept (says how to continue)."""
+        detail = self.budget.message() if self.budget is not None else "LLM budget reached."
+        return LLMBudgetExceeded(f"{detail} Stopped after {done:,} of {total:,} traces.")
+
     def progress_text(self) -> str:
         """A compact status for a progress bar: calls/s, cache hits, concurrency, 429s, dollars."""
         used = self.usage()
@@ -109,3 +114,9 @@ class LLMRunScope:
             f"LLM {used.calls_per_s:,.1f} calls/s · {used.cache_hit_rate:.0%} cached · "
             f"concurrency {used.concurrency} · {used.rate_limited} × 429 · {cost}"
         )
+
+
+def is_budget_refusal(error: str | None) -> bool:
+    """Whether a trace's error (``"Type: message"``) is the cap refusing its call: such a trace
+    is not a result (not persisted, not a failure) and is mapped by the next run."""
+    return error is not None and error.startswith(LLMBudgetExceeded.__name__)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from manta_lib.errors import ConfigError, LLMBudgetExceeded
-from manta_lib.llm import LLMJudge, LLMRunScope, ModelPrice, estimate
+from manta_lib.llm import LLMJudge, LLMRunScope, ModelPrice, estimate, is_budget_refusal
 from tests.lib.fake_openai import FakeOpenAIServer
 
 Judge = Callable[..., LLMJudge[Any]]
@@ -49,6 +49,10 @@ def test_the_cap_stops_before_it_is_crossed_and_a_resume_continues(
     assert spent <= cap
     assert spent > cap / 2  # it used the budget, not stopped at the first call
     assert "run again with a higher max_cost_usd" in message
+    stop = scope.stop_error(done, len(PROMPTS))
+    assert isinstance(stop, LLMBudgetExceeded) and f"after {done:,} of 30 traces" in str(stop)
+    assert is_budget_refusal(f"LLMBudgetExceeded: {message}")
+    assert not is_budget_refusal("LLMError: refused") and not is_budget_refusal(None)
     calls_before = fake.stats()["completions"]
     assert calls_before == done
 
