@@ -138,3 +138,27 @@ def test_under_a_known_rate_a_429_never_cuts_below_what_the_rate_needs() -> None
         pass
     unpaced.on_overload(permit)
     assert unpaced.limit == 8
+
+
+def test_a_slow_answer_times_out_halves_concurrency_and_is_retried(
+    fake: FakeOpenAIServer, make_judge: Judge
+) -> None:
+    judge = make_judge(cache=False, llm={"timeout_s": 0.5, "concurrency": 8})
+    fake.plan(Fault("slow", delay=3.0))
+    assert judge("slow then fine") is not None
+    assert fake.stats()["chat_requests"] == 2
+    assert judge.limiter.cuts == 1
+    assert judge.usage.snapshot().retries == 1
+
+
+def test_retry_after_header_forms() -> None:
+    from email.utils import formatdate
+
+    from manta_lib.llm.client import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_seconds({"retry-after": "2"}) == 2.0
+    in_30_s = retry_after_seconds({"retry-after": formatdate(time.time() + 30, usegmt=True)})
+    assert in_30_s is not None and 25 < in_30_s <= 30
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
