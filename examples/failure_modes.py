@@ -3,7 +3,7 @@ distribution per datapoint (and per datapoint group at each step), per step and 
 
 Runs against any OpenAI-compatible server (OpenAI, vLLM, Ollama, OpenRouter ...)::
 
-    OPENAI_API_KEY=sk-... python -m examples.failure_modes [RUN_ID] [--max-cost-usd 2]
+    OPENAI_API_KEY=sk-... python -m examples.failure_modes [RUN_ID]
     OPENAI_BASE_URL=http://localhost:8000/v1 MANTA_JUDGE_MODEL=qwen2.5-7b-instruct \\
         MANTA_LLM_PRICES='{"qwen2.5-7b-instruct": {"input_per_mtok": 0, "output_per_mtok": 0}}' \\
         python -m examples.failure_modes
