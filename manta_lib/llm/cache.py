@@ -10,6 +10,7 @@ rows in one query; new answers are buffered and written in batches (every ``flus
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -77,12 +78,18 @@ class ResponseCache:
         self._buffer: dict[str, list[Any]] = {name: [] for name in LLM_CACHE_COLUMNS}
         self._last_flush = time.monotonic()
         self._table_ready = False
+        self._exit_hook = False
 
     def _open(self) -> Store:
         if self._store is None:
             from manta_lib.settings import load_settings
 
             self._store = Store.open(self._settings or load_settings())
+            if not self._exit_hook:
+                # After the store's own exit hooks (they run in reverse order): a script that
+                # never closes its judges still writes its last answers.
+                atexit.register(self.flush)
+                self._exit_hook = True
         if not self._table_ready:
             ensure_llm_cache_table(self._store)
             self._table_ready = True

@@ -3,8 +3,12 @@ be disabled or expire, and sampled answers are keyed by their index."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +90,35 @@ def test_samples_at_temperature_are_cached_by_index(
     assert fake.stats()["chat_requests"] == 3
     make_judge(temperature=0.8).sample("input", 4)  # only the new index is asked
     assert fake.stats()["chat_requests"] == 4
+
+
+SCRIPT = """
+import sys
+from typing import Literal
+from pydantic import BaseModel
+from manta_lib.llm import LLMJudge, LLMSettings
+from manta_lib.settings import load_settings
+
+class Verdict(BaseModel):
+    category: Literal["a", "b"]
+
+judge = LLMJudge("gpt-4o-mini", Verdict, settings=LLMSettings(base_url=sys.argv[1], api_key="k"),
+                 manta_settings=load_settings(data_dir=sys.argv[2], database="exit_test"))
+for i in range(3):
+    judge(f"prompt {i}")
+print(judge.usage.snapshot().calls)  # the script ends without closing the judge
+"""
+
+
+@pytest.mark.slow
+def test_a_script_that_never_closes_its_judge_still_writes_its_answers(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "MANTA_DATABASE")}
+    command = [sys.executable, "-c", SCRIPT, fake.url, str(tmp_path / "data")]
+    calls = [
+        subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
+    assert [int(c) for c in calls] == [3, 0]
+    assert fake.stats()["completions"] == 3
