@@ -19,13 +19,14 @@ from manta_lib.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from manta_lib.ingest import import_jsonl
+from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl, load_records
 from manta_lib.llm import LLMJudge, ModelPrice
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
+from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
     "ComputationAborted",
@@ -33,6 +34,8 @@ __all__ = [
     "Conversation",
     "EntityLevel",
     "EntityRef",
+    "ImportInterrupted",
+    "ImportReport",
     "KestrelError",
     "LLMBudgetExceeded",
     "LLMError",
@@ -54,7 +57,9 @@ __all__ = [
     "TraceContext",
     "TraceRecord",
     "ValidationError",
+    "delete_run",
     "import_jsonl",
+    "load_records",
     "load_settings",
     "open_store",
     "seed_demo",

@@ -27,15 +27,26 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from manta_lib.errors import MantaError
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS
 from manta_lib.store import Store
+from manta_lib.store.trace_writes import (
+    demo_trace_counts,
+    hold_sigint,
+    stored_trace_summaries,
+    write_trace_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +54,15 @@ __all__ = [
     "DEMO_PROJECT_ID",
     "DEMO_RUN_IDS",
     "DemoBatch",
+    "DemoInterrupted",
     "DemoSummary",
+    "MAX_DEMO_TRACES",
     "generate_demo",
     "seed_demo",
 ]
 
 DEMO_PROJECT_ID = "prj_demo"
+MAX_DEMO_TRACES = 20_000_000  # about 400 M spans: beyond that a seed runs for hours
 _BASE_MS = int(datetime(2025, 1, 6, tzinfo=UTC).timestamp()) * 1000
 _STEP_MS = 15 * 60 * 1000
 _RUN_OFFSET_MS = 3 * 24 * 3600 * 1000
@@ -117,6 +131,7 @@ class DemoSummary:
     seconds: float = 0.0
     skipped: bool = False
     message: str = ""
+    already_stored: int = 0  # traces a resumed seed found stored and skipped
 
 
 def generate_demo(
@@ -164,12 +179,18 @@ def seed_demo(
     seed: int = 7,
     if_empty: bool = False,
     batch_traces: int = 5_000,
+    progress: bool | None = None,
 ) -> DemoSummary:
     """Write the demo runs into ``store`` and say how many rows and how long it took.
 
-    With ``if_empty=True`` nothing is written when the ``traces`` table already has rows.
-    Demo rows already in the store are an error (seeding twice would double them): use a
-    fresh database (``MANTA_DATABASE``) or ``if_empty``.
+    Resumable: a seed that was killed or interrupted is completed by running it again with
+    the same ``traces`` and ``seed`` (rows already stored are skipped, none is written twice);
+    when everything is stored already, nothing is written (``skipped``). Demo rows from other
+    arguments are an error (they would mix two datasets in the same runs): drop them with
+    ``manta runs-delete`` or use a fresh database (``MANTA_DATABASE``). With
+    ``if_empty=True`` nothing is written when the store holds any trace that this seed would
+    not write, and never an error for that. ``progress`` draws a progress bar on stderr
+    (default: when stderr is a terminal); Ctrl-C raises :class:`DemoInterrupted`.
 
     Example::
 
@@ -178,40 +199,138 @@ def seed_demo(
             print(summary.traces, summary.spans, summary.seconds)
     """
     started = time.perf_counter()
-    existing = store.rows(
-        "SELECT count(), countIf(project_id = {p:String}) FROM {db}.traces",
-        {"p": DEMO_PROJECT_ID},
-    )[0]
-    if if_empty and existing[0]:
-        return DemoSummary(
-            skipped=True,
-            message=f"the traces table already has {existing[0]:,} rows: nothing seeded",
-            seconds=time.perf_counter() - started,
-        )
-    if existing[1]:
+    if not 1 <= traces <= MAX_DEMO_TRACES:
         raise MantaError(
-            f"database {store.database!r} already holds {existing[1]:,} demo traces (project "
-            f"{DEMO_PROJECT_ID}); seeding again would duplicate them. Use --if-empty to keep "
-            f"them, or set MANTA_DATABASE to a fresh database."
+            f"--traces must be between 1 and {MAX_DEMO_TRACES:,} (about 20 spans each), "
+            f"got {traces:,}"
         )
+    total, demo, same_seed = demo_trace_counts(store, DEMO_PROJECT_ID, f"tr_{seed}_")
+    others = total - same_seed
+    if if_empty and others:
+        return _skipped(
+            f"the traces table already has {others:,} rows that this demo seed would not "
+            f"write: nothing seeded",
+            started,
+        )
+    if demo > same_seed:
+        raise MantaError(
+            f"database {store.database!r} already holds {demo - same_seed:,} demo traces "
+            f"(project {DEMO_PROJECT_ID}) written with another --seed; seeding seed {seed} "
+            f"would mix two datasets in the same runs. Drop them with `manta runs-delete RUN "
+            f"--yes` for each demo run, use --if-empty to keep them, or set MANTA_DATABASE to a "
+            f"fresh database."
+        )
+    conflict = _other_arguments_message(store, same_seed, traces, seed)
+    if same_seed > traces:
+        return _conflict(conflict, if_empty, started)
     summary = DemoSummary()
+    resume = same_seed > 0  # a partial (or complete) seed with these arguments
     run_ids: set[str] = set()
-    for batch in generate_demo(traces=traces, seed=seed, batch_traces=batch_traces):
-        # Spans first, as the importer does: a stored trace always has its spans.
-        store.insert_columns("spans", batch.spans)
-        store.insert_columns("traces", batch.traces)
-        summary.traces += batch.trace_count
-        summary.spans += batch.span_count
-        run_ids.update(batch.traces["run_id"])
-        log.debug("demo: %d traces written", summary.traces)
+    try:
+        with _progress(progress, traces) as advance:
+            for batch in generate_demo(traces=traces, seed=seed, batch_traces=batch_traces):
+                if resume and not _matches_store(store, batch):
+                    return _conflict(conflict, if_empty, started)
+                with hold_sigint():  # a Ctrl-C during the write is raised once counted
+                    done = write_trace_batch(store, batch.traces, batch.spans, check_stored=resume)
+                    summary.traces += done.traces_written
+                    summary.spans += done.spans_written
+                    summary.already_stored += done.traces_present
+                # Batches are written in order: after one whose traces were all new, so are
+                # the following ones (no need to look them up).
+                resume = resume and done.traces_present > 0
+                run_ids.update(batch.traces["run_id"])
+                advance(batch.trace_count)
+    except KeyboardInterrupt:
+        summary.seconds = time.perf_counter() - started
+        raise DemoInterrupted(summary) from None
     summary.runs = [run_id for run_id in DEMO_RUN_IDS if run_id in run_ids]
     summary.seconds = time.perf_counter() - started
+    if summary.traces == 0:
+        summary.skipped = True
+        summary.message = (
+            f"all {summary.already_stored:,} demo traces of seed {seed} are already stored: "
+            f"nothing seeded"
+        )
+        return summary
     summary.message = (
         f"seeded {len(summary.runs)} runs, {summary.traces:,} traces and {summary.spans:,} spans "
         f"in {summary.seconds:.1f} s"
     )
+    if summary.already_stored:
+        summary.message += f" (resumed: {summary.already_stored:,} traces were already stored)"
     log.debug("demo: %s", summary.message)
     return summary
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`seed_demo` between two batches; :attr:`summary` says what was
+    written. Running the same seed again completes it."""
+
+    def __init__(self, summary: DemoSummary) -> None:
+        self.summary = summary
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        return (
+            f"interrupted: {self.summary.traces:,} demo traces and {self.summary.spans:,} spans "
+            f"were written (whole batches only); run the same command again to resume"
+        )
+
+
+def _skipped(message: str, started: float) -> DemoSummary:
+    return DemoSummary(skipped=True, message=message, seconds=time.perf_counter() - started)
+
+
+def _other_arguments_message(store: Store, stored: int, traces: int, seed: int) -> str:
+    return (
+        f"database {store.database!r} holds {stored:,} demo traces of seed {seed} written with "
+        f"another --traces than {traces:,}, so they cannot be completed. Re-run with the "
+        f"earlier --traces, drop the demo runs (`manta runs-delete RUN --yes`), use --if-empty "
+        f"to keep them, or set MANTA_DATABASE to a fresh database."
+    )
+
+
+def _conflict(message: str, if_empty: bool, started: float) -> DemoSummary:
+    if if_empty:
+        return _skipped(f"{message.split(', so')[0]}: nothing seeded", started)
+    raise MantaError(message)
+
+
+def _matches_store(store: Store, batch: DemoBatch) -> bool:
+    """True when the batch's stored traces are the ones it would write (same arguments)."""
+    trace_ids = batch.traces["trace_id"]
+    stored = stored_trace_summaries(store, trace_ids, batch.traces["run_id"])
+    if not stored:
+        return True
+    runs, steps, datapoints = (
+        batch.traces["run_id"],
+        batch.traces["step_number"],
+        batch.traces["datapoint_id"],
+    )
+    return all(
+        stored.get(trace_id, (run, step, dp)) == (run, step, dp)
+        for trace_id, run, step, dp in zip(trace_ids, runs, steps, datapoints, strict=True)
+    )
+
+
+@contextmanager
+def _progress(enabled: bool | None, total: int) -> Iterator[Any]:
+    """Yield ``advance(n_traces)``; a rich progress bar on stderr when enabled."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda _n: None
+        return
+    columns = (
+        TextColumn("[bold]seeding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("seeding", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 # ---- the plan: runs -> steps -> datapoint groups ----------------------------------------

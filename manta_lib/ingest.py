@@ -1,14 +1,15 @@
 """Import traces and spans from JSON Lines files (the format of ``docs/import_format.md``).
 
-One trace per line: the trace properties of seed 001 plus ``spans``, a list of span objects;
-spans may also come from separate files, one span per line, each with its ``trace_id``.
-Every line is validated with the pydantic row models; a bad line becomes a :class:`LineError`
+One trace per line: the trace properties plus ``spans``, a list of span objects; spans may
+also come from separate files, one span per line, each with its ``trace_id``. Every line is
+validated with the pydantic input models; a bad line becomes a :class:`LineError`
 (``file:line: field: reason``) and every good line is still loaded, unless ``strict`` asks for
-all or nothing. Rows are buffered one batch at a time and inserted column-oriented.
+all or nothing. Rows are buffered one batch at a time and written column-oriented by
+:func:`manta_lib.store.trace_writes.write_trace_batch`, which skips rows already stored: a
+re-import, or an import resumed after a crash or Ctrl-C, stores every row exactly once.
 
-Re-importing a file is a no-op: before a batch is inserted, one query finds which of its
-trace ids are already stored, and those traces (and their spans) are skipped. Spans are
-inserted before their traces, so a trace that is present has its embedded spans too.
+Other input formats reuse the loader through :func:`load_records`, which takes already-parsed
+records and a source name for error locations.
 
 Example::
 
@@ -25,15 +26,18 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
@@ -48,15 +52,31 @@ from rich.progress import (
 )
 
 from manta_lib.errors import ValidationError
-from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanKind, SpanRecord, TraceRecord
+from manta_lib.ingest_lines import (
+    LineProblems,
+    Source,
+    decode_line,
+    read_lines,
+    source_of,
+    unstorable_values,
+)
+from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanInput, SpanKind, TraceInput
 from manta_lib.store import Store
+from manta_lib.store.trace_writes import (
+    BatchWrite,
+    delete_written,
+    hold_sigint,
+    stored_trace_runs,
+    write_span_batch,
+    write_trace_batch,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImportReport", "LineError", "import_jsonl"]
+__all__ = ["ImportInterrupted", "ImportReport", "LineError", "import_jsonl", "load_records"]
 
-_TRACE_KEYS = frozenset(TraceRecord.model_fields)
-_SPAN_KEYS = frozenset(SpanRecord.model_fields)
+_TRACE_KEYS = frozenset(TraceInput.model_fields)
+_SPAN_KEYS = frozenset(SpanInput.model_fields)
 # Keys whose null means "use the default" (the others keep null: it is a valid value there,
 # or it is a required field, where null is reported).
 _TRACE_NULL_IS_DEFAULT = _TRACE_KEYS - {"trace_id", "run_id", "score", "created_at"}
@@ -72,6 +92,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _SPAN_BATCH_FACTOR = 20  # span rows per batch = batch_size x this (about one trace's spans)
 _MAX_SHOWN = 40
+_NO_SPAN_EXAMPLES = 3
+# Top-level keys that usually hold a conversation: stored in meta, they make no spans.
+_CONVERSATION_KEYS = frozenset(
+    {"messages", "conversation", "chat", "turns", "choices", "completion", "response", "output"}
+)
 
 
 @dataclass(frozen=True)
@@ -90,13 +115,14 @@ class LineError:
 
 @dataclass
 class ImportReport:
-    """What an import did: rows loaded, traces skipped as already present, bad lines."""
+    """What an import did: rows loaded, rows skipped as already stored, bad lines, warnings."""
 
     traces_loaded: int = 0
     spans_loaded: int = 0
     traces_already_present: int = 0
     spans_skipped: int = 0
     errors: list[LineError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     strict: bool = False
     files: int = 0
     seconds: float = 0.0
@@ -123,13 +149,38 @@ class ImportReport:
             )
         if self.spans_skipped:
             parts.append(
-                f"{_count(self.spans_skipped, 'span')} skipped (their trace was already present "
-                f"or its line is bad)"
+                f"{_count(self.spans_skipped, 'span')} skipped (already stored, or their trace "
+                f"was already present or its line is bad)"
             )
         if self.errors:
             bad = _count(self.bad_lines, "bad line")
             parts.append(f"{bad}, nothing loaded (strict)" if self.strict else bad)
         return "; ".join(parts)
+
+
+class ImportInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped an import between two batches; :attr:`report` says what was stored.
+
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C still does. Importing the same
+    input again resumes: what is stored is skipped, nothing is stored twice.
+    """
+
+    def __init__(self, report: ImportReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+    def summary(self) -> str:
+        """One line: what was stored before the interrupt and how to resume."""
+        if self.report.strict:
+            return (
+                "interrupted: nothing was stored (strict: rows written before the interrupt "
+                "were deleted again); run the same import again"
+            )
+        return (
+            f"interrupted: {_count(self.report.traces_loaded, 'trace')} and "
+            f"{_count(self.report.spans_loaded, 'span')} were stored (whole batches only); "
+            f"run the same import again to resume, stored traces are skipped"
+        )
 
 
 def _count(number: int, noun: str) -> str:
@@ -149,55 +200,140 @@ def import_jsonl(
     """Validate and load JSON Lines trace files (and optional separate span files).
 
     ``paths`` hold one trace per line; ``spans_paths`` one span per line, each naming its
-    ``trace_id``. Good lines are loaded in column-oriented batches of ``batch_size`` traces
-    (``20 x batch_size`` span rows); bad lines are listed in :attr:`ImportReport.errors`. With
-    ``strict=True`` everything is validated first and nothing is loaded if any line is bad.
-    Traces whose ``trace_id`` is already stored are skipped, so importing twice is harmless.
-    ``project_id`` is used for traces that do not carry one; ``progress`` shows a progress
-    bar on stderr (default: when stderr is a terminal).
+    ``trace_id``. ``-`` reads standard input; named pipes and ``/dev/stdin`` work too (the
+    input is streamed). Good lines are loaded in column-oriented batches of ``batch_size``
+    traces (``20 x batch_size`` span rows); bad lines are listed in
+    :attr:`ImportReport.errors`, and per-file warnings (fields stored in ``meta`` because
+    nothing maps them, traces without spans) in :attr:`ImportReport.warnings`. With
+    ``strict=True`` the whole input is validated first (one pass, rows kept in a temporary
+    file) and nothing is written if any line is bad. Rows already stored are skipped, so
+    importing twice, or again after an interrupted import, stores each row once.
+    ``project_id`` is used for traces that carry none; ``progress`` shows a progress bar on
+    stderr (default: when stderr is a terminal). Ctrl-C raises :class:`ImportInterrupted`.
 
     Example::
 
         report = import_jsonl(["traces.jsonl"], spans_paths=["spans.jsonl"], store=store)
         assert report.ok, "\\n".join(map(str, report.errors))
     """
-    trace_files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    span_files = [Path(p) for p in spans_paths]
+    trace_args = [paths] if isinstance(paths, str | Path) else list(paths)
+    sources = [(source_of(p), False) for p in trace_args]
+    sources += [(source_of(p), True) for p in spans_paths]
+    if sum(source.path is None for source, _ in sources) > 1:
+        raise ValidationError("standard input (-) can be given only once")
+    inputs = [
+        _Input(source.name, is_spans, _file_items(source), source.size)
+        for source, is_spans in sources
+    ]
+    return _run(store, inputs, strict, batch_size, project_id, progress)
+
+
+def load_records(
+    records: Iterable[Any],
+    *,
+    source: str,
+    store: Store,
+    kind: Literal["traces", "spans"] = "traces",
+    strict: bool = False,
+    batch_size: int = 5000,
+    project_id: str = "",
+    progress: bool | None = None,
+) -> ImportReport:
+    """Validate and load already-parsed records: the loader behind :func:`import_jsonl`.
+
+    ``records`` yields trace objects (``kind="traces"``, the keys of docs/import_format.md)
+    or span objects (``kind="spans"``, each with its ``trace_id``); an item is a record, or
+    ``(line_number, record)`` to point errors at its place in the original input (items are
+    numbered from 1 otherwise). ``source`` names the input in errors
+    (``source:line: field: reason``). Everything else is as in :func:`import_jsonl`.
+
+    Example::
+
+        records = ({"trace_id": r["id"], "run_id": "run_x", "spans": []} for r in rows)
+        report = load_records(records, source="export.parquet", store=store)
+    """
+    return _run(
+        store,
+        [_Input(source, kind == "spans", _record_items(records), None)],
+        strict,
+        batch_size,
+        project_id,
+        progress,
+    )
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+_Item = tuple[int, Any]  # (line number, decoded value or LineProblems)
+
+
+@dataclass
+class _Input:
+    name: str
+    is_spans: bool
+    items: Callable[[Callable[[int], Any]], Iterator[_Item]]  # advance(n_bytes) -> items
+    size: int | None
+
+
+def _file_items(source: Source) -> Callable[[Callable[[int], Any]], Iterator[_Item]]:
+    def items(advance: Callable[[int], Any]) -> Iterator[_Item]:
+        for number, raw in read_lines(source, advance):
+            if isinstance(raw, LineProblems):
+                yield number, raw
+                continue
+            try:
+                yield number, decode_line(raw)
+            except LineProblems as problems:
+                yield number, problems
+
+    return items
+
+
+def _record_items(records: Iterable[Any]) -> Callable[[Callable[[int], Any]], Iterator[_Item]]:
+    def items(_advance: Callable[[int], Any]) -> Iterator[_Item]:
+        for position, item in enumerate(records, start=1):
+            number, record = (
+                item
+                if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int)
+                else (position, item)
+            )
+            problems = unstorable_values(record)
+            yield number, LineProblems(problems) if problems else record
+
+    return items
+
+
+def _run(
+    store: Store,
+    inputs: list[_Input],
+    strict: bool,
+    batch_size: int,
+    project_id: str,
+    progress: bool | None,
+) -> ImportReport:
     if batch_size < 1:
         raise ValidationError(f"batch_size must be at least 1, got {batch_size}")
-    for path in (*trace_files, *span_files):
-        if not path.is_file():
-            raise ValidationError(f"cannot import {path}: no such file")
     if progress is None:
         progress = sys.stderr.isatty()
     started = time.perf_counter()
-    if strict:
-        check = _Import(store, trace_files, span_files, batch_size, project_id, dry_run=True)
-        check.run(progress)
-        if check.report.errors:
-            return ImportReport(
-                errors=check.report.errors,
-                strict=True,
-                files=check.report.files,
-                seconds=time.perf_counter() - started,
-            )
-    loader = _Import(store, trace_files, span_files, batch_size, project_id, dry_run=False)
-    loader.run(progress)
+    loader = _Import(store, inputs, batch_size, project_id, strict=strict)
+    try:
+        loader.run(progress)
+    except KeyboardInterrupt:
+        loader.report.strict = strict
+        loader.report.seconds = time.perf_counter() - started
+        raise ImportInterrupted(loader.report) from None
+    finally:
+        loader.close()
     loader.report.strict = strict
     loader.report.seconds = time.perf_counter() - started
+    for warning in loader.report.warnings:
+        log.warning("%s", warning)
     log.debug("import: %s", loader.report.summary())
     return loader.report
 
 
 # ---- one pass over the input ------------------------------------------------------------
-
-
-class _LineProblems(Exception):
-    """Raised while parsing a line: the (field, reason) pairs found."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__(problems)
-        self.problems = problems
 
 
 @dataclass
@@ -216,83 +352,141 @@ class _PendingSpan:
 
 
 class _Import:
-    """One pass: parse, validate, batch and (unless ``dry_run``) insert."""
+    """One pass: parse, validate, batch, and write (or, with ``strict``, spool the batches to
+    a temporary file and write them only if no line was bad)."""
 
     def __init__(
         self,
         store: Store,
-        trace_files: list[Path],
-        span_files: list[Path],
+        inputs: list[_Input],
         batch_size: int,
         project_id: str,
         *,
-        dry_run: bool,
+        strict: bool,
     ) -> None:
         self.store = store
-        self.trace_files = trace_files
-        self.span_files = span_files
+        self.inputs = inputs
         self.batch_size = batch_size
         self.span_batch_size = batch_size * _SPAN_BATCH_FACTOR
         self.project_id = project_id
-        self.dry_run = dry_run
+        self.has_span_inputs = any(i.is_spans for i in inputs)
+        self.spool: IO[bytes] | None = tempfile.TemporaryFile() if strict else None  # noqa: SIM115 - closed in close()
         self.now_ms = _to_ms(datetime.now(UTC))
-        self.report = ImportReport(files=len(trace_files) + len(span_files))
+        self.report = ImportReport(files=len(inputs))
         # trace_id -> where it was first seen (for duplicate reports), good lines only.
         self.seen: dict[str, tuple[str, int]] = {}
-        # trace_id -> run_id of a trace loaded by this import, None if it was already stored;
-        # only kept when separate span files need it.
-        self.run_of: dict[str, str | None] = {}
+        # trace_id -> run_id of the good trace lines; only kept when span inputs need it.
+        self.run_of: dict[str, str] = {}
         self.next_seq: dict[str, int] = {}
         # trace ids of bad trace lines: their spans in span files are skipped, not reported.
         self.rejected: set[str] = set()
         self.pending_traces: list[_PendingTrace] = []
         self.pending_span_rows = 0
         self.pending_spans: list[_PendingSpan] = []
+        # Per trace input: unmapped top-level keys, and good traces without embedded spans.
+        self.unmapped: Counter[str] = Counter()
+        self.spanless: dict[str, list[str]] = {}
+        self.spanless_count: dict[str, int] = {}
+        self.got_spans: set[str] = set()
+        # Strict mode: what the writing phase inserted, to delete it if that phase fails.
+        self.new_traces: list[tuple[str, str]] = []
+        self.new_spans: list[tuple[str, str, str]] = []
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
 
     def run(self, show_progress: bool) -> None:
-        files = [(p, False) for p in self.trace_files] + [(p, True) for p in self.span_files]
-        with _progress_bar(show_progress, files, self.dry_run) as advance:
-            for path, is_span_file in files:
-                for number, raw in _lines(path, advance):
-                    obj: Any = None
+        with _progress_bar(show_progress, self.inputs, self.spool is not None) as advance:
+            for source in self.inputs:
+                self.unmapped = Counter()
+                for number, item in source.items(advance):
                     try:
-                        obj = _decode(raw)
-                        if is_span_file:
-                            self._span_line(obj, str(path), number)
+                        if isinstance(item, LineProblems):
+                            raise item
+                        if source.is_spans:
+                            self._span_line(item, source.name, number)
                         else:
-                            self._trace_line(obj, str(path), number)
-                    except _LineProblems as problems:
-                        if not is_span_file:
-                            self._reject(obj)
+                            self._trace_line(item, source.name, number)
+                    except LineProblems as problems:
+                        if not source.is_spans:
+                            self._reject(item)
                         self.report.errors.extend(
-                            LineError(str(path), number, name, reason)
+                            LineError(source.name, number, name, reason)
                             for name, reason in problems.problems
                         )
-                if is_span_file:
+                if source.is_spans:
                     self._flush_spans()
                 else:
                     self._flush_traces()
+                    self._warn_unmapped(source.name)
         self._flush_traces()
         self._flush_spans()
-        order = {str(path): index for index, (path, _) in enumerate(files)}
+        self._warn_spanless()
+        order = {source.name: index for index, source in enumerate(self.inputs)}
         self.report.errors.sort(key=lambda e: (order.get(e.path, 0), e.line))
+        if self.spool is not None and not self.report.errors:
+            self._replay()
+
+    # -- warnings --
+
+    def _warn_unmapped(self, name: str) -> None:
+        if not self.unmapped:
+            return
+        listed = ", ".join(
+            f"{key!r} ({_count(n, 'trace')})" for key, n in sorted(self.unmapped.items())
+        )
+        warning = f"{name}: fields that nothing maps were stored in meta: {listed}"
+        conversation = sorted(set(self.unmapped) & _CONVERSATION_KEYS)
+        if conversation:
+            warning += (
+                f". {conversation[0]!r} looks like a conversation, which is not turned into "
+                f'spans: give each message as a span of kind "message" with role and content '
+                f"(docs/import_format.md)"
+            )
+        self.report.warnings.append(warning)
+
+    def _warn_spanless(self) -> None:
+        for name, examples in self.spanless.items():
+            count = self.spanless_count[name]
+            if self.has_span_inputs:
+                examples = [t for t in examples if t not in self.got_spans]
+                count = len(examples)
+            if not count:
+                continue
+            shown = ", ".join(repr(t) for t in examples[:_NO_SPAN_EXAMPLES])
+            more = ", ..." if count > _NO_SPAN_EXAMPLES else ""
+            self.report.warnings.append(
+                f"{name}: {_count(count, 'trace')} ended with no spans ({shown}{more}): "
+                f"{'its' if count == 1 else 'their'} conversation, tool calls and grader are "
+                f'missing; give them in "spans" or a --spans file'
+            )
 
     # -- trace lines --
 
     def _reject(self, obj: Any) -> None:
         trace_id = obj.get("trace_id") if isinstance(obj, dict) else None
-        if self.span_files and isinstance(trace_id, str) and trace_id not in self.seen:
+        if self.has_span_inputs and isinstance(trace_id, str) and trace_id not in self.seen:
             self.rejected.add(trace_id)
 
     def _trace_line(self, obj: Any, path: str, number: int) -> None:
-        trace, spans = _parse_trace(obj, self.project_id, self.now_ms)
+        trace, spans, unmapped = _parse_trace(obj, self.project_id, self.now_ms)
         trace_id = trace[1]
         first = self.seen.get(trace_id)
         if first is not None:
-            raise _LineProblems(
+            raise LineProblems(
                 [("trace_id", f"duplicate trace_id {trace_id!r} (first seen at {_at(first)})")]
             )
         self.seen[trace_id] = (path, number)
+        self.unmapped.update(unmapped)
+        if self.has_span_inputs:
+            self.run_of[trace_id] = trace[2]
+        if not spans:
+            self.spanless_count[path] = self.spanless_count.get(path, 0) + 1
+            examples = self.spanless.setdefault(path, [])
+            # With span inputs every id is kept (its spans may come later); else a few.
+            if self.has_span_inputs or len(examples) < _NO_SPAN_EXAMPLES:
+                examples.append(trace_id)
         self.pending_traces.append(_PendingTrace(trace_id, trace, spans))
         self.pending_span_rows += len(spans)
         if (
@@ -305,38 +499,18 @@ class _Import:
         batch, self.pending_traces, self.pending_span_rows = self.pending_traces, [], 0
         if not batch:
             return
-        present = set() if self.dry_run else self._stored_trace_ids([t.trace_id for t in batch])
-        keep_runs = bool(self.span_files)
-        trace_rows: list[tuple[Any, ...]] = []
-        span_rows: list[tuple[Any, ...]] = []
-        for pending in batch:
-            if pending.trace_id in present:
-                self.report.traces_already_present += 1
-                self.report.spans_skipped += len(pending.spans)
-                if keep_runs:
-                    self.run_of[pending.trace_id] = None
-                continue
-            trace_rows.append(pending.row)
-            span_rows.extend(pending.spans)
-            if keep_runs:
-                self.run_of[pending.trace_id] = pending.row[2]
-        if not self.dry_run:
-            # Spans first: a stored trace then always has its embedded spans.
-            self.store.insert_columns("spans", _columns(SPAN_COLUMNS, span_rows))
-            self.store.insert_columns("traces", _columns(TRACE_COLUMNS, trace_rows))
-        self.report.traces_loaded += len(trace_rows)
-        self.report.spans_loaded += len(span_rows)
-        log.debug("trace batch: %d loaded, %d present", len(trace_rows), len(present))
+        trace_rows = [pending.row for pending in batch]
+        span_rows = [row for pending in batch for row in pending.spans]
+        self._emit("traces", _columns(TRACE_COLUMNS, trace_rows), _columns(SPAN_COLUMNS, span_rows))
 
-    # -- span lines (separate files) --
+    # -- span lines (separate inputs) --
 
     def _span_line(self, obj: Any, path: str, number: int) -> None:
         if isinstance(obj, dict) and "trace_id" not in obj:
-            raise _LineProblems([("trace_id", "missing required field")])
+            raise LineProblems([("trace_id", "missing required field")])
         trace_id = obj.get("trace_id") if isinstance(obj, dict) else None
-        run_id = self.run_of.get(trace_id) if isinstance(trace_id, str) else None
         seq = self.next_seq.get(trace_id, 0) if isinstance(trace_id, str) else 0
-        row = _parse_span(obj, "", trace_id if isinstance(trace_id, str) else "", run_id, seq)
+        row = _parse_span(obj, "", trace_id if isinstance(trace_id, str) else "", None, seq)
         trace_id, seq = row[0], row[4]
         self.next_seq[trace_id] = max(self.next_seq.get(trace_id, 0), seq + 1)
         self.pending_spans.append(_PendingSpan(trace_id, row, path, number))
@@ -350,14 +524,14 @@ class _Import:
         unknown = sorted(
             {s.trace_id for s in batch if s.trace_id not in self.run_of} - self.rejected
         )
-        stored = self._stored_trace_ids(unknown) if unknown else set()
+        stored = stored_trace_runs(self.store, unknown)
         rows: list[tuple[Any, ...]] = []
         for span in batch:
-            if span.trace_id in self.run_of:
-                run_id = self.run_of[span.trace_id]
-            elif span.trace_id in stored or span.trace_id in self.rejected:
-                run_id = None
-            else:
+            run_id = self.run_of.get(span.trace_id) or stored.get(span.trace_id)
+            if run_id is None:
+                if span.trace_id in self.rejected:
+                    self.report.spans_skipped += 1
+                    continue
                 self.report.errors.append(
                     LineError(
                         span.path,
@@ -366,9 +540,6 @@ class _Import:
                         f"no trace {span.trace_id!r} in this import or in the store",
                     )
                 )
-                continue
-            if run_id is None:
-                self.report.spans_skipped += 1
                 continue
             row = span.row
             if row[1] != run_id:
@@ -385,49 +556,74 @@ class _Import:
                     continue
                 row = (row[0], run_id, *row[2:])
             rows.append(row)
-        if not self.dry_run:
-            self.store.insert_columns("spans", _columns(SPAN_COLUMNS, rows))
-        self.report.spans_loaded += len(rows)
+            self.got_spans.add(span.trace_id)
+        self._emit("spans", {}, _columns(SPAN_COLUMNS, rows))
 
-    def _stored_trace_ids(self, trace_ids: list[str]) -> set[str]:
-        rows = self.store.rows(
-            "SELECT DISTINCT trace_id FROM {db}.traces WHERE trace_id IN {ids:Array(String)}",
-            {"ids": trace_ids},
-        )
-        return {row[0] for row in rows}
+    # -- writing --
+
+    def _emit(
+        self, kind: str, traces: dict[str, Sequence[Any]], spans: dict[str, Sequence[Any]]
+    ) -> None:
+        if self.spool is not None:
+            if not self.report.errors:  # once a line is bad nothing will be written
+                pickle.dump((kind, traces, spans), self.spool, protocol=pickle.HIGHEST_PROTOCOL)
+            return
+        self._write(kind, traces, spans)
+
+    def _write(
+        self, kind: str, traces: dict[str, Sequence[Any]], spans: dict[str, Sequence[Any]]
+    ) -> None:
+        with hold_sigint():  # a Ctrl-C during the write is raised once it is counted
+            done: BatchWrite = (
+                write_trace_batch(self.store, traces, spans)
+                if kind == "traces"
+                else write_span_batch(self.store, spans)
+            )
+            self.report.traces_loaded += done.traces_written
+            self.report.spans_loaded += done.spans_written
+            self.report.traces_already_present += done.traces_present
+            self.report.spans_skipped += done.spans_present
+            if self.spool is not None:  # strict: remembered for a rollback
+                self.new_traces.extend(done.new_traces)
+                self.new_spans.extend(done.new_spans)
+        log.debug("%s batch: %s", kind, done)
+
+    def _replay(self) -> None:
+        """Strict mode, every line good: write the spooled batches in their order. If the
+        writing fails or is interrupted, what it wrote is deleted again (all or nothing)."""
+        assert self.spool is not None
+        self.spool.seek(0)
+        try:
+            while True:
+                try:
+                    kind, traces, spans = pickle.load(self.spool)
+                except EOFError:
+                    return
+                self._write(kind, traces, spans)
+        except BaseException:
+            log.warning("strict import stopped while writing: deleting the rows it wrote")
+            delete_written(self.store, self.new_traces, self.new_spans)
+            self.report.traces_loaded = self.report.spans_loaded = 0
+            raise
 
 
 # ---- parsing and validation ---------------------------------------------------------------
 
 
-def _lines(path: Path, advance: Any) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            advance(len(raw))
-            if raw.strip():
-                yield number, raw
-
-
-def _decode(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise _LineProblems([("", f"invalid JSON ({exc.msg} at column {exc.colno})")]) from None
-    except UnicodeDecodeError as exc:
-        raise _LineProblems([("", f"invalid UTF-8 ({exc.reason} at byte {exc.start})")]) from None
-
-
-def _parse_trace(obj: Any, project_id: str, now_ms: int) -> tuple[tuple[Any, ...], list[tuple]]:
-    """Validate one trace object; return its row and its span rows, or raise _LineProblems."""
+def _parse_trace(
+    obj: Any, project_id: str, now_ms: int
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[str]]:
+    """Validate one trace object; return its row, its span rows and the unknown top-level keys
+    stored in meta, or raise LineProblems."""
     if not isinstance(obj, dict):
-        raise _LineProblems([("", f"expected a JSON object, got {_show(obj)}")])
+        raise LineProblems([("", f"expected a JSON object, got {_show(obj)}")])
     problems: list[tuple[str, str]] = []
     values, extras = _split(obj, _TRACE_KEYS, _TRACE_NULL_IS_DEFAULT, skip=("spans",))
     values["meta"] = _merge_extras(values.get("meta"), extras, "meta", "", problems)
     values.setdefault("project_id", project_id)
-    trace: TraceRecord | None = None
+    trace: TraceInput | None = None
     try:
-        trace = TraceRecord.model_validate(values)
+        trace = TraceInput.model_validate(values)
     except PydanticValidationError as exc:
         problems.extend(_translate(err, "") for err in exc.errors())
     if trace is not None:
@@ -445,7 +641,7 @@ def _parse_trace(obj: Any, project_id: str, now_ms: int) -> tuple[tuple[Any, ...
             prefix = f"spans[{index}]."
             try:
                 row = _parse_span(raw_span, prefix, trace_id, run_id, index)
-            except _LineProblems as exc:
+            except LineProblems as exc:
                 problems.extend(exc.problems)
                 continue
             if row[2] in span_ids:
@@ -453,7 +649,7 @@ def _parse_trace(obj: Any, project_id: str, now_ms: int) -> tuple[tuple[Any, ...
             span_ids.add(row[2])
             span_rows.append(row)
     if problems or trace is None:
-        raise _LineProblems(problems)
+        raise LineProblems(problems)
     row = (
         trace.project_id,
         trace.trace_id,
@@ -473,7 +669,7 @@ def _parse_trace(obj: Any, project_id: str, now_ms: int) -> tuple[tuple[Any, ...
         _json(trace.meta),
         _to_ms(trace.created_at) if trace.created_at else now_ms,
     )
-    return row, span_rows
+    return row, span_rows, list(extras)
 
 
 def _parse_span(
@@ -481,7 +677,7 @@ def _parse_span(
 ) -> tuple[Any, ...]:
     """Validate one span object (defaults from its trace); return its row in SPAN_COLUMNS order."""
     if not isinstance(obj, dict):
-        raise _LineProblems([(prefix.rstrip("."), f"expected a JSON object, got {_show(obj)}")])
+        raise LineProblems([(prefix.rstrip("."), f"expected a JSON object, got {_show(obj)}")])
     problems: list[tuple[str, str]] = []
     values, extras = _split(obj, _SPAN_KEYS, _SPAN_NULL_IS_DEFAULT)
     values["attributes"] = _merge_extras(
@@ -501,15 +697,15 @@ def _parse_span(
     arguments = values.get("tool_arguments")
     if isinstance(arguments, dict | list):
         values["tool_arguments"] = _json(arguments)
-    span: SpanRecord | None = None
+    span: SpanInput | None = None
     try:
-        span = SpanRecord.model_validate(values)
+        span = SpanInput.model_validate(values)
     except PydanticValidationError as exc:
         problems.extend(_translate(err, prefix) for err in exc.errors())
     if span is not None:
         problems.extend(_int_range(span, _SPAN_INT_FIELDS, prefix))
     if problems or span is None:
-        raise _LineProblems(problems)
+        raise LineProblems(problems)
     return (
         span.trace_id,
         span.run_id,
@@ -580,9 +776,15 @@ def _translate(err: ErrorDetails, prefix: str) -> tuple[str, str]:
         label, enum = _ENUMS[str(loc[-1])]
         expected = ", ".join(member.value for member in enum)
         return name, f"{got} is not a valid {label} (expected one of: {expected})"
+    if kind == "value_error":
+        return name, str(err.get("ctx", {}).get("error", err["msg"]))
+    if kind == "finite_number":
+        return name, f"{got} is not a finite number; use a finite number"
+    if kind == "greater_than_equal":
+        return name, f"must not be negative, got {got}"
     if kind.startswith("int_"):
         return name, f"expected an integer, got {got}"
-    if kind.startswith("float_") or kind == "finite_number":
+    if kind.startswith("float_"):
         return name, f"expected a number, got {got}"
     if kind.startswith("bool_"):
         return name, f"expected true or false, got {got}"
@@ -641,12 +843,14 @@ def _columns(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict[str, S
 
 
 @contextmanager
-def _progress_bar(enabled: bool, files: list[tuple[Path, bool]], dry_run: bool) -> Iterator[Any]:
-    """Yield ``advance(n_bytes)``; draws a rich progress bar on stderr when enabled."""
+def _progress_bar(enabled: bool, inputs: list[_Input], validating: bool) -> Iterator[Any]:
+    """Yield ``advance(n_bytes)``; draws a rich progress bar on stderr when enabled (without
+    a total when an input is a pipe or stdin)."""
     if not enabled:
         yield lambda _n: None
         return
-    total = sum(path.stat().st_size for path, _ in files)
+    sizes = [source.size for source in inputs]
+    total = None if None in sizes else sum(size or 0 for size in sizes)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -655,5 +859,5 @@ def _progress_bar(enabled: bool, files: list[tuple[Path, bool]], dry_run: bool) 
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("validating" if dry_run else "importing", total=total)
+        task = bar.add_task("validating" if validating else "importing", total=total)
         yield lambda n: bar.advance(task, n)

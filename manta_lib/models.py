@@ -6,11 +6,12 @@ DESIGN.md. Both are the JSON Lines import format too (see README, "Import format
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 _M = TypeVar("_M", bound=BaseModel)
 _set = object.__setattr__
@@ -114,6 +115,85 @@ class TraceRecord(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
     project_id: str = ""
     created_at: datetime | None = None
+
+
+# ---- input models: what an import accepts (stricter than what reads must tolerate) ----------
+
+# Unix seconds accepted for a timestamp: 1970 up to 2286. A number above is almost always
+# milliseconds (1e12 ms is 2001), which must not be silently reread as seconds or millis.
+MAX_UNIX_SECONDS = 10_000_000_000
+# DateTime64 stores 1900-01-01 to 2299-12-31.
+_MIN_YEAR, _MAX_YEAR = 1900, 2299
+
+
+def _unix_seconds(value: Any) -> Any:
+    """Turn a number of Unix seconds into a UTC datetime; reject values outside the plausible
+    range with a message saying that seconds are expected."""
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # an ISO 8601 string: pydantic parses it
+    if number is None:
+        return value
+    if not math.isfinite(number) or not 0 <= number < MAX_UNIX_SECONDS:
+        raise ValueError(
+            f"{value!r} is not a plausible Unix timestamp: seconds since 1970 are expected "
+            f"(0 to {MAX_UNIX_SECONDS:.0e}); a value in milliseconds must be divided by 1000"
+        )
+    return datetime.fromtimestamp(number, UTC)
+
+
+def _storable_time(value: datetime | None) -> datetime | None:
+    if value is not None and not _MIN_YEAR <= value.year <= _MAX_YEAR:
+        raise ValueError(
+            f"{value.isoformat()} is outside the storable range (years {_MIN_YEAR}-{_MAX_YEAR})"
+        )
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    return value
+
+
+Timestamp = Annotated[
+    datetime | None, BeforeValidator(_unix_seconds), AfterValidator(_storable_time)
+]
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+Count = Annotated[int, Field(ge=0)]
+Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class TraceInput(TraceRecord):
+    """A trace as an import accepts it: ids not blank, counts, durations and costs not
+    negative, numbers finite, ``created_at`` in Unix seconds or ISO 8601 within 1900-2299."""
+
+    trace_id: NonBlank
+    run_id: NonBlank
+    score: Finite | None = None
+    cost_usd: Cost = 0.0
+    duration_ms: Count = 0
+    turn_count: Count = 0
+    tokens_input: Count = 0
+    tokens_output: Count = 0
+    created_at: Timestamp = None
+
+
+class SpanInput(SpanRecord):
+    """A span as an import accepts it (the rules of :class:`TraceInput`)."""
+
+    span_id: NonBlank
+    tokens_input: Count = 0
+    tokens_output: Count = 0
+    cost_usd: Cost = 0.0
+    started_at: Timestamp = None
+    ended_at: Timestamp = None
 
 
 TRACE_COLUMNS: tuple[str, ...] = (

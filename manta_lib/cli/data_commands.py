@@ -1,4 +1,5 @@
-"""Commands over the trace store: ``import``, ``demo seed``, ``runs-overview``.
+"""Commands over the trace store: ``import``, ``demo seed``, ``runs-overview``,
+``runs-delete``.
 
 Each command opens the store late and closes it before returning (the embedded chDB store
 can be open in one process at a time).
@@ -6,6 +7,7 @@ can be open in one process at a time).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -14,39 +16,58 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from manta_lib.demo import seed_demo
-from manta_lib.ingest import import_jsonl
+from manta_lib.demo import DemoInterrupted, seed_demo
+from manta_lib.errors import QueryError
+from manta_lib.ingest import ImportInterrupted, import_jsonl
+from manta_lib.ingest_lines import STDIN
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
+from manta_lib.store.trace_writes import delete_run, run_row_counts
 
 console = Console()
 _MAX_ERRORS_SHOWN = 200
 
 demo_app = typer.Typer(no_args_is_help=True, help="Synthetic demo data (seeded, deterministic).")
 
-ExistingFile = Annotated[
+_EXIT_INTERRUPTED = 130
+
+
+def _readable_inputs(values: list[Path] | None) -> list[Path] | None:
+    """``-`` is standard input; anything else must exist and not be a directory (regular
+    files, ``/dev/stdin``, named pipes and ``<(...)`` substitutions all qualify)."""
+    for value in values or []:
+        if str(value) == STDIN:
+            continue
+        if not value.exists():
+            raise typer.BadParameter(f"{value}: no such file")
+        if value.is_dir():
+            raise typer.BadParameter(f"{value}: is a directory, not a JSON Lines file")
+    return values
+
+
+InputFiles = Annotated[
     list[Path],
     typer.Argument(
-        help="JSON Lines files, one trace per line (docs/import_format.md).",
-        exists=True,
-        dir_okay=False,
-        readable=True,
+        help="JSON Lines files, one trace per line (docs/import_format.md); - reads stdin.",
+        callback=_readable_inputs,
         show_default=False,
     ),
 ]
 
 
+def _drop_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno != logging.WARNING
+
+
 def import_command(
-    files: ExistingFile,
+    files: InputFiles,
     spans: Annotated[
         list[Path] | None,
         typer.Option(
             "--spans",
             help="A JSON Lines file of spans, one per line with its trace_id (repeatable).",
-            exists=True,
-            dir_okay=False,
-            readable=True,
+            callback=_readable_inputs,
             show_default=False,
         ),
     ] = None,
@@ -62,19 +83,31 @@ def import_command(
 ) -> None:
     """Import traces (and spans) from JSON Lines files; exit code 1 if a line was bad.
 
-    Good lines are loaded even when others are bad (unless --strict); traces already in the
-    store are skipped, so importing a file twice is harmless.
+    Good lines are loaded even when others are bad (unless --strict); rows already in the
+    store are skipped, so importing a file twice, or again after an interrupted import, is
+    harmless. FILE may be - (stdin) or a pipe. Ctrl-C stops between batches: exit code 130
+    and a line saying what was stored.
     """
-    with Store.open(load_settings()) as store:
-        report = import_jsonl(
-            files,
-            store=store,
-            spans_paths=spans or (),
-            strict=strict,
-            batch_size=batch_size,
-            project_id=project_id,
-        )
+    ingest_log = logging.getLogger("manta_lib.ingest")
+    ingest_log.addFilter(_drop_warnings)  # the report's warnings are printed below, once
+    try:
+        with Store.open(load_settings()) as store:
+            report = import_jsonl(
+                files,
+                store=store,
+                spans_paths=spans or (),
+                strict=strict,
+                batch_size=batch_size,
+                project_id=project_id,
+            )
+    except ImportInterrupted as interrupted:
+        typer.echo(interrupted.summary(), err=True)
+        raise typer.Exit(_EXIT_INTERRUPTED) from None
+    finally:
+        ingest_log.removeFilter(_drop_warnings)
     console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     for error in report.errors[:_MAX_ERRORS_SHOWN]:
         typer.echo(str(error), err=True)
     if len(report.errors) > _MAX_ERRORS_SHOWN:
@@ -90,13 +123,31 @@ def demo_seed_command(
     ] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same rows.")] = 7,
     if_empty: Annotated[
-        bool, typer.Option("--if-empty", help="Do nothing if the traces table has rows.")
+        bool,
+        typer.Option(
+            "--if-empty",
+            help="Do nothing if the store holds traces this seed would not write (an "
+            "unfinished seed with the same arguments is completed).",
+        ),
     ] = False,
+    batch_traces: Annotated[
+        int, typer.Option("--batch-traces", min=1, hidden=True, help="Traces per insert.")
+    ] = 5_000,
 ) -> None:
-    """Write realistic synthetic RL runs (GRPO groups, tool use, graders) into the store."""
-    with Store.open(load_settings()) as store:
-        summary = seed_demo(store, traces=traces, seed=seed, if_empty=if_empty)
-        database = store.database
+    """Write realistic synthetic RL runs (GRPO groups, tool use, graders) into the store.
+
+    Resumable: if a seed was killed or interrupted, run the same command again to complete
+    it; rows already stored are not written twice.
+    """
+    try:
+        with Store.open(load_settings()) as store:
+            summary = seed_demo(
+                store, traces=traces, seed=seed, if_empty=if_empty, batch_traces=batch_traces
+            )
+            database = store.database
+    except DemoInterrupted as interrupted:
+        typer.echo(interrupted.message(), err=True)
+        raise typer.Exit(_EXIT_INTERRUPTED) from None
     if summary.skipped:
         console.print(f"{summary.message} (database {database})", highlight=False, soft_wrap=True)
         return
@@ -111,6 +162,13 @@ def demo_seed_command(
     )
     console.print(table)
     console.print("runs: " + ", ".join(summary.runs), highlight=False, soft_wrap=True)
+    if summary.already_stored:
+        console.print(
+            f"resumed: {summary.already_stored:,} traces were already stored (an earlier seed "
+            f"was stopped); each row is stored once",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def runs_overview_command(
@@ -148,8 +206,37 @@ def runs_overview_command(
     console.print(table)
 
 
+def runs_delete_command(
+    run_id: Annotated[str, typer.Argument(help="The run to delete.", show_default=False)],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete without asking for confirmation.")
+    ] = False,
+) -> None:
+    """Delete a run: its traces, spans and computed results (judge values and progress).
+
+    Shows what will be deleted and asks for confirmation unless --yes. Cannot be undone.
+    """
+    with Store.open(load_settings()) as store:
+        traces, spans, results = run_row_counts(store, run_id)
+        if not (traces or spans or results):
+            raise QueryError(
+                f"run {run_id!r} has no traces, spans or results in database "
+                f"{store.database!r}: nothing to delete (see `manta runs-overview`)"
+            )
+        what = (
+            f"run {run_id!r}: {traces:,} traces, {spans:,} spans and {results:,} result rows "
+            f"in database {store.database!r}"
+        )
+        if not yes and not typer.confirm(f"Delete {what}?", default=False, err=True):
+            typer.echo("nothing deleted", err=True)
+            raise typer.Exit(1)
+        delete_run(store, run_id)
+    console.print(f"deleted {what}", highlight=False, markup=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the data commands to ``app``."""
     app.command("import")(import_command)
     app.command("runs-overview")(runs_overview_command)
+    app.command("runs-delete")(runs_delete_command)
     app.add_typer(demo_app, name="demo")

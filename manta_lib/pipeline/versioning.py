@@ -3,6 +3,10 @@
 The source of each level function, the source of the module it lives in (helpers change
 results too; ``inspect.getsource`` of one function would miss them), each output schema's
 JSON schema and an optional manual version string.
+
+The version depends on the code only, never on how its file was loaded: a file run as a
+script (its module is ``__main__``), with ``python -m`` or imported (as Dagster does) hashes
+the same module source, so all three share stored results.
 """
 
 from __future__ import annotations
@@ -26,11 +30,23 @@ def function_fingerprint(fn: Callable[..., Any]) -> str:
     except (OSError, TypeError):
         code = getattr(fn, "__code__", None)
         parts.append(code.co_code.hex() if code is not None else repr(fn))
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    if module is not None and module.__name__ != "__main__":
-        with contextlib.suppress(OSError, TypeError):
-            parts.append(inspect.getsource(module))
+    module_source = _module_source(getattr(fn, "__module__", "") or "")
+    if module_source is not None:
+        parts.append(module_source)
     return "\n".join(parts)
+
+
+def _module_source(module_name: str) -> str | None:
+    """The source of the file a module was loaded from, or None (a REPL, compiled code).
+
+    ``__main__`` included: as a script or with ``-m`` it is the same file as when imported.
+    """
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None
+    with contextlib.suppress(OSError, TypeError):
+        return inspect.getsource(module)
+    return None
 
 
 def schema_fingerprint(schema: type[BaseModel]) -> str:

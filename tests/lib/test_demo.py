@@ -204,14 +204,23 @@ def test_scores_improve_with_the_step_in_train_runs() -> None:
         assert sum(late) / len(late) > sum(early) / len(early) + 0.05, run_id
 
 
-def test_seeding_twice_is_refused_unless_if_empty(store: Store) -> None:
+def test_seeding_again_writes_nothing_and_other_arguments_are_refused(store: Store) -> None:
     summary = seed_demo(store, traces=120, seed=1)
     assert (summary.traces, len(summary.runs)) == (120, 4)
     assert summary.spans == store.rows("SELECT count() FROM {db}.spans")[0][0]
+    again = seed_demo(store, traces=120, seed=1)
+    assert again.skipped and again.traces == 0 and again.already_stored == 120
+    assert "all 120 demo traces of seed 1 are already stored" in again.message
     skipped = seed_demo(store, traces=120, seed=1, if_empty=True)
-    assert skipped.skipped and "already has 120 rows" in skipped.message
-    with pytest.raises(MantaError, match="already holds 120 demo traces"):
-        seed_demo(store, traces=120, seed=1)
+    assert skipped.skipped and skipped.traces == 0
+    with pytest.raises(MantaError, match="120 demo traces of seed 1 written with another --traces"):
+        seed_demo(store, traces=60, seed=1)
+    with pytest.raises(MantaError, match="written with another --seed"):
+        seed_demo(store, traces=120, seed=2)
+    other = seed_demo(store, traces=120, seed=2, if_empty=True)
+    assert other.skipped and "nothing seeded" in other.message
+    with pytest.raises(MantaError, match="--traces must be between 1 and"):
+        seed_demo(store, traces=10**12)
     assert store.rows("SELECT count() FROM {db}.traces")[0][0] == 120
 
 
@@ -233,3 +242,62 @@ def test_cli_demo_seed_and_runs_overview(store: Store) -> None:
     for run_id in DEMO_RUN_IDS:
         assert run_id in overview.stdout
     assert runner.invoke(app, ["demo", "seed", "--traces", "0"]).exit_code == 2
+
+
+def test_an_interrupted_seed_is_completed_by_the_same_call(store: Store) -> None:
+    batches = list(generate_demo(traces=150, seed=4, batch_traces=50))
+    expected_spans = sum(batch.span_count for batch in batches)
+    # What a seed killed after the span insert of its second batch leaves behind.
+    store.insert_columns("spans", batches[0].spans)
+    store.insert_columns("traces", batches[0].traces)
+    store.insert_columns("spans", batches[1].spans)
+
+    summary = seed_demo(store, traces=150, seed=4, batch_traces=50)
+
+    stored = batches[0].trace_count
+    assert (summary.traces, summary.already_stored) == (150 - stored, stored)
+    assert f"resumed: {stored} traces were already stored" in summary.message
+    rows = store.rows("SELECT count(), uniqExact(trace_id, span_id) FROM {db}.spans")
+    assert rows == [(expected_spans, expected_spans)]
+    assert store.rows("SELECT count(), uniqExact(trace_id) FROM {db}.traces") == [(150, 150)]
+
+
+def test_if_empty_completes_an_unfinished_seed_of_the_same_arguments(store: Store) -> None:
+    first = next(generate_demo(traces=100, seed=4, batch_traces=40))
+    store.insert_columns("spans", first.spans)
+    store.insert_columns("traces", first.traces)
+
+    summary = seed_demo(store, traces=100, seed=4, if_empty=True)
+
+    assert not summary.skipped and summary.traces == 100 - first.trace_count
+    assert store.rows("SELECT count() FROM {db}.traces")[0][0] == 100
+
+
+def test_cli_runs_delete_asks_then_deletes_a_run(store: Store) -> None:
+    if not any(command.name == "import" for command in app.registered_commands):
+        _register_commands()
+    runner = CliRunner()
+    seed_demo(store, traces=100, seed=2)
+    run_id = "run_grpo_math_v1"
+    before = store.rows(
+        "SELECT count() FROM {db}.traces WHERE run_id != {r:String}", {"r": run_id}
+    )[0][0]
+    spans = store.rows("SELECT count() FROM {db}.spans WHERE run_id = {r:String}", {"r": run_id})
+
+    declined = runner.invoke(app, ["runs-delete", run_id], input="n\n")
+    assert declined.exit_code == 1 and "nothing deleted" in declined.stderr
+    assert f"{spans[0][0]:,} spans" in declined.stderr  # the prompt says what would go
+
+    result = runner.invoke(app, ["runs-delete", run_id, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert f"deleted run '{run_id}'" in result.stdout
+    for table in ("traces", "spans"):
+        assert store.rows(
+            f"SELECT count() FROM {{db}}.{table} WHERE run_id = {{r:String}}", {"r": run_id}
+        ) == [(0,)]
+    assert store.rows("SELECT count() FROM {db}.traces")[0][0] == before
+    missing = runner.invoke(app, ["runs-delete", run_id, "--yes"])
+    assert isinstance(missing.exception, MantaError)  # main() prints it as one line, exit 1
+    assert "nothing to delete" in str(missing.exception)
+    # The demo can be completed again after a run was dropped.
+    assert seed_demo(store, traces=100, seed=2).traces == 100 - before
