@@ -55,6 +55,9 @@ class TraceFailureMode(BaseModel):
     rationale: str = Field(description="the judge's short reason ('' when passed)")
     judged: bool = Field(description="whether an LLM call (or its cached answer) decided it")
     step: int = Field(description="training step of the rollout")
+    judge_cost_usd: float | None = Field(
+        description="what the judge's answer cost when it was made (None: model has no price)"
+    )
 
 
 class DatapointFailureModes(BaseModel):
@@ -65,6 +68,8 @@ class DatapointFailureModes(BaseModel):
         description="step -> category -> rollouts: the group of this datapoint at each step"
     )
     top_failure: str | None = Field(description="most frequent failure category")
+    judge_cost_usd: float | None = Field(description="sum over the rollouts (None: unpriced)")
+    judge_cost_by_step: dict[str, float | None] = Field(description="step -> judge cost")
 
 
 class FailureDistribution(BaseModel):
@@ -73,6 +78,7 @@ class FailureDistribution(BaseModel):
     counts: dict[str, int] = Field(description="category -> rollouts")
     failure_share: dict[str, float] = Field(description="category -> share of failed rollouts")
     top_failure: str | None = Field(description="most frequent failure category")
+    judge_cost_usd: float | None = Field(description="sum over the rollouts (None: unpriced)")
 
 
 judge = LLMJudge(
@@ -94,11 +100,22 @@ def passed(trace: TraceContext) -> bool:
 def map_trace(trace: TraceContext) -> TraceFailureMode:
     step = trace.step_number
     if passed(trace):
-        return TraceFailureMode(category="passed", rationale="", judged=False, step=step)
-    verdict = judge(trace.conversation().to_text(max_chars=MAX_PROMPT_CHARS))
+        return TraceFailureMode(
+            category="passed", rationale="", judged=False, step=step, judge_cost_usd=0.0
+        )
+    answer = judge.complete(trace.conversation().to_text(max_chars=MAX_PROMPT_CHARS))
     return TraceFailureMode(
-        category=verdict.category, rationale=verdict.rationale, judged=True, step=step
+        category=answer.value.category,
+        rationale=answer.value.rationale,
+        judged=True,
+        step=step,
+        judge_cost_usd=answer.cost_usd,
     )
+
+
+def total_cost(costs: list[float | None]) -> float | None:
+    """The sum, or None when any part is unknown (an unknown cost is never counted as 0)."""
+    return None if any(cost is None for cost in costs) else sum(costs)  # type: ignore[arg-type]
 
 
 def _ordered(counts: Counter[str]) -> dict[str, int]:
@@ -121,10 +138,15 @@ def reduce_datapoint(entity: EntityRef, rollouts: list[TraceFailureMode]) -> Dat
         counts=_ordered(counts),
         by_step={str(step): _ordered(by_step[step]) for step in sorted(by_step)},
         top_failure=_top_failure(counts),
+        judge_cost_usd=total_cost([r.judge_cost_usd for r in rollouts]),
+        judge_cost_by_step={
+            str(step): total_cost([r.judge_cost_usd for r in rollouts if r.step == step])
+            for step in sorted(by_step)
+        },
     )
 
 
-def distribution(counts: Counter[str]) -> FailureDistribution:
+def distribution(counts: Counter[str], cost: float | None) -> FailureDistribution:
     rollouts = sum(counts.values())
     failed = rollouts - counts["passed"]
     return FailureDistribution(
@@ -135,6 +157,7 @@ def distribution(counts: Counter[str]) -> FailureDistribution:
             name: counts[name] / failed for name in CATEGORIES if name != "passed" and counts[name]
         },
         top_failure=_top_failure(counts),
+        judge_cost_usd=cost,
     )
 
 
@@ -144,14 +167,15 @@ def reduce_step(entity: EntityRef, datapoints: list[DatapointFailureModes]) -> F
     counts: Counter[str] = Counter()
     for datapoint in datapoints:
         counts.update(datapoint.by_step.get(step, {}))
-    return distribution(counts)
+    costs = [d.judge_cost_by_step[step] for d in datapoints if step in d.judge_cost_by_step]
+    return distribution(counts, total_cost(costs))
 
 
 def reduce_run(entity: EntityRef, steps: list[FailureDistribution]) -> FailureDistribution:
     counts: Counter[str] = Counter()
     for step in steps:
         counts.update(step.counts)
-    return distribution(counts)
+    return distribution(counts, total_cost([step.judge_cost_usd for step in steps]))
 
 
 pipeline = (

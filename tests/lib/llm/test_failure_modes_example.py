@@ -47,6 +47,9 @@ def test_failure_modes_on_demo_data(
     assert run.output.rollouts == len(traces)
     assert sum(run.output.counts.values()) == len(traces)
     assert run.output.failed == len(judged)
+    # The run's judge cost is exactly what the calls cost (each rollout counted once).
+    assert run.output.judge_cost_usd == pytest.approx(example.judge.usage.snapshot().cost_usd)
+    assert all(t.judge_cost_usd and t.judge_cost_usd > 0 for t in judged)
     steps = result[EntityLevel.STEP]
     assert sum(s.output.rollouts for s in steps) == len(traces)  # each rollout counted once
     for step in steps:
