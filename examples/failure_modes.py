@@ -115,7 +115,8 @@ def map_trace(trace: TraceContext) -> TraceFailureMode:
 
 def total_cost(costs: list[float | None]) -> float | None:
     """The sum, or None when any part is unknown (an unknown cost is never counted as 0)."""
-    return None if any(cost is None for cost in costs) else sum(costs)  # type: ignore[arg-type]
+    known = [cost for cost in costs if cost is not None]
+    return sum(known) if len(known) == len(costs) else None
 
 
 def _ordered(counts: Counter[str]) -> dict[str, int]:
