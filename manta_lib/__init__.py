@@ -23,12 +23,14 @@ from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl, load
 from manta_lib.llm import LLMJudge, ModelPrice
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.pipeline import MapReduceComputation
+from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
 from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
+    "Agreement",
     "ComputationAborted",
     "ConfigError",
     "Conversation",
@@ -36,6 +38,7 @@ __all__ = [
     "EntityRef",
     "ImportInterrupted",
     "ImportReport",
+    "JudgeInfo",
     "KestrelError",
     "LLMBudgetExceeded",
     "LLMError",
@@ -50,6 +53,7 @@ __all__ = [
     "Phase",
     "PipelineDefinitionError",
     "QueryError",
+    "RunComparison",
     "SpanKind",
     "SpanRecord",
     "Store",
@@ -62,5 +66,6 @@ __all__ = [
     "load_records",
     "load_settings",
     "open_store",
+    "parse_condition",
     "seed_demo",
 ]

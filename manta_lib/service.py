@@ -21,7 +21,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -30,11 +31,23 @@ from manta_lib.errors import QueryError
 from manta_lib.models import (
     SPAN_COLUMNS,
     TRACE_COLUMNS,
+    EntityLevel,
     Phase,
     SpanRecord,
     TraceRecord,
     fast_construct,
 )
+from manta_lib.results import (
+    JudgeInfo,
+    ResultsFilter,
+    compare,
+    compile_trace_condition,
+    list_judges,
+    results_arrow,
+    results_frame,
+)
+from manta_lib.results.compare import Agreement, RunComparison
+from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from manta_lib.store.trace_queries import (
@@ -44,6 +57,10 @@ from manta_lib.store.trace_queries import (
     TraceFilter,
     order_clause,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 _ERROR_STATUSES = ("error", "timeout")
 
@@ -117,7 +134,8 @@ class MantaService:
     Trace filters (all optional, ANDed): ``run_id``, ``phase`` (train/eval/prod), ``step``
     (one number or an inclusive ``(first, last)`` range), ``datapoint_id``, ``status``,
     ``model_name``, ``env_name``, ``min_score``/``max_score``, ``meta`` (``{key: value}``
-    on top-level meta keys), ``trace_ids``. String filters also accept a list of values.
+    on top-level meta keys), ``trace_ids``, ``results`` (a condition on stored results such as
+    ``"tool_errors.tool_errors > 0"``, see docs/results.md). String filters also accept a list.
     """
 
     def __init__(self, store: Store | None = None, *, settings: MantaSettings | None = None):
@@ -270,7 +288,7 @@ class MantaService:
 
     def count_traces(self, run_id: str | Sequence[str] | None = None, **filters: Any) -> int:
         """How many traces match the filters."""
-        where, params = _trace_filter(run_id, filters).where()
+        where, params = self._trace_filter(run_id, filters).where()
         return int(
             self.store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0]
         )
@@ -327,7 +345,7 @@ class MantaService:
         Each stream has its own connection, so memory holds one batch whatever the run size,
         and the caller may use this service while iterating.
         """
-        where, params = _trace_filter(run_id, filters).where()
+        where, params = self._trace_filter(run_id, filters).where()
         limit_sql = ""
         if limit is not None:
             if limit < 0:
@@ -439,7 +457,7 @@ class MantaService:
         limit: int | None,
         offset: int,
     ) -> tuple[str, dict[str, Any]]:
-        where, params = _trace_filter(run_id, filters).where()
+        where, params = self._trace_filter(run_id, filters).where()
         order = order_clause(order_by, descending)
         sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} ORDER BY {order}"
         if limit is not None:
@@ -453,6 +471,203 @@ class MantaService:
             params["q_offset"] = int(offset)
             sql += " OFFSET {q_offset:UInt64}"
         return sql, params
+
+    # ---- stored results (manta_lib.results) ----------------------------------------------
+
+    def _trace_filter(
+        self, run_id: str | Sequence[str] | None, filters: dict[str, Any]
+    ) -> TraceFilter:
+        """The trace filter, with a ``results=`` condition compiled against the store."""
+        condition = filters.get("results")
+        if condition is not None and not isinstance(condition, ResultsFilter):
+            runs = () if run_id is None else ((run_id,) if isinstance(run_id, str) else run_id)
+            compiled = compile_trace_condition(
+                self.store, condition, run_ids=tuple(runs), project_id=filters.get("project_id")
+            )
+            filters = {**filters, "results": compiled}
+        return _trace_filter(run_id, filters)
+
+    def results(
+        self,
+        judge: str,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        project_id: str | None = None,
+    ) -> pd.DataFrame:
+        """Stored results of ``judge`` as a pandas DataFrame, one row per entity.
+
+        One typed column per output field (integers stay integers with pandas' nullable
+        ``Int64``, booleans ``boolean``, lists and dicts as Python values), the entity keys
+        (``run_id``, ``trace_id`` / ``datapoint_id`` / ``step_number`` as the level has them),
+        ``status`` (``ok``/``error``), ``error``, ``judge_version`` and ``computed_at``.
+
+        Args:
+            judge: the judge id (the pipeline name's slug, e.g. ``tool_errors``).
+            run_id: one run, a list of runs, or None for every run with results.
+            level: ``trace``, ``datapoint``, ``step`` or ``run``.
+            version: None for each run's latest version, a version (or list), or ``"all"``.
+            where: a condition on the columns, e.g. ``"tool_errors > 0 and status == 'ok'"``.
+            columns: only these output columns.
+            limit: at most this many rows.
+
+        Example::
+
+            df = svc.results("tool_errors", "run_grpo_math_v1", where="tool_errors > 0")
+            df.groupby("step_number").tool_errors.mean()
+        """
+        return results_frame(
+            self.store,
+            judge,
+            run_id,
+            level=level,
+            version=version,
+            where=where,
+            columns=columns,
+            limit=limit,
+            project_id=project_id,
+        )
+
+    def results_arrow(
+        self,
+        judge: str,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        project_id: str | None = None,
+    ) -> pa.Table:
+        """:meth:`results` as a ``pyarrow.Table`` (``polars.from_arrow(table)`` for polars)."""
+        return results_arrow(
+            self.store,
+            judge,
+            run_id,
+            level=level,
+            version=version,
+            where=where,
+            columns=columns,
+            limit=limit,
+            project_id=project_id,
+        )
+
+    def judges(
+        self, *, run_id: str | Sequence[str] | None = None, project_id: str | None = None
+    ) -> list[JudgeInfo]:
+        """Judges with stored results (and registered ones): versions, levels, columns, when
+        computed and entity counts per version, newest version first."""
+        return list_judges(self.store, run_id=run_id, project_id=project_id)
+
+    def compare_runs(
+        self,
+        judge: str,
+        run_a: str,
+        run_b: str,
+        *,
+        level: EntityLevel | str = "datapoint",
+        columns: Sequence[str] | None = None,
+        version: str | None = None,
+        resamples: int = 1000,
+        seed: int = 0,
+    ) -> RunComparison:
+        """Two runs under one judge: common entities with deltas, and per column the shift of
+        its distribution (numeric: mean/p50/p95 deltas with a bootstrap CI of the mean delta;
+        categorical: value shares and total variation). ``run_b`` minus ``run_a``."""
+        return compare.compare_runs(
+            self.store,
+            judge,
+            run_a,
+            run_b,
+            level=str(level),
+            columns=columns,
+            version=version,
+            resamples=resamples,
+            seed=seed,
+        )
+
+    def compare_versions(
+        self,
+        judge: str,
+        run_id: str,
+        version_a: str,
+        version_b: str,
+        *,
+        level: EntityLevel | str = "trace",
+        columns: Sequence[str] | None = None,
+    ) -> Agreement:
+        """Agreement of two versions of ``judge`` on one run: accuracy and Cohen's kappa
+        (categorical, boolean), correlation and mean absolute difference (numeric), and the
+        disagreeing entity ids."""
+        return compare.compare_versions(
+            self.store, judge, run_id, version_a, version_b, level=str(level), columns=columns
+        )
+
+    def compare_judges(
+        self,
+        judge_a: str,
+        judge_b: str,
+        run_id: str,
+        *,
+        level: EntityLevel | str = "trace",
+        columns: Sequence[tuple[str, str]] | None = None,
+    ) -> Agreement:
+        """Agreement of two judges on one run (same figures as :meth:`compare_versions`)."""
+        return compare.compare_judges(
+            self.store, judge_a, judge_b, run_id, level=str(level), columns=columns
+        )
+
+    def compare_with_grader(
+        self, judge: str, run_id: str, column: str, *, version: str | None = None
+    ) -> Agreement:
+        """A trace-level column against the traces' own grader (boolean column vs ``passed``,
+        numeric vs ``score``): the calibration to check before trusting an LLM judge."""
+        return compare.compare_with_grader(self.store, judge, run_id, column, version=version)
+
+    def series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        version: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """A numeric (or boolean) result column per step: ``run_id, step_number, mean, p50,
+        p95, count`` for one or several runs, computed in ClickHouse, ready to plot.
+
+        Example::
+
+            curve = svc.series("tool_errors", "tool_errors", ["run_a", "run_b"])
+        """
+        return series(self.store, judge, column, run_id, level=level, version=version)
+
+    def plot_series(
+        self,
+        judge: str,
+        column: str,
+        run_id: str | Sequence[str],
+        path: str | Path,
+        *,
+        level: EntityLevel | str = EntityLevel.TRACE,
+        statistic: str = "mean",
+        version: str | Sequence[str] | None = None,
+    ) -> Path:
+        """Write ``statistic`` (mean, p50, p95, count) of ``column`` per step, one curve per
+        run, to a PNG or SVG file (matplotlib); returns the path."""
+        frame = self.series(judge, column, run_id, level=level, version=version)
+        return plot_series(
+            frame,
+            Path(path),
+            title=f"{judge} · {column}",
+            ylabel=f"{column} ({statistic})",
+            statistic=statistic,
+        )
 
 
 def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:

@@ -27,10 +27,18 @@ err_console = Console(stderr=True)
 
 def _register_commands() -> None:
     # Imported here so that each module can import `app` from this package.
-    from manta_lib.cli import data_commands, llm_commands, runs_commands
+    from manta_lib.cli import (
+        data_commands,
+        explore_commands,
+        llm_commands,
+        results_commands,
+        runs_commands,
+    )
 
     data_commands.register(app)
+    explore_commands.register(app)
     runs_commands.register(app)
+    results_commands.register(app)
     llm_commands.register(app)
     try:
         from manta_dagster.cli import register as register_dagster

@@ -67,6 +67,8 @@ class TraceFilter:
     project_id: str | None = None
     shards: Sequence[int] | None = None
     shard_count: int = 64
+    # A compiled results condition (manta_lib.results.ResultsFilter): its semi-join SQL.
+    results: Any = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """The WHERE clause (``1`` when empty) and its parameters."""
@@ -118,6 +120,14 @@ class TraceFilter:
             params["f_shards"] = [int(s) for s in self.shards]
             params["f_shard_count"] = int(self.shard_count)
             clauses.append(f"{SHARD_EXPR} IN {{f_shards:Array(UInt32)}}")
+        if self.results is not None:
+            if not hasattr(self.results, "sql"):
+                raise QueryError(
+                    "results filters are compiled by MantaService (get_traces / count_traces / "
+                    "iter_trace_batches with results=...); TraceFilter needs the compiled form"
+                )
+            clauses.append(self.results.sql)
+            params.update(self.results.params)
         return (" AND ".join(clauses) or "1"), params
 
 

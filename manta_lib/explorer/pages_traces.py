@@ -1,0 +1,163 @@
+"""The trace list (filters, sorting, pages) and the trace page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from manta_lib.explorer.pages_results import cached_judges
+from manta_lib.explorer.trace_results import trace_results
+from manta_lib.explorer.trace_view import build_trace_view
+from manta_lib.explorer.web import (
+    BadRequest,
+    NotFound,
+    choice_param,
+    explorer,
+    float_param,
+    int_param,
+    list_param,
+    render,
+    text_param,
+    url_with,
+)
+from manta_lib.store.explorer_queries import trace_facets
+from manta_lib.store.trace_queries import ORDERABLE_COLUMNS
+
+PAGE_SIZES = (20, 50, 100, 200)
+DEFAULT_PAGE_SIZE = 50
+_STEP_BOUND = 2**62
+
+
+def trace_filters(request: Request) -> dict[str, Any]:
+    """The trace list's query parameters as ``MantaService`` trace filters."""
+    filters: dict[str, Any] = {}
+    runs = list_param(request, "run")
+    if runs:
+        filters["run_id"] = runs
+    for param, name in (
+        ("phase", "phase"),
+        ("status", "status"),
+        ("model", "model_name"),
+        ("datapoint", "datapoint_id"),
+    ):
+        values = list_param(request, param)
+        if values:
+            filters[name] = values
+    step_min = int_param(request, "step_min")
+    step_max = int_param(request, "step_max")
+    if step_min is not None or step_max is not None:
+        low = step_min if step_min is not None else -_STEP_BOUND
+        high = step_max if step_max is not None else _STEP_BOUND
+        if low > high:
+            raise BadRequest(
+                "Invalid filter",
+                f"step range {low}..{high} is empty: step_min must not exceed step_max.",
+            )
+        filters["step"] = (low, high)
+    for param in ("min_score", "max_score"):
+        value = float_param(request, param)
+        if value is not None:
+            filters[param] = value
+    condition = text_param(request, "results")
+    if condition is not None:
+        filters["results"] = condition  # a semi-join on stored results, run by the service
+    shard = int_param(request, "shard", minimum=0)
+    if shard is not None:
+        if shard >= 64:
+            raise BadRequest("Invalid filter", f"shard={shard} must be between 0 and 63.")
+        filters["shards"] = [shard]
+    return filters
+
+
+def traces_page(request: Request) -> Response:
+    filters = trace_filters(request)
+    sort = choice_param(request, "sort", ORDERABLE_COLUMNS, "step_number")
+    descending = text_param(request, "desc") == "1"
+    per_page = int_param(request, "per", DEFAULT_PAGE_SIZE, minimum=1) or DEFAULT_PAGE_SIZE
+    if per_page not in PAGE_SIZES:
+        raise BadRequest("Invalid parameter", f"per={per_page} must be one of {PAGE_SIZES}.")
+    page = int_param(request, "page", 1, minimum=1) or 1
+    state = explorer(request)
+    with state.service() as svc:
+        total = svc.count_traces(**filters)
+        traces = svc.get_traces(
+            order_by=sort,
+            descending=descending,
+            limit=per_page,
+            offset=(page - 1) * per_page,
+            **filters,
+        )
+        selected = tuple(filters.get("run_id", ()))
+        run_ids = state.cached(svc, ("run_ids",), svc.run_ids)
+        facets = state.cached(
+            svc, ("trace_facets", selected), lambda: trace_facets(svc.store, selected)
+        )
+        judges = [
+            j.judge for j in cached_judges(state, svc, selected[0] if len(selected) == 1 else None)
+        ]
+    pages = max((total + per_page - 1) // per_page, 1)
+    return render(
+        request,
+        "traces.html",
+        {
+            "traces": traces,
+            "total": total,
+            "page": page,
+            "pages": pages,
+            "per_page": per_page,
+            "page_sizes": PAGE_SIZES,
+            "sort": sort,
+            "desc": descending,
+            "run_ids": run_ids,
+            "facets": facets,
+            "selected_runs": filters.get("run_id", []),
+            "judges": judges,
+            "prev_url": url_with(request, page=page - 1) if page > 1 else None,
+            "next_url": url_with(request, page=page + 1) if page < pages else None,
+            "sort_url": lambda column: url_with(
+                request,
+                sort=column,
+                desc="0" if (column == sort and descending) else "1",
+                page=None,
+            ),
+        },
+    )
+
+
+def trace_page(request: Request) -> Response:
+    trace_id = request.path_params["trace_id"]
+    with explorer(request).service() as svc:
+        found = svc.get_traces(trace_ids=[trace_id], limit=1)
+        if not found:
+            raise NotFound(
+                "Trace not found",
+                f"There is no trace {trace_id!r} in this store. Trace ids look like the ones "
+                f"in the trace list; a result row links to its trace.",
+                [("/traces", "all traces"), ("/", "runs")],
+            )
+        context = svc.load_contexts(found)[0]
+        results = trace_results(svc, context)
+    view = build_trace_view(context)
+    return render(request, "trace.html", {"view": view, "t": context.trace, "results": results})
+
+
+_SPAN_TEXT_FIELDS = ("content", "tool_arguments", "tool_result")
+
+
+def span_text(request: Request) -> Response:
+    """The full text of one span field, as text/plain (never interpreted by the browser)."""
+    trace_id = request.path_params["trace_id"]
+    span_id = request.path_params["span_id"]
+    field = choice_param(request, "field", _SPAN_TEXT_FIELDS, "content")
+    with explorer(request).service() as svc:
+        spans = svc.get_spans(trace_id).get(trace_id, [])
+    for span in spans:
+        if span.span_id == span_id:
+            return PlainTextResponse(getattr(span, field))
+    raise NotFound(
+        "Span not found",
+        f"Trace {trace_id!r} has no span {span_id!r}.",
+        [(f"/traces/{trace_id}", "the trace")],
+    )

@@ -1,0 +1,230 @@
+"""What the trace page shows, built from one :class:`TraceContext` (no queries here).
+
+Contents are untrusted text: they stay plain strings (the templates escape them), long ones
+are split into a preview and a capped body so a 500-span trace with megabyte tool results
+still renders quickly; the full text of any span is one click away as ``text/plain``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from manta_lib.context import GraderResult, LLMCall, Message, SystemEvent, ToolCall, TraceContext
+from manta_lib.explorer.charts import Tick, format_number, nice_ticks
+from manta_lib.models import SpanRecord
+
+PREVIEW_CHARS = 400
+COLLAPSE_CHARS = 1200
+COLLAPSE_LINES = 24
+BODY_CAP_CHARS = 50_000
+
+KIND_COLORS = {
+    "message": "#56B4E9",
+    "tool": "#009E73",
+    "llm": "#0072B2",
+    "grader": "#CC79A7",
+    "system": "#999999",
+}
+ERROR_COLOR = "#D55E00"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A content value ready to show: short ones whole, long ones collapsed."""
+
+    preview: str
+    body: str
+    collapsed: bool
+    total_chars: int
+    total_lines: int
+    cut_chars: int  # characters left out of ``body`` (then the raw span link has them)
+
+    @property
+    def empty(self) -> bool:
+        return self.total_chars == 0
+
+
+def text_block(value: str) -> Text:
+    """Split ``value`` into what the page shows closed and opened."""
+    lines = value.count("\n") + 1 if value else 0
+    collapsed = len(value) > COLLAPSE_CHARS or lines > COLLAPSE_LINES
+    if not collapsed:
+        return Text(value, value, False, len(value), lines, 0)
+    preview_lines = "\n".join(value[: PREVIEW_CHARS * 2].split("\n")[:8])
+    preview = preview_lines[:PREVIEW_CHARS]
+    body = value[:BODY_CAP_CHARS]
+    return Text(preview, body, True, len(value), lines, len(value) - len(body))
+
+
+def pretty_json(value: dict[str, Any] | str) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+@dataclass(frozen=True)
+class ChatItem:
+    """One bubble: a message, or a tool call with its arguments and result."""
+
+    kind: str  # "message" or "tool"
+    seq: int
+    span_id: str
+    role: str = ""
+    name: str = ""
+    content: Text | None = None
+    tool_name: str = ""
+    arguments: Text | None = None
+    result: Text | None = None
+    is_error: bool = False
+    error_type: str | None = None
+    duration_ms: float | None = None
+    call_id: str = ""
+
+
+@dataclass(frozen=True)
+class TimelineBar:
+    x: float
+    width: float
+    y: float
+    color: str
+    label: str
+    tooltip: str
+    seq: int
+
+
+@dataclass
+class Timeline:
+    width: int
+    height: int
+    label_width: int
+    bars: list[TimelineBar] = field(default_factory=list)
+    ticks: list[Tick] = field(default_factory=list)
+    row_height: int = 14
+    untimed: int = 0
+
+
+@dataclass
+class TraceView:
+    context: TraceContext
+    chat: list[ChatItem]
+    grader: GraderResult | None
+    graders: list[GraderResult]
+    llm_calls: list[LLMCall]
+    llm_totals: dict[str, float]
+    system_events: list[SystemEvent]
+    event_texts: dict[str, Text]
+    timeline: Timeline
+    spans: list[SpanRecord]
+    span_count: int
+    tool_errors: int
+
+
+def build_trace_view(context: TraceContext) -> TraceView:
+    """Everything the trace page renders, computed once per request."""
+    chat = [_chat_item(turn) for turn in context.conversation()]
+    llm_calls = context.llm_calls()
+    graders = context.grader_results()
+    spans = context.spans()
+    events = context.system_events()
+    return TraceView(
+        context=context,
+        chat=chat,
+        grader=graders[-1] if graders else None,
+        graders=graders,
+        llm_calls=llm_calls,
+        llm_totals={
+            "tokens_input": sum(c.tokens_input for c in llm_calls),
+            "tokens_output": sum(c.tokens_output for c in llm_calls),
+            "cost_usd": sum(c.cost_usd for c in llm_calls),
+            "duration_ms": sum(c.duration_ms or 0.0 for c in llm_calls),
+        },
+        system_events=events,
+        event_texts={e.span_id: text_block(e.content) for e in events},
+        timeline=build_timeline(spans),
+        spans=spans,
+        span_count=len(spans),
+        tool_errors=context.tool_error_count,
+    )
+
+
+def _chat_item(turn: Message | ToolCall) -> ChatItem:
+    if isinstance(turn, Message):
+        return ChatItem(
+            kind="message",
+            seq=turn.seq,
+            span_id=turn.span_id,
+            role=turn.role or "unknown",
+            name=turn.name,
+            content=text_block(turn.content),
+        )
+    return ChatItem(
+        kind="tool",
+        seq=turn.seq,
+        span_id=turn.span_id,
+        role="tool",
+        tool_name=turn.tool_name,
+        arguments=text_block(pretty_json(turn.arguments)),
+        result=text_block(turn.result),
+        is_error=turn.is_error,
+        error_type=turn.error_type,
+        duration_ms=turn.duration_ms,
+        call_id=turn.call_id,
+    )
+
+
+def build_timeline(spans: list[SpanRecord], width: int = 760) -> Timeline:
+    """One bar per timed span (start to end, or a thin mark for an instant), in seq order."""
+    label_width = 150
+    timed = [s for s in spans if s.started_at is not None]
+    timeline = Timeline(width=width, height=0, label_width=label_width)
+    timeline.untimed = len(spans) - len(timed)
+    if not timed:
+        return timeline
+    start = min(_ms(s.started_at) for s in timed)
+    end = max(_ms(s.ended_at or s.started_at) for s in timed)
+    span_ms = max(end - start, 1.0)
+    plot = width - label_width - 10
+    ticks = nice_ticks(0.0, span_ms / 1000.0, target=6)
+    timeline.ticks = [
+        Tick(round(label_width + t * 1000.0 / span_ms * plot, 2), f"{format_number(t)} s")
+        for t in ticks
+        if t * 1000.0 <= span_ms * 1.0001
+    ]
+    for row, span in enumerate(timed):
+        begin = _ms(span.started_at) - start
+        finish = _ms(span.ended_at or span.started_at) - start
+        duration = max(finish - begin, 0.0)
+        x = label_width + begin / span_ms * plot
+        label = _span_label(span)
+        timeline.bars.append(
+            TimelineBar(
+                x=round(x, 2),
+                width=round(max(duration / span_ms * plot, 1.5), 2),
+                y=row * timeline.row_height + 18,
+                color=ERROR_COLOR if span.is_error else KIND_COLORS.get(span.kind, "#777"),
+                label=label[:24],
+                tooltip=f"#{span.seq} {label}: {duration:,.0f} ms"
+                + (" (error)" if span.is_error else ""),
+                seq=span.seq,
+            )
+        )
+    timeline.height = len(timeline.bars) * timeline.row_height + 24
+    return timeline
+
+
+def _span_label(span: SpanRecord) -> str:
+    if span.kind == "message":
+        return f"{span.role or 'message'}"
+    if span.kind == "tool":
+        return f"tool {span.tool_name}"
+    if span.kind == "llm":
+        return f"llm {span.model_name}".strip()
+    return f"{span.kind} {span.name}".strip()
+
+
+def _ms(value: datetime | None) -> float:
+    assert value is not None
+    return value.timestamp() * 1000.0

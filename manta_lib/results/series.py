@@ -1,0 +1,114 @@
+"""A numeric (or boolean: a rate) result column aggregated per step, and its plot.
+
+``series`` computes mean, p50, p95 and count per (run, step) in ClickHouse over the entities
+that succeeded and have a value; percentiles interpolate linearly (numpy's default). The plot
+draws one curve per run with matplotlib (Agg backend: no display needed) to PNG or SVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from manta_lib.errors import QueryError
+from manta_lib.models import EntityLevel
+from manta_lib.results.table import select_results
+from manta_lib.store import Store
+from manta_lib.store import results_queries as q
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+STATISTICS = ("mean", "p50", "p95", "count")
+
+
+def series(
+    store: Store,
+    judge: str,
+    column: str,
+    run_id: str | Sequence[str],
+    *,
+    level: EntityLevel | str = EntityLevel.TRACE,
+    version: str | Sequence[str] | None = None,
+    project_id: str | None = None,
+) -> pd.DataFrame:
+    """``run_id, step_number, mean, p50, p95, count`` of ``column`` per run and step."""
+    import pandas as pd
+
+    selection = select_results(
+        store, judge, run_id, level=level, version=version, columns=[column], project_id=project_id
+    )
+    result_column = selection.columns[0]
+    if result_column.kind not in ("number", "boolean"):
+        raise QueryError(
+            f"column {column!r} of judge {judge!r} holds {result_column.kind} values: a series "
+            f"over steps needs a numeric or boolean column"
+        )
+    keys = q.level_keys(selection.scope.level, selection.key_columns)
+    names = [name for name, _ in keys.select]
+    if keys.join_traces:
+        step_expr = "t.step_number"
+    elif "step_number" in names:
+        step_expr = "e._k_step_number"
+    else:
+        raise QueryError(
+            f"{selection.scope.level}-level results are not tied to one step: plot the trace or "
+            f"step level (--level trace or --level step)"
+        )
+    sql, params = q.series_sql(selection.query(), step_expr, keys.join_traces)
+    table = q.query_arrow(store, sql, params)
+    frame = table.to_pandas()
+    frame["count"] = frame["count"].astype("int64")
+    if frame.empty:
+        raise QueryError(
+            f"column {column!r} of judge {judge!r} has no values in "
+            f"{', '.join(selection.scope.run_ids)}"
+        )
+    return pd.DataFrame(frame)
+
+
+def plot_series(
+    frame: pd.DataFrame,
+    path: Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    statistic: str = "mean",
+) -> Path:
+    """Write ``statistic`` per step, one line per run, to ``path`` (``.png`` or ``.svg``)."""
+    if statistic not in STATISTICS:
+        raise QueryError(
+            f"statistic {statistic!r} is not valid (expected: {', '.join(STATISTICS)})"
+        )
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise QueryError(f"plot file {path} must end in .png, .svg or .pdf")
+    try:
+        import matplotlib
+    except ImportError:
+        raise QueryError(
+            "plotting needs matplotlib: pip install 'manta[plot]' (or matplotlib)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
+    try:
+        for run_id, group in frame.groupby("run_id", sort=True):
+            axes.plot(
+                group["step_number"], group[statistic], marker="o", markersize=3, label=str(run_id)
+            )
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("step")
+        axes.set_ylabel(ylabel or statistic)
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+    return path

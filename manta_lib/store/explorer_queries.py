@@ -1,0 +1,173 @@
+"""Read-only aggregates the explorer pages need beyond :class:`MantaService`.
+
+Per-run facets (models, environments, cost, tokens), the values a trace filter can take, and
+trace metrics aggregated per step (mean, quartiles, count) for the curves. Values travel as
+bound parameters; the metric expression comes from a fixed allow-list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from manta_lib.errors import QueryError
+from manta_lib.store.client import Store
+from manta_lib.store.trace_queries import TraceFilter
+
+ERROR_STATUSES = ("error", "timeout")
+
+# name -> (SQL expression over a traces row, label). Error rate is a 0/1 indicator, so its
+# per-step mean is the share of traces that ended in an error or a timeout.
+TRACE_METRICS: dict[str, tuple[str, str]] = {
+    "score": ("score", "score"),
+    "error_rate": ("toFloat64(status IN {errs:Array(String)})", "error rate"),
+    "cost_usd": ("cost_usd", "cost (USD)"),
+    "tokens": ("toFloat64(tokens_input + tokens_output)", "tokens (in + out)"),
+    "tokens_output": ("toFloat64(tokens_output)", "output tokens"),
+    "duration_ms": ("toFloat64(duration_ms)", "duration (ms)"),
+    "turn_count": ("toFloat64(turn_count)", "turns"),
+}
+
+
+@dataclass(frozen=True)
+class RunFacets:
+    """What list_runs does not say about a run: its models, environments and spend."""
+
+    run_id: str
+    models: list[str]
+    envs: list[str]
+    cost_usd: float
+    tokens_input: int
+    tokens_output: int
+
+
+@dataclass(frozen=True)
+class StepPoint:
+    """One step of a per-step series: ``count`` non-null values, their mean and quartiles."""
+
+    run_id: str
+    step_number: int
+    count: int
+    mean: float | None
+    p25: float | None
+    p50: float | None
+    p75: float | None
+
+
+@dataclass(frozen=True)
+class TraceFacets:
+    """The distinct values the trace filters can take in a selection of runs."""
+
+    phases: list[str]
+    statuses: list[str]
+    models: list[str]
+    first_step: int | None
+    last_step: int | None
+
+
+def run_facets(store: Store, run_ids: Sequence[str] | None = None) -> dict[str, RunFacets]:
+    """Models, environments, cost and tokens of each run (all runs when ``run_ids`` is None)."""
+    where, params = TraceFilter(run_id=list(run_ids) if run_ids is not None else None).where()
+    rows = store.rows(
+        f"""
+        SELECT run_id, arraySort(groupUniqArray(model_name)), arraySort(groupUniqArray(env_name)),
+               sum(cost_usd), sum(tokens_input), sum(tokens_output)
+        FROM {{db}}.traces WHERE {where} GROUP BY run_id
+        """,
+        params,
+    )
+    return {
+        r[0]: RunFacets(
+            run_id=r[0],
+            models=[m for m in r[1] if m],
+            envs=[e for e in r[2] if e],
+            cost_usd=float(r[3]),
+            tokens_input=int(r[4]),
+            tokens_output=int(r[5]),
+        )
+        for r in rows
+    }
+
+
+def trace_facets(store: Store, run_ids: Sequence[str] | None = None) -> TraceFacets:
+    """Phases, statuses, models and the step range of the given runs (or of every run)."""
+    where, params = TraceFilter(run_id=list(run_ids) if run_ids else None).where()
+    rows = store.rows(
+        f"""
+        SELECT arraySort(groupUniqArray(toString(phase))), arraySort(groupUniqArray(status)),
+               arraySort(groupUniqArray(model_name)), min(step_number), max(step_number), count()
+        FROM {{db}}.traces WHERE {where}
+        """,
+        params,
+    )
+    phases, statuses, models, first, last, count = rows[0]
+    return TraceFacets(
+        phases=list(phases),
+        statuses=list(statuses),
+        models=[m for m in models if m],
+        first_step=int(first) if count else None,
+        last_step=int(last) if count else None,
+    )
+
+
+def step_series(
+    store: Store, run_ids: Sequence[str], metric: str, *, phase: str | None = None
+) -> list[StepPoint]:
+    """``metric`` (a :data:`TRACE_METRICS` name) per run and step, sorted by run then step.
+
+    Quartiles are exact with linear interpolation between closest ranks (numpy's default);
+    traces whose value is NULL (a score-less error trace) are left out of the count.
+    """
+    if metric not in TRACE_METRICS:
+        raise QueryError(
+            f"metric {metric!r} is not a trace metric (expected one of: {', '.join(TRACE_METRICS)})"
+        )
+    if not run_ids:
+        return []
+    expression = TRACE_METRICS[metric][0]
+    where, params = TraceFilter(run_id=list(run_ids), phase=phase).where()
+    rows = store.rows(
+        f"""
+        SELECT run_id, step_number, count(v), avg(v),
+               quantilesExactInclusiveIf(0.25, 0.5, 0.75)(toFloat64(v), isNotNull(v))
+        FROM (SELECT run_id, step_number, {expression} AS v FROM {{db}}.traces WHERE {where})
+        GROUP BY run_id, step_number ORDER BY run_id, step_number
+        """,
+        {**params, "errs": list(ERROR_STATUSES)},
+    )
+    points = []
+    for run_id, step, count, mean, quartiles in rows:
+        has = bool(count)
+        points.append(
+            StepPoint(
+                run_id=run_id,
+                step_number=int(step),
+                count=int(count),
+                mean=_finite(mean) if has else None,
+                p25=_finite(quartiles[0]) if has else None,
+                p50=_finite(quartiles[1]) if has else None,
+                p75=_finite(quartiles[2]) if has else None,
+            )
+        )
+    return points
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return None if number != number else number
+
+
+def table_fingerprint(store: Store, table: str = "traces") -> int:
+    """A hash of the table's active data parts: any insert, merge or mutation changes it.
+
+    Aggregates keyed by it can be reused until the data changes, never after.
+    """
+    rows = store.rows(
+        "SELECT cityHash64(arrayStringConcat(arraySort(groupArray(name)), ',')) "
+        "FROM system.parts WHERE database = {d:String} AND table = {t:String} AND active",
+        {"d": store.database, "t": table},
+    )
+    return int(rows[0][0])

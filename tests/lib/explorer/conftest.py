@@ -1,0 +1,96 @@
+"""One explorer over a real chDB database per test module: demo runs plus hostile traces.
+
+Seeding is the slow part, so the database is built once per module (its own
+``MANTA_DATABASE`` on the process's shared chDB path) and every test reads it through the
+app's test client; the explorer never writes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from examples.tool_errors import pipeline as tool_errors
+from manta_lib.demo import seed_demo
+from manta_lib.explorer import create_app
+from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.store import Store
+from tests.lib.builders import load_traces, trace_line
+from tests.lib.explorer.judges import echo_errors
+
+DEMO_TRACES = 400
+HOSTILE_RUN = "run_hostile"
+RESULTS_RUN = "run_grpo_math_v1"
+SECOND_RUN = "run_grpo_math_v2"
+SCRIPT = "<script>alert('pwned')</script>"
+LONG_LINE = "x" * 30_000
+REPLACED = "caf\ufffd\ufffd na\ufffdve"  # bytes that were not UTF-8, decoded with replacement
+
+
+@dataclass
+class ExplorerData:
+    client: TestClient
+    settings: MantaSettings
+    runs: dict[str, int]
+    hostile_trace: str
+    error_trace: str
+
+
+def hostile_lines() -> list[dict]:
+    """Traces whose contents try to break the page: markup, a 30k-char line, U+FFFD."""
+    evil = trace_line(
+        "t_evil",
+        run_id=HOSTILE_RUN,
+        step=1,
+        datapoint="dp_<b>bold</b>",
+        tool_errors=1,
+        tool_calls=2,
+        meta={"note": SCRIPT},
+    )
+    evil["spans"][0]["content"] = f"user says {SCRIPT} and {REPLACED}"
+    evil["spans"][2]["tool_result"] = f"Traceback: {SCRIPT}\n{LONG_LINE}"
+    evil["spans"][2]["attributes"]["error_type"] = "ToolError<img src=x onerror=alert(1)>"
+    evil["spans"][3]["tool_arguments"] = {"code": SCRIPT}
+    plain = [
+        trace_line(f"t_plain_{i}", run_id=HOSTILE_RUN, step=i % 3, score=i / 10, datapoint="dp_p")
+        for i in range(6)
+    ]
+    return [evil, *plain]
+
+
+@pytest.fixture(scope="module")
+def explorer_data(
+    chdb_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExplorerData]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("CLICKHOUSE_URL", "MANTA_DATABASE", "KESTREL_API_URL", "MANTA_DAGSTER_URL"):
+            patch.delenv(name, raising=False)
+        tmp = tmp_path_factory.mktemp("explorer")
+        patch.setenv("CLICKHOUSE_URL", f"chdb://{chdb_path}")
+        patch.setenv("MANTA_DATABASE", f"t_{uuid.uuid4().hex[:12]}")
+        patch.setenv("MANTA_DATA_DIR", str(tmp / "data"))
+        patch.setenv("MANTA_RUNS_LOG_DIR", str(tmp / "runs_log"))
+        settings = load_settings()
+        with Store.open(settings) as store:
+            seed_demo(store, traces=DEMO_TRACES)
+            load_traces(store, hostile_lines(), tmp)
+        # Real pipeline results: tool errors per trace, datapoint and step, and a judge that
+        # stores the hostile trace's error text.
+        tool_errors.run(RESULTS_RUN, mode="local", progress=False)
+        tool_errors.run(SECOND_RUN, mode="local", progress=False)
+        echo_errors.run(HOSTILE_RUN, mode="local", progress=False)
+        with Store.open(settings) as store:
+            runs = dict(store.rows("SELECT run_id, count() FROM {db}.traces GROUP BY run_id"))
+            error_trace = store.rows(
+                "SELECT trace_id FROM {db}.spans WHERE kind = 'tool' AND is_error "
+                "AND run_id = {r:String} ORDER BY trace_id LIMIT 1",
+                {"r": RESULTS_RUN},
+            )[0][0]
+        app = create_app(settings, dagster_url="http://dagster.test:3000")
+        with TestClient(app) as client:
+            yield ExplorerData(client, settings, runs, "t_evil", error_trace)

@@ -1,0 +1,131 @@
+"""The explorer in headless Chromium: runs → run → curve → traces filtered by status and by a
+stored result → a trace's tool error → a results page reached by a Dagster metadata link.
+
+The app runs under uvicorn in a thread of this process (the embedded store allows one process
+per path, and this process holds the test database); Chromium talks to it over 127.0.0.1.
+Screenshots go to ``artifacts/explorer/``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from manta_lib.explorer import create_app, results_url
+from tests.lib.explorer.conftest import ExplorerData
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[3]
+SHOTS = REPO / "artifacts" / "explorer"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+RUN = "run_grpo_math_v1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(explorer_data: ExplorerData) -> Iterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(explorer_data.settings, dagster_url="http://127.0.0.1:3000"),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_browse_from_runs_to_a_tool_error(server: str, explorer_data: ExplorerData) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        try:
+            page.goto(server + "/")
+            expect(page.locator("#runs")).to_contain_text(RUN)
+            page.screenshot(path=str(SHOTS / "1_runs.png"))
+
+            page.get_by_role("link", name=RUN, exact=True).click()
+            expect(page.locator("h1")).to_have_text(RUN)
+            expect(page.locator("figure.chart polyline")).to_have_count(1)
+
+            page.get_by_role("link", name="Curves", exact=True).last.click()
+            page.locator("select[name=metric]").select_option("error_rate")
+            expect(page.locator("svg[aria-label='error rate against step']")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "2_curve.png"))
+
+            page.goto(f"{server}/traces?run={RUN}")
+            total = page.locator("h1 .muted").inner_text()
+            page.locator("select[name=status]").select_option("completed")  # htmx swap
+            expect(page).to_have_url(
+                f"{server}/traces?run={RUN}&status=completed&sort=step_number&desc=0&per=50"
+            )
+            expect(page.locator("h1 .muted")).not_to_have_text(total)
+            statuses = page.locator("#trace-table .status").all_inner_texts()
+            assert statuses and set(statuses) == {"completed"}
+            page.screenshot(path=str(SHOTS / "3_traces_filtered.png"))
+
+            # Filter by a stored result: the traces a judge found tool errors in.
+            page.locator("input[name=results]").fill("tool_errors.tool_errors > 0")
+            page.locator("input[name=results]").press("Enter")
+            expect(page).to_have_url(re.compile(r"results=tool_errors.tool_errors"))
+            expect(page.locator("#trace-table")).to_contain_text(explorer_data.error_trace)
+            page.screenshot(path=str(SHOTS / "4_traces_by_result.png"))
+
+            page.locator("#trace-table").get_by_role(
+                "link", name=explorer_data.error_trace, exact=True
+            ).click()
+            error_call = page.locator(".bubble.tool-error").first
+            expect(error_call).to_be_visible()
+            expect(error_call.locator(".error-badge")).to_contain_text("error")
+            error_call.scroll_into_view_if_needed()
+            page.screenshot(path=str(SHOTS / "5_trace_tool_error.png"))
+            expect(page.locator("section[aria-label='stored results']")).to_contain_text(
+                "tool_errors"
+            )
+
+            # The URL a Dagster materialization's metadata carries lands on its results page.
+            page.goto(results_url("tool_errors", RUN, "datapoint", shard=7, base=server))
+            expect(page.locator("h1")).to_contain_text("tool_errors")
+            expect(page.locator(".filters")).to_contain_text(f"partition {RUN}|07")
+            page.screenshot(path=str(SHOTS / "6_results_partition.png"))
+
+        except Exception:
+            page.screenshot(path=str(SHOTS / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert not errors, errors  # no script error, no CSP violation, no missing asset

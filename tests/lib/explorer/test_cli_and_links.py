@@ -1,0 +1,138 @@
+"""``manta explore`` as a process, the URL helpers Dagster metadata uses, and chart geometry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from manta_lib.explorer import links
+from manta_lib.explorer.charts import Series, SeriesPoint, line_chart, nice_ticks
+
+REPO = Path(__file__).resolve().parents[3]
+MANTA = Path(sys.executable).parent / "manta"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "MANTA_"))}
+    env["MANTA_DATA_DIR"] = str(tmp_path / "data")  # its own embedded store
+    return env
+
+
+def test_non_loopback_host_needs_the_explicit_flag(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(MANTA), "explore", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "--allow-remote" in result.stderr and "no authentication" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_explore_serves_pages_and_warns_when_bound_beyond_loopback(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(MANTA), "explore", "--host", "0.0.0.0", "--port", str(port), "--allow-remote"],
+        env=clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(
+                        f"manta explore did not answer: {proc.stderr.read() if proc.stderr else ''}"
+                    )
+                time.sleep(0.2)
+        assert "The store has no traces yet" in body
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert "NO authentication" in stderr
+
+
+def test_link_helpers_build_explorer_and_dagster_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MANTA_EXPLORER_URL", "http://explorer.internal:8050/")
+    monkeypatch.setenv("MANTA_DAGSTER_URL", "http://dagster.internal:3000")
+    assert links.trace_url("tr 1/a") == "http://explorer.internal:8050/traces/tr%201%2Fa"
+    assert links.run_url("run_a") == "http://explorer.internal:8050/runs/run_a"
+    assert (
+        links.results_url("tool_errors", "run_a", "datapoint", shard="07")
+        == "http://explorer.internal:8050/results/tool_errors?run=run_a&level=datapoint&shard=7"
+    )
+    assert links.entity_url("step", "3", "run_a", base="") == (
+        "/traces?run=run_a&step_min=3&step_max=3"
+    )
+    assert links.entity_url("datapoint", "dp_1", "run_a", base="") == (
+        "/traces?run=run_a&datapoint=dp_1"
+    )
+    assert links.traces_url("run_a", base="", status=["error", "timeout"]) == (
+        "/traces?run=run_a&status=error&status=timeout"
+    )
+    assert links.dagster_asset_url("tool_errors", "step", partition="run_a") == (
+        "http://dagster.internal:3000/assets/tool_errors/step?partition=run_a"
+    )
+    monkeypatch.delenv("MANTA_EXPLORER_URL")
+    assert links.trace_url("t") == "http://127.0.0.1:8050/traces/t"
+
+
+def test_nice_ticks_cover_the_range_with_round_steps() -> None:
+    assert nice_ticks(0.13, 0.92) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(0, 7, target=8) == [0, 1, 2, 3, 4, 5, 6, 7]
+    flat = nice_ticks(5.0, 5.0)
+    assert flat[0] < 5.0 < flat[-1]
+
+
+def test_line_chart_maps_values_into_the_plot_and_skips_missing_means() -> None:
+    chart = line_chart(
+        [
+            Series("a", [SeriesPoint(0, 0.0, 0.0, 0.5, 4), SeriesPoint(10, 1.0, 0.5, 1.0, 4)]),
+            Series("b", [SeriesPoint(0, None), SeriesPoint(10, 0.5, None, None, 2)]),
+        ],
+        y_label="score",
+    )
+    assert not chart.empty and [s.label for s in chart.series] == ["a", "b"]
+    a, b = chart.series
+    left, right = chart.left, chart.left + chart.plot_width
+    bottom, top = chart.top + chart.plot_height, chart.top
+    assert a.line == f"{left},{bottom} {right},{top}"  # (0, 0) bottom-left, (10, 1) top-right
+    assert len(b.points) == 1 and b.band == ""
+    assert "n=2" in b.points[0].tooltip
+    assert line_chart([Series("x", [SeriesPoint(1, None)])]).empty
+
+
+def test_link_helpers_do_not_load_the_web_stack() -> None:
+    code = (
+        "import sys; from manta_lib.explorer.links import trace_url; trace_url('t'); "
+        "print(sorted(m for m in ('starlette', 'jinja2', 'uvicorn') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

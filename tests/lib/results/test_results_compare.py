@@ -1,0 +1,144 @@
+"""Comparisons match reference figures computed here by hand (no numpy/scipy)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from manta_lib.errors import QueryError
+from manta_lib.service import MantaService
+from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
+
+
+def ref_percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = q * (len(ordered) - 1)
+    below = int(rank)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (rank - below)
+
+
+def ref_kappa(a: list[str], b: list[str]) -> float:
+    n = len(a)
+    agree = sum(1 for x, y in zip(a, b, strict=True) if x == y) / n
+    chance = sum((a.count(label) / n) * (b.count(label) / n) for label in set(a) | set(b))
+    return (agree - chance) / (1 - chance)
+
+
+def ref_pearson(a: list[float], b: list[float]) -> float:
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
+    return cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+
+
+def test_two_judges_agreement_matches_a_direct_computation(svc: MantaService) -> None:
+    strict, lenient, ids = [], [], []
+    strict_errors, lenient_errors = [], []
+    for batch in svc.iter_trace_batches(EVAL_RUN):
+        for trace in batch:
+            errors = trace.tool_error_count
+            ids.append(trace.trace_id)
+            strict.append("bad" if errors else "good")
+            lenient.append("bad" if errors > 1 else "good")
+            strict_errors.append(float(errors))
+            lenient_errors.append(float(max(errors - 1, 0)))
+    result = svc.compare_judges("strict_labels", "lenient_labels", EVAL_RUN)
+    by_column = {c.column: c for c in result.columns}
+    label, errors = by_column["label"], by_column["errors"]
+    assert result.common == len(ids) and result.only_a == result.only_b == 0
+    assert label.accuracy == pytest.approx(
+        sum(x == y for x, y in zip(strict, lenient, strict=True)) / len(ids)
+    )
+    assert label.kappa == pytest.approx(ref_kappa(strict, lenient))
+    assert set(label.disagreeing) == {
+        i for i, x, y in zip(ids, strict, lenient, strict=True) if x != y
+    }
+    assert errors.correlation == pytest.approx(ref_pearson(strict_errors, lenient_errors))
+    assert errors.mad == pytest.approx(
+        sum(abs(x - y) for x, y in zip(strict_errors, lenient_errors, strict=True)) / len(ids)
+    )
+
+
+def test_runs_at_the_step_level_join_common_steps_with_deltas(svc: MantaService) -> None:
+    a = svc.results("typed_results", EVAL_RUN, level="step")
+    b = svc.results("typed_results", TRAIN_RUN, level="step")
+    result = svc.compare_runs("typed_results", EVAL_RUN, TRAIN_RUN, level="step", seed=3)
+    common = sorted(set(a.step_number) & set(b.step_number))
+    assert sorted(result.joined.step_number) == common and result.note == ""
+    shift = next(n for n in result.numeric if n.column == "mean_errors")
+    values_a, values_b = list(a.mean_errors), list(b.mean_errors)
+    assert shift.mean_a == pytest.approx(sum(values_a) / len(values_a))
+    assert shift.delta_mean == pytest.approx(
+        sum(values_b) / len(values_b) - sum(values_a) / len(values_a)
+    )
+    assert shift.p95_b == pytest.approx(ref_percentile(values_b, 0.95))
+    assert shift.delta_p50 == pytest.approx(
+        ref_percentile(values_b, 0.5) - ref_percentile(values_a, 0.5)
+    )
+    assert shift.ci_low is not None and shift.ci_high is not None
+    assert shift.ci_low < shift.ci_high
+    again = svc.compare_runs("typed_results", EVAL_RUN, TRAIN_RUN, level="step", seed=3)
+    assert next(n for n in again.numeric if n.column == "mean_errors") == shift
+    for row in result.joined.itertuples():
+        assert row.rollouts_delta == row.rollouts_b - row.rollouts_a
+
+
+def test_categorical_shift_and_no_common_entities_is_said(svc: MantaService) -> None:
+    result = svc.compare_runs("typed_results", EVAL_RUN, TRAIN_RUN, level="trace")
+    assert result.joined.empty and "no common trace entities" in result.note
+    labels = next(c for c in result.categorical if c.column == "label")
+    a = svc.results("typed_results", EVAL_RUN, where="status == 'ok'").label.tolist()
+    b = svc.results("typed_results", TRAIN_RUN, where="status == 'ok'").label.tolist()
+    assert labels.shares_a["bad"] == pytest.approx(a.count("bad") / len(a))
+    assert labels.total_variation == pytest.approx(
+        0.5 * sum(abs(a.count(v) / len(a) - b.count(v) / len(b)) for v in ("bad", "good"))
+    )
+
+
+def test_judge_against_grader(svc: MantaService) -> None:
+    frame = svc.results("typed_results", TRAIN_RUN, where="status == 'ok'")
+    graders = {
+        t.trace_id: t.grader_result() for batch in svc.iter_trace_batches(TRAIN_RUN) for t in batch
+    }
+    pairs = [
+        (bool(row.passed), graders[row.trace_id].passed)
+        for row in frame.itertuples()
+        if graders[row.trace_id] is not None and graders[row.trace_id].passed is not None
+    ]
+    result = svc.compare_with_grader("typed_results", TRAIN_RUN, "passed")
+    column = result.columns[0]
+    assert column.n == len(pairs)
+    assert column.accuracy == pytest.approx(sum(x == y for x, y in pairs) / len(pairs))
+    scores = svc.compare_with_grader("typed_results", TRAIN_RUN, "score").columns[0]
+    assert scores.mad == 0.0  # the judge copied the trace score
+    with pytest.raises(QueryError, match="compare a boolean column"):
+        svc.compare_with_grader("typed_results", TRAIN_RUN, "label")
+
+
+def test_versions_without_common_entities_say_so(svc: MantaService) -> None:
+    version = svc.results("typed_results", EVAL_RUN).judge_version.iloc[0]
+    with pytest.raises(QueryError, match="version 'nope' of judge 'typed_results'"):
+        svc.compare_versions("typed_results", EVAL_RUN, version, "nope")
+    same = svc.compare_versions("typed_results", EVAL_RUN, version, version)
+    assert all(c.accuracy in (None, 1.0) and not c.disagreeing for c in same.columns)
+
+
+def test_compare_cli_shapes_and_exit_codes(cli) -> None:
+    code, out, _ = cli(
+        "compare", "strict_labels", "-r", EVAL_RUN, "--against", "lenient_labels", "-f", "json"
+    )
+    summary = json.loads(out)
+    assert code == 0 and {c["column"] for c in summary["columns"]} == {"label", "errors"}
+    code, out, _ = cli(
+        "compare", "typed_results", "-r", EVAL_RUN, "-r", TRAIN_RUN, "-l", "step", "-f", "csv"
+    )
+    assert code == 0 and out.splitlines()[0].startswith("step_number,")
+    code, out, _ = cli("compare", "typed_results", "-r", TRAIN_RUN, "--against", "grader",
+                       "-c", "passed", "-f", "table")  # fmt: skip
+    assert code == 0 and "accuracy" in out
+    assert cli("compare", "typed_results", "-r", TRAIN_RUN)[0] == 2
+    code, _, err = cli("compare", "typed_results", "-r", TRAIN_RUN, "--against", "strict_label")
+    assert code == 1 and "did you mean: strict_labels" in err

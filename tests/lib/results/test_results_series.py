@@ -1,0 +1,69 @@
+"""Series over steps match a hand computation from the results table; plots are real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from manta_lib.errors import QueryError
+from manta_lib.service import MantaService
+from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
+from tests.lib.results.test_results_compare import ref_percentile
+
+
+def test_trace_level_series_per_step_and_run(svc: MantaService) -> None:
+    curve = svc.series("typed_results", "tool_errors", [EVAL_RUN, TRAIN_RUN])
+    frame = svc.results("typed_results", [EVAL_RUN, TRAIN_RUN], where="status == 'ok'")
+    expected = {}
+    for (run, step), group in frame.groupby(["run_id", "step_number"]):
+        values = [float(v) for v in group.tool_errors]
+        expected[(run, int(step))] = (
+            sum(values) / len(values), ref_percentile(values, 0.5),
+            ref_percentile(values, 0.95), len(values),
+        )  # fmt: skip
+    got = {
+        (row.run_id, int(row.step_number)): (row.mean, row.p50, row.p95, row.count)
+        for row in curve.itertuples()
+    }
+    assert got.keys() == expected.keys()
+    for key, (mean, p50, p95, count) in expected.items():
+        assert got[key] == (pytest.approx(mean), pytest.approx(p50), pytest.approx(p95), count)
+
+
+def test_step_level_and_boolean_rate(svc: MantaService) -> None:
+    steps = svc.series("typed_results", "mean_errors", TRAIN_RUN, level="step")
+    table = svc.results("typed_results", TRAIN_RUN, level="step")
+    assert list(steps.step_number) == sorted(table.step_number)
+    assert list(steps["count"]) == [1] * len(table)
+    rate = svc.series("typed_results", "passed", TRAIN_RUN)
+    frame = svc.results("typed_results", TRAIN_RUN, where="status == 'ok'")
+    first = frame[frame.step_number == rate.step_number.iloc[0]]
+    assert rate["mean"].iloc[0] == pytest.approx(first.passed.astype(float).mean())
+
+
+def test_series_refuses_what_it_cannot_aggregate(svc: MantaService) -> None:
+    with pytest.raises(QueryError, match="needs a numeric or boolean column"):
+        svc.series("typed_results", "label", TRAIN_RUN)
+    with pytest.raises(QueryError, match="column 'tool_erors' of judge 'typed_results'"):
+        svc.series("typed_results", "tool_erors", TRAIN_RUN)
+
+
+def test_plot_writes_png_and_svg(svc: MantaService, tmp_path: Path) -> None:
+    png = svc.plot_series("typed_results", "tool_errors", [EVAL_RUN, TRAIN_RUN], tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = svc.plot_series(
+        "typed_results", "mean_errors", TRAIN_RUN, tmp_path / "c.svg", level="step"
+    )
+    assert "<svg" in svg.read_text()[:500] and TRAIN_RUN in svg.read_text()
+
+
+def test_plot_cli(cli, tmp_path: Path) -> None:
+    target = tmp_path / "curve.png"
+    code, out, _ = cli(
+        "plot", "typed_results", "tool_errors", "-r", EVAL_RUN, "-r", TRAIN_RUN, "-o", str(target)
+    )
+    assert code == 0 and target.stat().st_size > 1000 and "over 2 run(s)" in out
+    assert cli("plot", "typed_results", "tool_errors", "-r", TRAIN_RUN)[0] == 2
+    code, _, err = cli("plot", "typed_results", "label", "-r", TRAIN_RUN, "-o", str(target))
+    assert code == 1 and "numeric or boolean" in err
