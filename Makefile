@@ -1,4 +1,5 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create .venv and install first.
+# Day to day: `make check` (lint, types, import layers, the fast tests).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MANTA_DATA_DIR ?= $(CURDIR)/.manta
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test lint ui browser clean
+.PHONY: install demo check test lint ui browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +30,20 @@ browser:
 	    $$SUDO apt-get update -qq && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+## The fast loop: lint, types, import layers and the tests not marked slow.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/pytest -q -m "not slow"
+
 ## Lint, type-check and run the whole test suite (this is what CI runs).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -47,4 +57,4 @@ ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
-	rm -rf $(VENV) .manta .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .manta .pytest_cache .mypy_cache .ruff_cache .import_linter_cache artifacts

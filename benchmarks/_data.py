@@ -31,7 +31,6 @@ def ensure_run(store: Store, traces: int, *, run_id: str = BENCH_RUN) -> tuple[i
         store.command("TRUNCATE TABLE {db}.traces")
         store.command("TRUNCATE TABLE {db}.spans")
         store.command("TRUNCATE TABLE {db}.entity_metadata")
-        store.command("TRUNCATE TABLE {db}.progress")
         started = time.perf_counter()
         for batch in generate_demo(traces=traces, seed=11, runs=[run_id], batch_traces=10_000):
             store.insert_columns("spans", batch.spans)

@@ -2,7 +2,7 @@
 
 Prints µs per construction (what the query service pays per trace) and per construction plus
 full accessor use (what a map function that reads everything pays), next to the time
-ClickHouse itself needs to stream the 20 rows (1.34 M span rows/s measured, see DESIGN.md).
+ClickHouse itself needs to stream the 20 rows.
 
     .venv/bin/python benchmarks/bench_context.py
 """

@@ -55,10 +55,9 @@ UPPER = [level_key(PIPELINE, EntityLevel.STEP)]
 
 
 def reset_results(settings: MantaSettings) -> None:
-    """Empty entity_metadata and progress so every measurement computes everything."""
+    """Empty entity_metadata so every measurement computes everything."""
     with Store.open(settings) as store:
         store.command("TRUNCATE TABLE {db}.entity_metadata")
-        store.command("TRUNCATE TABLE {db}.progress")
 
 
 def stored_entities(settings: MantaSettings) -> dict[str, int]:

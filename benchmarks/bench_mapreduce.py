@@ -69,7 +69,6 @@ def child(traces: int, repeat: int) -> dict[str, float]:
     for _ in range(max(1, repeat)):
         with Store.open(settings) as store:
             store.command("TRUNCATE TABLE {db}.entity_metadata")
-            store.command("TRUNCATE TABLE {db}.progress")
             sql = store.sql(
                 f"SELECT {sql_cols} FROM {{db}}.spans WHERE run_id = {{r:String}} "
                 "ORDER BY run_id, trace_id, seq, span_id"

@@ -9,7 +9,7 @@ import sys
 
 from pydantic import BaseModel, Field
 
-from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext
+from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext, percentile
 
 
 class TraceCost(BaseModel):
@@ -31,17 +31,6 @@ class RunSummary(BaseModel):
     duration_p95_s: float
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def map_cost(trace: TraceContext) -> TraceCost:
     tokens_in, tokens_out = trace.llm_tokens
     return TraceCost(
@@ -56,15 +45,15 @@ def map_cost(trace: TraceContext) -> TraceCost:
 
 def summarise_run(entity: EntityRef, traces: list[TraceCost]) -> RunSummary:
     count = len(traces) or 1
-    durations = [t.duration_s for t in traces]
+    durations = sorted(t.duration_s for t in traces)
     return RunSummary(
         traces=len(traces),
         failed_traces=sum(t.status != "completed" for t in traces) + entity.failed_children,
         total_cost_usd=round(sum(t.cost_usd for t in traces), 6),
         mean_tokens=sum(t.tokens for t in traces) / count,
         mean_turns=sum(t.turns for t in traces) / count,
-        duration_p50_s=percentile(durations, 0.50),
-        duration_p95_s=percentile(durations, 0.95),
+        duration_p50_s=percentile(durations, 0.50) if durations else 0.0,
+        duration_p95_s=percentile(durations, 0.95) if durations else 0.0,
     )
 
 

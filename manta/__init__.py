@@ -1,4 +1,4 @@
-"""``from manta import MapReduceComputation, EntityLevel`` (the seeds' import path).
+"""``from manta import MapReduceComputation, EntityLevel`` (the documented import path).
 
 This package only re-exports :mod:`manta_lib`'s public API.
 """

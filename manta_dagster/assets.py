@@ -1,18 +1,18 @@
-"""The factory that turns a :class:`MapReduceComputation` into level assets.
+"""The factory that turns a pipeline into level assets: one map asset, one reduce asset per level.
 
 One asset per level, key ``[judge, level]`` (``tool_errors/trace``), in an asset group named
-after the judge, each depending on the level directly below it. A materialization runs the
-library's :class:`~manta_lib.pipeline.engine.Engine` — the code behind
-``pipeline.run(mode="local")`` — for exactly the partition(s) of its step:
+after the judge, each depending on the level directly below it. A materialization calls the
+steps of the library's one run path for exactly the partition(s) of its step:
 
-- the trace level plans the traces of its ``run|shard`` partitions and calls
-  ``Engine.map_traces``, which skips traces already stored for the judge version and writes as
-  it goes, so a retried partition resumes from what was persisted;
-- a reduce level receives the level below from the IO manager (``entity_metadata``) and calls
-  ``Engine.reduce`` over the same scope (its shards, or the whole run for step and run levels).
+- the map asset plans the traces of its ``run|shard`` partitions and calls
+  :func:`manta_lib.pipeline.map_scope`, which skips traces already stored for the judge version
+  and writes each trace as it completes, so a retried partition resumes from what was persisted;
+- a reduce asset receives the level below from the IO manager (``entity_metadata``) and calls
+  :func:`manta_lib.pipeline.reduce_scope` over the same scope (its shards, or the whole run for
+  step and run levels).
 
-The asset returns a :class:`~manta_dagster.io_manager.LevelResult`; the IO manager makes sure
-every outcome is stored under its identity. Checks run in the same step (``check_specs``).
+Each step appends one runs-log row (:func:`manta_lib.pipeline.record_computation`) and runs
+its checks in the same step (``check_specs``).
 
 Example::
 
@@ -25,12 +25,14 @@ Example::
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+from pydantic import BaseModel
 
+from manta_dagster.automation import DEFAULT_BACKFILL_CRON, level_condition
 from manta_dagster.checks import (
     check_complete,
     check_error_rate,
@@ -55,17 +57,20 @@ from manta_dagster.partitions import (
     scopes_from_keys,
 )
 from manta_dagster.resources import ClickHouseResource, KestrelResource
-from manta_dagster.schedules import DEFAULT_BACKFILL_CRON, level_condition
 from manta_dagster.summary import first_failures, markdown_summary
-from manta_lib.entities import MetadataOutput
-from manta_lib.models import EntityLevel
-from manta_lib.pipeline.computation import LevelSpec, MapReduceComputation
-from manta_lib.pipeline.engine import Engine, RunOptions, log_computation_run
-from manta_lib.pipeline.executor import describe_exception
-from manta_lib.pipeline.planner import TraceRef, plan_scope
-from manta_lib.pipeline.progress import BucketClock
-from manta_lib.store import Store
-from manta_lib.store.metadata import outputs_from_stored, utc_now
+from manta_lib import EntityLevel, MetadataOutput
+from manta_lib.pipeline import (
+    BucketClock,
+    LevelSpec,
+    PipelineDefinition,
+    RunOptions,
+    Scope,
+    map_scope,
+    plan_scope,
+    record_computation,
+    reduce_scope,
+)
+from manta_lib.store import Store, outputs_from_stored
 
 __all__ = [
     "DEFAULT_ERROR_RATE_THRESHOLD",
@@ -73,8 +78,9 @@ __all__ = [
     "KIND",
     "AssetOptions",
     "PipelineAssets",
-    "build_level_asset",
+    "build_map_asset",
     "build_pipeline_assets",
+    "build_reduce_asset",
     "code_version",
     "level_key",
     "level_partitions",
@@ -93,8 +99,10 @@ class AssetOptions:
         shard_count: hash shards of datapoint_id per run (the ``shard`` dimension).
         error_rate_threshold: the ``error_rate`` check fails above this share of failures.
         max_workers: thread pool of the map (default: 4, or 32 when a level uses an LLM).
-        batch_size: traces per batch of the engine.
-        automation: attach the declarative automation conditions (see ``schedules.py``).
+        batch_size: traces loaded per batch by the map.
+        max_failures: a map step stops once more traces failed than this count (or fraction
+            of its scope); what it finished is kept and the step fails.
+        automation: attach the declarative automation conditions (see ``automation.py``).
         backfill_cron: when the scheduled backfill of missing/outdated partitions runs.
     """
 
@@ -102,11 +110,12 @@ class AssetOptions:
     error_rate_threshold: float = DEFAULT_ERROR_RATE_THRESHOLD
     max_workers: int | None = None
     batch_size: int = 1000
+    max_failures: int | float | None = None
     automation: bool = True
     backfill_cron: str = DEFAULT_BACKFILL_CRON
 
 
-def level_key(pipeline: MapReduceComputation, level: EntityLevel) -> dg.AssetKey:
+def level_key(pipeline: PipelineDefinition, level: EntityLevel) -> dg.AssetKey:
     """``[judge, level]``, e.g. ``AssetKey(["tool_errors", "trace"])``."""
     return dg.AssetKey([pipeline.judge, level.value])
 
@@ -120,7 +129,7 @@ def level_partitions(
     return RUN_PARTITIONS
 
 
-def code_version(pipeline: MapReduceComputation) -> str:
+def code_version(pipeline: PipelineDefinition) -> str:
     """The judge version: every level's function, its module's source, its output schema and
     the manual version string.
 
@@ -131,7 +140,7 @@ def code_version(pipeline: MapReduceComputation) -> str:
     return pipeline.judge_version
 
 
-def _description(pipeline: MapReduceComputation, spec: LevelSpec) -> str:
+def _description(pipeline: PipelineDefinition, spec: LevelSpec) -> str:
     doc = (spec.fn.__doc__ or "").strip().splitlines()
     what = spec.description or (doc[0] if doc else "")
     kind = "map per trace" if spec.is_map else f"reduce per {spec.level.value}"
@@ -152,28 +161,9 @@ def _description(pipeline: MapReduceComputation, spec: LevelSpec) -> str:
     return "\n\n".join(lines)
 
 
-def _refs(store: Store, scope: RunScope, shard_count: int) -> list[TraceRef]:
-    return plan_scope(store, scope.run_id, shards=scope.shards, shard_count=shard_count)
-
-
-def _children(
-    pipeline: MapReduceComputation, spec: LevelSpec, inputs: LevelInput, run_id: str
-) -> list[MetadataOutput]:
-    below = pipeline.below(spec.level)
-    if inputs.outputs_by_run is not None:
-        return inputs.outputs_by_run.get(run_id, [])
-    return outputs_from_stored(
-        inputs.by_run.get(run_id, []),
-        schema=below.schema,
-        level=below.level,
-        run_id=run_id,
-        judge=pipeline.judge,
-    )
-
-
 def _metadata(
-    spec: LevelSpec,
     outputs: Sequence[MetadataOutput],
+    schema: type[BaseModel],
     *,
     judge_version: str,
     seconds: float,
@@ -188,139 +178,97 @@ def _metadata(
         "error_rate": dg.MetadataValue.float(round(errors / len(outputs), 6) if outputs else 0.0),
         "duration_s": dg.MetadataValue.float(round(seconds, 3)),
         "judge_version": judge_version,
-        "runs": ", ".join(s.run_id for s in scopes),
-        "summary": dg.MetadataValue.md(markdown_summary(spec.schema, outputs)),
+        "runs": ", ".join(dict.fromkeys(s.run_id for s in scopes)),
+        "summary": dg.MetadataValue.md(markdown_summary(schema, outputs)),
         "first_failures": dg.MetadataValue.md(first_failures(outputs)),
     }
 
 
-def build_level_asset(
-    pipeline: MapReduceComputation,
+@dataclass
+class _StepResult:
+    outputs: list[MetadataOutput] = field(default_factory=list)
+    computed: int = 0
+    checks: list[dg.AssetCheckResult] = field(default_factory=list)
+
+
+ScopeStep = Callable[[Store, Scope, BucketClock], tuple[list[MetadataOutput], int]]
+ChecksStep = Callable[[Store, Sequence[Scope], list[MetadataOutput]], list[dg.AssetCheckResult]]
+
+
+def _run_step(
+    context: dg.AssetExecutionContext,
+    clickhouse: ClickHouseResource,
+    pipeline: PipelineDefinition,
     spec: LevelSpec,
-    options: AssetOptions = AssetOptions(),
-) -> dg.AssetsDefinition:
-    """The asset of one level of ``pipeline`` (see the module docstring)."""
+    shard_count: int,
+    compute: ScopeStep,
+    checks: ChecksStep,
+    prepare: Callable[[Store, BucketClock], None] | None = None,
+) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+    """Plan each partition scope, ``compute`` it, run ``checks``, record the runs-log row."""
+    started = time.perf_counter()
     key = level_key(pipeline, spec.level)
-    shard_count = options.shard_count
-    version = code_version(pipeline)
-    run_options = RunOptions(
-        max_workers=options.max_workers or (32 if pipeline.uses_llm else 4),
-        batch_size=options.batch_size,
-        progress=False,
+    run_scopes = scopes_from_keys(context.partition_keys, shard_count)
+    step = _StepResult()
+    runs = ",".join(dict.fromkeys(s.run_id for s in run_scopes))
+    with record_computation(pipeline, runs, "dagster", clickhouse.settings()) as record:
+        clock = record.clock
+        with clickhouse.open() as store:
+            if prepare is not None:
+                prepare(store, clock)
+            planned: list[Scope] = []
+            for run_scope in run_scopes:
+                with clock("load"):
+                    scope = plan_scope(
+                        store, run_scope.run_id, shards=run_scope.shards, shard_count=shard_count
+                    )
+                planned.append(scope)
+                outputs, computed = compute(store, scope, clock)
+                context.log.info(
+                    "%s on %s: %d entities", key.to_user_string(), scope.describe(), len(outputs)
+                )
+                step.outputs.extend(outputs)
+                step.computed += computed
+            step.checks = checks(store, planned, step.outputs)
+        record.summary.update({"asset": key.to_user_string(), "entities": len(step.outputs)})
+    result = LevelResult(
+        project_id=pipeline.project_id,
+        judge=pipeline.judge,
+        judge_version=pipeline.judge_version,
+        level=spec.level,
+        outputs=step.outputs,
     )
+    yield dg.Output(
+        result,
+        metadata=_metadata(
+            step.outputs,
+            spec.schema,
+            judge_version=pipeline.judge_version,
+            seconds=time.perf_counter() - started,
+            computed=step.computed,
+            scopes=run_scopes,
+        ),
+    )
+    yield from step.checks
+
+
+def _asset_decorator(
+    pipeline: PipelineDefinition, spec: LevelSpec, options: AssetOptions
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``@dg.asset(...)`` with what every level asset carries (key, partitions, checks, ...)."""
+    key = level_key(pipeline, spec.level)
+    version = code_version(pipeline)
     ins: dict[str, dg.AssetIn] = {}
     if not spec.is_map:
         ins["children"] = dg.AssetIn(key=level_key(pipeline, pipeline.below(spec.level).level))
-
-    def materialize(
-        context: dg.AssetExecutionContext,
-        clickhouse: ClickHouseResource,
-        kestrel: KestrelResource,
-        children: LevelInput | None,
-    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
-        started = time.perf_counter()
-        created_at = utc_now()
-        clock = BucketClock()
-        scopes = scopes_from_keys(context.partition_keys, shard_count)
-        outputs: list[MetadataOutput] = []
-        computed = 0
-        status, error = "failed", None
-        checks: list[dg.AssetCheckResult] = []
-        try:
-            with clickhouse.open() as store:
-                if spec.is_map:
-                    pipeline.check_pip_install()  # as pipeline.run(mode="local") does
-                    with clock("register"):
-                        kestrel.register(pipeline, store)
-                engine = Engine(pipeline, store, options=run_options, persist=True, clock=clock)
-                for scope in scopes:
-                    with clock("load"):
-                        refs = _refs(store, scope, shard_count)
-                    if spec.is_map:
-                        done = len(engine.pending_traces(scope.run_id, refs))
-                        scope_outputs = engine.map_traces(
-                            scope.run_id, refs, shards=scope.shards, shard_count=shard_count
-                        )
-                        computed += len(scope_outputs) - done
-                    else:
-                        assert children is not None
-                        below = _children(pipeline, spec, children, scope.run_id)
-                        scope_outputs = engine.reduce(spec.level, scope.run_id, refs, below)
-                        computed += len(scope_outputs)
-                    context.log.info(
-                        "%s on %s%s: %d entities",
-                        key.to_user_string(),
-                        scope.run_id,
-                        "" if scope.shards is None else f" shards {list(scope.shards)}",
-                        len(scope_outputs),
-                    )
-                    outputs.extend(scope_outputs)
-                checks = _run_checks(store, pipeline, spec, key, options, scopes, outputs)
-            status = "succeeded"
-        except BaseException as exc:
-            error = describe_exception(exc)
-            raise
-        finally:
-            log_computation_run(
-                pipeline,
-                ",".join(s.run_id for s in scopes),
-                "dagster",
-                status,
-                error,
-                created_at,
-                clock,
-                {"asset": key.to_user_string(), "entities": len(outputs)},
-                clickhouse.settings(),
-            )
-        result = LevelResult(
-            project_id=pipeline.project_id,
-            judge=pipeline.judge,
-            judge_version=engine.judge_version,
-            level=spec.level,
-            outputs=outputs,
-        )
-        yield dg.Output(
-            result,
-            metadata=_metadata(
-                spec,
-                outputs,
-                judge_version=engine.judge_version,
-                seconds=time.perf_counter() - started,
-                computed=computed,
-                scopes=scopes,
-            ),
-        )
-        yield from checks
-
-    # Dagster reads the inputs from the signature: the map level has none, a reduce level one.
-    if spec.is_map:
-
-        def compute(
-            context: dg.AssetExecutionContext,
-            clickhouse: ClickHouseResource,
-            kestrel: KestrelResource,
-        ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
-            yield from materialize(context, clickhouse, kestrel, None)
-
-    else:
-
-        def compute(  # type: ignore[misc]
-            context: dg.AssetExecutionContext,
-            clickhouse: ClickHouseResource,
-            kestrel: KestrelResource,
-            children: LevelInput,
-        ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
-            yield from materialize(context, clickhouse, kestrel, children)
-
-    compute.__name__ = f"{pipeline.judge}__{spec.level.value}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # backfill_policy is beta in 1.13
-        decorate = dg.asset(
+        return dg.asset(
             key=key,
             ins=ins,
             group_name=pipeline.judge,
             description=_description(pipeline, spec),
-            partitions_def=level_partitions(spec.level, shard_count),
+            partitions_def=level_partitions(spec.level, options.shard_count),
             backfill_policy=dg.BackfillPolicy.single_run(),
             code_version=version,
             kinds={KIND, "python"},
@@ -330,7 +278,7 @@ def build_level_asset(
                 META_PROJECT: pipeline.project_id,
                 META_LEVEL: spec.level.value,
                 META_VERSION: version,
-                META_SHARDS: shard_count,
+                META_SHARDS: options.shard_count,
                 "manta/function": getattr(spec.fn, "__qualname__", repr(spec.fn)),
                 "manta/module": getattr(spec.fn, "__module__", ""),
                 "manta/schema": spec.schema.__name__,
@@ -343,34 +291,116 @@ def build_level_asset(
                 else None
             ),
         )
-        return decorate(compute)
 
 
-def _run_checks(
+def _run_options(pipeline: PipelineDefinition, options: AssetOptions) -> RunOptions:
+    return RunOptions(
+        max_workers=options.max_workers or pipeline.default_max_workers,
+        batch_size=options.batch_size,
+        max_failures=options.max_failures,
+        progress=False,
+    )
+
+
+def build_map_asset(
+    pipeline: PipelineDefinition, options: AssetOptions = AssetOptions()
+) -> dg.AssetsDefinition:
+    """The trace level's asset: map the traces of its partitions not yet stored."""
+    spec = pipeline.level(EntityLevel.TRACE)
+    key = level_key(pipeline, spec.level)
+    run_options = _run_options(pipeline, options)
+
+    def prepare(kestrel: KestrelResource) -> Callable[[Store, BucketClock], None]:
+        def register(store: Store, clock: BucketClock) -> None:
+            pipeline.check_pip_install()  # as pipeline.run(mode="local") does
+            with clock("register"):
+                kestrel.register(pipeline, store)
+
+        return register
+
+    def compute(store: Store, scope: Scope, clock: BucketClock) -> tuple[list[MetadataOutput], int]:
+        mapped = map_scope(pipeline, scope, store=store, options=run_options, clock=clock)
+        return mapped.outputs, mapped.computed
+
+    def checks(
+        store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]
+    ) -> list[dg.AssetCheckResult]:
+        return [
+            check_complete(store, key, scopes=scopes, outputs=outputs),
+            *_common_checks(store, pipeline, spec, key, options, outputs),
+        ]
+
+    def materialize(
+        context: dg.AssetExecutionContext,
+        clickhouse: ClickHouseResource,
+        kestrel: KestrelResource,
+    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+        yield from _run_step(
+            context,
+            clickhouse,
+            pipeline,
+            spec,
+            options.shard_count,
+            compute,
+            checks,
+            prepare(kestrel),
+        )
+
+    materialize.__name__ = f"{pipeline.judge}__{spec.level.value}"
+    return _asset_decorator(pipeline, spec, options)(materialize)
+
+
+def build_reduce_asset(
+    pipeline: PipelineDefinition, spec: LevelSpec, options: AssetOptions = AssetOptions()
+) -> dg.AssetsDefinition:
+    """A reduce level's asset: reduce its partitions' scope from the stored level below."""
+    key = level_key(pipeline, spec.level)
+    below = pipeline.below(spec.level)
+    run_options = _run_options(pipeline, options)
+
+    def materialize(
+        context: dg.AssetExecutionContext,
+        clickhouse: ClickHouseResource,
+        children: LevelInput,
+    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+        def compute(
+            store: Store, scope: Scope, clock: BucketClock
+        ) -> tuple[list[MetadataOutput], int]:
+            stored = outputs_from_stored(
+                children.by_run.get(scope.run_id, []),
+                schema=below.schema,
+                level=below.level,
+                run_id=scope.run_id,
+                judge=pipeline.judge,
+            )
+            outputs = reduce_scope(
+                pipeline, store, spec.level, scope, stored, options=run_options, clock=clock
+            )
+            return outputs, len(outputs)
+
+        def checks(
+            store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]
+        ) -> list[dg.AssetCheckResult]:
+            return _common_checks(store, pipeline, spec, key, options, outputs)
+
+        yield from _run_step(
+            context, clickhouse, pipeline, spec, options.shard_count, compute, checks
+        )
+
+    materialize.__name__ = f"{pipeline.judge}__{spec.level.value}"
+    return _asset_decorator(pipeline, spec, options)(materialize)
+
+
+def _common_checks(
     store: Store,
-    pipeline: MapReduceComputation,
+    pipeline: PipelineDefinition,
     spec: LevelSpec,
     key: dg.AssetKey,
     options: AssetOptions,
-    scopes: Sequence[RunScope],
     outputs: Sequence[MetadataOutput],
 ) -> list[dg.AssetCheckResult]:
-    version = pipeline.judge_version
-    results = []
-    if spec.is_map:
-        results.append(
-            check_complete(
-                store,
-                key,
-                project_id=pipeline.project_id,
-                judge=pipeline.judge,
-                judge_version=version,
-                scopes=scopes,
-                shard_count=options.shard_count,
-            )
-        )
-    results.append(check_error_rate(key, outputs, options.error_rate_threshold))
-    results.append(
+    return [
+        check_error_rate(key, outputs, options.error_rate_threshold),
         check_schema(
             store,
             key,
@@ -378,18 +408,17 @@ def _run_checks(
             level=spec.level,
             project_id=pipeline.project_id,
             judge=pipeline.judge,
-            judge_version=version,
+            judge_version=pipeline.judge_version,
             outputs=outputs,
-        )
-    )
-    return results
+        ),
+    ]
 
 
 @dataclass(frozen=True)
 class PipelineAssets:
     """The level assets of one pipeline, bottom-up."""
 
-    pipeline: MapReduceComputation
+    pipeline: PipelineDefinition
     assets: list[dg.AssetsDefinition] = field(default_factory=list)
 
     @property
@@ -403,7 +432,7 @@ class PipelineAssets:
 
 
 def build_pipeline_assets(
-    pipeline: MapReduceComputation,
+    pipeline: PipelineDefinition,
     *,
     shard_count: int = DEFAULT_SHARD_COUNT,
     error_rate_threshold: float = DEFAULT_ERROR_RATE_THRESHOLD,
@@ -411,6 +440,7 @@ def build_pipeline_assets(
     automation: bool = True,
     max_workers: int | None = None,
     batch_size: int = 1000,
+    max_failures: int | float | None = None,
 ) -> PipelineAssets:
     """One asset per level of ``pipeline`` (see :class:`AssetOptions` for the knobs)."""
     options = AssetOptions(
@@ -418,9 +448,12 @@ def build_pipeline_assets(
         error_rate_threshold=error_rate_threshold,
         max_workers=max_workers,
         batch_size=batch_size,
+        max_failures=max_failures,
         automation=automation,
         backfill_cron=backfill_cron,
     )
     return PipelineAssets(
-        pipeline, [build_level_asset(pipeline, spec, options) for spec in pipeline.levels]
+        pipeline,
+        [build_map_asset(pipeline, options)]
+        + [build_reduce_asset(pipeline, spec, options) for spec in pipeline.levels[1:]],
     )

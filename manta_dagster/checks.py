@@ -1,8 +1,8 @@
 """Asset checks of a level, evaluated in the level's step against what ``entity_metadata`` holds.
 
 - ``complete`` (trace level): every trace of the partition(s), as ClickHouse lists them after
-  the map, has an output or a recorded error for the judge version. It fails when traces
-  arrived during the materialization or were skipped.
+  the map, has an output or a recorded error for the judge version among what the map
+  returned (all of it stored). It fails when traces arrived during the materialization.
 - ``error_rate``: the share of failed entities is at most the pipeline's threshold.
 - ``schema``: the values read back from ``entity_metadata`` validate against the level's
   output schema (an output mutated after validation, or built with ``model_construct``, is
@@ -17,12 +17,9 @@ import dagster as dg
 import pydantic
 from pydantic import BaseModel
 
-from manta_dagster.partitions import RunScope
-from manta_lib.entities import MetadataOutput
-from manta_lib.models import EntityLevel
-from manta_lib.pipeline.planner import plan_scope
-from manta_lib.store import Store
-from manta_lib.store.metadata import load_entities, load_status
+from manta_lib import EntityLevel, MetadataOutput
+from manta_lib.pipeline import Scope, plan_scope
+from manta_lib.store import Store, load_entities
 
 CHECK_COMPLETE = "complete"
 CHECK_ERROR_RATE = "error_rate"
@@ -68,27 +65,18 @@ def check_complete(
     store: Store,
     key: dg.AssetKey,
     *,
-    project_id: str,
-    judge: str,
-    judge_version: str,
-    scopes: Sequence[RunScope],
-    shard_count: int,
+    scopes: Sequence[Scope],
+    outputs: Sequence[MetadataOutput],
 ) -> dg.AssetCheckResult:
-    """``complete``: each trace in the partitions has a stored outcome for ``judge_version``."""
+    """``complete``: each trace the partitions hold now (planned again, after the map) has an
+    outcome among ``outputs`` (what the map computed or found stored)."""
+    have = {o.entity_id for o in outputs}
     missing: list[str] = []
     total = 0
     for scope in scopes:
-        refs = plan_scope(store, scope.run_id, shards=scope.shards, shard_count=shard_count)
-        status = load_status(
-            store,
-            project_id=project_id,
-            run_id=scope.run_id,
-            judge=judge,
-            level=EntityLevel.TRACE,
-            judge_version=judge_version,
-        )
-        total += len(refs)
-        missing.extend(ref.trace_id for ref in refs if ref.trace_id not in status)
+        now = plan_scope(store, scope.run_id, shards=scope.shards, shard_count=scope.shard_count)
+        total += len(now.refs)
+        missing.extend(tid for tid in now.trace_ids if tid not in have)
     metadata: dict[str, dg.RawMetadataValue] = {"traces": total, "without_outcome": len(missing)}
     if missing:
         metadata["missing_trace_ids"] = dg.MetadataValue.md(_ids_md(sorted(missing)))

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from manta_lib.errors import ConfigError
+from manta_lib import ConfigError
 from manta_lib.store import Store
 
 
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         """Register every run id in ClickHouse as a partition in $DAGSTER_HOME's instance."""
         import dagster as dg
 
-        from manta_lib.settings import load_settings
+        from manta_lib import load_settings
 
         if not os.environ.get("DAGSTER_HOME"):
             raise ConfigError(

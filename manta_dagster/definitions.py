@@ -1,7 +1,7 @@
 """The single entry point ``workspace.yaml`` and ``dagster -m manta_dagster.definitions`` load.
 
 Which pipelines: ``MANTA_PIPELINES`` is a comma-separated list of ``module:attribute`` entries
-(the attribute defaults to ``pipeline`` and may hold one MapReduceComputation or a list of
+(the attribute defaults to ``pipeline`` and may hold one PipelineDefinition or a list of
 them); the word ``examples`` stands for the three example pipelines, which are the default
 when the variable is unset. ``MANTA_PIPELINES="examples,my_team.judges:pipelines"`` adds a
 team's pipelines to the examples without editing Manta; :func:`build_definitions` does the same
@@ -16,7 +16,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import dagster as dg
@@ -27,14 +27,14 @@ from manta_dagster.assets import (
     PipelineAssets,
     build_pipeline_assets,
 )
+from manta_dagster.automation import DEFAULT_BACKFILL_CRON, automation_sensor
 from manta_dagster.io_manager import EntityMetadataIOManager
 from manta_dagster.partitions import DEFAULT_SHARD_COUNT
 from manta_dagster.resources import ClickHouseResource, KestrelResource
-from manta_dagster.schedules import DEFAULT_BACKFILL_CRON, automation_sensor
 from manta_dagster.sensors import build_run_discovery_sensor
 from manta_dagster.wall_time import WALL_TIME_RESOURCES, wall_time_percentiles
-from manta_lib.errors import ConfigError, PipelineDefinitionError
-from manta_lib.pipeline.computation import MapReduceComputation
+from manta_lib import ConfigError, PipelineDefinitionError
+from manta_lib.pipeline import PipelineDefinition
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ def _import(module_name: str) -> object:
         return importlib.import_module(module_name)
 
 
-def _pipelines_of(value: object, entry: str) -> list[MapReduceComputation]:
+def _pipelines_of(value: object, entry: str) -> list[PipelineDefinition]:
     items = list(value) if isinstance(value, list | tuple) else [value]
-    bad = [item for item in items if not isinstance(item, MapReduceComputation)]
+    bad = [item for item in items if not isinstance(item, PipelineDefinition)]
     if bad:
         raise PipelineDefinitionError(
             f"{PIPELINES_ENV} entry {entry!r} is a {type(bad[0]).__name__}, not a "
@@ -66,7 +66,7 @@ def _pipelines_of(value: object, entry: str) -> list[MapReduceComputation]:
     return items  # type: ignore[return-value]
 
 
-def load_pipelines(spec: str | None = None) -> list[MapReduceComputation]:
+def load_pipelines(spec: str | None = None) -> list[PipelineDefinition]:
     """The pipelines named by ``spec`` (default: ``$MANTA_PIPELINES``, else ``examples``).
 
     >>> [p.judge for p in load_pipelines("examples")]  # doctest: +SKIP
@@ -74,7 +74,7 @@ def load_pipelines(spec: str | None = None) -> list[MapReduceComputation]:
     """
     spec = os.environ.get(PIPELINES_ENV, "") if spec is None else spec
     entries = [e.strip() for e in (spec or "examples").split(",") if e.strip()]
-    pipelines: list[MapReduceComputation] = []
+    pipelines: list[PipelineDefinition] = []
     for entry in entries:
         if entry == "examples":
             pipelines += [_import(m).pipeline for m in EXAMPLE_MODULES]  # type: ignore[attr-defined]
@@ -106,7 +106,7 @@ def embedded_store() -> bool:
 
 
 def build_definitions(
-    pipelines: Iterable[MapReduceComputation] | None = None,
+    pipelines: Iterable[PipelineDefinition] | None = None,
     *,
     shard_count: int = DEFAULT_SHARD_COUNT,
     error_rate_threshold: float = DEFAULT_ERROR_RATE_THRESHOLD,
@@ -115,6 +115,7 @@ def build_definitions(
     kestrel: KestrelResource | None = None,
     include_wall_time: bool = True,
     automation_in_code_server: bool = False,
+    max_failures: int | float | None = None,
 ) -> dg.Definitions:
     """Definitions for ``pipelines`` (default: :func:`load_pipelines`).
 
@@ -141,6 +142,7 @@ def build_definitions(
             shard_count=shard_count,
             error_rate_threshold=error_rate_threshold,
             backfill_cron=backfill_cron,
+            max_failures=max_failures,
         )
         for p in chosen
     ]
@@ -169,11 +171,6 @@ def build_definitions(
         },
         executor=dg.in_process_executor if embedded else dg.multiprocess_executor,
     )
-
-
-def pipeline_asset_keys(defs: dg.Definitions) -> Sequence[dg.AssetKey]:
-    """Every asset key of ``defs`` (sorted), for listings and tests."""
-    return sorted(defs.resolve_all_asset_keys(), key=lambda k: k.to_user_string())
 
 
 defs = build_definitions()

@@ -14,13 +14,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from manta_lib.pipeline.computation import MapReduceComputation
-from manta_lib.pipeline.engine import register_judge
-from manta_lib.settings import MantaSettings, load_settings
+from manta_lib import MantaSettings, load_settings
+from manta_lib.pipeline import PipelineDefinition, register_judge
 from manta_lib.store import Store
 
 
-class ClickHouseResource(dg.ConfigurableResource):
+class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # bare, as Dagster documents
     """Manta's ClickHouse store: embedded chDB under ``MANTA_DATA_DIR`` unless a URL is set.
 
     Example::
@@ -65,13 +64,13 @@ class ClickHouseResource(dg.ConfigurableResource):
             store.close()
 
 
-class KestrelResource(dg.ConfigurableResource):
+class KestrelResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # bare, as Dagster documents
     """The Kestrel judge registry; without a URL, judges go to the local ``judges`` table."""
 
     api_url: str | None = Field(default=None, description="Default: KESTREL_API_URL.")
     api_key: str | None = Field(default=None, description="Default: KESTREL_API_KEY.")
 
-    def register(self, pipeline: MapReduceComputation, store: Store) -> str:
+    def register(self, pipeline: PipelineDefinition, store: Store) -> str:
         """Register ``pipeline``'s judge and columns; returns ``"kestrel"`` or ``"local"``."""
         settings = store.settings
         updates: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from manta_dagster.automation import sensors_default_status
 from manta_dagster.partitions import (
     DEFAULT_SHARD_COUNT,
     RUN_PARTITIONS,
@@ -28,8 +29,7 @@ from manta_dagster.partitions import (
     run_key_range,
 )
 from manta_dagster.resources import ClickHouseResource
-from manta_dagster.schedules import sensors_default_status
-from manta_lib.errors import StoreUnavailableError
+from manta_lib import StoreUnavailableError
 from manta_lib.store import Store
 
 DISCOVERY_SENSOR_NAME = "manta_run_discovery"

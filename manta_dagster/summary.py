@@ -14,21 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from manta_lib.entities import MetadataOutput
+from manta_lib import MetadataOutput, percentile
 
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 30
 TOP_CATEGORIES = 5
 FIRST_FAILURES = 10
 _SCORE_HINTS = ("score", "reward", "rate", "pass", "error", "cost")
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def _is_number(value: Any) -> bool:
@@ -93,7 +85,7 @@ def markdown_summary(schema: type[BaseModel], outputs: Sequence[MetadataOutput])
             mean = sum(numbers) / len(numbers)
             numeric_rows.append(
                 f"| {name} | {len(numbers):,} | {mean:.4g} | {numbers[0]:.4g} | "
-                f"{_percentile(numbers, 0.5):.4g} | {_percentile(numbers, 0.95):.4g} | "
+                f"{percentile(numbers, 0.5):.4g} | {percentile(numbers, 0.95):.4g} | "
                 f"{numbers[-1]:.4g} |"
             )
             continue
@@ -122,11 +114,16 @@ def markdown_summary(schema: type[BaseModel], outputs: Sequence[MetadataOutput])
 
 
 def first_failures(outputs: Sequence[MetadataOutput], limit: int = FIRST_FAILURES) -> str:
-    """The first failed entity ids (smallest first) with their messages, as markdown."""
+    """The first failed entity ids (smallest first) with their messages and where in the
+    user's code each was raised, as markdown."""
     failed = sorted((o for o in outputs if o.error is not None), key=lambda o: o.entity_id)
     if not failed:
         return "No failures."
-    lines = [f"- `{o.entity_id}`: {str(o.error).splitlines()[0][:300]}" for o in failed[:limit]]
+    lines = [
+        f"- `{o.entity_id}`: {str(o.error).splitlines()[0][:300]}"
+        + (f" (at `{o.error_at[:300]}`)" if o.error_at else "")
+        for o in failed[:limit]
+    ]
     if len(failed) > limit:
         lines.append(f"- … and {len(failed) - limit:,} more")
     return "\n".join(lines)

@@ -23,10 +23,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from manta_dagster.schedules import WALL_TIME_CRON
+from manta_dagster.automation import WALL_TIME_CRON
+from manta_lib import load_settings
+from manta_lib.runs_log import list_shards
 from manta_lib.runs_log.duckdb_engine import workflow_bucket_percentiles
-from manta_lib.runs_log.reader import list_shards
-from manta_lib.settings import load_settings
 
 WALL_TIME_KEY = dg.AssetKey("wall_time_percentiles")
 
@@ -86,7 +86,7 @@ def _empty_reason(log_dir: Path) -> str | None:
 )
 def wall_time_percentiles(
     context: dg.AssetExecutionContext, config: WallTimeConfig, duckdb: DuckDBResource
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[Any]:
     """Percentiles of every (workflow, bucket); the table goes to the metadata."""
     log_dir = Path(config.log_dir) if config.log_dir else load_settings().runs_log_dir
     rows: list[dict[str, Any]] = []

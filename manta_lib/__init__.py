@@ -3,6 +3,7 @@
 Public API; ``from manta import ...`` re-exports exactly this.
 """
 
+from manta_lib.collector import Collector
 from manta_lib.context import Conversation, TraceContext
 from manta_lib.demo import seed_demo
 from manta_lib.entities import EntityRef, MetadataOutput
@@ -19,9 +20,17 @@ from manta_lib.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl, load_records
+from manta_lib.importers import import_files, import_records
+from manta_lib.ingest import (
+    ImportInterrupted,
+    ImportReport,
+    SourceRecord,
+    import_jsonl,
+    load_records,
+)
 from manta_lib.llm import LLMJudge, ModelPrice
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
+from manta_lib.percentile import percentile
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
@@ -31,6 +40,7 @@ from manta_lib.store.trace_writes import delete_run
 
 __all__ = [
     "Agreement",
+    "Collector",
     "ComputationAborted",
     "ConfigError",
     "Conversation",
@@ -54,6 +64,7 @@ __all__ = [
     "PipelineDefinitionError",
     "QueryError",
     "RunComparison",
+    "SourceRecord",
     "SpanKind",
     "SpanRecord",
     "Store",
@@ -62,10 +73,13 @@ __all__ = [
     "TraceRecord",
     "ValidationError",
     "delete_run",
+    "import_files",
     "import_jsonl",
+    "import_records",
     "load_records",
     "load_settings",
     "open_store",
     "parse_condition",
+    "percentile",
     "seed_demo",
 ]

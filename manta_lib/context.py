@@ -1,4 +1,4 @@
-"""Typed context objects: :class:`TraceContext` wraps one trace row and its spans (seed 001).
+"""Typed context objects: :class:`TraceContext` wraps one trace row and its spans.
 
 Spans are read by the rules of ``docs/span_conventions.md``. Example::
 
@@ -697,7 +697,7 @@ class TraceContext:
     def __repr__(self) -> str:
         return f"TraceContext(trace_id={self._trace.trace_id!r}, spans={len(self._rows)})"
 
-    # ---- trace properties (seed 001) ----------------------------------------------------
+    # ---- trace properties -----------------------------------------------------------------
 
     @property
     def trace(self) -> TraceRecord:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from manta_lib.models import EntityLevel
+from manta_lib.models import EntityLevel, fast_construct
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class MetadataOutput(BaseModel):
     output: BaseModel | None = None
     error: str | None = None
     computed_at: datetime
+    #: Where the error was raised: the innermost frames of the user's code,
+    #: ``file:line in function``, innermost first (None without an error or a traceback).
+    error_at: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,3 +64,37 @@ class MetadataOutput(BaseModel):
     def __str__(self) -> str:
         body = self.output.model_dump_json() if self.output is not None else f"ERROR {self.error}"
         return f"{self.entity_level.value} {self.entity_id}: {body}"
+
+
+def new_output(
+    *,
+    level: EntityLevel,
+    entity_id: str,
+    run_id: str,
+    judge: str,
+    judge_version: str,
+    output: BaseModel | None,
+    error: str | None,
+    computed_at: datetime,
+    error_at: str | None = None,
+) -> MetadataOutput:
+    """A :class:`MetadataOutput` from values already of the field types (validated outputs).
+
+    The one place outcomes are built: the map, the reduces, a worker's report and rows read
+    back from ``entity_metadata`` all come through here (skipping pydantic's validation, which
+    these values have already passed).
+    """
+    return fast_construct(
+        MetadataOutput,
+        {
+            "entity_level": level,
+            "entity_id": entity_id,
+            "run_id": run_id,
+            "judge": judge,
+            "judge_version": judge_version,
+            "output": output,
+            "error": error,
+            "computed_at": computed_at,
+            "error_at": error_at,
+        },
+    )

@@ -9,7 +9,8 @@ all or nothing. Rows are buffered one batch at a time and written column-oriente
 re-import, or an import resumed after a crash or Ctrl-C, stores every row exactly once.
 
 Other input formats reuse the loader through :func:`load_records`, which takes already-parsed
-records and a source name for error locations.
+records and a source name for error locations (or :class:`SourceRecord` items that carry their
+own, and any problems their importer found).
 
 Example::
 
@@ -73,7 +74,14 @@ from manta_lib.store.trace_writes import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImportInterrupted", "ImportReport", "LineError", "import_jsonl", "load_records"]
+__all__ = [
+    "ImportInterrupted",
+    "ImportReport",
+    "LineError",
+    "SourceRecord",
+    "import_jsonl",
+    "load_records",
+]
 
 _TRACE_KEYS = frozenset(TraceInput.model_fields)
 _SPAN_KEYS = frozenset(SpanInput.model_fields)
@@ -111,6 +119,21 @@ class LineError:
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}"
         return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One record for :func:`load_records` that carries its own location.
+
+    ``source``/``line`` place its errors (a file and line, a log and sample number,
+    ``<records>`` and an index); ``problems`` are ``(field, reason)`` pairs an importer found
+    while mapping its own format into ``record``: such a record is reported and skipped.
+    """
+
+    source: str
+    line: int
+    record: Any
+    problems: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -245,7 +268,10 @@ def load_records(
     or span objects (``kind="spans"``, each with its ``trace_id``); an item is a record, or
     ``(line_number, record)`` to point errors at its place in the original input (items are
     numbered from 1 otherwise). ``source`` names the input in errors
-    (``source:line: field: reason``). Everything else is as in :func:`import_jsonl`.
+    (``source:line: field: reason``). An item may also be a :class:`SourceRecord`, which
+    carries its own source and line (records of several files in one import) and the problems
+    its importer found (reported like bad lines). Everything else is as in
+    :func:`import_jsonl`; :attr:`ImportReport.files` counts the distinct sources.
 
     Example::
 
@@ -254,7 +280,7 @@ def load_records(
     """
     return _run(
         store,
-        [_Input(source, kind == "spans", _record_items(records), None)],
+        [_Input(source, kind == "spans", _record_items(source, records), None)],
         strict,
         batch_size,
         project_id,
@@ -264,7 +290,7 @@ def load_records(
 
 # ---- inputs ------------------------------------------------------------------------------
 
-_Item = tuple[int, Any]  # (line number, decoded value or LineProblems)
+_Item = tuple[str, int, Any]  # (source name, line number, decoded value or LineProblems)
 
 
 @dataclass
@@ -277,28 +303,35 @@ class _Input:
 
 def _file_items(source: Source) -> Callable[[Callable[[int], Any]], Iterator[_Item]]:
     def items(advance: Callable[[int], Any]) -> Iterator[_Item]:
+        name = source.name
         for number, raw in read_lines(source, advance):
             if isinstance(raw, LineProblems):
-                yield number, raw
+                yield name, number, raw
                 continue
             try:
-                yield number, decode_line(raw)
+                yield name, number, decode_line(raw)
             except LineProblems as problems:
-                yield number, problems
+                yield name, number, problems
 
     return items
 
 
-def _record_items(records: Iterable[Any]) -> Callable[[Callable[[int], Any]], Iterator[_Item]]:
+def _record_items(
+    source: str, records: Iterable[Any]
+) -> Callable[[Callable[[int], Any]], Iterator[_Item]]:
     def items(_advance: Callable[[int], Any]) -> Iterator[_Item]:
         for position, item in enumerate(records, start=1):
-            number, record = (
-                item
-                if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int)
-                else (position, item)
-            )
+            if isinstance(item, SourceRecord):
+                if item.problems:
+                    yield item.source, item.line, LineProblems(list(item.problems))
+                    continue
+                name, number, record = item.source, item.line, item.record
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
+                name, (number, record) = source, item
+            else:
+                name, number, record = source, position, item
             problems = unstorable_values(record)
-            yield number, LineProblems(problems) if problems else record
+            yield name, number, LineProblems(problems) if problems else record
 
     return items
 
@@ -320,11 +353,13 @@ def _run(
     try:
         loader.run(progress)
     except KeyboardInterrupt:
+        loader.count_files()
         loader.report.strict = strict
         loader.report.seconds = time.perf_counter() - started
         raise ImportInterrupted(loader.report) from None
     finally:
         loader.close()
+    loader.count_files()
     loader.report.strict = strict
     loader.report.seconds = time.perf_counter() - started
     for warning in loader.report.warnings:
@@ -383,8 +418,12 @@ class _Import:
         self.pending_traces: list[_PendingTrace] = []
         self.pending_span_rows = 0
         self.pending_spans: list[_PendingSpan] = []
-        # Per trace input: unmapped top-level keys, and good traces without embedded spans.
-        self.unmapped: Counter[str] = Counter()
+        # Per source: unmapped top-level keys, and good traces without embedded spans.
+        self.unmapped: dict[str, Counter[str]] = {}
+        # Source names in the order first seen (errors are sorted by it), and those records
+        # named (a SourceRecord names its own).
+        self.order: dict[str, int] = {source.name: index for index, source in enumerate(inputs)}
+        self.named: set[str] = set()
         self.spanless: dict[str, list[str]] = {}
         self.spanless_count: dict[str, int] = {}
         self.got_spans: set[str] = set()
@@ -399,52 +438,60 @@ class _Import:
     def run(self, show_progress: bool) -> None:
         with _progress_bar(show_progress, self.inputs, self.spool is not None) as advance:
             for source in self.inputs:
-                self.unmapped = Counter()
-                for number, item in source.items(advance):
+                last = None
+                for name, number, item in source.items(advance):
+                    if name != last:
+                        self.order.setdefault(name, len(self.order))
+                        self.named.add(name)
+                        last = name
                     try:
                         if isinstance(item, LineProblems):
                             raise item
                         if source.is_spans:
-                            self._span_line(item, source.name, number)
+                            self._span_line(item, name, number)
                         else:
-                            self._trace_line(item, source.name, number)
+                            self._trace_line(item, name, number)
                     except LineProblems as problems:
                         if not source.is_spans:
                             self._reject(item)
                         self.report.errors.extend(
-                            LineError(source.name, number, name, reason)
-                            for name, reason in problems.problems
+                            LineError(name, number, field, reason)
+                            for field, reason in problems.problems
                         )
                 if source.is_spans:
                     self._flush_spans()
                 else:
                     self._flush_traces()
-                    self._warn_unmapped(source.name)
+                    self._warn_unmapped()
         self._flush_traces()
         self._flush_spans()
         self._warn_spanless()
-        order = {source.name: index for index, source in enumerate(self.inputs)}
-        self.report.errors.sort(key=lambda e: (order.get(e.path, 0), e.line))
+        self.report.errors.sort(key=lambda e: (self.order.get(e.path, 0), e.line))
         if self.spool is not None and not self.report.errors:
             self._replay()
 
+    def count_files(self) -> None:
+        """Records that named their own sources count those, else each input is one file."""
+        if self.named - {source.name for source in self.inputs}:
+            self.report.files = len(self.named)
+
     # -- warnings --
 
-    def _warn_unmapped(self, name: str) -> None:
-        if not self.unmapped:
-            return
-        listed = ", ".join(
-            f"{key!r} ({_count(n, 'trace')})" for key, n in sorted(self.unmapped.items())
-        )
-        warning = f"{name}: fields that nothing maps were stored in meta: {listed}"
-        conversation = sorted(set(self.unmapped) & _CONVERSATION_KEYS)
-        if conversation:
-            warning += (
-                f". {conversation[0]!r} looks like a conversation, which is not turned into "
-                f'spans: give each message as a span of kind "message" with role and content '
-                f"(docs/import_format.md)"
+    def _warn_unmapped(self) -> None:
+        for name, unmapped in self.unmapped.items():
+            listed = ", ".join(
+                f"{key!r} ({_count(n, 'trace')})" for key, n in sorted(unmapped.items())
             )
-        self.report.warnings.append(warning)
+            warning = f"{name}: fields that nothing maps were stored in meta: {listed}"
+            conversation = sorted(set(unmapped) & _CONVERSATION_KEYS)
+            if conversation:
+                warning += (
+                    f". {conversation[0]!r} looks like a conversation, which is not turned "
+                    f'into spans: give each message as a span of kind "message" with role and '
+                    f"content (docs/import_format.md)"
+                )
+            self.report.warnings.append(warning)
+        self.unmapped = {}
 
     def _warn_spanless(self) -> None:
         for name, examples in self.spanless.items():
@@ -478,7 +525,8 @@ class _Import:
                 [("trace_id", f"duplicate trace_id {trace_id!r} (first seen at {_at(first)})")]
             )
         self.seen[trace_id] = (path, number)
-        self.unmapped.update(unmapped)
+        if unmapped:
+            self.unmapped.setdefault(path, Counter()).update(unmapped)
         if self.has_span_inputs:
             self.run_of[trace_id] = trace[2]
         if not spans:

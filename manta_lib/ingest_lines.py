@@ -98,7 +98,7 @@ def read_lines(
     with _open(source) as handle:
         buffered: Any = handle
         if not isinstance(handle, io.BufferedReader):
-            buffered = io.BufferedReader(handle)  # type: ignore[arg-type,type-var]
+            buffered = io.BufferedReader(handle)
         head = buffered.peek(4)[:4]
         encoding = _bom_encoding(head)
         if encoding == "utf-8-sig":

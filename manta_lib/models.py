@@ -1,7 +1,7 @@
 """Row models shared by ingestion, the query service and the context objects.
 
-``TraceRecord`` carries the trace properties of seed 001; ``SpanRecord`` the span columns of
-DESIGN.md. Both are the JSON Lines import format too (see README, "Import format").
+``TraceRecord`` carries a trace's summary properties; ``SpanRecord`` a span's columns. Both
+are the JSON Lines import format too (see README, "Import format").
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ _set = object.__setattr__
 
 
 def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
-    """``cls.model_construct(**values)`` for ``values`` holding every field, 3-4x faster.
+    """``cls.model_construct(**values)`` for ``values`` holding every field, without its checks.
 
     Only for values already of the field types (rows read back from our own tables); the
     tests check that built objects equal their validated copies.
@@ -94,7 +94,7 @@ class SpanRecord(BaseModel):
 
 
 class TraceRecord(BaseModel):
-    """One trace row: the summary properties of a rollout (seed 001)."""
+    """One trace row: the summary properties of a rollout."""
 
     model_config = ConfigDict(extra="forbid")
 

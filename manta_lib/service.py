@@ -1,4 +1,4 @@
-"""MantaService: the entry point for loading traces and spans from ClickHouse (seed 001).
+"""MantaService: the entry point for loading traces and spans from ClickHouse.
 
 Example::
 
@@ -16,8 +16,6 @@ Spans of many traces are always loaded with one query per batch of traces, never
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
@@ -378,7 +376,7 @@ class MantaService:
                         # Spans sort by (run_id, trace_id) too: row[1] is run_id, row[0] trace_id.
                         while pending is not None and (pending[1], pending[0]) < key:
                             pending = next(spans, None)  # a trace added between the two reads
-                        rows: list[tuple] = []
+                        rows: list[tuple[Any, ...]] = []
                         while pending is not None and (pending[1], pending[0]) == key:
                             rows.append(pending)
                             pending = next(spans, None)
@@ -431,7 +429,7 @@ class MantaService:
         trace_ids: list[str],
         run_ids: set[str] | None,
         span_filter: SpanFilter | None,
-    ) -> dict[str, list[tuple]]:
+    ) -> dict[str, list[tuple[Any, ...]]]:
         span_where, params = (span_filter or SpanFilter()).where()
         params["ids"] = trace_ids
         run_clause = ""
@@ -679,43 +677,6 @@ def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -
         raise QueryError(
             f"unknown trace filter(s) {', '.join(unknown)} (expected: {', '.join(known)})"
         ) from None
-
-
-def _prefetched(
-    store: Store, batches: list[list[TraceRecord]], span_filter: SpanFilter | None
-) -> Iterator[list[TraceContext]]:
-    """Load batch i+1 on a second connection while the caller works on batch i."""
-    reader = MantaService(store.sibling())
-    ready: queue.Queue[list[TraceContext] | BaseException | None] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def load_all() -> None:
-        try:
-            for batch in batches:
-                contexts = reader.load_contexts(batch, span_filter)
-                while not stop.is_set():
-                    try:
-                        ready.put(contexts, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ready.put(None)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            ready.put(exc)
-
-    thread = threading.Thread(target=load_all, name="manta-span-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := ready.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        reader.store.close()
 
 
 def _bare(traces: list[TraceRecord]) -> list[TraceContext]:

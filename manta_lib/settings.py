@@ -1,4 +1,4 @@
-"""Settings from the environment (seed 000 variables plus a few ``MANTA_*`` ones).
+"""Settings from the environment: ClickHouse, Kestrel and Modal variables, a few ``MANTA_*``.
 
 ``CLICKHOUSE_URL`` unset means the embedded chDB engine under ``MANTA_DATA_DIR``.
 """

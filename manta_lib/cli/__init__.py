@@ -6,6 +6,7 @@ one line on stderr and exit code 1 (2 for usage errors, from click), never a sta
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import sys
@@ -30,21 +31,26 @@ def _register_commands() -> None:
     from manta_lib.cli import (
         data_commands,
         explore_commands,
+        import_commands,
         llm_commands,
         results_commands,
         runs_commands,
     )
 
     data_commands.register(app)
+    import_commands.register(app)
     explore_commands.register(app)
     runs_commands.register(app)
     results_commands.register(app)
     llm_commands.register(app)
-    try:
-        from manta_dagster.cli import register as register_dagster
-    except ImportError:  # the [dagster] extra is not installed
-        return
-    register_dagster(app)
+    # Optional command groups (``manta dagster ...``) come from the ``manta.cli`` entry points
+    # of installed packages, so the library never imports them itself.
+    for entry_point in importlib.metadata.entry_points(group="manta.cli"):
+        try:
+            register = entry_point.load()
+        except ImportError:  # its extra (e.g. [dagster]) is not installed
+            continue
+        register(app)
 
 
 def configure_logging() -> None:

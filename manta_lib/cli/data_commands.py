@@ -1,5 +1,5 @@
-"""Commands over the trace store: ``import``, ``demo seed``, ``runs-overview``,
-``runs-delete``.
+"""Commands over the trace store: ``demo seed``, ``runs-overview``, ``runs-delete``
+(``import`` is in :mod:`manta_lib.cli.import_commands`).
 
 Each command opens the store late and closes it before returning (the embedded chDB store
 can be open in one process at a time).
@@ -7,8 +7,6 @@ can be open in one process at a time).
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,102 +16,16 @@ from rich.table import Table
 
 from manta_lib.demo import DemoInterrupted, seed_demo
 from manta_lib.errors import QueryError
-from manta_lib.ingest import ImportInterrupted, import_jsonl
-from manta_lib.ingest_lines import STDIN
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import delete_run, run_row_counts
 
 console = Console()
-_MAX_ERRORS_SHOWN = 200
 
 demo_app = typer.Typer(no_args_is_help=True, help="Synthetic demo data (seeded, deterministic).")
 
 _EXIT_INTERRUPTED = 130
-
-
-def _readable_inputs(values: list[Path] | None) -> list[Path] | None:
-    """``-`` is standard input; anything else must exist and not be a directory (regular
-    files, ``/dev/stdin``, named pipes and ``<(...)`` substitutions all qualify)."""
-    for value in values or []:
-        if str(value) == STDIN:
-            continue
-        if not value.exists():
-            raise typer.BadParameter(f"{value}: no such file")
-        if value.is_dir():
-            raise typer.BadParameter(f"{value}: is a directory, not a JSON Lines file")
-    return values
-
-
-InputFiles = Annotated[
-    list[Path],
-    typer.Argument(
-        help="JSON Lines files, one trace per line (docs/import_format.md); - reads stdin.",
-        callback=_readable_inputs,
-        show_default=False,
-    ),
-]
-
-
-def _drop_warnings(record: logging.LogRecord) -> bool:
-    return record.levelno != logging.WARNING
-
-
-def import_command(
-    files: InputFiles,
-    spans: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--spans",
-            help="A JSON Lines file of spans, one per line with its trace_id (repeatable).",
-            callback=_readable_inputs,
-            show_default=False,
-        ),
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Load nothing if any line is bad.")
-    ] = False,
-    project_id: Annotated[
-        str, typer.Option("--project-id", help="project_id of traces that carry none.")
-    ] = "",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Traces per insert batch.")
-    ] = 5000,
-) -> None:
-    """Import traces (and spans) from JSON Lines files; exit code 1 if a line was bad.
-
-    Good lines are loaded even when others are bad (unless --strict); rows already in the
-    store are skipped, so importing a file twice, or again after an interrupted import, is
-    harmless. FILE may be - (stdin) or a pipe. Ctrl-C stops between batches: exit code 130
-    and a line saying what was stored.
-    """
-    ingest_log = logging.getLogger("manta_lib.ingest")
-    ingest_log.addFilter(_drop_warnings)  # the report's warnings are printed below, once
-    try:
-        with Store.open(load_settings()) as store:
-            report = import_jsonl(
-                files,
-                store=store,
-                spans_paths=spans or (),
-                strict=strict,
-                batch_size=batch_size,
-                project_id=project_id,
-            )
-    except ImportInterrupted as interrupted:
-        typer.echo(interrupted.summary(), err=True)
-        raise typer.Exit(_EXIT_INTERRUPTED) from None
-    finally:
-        ingest_log.removeFilter(_drop_warnings)
-    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
-    for warning in report.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    for error in report.errors[:_MAX_ERRORS_SHOWN]:
-        typer.echo(str(error), err=True)
-    if len(report.errors) > _MAX_ERRORS_SHOWN:
-        typer.echo(f"... and {len(report.errors) - _MAX_ERRORS_SHOWN:,} more errors", err=True)
-    if report.errors:
-        raise typer.Exit(1)
 
 
 @demo_app.command("seed")
@@ -236,7 +148,6 @@ def runs_delete_command(
 
 def register(app: typer.Typer) -> None:
     """Attach the data commands to ``app``."""
-    app.command("import")(import_command)
     app.command("runs-overview")(runs_overview_command)
     app.command("runs-delete")(runs_delete_command)
     app.add_typer(demo_app, name="demo")

@@ -1,4 +1,4 @@
-"""``manta runs ...``: the JSONL runs log (seed 002).
+"""``manta runs ...``: the JSONL runs log.
 
 ``stats`` aggregates p50/p95/p99 per wall-time bucket, ``compare`` finds the buckets that
 regressed between two windows, ``workflows`` lists what the log holds, ``compact`` writes the

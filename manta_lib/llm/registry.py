@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from manta_lib.llm.cache import ResponseCache
 from manta_lib.llm.concurrency import AdaptiveLimiter
@@ -21,19 +21,19 @@ from manta_lib.store.client import Store
 if TYPE_CHECKING:
     from manta_lib.llm.client import LLMJudge
 
-_judges: weakref.WeakSet[LLMJudge] = weakref.WeakSet()
+_judges: weakref.WeakSet[LLMJudge[Any]] = weakref.WeakSet()
 _limiters: dict[str, AdaptiveLimiter] = {}
 _caches: dict[tuple[str, float | None], ResponseCache] = {}
 _bound_settings: MantaSettings | None = None
 _lock = threading.Lock()
 
 
-def register(judge: LLMJudge) -> None:
+def register(judge: LLMJudge[Any]) -> None:
     with _lock:
         _judges.add(judge)
 
 
-def live_judges() -> list[LLMJudge]:
+def live_judges() -> list[LLMJudge[Any]]:
     """Every judge created in this process and not yet garbage-collected."""
     with _lock:
         return list(_judges)

@@ -1,5 +1,44 @@
-"""Map/reduce analysis pipelines over traces (seed 000)."""
+"""Map/reduce analysis pipelines over traces.
 
-from manta_lib.pipeline.computation import LevelSpec, MapReduceComputation
+The public surface: :class:`MapReduceComputation` to define and run a pipeline, and the
+pieces of the one run path that other orchestrators (the Dagster assets) call per scope.
+See docs/architecture.md for how they fit.
+"""
 
-__all__ = ["LevelSpec", "MapReduceComputation"]
+from manta_lib.pipeline.computation import MapReduceComputation
+from manta_lib.pipeline.definition import LevelSpec, PipelineDefinition
+from manta_lib.pipeline.options import RunOptions
+from manta_lib.pipeline.planner import Limits, Scope, TraceRef, entity_ids, plan_scope
+from manta_lib.pipeline.pool import describe_exception
+from manta_lib.pipeline.progress import BucketClock
+from manta_lib.pipeline.record import ComputationRecord, record_computation
+from manta_lib.pipeline.resume import load_level
+from manta_lib.pipeline.run import (
+    ScopeOutputs,
+    map_scope,
+    reduce_scope,
+    register_judge,
+    run_pipeline,
+)
+
+__all__ = [
+    "BucketClock",
+    "ComputationRecord",
+    "LevelSpec",
+    "Limits",
+    "MapReduceComputation",
+    "PipelineDefinition",
+    "RunOptions",
+    "Scope",
+    "ScopeOutputs",
+    "TraceRef",
+    "describe_exception",
+    "entity_ids",
+    "load_level",
+    "map_scope",
+    "plan_scope",
+    "record_computation",
+    "reduce_scope",
+    "register_judge",
+    "run_pipeline",
+]

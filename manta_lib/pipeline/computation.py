@@ -1,4 +1,4 @@
-"""MapReduceComputation: the seed 000 API (constructor, ``add_level``, ``run``).
+"""MapReduceComputation: a pipeline definition with ``run()``, which picks how it runs.
 
 Example::
 
@@ -29,92 +29,23 @@ Example::
 
 from __future__ import annotations
 
-import importlib.metadata
-import inspect
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Literal
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline.versioning import compute_version
-from manta_lib.settings import MantaSettings
+from manta_lib.pipeline.definition import PipelineDefinition
+from manta_lib.pipeline.mapping import Mapper, ThreadMapper
+from manta_lib.pipeline.modal import modal_mapper
+from manta_lib.pipeline.options import RunOptions
+from manta_lib.pipeline.planner import Limits
+from manta_lib.pipeline.run import run_pipeline
+from manta_lib.settings import MantaSettings, load_settings
 
 Mode = Literal["local", "modal"]
 
 
-@dataclass(frozen=True)
-class LevelSpec:
-    """One level of a pipeline: its entity type, compute function and output schema."""
-
-    level: EntityLevel
-    fn: Callable[..., Any]
-    schema: type[BaseModel]
-    uses_llm: bool = False
-    description: str = ""
-
-    @property
-    def is_map(self) -> bool:
-        return self.level is EntityLevel.TRACE
-
-
-def judge_slug(name: str) -> str:
-    """The judge id derived from a pipeline name: ``"Tool errors v2"`` → ``tool_errors_v2``."""
-    slug = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-    if not slug:
-        raise PipelineDefinitionError(
-            f"pipeline name {name!r} must contain at least one letter or digit"
-        )
-    return slug
-
-
-def _positional_arity(fn: Callable[..., Any]) -> tuple[int, int, bool]:
-    """(required positional params, max positional params, has *args)."""
-    signature = inspect.signature(fn)
-    required = maximum = 0
-    star = False
-    for param in signature.parameters.values():
-        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            maximum += 1
-            if param.default is param.empty:
-                required += 1
-        elif param.kind is param.VAR_POSITIONAL:
-            star = True
-        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
-            raise PipelineDefinitionError(
-                f"{_fn_name(fn)} has a required keyword-only parameter {param.name!r}; "
-                f"level functions are called with positional arguments only"
-            )
-    return required, maximum, star
-
-
-def _fn_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
-
-
-def _check_arity(fn: Callable[..., Any], expected: int, shape: str) -> None:
-    try:
-        required, maximum, star = _positional_arity(fn)
-    except (TypeError, ValueError):
-        return  # builtins without a signature: trust the caller
-    if required > expected or (maximum < expected and not star):
-        raise PipelineDefinitionError(
-            f"{_fn_name(fn)} takes {required} required positional argument(s) but a "
-            f"{shape} is called with {expected}; define it as {_SIGNATURES[expected]}"
-        )
-
-
-_SIGNATURES = {
-    1: "def map_fn(trace: TraceContext) -> OutputSchema",
-    2: "def reduce_fn(entity: EntityRef, children: list[ChildSchema]) -> OutputSchema",
-}
-
-
-class MapReduceComputation:
+class MapReduceComputation(PipelineDefinition):
     """A map function per trace, reduce functions up the hierarchy, persisted results.
 
     Args:
@@ -126,131 +57,6 @@ class MapReduceComputation:
         description: shown in Kestrel and Dagster.
         version: an optional manual version string mixed into the judge version.
     """
-
-    def __init__(
-        self,
-        name: str,
-        project_id: str = "",
-        pip_install: Sequence[str] = (),
-        *,
-        description: str = "",
-        version: str | None = None,
-    ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise PipelineDefinitionError("a MapReduceComputation needs a non-empty name")
-        self.name = name
-        self.judge = judge_slug(name)
-        self.project_id = project_id
-        self.pip_install = list(pip_install)
-        self.description = description
-        self.manual_version = version
-        self.levels: list[LevelSpec] = []
-
-    def __repr__(self) -> str:
-        levels = " -> ".join(spec.level.value for spec in self.levels)
-        return f"MapReduceComputation({self.name!r}, levels=[{levels}])"
-
-    def add_level(
-        self,
-        level: EntityLevel | str,
-        fn: Callable[..., Any],
-        schema: type[BaseModel],
-        uses_llm: bool = False,
-        *,
-        description: str = "",
-    ) -> MapReduceComputation:
-        """Add a level; returns ``self`` so calls chain.
-
-        The first level must be ``EntityLevel.TRACE`` with ``map_fn(trace) -> schema``; later
-        levels increase (DATAPOINT < STEP < RUN, any may be skipped) with
-        ``reduce_fn(entity, children) -> schema``.
-        """
-        try:
-            level = EntityLevel(level)
-        except ValueError:
-            valid = ", ".join(f"EntityLevel.{m.name}" for m in EntityLevel)
-            raise PipelineDefinitionError(
-                f"level {level!r} is not an entity level (expected one of: {valid})"
-            ) from None
-        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-            raise PipelineDefinitionError(
-                f"the output schema of the {level.value} level must be a pydantic BaseModel "
-                f"subclass, got {schema!r}"
-            )
-        if not callable(fn):
-            raise PipelineDefinitionError(
-                f"the function of the {level.value} level must be callable, got {fn!r}"
-            )
-        if not self.levels and level is not EntityLevel.TRACE:
-            raise PipelineDefinitionError(
-                f"the first level must be EntityLevel.TRACE (a map function per trace), got "
-                f"EntityLevel.{level.name}"
-            )
-        if any(spec.level is level for spec in self.levels):
-            raise PipelineDefinitionError(
-                f"EntityLevel.{level.name} was already added; each level can be added once"
-            )
-        if self.levels and level.rank <= self.levels[-1].level.rank:
-            order = " < ".join(f"{m.name}" for m in EntityLevel)
-            raise PipelineDefinitionError(
-                f"levels must be added in increasing order ({order}): "
-                f"EntityLevel.{level.name} cannot follow EntityLevel.{self.levels[-1].level.name}"
-            )
-        if level is EntityLevel.TRACE:
-            _check_arity(fn, 1, "map function")
-        else:
-            _check_arity(fn, 2, "reduce function")
-        self.levels.append(LevelSpec(level, fn, schema, uses_llm, description))
-        return self
-
-    @property
-    def uses_llm(self) -> bool:
-        return any(spec.uses_llm for spec in self.levels)
-
-    @property
-    def judge_version(self) -> str:
-        """Hash of the functions' source (and their modules), the schemas and ``version``."""
-        self._require_levels()
-        return compute_version(
-            ((s.level.value, s.fn, s.schema) for s in self.levels), self.manual_version
-        )
-
-    def level(self, level: EntityLevel) -> LevelSpec:
-        for spec in self.levels:
-            if spec.level is level:
-                return spec
-        raise PipelineDefinitionError(f"{self!r} has no {level.value} level")
-
-    def below(self, level: EntityLevel) -> LevelSpec:
-        """The level whose outputs feed ``level``'s reduce function."""
-        for previous, spec in zip(self.levels, self.levels[1:], strict=False):
-            if spec.level is level:
-                return previous
-        raise PipelineDefinitionError(f"{self!r} has no level below {level.value}")
-
-    def _require_levels(self) -> None:
-        if not self.levels:
-            raise PipelineDefinitionError(
-                f"{self.name!r} has no levels: add one with "
-                f".add_level(EntityLevel.TRACE, map_fn, OutputSchema)"
-            )
-
-    def check_pip_install(self) -> None:
-        """Raise if a ``pip_install`` package is not installed here (local mode never installs)."""
-        missing = []
-        for requirement in self.pip_install:
-            name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
-            try:
-                importlib.metadata.distribution(name)
-            except importlib.metadata.PackageNotFoundError:
-                missing.append(requirement)
-        if missing:
-            quoted = " ".join(f"'{m}'" for m in missing)
-            raise PipelineDefinitionError(
-                f"pip_install package(s) not installed in this environment: "
-                f"{', '.join(missing)}. Local mode does not install packages; run "
-                f"`pip install {quoted}` first"
-            )
 
     def run(
         self,
@@ -278,28 +84,34 @@ class MapReduceComputation:
                 time); subset mode never writes results.
             persist_results: register the judge and write entity_metadata (default True).
             max_workers: thread pool size (default 4, or 32 when a level ``uses_llm``).
-            batch_size: traces per batch (one span query and one checkpoint per batch).
+            batch_size: traces per batch (one trace query and one span query per batch).
             max_failures: abort once more traces failed than this count (int) or fraction
                 of the scope (float < 1); finished work is kept.
-            timeout_s: per-trace time limit of the map function.
+            timeout_s: per-trace time limit of the map function (> 0 seconds).
             retry_errors: recompute entities whose stored result is an error (default True).
             progress: show a progress bar (default: when stderr is a terminal).
             settings: override the environment settings.
         """
-        self._require_levels()
+        self.require_levels()
         if mode not in ("local", "modal"):
             raise PipelineDefinitionError(f"mode must be 'local' or 'modal', got {mode!r}")
-        from manta_lib.pipeline.engine import RunOptions, run_computation
-        from manta_lib.pipeline.planner import Limits
-
         options = RunOptions(
             limits=Limits(limit_traces, limit_datapoints, limit_steps),
             persist=persist_results,
-            max_workers=max_workers or (32 if self.uses_llm else 4),
+            max_workers=self.default_max_workers if max_workers is None else max_workers,
             batch_size=batch_size,
             max_failures=max_failures,
             timeout_s=timeout_s,
             retry_errors=retry_errors,
             progress=progress,
         )
-        return run_computation(self, run_id, mode=mode, options=options, settings=settings)
+        settings = settings or load_settings()
+        mapper: Mapper
+        if mode == "modal":
+            mapper = modal_mapper(self, options=options, settings=settings)
+        else:
+            self.check_pip_install()
+            mapper = ThreadMapper()
+        return run_pipeline(
+            self, run_id, mapper=mapper, options=options, settings=settings, mode=mode
+        )

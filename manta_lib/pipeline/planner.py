@@ -1,20 +1,24 @@
-"""Which traces a computation covers, in a stable order, and how they are batched.
+"""Which traces a computation covers, in a stable order, and how levels group them.
 
 The scope is one run (optionally some datapoint hash shards, the Dagster layout) narrowed by
 at most one limit. Order is (step_number, datapoint_id, trace_id), so "the first N" of any
-limit is deterministic; batches are cut from the scope (not from the pending work), so batch
-ids stay the same across re-runs and can be checkpointed.
+limit is deterministic. :func:`group_children` is the one place that says which entities a
+level has and which children of the level below feed each of them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from manta_lib.errors import PipelineDefinitionError
+from manta_lib.models import EntityLevel
 from manta_lib.store.client import Store
 from manta_lib.store.trace_queries import TraceFilter
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +32,7 @@ class TraceRef:
 
 @dataclass(frozen=True)
 class Limits:
-    """At most one of the seed's subset limits."""
+    """At most one subset limit: the first N traces, datapoints or steps."""
 
     traces: int | None = None
     datapoints: int | None = None
@@ -69,12 +73,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class TraceBatch:
-    """A checkpointable unit of map work: a stable id and its trace ids."""
+class Scope:
+    """The traces one computation step covers: a run, or some datapoint shards of it."""
 
-    batch_id: str
     run_id: str
-    trace_ids: tuple[str, ...]
+    refs: list[TraceRef]
+    shards: tuple[int, ...] | None = None
+    shard_count: int = 64
+
+    @property
+    def trace_ids(self) -> list[str]:
+        return [ref.trace_id for ref in self.refs]
+
+    def describe(self) -> str:
+        if self.shards is None:
+            return self.run_id
+        return f"{self.run_id} shards {list(self.shards)}"
 
 
 def plan_scope(
@@ -84,7 +98,7 @@ def plan_scope(
     limits: Limits | None = None,
     shards: Sequence[int] | None = None,
     shard_count: int = 64,
-) -> list[TraceRef]:
+) -> Scope:
     """The traces in scope, ordered by (step_number, datapoint_id, trace_id)."""
     limits = limits or Limits()
     where, params = TraceFilter(run_id=run_id, shards=shards, shard_count=shard_count).where()
@@ -107,26 +121,56 @@ def plan_scope(
     if limits.traces is not None:
         params["n"] = limits.traces
         sql += " LIMIT {n:UInt64}"
-    return [TraceRef(t, d, s) for t, d, s in store.rows(sql, params)]
+    refs = [TraceRef(t, d, s) for t, d, s in store.rows(sql, params)]
+    return Scope(run_id, refs, None if shards is None else tuple(shards), shard_count)
 
 
-def make_batches(run_id: str, refs: Sequence[TraceRef], batch_size: int) -> list[TraceBatch]:
-    """Cut the scope into batches with ids derived from their content (stable across runs)."""
-    if batch_size < 1:
-        raise PipelineDefinitionError(f"batch_size must be at least 1, got {batch_size}")
-    batches = []
-    for start in range(0, len(refs), batch_size):
-        ids = tuple(ref.trace_id for ref in refs[start : start + batch_size])
-        batches.append(TraceBatch(batch_id(start // batch_size, ids), run_id, ids))
-    return batches
+def split(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut into consecutive slices of at most ``size``."""
+    if size < 1:
+        raise PipelineDefinitionError(f"batch_size must be at least 1, got {size}")
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def batch_id(index: int, trace_ids: Sequence[str]) -> str:
-    """A batch id from its position and content: equal batches get equal ids across runs."""
-    digest = hashlib.sha1("\n".join(trace_ids).encode()).hexdigest()[:10]
-    return f"b{index:06d}-{digest}"
+def group_children(
+    level: EntityLevel, below: EntityLevel, run_id: str, refs: Sequence[TraceRef]
+) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """``{entity_id: (keys, [child entity ids])}`` for ``level`` fed by ``below``.
+
+    A datapoint's children are its traces; a step's children are the traces at that step, or
+    (with a DATAPOINT level below) the datapoints that have traces at that step, so a datapoint
+    seen at several steps belongs to each of them; the run's children are every entity of the
+    level below.
+    """
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    if level is EntityLevel.DATAPOINT:
+        steps: dict[str, set[int]] = defaultdict(set)
+        children: dict[str, list[str]] = defaultdict(list)
+        for ref in refs:
+            steps[ref.datapoint_id].add(ref.step_number)
+            children[ref.datapoint_id].append(ref.trace_id)
+        for dp, ids in children.items():
+            groups[dp] = ({"datapoint_id": dp, "steps": sorted(steps[dp])}, ids)
+    elif level is EntityLevel.STEP:
+        members: dict[int, dict[str, None]] = defaultdict(dict)  # ordered set
+        for ref in refs:
+            child = ref.trace_id if below is EntityLevel.TRACE else ref.datapoint_id
+            members[ref.step_number][child] = None
+        for step in sorted(members):
+            groups[str(step)] = ({"step_number": step}, list(members[step]))
+    elif level is EntityLevel.RUN:
+        groups[run_id] = ({"run_id": run_id}, entity_ids(below, refs))
+    else:
+        raise ValueError(f"{level} is not a reduce level")
+    return groups
 
 
-def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def entity_ids(level: EntityLevel, refs: Sequence[TraceRef]) -> list[str]:
+    """The ids of ``level``'s entities among the traces ``refs``, in scope order."""
+    if level is EntityLevel.TRACE:
+        return [ref.trace_id for ref in refs]
+    if level is EntityLevel.DATAPOINT:
+        return list(dict.fromkeys(ref.datapoint_id for ref in refs))
+    if level is EntityLevel.STEP:
+        return list(dict.fromkeys(str(ref.step_number) for ref in refs))
+    raise ValueError(f"{level.value} is the top level: no level is fed by it")

@@ -1,17 +1,16 @@
-"""The batch worker entry point of the driver's executors (Modal containers, local processes).
+"""What a remote worker (a Modal container, a local worker process) runs: :func:`map_batch`.
 
-:func:`run_batch` takes and returns plain JSON-able dicts so that any executor can ship it:
-the pipeline travels as a ``"module:attribute"`` reference, the worker imports it, checks that
-its judge version is the one the driver planned with, reads its traces from ClickHouse, maps
-them with :class:`~manta_lib.pipeline.worker.BatchWorker` (the same worker local mode uses),
-writes ``entity_metadata`` and marks the batch ``committed`` in ``progress`` before returning.
+It takes and returns plain JSON-able dicts so that any runner can ship it: the pipeline
+travels as a ``"module:attribute"`` reference, the worker imports it, checks that its judge
+version is the one the driver planned with, reads its traces from ClickHouse, maps them with
+the :class:`~manta_lib.pipeline.mapping.ThreadMapper` local mode uses, and writes
+``entity_metadata`` (each trace as it completes) before returning.
 
 Example (what a Modal container or a pool process runs)::
 
-    report = run_batch({
+    report = map_batch({
         "pipeline": "my_project.judges:pipeline", "run_id": "run_xxx",
-        "batch_id": "b000000-1a2b3c4d5e", "trace_ids": ["t1", "t2"],
-        "judge_version": "0123456789ab", "attempt": 1,
+        "trace_ids": ["t1", "t2"], "judge_version": "0123456789ab",
     })
 """
 
@@ -24,15 +23,17 @@ import time
 from datetime import datetime
 from typing import Any
 
-from manta_lib.entities import MetadataOutput
+from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import PipelineDefinitionError, StoreUnavailableError
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline.computation import MapReduceComputation
-from manta_lib.pipeline.planner import TraceBatch
-from manta_lib.pipeline.worker import BatchWorker
+from manta_lib.pipeline.definition import CPU_MAX_WORKERS, PipelineDefinition
+from manta_lib.pipeline.mapping import MapJob, MapTally, ThreadMapper
+from manta_lib.pipeline.options import RunOptions
+from manta_lib.pipeline.planner import Scope
+from manta_lib.pipeline.progress import BucketClock
+from manta_lib.pipeline.resume import completed_traces
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store.client import Store
-from manta_lib.store.metadata import MetadataWriter, load_status
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 STORE_OPEN_WAIT_S = 60.0
 
 
-def pipeline_ref(pipeline: MapReduceComputation) -> str:
+def pipeline_ref(pipeline: PipelineDefinition) -> str:
     """``"module:attribute"`` under which workers can import ``pipeline``.
 
     The module is the one defining the map function; the attribute is the module-level name
@@ -67,15 +68,16 @@ def pipeline_ref(pipeline: MapReduceComputation) -> str:
     return f"{module_name}:{names[0]}"
 
 
-def resolve_pipeline(ref: str) -> MapReduceComputation:
+def resolve_pipeline(ref: str) -> PipelineDefinition:
     """Import the pipeline named by :func:`pipeline_ref`."""
     module_name, _, attribute = ref.partition(":")
     module = importlib.import_module(module_name)
     pipeline = getattr(module, attribute, None)
-    if not isinstance(pipeline, MapReduceComputation):
+    if not isinstance(pipeline, PipelineDefinition):
         raise PipelineDefinitionError(
-            f"{ref} is not a MapReduceComputation in the worker (got {type(pipeline).__name__}); "
-            f"the worker's copy of {module_name} differs from the driver's"
+            f"{ref} is not a MapReduceComputation in the worker (got "
+            f"{type(pipeline).__name__}); the worker's copy of {module_name} differs from the "
+            f"driver's"
         )
     return pipeline
 
@@ -97,7 +99,7 @@ def worker_environment(settings: MantaSettings) -> dict[str, str]:
     return env
 
 
-def open_store(settings: MantaSettings, wait_s: float = STORE_OPEN_WAIT_S) -> Store:
+def open_store_waiting(settings: MantaSettings, wait_s: float = STORE_OPEN_WAIT_S) -> Store:
     """Open the store; for chDB, wait while another local process holds its lock."""
     deadline = time.monotonic() + wait_s
     while True:
@@ -110,12 +112,14 @@ def open_store(settings: MantaSettings, wait_s: float = STORE_OPEN_WAIT_S) -> St
             time.sleep(0.1)
 
 
-def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
-    """Map one batch and write it; return a JSON-able report (see the module docstring).
+def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
+    """Map one batch of traces and write it; return a JSON-able report.
 
-    Payload keys: ``pipeline``, ``run_id``, ``batch_id``, ``trace_ids``, ``judge_version``,
-    ``attempt``, and optionally ``persist`` (default True), ``retry_errors`` (True),
-    ``max_workers`` (threads inside the batch, default 4), ``timeout_s`` (per trace).
+    Payload keys: ``pipeline`` (``"module:attribute"``), ``run_id``, ``trace_ids`` (the traces
+    to map), ``judge_version``, and optionally ``index`` and ``attempt`` (echoed), ``persist``
+    (default True), ``retry_errors`` (True), ``max_workers`` (threads inside the batch,
+    default 4), ``timeout_s`` (per trace). Traces already stored for the version are skipped
+    (the same resume record every mode reads), so a redelivered input writes nothing twice.
     With ``persist`` False nothing is written and the outputs come back in the report.
     """
     pipeline = resolve_pipeline(payload["pipeline"])
@@ -127,71 +131,61 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
             f"pipeline's module changed between planning and this batch (or the worker image "
             f"carries other code); run again so driver and workers use the same code"
         )
-    batch = TraceBatch(payload["batch_id"], payload["run_id"], tuple(payload["trace_ids"]))
-    persist = payload.get("persist", True)
-    attempt = int(payload.get("attempt", 1))
-    settings = load_settings()
-    started = time.perf_counter()
-    with open_store(settings) as store:
-        skip: set[str] = set()
-        writer = None
-        if persist:
-            status = load_status(
-                store,
-                project_id=pipeline.project_id,
-                run_id=batch.run_id,
-                judge=pipeline.judge,
-                level=EntityLevel.TRACE,
-                judge_version=expected,
-                entity_ids=batch.trace_ids,
-            )
-            retry_errors = payload.get("retry_errors", True)
-            skip = {tid for tid, ok in status.items() if ok or not retry_errors}
-            writer = MetadataWriter(
-                store,
-                project_id=pipeline.project_id,
-                judge=pipeline.judge,
-                flush_seconds=settings.flush_seconds,
-            )
-        worker = BatchWorker(
-            pipeline,
-            store,
-            judge_version=expected,
-            writer=writer,
-            max_workers=int(payload.get("max_workers", 4)),
-            timeout_s=payload.get("timeout_s"),
-        )
-        try:
-            report = worker.process(batch, skip, attempt)
-        finally:
-            worker.close()
-    log.debug(
-        "batch %s: %d traces mapped, %d skipped", batch.batch_id, report.trace_count, len(skip)
+    run_id = payload["run_id"]
+    trace_ids = list(payload["trace_ids"])
+    persist = bool(payload.get("persist", True))
+    options = RunOptions(
+        persist=persist,
+        max_workers=int(payload.get("max_workers", CPU_MAX_WORKERS)),
+        batch_size=max(1, len(trace_ids)),
+        timeout_s=payload.get("timeout_s"),
     )
-    result: dict[str, Any] = {
-        "batch_id": batch.batch_id,
-        "attempt": attempt,
-        "mapped": report.trace_count,
-        "skipped": len(skip),
-        "errors": report.error_count,
-        "load_s": round(report.load_s, 4),
-        "map_s": round(report.map_s, 4),
-        "persist_s": round(report.persist_s, 4),
-        "wall_s": round(time.perf_counter() - started, 4),
-        "first_error": _first_error(report.outputs),
+    settings = load_settings()
+    clock = BucketClock()
+    with open_store_waiting(settings) as store:
+        # A redelivered input (a lost container retried) skips what it already wrote.
+        done = (
+            completed_traces(
+                store,
+                pipeline,
+                expected,
+                run_id,
+                set(trace_ids),
+                retry_errors=bool(payload.get("retry_errors", True)),
+            )
+            if persist
+            else set()
+        )
+        pending = [tid for tid in trace_ids if tid not in done]
+        tally = MapTally(len(pending), scope_size=len(trace_ids), max_failures=None)
+        job = MapJob(
+            pipeline=pipeline,
+            judge_version=expected,
+            scope=Scope(run_id, []),
+            trace_ids=pending,
+            options=options,
+            tally=tally,
+            settings=settings,
+            store=store,
+            clock=clock,
+        )
+        outputs = ThreadMapper().map(job)
+    log.debug(
+        "batch of %d traces: %d mapped, %d failed", len(trace_ids), tally.mapped, tally.failed
+    )
+    report: dict[str, Any] = {
+        "index": payload.get("index", 0),
+        "attempt": payload.get("attempt", 1),
+        "mapped": tally.mapped,
+        "skipped": len(done),
+        "errors": tally.failed,
+        "first_error": tally.first_error,
+        "wall_s": round(sum(clock.seconds.values()), 4),
+        **{f"{bucket}_s": round(seconds, 4) for bucket, seconds in clock.seconds.items()},
     }
     if not persist:
-        result["outputs"] = [_encode(o) for o in report.outputs]
-    return result
-
-
-def _first_error(outputs: list[MetadataOutput]) -> str | None:
-    """The failure with the smallest trace id (deterministic whatever finished first)."""
-    failed = [o for o in outputs if o.error is not None]
-    if not failed:
-        return None
-    first = min(failed, key=lambda o: o.entity_id)
-    return f"{first.entity_id}: {first.error}"
+        report["outputs"] = [_encode(o) for o in outputs]
+    return report
 
 
 def _encode(outcome: MetadataOutput) -> dict[str, Any]:
@@ -199,28 +193,27 @@ def _encode(outcome: MetadataOutput) -> dict[str, Any]:
         "entity_id": outcome.entity_id,
         "output": outcome.output.model_dump(mode="json") if outcome.output is not None else None,
         "error": outcome.error,
+        "error_at": outcome.error_at,
         "computed_at": outcome.computed_at.isoformat(),
     }
 
 
 def decode_outputs(
-    pipeline: MapReduceComputation,
-    run_id: str,
-    judge_version: str,
-    encoded: list[dict[str, Any]],
+    pipeline: PipelineDefinition, run_id: str, report: dict[str, Any]
 ) -> list[MetadataOutput]:
-    """Rebuild the TRACE outputs a worker returned (``persist`` False)."""
+    """The TRACE outputs a worker returned in its report (``persist`` False)."""
     schema = pipeline.level(EntityLevel.TRACE).schema
     return [
-        MetadataOutput(
-            entity_level=EntityLevel.TRACE,
+        new_output(
+            level=EntityLevel.TRACE,
             entity_id=item["entity_id"],
             run_id=run_id,
             judge=pipeline.judge,
-            judge_version=judge_version,
+            judge_version=pipeline.judge_version,
             output=schema.model_validate(item["output"]) if item["output"] is not None else None,
             error=item["error"],
             computed_at=datetime.fromisoformat(item["computed_at"]),
+            error_at=item.get("error_at"),
         )
-        for item in encoded
+        for item in report["outputs"]
     ]

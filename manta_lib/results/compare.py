@@ -158,7 +158,7 @@ def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float | None:
     expected = sum((list(a).count(c) / n) * (list(b).count(c) / n) for c in labels)
     if expected >= 1:
         return None
-    return (observed - expected) / (1 - expected)
+    return float((observed - expected) / (1 - expected))
 
 
 def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -12,11 +12,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from manta_lib.errors import QueryError
-from manta_lib.service import MantaService
 from manta_lib.store.export_queries import arrow_batches
+
+if TYPE_CHECKING:  # the service exposes this module: importing it here would be a cycle
+    from manta_lib.service import MantaService
 
 ExportFormat = Literal["parquet", "jsonl"]
 

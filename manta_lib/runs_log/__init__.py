@@ -1,4 +1,4 @@
-"""The JSONL runs log (seed 002): one line per terminal run, aggregated by ``mantis runs stats``.
+"""The JSONL runs log: one line per terminal run, aggregated by ``mantis runs stats``.
 
 Write with :func:`append_run` (pure stdlib, best effort, never raises); query with
 :func:`compute_stats`, :func:`compare_windows` and :func:`list_workflows` (pure-Python or
@@ -7,6 +7,7 @@ DuckDB engine, identical figures). The DuckDB function used by the Dagster wall-
 writing never imports DuckDB).
 """
 
+from manta_lib.percentile import percentile
 from manta_lib.runs_log.reader import ReadReport, Shard, iter_rows, list_shards
 from manta_lib.runs_log.schema import (
     SCHEMA_VERSION,
@@ -15,17 +16,14 @@ from manta_lib.runs_log.schema import (
     TOTAL_BUCKET,
     shard_name,
 )
+from manta_lib.runs_log.selection import BucketStats, WorkflowSummary, parse_duration
 from manta_lib.runs_log.stats import (
     BucketChange,
-    BucketStats,
     CompareResult,
     StatsResult,
-    WorkflowSummary,
     compare_windows,
     compute_stats,
     list_workflows,
-    parse_duration,
-    percentile,
 )
 from manta_lib.runs_log.writer import (
     MAX_ROW_BYTES,

@@ -40,7 +40,7 @@ import duckdb
 
 from manta_lib.runs_log.reader import ReadReport, Shard, list_shards, month_groups
 from manta_lib.runs_log.schema import SCHEMA_VERSION, TOTAL_BUCKET
-from manta_lib.runs_log.stats import (
+from manta_lib.runs_log.selection import (
     DIGITS,
     BucketStats,
     RunFilter,

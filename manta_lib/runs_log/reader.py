@@ -83,14 +83,6 @@ class ReadReport:
         if self.first_bad is None:
             self.first_bad = location
 
-    def merge(self, other: ReadReport) -> None:
-        """Add ``other``'s counts to this report."""
-        for name in ("lines", "blank", "corrupt", "truncated", "unknown_version", "invalid"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.shards_read += other.shards_read
-        if self.first_bad is None:
-            self.first_bad = other.first_bad
-
     def warn(self) -> None:
         """Log one warning summarising the skipped lines, if any."""
         if not self.skipped:

@@ -6,12 +6,8 @@ import json
 from typing import Any
 
 from manta_lib.runs_log.schema import TOTAL_BUCKET
-from manta_lib.runs_log.stats import (
-    BucketChange,
-    CompareResult,
-    StatsResult,
-    WorkflowSummary,
-)
+from manta_lib.runs_log.selection import WorkflowSummary
+from manta_lib.runs_log.stats import BucketChange, CompareResult, StatsResult
 
 RULE = "─"
 _NUMBER_WIDTH = 10
@@ -29,7 +25,7 @@ def status_label(status: str) -> str:
 
 
 def stats_table(result: StatsResult) -> str:
-    """The seed's bucket × percentile table, p50 descending, ``total_time_s`` under a rule.
+    """The bucket × percentile table, p50 descending, ``total_time_s`` under a rule.
 
     >>> print(stats_table(result))  # doctest: +SKIP
     Across last 100 succeeded runs of default__marketplace-listings-v1:

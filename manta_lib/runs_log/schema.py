@@ -1,4 +1,4 @@
-"""The row schema of the runs log (seed 002): stable keys, timestamps and shard names.
+"""The row schema of the runs log: stable keys, timestamps and shard names.
 
 Shared by the writer and both query engines so that they agree on what a row is.
 """
@@ -64,7 +64,7 @@ def parse_timestamp(value: object) -> datetime | None:
 def format_timestamp(value: datetime) -> str:
     """Format ``value`` as ISO-8601 UTC with a ``Z`` suffix (naive values are taken as UTC).
 
-    Whole seconds are written without a fraction, as in the seed; anything finer keeps
+    Whole seconds are written without a fraction (``18:05:27Z``); anything finer keeps
     microseconds.
     """
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

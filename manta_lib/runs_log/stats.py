@@ -15,10 +15,9 @@ import difflib
 import heapq
 import logging
 import math
-import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -27,6 +26,15 @@ from typing import Any, Literal, TypeGuard
 from manta_lib.errors import QueryError
 from manta_lib.runs_log.reader import ReadReport, Shard, iter_shard, list_shards, month_groups
 from manta_lib.runs_log.schema import TOTAL_BUCKET, parse_timestamp
+from manta_lib.runs_log.selection import (
+    BucketStats,
+    RunFilter,
+    Selection,
+    WorkflowSummary,
+    as_utc,
+    parse_duration,
+    resolve_since,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,60 +46,11 @@ AUTO_DUCKDB_BYTES = 10 << 20
 AUTO_DUCKDB_BYTES_IMPORTED = 6 << 20
 """... and this size when DuckDB is already imported (a long-lived process, the tests)."""
 
-PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
-DIGITS = 6
-"""Percentiles are rounded to this many decimals (microseconds) in every engine."""
-
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
 # --------------------------------------------------------------------------- percentiles
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Percentile ``q`` (0..1) of ascending ``sorted_values``, numpy's default ``linear`` method.
-
-    The rank is ``(n - 1) * q``; the result interpolates linearly between the two closest
-    ranks, with numpy's formula so that the result is bit-identical to ``numpy.quantile``.
-
-    >>> percentile([1.0, 2.0], 0.5)
-    1.5
-    >>> percentile([3.0, 5.0, 9.0], 0.5)
-    5.0
-    """
-    n = len(sorted_values)
-    if n == 0:
-        raise ValueError("percentile of an empty sequence")
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q={q!r} must be between 0 and 1")
-    rank = (n - 1) * q
-    low = math.floor(rank)
-    high = min(low + 1, n - 1)
-    t = rank - low
-    a, b = sorted_values[low], sorted_values[high]
-    diff = b - a
-    # numpy's _lerp: interpolate from the nearer end to stay monotonic and exact at t=1.
-    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
-
-
-@dataclass(frozen=True)
-class BucketStats:
-    """p50/p95/p99 of one bucket in seconds, over ``count`` runs that reported it."""
-
-    count: int
-    p50: float
-    p95: float
-    p99: float
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> BucketStats:
-        """Compute the three percentiles of ``values`` (non-empty)."""
-        ordered = sorted(values)
-        p50, p95, p99 = (round(percentile(ordered, q), DIGITS) for _, q in PERCENTILES)
-        return cls(count=len(ordered), p50=p50, p95=p95, p99=p99)
 
 
 def order_buckets(buckets: dict[str, BucketStats]) -> dict[str, BucketStats]:
@@ -105,28 +64,9 @@ def order_buckets(buckets: dict[str, BucketStats]) -> dict[str, BucketStats]:
 # --------------------------------------------------------------------------- query types
 
 
-@dataclass(frozen=True)
-class RunFilter:
-    """Which rows of one workflow count: a status (``""`` = any) and a finished_at window."""
-
-    workflow_id: str
-    status: str = "succeeded"
-    since: datetime | None = None
-    until: datetime | None = None
-
-
-@dataclass
-class Selection:
-    """What an engine returns: the runs kept and the per-bucket statistics over them."""
-
-    run_count: int
-    buckets: dict[str, BucketStats]
-    report: ReadReport = field(default_factory=ReadReport)
-
-
 @dataclass
 class StatsResult:
-    """Result of :func:`compute_stats`; :meth:`to_json` gives the seed's ``--json`` shape."""
+    """Result of :func:`compute_stats`; :meth:`to_json` gives the ``--json`` shape."""
 
     workflow_id: str
     status: str
@@ -149,53 +89,7 @@ class StatsResult:
         }
 
 
-@dataclass(frozen=True)
-class WorkflowSummary:
-    """One line of ``mantis runs workflows``."""
-
-    workflow_id: str
-    runs: int
-    succeeded: int
-    failed: int
-    last_finished_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (timestamps as ISO-8601 UTC)."""
-        return {
-            "workflow_id": self.workflow_id,
-            "runs": self.runs,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "last_finished_at": self.last_finished_at.isoformat().replace("+00:00", "Z"),
-        }
-
-
 # --------------------------------------------------------------------------- windows
-
-
-def parse_duration(text: str, option: str = "--since") -> timedelta:
-    """Parse ``7d`` / ``24h`` / ``30m`` into a timedelta; :class:`QueryError` names the forms."""
-    match = _DURATION_RE.match(text or "")
-    if match is None or int(match.group(1)) == 0:
-        raise QueryError(
-            f"{option} {text!r} is not a duration: use a positive whole number followed by "
-            "d (days), h (hours) or m (minutes), e.g. 7d, 24h or 30m"
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-
-
-def resolve_since(
-    since: str | timedelta | datetime | None, now: datetime | None = None
-) -> datetime | None:
-    """Turn ``--since`` (a duration string, a timedelta or a datetime) into a UTC cutoff."""
-    if since is None or isinstance(since, datetime):
-        return None if since is None else _utc(since)
-    now = _utc(now or datetime.now(UTC))
-    return now - (parse_duration(since) if isinstance(since, str) else since)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def to_micros(value: datetime) -> int:
@@ -520,7 +414,7 @@ def compare_windows(
     >>> [c.bucket for c in result.regressions]  # doctest: +SKIP
     ['think']
     """
-    now = _utc(now or datetime.now(UTC))
+    now = as_utc(now or datetime.now(UTC))
     recent_td = parse_duration(recent, "--recent") if isinstance(recent, str) else recent
     baseline_td = parse_duration(baseline, "--baseline") if isinstance(baseline, str) else baseline
     if threshold_pct < 0:

@@ -1,4 +1,4 @@
-"""Append one JSON line per terminal run to the month shard of the runs log (seed 002).
+"""Append one JSON line per terminal run to the month shard of the runs log.
 
 The write path is pure stdlib (``json``, ``os``) and best effort: a row that cannot be written
 (invalid row, full disk, EIO, read-only or unusable directory, oversized row) is logged with
@@ -120,7 +120,7 @@ def make_run_row(
     return row
 
 
-def validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def validate_row(row: Mapping[str, Any]) -> dict[str, Any]:  # noqa: C901 - one flat check per key
     """Check ``row`` against schema version 1 and return it normalised for writing.
 
     Missing optional stable keys get their defaults (``tenant_id="default"`` ...), the stable

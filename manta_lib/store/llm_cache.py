@@ -13,21 +13,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from manta_lib.store.client import Store
-
-LLM_CACHE_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.llm_cache (
-    namespace     String,
-    key           String,
-    model         LowCardinality(String),
-    response      String,
-    input_tokens  Int64,
-    output_tokens Int64,
-    cost_usd      Nullable(Float64),
-    latency_ms    Float64,
-    created_at    DateTime64(3, 'UTC')
-) ENGINE = ReplacingMergeTree(created_at)
-ORDER BY (namespace, key)
-"""
+from manta_lib.store.schema import LLM_CACHE_DDL
 
 LLM_CACHE_COLUMNS = (
     "namespace",

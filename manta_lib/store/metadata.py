@@ -1,4 +1,4 @@
-"""entity_metadata and progress: typed value rows in, validated outputs back out.
+"""entity_metadata: typed value rows in, validated outputs back out.
 
 Each computed entity is stored as one row per output column plus two bookkeeping columns,
 ``__status__`` (``ok`` / ``error``) and ``__error__`` (``Type: message`` or empty), all with
@@ -13,23 +13,26 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from manta_lib.entities import MetadataOutput
+from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import PersistenceError
-from manta_lib.models import EntityLevel, fast_construct
+from manta_lib.models import EntityLevel
 from manta_lib.store.client import Store
+from manta_lib.store.trace_queries import TraceFilter
 
 log = logging.getLogger(__name__)
 
 _TYPED_COLUMNS = ("value_type", "value_number", "value_string", "value_bool", "value_json")
 STATUS_COLUMN = "__status__"
 ERROR_COLUMN = "__error__"
+ERROR_AT_COLUMN = "__error_at__"
 METADATA_COLUMNS = (
     "project_id",
     "run_id",
@@ -49,7 +52,7 @@ METADATA_COLUMNS = (
 
 def _metadata_arrow_table(columns: dict[str, list[Any]]) -> Any:
     """The buffered columns as an Arrow table typed like the entity_metadata DDL."""
-    import pyarrow as pa  # deferred: only a flush needs it (~0.15 s to import)
+    import pyarrow as pa  # deferred: only a flush needs it, and its import is slow
 
     types = {
         "value_number": pa.float64(),
@@ -101,8 +104,11 @@ def _untyped(
 class MetadataWriter:
     """Buffers outcomes and writes them to entity_metadata in column-oriented batches.
 
-    Flushes when ``flush_rows`` rows are buffered or ``flush_seconds`` passed since the last
-    flush, so a killed process loses at most a few seconds of work. Thread-safe.
+    Thread-safe: map threads add each outcome as it completes. What is buffered is written when
+    ``flush_rows`` rows are waiting, on :meth:`flush`, and, while :meth:`flushing_every` runs,
+    by a timer thread every ``flush_seconds`` whether or not anything new arrived: a killed
+    process loses at most the last ``flush_seconds`` of completed work. Adding never waits for
+    an insert in progress (the buffer is swapped, then written outside the buffer's lock).
     """
 
     def __init__(
@@ -122,14 +128,14 @@ class MetadataWriter:
         self.rows_written = 0
         self.entities_written = 0
         self.seconds_spent = 0.0
-        self._buffer: dict[str, list[Any]] = {name: [] for name in METADATA_COLUMNS}
+        self._buffer: dict[str, list[Any]] = _empty_buffer()
         self._buffered_entities = 0
-        self._checkpoints: list[dict[str, Any]] = []
-        self._last_flush = time.monotonic()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the buffer
+        self._write_lock = threading.Lock()  # one insert at a time, in buffer order
+        self._timer_error: BaseException | None = None
 
     def add(self, outcomes: Iterable[MetadataOutput]) -> None:
-        """Encode outcomes into the buffer and flush if due."""
+        """Encode outcomes into the buffer; write now if ``flush_rows`` rows are waiting."""
         rows: list[tuple[MetadataOutput, dict[str, Any]]] = []
         for outcome in outcomes:
             values: dict[str, Any] = (
@@ -137,6 +143,8 @@ class MetadataWriter:
             )
             values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
             values[ERROR_COLUMN] = outcome.error or ""
+            if outcome.error_at:
+                values[ERROR_AT_COLUMN] = outcome.error_at
             rows.append((outcome, values))
         with self._lock:
             buf = self._buffer
@@ -153,52 +161,65 @@ class MetadataWriter:
                 for name, column in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
                     buf[name].extend(column)
             self._buffered_entities += len(rows)
-            due = len(buf["entity_id"]) >= self.flush_rows or (
-                time.monotonic() - self._last_flush >= self.flush_seconds
-            )
-            if due:
-                self._flush_locked()
+            due = len(buf["entity_id"]) >= self.flush_rows
+        if due:
+            self.flush()
 
     def flush(self) -> None:
         """Write everything buffered now."""
-        with self._lock:
-            self._flush_locked()
+        with self._write_lock:
+            with self._lock:
+                buffer, self._buffer = self._buffer, _empty_buffer()
+                entities, self._buffered_entities = self._buffered_entities, 0
+            self._write(buffer, entities)
 
-    def checkpoint(self, progress_row: dict[str, Any]) -> None:
-        """Record a batch in ``progress`` once everything added before it is written.
+    @contextmanager
+    def flushing_every(self, seconds: float | None = None) -> Iterator[MetadataWriter]:
+        """Flush every ``seconds`` (default ``flush_seconds``) from a timer thread, and once
+        more on exit; an insert that failed in the timer is raised on exit."""
+        interval = self.flush_seconds if seconds is None else seconds
+        stop = threading.Event()
 
-        Checkpoints ride along with the next flush (one insert each for values and
-        checkpoints), so committing a batch never costs an insert of its own.
-        """
-        with self._lock:
-            self._checkpoints.append(progress_row)
-            if time.monotonic() - self._last_flush >= self.flush_seconds:
-                self._flush_locked()
+        def tick() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.flush()
+                except BaseException as exc:  # noqa: BLE001 - re-raised on exit
+                    self._timer_error = exc
+                    return
 
-    def _flush_locked(self) -> None:
-        self._last_flush = time.monotonic()
-        count = len(self._buffer["entity_id"])
+        timer = threading.Thread(target=tick, name="manta-flush", daemon=True)
+        timer.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            timer.join()
+            self.flush()
+            if self._timer_error is not None:
+                error, self._timer_error = self._timer_error, None
+                raise error
+
+    def _write(self, buffer: dict[str, list[Any]], entities: int) -> None:
+        count = len(buffer["entity_id"])
+        if not count:
+            return
         started = time.perf_counter()
-        if count:
-            self._buffer["project_id"] = [self.project_id] * count
-            self._buffer["judge"] = [self.judge] * count
-            try:
-                self.store.insert_arrow("entity_metadata", _metadata_arrow_table(self._buffer))
-            except Exception as exc:  # noqa: BLE001 - re-raised with context
-                raise PersistenceError(
-                    f"writing {count} rows to {self.store.database}.entity_metadata failed: {exc}"
-                ) from exc
-            self.rows_written += count
-            self.entities_written += self._buffered_entities
-            self._buffered_entities = 0
-            self._buffer = {name: [] for name in METADATA_COLUMNS}
-        if self._checkpoints:
-            rows = self._checkpoints
-            self.store.insert_columns(
-                "progress", {name: [row[name] for row in rows] for name in PROGRESS_COLUMNS}
-            )
-            self._checkpoints = []
+        buffer["project_id"] = [self.project_id] * count
+        buffer["judge"] = [self.judge] * count
+        try:
+            self.store.insert_arrow("entity_metadata", _metadata_arrow_table(buffer))
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise PersistenceError(
+                f"writing {count} rows to {self.store.database}.entity_metadata failed: {exc}"
+            ) from exc
+        self.rows_written += count
+        self.entities_written += entities
         self.seconds_spent += time.perf_counter() - started
+
+
+def _empty_buffer() -> dict[str, list[Any]]:
+    return {name: [] for name in METADATA_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,7 @@ class StoredEntity:
     error: str | None
     judge_version: str
     computed_at: datetime
+    error_at: str | None = None
 
 
 def _identity_where(
@@ -270,9 +292,24 @@ def load_entities(
     level: EntityLevel,
     judge_version: str | None,
     entity_ids: Sequence[str] | None = None,
+    shards: Sequence[int] | None = None,
+    shard_count: int = 64,
 ) -> list[StoredEntity]:
-    """Every stored entity of a level (of one judge version, or the newest of any)."""
+    """Every stored entity of a level (of one judge version, or the newest of any).
+
+    ``shards`` keeps the trace or datapoint entities of those datapoint hash shards of the run
+    (the Dagster layout), selected inside the query.
+    """
     where, params = _identity_where(project_id, run_id, judge, level, None, entity_ids)
+    if shards is not None:
+        if level not in (EntityLevel.TRACE, EntityLevel.DATAPOINT):
+            raise ValueError(f"the {level.value} level is not sharded")
+        key = "trace_id" if level is EntityLevel.TRACE else "datapoint_id"
+        shard_where, shard_params = TraceFilter(
+            run_id=run_id, shards=shards, shard_count=shard_count
+        ).where()
+        params.update(shard_params)
+        where += f" AND entity_id IN (SELECT {key} FROM {{db}}.traces WHERE {shard_where})"
     rows = store.rows(
         f"""
         SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
@@ -295,11 +332,15 @@ def load_entities(
             return
         status = values.pop(STATUS_COLUMN)
         error = values.pop(ERROR_COLUMN, "") or None
+        error_at = values.pop(ERROR_AT_COLUMN, None) if error is not None else None
+        values.pop(ERROR_AT_COLUMN, None)
         stale = {c for c, v in meta["versions"].items() if v != version}
         for column in stale:
             values.pop(column, None)
         entities.append(
-            StoredEntity(current, dict(values), status == "ok", error, version, meta["at"])
+            StoredEntity(
+                current, dict(values), status == "ok", error, version, meta["at"], error_at
+            )
         )
 
     for entity_id, column, vtype, number, string, flag, raw, version, computed_at in rows:
@@ -323,87 +364,17 @@ def outputs_from_stored(
     judge: str,
 ) -> list[MetadataOutput]:
     """Rebuild :class:`MetadataOutput` objects (outputs validated into ``schema``)."""
-    outputs = []
-    for entity in stored:
-        output = schema.model_validate(entity.values) if entity.ok else None
-        outputs.append(
-            fast_construct(
-                MetadataOutput,
-                {
-                    "entity_level": level,
-                    "entity_id": entity.entity_id,
-                    "run_id": run_id,
-                    "judge": judge,
-                    "judge_version": entity.judge_version,
-                    "output": output,
-                    "error": entity.error,
-                    "computed_at": entity.computed_at,
-                },
-            )
+    return [
+        new_output(
+            level=level,
+            entity_id=entity.entity_id,
+            run_id=run_id,
+            judge=judge,
+            judge_version=entity.judge_version,
+            output=schema.model_validate(entity.values) if entity.ok else None,
+            error=entity.error,
+            computed_at=entity.computed_at,
+            error_at=entity.error_at,
         )
-    return outputs
-
-
-PROGRESS_COLUMNS = (
-    "project_id",
-    "run_id",
-    "judge",
-    "judge_version",
-    "batch_id",
-    "status",
-    "trace_count",
-    "error_count",
-    "attempt",
-    "message",
-    "updated_at",
-)
-
-
-def progress_row(
-    *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    judge_version: str,
-    batch_id: str,
-    status: str,
-    trace_count: int,
-    error_count: int = 0,
-    attempt: int = 1,
-    message: str = "",
-) -> dict[str, Any]:
-    """One ``progress`` row: a batch ``committed`` once its outputs are written, or ``failed``."""
-    return {
-        "project_id": project_id,
-        "run_id": run_id,
-        "judge": judge,
-        "judge_version": judge_version,
-        "batch_id": batch_id,
-        "status": status,
-        "trace_count": trace_count,
-        "error_count": error_count,
-        "attempt": attempt,
-        "message": message,
-        "updated_at": utc_now(),
-    }
-
-
-def record_batch(store: Store, **fields: Any) -> None:
-    """Insert one ``progress`` row now (see :func:`progress_row` for the fields)."""
-    row = progress_row(**fields)
-    store.insert_columns("progress", {name: [row[name]] for name in PROGRESS_COLUMNS})
-
-
-def committed_batches(
-    store: Store, *, project_id: str, run_id: str, judge: str, judge_version: str
-) -> dict[str, str]:
-    """``{batch_id: status}`` of the batches recorded for this judge version."""
-    rows = store.rows(
-        """
-        SELECT batch_id, status FROM {db}.progress FINAL
-        WHERE project_id = {p:String} AND run_id = {r:String} AND judge = {j:String}
-          AND judge_version = {v:String}
-        """,
-        {"p": project_id, "r": run_id, "j": judge, "v": judge_version},
-    )
-    return dict(rows)
+        for entity in stored
+    ]

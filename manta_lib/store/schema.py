@@ -1,20 +1,29 @@
 """DDL for Manta's tables, created idempotently, with a schema-version record.
 
-The column lists are the contract of DESIGN.md; engines and sort keys are tuned for per-run
-scans (traces) and batch range reads by (run_id, trace_id) (spans). ``entity_metadata`` is a
-ReplacingMergeTree keyed by identity only, versioned by ``computed_at``: a retry or a resumed
-run replaces a value instead of duplicating it, and the newest computation wins.
+The column lists are what the rest of Manta reads and writes; engines and sort keys are
+tuned for per-run scans (traces) and batch range reads by (run_id, trace_id) (spans).
+``entity_metadata`` is a ReplacingMergeTree keyed by identity only, versioned by
+``computed_at``: a retry or a resumed run replaces a value instead of duplicating it, and
+the newest computation wins.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from manta_lib.store.llm_cache import LLM_CACHE_DDL
 
-if TYPE_CHECKING:
-    from manta_lib.store.client import Store
+class Store(Protocol):
+    """What the DDL needs of a store (the client module imports this one, not the reverse)."""
+
+    database: str
+
+    def command(self, template: str, parameters: dict[str, Any] | None = None) -> Any: ...
+
+    def rows(
+        self, template: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +111,19 @@ CREATE TABLE IF NOT EXISTS {db}.judges (
 ORDER BY (project_id, judge)
 """
 
-PROGRESS_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.progress (
-    project_id    LowCardinality(String),
-    run_id        String,
-    judge         LowCardinality(String),
-    judge_version String,
-    batch_id      String,
-    status        LowCardinality(String),
-    trace_count   UInt32,
-    error_count   UInt32,
-    attempt       UInt32,
-    message       String,
-    updated_at    DateTime64(6, 'UTC')
-) ENGINE = ReplacingMergeTree(updated_at)
-ORDER BY (project_id, run_id, judge, judge_version, batch_id)
+LLM_CACHE_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.llm_cache (
+    namespace     String,
+    key           String,
+    model         LowCardinality(String),
+    response      String,
+    input_tokens  Int64,
+    output_tokens Int64,
+    cost_usd      Nullable(Float64),
+    latency_ms    Float64,
+    created_at    DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(created_at)
+ORDER BY (namespace, key)
 """
 
 MIGRATIONS_DDL = """
@@ -132,7 +139,6 @@ TABLES_DDL: dict[str, str] = {
     "spans": SPANS_DDL,
     "entity_metadata": ENTITY_METADATA_DDL,
     "judges": JUDGES_DDL,
-    "progress": PROGRESS_DDL,
     "llm_cache": LLM_CACHE_DDL,
 }
 

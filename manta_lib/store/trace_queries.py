@@ -70,7 +70,7 @@ class TraceFilter:
     # A compiled results condition (manta_lib.results.ResultsFilter): its semi-join SQL.
     results: Any = None
 
-    def where(self) -> tuple[str, dict[str, Any]]:
+    def where(self) -> tuple[str, dict[str, Any]]:  # noqa: C901 - one flat clause per filter
         """The WHERE clause (``1`` when empty) and its parameters."""
         clauses: list[str] = []
         params: dict[str, Any] = {}
@@ -203,10 +203,3 @@ class SpanFilter:
             params["s_is_error"] = bool(self.is_error)
             clauses.append("is_error = {s_is_error:Bool}")
         return (" AND ".join(clauses) or "1"), params
-
-    @property
-    def is_empty(self) -> bool:
-        return all(
-            value is None
-            for value in (self.kind, self.role, self.tool_name, self.name, self.is_error)
-        )

@@ -1,9 +1,9 @@
 """A small test pipeline whose map function can be made to crash, fail or misbehave.
 
 ``BEHAVIOUR`` switches (reset before each test by the ``judge`` fixture of the test modules):
-``crash_after`` raises :class:`Crash` (a BaseException: the engine does not isolate it, the
-step fails) once that many traces were mapped; ``fail_every`` raises ValueError for every
-n-th trace (an isolated, recorded error); ``bad_every`` returns an output that bypasses
+``fail_after`` makes every call after that many raise ValueError (with ``max_failures=0``
+the step stops there and fails, keeping what it finished); ``fail_every`` raises ValueError for
+every n-th trace (an isolated, recorded error); ``bad_every`` returns an output that bypasses
 validation (``model_construct`` with a string score); ``on_first_call`` runs once, before the
 first trace is mapped. ``CALLS`` counts map calls per trace id.
 """
@@ -23,10 +23,6 @@ from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext
 CALLS: Counter[str] = Counter()
 BEHAVIOUR: dict[str, Any] = {}
 _LOCK = threading.Lock()
-
-
-class Crash(BaseException):
-    """Stands for a killed worker: not an Exception, so the engine does not record it."""
 
 
 class TraceOut(BaseModel):
@@ -58,11 +54,10 @@ def map_trace(trace: TraceContext) -> TraceOut:
         hook: Callable[[], None] | None = BEHAVIOUR.pop("on_first_call", None) if first else None
     if hook is not None:
         hook()
-    crash_after = BEHAVIOUR.get("crash_after")
-    if crash_after is not None and calls > crash_after:
-        # Give the engine time to collect the chunks finished so far, as a real crash would.
-        time.sleep(0.5)
-        raise Crash(f"worker killed after {crash_after} traces")
+    fail_after = BEHAVIOUR.get("fail_after")
+    if fail_after is not None and calls > fail_after:
+        time.sleep(0.2)  # the traces already running finish first
+        raise ValueError(f"failing after {fail_after} traces")
     index = int(trace.trace_id.rsplit("_", 1)[-1], 36) if "_" in trace.trace_id else calls
     fail_every = BEHAVIOUR.get("fail_every")
     if fail_every and index % fail_every == 0:

@@ -20,7 +20,7 @@ from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from manta_lib.store.metadata import load_entities
 from tests.dagster import judges
-from tests.dagster.conftest import (
+from tests.dagster.helpers import (
     DEMO_TRACES,
     RUN_ID,
     SHARDS,
@@ -147,16 +147,17 @@ def test_one_shard_materializes_only_its_traces(
 def test_a_failed_partition_resumes_from_what_was_persisted(
     store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
 ) -> None:
-    defs = build([judges.pipeline])
+    defs = build([judges.pipeline], max_failures=0)
     register(instance, RUN_ID)
     key = level_key(judges.pipeline, TRACE)
     total = demo.runs[RUN_ID]
-    judges.BEHAVIOUR["crash_after"] = 40
+    judges.BEHAVIOUR["fail_after"] = 40
 
     failed = materialize(defs, instance, [key], tags=all_shards(RUN_ID), raise_on_error=False)
 
     assert not failed.success
-    persisted = stored_status(store, judges.pipeline, TRACE, RUN_ID)
+    stored = stored_status(store, judges.pipeline, TRACE, RUN_ID)
+    persisted = {tid for tid, ok in stored.items() if ok}
     assert 0 < len(persisted) < total
     judges.reset()
 
@@ -196,6 +197,9 @@ def test_error_rate_check_fails_and_metadata_lists_the_first_failures(
                     if not ok)  # fmt: skip
     assert meta["errors"] == len(failed) > 0
     assert f"`{failed[0]}`: ValueError: cannot judge {failed[0]}" in str(meta["first_failures"])
+    assert "judges.py:" in str(meta["first_failures"]) and "in map_trace" in str(
+        meta["first_failures"]
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
@@ -257,7 +261,7 @@ def _messages(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -
     return "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
 
 
-def test_the_level_below_is_handed_over_in_memory_within_a_run_and_read_back_otherwise(
+def test_the_level_below_is_read_back_from_the_store_for_exactly_the_partitions(
     store: Store, demo: Demo, instance: dg.DagsterInstance
 ) -> None:
     defs = build([tool_errors.pipeline])
@@ -265,13 +269,25 @@ def test_the_level_below_is_handed_over_in_memory_within_a_run_and_read_back_oth
     trace, datapoint = (level_key(tool_errors.pipeline, lvl) for lvl in (TRACE, DATAPOINT))
 
     together = materialize(defs, instance, [trace, datapoint], tags=all_shards(RUN_ID))
-    handed_over = _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID)
+    first = _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID)
     alone = materialize(defs, instance, [datapoint], tags=all_shards(RUN_ID))
+    one_shard = materialize(
+        defs, instance, [datapoint], partition_key=f"{RUN_ID}|{shard_key(1, SHARDS)}"
+    )
 
-    log_together, log_alone = _messages(instance, together), _messages(instance, alone)
     traces = demo.runs[RUN_ID]
-    assert f"tool_errors/trace: {traces} entities handed over in memory" in log_together
-    assert "handed over in memory" not in log_alone
-    assert f"loaded tool_errors/trace for 1 run(s): {traces} entities" in log_alone
-    # Both paths give the reduce the same children, hence the same datapoint values.
-    assert handed_over and _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID) == handed_over
+    for result in (together, alone):
+        assert f"loaded tool_errors/trace for 1 run(s): {traces} entities" in _messages(
+            instance, result
+        )
+    shard_traces = store.rows(
+        "SELECT count() FROM {db}.traces WHERE run_id = {r:String} "
+        "AND cityHash64(datapoint_id) % 4 = 1",
+        {"r": RUN_ID},
+    )[0][0]
+    assert 0 < shard_traces < traces
+    assert f"loaded tool_errors/trace for 1 run(s): {shard_traces} entities" in _messages(
+        instance, one_shard
+    )
+    # Every path gives the reduce the same children, hence the same datapoint values.
+    assert first and _values(store, tool_errors.pipeline, DATAPOINT, RUN_ID) == first

@@ -20,12 +20,12 @@ from dagster._core.loader import LoadingContextForTest
 from dagster._core.test_utils import freeze_time
 
 from manta_dagster.assets import level_key
+from manta_dagster.automation import AUTOMATION_SENSOR_NAME
 from manta_dagster.partitions import shard_key
-from manta_dagster.schedules import AUTOMATION_SENSOR_NAME
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.computation import MapReduceComputation
 from manta_lib.store import Store
-from tests.dagster.conftest import (
+from tests.dagster.helpers import (
     RUN_ID,
     SHARDS,
     Demo,

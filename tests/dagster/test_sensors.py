@@ -27,7 +27,7 @@ from manta_lib.models import EntityLevel
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from tests.dagster import judges
-from tests.dagster.conftest import RUN_ID, SHARDS, Demo, build, materialize, stored_status
+from tests.dagster.helpers import RUN_ID, SHARDS, Demo, build, materialize, stored_status
 
 PIPELINES = (judges.pipeline, tool_errors.pipeline)
 TRACE_KEYS = {level_key(p, EntityLevel.TRACE) for p in PIPELINES}

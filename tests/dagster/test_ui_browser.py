@@ -28,7 +28,7 @@ from typing import IO, Any
 import pytest
 
 from manta_lib.settings import MantaSettings
-from tests.dagster.test_cli_materialize import (
+from tests.dagster.cli_helpers import (
     BIN,
     REPO,
     RUN,

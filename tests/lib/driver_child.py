@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import sys
 
-from manta_lib.pipeline.driver import ProcessPoolBatchExecutor, run_with_executor
-from manta_lib.pipeline.engine import RunOptions
+from manta_lib.pipeline import RunOptions, run_pipeline
+from manta_lib.pipeline.batches import BatchMapper
 from manta_lib.settings import load_settings
 from tests.lib import driver_defs
+from tests.lib.process_pool_runner import ProcessPoolRunner
 
 
 def main(run_id: str, batch_size: int) -> None:
     settings = load_settings()
-    run_with_executor(
+    run_pipeline(
         driver_defs.pipeline,
         run_id,
-        executor=ProcessPoolBatchExecutor(settings, max_workers=1),
+        mapper=BatchMapper(ProcessPoolRunner(settings, max_workers=1)),
         options=RunOptions(batch_size=batch_size, progress=False, max_workers=2),
         settings=settings,
         mode="local-processes",

@@ -2,7 +2,10 @@
 
 Map calls are recorded by the functions themselves: in memory (``CALLS``) and, when
 ``MANTA_TEST_CALLS_FILE`` is set, one line per call appended to that file, so a test can count
-what a killed child process computed.
+what a killed child process computed. With ``MANTA_TEST_DONE_FILE`` set, each map call also
+appends ``<trace id> <unix time>`` when it finishes (after the delay), so a test knows when
+each trace was complete. ``MANTA_TEST_HANG_ON`` (comma-separated trace ids) makes those calls
+hang for an hour, as a stuck network call would.
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ def record_call(trace_id: str) -> None:
     if path:
         with open(path, "a") as handle:
             handle.write(trace_id + "\n")
+    if trace_id in os.environ.get("MANTA_TEST_HANG_ON", "").split(","):
+        time.sleep(3600)
     delay = float(os.environ.get("MANTA_TEST_MAP_DELAY_S", "0"))
     if delay:
         time.sleep(delay)
+    done = os.environ.get("MANTA_TEST_DONE_FILE")
+    if done:
+        with open(done, "a") as handle:
+            handle.write(f"{trace_id} {time.time():.6f}\n")
 
 
 class TraceOut(BaseModel):

@@ -1,9 +1,10 @@
-"""The batch driver behind Modal mode, through a local process-pool executor.
+"""The batch mapper behind Modal mode, through a local process-pool runner.
 
-The executor is the same interface Modal mode uses (payload in, report or exception out), with
+The runner is the same interface Modal mode uses (payload in, report or exception out), with
 spawned worker processes instead of containers: scheduling, retries, crash handling and resume
-are the driver's own logic, exercised for real against chDB. The test process never holds the
-store open while workers run (chDB lets one process open it at a time).
+are the batch mapper's and the one run path's own logic, exercised for real against chDB. The
+test process never holds the store open while workers run (chDB lets one process open it at a
+time).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import pytest
 
 from manta_lib.errors import ComputationAborted
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline.driver import ProcessPoolBatchExecutor, drive
-from manta_lib.pipeline.engine import RunOptions
-from manta_lib.pipeline.planner import Limits, make_batches, plan_scope
+from manta_lib.pipeline import Limits, RunOptions, run_pipeline
+from manta_lib.pipeline.batches import BatchMapper
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from tests.lib import driver_defs
 from tests.lib.builders import load_traces, trace_line
+from tests.lib.process_pool_runner import ProcessPoolRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,16 +41,14 @@ def _load(settings: MantaSettings, tmp_path: Path, count: int, run_id: str = "ru
         load_traces(store, lines, tmp_path)
 
 
-def _batch_ids(settings: MantaSettings, batch_size: int, run_id: str = "run_d") -> list[str]:
+def _statuses(settings: MantaSettings) -> dict[str, str]:
+    """Stored ``__status__`` per trace (the resume record)."""
     with Store.open(settings) as store:
-        return [b.batch_id for b in make_batches(run_id, plan_scope(store, run_id), batch_size)]
-
-
-def _progress(settings: MantaSettings) -> list[tuple]:
-    """Raw progress rows (no FINAL): every commit and failure ever recorded."""
-    with Store.open(settings) as store:
-        return store.rows(
-            "SELECT batch_id, status, attempt FROM {db}.progress ORDER BY batch_id, updated_at"
+        return dict(
+            store.rows(
+                "SELECT entity_id, value_string FROM {db}.entity_metadata FINAL "
+                "WHERE entity_level = 'trace' AND column = '__status__'"
+            )
         )
 
 
@@ -80,17 +79,14 @@ def _calls(path: Path) -> list[str]:
 
 
 def _drive(settings: MantaSettings, batch_size: int, **options: Any) -> dict:
-    executor = ProcessPoolBatchExecutor(settings, max_workers=1)
-    try:
-        return drive(
-            driver_defs.pipeline,
-            "run_d",
-            executor=executor,
-            options=RunOptions(batch_size=batch_size, progress=False, max_workers=2, **options),
-            settings=settings,
-        )
-    finally:
-        executor.close()
+    return run_pipeline(
+        driver_defs.pipeline,
+        "run_d",
+        mapper=BatchMapper(ProcessPoolRunner(settings, max_workers=1)),
+        options=RunOptions(batch_size=batch_size, progress=False, max_workers=2, **options),
+        settings=settings,
+        mode="local-processes",
+    )
 
 
 @pytest.fixture
@@ -101,7 +97,7 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.slow
-def test_driver_matches_local_mode_and_skips_committed_batches_on_rerun(
+def test_workers_match_local_mode_and_a_rerun_maps_nothing(
     settings: MantaSettings,
     manta_env: dict[str, str],
     tmp_path: Path,
@@ -114,20 +110,18 @@ def test_driver_matches_local_mode_and_skips_committed_batches_on_rerun(
     assert [o.entity_id for o in result[EntityLevel.TRACE]] == [f"t{i:03d}" for i in range(14)]
     assert len(result[EntityLevel.DATAPOINT]) == 5 and len(result[EntityLevel.RUN]) == 1
     assert sorted(_calls(calls)) == [f"t{i:03d}" for i in range(14)]
-    batches = _batch_ids(settings, 4)
-    assert _progress(settings) == [(bid, "committed", 1) for bid in batches]
     driven = _snapshot(settings)
 
-    # Same run_id again: every batch is committed, nothing is mapped, same result.
+    # Same run_id again: every trace is stored, nothing is mapped, same result.
     calls.unlink()
     again = _drive(settings, batch_size=4)
     assert _calls(calls) == []
     assert [o.output for o in again[EntityLevel.DATAPOINT]] == [
         o.output for o in result[EntityLevel.DATAPOINT]
     ]
-    assert len(_progress(settings)) == len(batches)
+    assert set(_raw_label_rows(settings).values()) == {1}
 
-    # Local mode (the same BatchWorker) writes the same values.
+    # Local mode (the same ThreadMapper, in this process) writes the same values.
     monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_local")
     local_settings = load_settings()
     _load(local_settings, tmp_path, 14)
@@ -136,7 +130,7 @@ def test_driver_matches_local_mode_and_skips_committed_batches_on_rerun(
 
 
 @pytest.mark.slow
-def test_worker_crash_on_one_batch_is_retried_and_recorded(
+def test_worker_crash_on_one_batch_is_retried_without_writing_twice(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _load(settings, tmp_path, 9)
@@ -147,13 +141,8 @@ def test_worker_crash_on_one_batch_is_retried_and_recorded(
 
     assert (tmp_path / "crashed").exists(), "the worker process really died"
     assert len(result[EntityLevel.TRACE]) == 9
-    first, crashed, last = _batch_ids(settings, 3)
-    rows = _progress(settings)
-    assert [r for r in rows if r[0] != crashed] == [(first, "committed", 1), (last, "committed", 1)]
-    assert [r[1:] for r in rows if r[0] == crashed] == [("failed", 1), ("committed", 2)]
-    with Store.open(settings) as store:
-        (message,) = store.rows("SELECT message FROM {db}.progress WHERE status = 'failed'")[0]
-    assert "worker process died" in message
+    assert _calls(calls).count("t004") == 2, "the crashed batch ran again"
+    assert _statuses(settings) == {f"t{i:03d}": "ok" for i in range(9)}
     assert set(_raw_label_rows(settings).values()) == {1}
 
 
@@ -163,21 +152,18 @@ def test_batch_that_always_crashes_aborts_after_bounded_attempts_keeping_the_res
 ) -> None:
     _load(settings, tmp_path, 6)
     monkeypatch.setenv("MANTA_TEST_CRASH_ON", "t001")
-    first, second = _batch_ids(settings, 3)
 
     with pytest.raises(ComputationAborted) as info:
         _drive(settings, batch_size=3)
 
     message = str(info.value)
-    assert message.startswith(
-        f"1 of 2 batches of run_d failed 3 time(s) and were not committed: {first}: "
-    )
+    assert message.startswith("1 of 2 batches of run_d failed 3 time(s) and were not written: ")
+    assert "worker process died" in message
     assert "The reduce levels were not computed" in message
     assert "run again with the same run_id" in message
-    rows = _progress(settings)
-    assert [r[1:] for r in rows if r[0] == first] == [("failed", 1), ("failed", 2), ("failed", 3)]
-    assert [r[1:] for r in rows if r[0] == second] == [("committed", 1)]
-    assert sorted(_raw_label_rows(settings)) == ["t003", "t004", "t005"]
+    assert _calls(calls).count("t001") == 3
+    assert {"t003", "t004", "t005"} <= set(_raw_label_rows(settings))
+    assert "t001" not in _statuses(settings)
 
     # Fixed: the re-run maps only the batch that never committed, then reduces.
     monkeypatch.delenv("MANTA_TEST_CRASH_ON")
@@ -188,7 +174,7 @@ def test_batch_that_always_crashes_aborts_after_bounded_attempts_keeping_the_res
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_batch(
+def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_trace(
     settings: MantaSettings,
     manta_env: dict[str, str],
     tmp_path: Path,
@@ -214,11 +200,9 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_batch(
     first_calls = _calls(calls)
     assert 18 <= len(first_calls) < traces, "the driver must be killed mid-run"
 
-    before = _progress(settings)
-    committed_before = {bid for bid, status, _ in before if status == "committed"}
     persisted_before = set(_raw_label_rows(settings))
-    assert committed_before, "batches finished before the kill must be committed"
-    assert len(committed_before) < traces // batch_size
+    assert persisted_before, "traces finished before the kill must be written"
+    assert len(persisted_before) < traces
 
     env.pop("MANTA_TEST_MAP_DELAY_S")
     calls.unlink()
@@ -227,9 +211,6 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_batch(
 
     assert not persisted_before & set(second_calls), "a persisted trace was mapped again"
     assert set(first_calls) | set(second_calls) == {f"t{i:03d}" for i in range(traces)}
-    after = _progress(settings)
-    commits = [bid for bid, status, _ in after if status == "committed"]
-    assert sorted(commits) == _batch_ids(settings, batch_size), "each batch committed once"
     assert _raw_label_rows(settings) == {f"t{i:03d}": 1 for i in range(traces)}
     resumed = _snapshot(settings)
 
@@ -255,16 +236,14 @@ def test_subset_runs_through_workers_and_writes_nothing(
     ]
     with Store.open(settings) as store:
         assert store.rows("SELECT count() FROM {db}.entity_metadata") == [(0,)]
-        assert store.rows("SELECT count() FROM {db}.progress") == [(0,)]
 
 
 @pytest.mark.slow
-def test_too_many_trace_errors_abort_keeping_committed_batches(
+def test_too_many_trace_errors_abort_keeping_written_traces(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _load(settings, tmp_path, 9)
     monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t00")
     with pytest.raises(ComputationAborted, match=r"traces failed, more than max_failures=1"):
         _drive(settings, batch_size=3, max_failures=1)
-    first = _batch_ids(settings, 3)[0]
-    assert _progress(settings) == [(first, "committed", 1)]
+    assert _statuses(settings) == dict.fromkeys(["t000", "t001", "t002"], "error")

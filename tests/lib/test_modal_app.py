@@ -2,7 +2,7 @@
 
 No Modal account is reachable here: nothing is built or started on Modal. The App, Image,
 Secret and Function objects are the real SDK's; their settings are checked through the plain
-:class:`ModalAppSpec` they are built from, and the worker is the real ``run_batch`` executed
+:class:`ModalAppSpec` they are built from, and the worker is the real ``map_batch`` executed
 in-process by ``Function.local()`` against chDB.
 """
 
@@ -18,17 +18,15 @@ from pydantic import BaseModel
 from manta_lib.context import TraceContext
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline import MapReduceComputation
-from manta_lib.pipeline.engine import RunOptions
-from manta_lib.pipeline.modal_runner import (
+from manta_lib.pipeline import MapReduceComputation, RunOptions, plan_scope
+from manta_lib.pipeline.modal import (
     LLM_MAX_CONTAINERS,
     LLM_WORKER_TIMEOUT_S,
     MAX_CONTAINERS,
     WORKER_TIMEOUT_S,
-    ModalExecutor,
+    ModalRunner,
     build_modal_app,
 )
-from manta_lib.pipeline.planner import make_batches, plan_scope
 from manta_lib.pipeline.remote import pipeline_ref
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
@@ -132,13 +130,11 @@ def test_pipeline_outside_an_importable_module_gets_a_clear_error() -> None:
 
 
 def _payload(store: Store, attempt: int = 1, **extra: Any) -> dict[str, Any]:
-    refs = plan_scope(store, "run_m")
-    (batch,) = make_batches("run_m", refs, batch_size=100)
     return {
         "pipeline": pipeline_ref(driver_defs.pipeline),
         "run_id": "run_m",
-        "batch_id": batch.batch_id,
-        "trace_ids": list(batch.trace_ids),
+        "index": 0,
+        "trace_ids": plan_scope(store, "run_m").trace_ids,
         "judge_version": driver_defs.pipeline.judge_version,
         "attempt": attempt,
         **extra,
@@ -151,7 +147,7 @@ def _worker_function(settings: MantaSettings) -> Any:
     return function
 
 
-def test_worker_function_local_writes_outcomes_and_commits_the_batch(
+def test_worker_function_local_writes_outcomes_and_skips_them_when_redelivered(
     store: Store, settings: MantaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = [trace_line(f"m{i}", run_id="run_m", datapoint=f"dp{i % 2}") for i in range(5)]
@@ -162,13 +158,9 @@ def test_worker_function_local_writes_outcomes_and_commits_the_batch(
 
     report = function.local(payload)
 
-    assert report["batch_id"] == payload["batch_id"]
+    assert (report["index"], report["attempt"]) == (0, 1)
     assert (report["mapped"], report["skipped"], report["errors"]) == (5, 0, 1)
     assert report["first_error"].startswith("m3: RuntimeError: cannot analyse m3")
-    progress = store.rows(
-        "SELECT batch_id, status, trace_count, error_count, attempt FROM {db}.progress"
-    )
-    assert progress == [(payload["batch_id"], "committed", 5, 1, 1)]
     statuses = dict(
         store.rows(
             "SELECT entity_id, value_string FROM {db}.entity_metadata FINAL "
@@ -196,7 +188,7 @@ def test_worker_function_refuses_a_changed_pipeline(
     with pytest.raises(PipelineDefinitionError, match="judge version mismatch") as info:
         _worker_function(settings).local(payload)
     assert "driver planned version 0123456789ab" in str(info.value)
-    assert store.rows("SELECT count() FROM {db}.progress") == [(0,)]
+    assert store.rows("SELECT count() FROM {db}.entity_metadata") == [(0,)]
 
 
 def test_worker_function_without_persist_returns_outcomes_and_writes_nothing(
@@ -208,10 +200,9 @@ def test_worker_function_without_persist_returns_outcomes_and_writes_nothing(
         ("m0", {"tool_errors": 0, "label": "dp9"}, None)
     ]
     assert store.rows("SELECT count() FROM {db}.entity_metadata") == [(0,)]
-    assert store.rows("SELECT count() FROM {db}.progress") == [(0,)]
 
 
-# ---- the executor's use of the SDK --------------------------------------------------------
+# ---- the runner's use of the SDK --------------------------------------------------------
 
 
 class _RecordingFunction:
@@ -222,9 +213,7 @@ class _RecordingFunction:
 
     def map(self, inputs: list[dict[str, Any]], **kwargs: Any) -> list[Any]:
         self.calls.append(kwargs)
-        return [
-            RuntimeError("container lost") if p["batch_id"] == "b2" else {"ok": 1} for p in inputs
-        ]
+        return [RuntimeError("container lost") if p["index"] == 2 else {"ok": 1} for p in inputs]
 
 
 class _RecordingApp:
@@ -245,7 +234,7 @@ class _RecordingApp:
         self.exited += 1
 
 
-def test_modal_executor_maps_with_return_exceptions_inside_one_app_run(
+def test_modal_runner_maps_with_return_exceptions_inside_one_app_run(
     remote_settings: MantaSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     credentials: list[tuple[str, str]] = []
@@ -256,14 +245,14 @@ def test_modal_executor_maps_with_return_exceptions_inside_one_app_run(
 
     monkeypatch.setattr(modal.Client, "from_credentials", from_credentials)
     app, function = _RecordingApp(), _RecordingFunction()
-    executor = ModalExecutor(app, function, remote_settings)
-    first = list(executor.run([{"batch_id": "b1"}, {"batch_id": "b2"}]))
-    second = list(executor.run([{"batch_id": "b2"}]))
-    executor.close()
+    runner = ModalRunner(app, function, remote_settings)
+    first = list(runner.run([{"index": 1}, {"index": 2}]))
+    second = list(runner.run([{"index": 2}]))
+    runner.close()
 
-    assert first[0] == ({"batch_id": "b1"}, {"ok": 1})
+    assert first[0] == ({"index": 1}, {"ok": 1})
     assert isinstance(first[1][1], RuntimeError)
-    assert second[0][0] == {"batch_id": "b2"}
+    assert second[0][0] == {"index": 2}
     assert function.calls == [{"return_exceptions": True, "order_outputs": True}] * 2
     assert (app.entered, app.exited) == (1, 1), "one ephemeral app for all rounds"
     assert credentials == [("ak-test", "as-test")] and app.clients == ["client"]

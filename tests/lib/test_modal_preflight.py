@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from manta_lib.errors import ConfigError
-from manta_lib.pipeline.modal_runner import preflight
+from manta_lib.pipeline.modal import preflight
 from manta_lib.settings import load_settings
 from tests.lib import driver_defs
 
@@ -106,11 +106,11 @@ def test_default_mode_fails_in_preflight_before_any_work(
     clean_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pipeline.run() (mode="modal") on the embedded store stops before touching anything."""
-    import manta_lib.pipeline.modal_runner as modal_runner
+    import manta_lib.pipeline.modal as modal_module
 
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("the Modal app must not be defined when preflight fails")
 
-    monkeypatch.setattr(modal_runner, "build_modal_app", no_build)
+    monkeypatch.setattr(modal_module, "build_modal_app", no_build)
     with pytest.raises(ConfigError, match="CLICKHOUSE_URL is not set"):
         driver_defs.pipeline.run("run_does_not_exist")

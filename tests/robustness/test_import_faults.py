@@ -159,3 +159,35 @@ def test_ctrl_c_while_a_strict_import_writes_takes_everything_back(
     )
     state = table_state(env)
     assert (state["traces"], state["spans"]) == (0, 0)
+
+
+def test_ctrl_c_in_an_import_of_another_format(tmp_path: Path) -> None:
+    rollouts = tmp_path / "rollouts.jsonl"
+    rollouts.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"q{i}"}], "reward": 1}) + "\n"
+            for i in range(TRACES)
+        )
+    )
+    env = store_env(tmp_path)
+    interrupted = manta(
+        "import",
+        str(rollouts),
+        "--run-id",
+        "rl",
+        "--batch-size",
+        str(BATCH),
+        env={**env, "MANTA_TEST_KILL_AFTER": "spans:2:INT"},
+    )
+
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert "Traceback" not in interrupted.stderr
+    assert (
+        interrupted.stderr.strip()
+        .splitlines()[-1]
+        .startswith("interrupted: 8 traces and 8 spans were stored (whole batches only)")
+    )
+    resumed = manta("import", str(rollouts), "--run-id", "rl", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "8 traces already present" in resumed.stdout
+    assert table_state(env)["traces"] == TRACES

@@ -1,4 +1,4 @@
-"""``mantis runs stats | compare | workflows``: the seed's output and every flag."""
+"""``mantis runs stats | compare | workflows``: the documented output and every flag."""
 
 from __future__ import annotations
 
@@ -10,26 +10,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner, Result
 
-from manta_lib.cli import runs_commands
 from manta_lib.errors import ConfigError, QueryError
 from manta_lib.runs_log import append_run, make_run_row
-
-from .conftest import SEED_OUTPUT, SEED_WORKFLOW
-
-
-def invoke(*args: str) -> Result:
-    app = typer.Typer()
-    runs_commands.register(app)
-    return CliRunner().invoke(app, ["runs", *args])
-
-
-def ok(*args: str) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
+from tests.lib.runs_log.helpers import SEED_OUTPUT, SEED_WORKFLOW, invoke, ok
 
 
 @pytest.mark.parametrize("engine", ["python", "duckdb", "auto"])

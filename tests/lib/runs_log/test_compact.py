@@ -22,9 +22,7 @@ from manta_lib.runs_log.stats import (
     AUTO_DUCKDB_BYTES_IMPORTED,
     choose_engine,
 )
-
-from .test_cli import ok
-from .test_stats import NOW, add, messy_log
+from tests.lib.runs_log.helpers import NOW, add, messy_log, ok
 
 ENGINES = ("python", "duckdb")
 QUERIES: list[dict[str, object]] = [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,19 +15,15 @@ from hypothesis import strategies as st
 from manta_lib.errors import QueryError
 from manta_lib.runs_log import (
     BucketStats,
-    append_run,
     compare_windows,
     compute_stats,
     list_workflows,
-    make_run_row,
     percentile,
 )
 from manta_lib.runs_log.duckdb_engine import workflow_bucket_percentiles
-
-from .conftest import SEED_TABLE, SEED_TOTAL, SEED_WORKFLOW
+from tests.lib.runs_log.helpers import NOW, SEED_TABLE, SEED_TOTAL, SEED_WORKFLOW, add, messy_log
 
 ENGINES = ("python", "duckdb")
-NOW = datetime(2026, 5, 20, 12, 0, 0, tzinfo=UTC)
 
 finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
 samples = st.lists(finite, min_size=1, max_size=60)
@@ -72,30 +66,6 @@ def test_small_cases_from_the_seed() -> None:
 
 
 # --------------------------------------------------------------------------- selection
-
-
-def add(
-    log_dir: Path,
-    run_id: str,
-    finished: datetime,
-    breakdown: dict[str, float],
-    *,
-    workflow_id: str = "wf",
-    status: str = "succeeded",
-    total: float | None = None,
-) -> None:
-    total = sum(breakdown.values()) if total is None else total
-    assert append_run(
-        make_run_row(
-            run_id=run_id,
-            workflow_id=workflow_id,
-            status=status,
-            created_at=finished - timedelta(seconds=total),
-            finished_at=finished,
-            wall_time_breakdown=breakdown,
-        ),
-        log_dir,
-    )
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -176,30 +146,6 @@ def test_bucket_restriction_keeps_total_time(log_dir: Path, engine: str) -> None
 
 
 # --------------------------------------------------------------------------- engines agree
-
-
-def messy_log(log_dir: Path, rows: int = 1500, seed: int = 7) -> None:
-    """Three workflows over four months with ties, missing buckets and bad lines."""
-    rng = random.Random(seed)
-    buckets = ["think", "act", "load", "settle", "claude_verify"]
-    for _ in range(rows):
-        finished = NOW - timedelta(minutes=rng.randrange(0, 120 * 24 * 60))
-        breakdown = {b: round(rng.expovariate(1 / 20), rng.choice([0, 3, 6])) for b in buckets}
-        if rng.random() < 0.3:
-            del breakdown["claude_verify"]
-        add(
-            log_dir,
-            f"run-{rng.randrange(10**6):06d}",
-            finished,
-            breakdown,
-            workflow_id=rng.choice(["wf-a", "wf-b", "wf-c"]),
-            status=rng.choice(["succeeded", "succeeded", "failed"]),
-        )
-    for shard in sorted(log_dir.iterdir()):
-        with shard.open("a") as handle:
-            handle.write("{garbage\n\n")
-            handle.write(json.dumps({"schema_version": 2, "workflow_id": "wf-a"}) + "\n")
-            handle.write('{"schema_version": 1, "workflow_id": "wf-a", "run_')
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ The DuckDB ``wall_time_percentiles`` asset is refreshed daily (``on_cron``).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -34,7 +35,7 @@ def sensors_default_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
-def outdated() -> dg.AutomationCondition:
+def outdated() -> dg.AutomationCondition[Any]:
     """Code version changed or an upstream partition updated since this one was handled."""
     handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
     return (
@@ -44,7 +45,7 @@ def outdated() -> dg.AutomationCondition:
     )
 
 
-def scheduled_backfill(cron: str = DEFAULT_BACKFILL_CRON) -> dg.AutomationCondition:
+def scheduled_backfill(cron: str = DEFAULT_BACKFILL_CRON) -> dg.AutomationCondition[Any]:
     """After each ``cron`` tick (UTC): the missing or outdated partitions not in progress."""
     return (
         dg.AutomationCondition.cron_tick_passed(cron, "UTC")
@@ -53,7 +54,9 @@ def scheduled_backfill(cron: str = DEFAULT_BACKFILL_CRON) -> dg.AutomationCondit
     ).with_label(f"missing or outdated, after {cron} UTC")
 
 
-def level_condition(*, is_map: bool, cron: str = DEFAULT_BACKFILL_CRON) -> dg.AutomationCondition:
+def level_condition(
+    *, is_map: bool, cron: str = DEFAULT_BACKFILL_CRON
+) -> dg.AutomationCondition[Any]:
     """The trace level: the scheduled backfill; the levels above: eager too."""
     if is_map:
         return scheduled_backfill(cron)

@@ -1,4 +1,4 @@
-"""Modal mode: the batch driver with Modal containers as its workers.
+"""Modal mode: the batch mapper with Modal containers as its workers.
 
 ``pipeline.run(run_id)`` (``mode="modal"``, the default) comes here. Before any work or image
 build, :func:`preflight` checks that Modal credentials are set and that ClickHouse is reachable
@@ -9,13 +9,14 @@ defines, per computation:
 - an Image: ``debian_slim`` + Manta's runtime dependencies + the pipeline's ``pip_install``,
   carrying Manta's source and the pipeline's module (``add_local_python_source``),
 - a Secret with the ClickHouse (and Kestrel, when set) settings,
-- the worker Function, :func:`manta_lib.pipeline.remote.run_batch`, with a timeout, Modal-level
+- the worker Function, :func:`manta_lib.pipeline.remote.map_batch`, with a timeout, Modal-level
   retries for lost containers, and more containers when the map function ``uses_llm``
   (latency-bound, so more inputs in flight pay off).
 
-:class:`ModalExecutor` maps the worker over the pending batches with
-``Function.map(..., return_exceptions=True)`` inside ``app.run()``; the driver
-(:mod:`manta_lib.pipeline.driver`) plans, tracks commits, retries and reduces locally.
+:class:`ModalRunner` maps the worker over the pending batches with
+``Function.map(..., return_exceptions=True)`` inside ``app.run()``; the
+:class:`~manta_lib.pipeline.batches.BatchMapper` retries failed batches, and the one run path
+(:mod:`manta_lib.pipeline.run`) plans and reduces locally.
 
 Example::
 
@@ -36,13 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from manta_lib.entities import MetadataOutput
 from manta_lib.errors import ConfigError
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline.computation import MapReduceComputation
-from manta_lib.pipeline.driver import MAX_ATTEMPTS, Outcome, Payload, run_with_executor
-from manta_lib.pipeline.engine import RunOptions
-from manta_lib.pipeline.remote import pipeline_ref, run_batch, worker_environment
+from manta_lib.pipeline.batches import MAX_ATTEMPTS, BatchMapper, Outcome, Payload
+from manta_lib.pipeline.definition import PipelineDefinition
+from manta_lib.pipeline.options import RunOptions
+from manta_lib.pipeline.remote import map_batch, pipeline_ref, worker_environment
 from manta_lib.settings import MantaSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 #: Seconds one batch may take in a container (Modal's limit per input).
 WORKER_TIMEOUT_S = 1800
 LLM_WORKER_TIMEOUT_S = 3600
-#: Modal-level retries of one input (a preempted or lost container); the driver then retries
+#: Modal-level retries of one input (a preempted or lost container); the batch mapper retries
 #: failed batches itself, ``MAX_ATTEMPTS`` rounds in all.
 MODAL_RETRIES = 1
 MODAL_MAX_TIMEOUT_S = 24 * 60 * 60
@@ -169,7 +169,7 @@ class ModalAppSpec:
 
 
 def app_spec(
-    pipeline: MapReduceComputation,
+    pipeline: PipelineDefinition,
     settings: MantaSettings,
     *,
     options: RunOptions | None = None,
@@ -191,7 +191,7 @@ def app_spec(
     sources = ["manta_lib", "manta", module.split(".")[0]]
     return ModalAppSpec(
         app_name=f"manta-{pipeline.judge.replace('_', '-')}",
-        function_name="run_batch",
+        function_name="map_batch",
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
         packages=list(dict.fromkeys([*manta_requirements(), *pipeline.pip_install])),
         local_sources=list(dict.fromkeys(sources)),
@@ -211,7 +211,7 @@ def _batch_timeout(options: RunOptions | None, uses_llm: bool) -> int:
 
 
 def build_modal_app(
-    pipeline: MapReduceComputation,
+    pipeline: PipelineDefinition,
     settings: MantaSettings,
     *,
     options: RunOptions | None = None,
@@ -247,11 +247,11 @@ def build_modal_app(
         retries=modal.Retries(max_retries=spec.retries, initial_delay=5.0, backoff_coefficient=2.0),
         max_containers=spec.max_containers,
         name=spec.function_name,
-    )(run_batch)
+    )(map_batch)
     return app, function, spec
 
 
-class ModalExecutor:
+class ModalRunner:
     """Runs batches as inputs of the Modal worker Function, inside one ``app.run()``."""
 
     def __init__(self, app: Any, function: Any, settings: MantaSettings) -> None:
@@ -292,15 +292,17 @@ class ModalExecutor:
             running.close()
 
 
-def run_on_modal(
-    pipeline: MapReduceComputation,
-    run_id: str,
+def modal_mapper(
+    pipeline: PipelineDefinition,
     *,
     options: RunOptions,
     settings: MantaSettings,
     max_attempts: int = MAX_ATTEMPTS,
-) -> dict[EntityLevel, list[MetadataOutput]]:
-    """Preflight, define the Modal app, drive the batches, write the runs-log row."""
+) -> BatchMapper:
+    """Preflight and define the Modal app; the mapper that runs batches on it.
+
+    Nothing is built or started until the first batch: ``app.run()`` starts with it.
+    """
     preflight(settings)
     pipeline_ref(pipeline)  # a pipeline in __main__ fails here, before anything is built
     app, function, spec = build_modal_app(pipeline, settings, options=options)
@@ -311,12 +313,4 @@ def run_on_modal(
         spec.max_containers,
         spec.timeout_s,
     )
-    return run_with_executor(
-        pipeline,
-        run_id,
-        executor=ModalExecutor(app, function, settings),
-        options=options,
-        settings=settings,
-        mode="modal",
-        max_attempts=max_attempts,
-    )
+    return BatchMapper(ModalRunner(app, function, settings), max_attempts=max_attempts)

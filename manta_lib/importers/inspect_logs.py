@@ -1,0 +1,331 @@
+"""Inspect AI eval logs (``.eval`` and ``.json``), read with Inspect's own reader.
+
+Needs the ``inspect`` extra (``pip install 'manta[inspect]'``). One trace per sample and
+epoch:
+
+- ``trace_id`` = ``<eval_id>:<sample id>:<epoch>`` (prefixed by ``--run-id`` when that
+  differs from the eval's run id); ``run_id`` = the eval's ``run_id``
+  (``--run-id`` overrides); ``env_name`` = the task; ``datapoint_id`` = the sample id (or
+  the ``--datapoint`` path into the sample); ``phase`` = ``eval``; ``step_number`` = 0 (or
+  ``--step``); ``model_name`` = the eval's model;
+- messages and tool calls as chat spans (a tool message's ``error`` makes its call
+  ``is_error`` with ``error_type`` = the error's type); tool results no assistant message
+  issued stay tool spans, so their errors are kept;
+- each score becomes a ``grader`` span named after the scorer: ``content`` = the
+  explanation, attributes ``value`` (as logged), ``score`` (the value as Inspect's own
+  ``value_to_float`` maps it: C=1, I=0, P=0.5, N=0, numbers, yes/no; null for lists and
+  dicts), ``passed`` (for C/I and booleans), ``answer``, ``explanation``, ``metadata``;
+- the trace ``score`` is the first scorer of the log's results (``--score`` path into the
+  sample overrides, e.g. ``scores.match.value``);
+- one ``llm`` span per model call of the solver (Inspect's model events: model, tokens, cost,
+  timing, finish reason), or per model of the sample's usage when the log has no events; model
+  calls made inside a scorer go to that scorer's grader span (model, tokens, cost, and its
+  conversation as ``attributes.messages``);
+- ``status``: ``error`` when the sample errored, ``<type>_limit`` when it hit a limit;
+  ``duration_ms`` = total time; tokens and cost = the sums of the ``llm`` spans;
+  ``meta.inspect`` = the eval's task, ids, model, dataset,
+  task arguments and metadata; ``meta.sample_metadata``, ``meta.target``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from manta_lib.errors import ConfigError
+from manta_lib.importers.base import Hierarchy, Problems, score_number
+from manta_lib.importers.chat import chat_spans
+from manta_lib.ingest import SourceRecord
+
+_JSON_LOG_HEAD = re.compile(rb'\s*\{\s*"version"\s*:\s*\d')
+_ROLE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "function", "error")
+
+
+def _inspect_log_module() -> Any:
+    try:
+        import inspect_ai.log as inspect_log
+    except ImportError:
+        raise ConfigError(
+            "reading Inspect AI logs needs the inspect extra: pip install 'manta[inspect]'"
+        ) from None
+    return inspect_log
+
+
+class InspectImporter:
+    """``--format inspect``: Inspect AI eval logs."""
+
+    name = "inspect"
+
+    def sniff(self, path: Path) -> bool:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+            return "header.json" in names or "_journal/start.json" in names
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+        # Inspect writes "version" as the first key of a JSON log, "eval" soon after
+        return bool(_JSON_LOG_HEAD.match(head)) and b'"eval"' in head
+
+    def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
+        inspect_log = _inspect_log_module()
+        source = str(path)
+        try:
+            if zipfile.is_zipfile(path):
+                # .eval: one sample at a time (bounded memory), every sample the file holds
+                header = inspect_log.read_eval_log(str(path), header_only=True)
+                summaries = inspect_log.read_eval_log_sample_summaries(str(path))
+                samples: Iterator[Any] = (
+                    inspect_log.read_eval_log_sample(
+                        str(path), id=s.id, epoch=s.epoch, resolve_attachments=True
+                    )
+                    for s in summaries
+                )
+            else:
+                header = inspect_log.read_eval_log(str(path), resolve_attachments=True)
+                samples = iter(header.samples or [])
+            for number, sample in enumerate(samples, start=1):
+                yield self._record(source, number, header, sample, hierarchy, path.name)
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            yield SourceRecord(source, 0, None, (("", f"not a readable Inspect AI log ({exc})"),))
+
+    def _record(
+        self, source: str, number: int, header: Any, sample: Any, hierarchy: Hierarchy, name: str
+    ) -> SourceRecord:
+        try:
+            trace = sample_trace(header, sample, hierarchy, name)
+        except Problems as exc:
+            where = f"samples[{number - 1}]"
+            problems = tuple((f"{where}.{f}" if f else where, r) for f, r in exc.problems)
+            return SourceRecord(source, number, None, problems)
+        return SourceRecord(source, number, trace)
+
+    def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
+        """An ``EvalLog`` object (with its samples) -> its traces."""
+        if not hasattr(record, "eval") or not hasattr(record, "samples"):
+            raise Problems([("", f"expected an Inspect EvalLog, got {type(record).__name__}")])
+        return [sample_trace(record, s, hierarchy, "") for s in record.samples or []]
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    data = message.model_dump(mode="json", exclude_none=True)
+    out = {key: data[key] for key in _ROLE_KEYS if key in data}
+    out["inspect"] = {k: v for k, v in data.items() if k not in _ROLE_KEYS}
+    calls = data.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [
+            {
+                "id": call.get("id"),
+                "type": "function",
+                "function": {
+                    "name": call.get("function"),
+                    "arguments": json.dumps(call.get("arguments", {}), ensure_ascii=False),
+                },
+                **({"parse_error": call["parse_error"]} if call.get("parse_error") else {}),
+            }
+            for call in calls
+        ]
+    return out
+
+
+def _grader(name: str, score: Any, to_float: Any, trace_id: str, index: int) -> dict[str, Any]:
+    value = score.value
+    number = None if isinstance(value, list | dict) else float(to_float(value))
+    passed = value == "C" if value in ("C", "I") else (value if isinstance(value, bool) else None)
+    attributes: dict[str, Any] = {
+        "score": number,
+        "value": value,
+        "answer": score.answer,
+        "explanation": score.explanation,
+    }
+    if passed is not None:
+        attributes["passed"] = passed
+    if score.metadata:
+        attributes["metadata"] = score.metadata
+    return {
+        "span_id": f"{trace_id}:g{index}",
+        "kind": "grader",
+        "name": name,
+        "content": score.explanation or "",
+        "attributes": attributes,
+    }
+
+
+def _scorer_of_events(events: list[Any]) -> dict[str, str]:
+    """Inspect span id -> the scorer it runs under (model calls there are a grader's)."""
+    parents: dict[str, tuple[str | None, str, str]] = {}
+    for event in events:
+        if getattr(event, "event", "") == "span_begin":
+            parents[event.id] = (event.parent_id, event.type or "", event.name)
+    scorer: dict[str, str] = {}
+    for span_id in parents:
+        current: str | None = span_id
+        while current in parents:
+            parent, kind, name = parents[current]
+            if kind == "scorer":
+                scorer[span_id] = name
+                break
+            current = parent
+    return scorer
+
+
+def _model_calls(
+    sample: Any, trace_id: str
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``llm`` spans of the sample's own model calls, and the usage of each scorer's calls."""
+    events = list(sample.events or [])
+    scorer_of = _scorer_of_events(events)
+    spans: list[dict[str, Any]] = []
+    graders: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if getattr(event, "event", "") != "model":
+            continue
+        output = event.output
+        usage = output.usage if output else None
+        choice = output.choices[0] if output and output.choices else None
+        model = (output.model if output and output.model else None) or event.model
+        tokens_in = usage.input_tokens if usage else 0
+        tokens_out = usage.output_tokens if usage else 0
+        cost = (usage.total_cost or 0.0) if usage else 0.0
+        scorer = scorer_of.get(event.span_id or "")
+        if scorer is not None:
+            grader = graders.setdefault(
+                scorer,
+                {"model_name": model, "tokens_input": 0, "tokens_output": 0, "cost_usd": 0.0},
+            )
+            grader["tokens_input"] += tokens_in
+            grader["tokens_output"] += tokens_out
+            grader["cost_usd"] += cost
+            grader.setdefault("messages", []).extend(
+                {"role": m.role, "content": m.text}
+                for m in [*event.input, *([choice.message] if choice else [])]
+            )
+            continue
+        spans.append(
+            {
+                "span_id": f"{trace_id}:l{len(spans)}",
+                "kind": "llm",
+                "name": "generate",
+                "model_name": model,
+                "tokens_input": tokens_in,
+                "tokens_output": tokens_out,
+                "cost_usd": cost,
+                "started_at": _iso(event.timestamp),
+                "ended_at": _iso(getattr(event, "completed", None)),
+                "attributes": {
+                    "turn": len(spans),
+                    "finish_reason": choice.stop_reason if choice else None,
+                    "input_tokens_cache_read": usage.input_tokens_cache_read if usage else None,
+                },
+            }
+        )
+    if spans or graders:
+        return spans, graders
+    for turn, (model, usage) in enumerate((sample.model_usage or {}).items()):
+        spans.append(
+            {
+                "span_id": f"{trace_id}:u{turn}",
+                "kind": "llm",
+                "name": "model_usage",
+                "model_name": model,
+                "tokens_input": usage.input_tokens,
+                "tokens_output": usage.output_tokens,
+                "cost_usd": usage.total_cost or 0.0,
+                "attributes": {"turn": turn, "aggregate": True},
+            }
+        )
+    return spans, graders
+
+
+def _iso(moment: datetime | str | None) -> str | None:
+    if isinstance(moment, datetime):
+        return moment.isoformat()
+    return moment or None
+
+
+def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) -> dict[str, Any]:
+    """One Inspect sample (one epoch) -> one trace object."""
+    from inspect_ai.scorer import value_to_float
+
+    to_float = value_to_float()
+    spec = header.eval
+    trace_id = f"{spec.eval_id or spec.task_id}:{sample.id}:{sample.epoch}"
+    if hierarchy.run_id and hierarchy.run_id != spec.run_id:
+        trace_id = f"{hierarchy.run_id}:{trace_id}"  # the same sample in another run
+    sample_dict = sample.model_dump(mode="json", exclude={"events", "messages", "attachments"})
+    spans, turns = chat_spans(
+        [_message_dict(m) for m in sample.messages], trace_id, orphan_tools_as_spans=True
+    )
+    scorer_order = [s.name for s in (header.results.scores if header.results else [])]
+    scores = dict(sample.scores or {})
+    names = [n for n in scorer_order if n in scores] + [n for n in scores if n not in scorer_order]
+    llm_spans, grader_usage = _model_calls(sample, trace_id)
+    seq = len(spans)
+    for index, name in enumerate(names):
+        grader = _grader(name, scores[name], to_float, trace_id, index)
+        usage_of_grader = dict(grader_usage.get(name, {}))
+        if "messages" in usage_of_grader:
+            grader["attributes"]["messages"] = usage_of_grader.pop("messages")
+        spans.append({**grader, **usage_of_grader, "seq": seq})
+        seq += 1
+    for span in llm_spans:
+        spans.append({**span, "seq": seq})
+        seq += 1
+    default_score = None
+    if names and not isinstance(scores[names[0]].value, list | dict):
+        default_score = float(to_float(scores[names[0]].value))
+    raw_score = hierarchy.path_value(sample_dict, "score", default_score)
+    score = score_number(raw_score, hierarchy.score or "scores")
+    status = "completed"
+    if sample.error:
+        status = "error"
+    elif sample.limit:
+        status = f"{sample.limit.type}_limit"
+    meta: dict[str, Any] = {
+        "inspect": {
+            "eval_id": spec.eval_id,
+            "run_id": spec.run_id,
+            "task": spec.task,
+            "task_id": spec.task_id,
+            "task_version": spec.task_version,
+            "model": spec.model,
+            "dataset": spec.dataset.name if spec.dataset else None,
+            "created": spec.created,
+            "task_args": spec.task_args,
+            "metadata": spec.metadata,
+            "log_status": header.status,
+            "log_file": log_name,
+            "epoch": sample.epoch,
+        },
+        "sample_metadata": sample.metadata,
+        "target": sample.target,
+    }
+    if sample.error:
+        meta["error"] = sample.error.message
+    trace: dict[str, Any] = {
+        "trace_id": trace_id,
+        "run_id": hierarchy.run_id or spec.run_id,
+        "phase": hierarchy.phase or "eval",
+        "step_number": hierarchy.step_value(sample_dict, 0),
+        "datapoint_id": str(hierarchy.path_value(sample_dict, "datapoint", sample.id)),
+        "score": score,
+        "status": status,
+        "model_name": spec.model,
+        "env_name": spec.task,
+        "turn_count": turns,
+        "duration_ms": round((sample.total_time or 0) * 1000),
+        "tokens_input": sum(span["tokens_input"] for span in llm_spans),
+        "tokens_output": sum(span["tokens_output"] for span in llm_spans),
+        "cost_usd": sum(span["cost_usd"] for span in llm_spans),
+        "meta": meta,
+        "spans": spans,
+    }
+    if hierarchy.project:
+        trace["project_id"] = hierarchy.project
+    if getattr(sample, "started_at", None):
+        trace["created_at"] = _iso(sample.started_at)
+    return trace

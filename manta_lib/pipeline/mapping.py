@@ -1,0 +1,330 @@
+"""Mappers: what runs a pipeline's map function over the pending traces of a scope.
+
+The orchestration (:mod:`manta_lib.pipeline.run`) decides *which* traces to map; a mapper
+decides *where*: :class:`ThreadMapper` on threads of this process (local mode, a Dagster
+partition, and inside every remote worker), :class:`~manta_lib.pipeline.batches.BatchMapper`
+in batches on worker processes or Modal containers. Every mapper writes each completed trace
+as it completes (when the job persists) and reports it to the job's :class:`MapTally`, which
+keeps the progress bar and the ``max_failures`` budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from manta_lib.context import TraceContext
+from manta_lib.entities import MetadataOutput, new_output
+from manta_lib.errors import ComputationAborted
+from manta_lib.models import EntityLevel
+from manta_lib.pipeline.definition import PipelineDefinition
+from manta_lib.pipeline.options import RunOptions, failure_budget
+from manta_lib.pipeline.planner import Scope, split
+from manta_lib.pipeline.pool import IsolatedPool, ItemResult
+from manta_lib.pipeline.progress import BucketClock, TraceProgress
+from manta_lib.service import MantaService
+from manta_lib.settings import MantaSettings
+from manta_lib.store.client import Store
+from manta_lib.store.metadata import MetadataWriter, utc_now
+
+log = logging.getLogger(__name__)
+
+#: Batches of loaded traces waiting for the map (bounds memory whatever the run size).
+PREFETCH = 2
+
+
+class MapTally:
+    """Traces mapped and failed so far, the progress bar, and the ``max_failures`` budget.
+
+    Thread-safe. Once more traces failed than the budget allows, :attr:`stop` is set (mappers
+    finish the traces in hand and start no new ones) and :meth:`raise_if_over_budget` raises.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        scope_size: int,
+        max_failures: int | float | None,
+        description: str = "",
+        progress: bool | None = False,
+        persisted: bool = False,
+    ) -> None:
+        self.total = total
+        self.max_failures = max_failures
+        self.budget = failure_budget(max_failures, scope_size)
+        self.persisted = persisted
+        self.stop = threading.Event()
+        self.mapped = 0
+        self.failed = 0
+        self._first_error: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+        self._progress = TraceProgress(total, description, progress)
+
+    def add(self, mapped: int, failed: int = 0, first_error: tuple[str, str] | None = None) -> None:
+        """Count ``mapped`` traces, ``failed`` of them failed (``(trace id, error)`` of one)."""
+        with self._lock:
+            self.mapped += mapped
+            self.failed += failed
+            if first_error is not None and (
+                self._first_error is None or first_error[0] < self._first_error[0]
+            ):
+                self._first_error = first_error
+            over = self.budget is not None and self.failed > self.budget
+        self._progress.advance(mapped, failed)
+        if over:
+            self.stop.set()
+
+    def add_output(self, output: MetadataOutput) -> None:
+        if output.error is None:
+            self.add(1)
+        else:
+            self.add(1, 1, (output.entity_id, output.error))
+
+    @property
+    def first_error(self) -> str | None:
+        """``"<trace id>: <error>"`` of the failure with the smallest trace id so far."""
+        return None if self._first_error is None else ": ".join(self._first_error)
+
+    def raise_if_over_budget(self) -> None:
+        if self.budget is None or self.failed <= self.budget:
+            return
+        raise ComputationAborted(
+            f"{self.failed} traces failed, more than max_failures={self.max_failures!r} "
+            f"allows; stopped after {self.mapped} of {self.total} traces, finished work was kept"
+            + (" (persisted)" if self.persisted else "")
+            + f". First error: {self.first_error}"
+        )
+
+    def close(self) -> None:
+        self._progress.close()
+
+
+@dataclass
+class MapJob:
+    """Map ``trace_ids`` (the pending traces of ``scope``, in scope order)."""
+
+    pipeline: PipelineDefinition
+    judge_version: str
+    scope: Scope
+    trace_ids: list[str]
+    options: RunOptions
+    tally: MapTally
+    settings: MantaSettings
+    store: Store | None = None  # open for mappers that share the caller's store
+    clock: BucketClock = field(default_factory=BucketClock)
+
+    @property
+    def persist(self) -> bool:
+        return self.options.persists
+
+    @property
+    def map_bucket(self) -> str:
+        return "llm" if self.pipeline.level(EntityLevel.TRACE).uses_llm else "map"
+
+
+class Mapper(Protocol):
+    """Runs a :class:`MapJob` somewhere (see the module docstring)."""
+
+    #: Whether :meth:`map` uses the caller's open store (``MapJob.store``). With False the
+    #: caller closes its store first: an embedded chDB store admits one process at a time.
+    shares_store: bool
+
+    def map(self, job: MapJob) -> list[MetadataOutput] | None:
+        """Map the job's traces; return their outputs, or None when they were persisted and
+        are to be read back from the store."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the runs-log row (batches, retries, ...)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the mapper set up (called once, when the computation ends)."""
+        ...
+
+
+class ThreadMapper:
+    """Maps on a thread pool of this process, loading the next batch of traces meanwhile.
+
+    A reader thread loads batches of traces (two queries each: trace rows, then their spans;
+    or one stream over the whole scope when it is large and unlimited) at most ``PREFETCH``
+    ahead of the map. Finished traces go to the writer in groups about every 0.1 s (whatever
+    the per-trace time: nothing waits for a batch or a chunk to fill), and the writer's timer
+    flushes every ``MANTA_FLUSH_SECONDS``.
+    """
+
+    shares_store = True
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        return None
+
+    def map(self, job: MapJob) -> list[MetadataOutput]:
+        if not job.trace_ids:
+            return []
+        assert job.store is not None, "ThreadMapper needs the caller's open store"
+        writer = None
+        if job.persist:
+            writer = MetadataWriter(
+                job.store,
+                project_id=job.pipeline.project_id,
+                judge=job.pipeline.judge,
+                flush_seconds=job.settings.flush_seconds,
+            )
+        outputs: list[MetadataOutput] = []
+        if writer is None:
+            self._map(job, None, outputs)
+            return outputs
+        try:
+            with writer.flushing_every():
+                self._map(job, writer, outputs)
+        finally:
+            job.clock.add("persist", writer.seconds_spent)
+        return outputs
+
+    def _map(
+        self, job: MapJob, writer: MetadataWriter | None, outputs: list[MetadataOutput]
+    ) -> None:
+        spec = job.pipeline.level(EntityLevel.TRACE)
+        pool = IsolatedPool(
+            job.options.max_workers, timeout_s=job.options.timeout_s, chunked=not spec.uses_llm
+        )
+        judge, version, run_id = job.pipeline.judge, job.judge_version, job.scope.run_id
+        finished: deque[ItemResult[TraceContext]] = deque()
+
+        def on_result(result: ItemResult[TraceContext]) -> None:
+            # In the pool thread: a thread-safe append; failures count at once (the budget).
+            finished.append(result)
+            if result.error is not None:
+                job.tally.add(0, 1, (result.item.trace_id, result.error))
+
+        def hand_on() -> None:
+            """Outputs of the traces finished so far, to the writer in one group."""
+            count = len(finished)
+            if not count:
+                return
+            computed_at = utc_now()
+            group = [
+                new_output(
+                    level=EntityLevel.TRACE,
+                    entity_id=result.item.trace_id,
+                    run_id=run_id,
+                    judge=judge,
+                    judge_version=version,
+                    output=result.output,
+                    error=result.error,
+                    computed_at=computed_at,
+                    error_at=result.where,
+                )
+                for result in (finished.popleft() for _ in range(count))
+            ]
+            if writer is not None:
+                writer.add(group)
+            outputs.extend(group)
+            job.tally.add(count)
+
+        assert job.store is not None
+        reader_store = job.store.sibling()
+        try:
+            for contexts in _prefetched(self._batches(job, MantaService(reader_store)), job):
+                with job.clock(job.map_bucket):
+                    pool.run(
+                        spec.fn,
+                        contexts,
+                        spec.schema,
+                        on_result,
+                        stop=job.tally.stop,
+                        tick=hand_on,
+                    )
+                hand_on()
+                if job.tally.stop.is_set():
+                    break
+        finally:
+            hand_on()  # what finished before an interruption is written too
+            reader_store.close()
+
+    @staticmethod
+    def _batches(job: MapJob, service: MantaService) -> Iterator[list[TraceContext]]:
+        """The job's traces with their spans, a batch at a time."""
+        size = job.options.batch_size
+        stream = (
+            not job.options.limits.active
+            and len(job.trace_ids) > size
+            and len(job.scope.refs) >= len(job.trace_ids)
+        )
+        if not stream:
+            for ids in split(job.trace_ids, size):
+                traces = service.get_traces(
+                    job.scope.run_id, trace_ids=list(ids), order_by="trace_id"
+                )
+                yield service.load_contexts(traces)
+            return
+        # One trace query and one span stream over the scope, in storage order; traces outside
+        # the job (already done, or arrived since planning) are dropped.
+        wanted = set(job.trace_ids)
+        chunks = service.iter_trace_batches(
+            job.scope.run_id,
+            batch_size=size,
+            shards=job.scope.shards,
+            shard_count=job.scope.shard_count,
+        )
+        for chunk in chunks:
+            contexts = [c for c in chunk if c.trace_id in wanted]
+            if contexts:
+                yield contexts
+
+
+def _prefetched(batches: Iterator[list[TraceContext]], job: MapJob) -> Iterator[list[TraceContext]]:
+    """``batches`` loaded on a reader thread, at most ``PREFETCH`` ahead of the consumer."""
+    loaded: queue.Queue[list[TraceContext] | BaseException | None] = queue.Queue(PREFETCH)
+    stop = threading.Event()
+
+    def put(item: list[TraceContext] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                loaded.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+            return
+        put(None)
+
+    reader = threading.Thread(target=read, name="manta-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            with job.clock("load"):
+                item = loaded.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
+def ordered(refs_ids: Sequence[str], *groups: Sequence[MetadataOutput]) -> list[MetadataOutput]:
+    """The outputs of ``groups`` in the order of ``refs_ids`` (later groups win)."""
+    by_id: dict[str, MetadataOutput] = {}
+    for group in groups:
+        by_id.update((o.entity_id, o) for o in group)
+    return [by_id[i] for i in refs_ids if i in by_id]

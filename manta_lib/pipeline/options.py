@@ -1,0 +1,78 @@
+"""How a pipeline runs: the knobs of ``run()``, checked once, and the failure budget."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from manta_lib.errors import PipelineDefinitionError
+from manta_lib.pipeline.planner import Limits
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Execution knobs of :meth:`MapReduceComputation.run` (validated on construction).
+
+    ``persist`` is what the caller asked for; :attr:`persists` is what happens: a subset run
+    (any limit set) never writes results.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    persist: bool = True
+    max_workers: int = 4
+    batch_size: int = 1000
+    max_failures: int | float | None = None
+    timeout_s: float | None = None
+    retry_errors: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_workers, bool) or not isinstance(self.max_workers, int):
+            raise PipelineDefinitionError(
+                f"max_workers must be a positive integer, got {self.max_workers!r}"
+            )
+        if self.max_workers < 1:
+            raise PipelineDefinitionError(
+                f"max_workers must be at least 1, got {self.max_workers}: it is the number of "
+                f"threads mapping traces at once"
+            )
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise PipelineDefinitionError(
+                f"batch_size must be a positive integer, got {self.batch_size!r}"
+            )
+        if self.batch_size < 1:
+            raise PipelineDefinitionError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.timeout_s is not None and (
+            isinstance(self.timeout_s, bool)
+            or not isinstance(self.timeout_s, int | float)
+            or not math.isfinite(self.timeout_s)
+            or self.timeout_s <= 0
+        ):
+            raise PipelineDefinitionError(
+                f"timeout_s must be a number of seconds > 0 (or None for no limit), got "
+                f"{self.timeout_s!r}"
+            )
+        failure_budget(self.max_failures, 0)  # validates
+
+    @property
+    def persists(self) -> bool:
+        """Whether results are written: asked for, and not a subset run."""
+        return self.persist and not self.limits.active
+
+
+def failure_budget(max_failures: int | float | None, scope: int) -> int | None:
+    """Failures allowed before aborting: a count, or a fraction (0 < f < 1) of the scope."""
+    if max_failures is None:
+        return None
+    if (
+        isinstance(max_failures, bool)
+        or not isinstance(max_failures, int | float)
+        or not max_failures >= 0  # also rejects NaN
+        or math.isinf(max_failures)
+    ):
+        raise PipelineDefinitionError(
+            f"max_failures must be a count >= 0 or a fraction between 0 and 1, got {max_failures!r}"
+        )
+    if isinstance(max_failures, float) and max_failures < 1:
+        return int(max_failures * scope)
+    return int(max_failures)

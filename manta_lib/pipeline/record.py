@@ -1,0 +1,78 @@
+"""The runs-log row of one computation, written by one context manager for every mode."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from manta_lib.entities import MetadataOutput
+from manta_lib.models import EntityLevel
+from manta_lib.pipeline.definition import PipelineDefinition
+from manta_lib.pipeline.pool import describe_exception
+from manta_lib.pipeline.progress import BucketClock
+from manta_lib.runs_log import append_run, make_run_row
+from manta_lib.settings import MantaSettings
+from manta_lib.store.metadata import utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ComputationRecord:
+    """What the runs-log row will say: wall time per bucket and a summary to fill in."""
+
+    clock: BucketClock = field(default_factory=BucketClock)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def record_computation(
+    pipeline: PipelineDefinition, run_id: str, mode: str, settings: MantaSettings
+) -> Iterator[ComputationRecord]:
+    """Append the computation's runs-log row on exit: ``succeeded``, or ``failed`` with the
+    error (the exception propagates). Bookkeeping never breaks a computation.
+
+    ``run_id`` is the run of traces analysed (the row's ``trace_run_id``); the row's own
+    ``run_id`` is a fresh computation id.
+    """
+    created_at = utc_now()
+    record = ComputationRecord()
+    status, error = "failed", None
+    try:
+        yield record
+        status = "succeeded"
+    except BaseException as exc:
+        error = describe_exception(exc)
+        raise
+    finally:
+        try:
+            row = make_run_row(
+                run_id=f"{created_at:%Y%m%d_%H%M%S}_{uuid.uuid4().hex[:8]}",
+                workflow_id=f"manta__{pipeline.judge}",
+                status=status,
+                created_at=created_at,
+                finished_at=utc_now(),
+                wall_time_breakdown=record.clock.breakdown(),
+                tenant_id=pipeline.project_id or "default",
+                plan_signature=pipeline.judge_version,
+                error=error,
+                trace_run_id=run_id,
+                mode=mode,
+                summary=record.summary,
+            )
+            append_run(row, settings.runs_log_dir)
+        except Exception:  # noqa: BLE001 - bookkeeping must never break a computation
+            log.warning("could not append to the runs log", exc_info=True)
+
+
+def summarize_result(result: dict[EntityLevel, list[MetadataOutput]]) -> dict[str, str]:
+    """Entities per level, with the failed count: ``{"traces": "200 (3 failed)", ...}``."""
+    summary = {}
+    for level, outputs in result.items():
+        errors = sum(1 for o in outputs if o.error is not None)
+        summary[level.value + "s"] = f"{len(outputs)}" + (f" ({errors} failed)" if errors else "")
+    return summary
