@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from manta_lib.context import TraceContext
 from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import ComputationAborted
+from manta_lib.llm.scope import is_budget_refusal
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.options import RunOptions, failure_budget
@@ -202,6 +203,11 @@ class ThreadMapper:
 
         def on_result(result: ItemResult[TraceContext]) -> None:
             # In the pool thread: a thread-safe append; failures count at once (the budget).
+            if is_budget_refusal(result.error):
+                # The LLM cap refused this trace's call: not a result (not written, not a
+                # failure); the next run maps it. Start no new traces.
+                job.tally.stop.set()
+                return
             finished.append(result)
             if result.error is not None:
                 job.tally.add(0, 1, (result.item.trace_id, result.error))

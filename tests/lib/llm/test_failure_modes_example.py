@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -101,3 +103,43 @@ def test_llm_estimate_cli_projects_the_run(
 
     bad = CliRunner().invoke(app, ["llm-estimate", "examples.failure_modes", run_id])
     assert bad.exit_code != 0
+
+
+@pytest.mark.slow
+def test_run_with_a_cost_cap_stops_cleanly_and_a_higher_cap_continues(
+    example: ModuleType, fake: FakeOpenAIServer, store: Store
+) -> None:
+    from manta_lib.errors import LLMBudgetExceeded
+
+    seed_demo(store, traces=120, seed=3)
+    run_id = store.rows(
+        "SELECT run_id FROM {db}.traces GROUP BY run_id ORDER BY count() DESC LIMIT 1"
+    )[0][0]
+    pipeline = example.pipeline
+    with pytest.raises(LLMBudgetExceeded, match=r"Stopped after \d+ of \d+ traces"):
+        pipeline.run(run_id=run_id, mode="local", progress=False, max_cost_usd=0.0005)
+    paid = fake.stats()["completions"]
+    assert paid > 0
+    stored_errors = store.rows(
+        "SELECT count() FROM {db}.entity_metadata FINAL WHERE column = '__error__' "
+        "AND value_string LIKE 'LLMBudgetExceeded%'"
+    )[0][0]
+    assert stored_errors == 0  # refused traces are not results
+
+    result = pipeline.run(run_id=run_id, mode="local", progress=False, max_cost_usd=5.0)
+    traces = result[EntityLevel.TRACE]
+    assert [t.error for t in traces if t.error] == []
+    judged = sum(t.output.judged for t in traces)
+    assert fake.stats()["completions"] == judged  # nothing paid twice
+
+    rows = [
+        json.loads(line)
+        for path in sorted(Path(os.environ["MANTA_RUNS_LOG_DIR"]).rglob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    stopped, finished = rows[-2]["summary"], rows[-1]["summary"]
+    assert stopped["llm_calls"] == paid and 0 < stopped["llm_cost_usd"] <= 0.0005
+    assert finished["llm_calls"] == judged - paid  # stored results are not mapped again
+
+    estimate = pipeline.estimate(run_id, sample=10)
+    assert estimate.scope_size == len(traces) and estimate.cache_hit_rate == 1.0
