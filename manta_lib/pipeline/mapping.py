@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +66,8 @@ class MapTally:
         self._first_error: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._progress = TraceProgress(total, description, progress)
+        #: Called on each update for a status after the bar (the LLM judges' figures).
+        self.note: Callable[[], str] | None = None
 
     def add(self, mapped: int, failed: int = 0, first_error: tuple[str, str] | None = None) -> None:
         """Count ``mapped`` traces, ``failed`` of them failed (``(trace id, error)`` of one)."""
@@ -78,6 +80,8 @@ class MapTally:
                 self._first_error = first_error
             over = self.budget is not None and self.failed > self.budget
         self._progress.advance(mapped, failed)
+        if self.note is not None and self._progress.enabled:
+            self._progress.note(self.note())
         if over:
             self.stop.set()
 

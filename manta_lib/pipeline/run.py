@@ -221,6 +221,8 @@ def map_scope(
                 clock=clock,
             )
             with llm_scope(pipeline, options, session.settings, summary) as llm:
+                if llm is not None:
+                    tally.note = llm.progress_text
                 computed = mapper.map(job)
             if llm is not None and llm.stopped:
                 raise llm.stop_error(tally.mapped, len(pending))

@@ -143,3 +143,27 @@ def test_run_with_a_cost_cap_stops_cleanly_and_a_higher_cap_continues(
 
     estimate = pipeline.estimate(run_id, sample=10)
     assert estimate.scope_size == len(traces) and estimate.cache_hit_rate == 1.0
+
+
+def test_modal_workers_get_the_llm_settings(
+    example: ModuleType, monkeypatch: pytest.MonkeyPatch, manta_env: dict[str, str]
+) -> None:
+    from manta_lib.pipeline.modal import build_modal_app
+    from manta_lib.settings import load_settings
+
+    monkeypatch.setenv("CLICKHOUSE_URL", "https://ch.example.com:8443")
+    monkeypatch.setenv("MANTA_LLM_RPM", "600")
+    _, _, spec = build_modal_app(example.pipeline, load_settings())
+    assert spec.secret_env["OPENAI_API_KEY"] == "test-key"
+    assert spec.secret_env["OPENAI_BASE_URL"] == os.environ["OPENAI_BASE_URL"]
+    assert spec.secret_env["MANTA_LLM_RPM"] == "600"
+
+
+def test_the_progress_bar_shows_the_llm_figures(
+    example: ModuleType, fake: FakeOpenAIServer, store: Store, capfd: pytest.CaptureFixture[str]
+) -> None:
+    seed_demo(store, traces=60, seed=4)
+    run_id = store.rows("SELECT any(run_id) FROM {db}.traces")[0][0]
+    example.pipeline.run(run_id=run_id, mode="local", progress=True, persist_results=False)
+    err = capfd.readouterr().err
+    assert "LLM" in err and "calls/s" in err and "cached" in err  # cut at 80 columns
