@@ -271,7 +271,19 @@ def llm_scope(
             yield llm
         finally:
             if summary is not None:
-                summary.update(llm.usage().as_fields())
+                add_llm_usage(summary, llm.usage().as_fields())
+
+
+def add_llm_usage(summary: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Add one map's ``llm_*`` fields to ``summary`` (several scopes make one step); an
+    unknown cost stays unknown (None)."""
+    for name, value in fields.items():
+        if name not in summary:
+            summary[name] = value
+        elif value is None or summary[name] is None:
+            summary[name] = None
+        else:
+            summary[name] += value
 
 
 def _load_traces(
