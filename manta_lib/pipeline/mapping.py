@@ -233,6 +233,8 @@ class ThreadMapper:
                     error=result.error,
                     computed_at=computed_at,
                     error_at=result.where,
+                    datapoint_id=result.item.datapoint_id,
+                    step_number=result.item.step_number,
                 )
                 for result in (finished.popleft() for _ in range(count))
             ]
