@@ -1,5 +1,5 @@
 """Failure modes by an LLM judge: a category and a short rationale per failed rollout, then the
-distribution per datapoint (and per datapoint group at each step), per step and for the run.
+distribution per datapoint group (one datapoint's rollouts at one step), per step and for the run.
 
 Runs against any OpenAI-compatible server (OpenAI, vLLM, Ollama, OpenRouter ...)::
 
@@ -60,18 +60,6 @@ class TraceFailureMode(BaseModel):
     )
 
 
-class DatapointFailureModes(BaseModel):
-    rollouts: int
-    failed: int
-    counts: dict[str, int] = Field(description="category -> rollouts of this datapoint")
-    by_step: dict[str, dict[str, int]] = Field(
-        description="step -> category -> rollouts: the group of this datapoint at each step"
-    )
-    top_failure: str | None = Field(description="most frequent failure category")
-    judge_cost_usd: float | None = Field(description="sum over the rollouts (None: unpriced)")
-    judge_cost_by_step: dict[str, float | None] = Field(description="step -> judge cost")
-
-
 class FailureDistribution(BaseModel):
     rollouts: int
     failed: int
@@ -128,27 +116,7 @@ def _top_failure(counts: Counter[str]) -> str | None:
     return failures.most_common(1)[0][0] if failures else None
 
 
-def reduce_datapoint(entity: EntityRef, rollouts: list[TraceFailureMode]) -> DatapointFailureModes:
-    counts = Counter(r.category for r in rollouts)
-    by_step: dict[int, Counter[str]] = {}
-    for rollout in rollouts:
-        by_step.setdefault(rollout.step, Counter())[rollout.category] += 1
-    return DatapointFailureModes(
-        rollouts=len(rollouts),
-        failed=len(rollouts) - counts["passed"],
-        counts=_ordered(counts),
-        by_step={str(step): _ordered(by_step[step]) for step in sorted(by_step)},
-        top_failure=_top_failure(counts),
-        judge_cost_usd=total_cost([r.judge_cost_usd for r in rollouts]),
-        judge_cost_by_step={
-            str(step): total_cost([r.judge_cost_usd for r in rollouts if r.step == step])
-            for step in sorted(by_step)
-        },
-    )
-
-
-def distribution(counts: Counter[str], cost: float | None) -> FailureDistribution:
-    rollouts = sum(counts.values())
+def distribution(rollouts: int, counts: Counter[str], cost: float | None) -> FailureDistribution:
     failed = rollouts - counts["passed"]
     return FailureDistribution(
         rollouts=rollouts,
@@ -162,21 +130,22 @@ def distribution(counts: Counter[str], cost: float | None) -> FailureDistributio
     )
 
 
-def reduce_step(entity: EntityRef, datapoints: list[DatapointFailureModes]) -> FailureDistribution:
-    # A datapoint can have rollouts at several steps: count only this step's group.
-    step = str(entity.keys["step_number"])
-    counts: Counter[str] = Counter()
-    for datapoint in datapoints:
-        counts.update(datapoint.by_step.get(step, {}))
-    costs = [d.judge_cost_by_step[step] for d in datapoints if step in d.judge_cost_by_step]
-    return distribution(counts, total_cost(costs))
+def reduce_group(entity: EntityRef, rollouts: list[TraceFailureMode]) -> FailureDistribution:
+    """One datapoint's rollouts at one step (a GRPO group)."""
+    counts = Counter(r.category for r in rollouts)
+    return distribution(len(rollouts), counts, total_cost([r.judge_cost_usd for r in rollouts]))
 
 
-def reduce_run(entity: EntityRef, steps: list[FailureDistribution]) -> FailureDistribution:
+def reduce_up(entity: EntityRef, children: list[FailureDistribution]) -> FailureDistribution:
+    """A step from its groups, the run from its steps: every rollout is counted once."""
     counts: Counter[str] = Counter()
-    for step in steps:
-        counts.update(step.counts)
-    return distribution(counts, total_cost([step.judge_cost_usd for step in steps]))
+    for child in children:
+        counts.update(child.counts)
+    return distribution(
+        sum(child.rollouts for child in children),
+        counts,
+        total_cost([child.judge_cost_usd for child in children]),
+    )
 
 
 pipeline = (
@@ -187,9 +156,9 @@ pipeline = (
         pip_install=["openai", "genai-prices"],
     )
     .add_level(EntityLevel.TRACE, map_trace, TraceFailureMode, uses_llm=True)
-    .add_level(EntityLevel.DATAPOINT, reduce_datapoint, DatapointFailureModes)
-    .add_level(EntityLevel.STEP, reduce_step, FailureDistribution)
-    .add_level(EntityLevel.RUN, reduce_run, FailureDistribution)
+    .add_level(EntityLevel.DATAPOINT, reduce_group, FailureDistribution)
+    .add_level(EntityLevel.STEP, reduce_up, FailureDistribution)
+    .add_level(EntityLevel.RUN, reduce_up, FailureDistribution)
 )
 
 

@@ -58,7 +58,7 @@ def test_failure_modes_on_demo_data(
         at_step = [t.output for t in traces if str(t.output.step) == step.entity_id]
         assert step.output.rollouts == len(at_step)
         assert step.output.failed == sum(t.category != "passed" for t in at_step)
-    groups = sum(len(d.output.by_step) for d in result[EntityLevel.DATAPOINT])
+    groups = len(result[EntityLevel.DATAPOINT])
     [(expected_groups,)] = store.rows(
         "SELECT uniqExact(datapoint_id, step_number) FROM {db}.traces WHERE run_id = {r:String}",
         {"r": run_id},
