@@ -169,9 +169,13 @@ def _metadata(
     seconds: float,
     computed: int,
     scopes: Sequence[RunScope],
+    llm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     errors = sum(1 for o in outputs if o.error is not None)
+    # The LLM judges' calls, cache hits, tokens, 429s and dollars ("unknown" if unpriced).
+    llm_fields = {k: "unknown" if v is None else v for k, v in (llm or {}).items()}
     return {
+        **llm_fields,
         "entities": len(outputs),
         "computed_now": computed,
         "errors": errors,
@@ -191,7 +195,8 @@ class _StepResult:
     checks: list[dg.AssetCheckResult] = field(default_factory=list)
 
 
-ScopeStep = Callable[[Store, Scope, BucketClock], tuple[list[MetadataOutput], int]]
+#: (store, scope, clock, runs-log summary) -> (outputs, computed now)
+ScopeStep = Callable[[Store, Scope, BucketClock, dict[str, Any]], tuple[list[MetadataOutput], int]]
 ChecksStep = Callable[[Store, Sequence[Scope], list[MetadataOutput]], list[dg.AssetCheckResult]]
 
 
@@ -223,7 +228,7 @@ def _run_step(
                         store, run_scope.run_id, shards=run_scope.shards, shard_count=shard_count
                     )
                 planned.append(scope)
-                outputs, computed = compute(store, scope, clock)
+                outputs, computed = compute(store, scope, clock, record.summary)
                 context.log.info(
                     "%s on %s: %d entities", key.to_user_string(), scope.describe(), len(outputs)
                 )
@@ -247,6 +252,7 @@ def _run_step(
             seconds=time.perf_counter() - started,
             computed=step.computed,
             scopes=run_scopes,
+            llm={k: v for k, v in record.summary.items() if k.startswith("llm_")},
         ),
     )
     yield from step.checks
@@ -318,8 +324,12 @@ def build_map_asset(
 
         return register
 
-    def compute(store: Store, scope: Scope, clock: BucketClock) -> tuple[list[MetadataOutput], int]:
-        mapped = map_scope(pipeline, scope, store=store, options=run_options, clock=clock)
+    def compute(
+        store: Store, scope: Scope, clock: BucketClock, summary: dict[str, Any]
+    ) -> tuple[list[MetadataOutput], int]:
+        mapped = map_scope(
+            pipeline, scope, store=store, options=run_options, clock=clock, summary=summary
+        )
         return mapped.outputs, mapped.computed
 
     def checks(
@@ -364,7 +374,7 @@ def build_reduce_asset(
         children: LevelInput,
     ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
         def compute(
-            store: Store, scope: Scope, clock: BucketClock
+            store: Store, scope: Scope, clock: BucketClock, summary: dict[str, Any]
         ) -> tuple[list[MetadataOutput], int]:
             stored = outputs_from_stored(
                 children.by_run.get(scope.run_id, []),

@@ -33,6 +33,7 @@ def _register_commands() -> None:
         data_commands,
         explore_commands,
         import_commands,
+        llm_commands,
         results_commands,
         runs_commands,
     )
@@ -42,6 +43,7 @@ def _register_commands() -> None:
     explore_commands.register(app)
     runs_commands.register(app)
     results_commands.register(app)
+    llm_commands.register(app)
     # Optional command groups (``manta dagster ...``) come from the ``manta.cli`` entry points
     # of installed packages, so the library never imports them itself.
     for entry_point in importlib.metadata.entry_points(group="manta.cli"):

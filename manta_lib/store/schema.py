@@ -117,6 +117,21 @@ CREATE TABLE IF NOT EXISTS {db}.judges (
 ORDER BY (project_id, judge)
 """
 
+LLM_CACHE_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.llm_cache (
+    namespace     String,
+    key           String,
+    model         LowCardinality(String),
+    response      String,
+    input_tokens  Int64,
+    output_tokens Int64,
+    cost_usd      Nullable(Float64),
+    latency_ms    Float64,
+    created_at    DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(created_at)
+ORDER BY (namespace, key)
+"""
+
 MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version    UInt32,
@@ -130,6 +145,7 @@ TABLES_DDL: dict[str, str] = {
     "spans": SPANS_DDL,
     "entity_metadata": ENTITY_METADATA_DDL.replace("{table}", "entity_metadata"),
     "judges": JUDGES_DDL,
+    "llm_cache": LLM_CACHE_DDL,
 }
 
 _METADATA_V2_COPY = """
