@@ -25,6 +25,7 @@ from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PersistenceError
 from manta_lib.kestrel import JudgeSpec, columns_from_schema
 from manta_lib.kestrel import register_judge as register_with_kestrel
+from manta_lib.llm.registry import judges_used_by
 from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
@@ -269,7 +270,10 @@ def llm_scope(
     if not pipeline.level(EntityLevel.TRACE).uses_llm:
         yield None
         return
-    with LLMRunScope(options.max_cost_usd, settings=settings) as llm:
+    # The judges this pipeline's functions reach; if none is found (a judge built inside the
+    # function, say), every live judge is checked, as before.
+    judges = judges_used_by(spec.fn for spec in pipeline.levels) or None
+    with LLMRunScope(options.max_cost_usd, settings=settings, judges=judges) as llm:
         try:
             yield llm
         finally:
