@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from manta_lib.errors import QueryError
 from manta_lib.explorer import links
 from manta_lib.explorer.charts import Series, SeriesPoint, line_chart, nice_ticks
 
@@ -88,9 +89,15 @@ def test_link_helpers_build_explorer_and_dagster_urls(monkeypatch: pytest.Monkey
     assert links.entity_url("step", "3", "run_a", base="") == (
         "/traces?run=run_a&step_min=3&step_max=3"
     )
-    assert links.entity_url("datapoint", "dp_1", "run_a", base="") == (
+    # A datapoint entity is one datapoint at one step; across steps it is all its traces.
+    assert links.entity_url("datapoint", "dp_1@4", "run_a", base="") == (
+        "/traces?run=run_a&datapoint=dp_1&step_min=4&step_max=4"
+    )
+    assert links.entity_url("datapoint_across_steps", "dp_1", "run_a", base="") == (
         "/traces?run=run_a&datapoint=dp_1"
     )
+    with pytest.raises(QueryError, match="datapoint_across_steps"):
+        links.entity_url("datapoint", "dp_1", "run_a", base="")
     assert links.traces_url("run_a", base="", status=["error", "timeout"]) == (
         "/traces?run=run_a&status=error&status=timeout"
     )
