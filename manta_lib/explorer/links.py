@@ -131,6 +131,12 @@ def entity_url(level: str, entity_id: str, run_id: str, *, base: str | None = No
     return run_url(run_id, base=base)
 
 
+def run_partition(level: str, run_id: str) -> str | None:
+    """The Dagster partition of a whole run at ``level``: the run id where the level's asset
+    is partitioned by run; None for the trace and datapoint levels (``run|shard`` partitions)."""
+    return None if level in ("trace", "datapoint") else run_id
+
+
 def dagster_asset_url(
     judge: str, level: str, *, partition: str | None = None, base: str | None = None
 ) -> str:

@@ -151,7 +151,7 @@ def results_page(request: Request) -> Response:
             "dagster_asset": links.dagster_asset_url(
                 judge,
                 level,
-                partition=run_id if level in ("step", "run") else None,
+                partition=links.run_partition(level, run_id),
                 base=state.dagster_url,
             ),
         },
