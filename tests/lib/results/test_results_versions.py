@@ -10,6 +10,7 @@ import pytest
 
 from manta_lib.demo import seed_demo
 from manta_lib.errors import QueryError
+from manta_lib.results.entity import trace_results
 from manta_lib.service import MantaService
 from manta_lib.store import Store
 from tests.lib.results import defs
@@ -122,3 +123,20 @@ def test_compare_versions_on_the_same_traces_matches_a_direct_computation(
     assert labels.kappa == pytest.approx(ref_kappa(label_a, label_b))
     assert set(labels.disagreeing) == {t for t in ids if errors[t] == 1}
     assert labels.disagreeing and numbers.disagreeing  # the demo data has both kinds of trace
+
+
+def test_one_trace_shows_its_runs_latest_version_and_series_refuse_mixed_versions(
+    evolved: MantaService,
+) -> None:
+    v1, v2 = defs.evolving_v1.judge_version, defs.evolving_v2.judge_version
+    trace = next(iter(next(iter(evolved.iter_trace_batches(TRAIN_RUN)))))
+    (train,) = [r for r in trace_results(evolved.store, trace) if r.judge == "evolving"]
+    assert train.judge_version == v2 and train.values["errors"] == 10 * trace.tool_error_count
+    assert "dropped_later" not in train.values
+    other = next(iter(next(iter(evolved.iter_trace_batches(EVAL_RUN)))))
+    (only_v1,) = [r for r in trace_results(evolved.store, other) if r.judge == "evolving"]
+    assert only_v1.judge_version == v1 and only_v1.values["dropped_later"] == "v1"
+    with pytest.raises(QueryError, match="several versions"):
+        evolved.series("evolving", "errors", TRAIN_RUN, version="all")
+    per_step = evolved.series("evolving", "errors", TRAIN_RUN, version=v1)
+    assert int(per_step["count"].sum()) == len(tool_errors(evolved, TRAIN_RUN))
