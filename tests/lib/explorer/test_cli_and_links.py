@@ -16,6 +16,7 @@ import pytest
 from manta_lib.errors import QueryError
 from manta_lib.explorer import links
 from manta_lib.explorer.charts import Series, SeriesPoint, line_chart, nice_ticks
+from manta_lib.explorer.pages_results import _row
 
 REPO = Path(__file__).resolve().parents[3]
 MANTA = Path(sys.executable).parent / "manta"
@@ -143,3 +144,22 @@ def test_link_helpers_do_not_load_the_web_stack() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_results_rows_link_each_level_to_the_traces_it_covers() -> None:
+    def link(level: str, record: dict, by_step: bool = True) -> str:
+        keys = [k for k in ("datapoint_id", "step_number") if k in record]
+        return _row(record, level, "run_a", keys, [], "judge", by_step).link
+
+    assert link("datapoint", {"datapoint_id": "dp_1", "step_number": 4}) == (
+        "/traces?run=run_a&datapoint=dp_1&step_min=4&step_max=4"
+    )
+    assert link("datapoint_across_steps", {"datapoint_id": "dp_1"}) == (
+        "/traces?run=run_a&datapoint=dp_1"
+    )
+    assert link("step", {"step_number": 4}) == "/results/judge?run=run_a&level=datapoint&step=4"
+    assert link("step", {"step_number": 4}, by_step=False) == (
+        "/traces?run=run_a&step_min=4&step_max=4"
+    )
+    assert links.run_partition("datapoint_across_steps", "run_a") == "run_a"
+    assert links.run_partition("datapoint", "run_a") is None
