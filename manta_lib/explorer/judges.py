@@ -41,7 +41,7 @@ def run_judges(judges: list[JudgeInfo], run_id: str, dagster_base: str) -> list[
                     dagster_url=links.dagster_asset_url(
                         info.judge,
                         level,
-                        partition=run_id if level in ("step", "run") else None,
+                        partition=links.run_partition(level, run_id),
                         base=dagster_base,
                     ),
                 )

@@ -22,6 +22,8 @@ import os
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
+from manta_lib.errors import QueryError
+
 DEFAULT_EXPLORER_URL = "http://127.0.0.1:8050"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 
@@ -108,16 +110,31 @@ def results_url(
 def entity_url(level: str, entity_id: str, run_id: str, *, base: str | None = None) -> str:
     """The page that shows one entity: a trace's page, or the traces of a datapoint or step.
 
-    ``entity_id`` is the id stored with a result (a trace id, a datapoint id, a step number,
-    or the run id for the run level).
+    ``entity_id`` is the id stored with a result: a trace id, ``"{datapoint_id}@{step}"`` for
+    a datapoint at one step (its traces at that step), a datapoint id for a datapoint across
+    steps (all its traces), a step number, or the run id for the run level.
     """
     if level == "trace":
         return trace_url(entity_id, base=base)
     if level == "datapoint":
+        datapoint, _, step = entity_id.rpartition("@")
+        if not datapoint or not step.lstrip("-").isdigit():
+            raise QueryError(
+                f"datapoint entity id {entity_id!r} is not '<datapoint_id>@<step_number>' (a "
+                f"datapoint over all steps is level 'datapoint_across_steps')"
+            )
+        return traces_url(run_id, base=base, datapoint=datapoint, step_min=step, step_max=step)
+    if level == "datapoint_across_steps":
         return traces_url(run_id, base=base, datapoint=entity_id)
     if level == "step":
         return traces_url(run_id, base=base, step_min=entity_id, step_max=entity_id)
     return run_url(run_id, base=base)
+
+
+def run_partition(level: str, run_id: str) -> str | None:
+    """The Dagster partition of a whole run at ``level``: the run id where the level's asset
+    is partitioned by run; None for the trace and datapoint levels (``run|shard`` partitions)."""
+    return None if level in ("trace", "datapoint") else run_id
 
 
 def dagster_asset_url(

@@ -38,10 +38,6 @@ class EntityLink:
 
 def entity_link(level: str, entity_id: str, run_id: str) -> EntityLink:
     """Where a compared entity's traces are: ``dp@step`` ids name a datapoint at one step."""
-    if level == "datapoint" and "@" in entity_id:
-        datapoint, step = entity_id.rsplit("@", 1)
-        url = links.traces_url(run_id, base="", datapoint=datapoint, step_min=step, step_max=step)
-        return EntityLink(entity_id, url)
     return EntityLink(entity_id, links.entity_url(level, entity_id, run_id, base=""))
 
 

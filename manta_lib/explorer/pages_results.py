@@ -1,8 +1,9 @@
 """Results tables: one judge's stored results for a run and level, sortable, filterable, paged.
 
 The table comes from :meth:`MantaService.results` (the results API); each row links to the
-traces it covers: a trace row to its page, a datapoint row to its rollouts, a step row to its
-traces, the run row to the run.
+traces it covers: a trace row to its page, a datapoint row to its rollouts at that step, a
+datapoint-across-steps row to all of that datapoint's rollouts, a step row to its datapoint
+groups (or its traces when the judge has no datapoint level), the run row to the run.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ from manta_lib.explorer.web import (
 )
 from manta_lib.results import JudgeInfo
 from manta_lib.service import MantaService
-from manta_lib.store.results_queries import has_key_columns
 
-LEVELS = ("trace", "datapoint", "step", "run")
+LEVELS = ("trace", "datapoint", "datapoint_across_steps", "step", "run")
 PER_PAGE = 50
 KEY_COLUMNS = ("run_id", "step_number", "datapoint_id", "trace_id")
 BOOKKEEPING = ("status", "error", "judge_version", "computed_at")
@@ -97,7 +97,6 @@ def results_page(request: Request) -> Response:
         )
         if shard is not None:
             frame = _in_shard(svc, frame, run_id, level, shard)
-        by_step = has_key_columns(svc.store)
     if step is not None and "step_number" in frame.columns:
         frame = frame[frame["step_number"] == step]
     key_columns = [c for c in KEY_COLUMNS if c in frame.columns]
@@ -109,8 +108,8 @@ def results_page(request: Request) -> Response:
     total = len(frame)
     pages = max(math.ceil(total / PER_PAGE), 1)
     shown = frame.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
-    # Datapoint results are per step when the store keeps their step (datapoint@step ids).
-    datapoints_by_step = "datapoint" in info.levels and by_step
+    # A step row links on to the step's datapoint groups when the judge has that level.
+    datapoints_by_step = "datapoint" in info.levels
     rows = [
         _row(record, level, run_id, key_columns, value_columns, judge, datapoints_by_step)
         for record in _records(shown)
@@ -152,7 +151,7 @@ def results_page(request: Request) -> Response:
             "dagster_asset": links.dagster_asset_url(
                 judge,
                 level,
-                partition=run_id if level in ("step", "run") else None,
+                partition=links.run_partition(level, run_id),
                 base=state.dagster_url,
             ),
         },
@@ -202,6 +201,9 @@ def _row(
         if step is not None:
             filters.update(step_min=step, step_max=step)
         link, label = links.traces_url(run_id, base="", **filters), "rollouts"
+    elif level == "datapoint_across_steps":
+        link = links.traces_url(run_id, base="", datapoint=record.get("datapoint_id"))
+        label = "rollouts"
     elif level == "step":
         step = record.get("step_number")
         if datapoints_by_step:  # the step's datapoints, each linking on to its rollouts
@@ -228,9 +230,10 @@ def _in_shard(svc: MantaService, frame: Any, run_id: str, level: str, shard: int
     """Rows of one Dagster partition (``run|shard``): entities whose traces hash into it."""
     if shard >= 64:
         raise BadRequest("Invalid parameter", f"shard={shard} must be between 0 and 63.")
-    if level not in ("trace", "datapoint"):
+    if level not in ("trace", "datapoint", "datapoint_across_steps"):
         return frame
     traces = svc.get_traces(run_id, shards=[shard])
     if level == "trace":
         return frame[frame["trace_id"].isin({t.trace_id for t in traces})]
+    # Shards hash the datapoint id: all of a datapoint's steps are in the same shard.
     return frame[frame["datapoint_id"].isin({t.datapoint_id for t in traces})]

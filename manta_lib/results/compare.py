@@ -359,8 +359,7 @@ def agreement(
     if joined.empty:
         raise QueryError(
             f"{label_a} and {label_b} have no common {level} entities that succeeded on both "
-            f"sides: nothing to compare (stored results keep one version per entity; compute "
-            f"both versions on the same entities, e.g. as two judges, to compare them)"
+            f"sides: nothing to compare (compute both on the same run and level first)"
         )
     ids = _entity_ids(joined, keys)
     results = []

@@ -213,7 +213,6 @@ def compile_trace_condition(
     """
     text = condition if isinstance(condition, str) else repr(condition)
     parsed = parse_condition(condition) if isinstance(condition, str) else condition
-    key_columns = q.has_key_columns(store)
     names: dict[str, set[str]] = {}  # judge -> the column names the condition uses
     for comparison in comparisons(parsed):
         if len(comparison.field.parts) == 1:
@@ -258,7 +257,6 @@ def compile_trace_condition(
             scope,
             stored,
             predicate,
-            key_columns,
             facts[judge].latest[level],
             prefix=f"{prefix}{len(params)}s_",
         )

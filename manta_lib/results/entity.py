@@ -28,24 +28,21 @@ class StoredResult:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-def covering_entities(trace: TraceContext, key_columns: bool) -> list[tuple[str, str]]:
-    """``(level, entity_id)`` of the trace and of the datapoint/step entities covering it."""
-    entities = [
+def covering_entities(trace: TraceContext) -> list[tuple[str, str]]:
+    """``(level, entity_id)`` of the trace and of the entities covering it: its datapoint at
+    its step, its datapoint over the run, its step and its run."""
+    return [
         (EntityLevel.TRACE.value, trace.trace_id),
+        (EntityLevel.DATAPOINT.value, f"{trace.datapoint_id}@{trace.step_number}"),
+        (EntityLevel.DATAPOINT_ACROSS_STEPS.value, trace.datapoint_id),
         (EntityLevel.STEP.value, str(trace.step_number)),
         (EntityLevel.RUN.value, trace.run_id),
     ]
-    if key_columns:
-        entities.append((EntityLevel.DATAPOINT.value, f"{trace.datapoint_id}@{trace.step_number}"))
-        entities.append(("datapoint_across_steps", trace.datapoint_id))
-    else:
-        entities.append((EntityLevel.DATAPOINT.value, trace.datapoint_id))
-    return entities
 
 
 def trace_results(store: Store, trace: TraceContext) -> list[StoredResult]:
     """The stored results covering ``trace``, trace level first, then by judge."""
-    rows = q.entity_values(store, trace.run_id, covering_entities(trace, q.has_key_columns(store)))
+    rows = q.entity_values(store, trace.run_id, covering_entities(trace))
     grouped: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
     for row in rows:
         grouped.setdefault((row[0], row[1], row[2]), []).append(row)

@@ -45,18 +45,20 @@ def series(
             f"column {column!r} of judge {judge!r} holds {result_column.kind} values: a series "
             f"over steps needs a numeric or boolean column"
         )
-    keys = q.level_keys(selection.scope.level, selection.key_columns)
-    names = [name for name, _ in keys.select]
-    if keys.join_traces:
-        step_expr = "t.step_number"
-    elif "step_number" in names:
-        step_expr = "e._k_step_number"
-    else:
+    names = [name for name, _ in q.level_keys(selection.scope.level).select]
+    if "step_number" not in names:
         raise QueryError(
             f"{selection.scope.level}-level results are not tied to one step: plot the trace or "
             f"step level (--level trace or --level step)"
         )
-    sql, params = q.series_sql(selection.query(), step_expr, keys.join_traces)
+    runs = [run for run, _version in selection.choice.pairs]
+    mixed = sorted({run for run in runs if runs.count(run) > 1})
+    if mixed:  # one point per step: averaging two versions' values would be neither's figure
+        raise QueryError(
+            f"run {', '.join(mixed)} has several versions of judge {judge!r} in this selection: "
+            f"a series is one version per run, pass version=<one version> (or none for the latest)"
+        )
+    sql, params = q.series_sql(selection.query())
     table = q.query_arrow(store, sql, params)
     frame = table.to_pandas()
     frame["count"] = frame["count"].astype("int64")

@@ -47,14 +47,12 @@ class ResultsSelection:
     scope: q.Scope
     choice: catalog.VersionChoice
     columns: list[q.ResultColumn]
-    key_columns: bool
 
     def query(self, prefix: str = "q_") -> q.EntityQuery:
         return q.EntityQuery(
             self.scope,
             self.columns,
             self.choice.versions,
-            self.key_columns,
             prefix=prefix,
             latest_pairs=self.choice.pairs if self.choice.versions is None else None,
         )
@@ -94,7 +92,7 @@ def select_results(
     if columns is not None:
         catalog.require_columns(stored, columns, judge)
         stored = [c for c in stored if c.name in set(columns)]
-    return ResultsSelection(scope, choice, stored, q.has_key_columns(store))
+    return ResultsSelection(scope, choice, stored)
 
 
 def results_arrow(
@@ -184,7 +182,7 @@ def _fetch(
     condition: str | None = None
     params: dict[str, Any] = {}
     if where is not None:  # compiled over every column: a condition may use unselected ones
-        fields = q.key_fields(selection.scope.level, selection.key_columns)
+        fields = q.key_fields(selection.scope.level)
         condition, params = table_condition(where, judge, selection.columns, fields)
     if columns is not None:
         catalog.require_columns(selection.columns, columns, judge)
@@ -194,8 +192,7 @@ def _fetch(
     else:
         query_columns = selection.columns
     query = replace(selection, columns=list(query_columns)).query()
-    keys = q.level_keys(selection.scope.level, selection.key_columns)
-    sql, query_params = q.pivot_sql(query, condition, limit, keys.join_traces)
+    sql, query_params = q.pivot_sql(query, condition, limit)
     table = q.query_arrow(store, sql, {**query_params, **params})
     shown_aliases = {c.alias for c in selection.columns}
     hidden = [c.alias for c in query_columns if c.alias not in shown_aliases]

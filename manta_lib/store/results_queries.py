@@ -1,10 +1,11 @@
 """SQL over stored results (``entity_metadata``): versions, column kinds, the typed pivot, the
 trace semi-join of results filters, per-step series and the judges listing.
 
-``entity_metadata`` holds one row per (entity, column). Every read here goes through
-:func:`entity_rows`: FINAL (the newest write of each value wins) grouped by entity, with the
-``__status__`` row giving the entity's judge version; a value written by another version (a
-column an older version had) is dropped, so one version's results never mix with another's.
+``entity_metadata`` holds one row per (entity, judge version, column), with the entity's
+``datapoint_id`` / ``step_number`` as key columns. Reads of values go through
+:meth:`EntityQuery.grouped_sql`: FINAL (the newest write of each value wins), the chosen
+versions only, grouped by (entity, version), so one version's results never mix with
+another's. "Latest" is per run: the version whose newest computation is the most recent.
 
 Entity keys (trace_id / datapoint_id / step_number) come from :func:`level_keys`, the one place
 that knows how a level's identity maps to trace columns.
@@ -12,7 +13,6 @@ that knows how a level's identity maps to trace columns.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,21 +34,6 @@ MIXED_VALUE_SQL = (
     "value_type = 'json', value_json, NULL)"
 )
 
-_key_columns_cache: weakref.WeakKeyDictionary[Store, bool] = weakref.WeakKeyDictionary()
-
-
-def has_key_columns(store: Store) -> bool:
-    """True when entity_metadata stores ``datapoint_id`` / ``step_number`` key columns."""
-    cached = _key_columns_cache.get(store)
-    if cached is None:
-        rows = store.rows(
-            "SELECT count() FROM system.columns WHERE database = {d:String} "
-            "AND table = 'entity_metadata' AND name IN ('datapoint_id', 'step_number')",
-            {"d": store.database},
-        )
-        cached = _key_columns_cache[store] = int(rows[0][0]) == 2
-    return cached
-
 
 @dataclass(frozen=True)
 class LevelKeys:
@@ -56,74 +41,53 @@ class LevelKeys:
 
     ``select``: ``(name, SQL over an entity group)`` key columns of the results table, in order;
     ``trace_columns``: the ``traces`` columns a covered trace matches on, with ``row_exprs``
-    the matching expressions over one entity_metadata row.
+    the matching expressions over one entity_metadata row (its ``datapoint_id`` and
+    ``step_number`` key columns).
     """
 
     select: tuple[tuple[str, str], ...]
     trace_columns: tuple[str, ...]
     row_exprs: tuple[str, ...]
-    join_traces: bool = False
 
 
-def level_keys(level: str, key_columns: bool) -> LevelKeys:
-    """Keys of ``level`` (``key_columns``: entity_metadata has datapoint_id / step_number)."""
-    if key_columns:
-        dp, step = "any(datapoint_id)", "any(step_number)"
-        by_level = {
-            "trace": LevelKeys(
-                (("trace_id", "entity_id"), ("datapoint_id", dp), ("step_number", step)),
-                ("run_id", "trace_id"),
-                ("run_id", "entity_id"),
-            ),
-            "datapoint": LevelKeys(
-                (("datapoint_id", dp), ("step_number", step)),
-                ("run_id", "datapoint_id", "step_number"),
-                ("run_id", "datapoint_id", "assumeNotNull(step_number)"),
-            ),
-            "datapoint_across_steps": LevelKeys(
-                (("datapoint_id", dp),), ("run_id", "datapoint_id"), ("run_id", "datapoint_id")
-            ),
-            "step": LevelKeys(
-                (("step_number", step),),
-                ("run_id", "step_number"),
-                ("run_id", "assumeNotNull(step_number)"),
-            ),
-        }
-    else:
-        by_level = {
-            # Trace keys beyond the id come from the traces table (joined by the pivot).
-            "trace": LevelKeys(
-                (("trace_id", "entity_id"),),
-                ("run_id", "trace_id"),
-                ("run_id", "entity_id"),
-                join_traces=True,
-            ),
-            "datapoint": LevelKeys(
-                (("datapoint_id", "entity_id"),),
-                ("run_id", "datapoint_id"),
-                ("run_id", "entity_id"),
-            ),
-            "step": LevelKeys(
-                (("step_number", "toInt64OrNull(entity_id)"),),
-                ("run_id", "step_number"),
-                ("run_id", "toInt64OrZero(entity_id)"),
-            ),
-        }
-    by_level["run"] = LevelKeys((), ("run_id",), ("run_id",))
-    return by_level[level]
+_DATAPOINT, _STEP = "any(datapoint_id)", "any(step_number)"
+_LEVEL_KEYS = {
+    "trace": LevelKeys(
+        (("trace_id", "entity_id"), ("datapoint_id", _DATAPOINT), ("step_number", _STEP)),
+        ("run_id", "trace_id"),
+        ("run_id", "entity_id"),
+    ),
+    # One datapoint at one step: the traces of that datapoint at that step only.
+    "datapoint": LevelKeys(
+        (("datapoint_id", _DATAPOINT), ("step_number", _STEP)),
+        ("run_id", "datapoint_id", "step_number"),
+        ("run_id", "datapoint_id", "assumeNotNull(step_number)"),
+    ),
+    # One datapoint over the run: all of its traces, whatever their step.
+    "datapoint_across_steps": LevelKeys(
+        (("datapoint_id", _DATAPOINT),), ("run_id", "datapoint_id"), ("run_id", "datapoint_id")
+    ),
+    "step": LevelKeys(
+        (("step_number", _STEP),),
+        ("run_id", "step_number"),
+        ("run_id", "assumeNotNull(step_number)"),
+    ),
+    "run": LevelKeys((), ("run_id",), ("run_id",)),
+}
 
 
-def key_fields(level: str, key_columns: bool) -> dict[str, tuple[str, str]]:
+def level_keys(level: str) -> LevelKeys:
+    """Keys of ``level``: which key columns its results carry and which traces they cover."""
+    return _LEVEL_KEYS[level]
+
+
+def key_fields(level: str) -> dict[str, tuple[str, str]]:
     """The entity keys a results-table condition may use: name -> (SQL in :func:`pivot_sql`'s
     WHERE, kind)."""
-    keys = level_keys(level, key_columns)
     kinds = {"step_number": "number"}
     fields = {"run_id": ("e.run_id", "string")}
-    for name, _expr in keys.select:
+    for name, _expr in level_keys(level).select:
         fields[name] = (f"_k_{name}", kinds.get(name, "string"))
-    if keys.join_traces:
-        fields["datapoint_id"] = ("t.datapoint_id", "string")
-        fields["step_number"] = ("t.step_number", "number")
     return fields
 
 
@@ -214,7 +178,8 @@ class ResultColumn:
 
 @dataclass
 class EntityQuery:
-    """Entities of a scope grouped into one row each, with chosen columns as ``alias`` values.
+    """Entities of a scope grouped into one row per (entity, version), with chosen columns as
+    ``alias`` values.
 
     ``versions``: None for each run's latest version, a list of versions, or ``"all"``.
     """
@@ -222,15 +187,18 @@ class EntityQuery:
     scope: Scope
     columns: Sequence[ResultColumn]
     versions: Sequence[str] | str | None = None
-    key_columns: bool = False
     # (run, version) pairs already resolved for ``versions=None``: bound instead of a subquery.
     latest_pairs: Sequence[tuple[str, str]] | None = None
     prefix: str = "q_"
     params: dict[str, Any] = field(default_factory=dict)
 
     def grouped_sql(self, extra_select: Sequence[str] = (), *, with_error: bool = True) -> str:
-        """Inner query: one row per entity with ``_status``, ``_version``, ``_computed_at`` (of
-        its status row), keys and values (``_v_i``, written at ``_vv_i``)."""
+        """Inner query: one row per entity and version with ``_status``, ``_version``,
+        ``_computed_at`` (of its status row), keys and values (``_v_i``, written at ``_vv_i``).
+
+        Each judge version keeps its own rows (the version is part of the table's key), so the
+        chosen versions are selected here, before grouping.
+        """
         p = self.prefix
         where, params = self.scope.where(p)
         self.params.update(params)
@@ -239,8 +207,8 @@ class EntityQuery:
         selects = [
             "run_id",
             "entity_id",
+            "judge_version AS _version",
             f"anyIf(value_string, column = {{{p}status:String}}) AS _status",
-            f"anyIf(judge_version, column = {{{p}status:String}}) AS _version",
             f"anyIf(computed_at, column = {{{p}status:String}}) AS _computed_at",
         ]
         if with_error:
@@ -257,28 +225,29 @@ class EntityQuery:
         selects.extend(extra_select)
         return (
             f"SELECT {', '.join(selects)} FROM {{db}}.entity_metadata FINAL "
-            f"WHERE {where} AND column IN {{{p}cols:Array(String)}} "
-            f"GROUP BY run_id, entity_id HAVING _status != ''"
+            f"WHERE {where} AND column IN {{{p}cols:Array(String)}} AND {self.version_clause()} "
+            f"GROUP BY run_id, judge_version, entity_id HAVING _status != ''"
         )
 
     def version_clause(self) -> str:
+        """The rows of the chosen versions (SQL over entity_metadata rows)."""
         p = self.prefix
         if self.versions == "all":
             return "1"
         if self.versions is None and self.latest_pairs is not None:
             self.params[f"{p}pairs"] = [tuple(pair) for pair in self.latest_pairs]
-            return f"(run_id, _version) IN {{{p}pairs:Array(Tuple(String, String))}}"
+            return f"(run_id, judge_version) IN {{{p}pairs:Array(Tuple(String, String))}}"
         if self.versions is None:
             latest, params = latest_versions_sql(self.scope, f"{p}l_")
             self.params.update(params)
-            return f"(run_id, _version) IN ({latest})"
+            return f"(run_id, judge_version) IN ({latest})"
         self.params[f"{p}versions"] = list(self.versions)
-        return f"_version IN {{{p}versions:Array(String)}}"
+        return f"judge_version IN {{{p}versions:Array(String)}}"
 
     def value_expr(self, index: int) -> str:
         """A column's value; NULL unless written together with the entity's status (one
-        computation writes all its rows with one ``computed_at``), so a stale value of another
-        version or an overwritten computation never shows."""
+        computation writes all its rows with one ``computed_at``), so a stale value of an
+        overwritten computation never shows."""
         return f"if(_vv_{index} = _computed_at, _v_{index}, NULL)"
 
     @staticmethod
@@ -288,14 +257,12 @@ class EntityQuery:
 
 
 def pivot_sql(
-    query: EntityQuery, where: str | None, limit: int | None, join_traces: bool
+    query: EntityQuery, where: str | None, limit: int | None
 ) -> tuple[str, dict[str, Any]]:
     """The typed results table: keys, bookkeeping columns and one column per result."""
-    keys = level_keys(query.scope.level, query.key_columns)
+    keys = level_keys(query.scope.level)
     inner = query.grouped_sql([f"{expr} AS _k_{name}" for name, expr in keys.select])
     selects = ["e.run_id AS run_id"] + [f"_k_{name} AS {name}" for name, _ in keys.select]
-    if join_traces:
-        selects += ["t.datapoint_id AS datapoint_id", "t.step_number AS step_number"]
     selects += [
         "_status AS status",
         f"{query.error_expr()} AS error",
@@ -303,17 +270,10 @@ def pivot_sql(
         "_computed_at AS computed_at",
     ]
     selects += [f"{query.value_expr(i)} AS {c.alias}" for i, c in enumerate(query.columns)]
-    version = query.version_clause()
-    conditions = [version] + ([f"({where})"] if where else [])
     sql = f"SELECT {', '.join(selects)} FROM ({inner}) AS e"
-    if join_traces:
-        query.params["q_trace_runs"] = list(query.scope.run_ids)
-        sql += (
-            " LEFT JOIN (SELECT run_id, trace_id, datapoint_id, step_number FROM {db}.traces "
-            "WHERE run_id IN {q_trace_runs:Array(String)}) AS t "
-            "ON e.run_id = t.run_id AND e.entity_id = t.trace_id"
-        )
-    sql += f" WHERE {' AND '.join(conditions)} ORDER BY e.run_id, e.entity_id"
+    if where:
+        sql += f" WHERE ({where})"
+    sql += " ORDER BY e.run_id, e.entity_id, e._version"
     if limit is not None:
         query.params["q_limit"] = int(limit)
         sql += " LIMIT {q_limit:UInt64}"
@@ -324,7 +284,6 @@ def value_semi_join_sql(
     scope: Scope,
     column: str,
     predicate: str,
-    key_columns: bool,
     versions: dict[str, str],
     prefix: str,
 ) -> tuple[tuple[str, ...], str, dict[str, Any]]:
@@ -332,7 +291,7 @@ def value_semi_join_sql(
     ``column`` row, written by its run's version in ``versions`` (run -> version), satisfies
     ``predicate`` (SQL over the value columns). One scan of one column, like a hand-written
     filter. Trace ids are unique in the store, and one run needs no run key."""
-    keys = level_keys(scope.level, key_columns)
+    keys = level_keys(scope.level)
     where, params = scope.where(prefix)
     params[f"{prefix}column"] = column
     params[f"{prefix}pairs"] = sorted(versions.items())
@@ -393,28 +352,20 @@ def judge_facts(
     )
 
 
-def series_sql(query: EntityQuery, step_expr: str, join_traces: bool) -> tuple[str, dict[str, Any]]:
-    """Mean, p50, p95 and count of column 0 per (run, step), over ok entities with a value."""
-    keys = level_keys(query.scope.level, query.key_columns)
+def series_sql(query: EntityQuery) -> tuple[str, dict[str, Any]]:
+    """Mean, p50, p95 and count of column 0 per (run, step), over ok entities with a value
+    (the level must carry a step: trace or datapoint or step)."""
+    keys = level_keys(query.scope.level)
     inner = query.grouped_sql(
         [f"{expr} AS _k_{name}" for name, expr in keys.select], with_error=False
     )
-    version = query.version_clause()
-    source = f"({inner}) AS e"
-    if join_traces:
-        query.params["s_trace_runs"] = list(query.scope.run_ids)
-        source += (
-            " LEFT JOIN (SELECT run_id, trace_id, step_number FROM {db}.traces "
-            "WHERE run_id IN {s_trace_runs:Array(String)}) AS t "
-            "ON e.run_id = t.run_id AND e.entity_id = t.trace_id"
-        )
     value = f"toFloat64({query.value_expr(0)})"
     sql = f"""
-        SELECT e.run_id AS run_id, {step_expr} AS step_number,
+        SELECT e.run_id AS run_id, e._k_step_number AS step_number,
                avg({value}) AS mean, quantileExactInclusive(0.5)({value}) AS p50,
                quantileExactInclusive(0.95)({value}) AS p95, count({value}) AS count
-        FROM {source}
-        WHERE {version} AND _status = 'ok' AND {value} IS NOT NULL
+        FROM ({inner}) AS e
+        WHERE _status = 'ok' AND {value} IS NOT NULL
         GROUP BY run_id, step_number ORDER BY run_id, step_number
     """
     return sql, query.params
@@ -528,9 +479,10 @@ def grader_verdicts(store: Store, run_ids: Sequence[str]) -> list[tuple[Any, ...
 def entity_values(
     store: Store, run_id: str, entities: Sequence[tuple[str, str]]
 ) -> list[tuple[Any, ...]]:
-    """Every stored value of the given ``(level, entity_id)`` entities of a run, each judge's
-    values at the version of its ``__status__`` row: ``(level, entity_id, judge, column,
-    value_type, number, string, bool, json, version, computed_at)``, by level, judge, column."""
+    """Every stored value of the given ``(level, entity_id)`` entities of a run, each judge and
+    level at the run's latest version (the one computed most recently): ``(level, entity_id,
+    judge, column, value_type, number, string, bool, json, version, computed_at)``, by level,
+    judge, column."""
     return store.rows(
         """
         SELECT entity_level, entity_id, judge, column, value_type, value_number, value_string,
@@ -538,7 +490,18 @@ def entity_values(
         FROM {db}.entity_metadata FINAL
         WHERE run_id = {r:String}
           AND (entity_level, entity_id) IN {e:Array(Tuple(String, String))}
+          AND (judge, entity_level, judge_version) IN (
+              SELECT judge, entity_level, argMax(judge_version, computed_at)
+              FROM {db}.entity_metadata
+              WHERE run_id = {r:String} AND column = {status:String}
+                AND entity_level IN {levels:Array(String)}
+              GROUP BY judge, entity_level)
         ORDER BY entity_level, judge, column
         """,
-        {"r": run_id, "e": [tuple(e) for e in entities]},
+        {
+            "r": run_id,
+            "e": [tuple(e) for e in entities],
+            "status": STATUS_COLUMN,
+            "levels": sorted({level for level, _ in entities}),
+        },
     )

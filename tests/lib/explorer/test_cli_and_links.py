@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from manta_lib.errors import QueryError
 from manta_lib.explorer import links
 from manta_lib.explorer.charts import Series, SeriesPoint, line_chart, nice_ticks
+from manta_lib.explorer.pages_results import _row
 
 REPO = Path(__file__).resolve().parents[3]
 MANTA = Path(sys.executable).parent / "manta"
@@ -88,9 +90,15 @@ def test_link_helpers_build_explorer_and_dagster_urls(monkeypatch: pytest.Monkey
     assert links.entity_url("step", "3", "run_a", base="") == (
         "/traces?run=run_a&step_min=3&step_max=3"
     )
-    assert links.entity_url("datapoint", "dp_1", "run_a", base="") == (
+    # A datapoint entity is one datapoint at one step; across steps it is all its traces.
+    assert links.entity_url("datapoint", "dp_1@4", "run_a", base="") == (
+        "/traces?run=run_a&datapoint=dp_1&step_min=4&step_max=4"
+    )
+    assert links.entity_url("datapoint_across_steps", "dp_1", "run_a", base="") == (
         "/traces?run=run_a&datapoint=dp_1"
     )
+    with pytest.raises(QueryError, match="datapoint_across_steps"):
+        links.entity_url("datapoint", "dp_1", "run_a", base="")
     assert links.traces_url("run_a", base="", status=["error", "timeout"]) == (
         "/traces?run=run_a&status=error&status=timeout"
     )
@@ -136,3 +144,22 @@ def test_link_helpers_do_not_load_the_web_stack() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_results_rows_link_each_level_to_the_traces_it_covers() -> None:
+    def link(level: str, record: dict, by_step: bool = True) -> str:
+        keys = [k for k in ("datapoint_id", "step_number") if k in record]
+        return _row(record, level, "run_a", keys, [], "judge", by_step).link
+
+    assert link("datapoint", {"datapoint_id": "dp_1", "step_number": 4}) == (
+        "/traces?run=run_a&datapoint=dp_1&step_min=4&step_max=4"
+    )
+    assert link("datapoint_across_steps", {"datapoint_id": "dp_1"}) == (
+        "/traces?run=run_a&datapoint=dp_1"
+    )
+    assert link("step", {"step_number": 4}) == "/results/judge?run=run_a&level=datapoint&step=4"
+    assert link("step", {"step_number": 4}, by_step=False) == (
+        "/traces?run=run_a&step_min=4&step_max=4"
+    )
+    assert links.run_partition("datapoint_across_steps", "run_a") == "run_a"
+    assert links.run_partition("datapoint", "run_a") is None

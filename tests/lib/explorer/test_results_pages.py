@@ -10,7 +10,6 @@ import pytest
 from manta_lib.explorer.charts import format_number
 from manta_lib.service import MantaService
 from manta_lib.store import Store
-from manta_lib.store.results_queries import has_key_columns
 from tests.lib.explorer.conftest import (
     HOSTILE_RUN,
     RESULTS_RUN,
@@ -90,10 +89,20 @@ def test_where_filters_the_table_like_sql(explorer_data: ExplorerData) -> None:
 
 def test_datapoint_rows_link_to_their_rollouts(explorer_data: ExplorerData) -> None:
     page = explorer_data.client.get(f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint")
-    links = result_rows(page.text)
-    assert links and all(f"/traces?run={RESULTS_RUN}&amp;datapoint=" in link for link in links)
-    rollouts = explorer_data.client.get(links[0].replace("&amp;", "&")).text
-    assert "Traces <span" in rollouts and "No trace matches" not in rollouts
+    links = [link.replace("&amp;", "&") for link in result_rows(page.text)]
+    assert links and all(f"/traces?run={RESULTS_RUN}&datapoint=" in link for link in links)
+    # A datapoint row is that datapoint at one step: the link keeps only that step's traces.
+    found = re.search(r"datapoint=([^&]+)&step_min=(-?\d+)&step_max=(-?\d+)", links[0])
+    assert found and found.group(2) == found.group(3)
+    count = sql(
+        explorer_data,
+        "SELECT count() FROM {db}.traces WHERE run_id = {r:String} AND datapoint_id = {d:String} "
+        "AND step_number = {s:Int64}",
+        {"r": RESULTS_RUN, "d": found.group(1), "s": int(found.group(2))},
+    )[0][0]
+    assert count > 0
+    rollouts = explorer_data.client.get(links[0]).text
+    assert f'Traces <span class="muted">{count:,}</span>' in rollouts
 
 
 def test_a_dagster_partition_link_narrows_to_its_shard(explorer_data: ExplorerData) -> None:
@@ -200,28 +209,16 @@ def test_compare_with_the_grader_and_a_version_with_itself(explorer_data: Explor
     assert "Compare runs" in choose.text and "Choose two runs" in choose.text
 
 
-def test_a_step_row_links_to_its_datapoints_or_traces(explorer_data: ExplorerData) -> None:
+def test_a_step_row_links_to_its_datapoint_groups(explorer_data: ExplorerData) -> None:
     page = explorer_data.client.get(f"/results/tool_errors?run={RESULTS_RUN}&level=step")
     links = [link.replace("&amp;", "&") for link in result_rows(page.text)]
     step = int(links[0].rsplit("=", 1)[1])
-    with Store.open(explorer_data.settings, ensure_schema=False) as store:
-        per_step = has_key_columns(store)
-    if per_step:  # datapoint results are per step: the row lists the step's datapoints
-        assert links[0].startswith(f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint")
-        expected = sql(
-            explorer_data,
-            "SELECT uniqExact(datapoint_id) FROM {db}.traces WHERE run_id = {r:String} "
-            "AND step_number = {s:Int64}",
-            {"r": RESULTS_RUN, "s": step},
-        )[0][0]
-        assert f"{expected:,} rows" in explorer_data.client.get(links[0]).text
-    else:  # datapoint results span steps: the row lists the step's traces
-        assert links[0] == f"/traces?run={RESULTS_RUN}&step_min={step}&step_max={step}"
-        count = sql(
-            explorer_data,
-            "SELECT count() FROM {db}.traces WHERE run_id = {r:String} AND step_number = {s:Int64}",
-            {"r": RESULTS_RUN, "s": step},
-        )[0][0]
-        assert f'Traces <span class="muted">{count:,}</span>' in (
-            explorer_data.client.get(links[0]).text
-        )
+    # Datapoint results are per (datapoint, step): the row lists the step's datapoint groups.
+    assert links[0].startswith(f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint")
+    expected = sql(
+        explorer_data,
+        "SELECT uniqExact(datapoint_id) FROM {db}.traces WHERE run_id = {r:String} "
+        "AND step_number = {s:Int64}",
+        {"r": RESULTS_RUN, "s": step},
+    )[0][0]
+    assert f"{expected:,} rows" in explorer_data.client.get(links[0]).text

@@ -43,6 +43,7 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, chdb_path: Path) -> It
             defs.typed.run(run, mode="local", progress=False, max_failures=0.5)
         defs.strict.run(EVAL_RUN, mode="local", progress=False)
         defs.lenient.run(EVAL_RUN, mode="local", progress=False)
+        defs.history.run(TRAIN_RUN, mode="local", progress=False)
         yield env
 
 

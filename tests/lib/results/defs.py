@@ -111,20 +111,24 @@ lenient = MapReduceComputation("Lenient labels", project_id="prj_demo").add_leve
 
 class EvolvingV1(BaseModel):
     errors: int
+    label: str
     dropped_later: str
 
 
 class EvolvingV2(BaseModel):
     errors: int
+    label: str
     added_later: bool
 
 
 def map_v1(trace: TraceContext) -> EvolvingV1:
-    return EvolvingV1(errors=trace.tool_error_count, dropped_later="v1")
+    errors = trace.tool_error_count
+    return EvolvingV1(errors=errors, label="bad" if errors else "good", dropped_later="v1")
 
 
 def map_v2(trace: TraceContext) -> EvolvingV2:
-    return EvolvingV2(errors=trace.tool_error_count * 10, added_later=True)
+    errors = trace.tool_error_count
+    return EvolvingV2(errors=errors * 10, label="bad" if errors > 1 else "good", added_later=True)
 
 
 evolving_v1 = MapReduceComputation("Evolving", project_id="prj_demo").add_level(
@@ -132,4 +136,21 @@ evolving_v1 = MapReduceComputation("Evolving", project_id="prj_demo").add_level(
 )
 evolving_v2 = MapReduceComputation("Evolving", project_id="prj_demo").add_level(
     EntityLevel.TRACE, map_v2, EvolvingV2
+)
+
+
+class HistoryOut(BaseModel):
+    rollouts: int
+    bad: int
+
+
+def reduce_history(entity: EntityRef, children: list[LabelOut]) -> HistoryOut:
+    return HistoryOut(rollouts=len(children), bad=sum(c.label == "bad" for c in children))
+
+
+# One datapoint over the whole run (all its steps), above the trace level.
+history = (
+    MapReduceComputation("Datapoint history", project_id="prj_demo")
+    .add_level(EntityLevel.TRACE, map_strict, LabelOut)
+    .add_level(EntityLevel.DATAPOINT_ACROSS_STEPS, reduce_history, HistoryOut)
 )

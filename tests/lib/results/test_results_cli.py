@@ -37,13 +37,27 @@ def test_results_csv_json_and_parquet_have_one_row_per_entity(cli, tmp_path: Pat
 
 
 def test_results_where_and_levels(cli) -> None:
+    with MantaService() as svc:
+        steps = svc.results("typed_results", TRAIN_RUN, level="step")
+    rollouts = dict(zip(steps.step_number, steps.rollouts, strict=True))
+    threshold = sorted(rollouts.values())[len(rollouts) // 2 - 1]  # some steps above, some not
     code, out, _ = cli(
-        "results", "typed_results", "-r", TRAIN_RUN, "-l", "step", "-w", "rollouts > 100",
+        "results", "typed_results", "-r", TRAIN_RUN, "-l", "step", "-w", f"rollouts > {threshold}",
         "-f", "csv",
     )  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and rows and all(int(r["rollouts"]) > 100 for r in rows)
+    assert code == 0 and rows and len(rows) < len(rollouts)
+    assert {int(r["step_number"]): int(r["rollouts"]) for r in rows} == {
+        step: n for step, n in rollouts.items() if n > threshold
+    }
     assert "step_number" in rows[0] and "trace_id" not in rows[0]
+    code, out, _ = cli(
+        "results", "datapoint_history", "-r", TRAIN_RUN, "-l", "datapoint_across_steps",
+        "-f", "csv",
+    )  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and list(rows[0])[:2] == ["run_id", "datapoint_id"]
+    assert "step_number" not in rows[0]
 
 
 @pytest.mark.parametrize(

@@ -6,34 +6,31 @@ import pytest
 
 from manta_lib.errors import QueryError
 from manta_lib.service import MantaService
-from manta_lib.store.results_queries import has_key_columns
 from tests.lib.results import defs
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
+# The traces an entity covers, from its key columns: a datapoint result is that datapoint at
+# that step, a datapoint-across-steps result all of that datapoint's traces.
+ENTITY_KEYS = {
+    "trace": ("trace_id", "entity_id"),
+    "datapoint": ("(datapoint_id, step_number)", "datapoint_id, assumeNotNull(step_number)"),
+    "datapoint_across_steps": ("datapoint_id", "datapoint_id"),
+    "step": ("step_number", "assumeNotNull(step_number)"),
+}
 
-def direct_ids(svc: MantaService, level: str, column: str, predicate: str) -> set[str]:
-    """Trace ids covered by entities of ``typed_results`` at ``level`` whose ``column``
-    satisfies ``predicate`` (SQL over the raw value columns), written by hand."""
-    entities = (
-        f"SELECT entity_id FROM {{db}}.entity_metadata FINAL WHERE judge = 'typed_results' "
-        f"AND entity_level = '{level}' AND run_id = {{r:String}} AND column = '{column}' "
-        f"AND {predicate}"
-    )
-    if has_key_columns(svc.store):  # entity_metadata carries datapoint_id / step_number
-        keys = {"datapoint": "datapoint_id, step_number", "step": "step_number"}.get(level)
-        if keys is not None:
-            entities = entities.replace("SELECT entity_id", f"SELECT {keys}", 1)
-        key = {
-            "trace": "trace_id",
-            "datapoint": "(datapoint_id, step_number)",
-            "step": "step_number",
-        }
-    else:
-        key = {"trace": "trace_id", "datapoint": "datapoint_id", "step": "toString(step_number)"}
+
+def direct_ids(
+    svc: MantaService, level: str, column: str, predicate: str, judge: str = "typed_results"
+) -> set[str]:
+    """Trace ids covered by entities of ``judge`` at ``level`` whose ``column`` satisfies
+    ``predicate`` (SQL over the raw value columns), written by hand."""
+    trace_key, entity_key = ENTITY_KEYS[level]
     rows = svc.store.rows(
-        f"SELECT trace_id FROM {{db}}.traces WHERE run_id = {{r:String}} "
-        f"AND {key[level]} IN ({entities})",
-        {"r": TRAIN_RUN},
+        f"SELECT trace_id FROM {{db}}.traces WHERE run_id = {{r:String}} AND {trace_key} IN ("
+        f"SELECT {entity_key} FROM {{db}}.entity_metadata FINAL WHERE judge = {{j:String}} "
+        f"AND entity_level = {{l:String}} AND run_id = {{r:String}} AND column = {{c:String}} "
+        f"AND {predicate})",
+        {"r": TRAIN_RUN, "j": judge, "l": level, "c": column},
     )
     return {r[0] for r in rows}
 
@@ -66,7 +63,6 @@ def filtered_ids(svc: MantaService, condition: str, **filters: object) -> set[st
             "mean_errors",
             "value_number > 0.2",
         ),
-        ("typed_results.step.rollouts >= 115", "step", "rollouts", "value_number >= 115"),
     ],
 )
 def test_each_kind_of_condition_matches_direct_sql(
@@ -75,6 +71,43 @@ def test_each_kind_of_condition_matches_direct_sql(
     expected = direct_ids(svc, level, column, predicate)
     assert expected, "the demo data should make this condition select something"
     assert filtered_ids(svc, condition) == expected
+
+
+def test_a_step_condition_selects_the_traces_of_the_matching_steps(svc: MantaService) -> None:
+    # A step's rollouts are that step's judged traces only (the map fails on some): the
+    # threshold is the median over steps, so the condition keeps some steps and drops others.
+    rollouts: dict[int, int] = {}
+    for trace in svc.get_traces(TRAIN_RUN):
+        if not defs.failing_trace(trace.trace_id):
+            rollouts[trace.step_number] = rollouts.get(trace.step_number, 0) + 1
+    stored = svc.results("typed_results", TRAIN_RUN, level="step")
+    assert dict(zip(stored.step_number, stored.rollouts, strict=True)) == rollouts
+    per_step = sorted(rollouts.values())
+    threshold = per_step[len(per_step) // 2]
+    assert per_step[0] < threshold, "the demo steps should differ in size"
+    expected = direct_ids(svc, "step", "rollouts", f"value_number >= {threshold}")
+    assert expected and filtered_ids(svc, f"typed_results.step.rollouts >= {threshold}") == expected
+
+
+def test_datapoint_levels_select_one_step_or_all_steps(svc: MantaService) -> None:
+    across = filtered_ids(svc, "datapoint_history.datapoint_across_steps.bad >= 1")
+    assert across == direct_ids(
+        svc, "datapoint_across_steps", "bad", "value_number >= 1", judge="datapoint_history"
+    )
+    traces = {t.trace_id: t for batch in svc.iter_trace_batches(TRAIN_RUN) for t in batch}
+    bad_datapoints = {traces[t].datapoint_id for t in traces if traces[t].tool_error_count}
+    assert across == {t for t, trace in traces.items() if trace.datapoint_id in bad_datapoints}
+    steps_of = {traces[t].datapoint_id for t in across}
+    assert any(
+        len({trace.step_number for trace in traces.values() if trace.datapoint_id == dp}) > 1
+        for dp in steps_of
+    ), "a datapoint-across-steps result should select traces of several steps"
+    # At the datapoint level (one datapoint at one step) only that step's traces match.
+    heavy = filtered_ids(svc, "typed_results.datapoint.mean_errors > 0.2")
+    groups = {(traces[t].datapoint_id, traces[t].step_number) for t in heavy}
+    assert heavy == {
+        t for t, trace in traces.items() if (trace.datapoint_id, trace.step_number) in groups
+    }
 
 
 def test_status_error_selects_exactly_the_failed_map_calls(svc: MantaService) -> None:

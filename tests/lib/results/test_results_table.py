@@ -71,6 +71,21 @@ def test_datapoint_and_step_levels_have_their_keys(svc: MantaService) -> None:
     datapoints = svc.results("typed_results", TRAIN_RUN, level="datapoint")
     assert "datapoint_id" in datapoints and "trace_id" not in datapoints
     assert set(datapoints.datapoint_id) == {d.datapoint_id for d in svc.list_datapoints(TRAIN_RUN)}
+    # One row per datapoint at one step, counting that step's judged traces only.
+    groups: dict[tuple[str, int], int] = {}
+    across: dict[str, int] = {}
+    for trace in svc.get_traces(TRAIN_RUN):
+        across[trace.datapoint_id] = across.get(trace.datapoint_id, 0) + 1
+        if not defs.failing_trace(trace.trace_id):
+            key = (trace.datapoint_id, trace.step_number)
+            groups[key] = groups.get(key, 0) + 1
+    got = zip(datapoints.datapoint_id, datapoints.step_number, datapoints.rollouts, strict=True)
+    assert {(d, int(s)): int(n) for d, s, n in got} == groups
+    # One row per datapoint over the run: all of its traces, whatever their step.
+    history = svc.results("datapoint_history", TRAIN_RUN, level="datapoint_across_steps")
+    assert "step_number" not in history and "trace_id" not in history
+    assert dict(zip(history.datapoint_id, history.rollouts, strict=True)) == across
+    assert len(across) < len(groups)  # datapoints recur over steps in the demo data
     steps = svc.results("typed_results", TRAIN_RUN, level="step")
     assert str(steps.step_number.dtype) == "Int64"
     assert sorted(steps.step_number) == [s.step_number for s in svc.list_steps(TRAIN_RUN)]
@@ -155,7 +170,7 @@ def test_judges_lists_versions_levels_counts_and_columns(svc: MantaService) -> N
     types = {(c.name, c.level): c.type for c in typed.columns}
     assert types[("tool_errors", "trace")] == "number" and types[("tags", "trace")] == "json"
     only_eval = {j.judge for j in svc.judges(run_id=TRAIN_RUN)}
-    assert only_eval == {"typed_results"}
+    assert only_eval == {"typed_results", "datapoint_history"}
 
 
 def test_frame_is_pandas(svc: MantaService) -> None:
