@@ -39,6 +39,7 @@ from manta_dagster.checks import (
     check_schema,
     check_specs,
 )
+from manta_dagster.gaps import incomplete_failure
 from manta_dagster.io_manager import (
     IO_MANAGER_KEY,
     META_JUDGE,
@@ -66,6 +67,7 @@ from manta_lib.pipeline import (
     RunOptions,
     Scope,
     map_scope,
+    missing_entities,
     plan_scope,
     record_computation,
     reduce_scope,
@@ -366,8 +368,15 @@ def build_reduce_asset(
         def compute(
             store: Store, scope: Scope, clock: BucketClock
         ) -> tuple[list[MetadataOutput], int]:
+            loaded = children.by_run.get(scope.run_id, [])
+            with clock("load"):
+                gap = missing_entities(
+                    store, pipeline, below.level, scope, present={e.entity_id for e in loaded}
+                )
+            if not gap.complete:
+                raise incomplete_failure(pipeline, spec.level, gap, options.shard_count)
             stored = outputs_from_stored(
-                children.by_run.get(scope.run_id, []),
+                loaded,
                 schema=below.schema,
                 level=below.level,
                 run_id=scope.run_id,
