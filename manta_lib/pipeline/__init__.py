@@ -6,7 +6,7 @@ See docs/architecture.md for how they fit.
 """
 
 from manta_lib.pipeline.computation import MapReduceComputation
-from manta_lib.pipeline.coverage import MissingEntities, missing_entities
+from manta_lib.pipeline.coverage import MissingEntities, entities_by_shard, missing_entities
 from manta_lib.pipeline.definition import LevelSpec, PipelineDefinition
 from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Limits, Scope, TraceRef, entity_ids, plan_scope
@@ -35,6 +35,7 @@ __all__ = [
     "ScopeOutputs",
     "TraceRef",
     "describe_exception",
+    "entities_by_shard",
     "entity_ids",
     "load_level",
     "map_scope",

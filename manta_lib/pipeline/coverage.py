@@ -78,14 +78,26 @@ def missing_entities(
     missing = [entity_id for entity_id in expected if entity_id not in have]
     shards: list[int] = []
     if missing:
-        shard_of = trace_shards(store, scope.run_id, scope.shard_count)
-        by_shard: dict[int, list[TraceRef]] = defaultdict(list)
-        for ref in scope.refs:
-            by_shard[shard_of.get(ref.trace_id, -1)].append(ref)
         wanted = set(missing)
-        shards = sorted(
+        shards = [
             shard
-            for shard, refs in by_shard.items()
-            if shard >= 0 and wanted.intersection(entity_ids(level, refs))
-        )
+            for shard, ids in entities_by_shard(store, level, scope).items()
+            if wanted.intersection(ids)
+        ]
     return MissingEntities(level, scope.run_id, len(expected), missing, shards)
+
+
+def entities_by_shard(store: Store, level: EntityLevel, scope: Scope) -> dict[int, list[str]]:
+    """``{shard: [ids of level's entities with traces in that shard]}`` for ``scope``, shards
+    ascending (out of ``scope.shard_count``): one query over the run's traces.
+
+    A trace or datapoint entity lies in exactly one shard; an entity spanning datapoints (a
+    step) is listed under every shard holding one of its traces.
+    """
+    shard_of = trace_shards(store, scope.run_id, scope.shard_count)
+    by_shard: dict[int, list[TraceRef]] = defaultdict(list)
+    for ref in scope.refs:
+        shard = shard_of.get(ref.trace_id)
+        if shard is not None:
+            by_shard[shard].append(ref)
+    return {shard: entity_ids(level, by_shard[shard]) for shard in sorted(by_shard)}

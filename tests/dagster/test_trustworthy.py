@@ -6,7 +6,10 @@ Real chDB with 300 demo traces, a real ephemeral Dagster instance, 4 shards per 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dagster as dg
+import pytest
 
 from examples import tool_errors
 from manta_dagster.assets import level_key
@@ -15,18 +18,28 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline import missing_entities, plan_scope
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
+from tests.dagster import judges
 from tests.dagster.helpers import (
     RUN_ID,
     SHARDS,
     Demo,
+    all_shards,
     build,
     materialize,
+    metadata_values,
     register,
     stored_status,
 )
 
 TRACE, DATAPOINT, STEP = EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.STEP
 PIPELINE = tool_errors.pipeline
+
+
+@pytest.fixture
+def judge() -> Iterator[None]:
+    judges.reset()
+    yield
+    judges.reset()
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -69,3 +82,71 @@ def test_a_reduce_over_a_partial_lower_level_fails_naming_the_gap_and_the_fix(
     assert missing_entities(store, PIPELINE, TRACE, full).complete
     assert missing_entities(store, PIPELINE, DATAPOINT, full).complete
     assert len(stored_status(store, PIPELINE, TRACE, RUN_ID)) == demo.runs[RUN_ID]
+
+
+def _shard_counts(store: Store) -> dict[str, int]:
+    rows = store.rows(
+        "SELECT cityHash64(datapoint_id) % {n:UInt32} AS s, count() FROM {db}.traces "
+        "WHERE run_id = {r:String} GROUP BY s",
+        {"n": SHARDS, "r": RUN_ID},
+    )
+    return {f"{RUN_ID}|{shard_key(int(s), SHARDS)}": int(c) for s, c in rows}
+
+
+def test_a_whole_run_backfill_reports_metadata_and_checks_per_partition(
+    store: Store, demo: Demo, instance: dg.DagsterInstance
+) -> None:
+    defs = build([PIPELINE])
+    register(instance, RUN_ID)
+    trace = level_key(PIPELINE, TRACE)
+
+    result = materialize(defs, instance, [trace], tags=all_shards(RUN_ID))
+
+    per_shard = _shard_counts(store)
+    events = {
+        str(e.partition): metadata_values(e.materialization)
+        for e in result.get_asset_materialization_events()
+    }
+    assert len(events) == SHARDS
+    for partition, meta in events.items():
+        assert meta["entities"] == per_shard.get(partition, 0), partition
+        assert meta["step_entities"] == demo.runs[RUN_ID]
+        assert meta["runs"] == RUN_ID
+        assert f"of {per_shard.get(partition, 0):,} entities computed" in str(meta["summary"])
+    checks = result.get_asset_check_evaluations()
+    by_partition = {(c.check_name, c.partition): c for c in checks if c.partition}
+    for partition in events:
+        evaluation = by_partition[("complete", partition)]
+        assert evaluation.passed
+        assert metadata_values(evaluation)["traces"] == per_shard.get(partition, 0)
+        assert by_partition[("error_rate", partition)].blocking
+        assert ("schema", partition) in by_partition
+
+    # A step over one partition: Dagster attaches its partition to each check.
+    one = f"{RUN_ID}|{shard_key(1, SHARDS)}"
+    single = materialize(defs, instance, [trace], partition_key=one)
+    assert {c.partition for c in single.get_asset_check_evaluations()} == {one}
+
+
+def test_a_failing_error_rate_blocks_the_level_above(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, judge: None
+) -> None:
+    defs = build([judges.pipeline], error_rate_threshold=0.1)
+    register(instance, RUN_ID)
+    judges.BEHAVIOUR["fail_every"] = 2
+    trace, datapoint = (level_key(judges.pipeline, lvl) for lvl in (TRACE, DATAPOINT))
+
+    result = materialize(
+        defs, instance, [trace, datapoint], tags=all_shards(RUN_ID), raise_on_error=False
+    )
+
+    assert not result.success
+    keys = {e.materialization.asset_key for e in result.get_asset_materialization_events()}
+    assert keys == {trace}  # the traces are stored and shown, the level above is not fed
+    rates = [c for c in result.get_asset_check_evaluations() if c.check_name == "error_rate"]
+    whole = [c for c in rates if c.partition is None]
+    assert len(whole) == 1 and not whole[0].passed and whole[0].blocking
+    for check in rates:
+        assert check.passed == (float(metadata_values(check)["error_rate"]) <= 0.1)  # type: ignore[arg-type]
+    assert sum(not c.passed for c in rates if c.partition) >= 2
+    assert not stored_status(store, judges.pipeline, DATAPOINT, RUN_ID)
