@@ -62,6 +62,7 @@ from manta_dagster.resources import ClickHouseResource, KestrelResource
 from manta_dagster.split import PartitionSplit, split_partitions
 from manta_dagster.summary import first_failures, markdown_summary
 from manta_lib import EntityLevel, MetadataOutput
+from manta_lib.explorer.links import results_url
 from manta_lib.pipeline import (
     BucketClock,
     LevelSpec,
@@ -173,9 +174,11 @@ def _metadata(
     seconds: float,
     computed: int,
     runs: Sequence[str],
+    links: dict[str, str],
 ) -> dict[str, Any]:
     errors = sum(1 for o in outputs if o.error is not None)
     return {
+        **{name: dg.MetadataValue.url(url) for name, url in links.items()},
         "entities": len(outputs),
         "computed_now": computed,
         "errors": errors,
@@ -188,6 +191,25 @@ def _metadata(
     }
 
 
+def explorer_links(judge: str, level: EntityLevel, partitions: Sequence[str]) -> dict[str, str]:
+    """``{"explorer": url}`` of the results page of the materialized partition(s) in the Manta
+    explorer (one shard when a single ``run|shard`` partition), or ``{"explorer <run_id>": url}``
+    per run when they span several runs."""
+    shards: dict[str, set[str]] = {}
+    for key in partitions:
+        run_id, sep, shard = key.rpartition("|")
+        shards.setdefault(run_id if sep else key, set()).update([shard] if sep else [])
+    links = {
+        run_id: results_url(
+            judge, run_id, level.value, shard=next(iter(found)) if len(found) == 1 else None
+        )
+        for run_id, found in shards.items()
+    }
+    if len(links) == 1:
+        return {"explorer": next(iter(links.values()))}
+    return {f"explorer {run_id}": url for run_id, url in links.items()}
+
+
 def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
@@ -198,6 +220,8 @@ def _partition_metadata(
     outputs: Sequence[MetadataOutput],
     schema: type[BaseModel],
     *,
+    judge: str,
+    level: EntityLevel,
     judge_version: str,
     seconds: float,
     since: datetime,
@@ -214,6 +238,7 @@ def _partition_metadata(
             seconds=seconds,
             computed=sum(1 for o in mine if _utc(o.computed_at) >= since),
             runs=[str(partition).split("|")[0]],
+            links=explorer_links(judge, level, [str(partition)]),
         )
         metadata["step_partitions"] = len(split.keys)
         metadata["step_entities"] = len(outputs)
@@ -289,6 +314,8 @@ def _run_step(
         split,
         step.outputs,
         spec.schema,
+        judge=pipeline.judge,
+        level=spec.level,
         judge_version=pipeline.judge_version,
         seconds=seconds,
         since=since,
@@ -302,6 +329,9 @@ def _run_step(
             seconds=seconds,
             computed=step.computed,
             runs=[s.run_id for s in run_scopes],
+            links=explorer_links(
+                pipeline.judge, spec.level, [str(k) for k in context.partition_keys]
+            ),
         ),
     )
     yield from step.checks

@@ -15,6 +15,7 @@ from examples import run_summary, tool_errors
 from manta_dagster.assets import level_key
 from manta_dagster.partitions import shard_key
 from manta_lib.demo import seed_demo
+from manta_lib.explorer.links import results_url, trace_url
 from manta_lib.models import EntityLevel
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
@@ -110,6 +111,7 @@ def test_every_level_materializes_what_pipeline_run_computes(
     assert step["judge_version"] == tool_errors.pipeline.judge_version
     assert "Histogram of" in str(step["summary"]) and "| mean_error_rate |" in str(step["summary"])
     assert step["first_failures"] == "No failures."
+    assert step["explorer"] == results_url("tool_errors", RUN_ID, "step")
     trace = events[("tool_errors/trace", f"{RUN_ID}|01")]
     assert trace["step_entities"] == demo.runs[RUN_ID]  # the step covered every shard of the run
     assert 0 < int(trace["entities"]) < demo.runs[RUN_ID]  # type: ignore[call-overload]
@@ -202,7 +204,8 @@ def test_error_rate_check_fails_and_metadata_lists_the_first_failures(
                     if not ok)  # fmt: skip
     assert sum(int(m["errors"]) for m in metas) == len(failed) > 0  # type: ignore[call-overload]
     meta = next(m for m in metas if f"`{failed[0]}`" in str(m["first_failures"]))
-    assert f"`{failed[0]}`: ValueError: cannot judge {failed[0]}" in str(meta["first_failures"])
+    link = f"[`{failed[0]}`]({trace_url(failed[0])})"  # each failure opens its explorer page
+    assert f"{link}: ValueError: cannot judge {failed[0]}" in str(meta["first_failures"])
     assert "judges.py:" in str(meta["first_failures"]) and "in map_trace" in str(
         meta["first_failures"]
     )

@@ -12,8 +12,9 @@ import dagster as dg
 import pytest
 
 from examples import tool_errors
-from manta_dagster.assets import level_key
+from manta_dagster.assets import explorer_links, level_key
 from manta_dagster.partitions import shard_key
+from manta_lib.explorer.links import results_url
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import missing_entities, plan_scope
 from manta_lib.settings import MantaSettings
@@ -112,6 +113,8 @@ def test_a_whole_run_backfill_reports_metadata_and_checks_per_partition(
         assert meta["entities"] == per_shard.get(partition, 0), partition
         assert meta["step_entities"] == demo.runs[RUN_ID]
         assert meta["runs"] == RUN_ID
+        shard = int(partition.rpartition("|")[2])
+        assert meta["explorer"] == results_url(PIPELINE.judge, RUN_ID, "trace", shard=shard)
         assert f"of {per_shard.get(partition, 0):,} entities computed" in str(meta["summary"])
     checks = result.get_asset_check_evaluations()
     by_partition = {(c.check_name, c.partition): c for c in checks if c.partition}
@@ -150,3 +153,14 @@ def test_a_failing_error_rate_blocks_the_level_above(
         assert check.passed == (float(metadata_values(check)["error_rate"]) <= 0.1)  # type: ignore[arg-type]
     assert sum(not c.passed for c in rates if c.partition) >= 2
     assert not stored_status(store, judges.pipeline, DATAPOINT, RUN_ID)
+
+
+def test_explorer_links_name_each_run_when_a_step_spans_several() -> None:
+    links = explorer_links("j", STEP, ["run_a", "run_b"])
+    assert links == {
+        "explorer run_a": results_url("j", "run_a", "step"),
+        "explorer run_b": results_url("j", "run_b", "step"),
+    }
+    assert explorer_links("j", TRACE, ["run_a|00", "run_a|01"]) == {
+        "explorer": results_url("j", "run_a", "trace")
+    }
