@@ -20,7 +20,7 @@ from manta_lib.pipeline.planner import Scope, TraceRef, entity_ids
 from manta_lib.pipeline.resume import ID_FILTER_LIMIT
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import load_status
-from manta_lib.store.shard_queries import trace_shards
+from manta_lib.store.partition_queries import trace_shards
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def missing_entities(
     reduce) saves the status query. The shards of the missing entities cost one query over the
     run's traces, and only when something is missing.
     """
-    expected = entity_ids(level, scope.refs)
+    expected = _level_ids(level, scope)
     if present is None:
         present = load_status(
             store,
@@ -85,6 +85,35 @@ def missing_entities(
             if wanted.intersection(ids)
         ]
     return MissingEntities(level, scope.run_id, len(expected), missing, shards)
+
+
+def _level_ids(level: EntityLevel, scope: Scope) -> list[str]:
+    if level is EntityLevel.RUN:
+        return [scope.run_id] if scope.refs else []
+    return entity_ids(level, scope.refs)
+
+
+def complete_shards(
+    store: Store, pipeline: PipelineDefinition, level: EntityLevel, scope: Scope
+) -> list[int]:
+    """The shards (of ``scope.shard_count``, ascending) in which every entity of ``level`` has a
+    stored outcome for the pipeline's judge version; a shard without traces counts as
+    complete. For a trace or datapoint level of a whole-run ``scope``: which Dagster
+    partitions ``run|shard`` hold a full result."""
+    stored = load_status(
+        store,
+        project_id=pipeline.project_id,
+        run_id=scope.run_id,
+        judge=pipeline.judge,
+        level=level,
+        judge_version=pipeline.judge_version,
+    )
+    by_shard = entities_by_shard(store, level, scope)
+    return [
+        shard
+        for shard in range(scope.shard_count)
+        if all(entity_id in stored for entity_id in by_shard.get(shard, []))
+    ]
 
 
 def entities_by_shard(store: Store, level: EntityLevel, scope: Scope) -> dict[int, list[str]]:

@@ -10,13 +10,21 @@ from collections.abc import Iterator
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.data_version import CODE_VERSION_TAG
 
 from examples import tool_errors
 from manta_dagster.assets import explorer_links, level_key
 from manta_dagster.partitions import shard_key
+from manta_dagster.results_sync import SYNC_SENSOR_NAME
 from manta_lib.explorer.links import results_url
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline import missing_entities, plan_scope
+from manta_lib.pipeline import (
+    RunOptions,
+    entities_by_shard,
+    map_scope,
+    missing_entities,
+    plan_scope,
+)
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 from tests.dagster import judges
@@ -125,6 +133,8 @@ def test_a_whole_run_backfill_reports_metadata_and_checks_per_partition(
         assert by_partition[("error_rate", partition)].blocking
         assert ("schema", partition) in by_partition
 
+    assert _sync(defs, instance, None)[0] == []  # what Dagster materialized is not reported again
+
     # A step over one partition: Dagster attaches its partition to each check.
     one = f"{RUN_ID}|{shard_key(1, SHARDS)}"
     single = materialize(defs, instance, [trace], partition_key=one)
@@ -164,3 +174,50 @@ def test_explorer_links_name_each_run_when_a_step_spans_several() -> None:
     assert explorer_links("j", TRACE, ["run_a|00", "run_a|01"]) == {
         "explorer": results_url("j", "run_a", "trace")
     }
+
+
+def _sync(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> tuple[list[dg.AssetMaterialization], str | None]:
+    """One tick of the results-sync sensor; its events are reported as the daemon would."""
+    sensor = defs.resolve_sensor_def(SYNC_SENSOR_NAME)
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=defs.resources
+    ) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    events = [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
+    for event in events:
+        instance.report_runless_asset_event(event)
+    return events, result.cursor
+
+
+def test_results_computed_outside_dagster_show_as_materialized_partitions(
+    store: Store, demo: Demo, instance: dg.DagsterInstance, settings: MantaSettings
+) -> None:
+    defs = build([PIPELINE])
+    register(instance, RUN_ID)
+    trace, datapoint, step = (level_key(PIPELINE, lvl) for lvl in (TRACE, DATAPOINT, STEP))
+    scope = plan_scope(store, RUN_ID, shard_count=SHARDS)
+    by_shard = entities_by_shard(store, TRACE, scope)
+    empty = {f"{RUN_ID}|{shard_key(s, SHARDS)}" for s in range(SHARDS) if s not in by_shard}
+    first = min(by_shard)
+    one_shard = plan_scope(store, RUN_ID, shards=[first], shard_count=SHARDS)
+    map_scope(PIPELINE, one_shard, store=store, options=RunOptions(progress=False))
+
+    events, cursor = _sync(defs, instance, None)
+
+    assert {(e.asset_key, str(e.partition)) for e in events} == {
+        (trace, p) for p in empty | {f"{RUN_ID}|{shard_key(first, SHARDS)}"}
+    }  # one shard mapped: only it is complete; nothing above it is
+    assert all(e.tags[CODE_VERSION_TAG] == PIPELINE.judge_version for e in events)
+
+    PIPELINE.run(RUN_ID, mode="local", settings=settings, progress=False)
+    events, cursor = _sync(defs, instance, cursor)
+
+    every = {f"{RUN_ID}|{shard_key(s, SHARDS)}" for s in range(SHARDS)}
+    assert instance.get_materialized_partitions(trace) == every
+    assert instance.get_materialized_partitions(datapoint) == every
+    assert instance.get_materialized_partitions(step) == {RUN_ID}
+    assert _sync(defs, instance, cursor)[0] == []  # idempotent: nothing changed
+    assert _sync(defs, instance, None)[0] == []  # a lost cursor reports nothing twice
