@@ -55,6 +55,7 @@ from manta_dagster.io_manager import (
 from manta_dagster.partitions import (
     DEFAULT_SHARD_COUNT,
     RUN_PARTITIONS,
+    SHARDED_LEVELS,
     run_shard_partitions,
     scopes_from_keys,
 )
@@ -93,7 +94,6 @@ __all__ = [
 
 KIND = "clickhouse"
 DEFAULT_ERROR_RATE_THRESHOLD = 0.05
-SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def level_key(pipeline: PipelineDefinition, level: EntityLevel) -> dg.AssetKey:
 def level_partitions(
     level: EntityLevel, shard_count: int = DEFAULT_SHARD_COUNT
 ) -> dg.PartitionsDefinition:
-    """``run × shard`` for trace and datapoint levels, ``run`` for step and run levels."""
+    """``run × shard`` for trace, datapoint and datapoint-across-steps levels, ``run`` for step
+    and run levels."""
     if level in SHARDED_LEVELS:
         return run_shard_partitions(shard_count)
     return RUN_PARTITIONS
@@ -175,10 +176,14 @@ def _metadata(
     computed: int,
     runs: Sequence[str],
     links: dict[str, str],
+    llm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     errors = sum(1 for o in outputs if o.error is not None)
+    # The LLM judges' calls, cache hits, tokens, 429s and dollars ("unknown" if unpriced).
+    llm_fields = {k: "unknown" if v is None else v for k, v in (llm or {}).items()}
     return {
         **{name: dg.MetadataValue.url(url) for name, url in links.items()},
+        **llm_fields,
         "entities": len(outputs),
         "computed_now": computed,
         "errors": errors,
@@ -252,7 +257,8 @@ class _StepResult:
     checks: list[dg.AssetCheckResult | dg.AssetCheckEvaluation] = field(default_factory=list)
 
 
-ScopeStep = Callable[[Store, Scope, BucketClock], tuple[list[MetadataOutput], int]]
+#: (store, scope, clock, runs-log summary) -> (outputs, computed now)
+ScopeStep = Callable[[Store, Scope, BucketClock, dict[str, Any]], tuple[list[MetadataOutput], int]]
 ChecksStep = Callable[[Store, Sequence[Scope], list[MetadataOutput]], StepChecks]
 
 
@@ -285,7 +291,7 @@ def _run_step(
                         store, run_scope.run_id, shards=run_scope.shards, shard_count=shard_count
                     )
                 planned.append(scope)
-                outputs, computed = compute(store, scope, clock)
+                outputs, computed = compute(store, scope, clock, record.summary)
                 context.log.info(
                     "%s on %s: %d entities", key.to_user_string(), scope.describe(), len(outputs)
                 )
@@ -332,6 +338,7 @@ def _run_step(
             links=explorer_links(
                 pipeline.judge, spec.level, [str(k) for k in context.partition_keys]
             ),
+            llm={k: v for k, v in record.summary.items() if k.startswith("llm_")},
         ),
     )
     yield from step.checks
@@ -409,8 +416,12 @@ def build_map_asset(
 
         return register
 
-    def compute(store: Store, scope: Scope, clock: BucketClock) -> tuple[list[MetadataOutput], int]:
-        mapped = map_scope(pipeline, scope, store=store, options=run_options, clock=clock)
+    def compute(
+        store: Store, scope: Scope, clock: BucketClock, summary: dict[str, Any]
+    ) -> tuple[list[MetadataOutput], int]:
+        mapped = map_scope(
+            pipeline, scope, store=store, options=run_options, clock=clock, summary=summary
+        )
         return mapped.outputs, mapped.computed
 
     def checks(store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]) -> StepChecks:
@@ -452,7 +463,7 @@ def build_reduce_asset(
         children: LevelInput,
     ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult | dg.AssetCheckEvaluation]:
         def compute(
-            store: Store, scope: Scope, clock: BucketClock
+            store: Store, scope: Scope, clock: BucketClock, summary: dict[str, Any]
         ) -> tuple[list[MetadataOutput], int]:
             loaded = children.by_run.get(scope.run_id, [])
             with clock("load"):

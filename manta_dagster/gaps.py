@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from manta_dagster.partitions import run_key_range, shard_key
+from manta_dagster.partitions import SHARDED_LEVELS, run_key_range, shard_key
 from manta_lib import EntityLevel
 from manta_lib.pipeline import MissingEntities, PipelineDefinition
 
 SHOWN = 8
-SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT)
 
 
 def fill_commands(

@@ -27,9 +27,13 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.events import DagsterEventType
 
 from manta_dagster.automation import sensors_default_status
-from manta_dagster.partitions import DEFAULT_SHARD_COUNT, RUNS_PARTITIONS_NAME, shard_key
+from manta_dagster.partitions import (
+    DEFAULT_SHARD_COUNT,
+    RUNS_PARTITIONS_NAME,
+    SHARDED_LEVELS,
+    shard_key,
+)
 from manta_dagster.resources import ClickHouseResource
-from manta_dagster.split import SHARDED_LEVELS
 from manta_lib import EntityLevel, StoreUnavailableError
 from manta_lib.explorer.links import results_url
 from manta_lib.pipeline import (

@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from manta_dagster.partitions import shard_key
+from manta_dagster.partitions import SHARDED_LEVELS, shard_key
 from manta_lib import EntityLevel, MetadataOutput
 from manta_lib.pipeline import Scope, entities_by_shard
 from manta_lib.store import Store
-
-SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from manta_lib.errors import (
     ComputationAborted,
     ConfigError,
     KestrelError,
+    LLMBudgetExceeded,
+    LLMError,
     MantaError,
     PersistenceError,
     PipelineDefinitionError,
@@ -26,6 +28,7 @@ from manta_lib.ingest import (
     import_jsonl,
     load_records,
 )
+from manta_lib.llm import LLMJudge, ModelPrice
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.percentile import percentile
 from manta_lib.pipeline import MapReduceComputation
@@ -47,11 +50,15 @@ __all__ = [
     "ImportReport",
     "JudgeInfo",
     "KestrelError",
+    "LLMBudgetExceeded",
+    "LLMError",
+    "LLMJudge",
     "MantaError",
     "MantaService",
     "MantaSettings",
     "MapReduceComputation",
     "MetadataOutput",
+    "ModelPrice",
     "PersistenceError",
     "Phase",
     "PipelineDefinitionError",

@@ -41,3 +41,18 @@ class KestrelError(MantaError):
 
 class ComputationAborted(MantaError):
     """A computation stopped early (``max_failures`` exceeded); finished work was kept."""
+
+
+class LLMError(MantaError):
+    """An LLM judge call failed for one input (refused request, invalid answer, prompt too long).
+
+    Raised inside a map function, it becomes that trace's error; other traces go on.
+    """
+
+
+class LLMBudgetExceeded(ComputationAborted):
+    """The next LLM call would push spending past ``max_cost_usd``: a clean stop.
+
+    Work finished before the stop is kept (and its answers are cached), so a new run with a
+    higher cap continues where this one stopped without paying twice.
+    """

@@ -29,7 +29,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PipelineDefinitionError
@@ -41,6 +41,9 @@ from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Limits
 from manta_lib.pipeline.run import run_pipeline
 from manta_lib.settings import MantaSettings, load_settings
+
+if TYPE_CHECKING:
+    from manta_lib.llm.estimate import Estimate
 
 Mode = Literal["local", "modal"]
 
@@ -74,6 +77,7 @@ class MapReduceComputation(PipelineDefinition):
         retry_errors: bool = True,
         progress: bool | None = None,
         settings: MantaSettings | None = None,
+        max_cost_usd: float | None = None,
     ) -> dict[EntityLevel, list[MetadataOutput]]:
         """Run the pipeline over one run and return every level's outputs.
 
@@ -91,6 +95,9 @@ class MapReduceComputation(PipelineDefinition):
             retry_errors: recompute entities whose stored result is an error (default True).
             progress: show a progress bar (default: when stderr is a terminal).
             settings: override the environment settings.
+            max_cost_usd: stop cleanly before an LLM judge call could push this run's LLM
+                spending past it (``LLMBudgetExceeded``; finished work is kept, and a run
+                with a higher cap continues). Local mode.
         """
         self.require_levels()
         if mode not in ("local", "modal"):
@@ -104,9 +111,15 @@ class MapReduceComputation(PipelineDefinition):
             timeout_s=timeout_s,
             retry_errors=retry_errors,
             progress=progress,
+            max_cost_usd=max_cost_usd,
         )
         settings = settings or load_settings()
         mapper: Mapper
+        if mode == "modal" and max_cost_usd is not None:
+            raise PipelineDefinitionError(
+                "max_cost_usd is enforced in the process that calls the judges: use "
+                "mode='local' (each Modal container has its own limiter and spending)"
+            )
         if mode == "modal":
             mapper = modal_mapper(self, options=options, settings=settings)
         else:
@@ -114,4 +127,30 @@ class MapReduceComputation(PipelineDefinition):
             mapper = ThreadMapper()
         return run_pipeline(
             self, run_id, mapper=mapper, options=options, settings=settings, mode=mode
+        )
+
+    def estimate(
+        self,
+        run_id: str,
+        *,
+        sample: int = 50,
+        max_workers: int | None = None,
+        settings: MantaSettings | None = None,
+    ) -> Estimate:
+        """Run the map function on ``sample`` traces of ``run_id`` (spread over its steps) and
+        project the LLM calls, tokens, dollars and wall time of the whole run.
+
+        Example::
+
+            print("\n".join(pipeline.estimate("run_grpo_math_v1", sample=50).lines()))
+        """
+        from manta_lib.llm.pipeline_estimate import estimate_pipeline
+
+        self.require_levels()
+        return estimate_pipeline(
+            self,
+            run_id,
+            sample=sample,
+            max_workers=max_workers or self.default_max_workers,
+            settings=settings,
         )

@@ -14,13 +14,14 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from manta_lib.context import TraceContext
 from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import ComputationAborted
+from manta_lib.llm.scope import is_budget_refusal
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.options import RunOptions, failure_budget
@@ -65,6 +66,8 @@ class MapTally:
         self._first_error: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._progress = TraceProgress(total, description, progress)
+        #: Called on each update for a status after the bar (the LLM judges' figures).
+        self.note: Callable[[], str] | None = None
 
     def add(self, mapped: int, failed: int = 0, first_error: tuple[str, str] | None = None) -> None:
         """Count ``mapped`` traces, ``failed`` of them failed (``(trace id, error)`` of one)."""
@@ -77,6 +80,8 @@ class MapTally:
                 self._first_error = first_error
             over = self.budget is not None and self.failed > self.budget
         self._progress.advance(mapped, failed)
+        if self.note is not None and self._progress.enabled:
+            self._progress.note(self.note())
         if over:
             self.stop.set()
 
@@ -202,6 +207,11 @@ class ThreadMapper:
 
         def on_result(result: ItemResult[TraceContext]) -> None:
             # In the pool thread: a thread-safe append; failures count at once (the budget).
+            if is_budget_refusal(result.error):
+                # The LLM cap refused this trace's call: not a result (not written, not a
+                # failure); the next run maps it. Start no new traces.
+                job.tally.stop.set()
+                return
             finished.append(result)
             if result.error is not None:
                 job.tally.add(0, 1, (result.item.trace_id, result.error))
@@ -223,6 +233,8 @@ class ThreadMapper:
                     error=result.error,
                     computed_at=computed_at,
                     error_at=result.where,
+                    datapoint_id=result.item.datapoint_id,
+                    step_number=result.item.step_number,
                 )
                 for result in (finished.popleft() for _ in range(count))
             ]

@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from manta_lib.errors import ConfigError
+from manta_lib.llm.settings import llm_worker_environment
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.batches import MAX_ATTEMPTS, BatchMapper, Outcome, Payload
 from manta_lib.pipeline.definition import PipelineDefinition
@@ -186,7 +187,9 @@ def app_spec(
     module = ref.split(":")[0]
     uses_llm = pipeline.level(EntityLevel.TRACE).uses_llm
     env = worker_environment(settings)
-    # The Modal token stays with the driver; workers get only the store and Kestrel settings.
+    if uses_llm:  # the judges in the containers reach the same LLM server with the same knobs
+        env.update(llm_worker_environment())
+    # The Modal token stays with the driver; workers get the store, Kestrel and LLM settings.
     secret_env = {k: v for k, v in env.items() if v != ""}
     sources = ["manta_lib", "manta", module.split(".")[0]]
     return ModalAppSpec(

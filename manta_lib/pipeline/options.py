@@ -25,6 +25,7 @@ class RunOptions:
     timeout_s: float | None = None
     retry_errors: bool = True
     progress: bool | None = None
+    max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_workers, bool) or not isinstance(self.max_workers, int):
@@ -53,6 +54,16 @@ class RunOptions:
                 f"{self.timeout_s!r}"
             )
         failure_budget(self.max_failures, 0)  # validates
+        if self.max_cost_usd is not None and (
+            isinstance(self.max_cost_usd, bool)
+            or not isinstance(self.max_cost_usd, int | float)
+            or not math.isfinite(self.max_cost_usd)
+            or self.max_cost_usd < 0
+        ):
+            raise PipelineDefinitionError(
+                f"max_cost_usd must be a number of dollars >= 0 (or None for no cap), got "
+                f"{self.max_cost_usd!r}"
+            )
 
     @property
     def persists(self) -> bool:

@@ -36,11 +36,14 @@ class TraceProgress:
                 TextColumn("[red]{task.fields[errors]} errors"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}"),
                 console=Console(stderr=True),
                 transient=False,
             )
             self._started = time.monotonic()
-            self._task = self._progress.add_task(description, total=total, errors=0, rate="")
+            self._task = self._progress.add_task(
+                description, total=total, errors=0, rate="", note=""
+            )
             self._progress.start()
 
     def advance(self, count: int, errors: int = 0) -> None:
@@ -54,6 +57,11 @@ class TraceProgress:
                 errors=self.errors,
                 rate=f"{self.done / elapsed:,.0f} traces/s",
             )
+
+    def note(self, text: str) -> None:
+        """A free-form status after the bar (e.g. the LLM judges' calls/s, 429s, dollars)."""
+        if self._progress is not None:
+            self._progress.update(self._task, note=text)
 
     def close(self) -> None:
         if self._progress is not None:

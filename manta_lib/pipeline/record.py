@@ -14,7 +14,7 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.pool import describe_exception
 from manta_lib.pipeline.progress import BucketClock
-from manta_lib.runs_log import append_run, make_run_row
+from manta_lib.runs_log import append_run, make_run_row, run_status
 from manta_lib.settings import MantaSettings
 from manta_lib.store.metadata import utc_now
 
@@ -27,24 +27,30 @@ class ComputationRecord:
 
     clock: BucketClock = field(default_factory=BucketClock)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: A ``limit_*`` subset: kept out of the runs-log statistics by default.
+    subset: bool = False
+    #: Traces in scope and how many of them failed, once the map is done.
+    traces_total: int | None = None
+    traces_failed: int | None = None
 
 
 @contextmanager
 def record_computation(
     pipeline: PipelineDefinition, run_id: str, mode: str, settings: MantaSettings
 ) -> Iterator[ComputationRecord]:
-    """Append the computation's runs-log row on exit: ``succeeded``, or ``failed`` with the
-    error (the exception propagates). Bookkeeping never breaks a computation.
+    """Append the computation's runs-log row on exit: ``succeeded``, ``mostly_failed`` when most
+    of its traces failed, or ``failed`` with the error (the exception propagates). Bookkeeping
+    never breaks a computation.
 
     ``run_id`` is the run of traces analysed (the row's ``trace_run_id``); the row's own
     ``run_id`` is a fresh computation id.
     """
     created_at = utc_now()
     record = ComputationRecord()
-    status, error = "failed", None
+    raised, error = True, None
     try:
         yield record
-        status = "succeeded"
+        raised = False
     except BaseException as exc:
         error = describe_exception(exc)
         raise
@@ -53,7 +59,11 @@ def record_computation(
             row = make_run_row(
                 run_id=f"{created_at:%Y%m%d_%H%M%S}_{uuid.uuid4().hex[:8]}",
                 workflow_id=f"manta__{pipeline.judge}",
-                status=status,
+                status=run_status(
+                    error=raised,
+                    traces_total=record.traces_total,
+                    traces_failed=record.traces_failed,
+                ),
                 created_at=created_at,
                 finished_at=utc_now(),
                 wall_time_breakdown=record.clock.breakdown(),
@@ -63,6 +73,9 @@ def record_computation(
                 trace_run_id=run_id,
                 mode=mode,
                 summary=record.summary,
+                subset=record.subset,
+                traces_total=record.traces_total,
+                traces_failed=record.traces_failed,
             )
             append_run(row, settings.runs_log_dir)
         except Exception:  # noqa: BLE001 - bookkeeping must never break a computation

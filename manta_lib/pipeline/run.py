@@ -16,13 +16,16 @@ calls the same :func:`map_scope` and :func:`reduce_scope` for the partitions of 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PersistenceError
 from manta_lib.kestrel import JudgeSpec, columns_from_schema
 from manta_lib.kestrel import register_judge as register_with_kestrel
+from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
@@ -107,8 +110,17 @@ def run_pipeline(
                     where = register_judge(pipeline, session.get(), settings)
                 log.debug("judge %s registered in %s", pipeline.judge, where)
             traces = map_scope(
-                pipeline, scope, store=session, options=options, mapper=mapper, clock=clock
+                pipeline,
+                scope,
+                store=session,
+                options=options,
+                mapper=mapper,
+                clock=clock,
+                summary=record.summary,
             )
+            record.subset = options.limits.active
+            record.traces_total = len(traces.outputs)
+            record.traces_failed = sum(1 for o in traces.outputs if o.error is not None)
             result = {EntityLevel.TRACE: traces.outputs}
             children = traces.outputs
             for spec in pipeline.levels[1:]:
@@ -145,13 +157,19 @@ def map_scope(
     options: RunOptions,
     mapper: Mapper | None = None,
     clock: BucketClock | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> ScopeOutputs:
     """Map the traces of ``scope`` not already stored for the judge version; return all the
     scope's trace outputs (stored ones read back) in scope order.
 
+    When the map function ``uses_llm``, the judges are checked before the first trace, the
+    ``max_cost_usd`` cap applies, and their usage (``llm_*`` fields) goes into ``summary``.
+
     Raises:
         ComputationAborted: more traces failed than ``options.max_failures`` allows, or a
             batch of a remote mapper kept failing; finished work is kept either way.
+        LLMBudgetExceeded: the next LLM call could have crossed ``options.max_cost_usd``;
+            finished work is kept.
     """
     session = store if isinstance(store, StoreSession) else StoreSession(store.settings, store)
     mapper = mapper or ThreadMapper()
@@ -205,7 +223,12 @@ def map_scope(
                 store=session.get() if mapper.shares_store else None,
                 clock=clock,
             )
-            computed = mapper.map(job)
+            with llm_scope(pipeline, options, session.settings, summary) as llm:
+                if llm is not None:
+                    tally.note = llm.progress_text
+                computed = mapper.map(job)
+            if llm is not None and llm.stopped:
+                raise llm.stop_error(tally.mapped, len(pending))
     except KeyboardInterrupt:
         log.warning(
             "interrupted: %d of %d traces of %s were mapped%s. Run the same pipeline on %s "
@@ -233,6 +256,37 @@ def map_scope(
             return ScopeOutputs(outputs, tally.mapped, len(done))
         previous = _load_traces(session.get(), pipeline, scope, sorted(done)) if done else []
     return ScopeOutputs(ordered(wanted, previous, computed), tally.mapped, len(done))
+
+
+@contextmanager
+def llm_scope(
+    pipeline: PipelineDefinition,
+    options: RunOptions,
+    settings: MantaSettings,
+    summary: dict[str, Any] | None,
+) -> Iterator[LLMRunScope | None]:
+    """An :class:`LLMRunScope` around the map of a pipeline whose map ``uses_llm``."""
+    if not pipeline.level(EntityLevel.TRACE).uses_llm:
+        yield None
+        return
+    with LLMRunScope(options.max_cost_usd, settings=settings) as llm:
+        try:
+            yield llm
+        finally:
+            if summary is not None:
+                add_llm_usage(summary, llm.usage().as_fields())
+
+
+def add_llm_usage(summary: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Add one map's ``llm_*`` fields to ``summary`` (several scopes make one step); an
+    unknown cost stays unknown (None)."""
+    for name, value in fields.items():
+        if name not in summary:
+            summary[name] = value
+        elif value is None or summary[name] is None:
+            summary[name] = None
+        else:
+            summary[name] += value
 
 
 def _load_traces(

@@ -2,9 +2,11 @@
 
 Each computed entity is stored as one row per output column plus two bookkeeping columns,
 ``__status__`` (``ok`` / ``error``) and ``__error__`` (``Type: message`` or empty), all with
-the judge version and ``computed_at``. The table is a ReplacingMergeTree keyed by identity
-(project, run, judge, level, entity, column), so rewriting an entity replaces its values and
-the newest computation wins; reads use FINAL.
+the judge version, ``computed_at`` and the entity's ``datapoint_id`` / ``step_number`` where
+its level has them. The table is a ReplacingMergeTree keyed by identity (project, run, judge,
+judge version, level, entity, column), so rewriting an entity with the same version replaces its
+values (the newest computation wins), while each version keeps its own results to compare;
+reads use FINAL.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from manta_lib.store.trace_queries import TraceFilter
 
 log = logging.getLogger(__name__)
 
+#: Levels whose entities belong to one datapoint, so a datapoint hash shard selects them.
+SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.DATAPOINT_ACROSS_STEPS)
+
 _TYPED_COLUMNS = ("value_type", "value_number", "value_string", "value_bool", "value_json")
 STATUS_COLUMN = "__status__"
 ERROR_COLUMN = "__error__"
@@ -39,6 +44,8 @@ METADATA_COLUMNS = (
     "judge",
     "entity_level",
     "entity_id",
+    "datapoint_id",
+    "step_number",
     "column",
     "value_type",
     "value_number",
@@ -57,6 +64,7 @@ def _metadata_arrow_table(columns: dict[str, list[Any]]) -> Any:
     types = {
         "value_number": pa.float64(),
         "value_bool": pa.bool_(),
+        "step_number": pa.int64(),
         "computed_at": pa.timestamp("us", tz="UTC"),
     }
     return pa.table(
@@ -153,6 +161,8 @@ class MetadataWriter:
                 buf["run_id"].extend([outcome.run_id] * count)
                 buf["entity_level"].extend([outcome.entity_level.value] * count)
                 buf["entity_id"].extend([outcome.entity_id] * count)
+                buf["datapoint_id"].extend([outcome.datapoint_id or ""] * count)
+                buf["step_number"].extend([outcome.step_number] * count)
                 buf["judge_version"].extend([outcome.judge_version] * count)
                 buf["computed_at"].extend([outcome.computed_at] * count)
                 buf["column"].extend(values)
@@ -233,6 +243,8 @@ class StoredEntity:
     judge_version: str
     computed_at: datetime
     error_at: str | None = None
+    datapoint_id: str | None = None
+    step_number: int | None = None
 
 
 def _identity_where(
@@ -302,20 +314,27 @@ def load_entities(
     """
     where, params = _identity_where(project_id, run_id, judge, level, None, entity_ids)
     if shards is not None:
-        if level not in (EntityLevel.TRACE, EntityLevel.DATAPOINT):
+        if level not in SHARDED_LEVELS:
             raise ValueError(f"the {level.value} level is not sharded")
-        key = "trace_id" if level is EntityLevel.TRACE else "datapoint_id"
         shard_where, shard_params = TraceFilter(
             run_id=run_id, shards=shards, shard_count=shard_count
         ).where()
         params.update(shard_params)
-        where += f" AND entity_id IN (SELECT {key} FROM {{db}}.traces WHERE {shard_where})"
+        if level is EntityLevel.TRACE:
+            where += f" AND entity_id IN (SELECT trace_id FROM {{db}}.traces WHERE {shard_where})"
+        else:
+            where += (
+                f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
+            )
+    # Each column's newest row: with several versions stored, the entity's newest status names
+    # the version, and columns of other versions are dropped below.
     rows = store.rows(
         f"""
         SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
-               judge_version, computed_at
+               judge_version, computed_at, datapoint_id, step_number
         FROM {{db}}.entity_metadata FINAL WHERE {where}
-        ORDER BY entity_id, column
+        ORDER BY entity_id, column, computed_at DESC
+        LIMIT 1 BY entity_id, column
         """,
         params,
     )
@@ -339,14 +358,23 @@ def load_entities(
             values.pop(column, None)
         entities.append(
             StoredEntity(
-                current, dict(values), status == "ok", error, version, meta["at"], error_at
+                current,
+                dict(values),
+                status == "ok",
+                error,
+                version,
+                meta["at"],
+                error_at,
+                meta["datapoint_id"] or None,
+                meta["step_number"],
             )
         )
 
-    for entity_id, column, vtype, number, string, flag, raw, version, computed_at in rows:
+    for entity_id, column, vtype, number, string, flag, raw, version, computed_at, dp, step in rows:
         if entity_id != current:
             close_entity()
-            current, values, meta = entity_id, {}, {"versions": {}}
+            current, values = entity_id, {}
+            meta = {"versions": {}, "datapoint_id": dp, "step_number": step}
         values[column] = _untyped(vtype, number, string, flag, raw)
         meta["versions"][column] = version
         if column == STATUS_COLUMN:
@@ -375,6 +403,8 @@ def outputs_from_stored(
             error=entity.error,
             computed_at=entity.computed_at,
             error_at=entity.error_at,
+            datapoint_id=entity.datapoint_id,
+            step_number=entity.step_number,
         )
         for entity in stored
     ]

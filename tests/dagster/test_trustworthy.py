@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
+from pydantic import BaseModel
 
 from examples import tool_errors
+from manta import EntityRef, MapReduceComputation, TraceContext
 from manta_dagster.assets import explorer_links, level_key
 from manta_dagster.partitions import shard_key
 from manta_dagster.results_sync import SYNC_SENSOR_NAME
@@ -221,3 +223,60 @@ def test_results_computed_outside_dagster_show_as_materialized_partitions(
     assert instance.get_materialized_partitions(step) == {RUN_ID}
     assert _sync(defs, instance, cursor)[0] == []  # idempotent: nothing changed
     assert _sync(defs, instance, None)[0] == []  # a lost cursor reports nothing twice
+
+
+class _Rollout(BaseModel):
+    passed: int
+
+
+class _Counts(BaseModel):
+    passes: int
+    n: int
+
+
+def _map_rollout(trace: TraceContext) -> _Rollout:
+    return _Rollout(passed=int(trace.score is not None and trace.score >= 0.5))
+
+
+def _count(entity: EntityRef, rollouts: list[_Rollout]) -> _Counts:
+    return _Counts(passes=sum(r.passed for r in rollouts), n=len(rollouts))
+
+
+def _total(entity: EntityRef, counts: list[_Counts]) -> _Counts:
+    return _Counts(passes=sum(c.passes for c in counts), n=sum(c.n for c in counts))
+
+
+ACROSS = (
+    MapReduceComputation("Dagster across steps")
+    .add_level(TRACE, _map_rollout, _Rollout)
+    .add_level(DATAPOINT, _count, _Counts)
+    .add_level(EntityLevel.DATAPOINT_ACROSS_STEPS, _total, _Counts)
+)
+
+
+def test_the_datapoint_across_steps_level_is_partitioned_like_the_datapoint_level(
+    store: Store, demo: Demo, instance: dg.DagsterInstance
+) -> None:
+    defs = build([ACROSS])
+    register(instance, RUN_ID)
+    keys = [
+        level_key(ACROSS, lvl) for lvl in (TRACE, DATAPOINT, EntityLevel.DATAPOINT_ACROSS_STEPS)
+    ]
+    graph = defs.resolve_asset_graph()
+    assert graph.get(keys[2]).partitions_def == graph.get(keys[1]).partitions_def
+    scope = plan_scope(store, RUN_ID, shard_count=SHARDS)
+    shard = min(entities_by_shard(store, TRACE, scope))
+    partition = f"{RUN_ID}|{shard_key(shard, SHARDS)}"
+
+    one = materialize(defs, instance, keys, partition_key=partition)
+
+    across = {
+        e.materialization.asset_key: metadata_values(e.materialization)
+        for e in one.get_asset_materialization_events()
+    }[keys[2]]
+    datapoints = entities_by_shard(store, EntityLevel.DATAPOINT_ACROSS_STEPS, scope)[shard]
+    assert across["entities"] == len(datapoints) > 0  # datapoint ids of that shard only
+    whole_run = materialize(
+        defs, instance, [keys[2]], tags=all_shards(RUN_ID), raise_on_error=False
+    )
+    assert not whole_run.success and "have no stored outcome" in _failure_message(whole_run)
