@@ -6,7 +6,10 @@ Real chDB with 300 demo traces, a real ephemeral Dagster instance, 4 shards per 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -41,6 +44,7 @@ from tests.dagster.helpers import (
     register,
     stored_status,
 )
+from tests.dagster.test_sensors import HOLD_STORE
 
 TRACE, DATAPOINT, STEP = EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.STEP
 PIPELINE = tool_errors.pipeline
@@ -280,3 +284,27 @@ def test_the_datapoint_across_steps_level_is_partitioned_like_the_datapoint_leve
         defs, instance, [keys[2]], tags=all_shards(RUN_ID), raise_on_error=False
     )
     assert not whole_run.success and "have no stored outcome" in _failure_message(whole_run)
+
+
+def test_the_results_sync_skips_a_tick_while_another_process_holds_the_store(
+    manta_env: dict[str, str], instance: dg.DagsterInstance
+) -> None:
+    defs = build([PIPELINE])
+    sensor = defs.resolve_sensor_def(SYNC_SENSOR_NAME)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+            skipped = sensor(context)
+        assert isinstance(skipped, dg.SkipReason)
+        assert "in use by another process" in str(skipped.skip_message)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
