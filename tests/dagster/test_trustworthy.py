@@ -287,8 +287,9 @@ def test_the_datapoint_across_steps_level_is_partitioned_like_the_datapoint_leve
 
 
 def test_the_results_sync_skips_a_tick_while_another_process_holds_the_store(
-    manta_env: dict[str, str], instance: dg.DagsterInstance
+    manta_env: dict[str, str], instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MANTA_LOCK_TIMEOUT_S", "1")  # do not wait the default 30 s for the lock
     defs = build([PIPELINE])
     sensor = defs.resolve_sensor_def(SYNC_SENSOR_NAME)
     holder = subprocess.Popen(
