@@ -49,11 +49,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Start the Dagster UI on 127.0.0.1:3000 over the demo data.
+## Start the Dagster UI (127.0.0.1:3000) and the Manta explorer (127.0.0.1:8050) over the demo
+## data, linked to each other; prints both URLs, Ctrl-C stops both.
 ui: $(STAMP)
-	$(BIN)/manta demo seed --if-empty
-	$(BIN)/manta dagster register-runs
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	BIN=$(BIN) scripts/ui.sh
 
 clean:
 	rm -rf $(VENV) .manta .pytest_cache .mypy_cache .ruff_cache .import_linter_cache artifacts

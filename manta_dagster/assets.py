@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -34,11 +35,13 @@ from pydantic import BaseModel
 
 from manta_dagster.automation import DEFAULT_BACKFILL_CRON, level_condition
 from manta_dagster.checks import (
-    check_complete,
-    check_error_rate,
-    check_schema,
+    CompleteTally,
+    StepChecks,
     check_specs,
+    tally_complete,
+    tally_schema,
 )
+from manta_dagster.gaps import incomplete_failure
 from manta_dagster.io_manager import (
     IO_MANAGER_KEY,
     META_JUDGE,
@@ -52,13 +55,15 @@ from manta_dagster.io_manager import (
 from manta_dagster.partitions import (
     DEFAULT_SHARD_COUNT,
     RUN_PARTITIONS,
-    RunScope,
+    SHARDED_LEVELS,
     run_shard_partitions,
     scopes_from_keys,
 )
 from manta_dagster.resources import ClickHouseResource, KestrelResource
+from manta_dagster.split import PartitionSplit, split_partitions
 from manta_dagster.summary import first_failures, markdown_summary
 from manta_lib import EntityLevel, MetadataOutput
+from manta_lib.explorer.links import results_url
 from manta_lib.pipeline import (
     BucketClock,
     LevelSpec,
@@ -66,6 +71,7 @@ from manta_lib.pipeline import (
     RunOptions,
     Scope,
     map_scope,
+    missing_entities,
     plan_scope,
     record_computation,
     reduce_scope,
@@ -88,7 +94,6 @@ __all__ = [
 
 KIND = "clickhouse"
 DEFAULT_ERROR_RATE_THRESHOLD = 0.05
-SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,8 @@ def level_key(pipeline: PipelineDefinition, level: EntityLevel) -> dg.AssetKey:
 def level_partitions(
     level: EntityLevel, shard_count: int = DEFAULT_SHARD_COUNT
 ) -> dg.PartitionsDefinition:
-    """``run × shard`` for trace and datapoint levels, ``run`` for step and run levels."""
+    """``run × shard`` for trace, datapoint and datapoint-across-steps levels, ``run`` for step
+    and run levels."""
     if level in SHARDED_LEVELS:
         return run_shard_partitions(shard_count)
     return RUN_PARTITIONS
@@ -168,13 +174,15 @@ def _metadata(
     judge_version: str,
     seconds: float,
     computed: int,
-    scopes: Sequence[RunScope],
+    runs: Sequence[str],
+    links: dict[str, str],
     llm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     errors = sum(1 for o in outputs if o.error is not None)
     # The LLM judges' calls, cache hits, tokens, 429s and dollars ("unknown" if unpriced).
     llm_fields = {k: "unknown" if v is None else v for k, v in (llm or {}).items()}
     return {
+        **{name: dg.MetadataValue.url(url) for name, url in links.items()},
         **llm_fields,
         "entities": len(outputs),
         "computed_now": computed,
@@ -182,22 +190,76 @@ def _metadata(
         "error_rate": dg.MetadataValue.float(round(errors / len(outputs), 6) if outputs else 0.0),
         "duration_s": dg.MetadataValue.float(round(seconds, 3)),
         "judge_version": judge_version,
-        "runs": ", ".join(dict.fromkeys(s.run_id for s in scopes)),
+        "runs": ", ".join(dict.fromkeys(runs)),
         "summary": dg.MetadataValue.md(markdown_summary(schema, outputs)),
         "first_failures": dg.MetadataValue.md(first_failures(outputs)),
     }
+
+
+def explorer_links(judge: str, level: EntityLevel, partitions: Sequence[str]) -> dict[str, str]:
+    """``{"explorer": url}`` of the results page of the materialized partition(s) in the Manta
+    explorer (one shard when a single ``run|shard`` partition), or ``{"explorer <run_id>": url}``
+    per run when they span several runs."""
+    shards: dict[str, set[str]] = {}
+    for key in partitions:
+        run_id, sep, shard = key.rpartition("|")
+        shards.setdefault(run_id if sep else key, set()).update([shard] if sep else [])
+    links = {
+        run_id: results_url(
+            judge, run_id, level.value, shard=next(iter(found)) if len(found) == 1 else None
+        )
+        for run_id, found in shards.items()
+    }
+    if len(links) == 1:
+        return {"explorer": next(iter(links.values()))}
+    return {f"explorer {run_id}": url for run_id, url in links.items()}
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _partition_metadata(
+    context: dg.AssetExecutionContext,
+    split: PartitionSplit,
+    outputs: Sequence[MetadataOutput],
+    schema: type[BaseModel],
+    *,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+    seconds: float,
+    since: datetime,
+) -> None:
+    """In a range step, each partition's materialization describes that partition only: its
+    entities, errors, summary and failures (``step_*`` keys give the whole step's)."""
+    if not split.is_range:
+        return
+    for partition, mine in split.group(outputs).items():
+        metadata = _metadata(
+            mine,
+            schema,
+            judge_version=judge_version,
+            seconds=seconds,
+            computed=sum(1 for o in mine if _utc(o.computed_at) >= since),
+            runs=[str(partition).split("|")[0]],
+            links=explorer_links(judge, level, [str(partition)]),
+        )
+        metadata["step_partitions"] = len(split.keys)
+        metadata["step_entities"] = len(outputs)
+        context.add_asset_metadata(metadata, partition_key=partition)
 
 
 @dataclass
 class _StepResult:
     outputs: list[MetadataOutput] = field(default_factory=list)
     computed: int = 0
-    checks: list[dg.AssetCheckResult] = field(default_factory=list)
+    checks: list[dg.AssetCheckResult | dg.AssetCheckEvaluation] = field(default_factory=list)
 
 
 #: (store, scope, clock, runs-log summary) -> (outputs, computed now)
 ScopeStep = Callable[[Store, Scope, BucketClock, dict[str, Any]], tuple[list[MetadataOutput], int]]
-ChecksStep = Callable[[Store, Sequence[Scope], list[MetadataOutput]], list[dg.AssetCheckResult]]
+ChecksStep = Callable[[Store, Sequence[Scope], list[MetadataOutput]], StepChecks]
 
 
 def _run_step(
@@ -209,9 +271,10 @@ def _run_step(
     compute: ScopeStep,
     checks: ChecksStep,
     prepare: Callable[[Store, BucketClock], None] | None = None,
-) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult | dg.AssetCheckEvaluation]:
     """Plan each partition scope, ``compute`` it, run ``checks``, record the runs-log row."""
     started = time.perf_counter()
+    since = datetime.now(UTC)
     key = level_key(pipeline, spec.level)
     run_scopes = scopes_from_keys(context.partition_keys, shard_count)
     step = _StepResult()
@@ -234,7 +297,15 @@ def _run_step(
                 )
                 step.outputs.extend(outputs)
                 step.computed += computed
-            step.checks = checks(store, planned, step.outputs)
+            verdicts = checks(store, planned, step.outputs)
+            split = split_partitions(
+                store,
+                spec.level,
+                verdicts.complete.scopes if verdicts.complete else planned,
+                list(context.partition_keys),
+                shard_count,
+            )
+            step.checks = [*verdicts.results(), *verdicts.per_partition(split)]
         record.summary.update({"asset": key.to_user_string(), "entities": len(step.outputs)})
     result = LevelResult(
         project_id=pipeline.project_id,
@@ -243,15 +314,30 @@ def _run_step(
         level=spec.level,
         outputs=step.outputs,
     )
+    seconds = time.perf_counter() - started
+    _partition_metadata(
+        context,
+        split,
+        step.outputs,
+        spec.schema,
+        judge=pipeline.judge,
+        level=spec.level,
+        judge_version=pipeline.judge_version,
+        seconds=seconds,
+        since=since,
+    )
     yield dg.Output(
         result,
         metadata=_metadata(
             step.outputs,
             spec.schema,
             judge_version=pipeline.judge_version,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
             computed=step.computed,
-            scopes=run_scopes,
+            runs=[s.run_id for s in run_scopes],
+            links=explorer_links(
+                pipeline.judge, spec.level, [str(k) for k in context.partition_keys]
+            ),
             llm={k: v for k, v in record.summary.items() if k.startswith("llm_")},
         ),
     )
@@ -269,6 +355,7 @@ def _asset_decorator(
         ins["children"] = dg.AssetIn(key=level_key(pipeline, pipeline.below(spec.level).level))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # backfill_policy is beta in 1.13
+        warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned checks: preview
         return dg.asset(
             key=key,
             ins=ins,
@@ -290,7 +377,12 @@ def _asset_decorator(
                 "manta/schema": spec.schema.__name__,
             },
             io_manager_key=IO_MANAGER_KEY,
-            check_specs=check_specs(key, spec.level, options.error_rate_threshold),
+            check_specs=check_specs(
+                key,
+                spec.level,
+                options.error_rate_threshold,
+                level_partitions(spec.level, options.shard_count),
+            ),
             automation_condition=(
                 level_condition(is_map=spec.is_map, cron=options.backfill_cron)
                 if options.automation
@@ -332,19 +424,16 @@ def build_map_asset(
         )
         return mapped.outputs, mapped.computed
 
-    def checks(
-        store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]
-    ) -> list[dg.AssetCheckResult]:
-        return [
-            check_complete(store, key, scopes=scopes, outputs=outputs),
-            *_common_checks(store, pipeline, spec, key, options, outputs),
-        ]
+    def checks(store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]) -> StepChecks:
+        return _step_checks(
+            store, pipeline, spec, key, options, outputs, tally_complete(store, scopes, outputs)
+        )
 
     def materialize(
         context: dg.AssetExecutionContext,
         clickhouse: ClickHouseResource,
         kestrel: KestrelResource,
-    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult | dg.AssetCheckEvaluation]:
         yield from _run_step(
             context,
             clickhouse,
@@ -372,12 +461,19 @@ def build_reduce_asset(
         context: dg.AssetExecutionContext,
         clickhouse: ClickHouseResource,
         children: LevelInput,
-    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult]:
+    ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult | dg.AssetCheckEvaluation]:
         def compute(
             store: Store, scope: Scope, clock: BucketClock, summary: dict[str, Any]
         ) -> tuple[list[MetadataOutput], int]:
+            loaded = children.by_run.get(scope.run_id, [])
+            with clock("load"):
+                gap = missing_entities(
+                    store, pipeline, below.level, scope, present={e.entity_id for e in loaded}
+                )
+            if not gap.complete:
+                raise incomplete_failure(pipeline, spec.level, gap, options.shard_count)
             stored = outputs_from_stored(
-                children.by_run.get(scope.run_id, []),
+                loaded,
                 schema=below.schema,
                 level=below.level,
                 run_id=scope.run_id,
@@ -390,8 +486,8 @@ def build_reduce_asset(
 
         def checks(
             store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]
-        ) -> list[dg.AssetCheckResult]:
-            return _common_checks(store, pipeline, spec, key, options, outputs)
+        ) -> StepChecks:
+            return _step_checks(store, pipeline, spec, key, options, outputs)
 
         yield from _run_step(
             context, clickhouse, pipeline, spec, options.shard_count, compute, checks
@@ -401,19 +497,22 @@ def build_reduce_asset(
     return _asset_decorator(pipeline, spec, options)(materialize)
 
 
-def _common_checks(
+def _step_checks(
     store: Store,
     pipeline: PipelineDefinition,
     spec: LevelSpec,
     key: dg.AssetKey,
     options: AssetOptions,
     outputs: Sequence[MetadataOutput],
-) -> list[dg.AssetCheckResult]:
-    return [
-        check_error_rate(key, outputs, options.error_rate_threshold),
-        check_schema(
+    complete: CompleteTally | None = None,
+) -> StepChecks:
+    return StepChecks(
+        key=key,
+        threshold=options.error_rate_threshold,
+        schema_name=spec.schema.__name__,
+        outputs=outputs,
+        schema=tally_schema(
             store,
-            key,
             schema=spec.schema,
             level=spec.level,
             project_id=pipeline.project_id,
@@ -421,7 +520,8 @@ def _common_checks(
             judge_version=pipeline.judge_version,
             outputs=outputs,
         ),
-    ]
+        complete=complete,
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from manta_dagster.automation import DEFAULT_BACKFILL_CRON, automation_sensor
 from manta_dagster.io_manager import EntityMetadataIOManager
 from manta_dagster.partitions import DEFAULT_SHARD_COUNT
 from manta_dagster.resources import ClickHouseResource, KestrelResource
+from manta_dagster.results_sync import build_results_sync_sensor
 from manta_dagster.sensors import build_run_discovery_sensor
 from manta_dagster.wall_time import WALL_TIME_RESOURCES, wall_time_percentiles
 from manta_lib import ConfigError, PipelineDefinitionError
@@ -158,6 +159,9 @@ def build_definitions(
     if built:
         sensors.append(
             build_run_discovery_sensor([b.trace_key for b in built], shard_count=shard_count)
+        )
+        sensors.append(
+            build_results_sync_sensor([b.pipeline for b in built], shard_count=shard_count)
         )
     embedded = clickhouse.embedded if clickhouse.url else embedded_store()
     return dg.Definitions(

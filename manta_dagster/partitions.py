@@ -1,10 +1,10 @@
 """Partitions of the level assets: runs (dynamic) × datapoint hash shards (static).
 
-A trace or datapoint partition is ``"<run_id>|<shard>"`` (dimensions ``run`` and ``shard``,
-Dagster orders them by name), e.g. ``run_grpo_math_v1|07``; a step or run partition is the run
-id alone. The shard of a datapoint is ``cityHash64(datapoint_id) % shard_count`` computed in
-ClickHouse (:data:`manta_lib.store.trace_queries.SHARD_EXPR`), so all the traces of a datapoint
-fall into one shard and a datapoint reduce never needs another shard.
+A trace, datapoint or datapoint-across-steps partition is ``"<run_id>|<shard>"`` (dimensions
+``run`` and ``shard``, Dagster orders them by name), e.g. ``run_grpo_math_v1|07``; a step or
+run partition is the run id alone. The shard of a datapoint is ``cityHash64(datapoint_id) %
+shard_count`` computed in ClickHouse (:data:`manta_lib.store.trace_queries.SHARD_EXPR`), so all
+the traces of a datapoint fall into one shard and a datapoint reduce never needs another shard.
 """
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from manta_lib import EntityLevel
+
 RUNS_PARTITIONS_NAME = "manta_runs"
 DEFAULT_SHARD_COUNT = 64
+
+SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.DATAPOINT_ACROSS_STEPS)
+"""Levels partitioned ``run × shard``: their entities lie within one datapoint hash shard (a
+trace, a datapoint's group at one step, a datapoint across steps). Step and run levels span
+every shard of their run and are partitioned by run."""
 
 RUN_PARTITIONS = dg.DynamicPartitionsDefinition(name=RUNS_PARTITIONS_NAME)
 """Every run id found in ClickHouse ``traces`` (added by the sensor or ``manta dagster

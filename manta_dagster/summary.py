@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from manta_lib import MetadataOutput, percentile
+from manta_lib.explorer.links import entity_url
 
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 30
@@ -114,13 +115,15 @@ def markdown_summary(schema: type[BaseModel], outputs: Sequence[MetadataOutput])
 
 
 def first_failures(outputs: Sequence[MetadataOutput], limit: int = FIRST_FAILURES) -> str:
-    """The first failed entity ids (smallest first) with their messages and where in the
-    user's code each was raised, as markdown."""
+    """The first failed entity ids (smallest first), each a link to its page in the explorer
+    (:func:`manta_lib.explorer.links.entity_url`), with its message and where in the user's
+    code it was raised, as markdown."""
     failed = sorted((o for o in outputs if o.error is not None), key=lambda o: o.entity_id)
     if not failed:
         return "No failures."
     lines = [
-        f"- `{o.entity_id}`: {str(o.error).splitlines()[0][:300]}"
+        f"- [`{o.entity_id}`]({entity_url(o.entity_level.value, o.entity_id, o.run_id)}): "
+        f"{str(o.error).splitlines()[0][:300]}"
         + (f" (at `{o.error_at[:300]}`)" if o.error_at else "")
         for o in failed[:limit]
     ]

@@ -6,6 +6,12 @@ See docs/architecture.md for how they fit.
 """
 
 from manta_lib.pipeline.computation import MapReduceComputation
+from manta_lib.pipeline.coverage import (
+    MissingEntities,
+    complete_shards,
+    entities_by_shard,
+    missing_entities,
+)
 from manta_lib.pipeline.definition import LevelSpec, PipelineDefinition
 from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Limits, Scope, TraceRef, entity_ids, plan_scope
@@ -27,15 +33,19 @@ __all__ = [
     "LevelSpec",
     "Limits",
     "MapReduceComputation",
+    "MissingEntities",
     "PipelineDefinition",
     "RunOptions",
     "Scope",
     "ScopeOutputs",
     "TraceRef",
+    "complete_shards",
     "describe_exception",
+    "entities_by_shard",
     "entity_ids",
     "load_level",
     "map_scope",
+    "missing_entities",
     "plan_scope",
     "record_computation",
     "reduce_scope",

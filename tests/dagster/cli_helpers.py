@@ -113,13 +113,15 @@ def stored(settings: MantaSettings) -> dict[tuple[str, str], dict[str, set[str]]
 
 
 def expected_entities(settings: MantaSettings, shard: int | None) -> dict[str, set[str]]:
-    """Trace ids, datapoint ids and step numbers of ``RUN`` (one shard or all)."""
+    """Trace ids, datapoint group ids (``dp@step``) and step numbers of ``RUN`` (one shard or
+    all)."""
     where = "run_id = {r:String}"
     if shard is not None:
         where += " AND cityHash64(datapoint_id) % {n:UInt64} = {s:UInt64}"
     with Store.open(settings) as store:
         [(traces, datapoints, steps)] = store.rows(
-            "SELECT groupUniqArray(trace_id), groupUniqArray(datapoint_id), "
+            "SELECT groupUniqArray(trace_id), "
+            "groupUniqArray(concat(datapoint_id, '@', toString(step_number))), "
             f"groupUniqArray(toString(step_number)) FROM {{db}}.traces WHERE {where}",
             {"r": RUN, "n": SHARDS, "s": shard if shard is not None else 0},
         )

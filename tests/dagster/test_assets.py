@@ -15,6 +15,7 @@ from examples import run_summary, tool_errors
 from manta_dagster.assets import level_key
 from manta_dagster.partitions import shard_key
 from manta_lib.demo import seed_demo
+from manta_lib.explorer.links import results_url, trace_url
 from manta_lib.models import EntityLevel
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
@@ -110,8 +111,10 @@ def test_every_level_materializes_what_pipeline_run_computes(
     assert step["judge_version"] == tool_errors.pipeline.judge_version
     assert "Histogram of" in str(step["summary"]) and "| mean_error_rate |" in str(step["summary"])
     assert step["first_failures"] == "No failures."
+    assert step["explorer"] == results_url("tool_errors", RUN_ID, "step")
     trace = events[("tool_errors/trace", f"{RUN_ID}|01")]
-    assert trace["entities"] == demo.runs[RUN_ID]  # the step covered every shard of the run
+    assert trace["step_entities"] == demo.runs[RUN_ID]  # the step covered every shard of the run
+    assert 0 < int(trace["entities"]) < demo.runs[RUN_ID]  # type: ignore[call-overload]
     checks = [*first.get_asset_check_evaluations(), *second.get_asset_check_evaluations()]
     assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} >= {
         ("tool_errors/trace", "complete"),
@@ -168,11 +171,12 @@ def test_a_failed_partition_resumes_from_what_was_persisted(
     assert sum(judges.CALLS.values()) == total - len(persisted)  # only what was missing
     assert not set(judges.CALLS) & set(persisted)
     assert len(stored_status(store, judges.pipeline, TRACE, RUN_ID)) == total
-    computed = {
-        metadata_values(e.materialization)["computed_now"]
+    computed = [
+        int(metadata_values(e.materialization)["computed_now"])  # type: ignore[call-overload]
         for e in retried.get_asset_materialization_events()
-    }
-    assert computed == {total - len(persisted)}
+    ]
+    assert len(computed) == SHARDS  # one per partition, each counting its own shard
+    assert sum(computed) == total - len(persisted)
 
 
 def test_error_rate_check_fails_and_metadata_lists_the_first_failures(
@@ -183,21 +187,26 @@ def test_error_rate_check_fails_and_metadata_lists_the_first_failures(
     judges.BEHAVIOUR["fail_every"] = 3
 
     result = materialize(
-        defs, instance, [level_key(judges.pipeline, TRACE)], tags=all_shards(RUN_ID)
+        defs,
+        instance,
+        [level_key(judges.pipeline, TRACE)],
+        tags=all_shards(RUN_ID),
+        raise_on_error=False,  # error_rate is blocking: the step fails after materializing
     )
 
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations() if not c.partition}
     assert not checks["error_rate"].passed
     rate = metadata_values(checks["error_rate"])["error_rate"]
     assert 0.25 < float(rate) < 0.4  # type: ignore[arg-type]
     assert checks["complete"].passed  # a recorded error counts as an outcome
     assert checks["schema"].passed
-    event = result.get_asset_materialization_events()[0]
-    meta = metadata_values(event.materialization)
+    metas = [metadata_values(e.materialization) for e in result.get_asset_materialization_events()]
     failed = sorted(t for t, ok in stored_status(store, judges.pipeline, TRACE, RUN_ID).items()
                     if not ok)  # fmt: skip
-    assert meta["errors"] == len(failed) > 0
-    assert f"`{failed[0]}`: ValueError: cannot judge {failed[0]}" in str(meta["first_failures"])
+    assert sum(int(m["errors"]) for m in metas) == len(failed) > 0  # type: ignore[call-overload]
+    meta = next(m for m in metas if f"`{failed[0]}`" in str(m["first_failures"]))
+    link = f"[`{failed[0]}`]({trace_url(failed[0])})"  # each failure opens its explorer page
+    assert f"{link}: ValueError: cannot judge {failed[0]}" in str(meta["first_failures"])
     assert "judges.py:" in str(meta["first_failures"]) and "in map_trace" in str(
         meta["first_failures"]
     )
@@ -212,10 +221,14 @@ def test_schema_check_fails_on_outputs_that_bypassed_validation(
     judges.BEHAVIOUR["bad_every"] = 5
 
     result = materialize(
-        defs, instance, [level_key(judges.pipeline, TRACE)], tags=all_shards(RUN_ID)
+        defs,
+        instance,
+        [level_key(judges.pipeline, TRACE)],
+        tags=all_shards(RUN_ID),
+        raise_on_error=False,  # error_rate is blocking: the step fails after materializing
     )
 
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations() if not c.partition}
     assert not checks["schema"].passed
     meta = metadata_values(checks["schema"])
     assert int(meta["invalid"]) > 0  # type: ignore[call-overload]
@@ -247,15 +260,18 @@ def test_complete_check_fails_when_traces_arrive_during_the_map(
 
     result = materialize(defs, instance, [key], tags=all_shards(RUN_ID))
 
-    complete = {c.check_name: c for c in result.get_asset_check_evaluations()}["complete"]
+    completes = [c for c in result.get_asset_check_evaluations() if c.check_name == "complete"]
+    complete = next(c for c in completes if not c.partition)  # the whole step
     assert not complete.passed
     assert "tr_late_zz" in str(metadata_values(complete)["missing_trace_ids"])
+    late = [c for c in completes if c.partition and not c.passed]  # and its partition
+    assert len(late) == 1 and "tr_late_zz" in str(metadata_values(late[0])["missing_trace_ids"])
 
     # The next materialization maps just the late trace and the check passes again.
     judges.CALLS.clear()
     again = materialize(defs, instance, [key], tags=all_shards(RUN_ID))
     assert dict(judges.CALLS) == {"tr_late_zz": 1}
-    assert {c.check_name: c.passed for c in again.get_asset_check_evaluations()}["complete"]
+    assert all(c.passed for c in again.get_asset_check_evaluations() if c.check_name == "complete")
 
 
 def _messages(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:

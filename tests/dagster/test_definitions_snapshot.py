@@ -85,7 +85,11 @@ def test_checks_sensors_resources_and_executor_match_the_snapshot() -> None:
     graph = defs.resolve_asset_graph()
     checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
     assert checks == CHECKS
-    assert sorted(s.name for s in defs.sensors or []) == ["manta_automation", "manta_run_discovery"]
+    assert sorted(s.name for s in defs.sensors or []) == [
+        "manta_automation",
+        "manta_results_sync",
+        "manta_run_discovery",
+    ]
     assert sorted(defs.resources or {}) == ["clickhouse", "duckdb", "kestrel", "manta_io_manager"]
     assert embedded_store()  # the tests' environment: no ClickHouse server URL
     assert defs.executor == dg.in_process_executor

@@ -155,8 +155,9 @@ with Store.open():
 
 
 def test_a_tick_while_another_process_holds_the_embedded_store_is_skipped(
-    manta_env: dict[str, str], instance: dg.DagsterInstance
+    manta_env: dict[str, str], instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MANTA_LOCK_TIMEOUT_S", "1")  # do not wait the default 30 s for the lock
     with Store.open(load_settings()) as store:
         seed_demo(store, traces=40)
     ticker = _Sensor(build(PIPELINES), instance)
