@@ -41,7 +41,7 @@ from manta_dagster.checks import (
     tally_complete,
     tally_schema,
 )
-from manta_dagster.gaps import incomplete_failure
+from manta_dagster.gaps import failed_below_failure, incomplete_failure
 from manta_dagster.io_manager import (
     IO_MANAGER_KEY,
     META_JUDGE,
@@ -472,6 +472,17 @@ def build_reduce_asset(
                 )
             if not gap.complete:
                 raise incomplete_failure(pipeline, spec.level, gap, options.shard_count)
+            errors = [(e.entity_id, e.error) for e in loaded if not e.ok]
+            if loaded and len(errors) / len(loaded) > options.error_rate_threshold:
+                raise failed_below_failure(
+                    pipeline,
+                    spec.level,
+                    below.level,
+                    scope.run_id,
+                    errors,
+                    len(loaded),
+                    options.error_rate_threshold,
+                )
             stored = outputs_from_stored(
                 loaded,
                 schema=below.schema,

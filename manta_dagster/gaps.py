@@ -10,6 +10,8 @@ fill them. Materializing the lower levels again is cheap: already-stored traces 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from manta_dagster.partitions import SHARDED_LEVELS, run_key_range, shard_key
@@ -47,6 +49,38 @@ def _partition_list(gap: MissingEntities, shard_count: int) -> str:
     shown = ", ".join(keys[:SHOWN])
     more = f" … and {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
     return f"{len(keys)} of {shard_count} partitions ({shown}{more})"
+
+
+def failed_below_failure(
+    pipeline: PipelineDefinition,
+    level: EntityLevel,
+    below: EntityLevel,
+    run_id: str,
+    errors: Sequence[tuple[str, str | None]],
+    total: int,
+    threshold: float,
+) -> dg.Failure:
+    """The failure a reduce of ``level`` raises when more of the level below failed than the
+    ``error_rate`` threshold allows: its aggregate would describe the few that survived."""
+    rate = len(errors) / total
+    description = (
+        f"{pipeline.judge}/{level.value} of {run_id} not computed: {len(errors):,} of {total:,} "
+        f"{below.value} entities of {pipeline.judge}/{below.value} failed ({rate:.0%}, above the "
+        f"error_rate threshold of {threshold:.0%}); an aggregate over the rest would look normal. "
+        f"Fix the failures (first: {errors[0][0]}: {errors[0][1]}) and materialize "
+        f"{pipeline.judge}/{below.value} again, or raise error_rate_threshold."
+    )
+    return dg.Failure(
+        description=description,
+        metadata={
+            "failed": len(errors),
+            "entities": total,
+            "error_rate": dg.MetadataValue.float(round(rate, 6)),
+            "threshold": dg.MetadataValue.float(threshold),
+            "first_failed_ids": ", ".join(entity for entity, _ in errors[:SHOWN]),
+        },
+        allow_retries=False,
+    )
 
 
 def incomplete_failure(

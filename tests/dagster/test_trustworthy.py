@@ -170,6 +170,13 @@ def test_a_failing_error_rate_blocks_the_level_above(
     assert sum(not c.passed for c in rates if c.partition) >= 2
     assert not stored_status(store, judges.pipeline, DATAPOINT, RUN_ID)
 
+    # Launched alone in a later run, the level above still refuses the mostly failed level.
+    later = materialize(defs, instance, [datapoint], tags=all_shards(RUN_ID), raise_on_error=False)
+    assert not later.success
+    message = _failure_message(later)
+    assert "failed" in message and "above the error_rate threshold of 10%" in message
+    assert not stored_status(store, judges.pipeline, DATAPOINT, RUN_ID)
+
 
 def test_explorer_links_name_each_run_when_a_step_spans_several() -> None:
     links = explorer_links("j", STEP, ["run_a", "run_b"])
