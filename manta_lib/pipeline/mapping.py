@@ -118,6 +118,9 @@ class MapJob:
     settings: MantaSettings
     store: Store | None = None  # open for mappers that share the caller's store
     clock: BucketClock = field(default_factory=BucketClock)
+    #: Keep the outputs and return them. False (a persisted run) writes each trace and drops
+    #: it, so memory does not grow with the run; :meth:`Mapper.map` then returns None.
+    collect: bool = True
 
     @property
     def persist(self) -> bool:
@@ -167,9 +170,9 @@ class ThreadMapper:
     def close(self) -> None:
         return None
 
-    def map(self, job: MapJob) -> list[MetadataOutput]:
+    def map(self, job: MapJob) -> list[MetadataOutput] | None:
         if not job.trace_ids:
-            return []
+            return [] if job.collect or not job.persist else None
         assert job.store is not None, "ThreadMapper needs the caller's open store"
         writer = None
         if job.persist:
@@ -188,7 +191,7 @@ class ThreadMapper:
                 self._map(job, writer, outputs)
         finally:
             job.clock.add("persist", writer.seconds_spent)
-        return outputs
+        return outputs if job.collect else None
 
     def _map(
         self, job: MapJob, writer: MetadataWriter | None, outputs: list[MetadataOutput]
@@ -212,6 +215,20 @@ class ThreadMapper:
             if not count:
                 return
             computed_at = utc_now()
+            if writer is not None and not job.collect:
+                items = [
+                    (r.item.trace_id, r.output, r.error, r.where)
+                    for r in (finished.popleft() for _ in range(count))
+                ]
+                writer.add_results(
+                    items,
+                    level=EntityLevel.TRACE,
+                    run_id=run_id,
+                    judge_version=version,
+                    computed_at=computed_at,
+                )
+                job.tally.add(count)
+                return
             group = [
                 new_output(
                     level=EntityLevel.TRACE,

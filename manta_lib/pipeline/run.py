@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from manta_lib.entities import MetadataOutput
-from manta_lib.errors import PersistenceError
+from manta_lib.errors import PersistenceError, PipelineDefinitionError
 from manta_lib.kestrel import JudgeSpec, columns_from_schema
 from manta_lib.kestrel import register_judge as register_with_kestrel
 from manta_lib.models import EntityLevel
@@ -30,15 +30,25 @@ from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Scope, plan_scope
 from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
-from manta_lib.pipeline.record import record_computation, summarize_result
+from manta_lib.pipeline.record import record_computation, summarize_counts
 from manta_lib.pipeline.reducer import reduce_level
+from manta_lib.pipeline.result import RunResult, StoredRun, stored_counts
 from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_level
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
-from manta_lib.store.metadata import MetadataWriter
+from manta_lib.store.metadata import (
+    MetadataWriter,
+    count_entities,
+    iter_entities,
+    outputs_from_stored,
+)
 
 log = logging.getLogger(__name__)
+
+#: Most traces a run that does not persist (``persist_results=False``) keeps in memory: its
+#: outputs are held until it returns, about 2 KB per trace.
+IN_MEMORY_TRACE_LIMIT = 500_000
 
 
 class StoreSession:
@@ -86,8 +96,13 @@ def run_pipeline(
     options: RunOptions,
     settings: MantaSettings,
     mode: str,
-) -> dict[EntityLevel, list[MetadataOutput]]:
-    """Plan, register, map, reduce and write one run; one runs-log row either way."""
+) -> dict[EntityLevel, list[MetadataOutput]] | RunResult:
+    """Plan, register, map, reduce and write one run; one runs-log row either way.
+
+    A persisted run keeps no outputs in memory (each is written and dropped) and returns a
+    :class:`RunResult` that reads them from the store on demand; a run that does not persist
+    returns its outputs by level, at most :data:`IN_MEMORY_TRACE_LIMIT` traces.
+    """
     pipeline.require_levels()
     with (
         record_computation(pipeline, run_id, mode, settings) as record,
@@ -106,13 +121,30 @@ def run_pipeline(
                 with clock("register"):
                     where = register_judge(pipeline, session.get(), settings)
                 log.debug("judge %s registered in %s", pipeline.judge, where)
+            if not options.persists and len(scope.refs) > IN_MEMORY_TRACE_LIMIT:
+                raise PipelineDefinitionError(
+                    f"a run that keeps its results in memory (persist_results=False) takes at "
+                    f"most {IN_MEMORY_TRACE_LIMIT:,} traces; {scope.describe()} has "
+                    f"{len(scope.refs):,} with {options.limits.describe()}. Set limit_traces "
+                    f"(or limit_datapoints / limit_steps) lower, or persist the results"
+                )
             traces = map_scope(
-                pipeline, scope, store=session, options=options, mapper=mapper, clock=clock
+                pipeline,
+                scope,
+                store=session,
+                options=options,
+                mapper=mapper,
+                clock=clock,
+                collect=not options.persists,
             )
-            result = {EntityLevel.TRACE: traces.outputs}
-            children = traces.outputs
+            result: dict[EntityLevel, list[MetadataOutput]] = {EntityLevel.TRACE: traces.outputs}
+            children: Sequence[MetadataOutput] = traces.outputs
+            below = EntityLevel.TRACE
             for spec in pipeline.levels[1:]:
-                children = reduce_scope(
+                if options.persists:  # read back: nothing of the level below was kept
+                    with clock("load"):
+                        children = _stream_level(session.get(), pipeline, below, run_id)
+                outputs = reduce_scope(
                     pipeline,
                     session.get(),
                     spec.level,
@@ -121,11 +153,34 @@ def run_pipeline(
                     options=options,
                     clock=clock,
                 )
-                result[spec.level] = children
+                children, below = outputs, spec.level
+                if not options.persists:
+                    result[spec.level] = outputs
+            del children
+            returned: dict[EntityLevel, list[MetadataOutput]] | RunResult = result
+            if options.persists:
+                with clock("load"):
+                    stored = StoredRun(
+                        settings=settings,
+                        project_id=pipeline.project_id,
+                        judge=pipeline.judge,
+                        judge_version=pipeline.judge_version,
+                        run_id=run_id,
+                        schemas={s.level: s.schema for s in pipeline.levels},
+                    )
+                    levels = [s.level for s in pipeline.levels]
+                    returned = RunResult(stored, stored_counts(session.get(), stored, levels))
         finally:
             record.summary.update(mapper.summary())
             mapper.close()
-        counts = summarize_result(result)
+        counts = summarize_counts(
+            returned.failed_counts()
+            if isinstance(returned, RunResult)
+            else {
+                level: (len(outs), sum(1 for o in outs if o.error is not None))
+                for level, outs in returned.items()
+            }
+        )
         record.summary.update(counts)
         log.info(
             "%s on %s: %s%s",
@@ -134,7 +189,7 @@ def run_pipeline(
             ", ".join(f"{k} {v}" for k, v in counts.items()),
             "" if options.persists else " (not persisted)",
         )
-        return result
+        return returned
 
 
 def map_scope(
@@ -145,9 +200,14 @@ def map_scope(
     options: RunOptions,
     mapper: Mapper | None = None,
     clock: BucketClock | None = None,
+    collect: bool = True,
 ) -> ScopeOutputs:
     """Map the traces of ``scope`` not already stored for the judge version; return all the
     scope's trace outputs (stored ones read back) in scope order.
+
+    With ``collect=False`` (persisted runs only) no output is kept or read back: each trace
+    is written and dropped, ``outputs`` is empty, and the stored statuses are counted to
+    check that every trace of the scope has one.
 
     Raises:
         ComputationAborted: more traces failed than ``options.max_failures`` allows, or a
@@ -204,6 +264,7 @@ def map_scope(
                 settings=session.settings,
                 store=session.get() if mapper.shares_store else None,
                 clock=clock,
+                collect=collect or not options.persists,
             )
             computed = mapper.map(job)
     except KeyboardInterrupt:
@@ -220,6 +281,10 @@ def map_scope(
     finally:
         tally.close()
     tally.raise_if_over_budget()
+    if not collect and options.persists:
+        with clock("load"):
+            _require_stored(session.get(), pipeline, scope, wanted)
+        return ScopeOutputs([], tally.mapped, len(done))
     with clock("load"):
         if computed is None:  # persisted by remote workers: read everything back
             outputs = _load_traces(session.get(), pipeline, scope, wanted)
@@ -233,6 +298,56 @@ def map_scope(
             return ScopeOutputs(outputs, tally.mapped, len(done))
         previous = _load_traces(session.get(), pipeline, scope, sorted(done)) if done else []
     return ScopeOutputs(ordered(wanted, previous, computed), tally.mapped, len(done))
+
+
+def _require_stored(
+    store: Store, pipeline: PipelineDefinition, scope: Scope, wanted: Sequence[str]
+) -> None:
+    """Raise unless every trace of ``wanted`` has a stored status for the judge version
+    (counted in ClickHouse; the ids are compared only when the count is short)."""
+    stored, _ = count_entities(
+        store,
+        project_id=pipeline.project_id,
+        run_id=scope.run_id,
+        judge=pipeline.judge,
+        level=EntityLevel.TRACE,
+        judge_version=pipeline.judge_version,
+    )
+    if stored >= len(wanted):
+        return
+    have = completed_traces(
+        store, pipeline, pipeline.judge_version, scope.run_id, set(wanted), retry_errors=False
+    )
+    missing = [tid for tid in wanted if tid not in have]
+    if missing:
+        raise PersistenceError(
+            f"{len(missing)} traces of {scope.run_id} were mapped but have no stored result "
+            f"for version {pipeline.judge_version} (first: {', '.join(missing[:3])}); "
+            f"entity_metadata lost rows, run again to recompute them"
+        )
+
+
+def _stream_level(
+    store: Store, pipeline: PipelineDefinition, level: EntityLevel, run_id: str
+) -> list[MetadataOutput]:
+    """A level's stored outputs for the judge version, streamed from the store (no rows or
+    intermediate records are held, only the outputs)."""
+    stored = iter_entities(
+        store,
+        project_id=pipeline.project_id,
+        run_id=run_id,
+        judge=pipeline.judge,
+        level=level,
+        judge_version=pipeline.judge_version,
+    )
+    schema = pipeline.level(level).schema
+    return [
+        output
+        for entity in stored
+        for output in outputs_from_stored(
+            (entity,), schema=schema, level=level, run_id=run_id, judge=pipeline.judge
+        )
+    ]
 
 
 def _load_traces(

@@ -136,31 +136,40 @@ class MetadataWriter:
 
     def add(self, outcomes: Iterable[MetadataOutput]) -> None:
         """Encode outcomes into the buffer; write now if ``flush_rows`` rows are waiting."""
-        rows: list[tuple[MetadataOutput, dict[str, Any]]] = []
-        for outcome in outcomes:
-            values: dict[str, Any] = (
-                outcome.output.model_dump(mode="json") if outcome.output is not None else {}
+        groups: dict[tuple[str, EntityLevel, str, datetime], list[EntityResult]] = {}
+        for o in outcomes:
+            key = (o.run_id, o.entity_level, o.judge_version, o.computed_at)
+            groups.setdefault(key, []).append((o.entity_id, o.output, o.error, o.error_at))
+        for (run_id, level, version, computed_at), items in groups.items():
+            self.add_results(
+                items, level=level, run_id=run_id, judge_version=version, computed_at=computed_at
             )
-            values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
-            values[ERROR_COLUMN] = outcome.error or ""
-            if outcome.error_at:
-                values[ERROR_AT_COLUMN] = outcome.error_at
-            rows.append((outcome, values))
+
+    def add_results(
+        self,
+        items: Sequence[EntityResult],
+        *,
+        level: EntityLevel,
+        run_id: str,
+        judge_version: str,
+        computed_at: datetime,
+    ) -> None:
+        """Encode ``(entity_id, output, error, error_at)`` results of one level, column by
+        column (one pass per output field for the whole group, not one per value); write now
+        if ``flush_rows`` rows are waiting."""
+        if not items:
+            return
+        block = _encode_block(items)
+        count = len(block["entity_id"])
         with self._lock:
             buf = self._buffer
-            for outcome, values in rows:
-                count = len(values)
-                buf["run_id"].extend([outcome.run_id] * count)
-                buf["entity_level"].extend([outcome.entity_level.value] * count)
-                buf["entity_id"].extend([outcome.entity_id] * count)
-                buf["judge_version"].extend([outcome.judge_version] * count)
-                buf["computed_at"].extend([outcome.computed_at] * count)
-                buf["column"].extend(values)
-                # One tuple per value, split into the five typed columns at C speed.
-                typed = list(map(_typed, values.values()))
-                for name, column in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
-                    buf[name].extend(column)
-            self._buffered_entities += len(rows)
+            for name, values in block.items():
+                buf[name].extend(values)
+            buf["run_id"].extend([run_id] * count)
+            buf["entity_level"].extend([level.value] * count)
+            buf["judge_version"].extend([judge_version] * count)
+            buf["computed_at"].extend([computed_at] * count)
+            self._buffered_entities += len(items)
             due = len(buf["entity_id"]) >= self.flush_rows
         if due:
             self.flush()
@@ -216,6 +225,77 @@ class MetadataWriter:
         self.rows_written += count
         self.entities_written += entities
         self.seconds_spent += time.perf_counter() - started
+
+
+#: One computed entity as the writer takes it: (entity_id, output, error, error_at).
+EntityResult = tuple[str, BaseModel | None, str | None, str | None]
+_NUMBER = frozenset({int, float})
+
+
+def _encode_block(items: Sequence[EntityResult]) -> dict[str, list[Any]]:
+    """The entity_id, column and typed value columns of ``items``, field by field."""
+    block: dict[str, list[Any]] = {name: [] for name in ("entity_id", "column", *_TYPED_COLUMNS)}
+    ok_ids: list[str] = []
+    dumps: list[dict[str, Any]] = []
+    for entity_id, output, _, _ in items:
+        if output is not None:
+            ok_ids.append(entity_id)
+            dumps.append(output.model_dump(mode="json"))
+    by_fields: dict[tuple[str, ...], tuple[list[str], list[dict[str, Any]]]] = {}
+    for entity_id, values in zip(ok_ids, dumps, strict=True):
+        ids, rows = by_fields.setdefault(tuple(values), ([], []))
+        ids.append(entity_id)
+        rows.append(values)
+    for fields, (ids, rows) in by_fields.items():
+        for name in fields:
+            _extend_column(block, ids, name, [row[name] for row in rows])
+    all_ids = [item[0] for item in items]
+    statuses = ["ok" if item[2] is None else "error" for item in items]
+    _extend_strings(block, all_ids, STATUS_COLUMN, statuses)
+    _extend_strings(block, all_ids, ERROR_COLUMN, [item[2] or "" for item in items])
+    failed = [(item[0], item[3]) for item in items if item[3]]
+    if failed:
+        _extend_strings(block, [f[0] for f in failed], ERROR_AT_COLUMN, [str(f[1]) for f in failed])
+    return block
+
+
+def _extend_strings(
+    block: dict[str, list[Any]], ids: list[str], column: str, values: list[str]
+) -> None:
+    count = len(ids)
+    block["entity_id"].extend(ids)
+    block["column"].extend([column] * count)
+    block["value_type"].extend(["string"] * count)
+    block["value_number"].extend([None] * count)
+    block["value_string"].extend(values)
+    block["value_bool"].extend([None] * count)
+    block["value_json"].extend([None] * count)
+
+
+def _extend_column(
+    block: dict[str, list[Any]], ids: list[str], column: str, values: list[Any]
+) -> None:
+    """One output field of many entities; a column of one plain type skips the per-value
+    type dispatch."""
+    count = len(ids)
+    kinds = set(map(type, values))
+    if kinds <= _NUMBER:
+        block["entity_id"].extend(ids)
+        block["column"].extend([column] * count)
+        block["value_type"].extend(["number"] * count)
+        block["value_number"].extend(map(float, values))
+        block["value_string"].extend([None] * count)
+        block["value_bool"].extend([None] * count)
+        block["value_json"].extend([None] * count)
+        return
+    if kinds == {str}:
+        _extend_strings(block, ids, column, values)
+        return
+    block["entity_id"].extend(ids)
+    block["column"].extend([column] * count)
+    typed = list(map(_typed, values))
+    for name, part in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
+        block[name].extend(part)
 
 
 def _empty_buffer() -> dict[str, list[Any]]:
@@ -310,26 +390,96 @@ def load_entities(
         ).where()
         params.update(shard_params)
         where += f" AND entity_id IN (SELECT {key} FROM {{db}}.traces WHERE {shard_where})"
+    rows = store.rows(_ENTITY_ROWS_SQL.format(where=where), params)
+    return list(_fold_entities(rows, judge_version))
+
+
+_ENTITY_ROWS_SQL = """
+    SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
+           judge_version, computed_at
+    FROM {{db}}.entity_metadata FINAL WHERE {where}
+    ORDER BY entity_id, column
+"""
+
+
+def iter_entities(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+) -> Iterator[StoredEntity]:
+    """The stored entities of a level and judge version, streamed in entity id order: memory
+    holds one block of rows, whatever the level's size. Uses its own connection, so the
+    caller may use ``store`` while iterating."""
+    where, params = _identity_where(project_id, run_id, judge, level, None, None)
+    reader = store.sibling()
+    try:
+        with reader.stream(_ENTITY_ROWS_SQL.format(where=where), params) as blocks:
+            yield from _fold_entities((row for block in blocks for row in block), judge_version)
+    finally:
+        reader.close()
+
+
+def count_entities(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+) -> tuple[int, int]:
+    """``(entities, failed)`` stored for a level and judge version, counted in ClickHouse."""
+    where, params = _identity_where(project_id, run_id, judge, level, judge_version, None)
+    params["status_col"] = STATUS_COLUMN
+    total, failed = store.rows(
+        f"SELECT count(), countIf(value_string = 'error') FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{status_col:String}}",
+        params,
+    )[0]
+    return int(total), int(failed)
+
+
+def error_summary(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+    limit: int = 20,
+) -> list[tuple[str, int, str]]:
+    """``(error, entities, first entity id)`` per distinct error of a level, most frequent
+    first, counted in ClickHouse."""
+    where, params = _identity_where(project_id, run_id, judge, level, judge_version, None)
+    params.update({"error_col": ERROR_COLUMN, "n": int(limit)})
     rows = store.rows(
-        f"""
-        SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
-               judge_version, computed_at
-        FROM {{db}}.entity_metadata FINAL WHERE {where}
-        ORDER BY entity_id, column
-        """,
+        f"SELECT value_string, count(), min(entity_id) FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{error_col:String}} AND value_string != '' "
+        "GROUP BY value_string ORDER BY count() DESC, value_string LIMIT {n:UInt64}",
         params,
     )
-    entities: list[StoredEntity] = []
+    return [(str(e), int(c), str(i)) for e, c, i in rows]
+
+
+def _fold_entities(
+    rows: Iterable[Sequence[Any]], judge_version: str | None
+) -> Iterator[StoredEntity]:
+    """Entities from value rows sorted by (entity_id, column)."""
     current: str | None = None
     values: dict[str, Any] = {}
     meta: dict[str, Any] = {}
 
-    def close_entity() -> None:
+    def close_entity() -> StoredEntity | None:
         if current is None or STATUS_COLUMN not in values:
-            return
+            return None
         version = meta["version"]
         if judge_version is not None and version != judge_version:
-            return
+            return None
         status = values.pop(STATUS_COLUMN)
         error = values.pop(ERROR_COLUMN, "") or None
         error_at = values.pop(ERROR_AT_COLUMN, None) if error is not None else None
@@ -337,22 +487,23 @@ def load_entities(
         stale = {c for c, v in meta["versions"].items() if v != version}
         for column in stale:
             values.pop(column, None)
-        entities.append(
-            StoredEntity(
-                current, dict(values), status == "ok", error, version, meta["at"], error_at
-            )
+        return StoredEntity(
+            current, dict(values), status == "ok", error, version, meta["at"], error_at
         )
 
     for entity_id, column, vtype, number, string, flag, raw, version, computed_at in rows:
         if entity_id != current:
-            close_entity()
+            entity = close_entity()
+            if entity is not None:
+                yield entity
             current, values, meta = entity_id, {}, {"versions": {}}
         values[column] = _untyped(vtype, number, string, flag, raw)
         meta["versions"][column] = version
         if column == STATUS_COLUMN:
             meta["version"], meta["at"] = version, computed_at
-    close_entity()
-    return entities
+    entity = close_entity()
+    if entity is not None:
+        yield entity
 
 
 def outputs_from_stored(
