@@ -4,7 +4,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export MANTA_DATA_DIR ?= $(CURDIR)/.manta
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install demo check test lint ui browser clean

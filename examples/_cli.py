@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from manta import MantaService, MapReduceComputation
+from manta import EntityLevel, MantaService, MapReduceComputation
 
 MAX_ROWS = 5
+MAX_STEP_ROWS = 60  # the step level is a training curve: show it whole
 
 
 def run_example(pipeline: MapReduceComputation, argv: Sequence[str]) -> None:
@@ -35,14 +36,15 @@ def run_example(pipeline: MapReduceComputation, argv: Sequence[str]) -> None:
         fields = list(pipeline.level(level).schema.model_fields)
         for name in fields:
             table.add_column(name)
-        for output in outputs[:MAX_ROWS]:
+        shown = MAX_STEP_ROWS if level is EntityLevel.STEP else MAX_ROWS
+        for output in outputs[:shown]:
             if output.output is None:
                 table.add_row(output.entity_id, f"[red]{output.error}")
                 continue
             values = output.output.model_dump()
             table.add_row(output.entity_id, *(_fmt(values[name]) for name in fields))
-        if len(outputs) > MAX_ROWS:
-            table.caption = f"first {MAX_ROWS} of {len(outputs)}"
+        if len(outputs) > shown:
+            table.caption = f"first {shown} of {len(outputs)}"
         console.print(table)
 
 

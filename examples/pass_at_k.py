@@ -1,4 +1,5 @@
-"""pass@k and reward mean/variance per datapoint group (GRPO-style K rollouts per problem).
+"""pass@k and reward mean/variance per GRPO group (one datapoint's K rollouts at one step),
+then per step (a training curve) and per run.
 
 ``python -m examples.pass_at_k [RUN_ID]``
 """
@@ -31,8 +32,16 @@ class GroupStats(BaseModel):
     zero_variance: bool = Field(description="all rollouts got the same reward")
 
 
+class StepPassRates(BaseModel):
+    groups: int
+    mean_pass_at_1: float
+    mean_pass_at_k: float
+    all_failed_fraction: float = Field(description="groups where no rollout passed")
+    zero_variance_fraction: float = Field(description="groups with no GRPO signal")
+
+
 class RunPassRates(BaseModel):
-    datapoints: int
+    steps: int
     mean_pass_at_1: float
     mean_pass_at_k: float
     zero_variance_fraction: float
@@ -72,13 +81,24 @@ def reduce_group(entity: EntityRef, rollouts: list[RolloutReward]) -> GroupStats
     )
 
 
-def reduce_run(entity: EntityRef, groups: list[GroupStats]) -> RunPassRates:
+def reduce_step(entity: EntityRef, groups: list[GroupStats]) -> StepPassRates:
     count = len(groups) or 1
-    return RunPassRates(
-        datapoints=len(groups),
+    return StepPassRates(
+        groups=len(groups),
         mean_pass_at_1=sum(g.pass_at_1 for g in groups) / count,
         mean_pass_at_k=sum(g.pass_at_k for g in groups) / count,
+        all_failed_fraction=sum(g.passes == 0 for g in groups) / count,
         zero_variance_fraction=sum(g.zero_variance for g in groups) / count,
+    )
+
+
+def reduce_run(entity: EntityRef, steps: list[StepPassRates]) -> RunPassRates:
+    count = len(steps) or 1
+    return RunPassRates(
+        steps=len(steps),
+        mean_pass_at_1=sum(s.mean_pass_at_1 for s in steps) / count,
+        mean_pass_at_k=sum(s.mean_pass_at_k for s in steps) / count,
+        zero_variance_fraction=sum(s.zero_variance_fraction for s in steps) / count,
     )
 
 
@@ -88,6 +108,7 @@ pipeline = (
     )
     .add_level(EntityLevel.TRACE, map_rollout, RolloutReward)
     .add_level(EntityLevel.DATAPOINT, reduce_group, GroupStats)
+    .add_level(EntityLevel.STEP, reduce_step, StepPassRates)
     .add_level(EntityLevel.RUN, reduce_run, RunPassRates)
 )
 

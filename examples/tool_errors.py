@@ -1,4 +1,6 @@
-"""Tool-use errors per trace, per datapoint and per step.
+"""Tool-use errors per trace, per datapoint group (one datapoint at one step) and per step.
+
+Each step's values come from that step's rollouts only, so the step table is a training curve.
 
 Run it on the demo data (``make demo`` does): ``python -m examples.tool_errors [RUN_ID]``.
 """
@@ -30,6 +32,8 @@ class DatapointToolErrors(BaseModel):
 
 class StepToolErrors(BaseModel):
     datapoints: int
+    rollouts: int
+    mean_score: float | None = Field(description="mean grader score of the step's rollouts")
     mean_error_rate: float
     worst_datapoint_error_rate: float
     top_failing_tool: str | None
@@ -63,8 +67,12 @@ def reduce_step(entity: EntityRef, datapoints: list[DatapointToolErrors]) -> Ste
     failing: Counter[str] = Counter()
     for datapoint in datapoints:
         failing.update(datapoint.failing_tools)
+    scored = [(d.mean_score, d.rollouts) for d in datapoints if d.mean_score is not None]
+    weight = sum(n for _, n in scored)
     return StepToolErrors(
         datapoints=len(datapoints),
+        rollouts=sum(d.rollouts for d in datapoints),
+        mean_score=sum(s * n for s, n in scored) / weight if weight else None,
         mean_error_rate=sum(rates) / len(rates) if rates else 0.0,
         worst_datapoint_error_rate=max(rates, default=0.0),
         top_failing_tool=failing.most_common(1)[0][0] if failing else None,

@@ -16,11 +16,13 @@ class EntityRef:
     """The entity a reduce function is computing, handed to ``reduce_fn(entity, children)``.
 
     Attributes:
-        level: the level being computed (DATAPOINT, STEP or RUN).
-        entity_id: the datapoint id, the step number as text, or the run id.
+        level: the level being computed (DATAPOINT, STEP, DATAPOINT_ACROSS_STEPS or RUN).
+        entity_id: ``"{datapoint_id}@{step_number}"`` for a datapoint at one step, the step
+            number as text, the datapoint id (across steps), or the run id.
         run_id: the run the entity belongs to.
-        keys: the entity's group keys, e.g. ``{"datapoint_id": "dp_1", "steps": [3, 4]}``,
-            ``{"step_number": 3}`` or ``{"run_id": "run_a"}``.
+        keys: the entity's group keys: ``{"datapoint_id": "dp_1", "step_number": 3}``,
+            ``{"step_number": 3}``, ``{"datapoint_id": "dp_1", "steps": [3, 4]}`` or
+            ``{"run_id": "run_a"}``.
         child_count: how many children succeeded (the length of ``children``).
         failed_children: how many children failed and are therefore not in ``children``.
     """
@@ -56,6 +58,11 @@ class MetadataOutput(BaseModel):
     #: Where the error was raised: the innermost frames of the user's code,
     #: ``file:line in function``, innermost first (None without an error or a traceback).
     error_at: str | None = None
+    #: The datapoint the entity belongs to (trace, datapoint and datapoint-across-steps
+    #: levels; None above them).
+    datapoint_id: str | None = None
+    #: The step the entity belongs to (trace, datapoint and step levels; None otherwise).
+    step_number: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,6 +84,8 @@ def new_output(
     error: str | None,
     computed_at: datetime,
     error_at: str | None = None,
+    datapoint_id: str | None = None,
+    step_number: int | None = None,
 ) -> MetadataOutput:
     """A :class:`MetadataOutput` from values already of the field types (validated outputs).
 
@@ -96,5 +105,7 @@ def new_output(
             "error": error,
             "computed_at": computed_at,
             "error_at": error_at,
+            "datapoint_id": datapoint_id,
+            "step_number": step_number,
         },
     )

@@ -32,12 +32,20 @@ def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
 
 
 class EntityLevel(StrEnum):
-    """Levels of the entity hierarchy, in increasing order: trace < datapoint < step < run."""
+    """Levels of the entity hierarchy, in increasing order: trace < datapoint < step < run.
+
+    ``DATAPOINT`` is one datapoint at one step: the group of rollouts a GRPO step samples for
+    one prompt (entity id ``"{datapoint_id}@{step_number}"``), so a step's value comes only
+    from that step's traces. ``DATAPOINT_ACROSS_STEPS`` is one datapoint over the whole run
+    (entity id ``datapoint_id``): how a prompt fares over training. It sits beside ``STEP``
+    (both above ``DATAPOINT``): a pipeline has one or the other, and either can feed ``RUN``.
+    """
 
     TRACE = "trace"
     DATAPOINT = "datapoint"
     STEP = "step"
     RUN = "run"
+    DATAPOINT_ACROSS_STEPS = "datapoint_across_steps"
 
     @property
     def rank(self) -> int:
@@ -48,6 +56,7 @@ _LEVEL_RANK = {
     EntityLevel.TRACE: 0,
     EntityLevel.DATAPOINT: 1,
     EntityLevel.STEP: 2,
+    EntityLevel.DATAPOINT_ACROSS_STEPS: 2,
     EntityLevel.RUN: 3,
 }
 

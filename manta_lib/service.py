@@ -15,8 +15,10 @@ Spans of many traces are always loaded with one query per batch of traces, never
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from itertools import groupby
 from pathlib import Path
@@ -31,6 +33,7 @@ from manta_lib.models import (
     TRACE_COLUMNS,
     EntityLevel,
     Phase,
+    SpanKind,
     SpanRecord,
     TraceRecord,
     fast_construct,
@@ -48,11 +51,13 @@ from manta_lib.results.compare import Agreement, RunComparison
 from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
+from manta_lib.store import query_args as args
 from manta_lib.store.trace_queries import (
     SPAN_SELECT,
     TRACE_SELECT,
     SpanFilter,
     TraceFilter,
+    in_strings,
     order_clause,
 )
 
@@ -104,6 +109,7 @@ class DatapointSummary(BaseModel):
 
 
 _PHASES = {phase.value: phase for phase in Phase}
+_SPAN_KINDS = {kind.value: kind for kind in SpanKind}
 _decode_json = json.JSONDecoder().decode
 
 
@@ -151,21 +157,28 @@ def _joined(first: SpanColumns, second: SpanColumns) -> SpanColumns:
 def span_from_row(row: Sequence[Any]) -> SpanRecord:
     """Build a SpanRecord from a row in ``SPAN_COLUMNS`` order."""
     values = dict(zip(SPAN_COLUMNS, row, strict=True))
-    values["attributes"] = json.loads(values["attributes"]) if values["attributes"] else {}
-    return SpanRecord.model_validate(values)
+    values["kind"] = _SPAN_KINDS.get(values["kind"], values["kind"])
+    attributes = values["attributes"]
+    values["attributes"] = _decode_json(attributes) if attributes and attributes != "{}" else {}
+    return fast_construct(SpanRecord, values)
 
 
 class MantaService:
     """Query traces, spans and the run / step / datapoint hierarchy.
 
-    Pass an open :class:`Store` to share a connection, or nothing to open one from the
-    environment on first use (closed by :meth:`close` or the ``with`` block).
+    Pass an open :class:`Store` to share a connection. Without one, each call opens the store
+    from the environment and closes it when it returns, so that an idle service (a notebook
+    variable) never holds the embedded store's lock; a ``with MantaService() as svc:`` block
+    keeps one connection open for the block instead (faster for many small calls).
 
     Trace filters (all optional, ANDed): ``run_id``, ``phase`` (train/eval/prod), ``step``
     (one number or an inclusive ``(first, last)`` range), ``datapoint_id``, ``status``,
     ``model_name``, ``env_name``, ``min_score``/``max_score``, ``meta`` (``{key: value}``
     on top-level meta keys), ``trace_ids``, ``results`` (a condition on stored results such as
     ``"tool_errors.tool_errors > 0"``, see docs/results.md). String filters also accept a list.
+    Every argument is checked before a query runs: a wrong type or value raises
+    :class:`QueryError` naming it, and a ``run_id`` the store does not hold raises
+    :class:`QueryError` listing the closest run ids, in every method.
     """
 
     def __init__(self, store: Store | None = None, *, settings: MantaSettings | None = None):
@@ -175,9 +188,22 @@ class MantaService:
 
     @property
     def store(self) -> Store:
+        """The held store, opened now (and held until :meth:`close`) if there is none."""
         if self._store is None:
             self._store = Store.open(self._settings or load_settings())
         return self._store
+
+    @contextmanager
+    def _open(self) -> Iterator[Store]:
+        """The store for one call: the held one, else one opened for the call and closed after."""
+        if self._store is not None:
+            yield self._store
+            return
+        store = Store.open(self._settings or load_settings())
+        try:
+            yield store
+        finally:
+            store.close()
 
     def close(self) -> None:
         """Close the store if this service opened it."""
@@ -186,6 +212,7 @@ class MantaService:
             self._store = None
 
     def __enter__(self) -> MantaService:
+        self.store  # noqa: B018 - hold one connection for the block
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -196,17 +223,19 @@ class MantaService:
     def list_runs(self, *, project_id: str | None = None) -> list[RunSummary]:
         """All runs with trace, step and datapoint counts, newest first."""
         where, params = TraceFilter(project_id=project_id).where()
-        rows = self.store.rows(
-            f"""
-            SELECT run_id, any(project_id), count(), uniqExact(step_number),
-                   uniqExact(datapoint_id), arraySort(groupUniqArray(toString(phase))),
-                   min(step_number), max(step_number), avg(score),
-                   countIf(status IN {{errs:Array(String)}}), min(created_at), max(created_at)
-            FROM {{db}}.traces WHERE {where}
-            GROUP BY run_id ORDER BY max(created_at) DESC, run_id
-            """,
-            {**params, "errs": list(_ERROR_STATUSES)},
-        )
+        with self._open() as store:
+            rows = store.rows(
+                f"""
+                SELECT run_id, any(project_id), count(), uniqExact(step_number),
+                       uniqExact(datapoint_id), arraySort(groupUniqArray(toString(phase))),
+                       min(step_number), max(step_number), avg(score),
+                       countIf(status IN {{errs:Array(String)}}), min(created_at),
+                       max(created_at)
+                FROM {{db}}.traces WHERE {where}
+                GROUP BY run_id ORDER BY max(created_at) DESC, run_id
+                """,
+                {**params, "errs": list(_ERROR_STATUSES)},
+            )
         return [
             RunSummary(
                 run_id=r[0],
@@ -227,43 +256,34 @@ class MantaService:
 
     def run_ids(self) -> list[str]:
         """The ids of every run in the store, sorted."""
-        return [r[0] for r in self.store.rows("SELECT DISTINCT run_id FROM {db}.traces ORDER BY 1")]
+        with self._open() as store:
+            return _all_run_ids(store)
 
     def require_run(self, run_id: str) -> None:
         """Raise :class:`QueryError` naming the closest existing runs if ``run_id`` is unknown."""
-        rows = self.store.rows(
-            "SELECT count() FROM {db}.traces WHERE run_id = {r:String}", {"r": run_id}
-        )
-        if rows[0][0]:
-            return
-        known = self.run_ids()
-        if not known:
-            raise QueryError(
-                f"run_id {run_id!r} not found: the store has no traces yet "
-                f"(load some with `manta import FILE` or `manta demo seed`)"
-            )
-        import difflib
-
-        closest = difflib.get_close_matches(run_id, known, n=5, cutoff=0.0)
-        raise QueryError(
-            f"run_id {run_id!r} not found; existing runs (closest first): {', '.join(closest)}"
-        )
+        run = args.string("run_id", run_id)
+        with self._open() as store:
+            require_runs(store, [run])
 
     def list_steps(self, run_id: str, *, phase: str | None = None) -> list[StepSummary]:
         """The steps of a run in order, with counts."""
-        where, params = TraceFilter(run_id=run_id, phase=phase).where()
-        rows = self.store.rows(
-            f"""
-            SELECT step_number, arraySort(groupUniqArray(toString(phase))), count(),
-                   uniqExact(datapoint_id), avg(score), countIf(status IN {{errs:Array(String)}})
-            FROM {{db}}.traces WHERE {where}
-            GROUP BY step_number ORDER BY step_number
-            """,
-            {**params, "errs": list(_ERROR_STATUSES)},
-        )
+        run = args.string("run_id", run_id)
+        where, params = TraceFilter(run_id=run, phase=phase).where()
+        with self._open() as store:
+            require_runs(store, [run])
+            rows = store.rows(
+                f"""
+                SELECT step_number, arraySort(groupUniqArray(toString(phase))), count(),
+                       uniqExact(datapoint_id), avg(score),
+                       countIf(status IN {{errs:Array(String)}})
+                FROM {{db}}.traces WHERE {where}
+                GROUP BY step_number ORDER BY step_number
+                """,
+                {**params, "errs": list(_ERROR_STATUSES)},
+            )
         return [
             StepSummary(
-                run_id=run_id,
+                run_id=run,
                 step_number=r[0],
                 phases=list(r[1]),
                 trace_count=r[2],
@@ -278,19 +298,22 @@ class MantaService:
         self, run_id: str, *, step: int | tuple[int, int] | None = None, phase: str | None = None
     ) -> list[DatapointSummary]:
         """The datapoints of a run (optionally of some steps), with their steps and counts."""
-        where, params = TraceFilter(run_id=run_id, step=step, phase=phase).where()
-        rows = self.store.rows(
-            f"""
-            SELECT datapoint_id, count(), arraySort(groupUniqArray(step_number)), avg(score),
-                   countIf(status IN {{errs:Array(String)}})
-            FROM {{db}}.traces WHERE {where}
-            GROUP BY datapoint_id ORDER BY datapoint_id
-            """,
-            {**params, "errs": list(_ERROR_STATUSES)},
-        )
+        run = args.string("run_id", run_id)
+        where, params = TraceFilter(run_id=run, step=step, phase=phase).where()
+        with self._open() as store:
+            require_runs(store, [run])
+            rows = store.rows(
+                f"""
+                SELECT datapoint_id, count(), arraySort(groupUniqArray(step_number)), avg(score),
+                       countIf(status IN {{errs:Array(String)}})
+                FROM {{db}}.traces WHERE {where}
+                GROUP BY datapoint_id ORDER BY datapoint_id
+                """,
+                {**params, "errs": list(_ERROR_STATUSES)},
+            )
         return [
             DatapointSummary(
-                run_id=run_id,
+                run_id=run,
                 datapoint_id=r[0],
                 trace_count=r[1],
                 steps=list(r[2]),
@@ -313,22 +336,32 @@ class MantaService:
         **filters: Any,
     ) -> list[TraceRecord]:
         """Trace rows matching the filters (see the class docstring), without spans."""
-        sql, params = self._trace_query(run_id, filters, order_by, descending, limit, offset)
-        return [trace_from_row(row) for row in self.store.rows(sql, params)]
+        checked = _build_filter(None, run_id, filters)
+        _trace_query(checked, order_by, descending, limit, offset)  # check before opening
+        with self._open() as store:
+            flt = _with_results(store, checked, run_id, filters)
+            sql, params = _trace_query(flt, order_by, descending, limit, offset)
+            require_runs(store, flt.run_id)
+            return [trace_from_row(row) for row in store.rows(sql, params)]
 
     def count_traces(self, run_id: str | Sequence[str] | None = None, **filters: Any) -> int:
-        """How many traces match the filters."""
-        where, params = self._trace_filter(run_id, filters).where()
-        return int(
-            self.store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0]
-        )
+        """How many traces match the filters (an unknown ``run_id`` raises, as everywhere)."""
+        checked = _build_filter(None, run_id, filters)
+        with self._open() as store:
+            flt = _with_results(store, checked, run_id, filters)
+            where, params = flt.where()
+            require_runs(store, flt.run_id)
+            return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])
 
     def get_trace(self, trace_id: str) -> TraceContext:
         """One trace with its spans; :class:`QueryError` if it does not exist."""
-        traces = self.get_traces(trace_ids=[trace_id], limit=1)
-        if not traces:
-            raise QueryError(f"trace_id {trace_id!r} not found")
-        return self.load_contexts(traces)[0]
+        wanted = args.string("trace_id", trace_id)
+        with self._open() as store:
+            sql, params = _trace_query(TraceFilter(trace_ids=[wanted]), "trace_id", False, 1, 0)
+            traces = [trace_from_row(row) for row in store.rows(sql, params)]
+            if not traces:
+                raise QueryError(f"trace_id {wanted!r} not found")
+            return _load_contexts(store, traces, None)[0]
 
     def iter_trace_batches(
         self,
@@ -348,24 +381,44 @@ class MantaService:
         arrive through ONE streaming query merged with the trace rows, the fastest path.
         With ``order_by`` the spans of each batch are loaded with one query per batch.
         Either way memory holds the (small) trace rows plus about one batch of spans.
+        Arguments are checked when this is called, before the first batch is asked for.
         """
-        if batch_size < 1:
-            raise QueryError(f"batch_size must be at least 1, got {batch_size}")
+        size = args.integer("batch_size", batch_size, low=1)
+        args.boolean("with_spans", with_spans)
+        if span_filter is not None and not isinstance(span_filter, SpanFilter):
+            raise QueryError(f"span_filter must be a SpanFilter, got {type(span_filter).__name__}")
+        checked = _build_filter(None, run_id, filters)
+        query = (run_id, filters, checked)
         if order_by is None and with_spans:
-            yield from self._merged_batches(run_id, filters, limit, span_filter, batch_size)
-            return
-        sql, params = self._trace_query(
-            run_id, filters, order_by or "trace_id", descending, limit, 0
+            args.boolean("descending", descending)
+            capped = None if limit is None else args.count("limit", limit)
+            return self._merged_batches(query, capped, span_filter, size)
+        order = order_by or "trace_id"
+        _trace_query(checked, order, descending, limit, 0)  # check before the first batch
+        return self._ordered_batches(
+            query, (order, descending, limit), with_spans, span_filter, size
         )
-        traces = [trace_from_row(row) for row in self.store.rows(sql, params)]
-        for start in range(0, len(traces), batch_size):
-            batch = traces[start : start + batch_size]
-            yield self.load_contexts(batch, span_filter) if with_spans else _bare(batch)
+
+    def _ordered_batches(
+        self,
+        query: tuple[Any, dict[str, Any], TraceFilter],
+        ordering: tuple[str | Sequence[str], bool, int | None],
+        with_spans: bool,
+        span_filter: SpanFilter | None,
+        batch_size: int,
+    ) -> Iterator[list[TraceContext]]:
+        with self._open() as store:
+            flt = _with_results(store, query[2], query[0], query[1])
+            sql, params = _trace_query(flt, *ordering, 0)
+            require_runs(store, flt.run_id)
+            traces = [trace_from_row(row) for row in store.rows(sql, params)]
+            for start in range(0, len(traces), batch_size):
+                batch = traces[start : start + batch_size]
+                yield _load_contexts(store, batch, span_filter) if with_spans else _bare(batch)
 
     def _merged_batches(
         self,
-        run_id: str | Sequence[str] | None,
-        filters: dict[str, Any],
+        query: tuple[Any, dict[str, Any], TraceFilter],
         limit: int | None,
         span_filter: SpanFilter | None,
         batch_size: int,
@@ -375,12 +428,22 @@ class MantaService:
         Each stream has its own connection, so memory holds one batch whatever the run size,
         and the caller may use this service while iterating.
         """
-        where, params = self._trace_filter(run_id, filters).where()
+        with self._open() as store:
+            flt = _with_results(store, query[2], query[0], query[1])
+            yield from self._merge_streams(store, flt, limit, span_filter, batch_size)
+
+    def _merge_streams(
+        self,
+        store: Store,
+        flt: TraceFilter,
+        limit: int | None,
+        span_filter: SpanFilter | None,
+        batch_size: int,
+    ) -> Iterator[list[TraceContext]]:
+        where, params = flt.where()
         limit_sql = ""
         if limit is not None:
-            if limit < 0:
-                raise QueryError(f"limit must be >= 0, got {limit}")
-            params["q_limit"] = int(limit)
+            params["q_limit"] = limit
             limit_sql = " LIMIT {q_limit:UInt64}"
         order = f"ORDER BY run_id, trace_id{limit_sql}"
         traces_sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order}"
@@ -391,8 +454,9 @@ class MantaService:
             f"AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {{db}}.traces "
             f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
         )
-        trace_conn = self.store.sibling()
-        span_conn = self.store.sibling()
+        require_runs(store, flt.run_id)
+        trace_conn = store.sibling()
+        span_conn = store.sibling()
         try:
             with (
                 trace_conn.stream(traces_sql, params) as trace_blocks,
@@ -427,10 +491,8 @@ class MantaService:
         """Attach spans to ``traces`` with one query; returns contexts in the same order."""
         if not traces:
             return []
-        grouped = self._span_rows(
-            [t.trace_id for t in traces], {t.run_id for t in traces}, span_filter
-        )
-        return [TraceContext(trace, grouped.get(trace.trace_id, [])) for trace in traces]
+        with self._open() as store:
+            return _load_contexts(store, traces, span_filter)
 
     # ---- spans ---------------------------------------------------------------------------
 
@@ -448,73 +510,22 @@ class MantaService:
 
         One query for all the given traces.
         """
-        ids = [trace_ids] if isinstance(trace_ids, str) else list(trace_ids)
+        ids = args.strings("trace_ids", trace_ids)
         span_filter = SpanFilter(
             kind=kind, role=role, tool_name=tool_name, name=name, is_error=is_error
         )
-        grouped = self._span_rows(ids, None, span_filter)
+        with self._open() as store:
+            grouped = _span_rows(store, ids, None, span_filter)
         return {tid: [span_from_row(r) for r in rows] for tid, rows in grouped.items()}
-
-    def _span_rows(
-        self,
-        trace_ids: list[str],
-        run_ids: set[str] | None,
-        span_filter: SpanFilter | None,
-    ) -> dict[str, list[tuple[Any, ...]]]:
-        span_where, params = (span_filter or SpanFilter()).where()
-        params["ids"] = trace_ids
-        run_clause = ""
-        if run_ids:
-            params["runs"] = sorted(run_ids)
-            run_clause = "run_id IN {runs:Array(String)} AND "
-        rows = self.store.rows(
-            f"""
-            SELECT {SPAN_SELECT} FROM {{db}}.spans
-            WHERE {run_clause}trace_id IN {{ids:Array(String)}} AND {span_where}
-            ORDER BY run_id, trace_id, seq, span_id
-            """,
-            params,
-        )
-        return {tid: list(group) for tid, group in groupby(rows, key=lambda r: r[0])}
-
-    def _trace_query(
-        self,
-        run_id: str | Sequence[str] | None,
-        filters: dict[str, Any],
-        order_by: str | Sequence[str],
-        descending: bool,
-        limit: int | None,
-        offset: int,
-    ) -> tuple[str, dict[str, Any]]:
-        where, params = self._trace_filter(run_id, filters).where()
-        order = order_clause(order_by, descending)
-        sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} ORDER BY {order}"
-        if limit is not None:
-            if limit < 0:
-                raise QueryError(f"limit must be >= 0, got {limit}")
-            params["q_limit"] = int(limit)
-            sql += " LIMIT {q_limit:UInt64}"
-        if offset:
-            if offset < 0:
-                raise QueryError(f"offset must be >= 0, got {offset}")
-            params["q_offset"] = int(offset)
-            sql += " OFFSET {q_offset:UInt64}"
-        return sql, params
-
-    # ---- stored results (manta_lib.results) ----------------------------------------------
 
     def _trace_filter(
         self, run_id: str | Sequence[str] | None, filters: dict[str, Any]
     ) -> TraceFilter:
-        """The trace filter, with a ``results=`` condition compiled against the store."""
-        condition = filters.get("results")
-        if condition is not None and not isinstance(condition, ResultsFilter):
-            runs = () if run_id is None else ((run_id,) if isinstance(run_id, str) else run_id)
-            compiled = compile_trace_condition(
-                self.store, condition, run_ids=tuple(runs), project_id=filters.get("project_id")
-            )
-            filters = {**filters, "results": compiled}
-        return _trace_filter(run_id, filters)
+        """The checked trace filter with its ``results=`` condition compiled against the held
+        store (for callers that keep using :attr:`store`, such as the export)."""
+        return _build_filter(self.store, run_id, filters)
+
+    # ---- stored results (manta_lib.results) ----------------------------------------------
 
     def results(
         self,
@@ -549,17 +560,18 @@ class MantaService:
             df = svc.results("tool_errors", "run_grpo_math_v1", where="tool_errors > 0")
             df.groupby("step_number").tool_errors.mean()
         """
-        return results_frame(
-            self.store,
-            judge,
-            run_id,
-            level=level,
-            version=version,
-            where=where,
-            columns=columns,
-            limit=limit,
-            project_id=project_id,
-        )
+        with self._open() as store:
+            return results_frame(
+                store,
+                judge,
+                run_id,
+                level=level,
+                version=version,
+                where=where,
+                columns=columns,
+                limit=limit,
+                project_id=project_id,
+            )
 
     def results_arrow(
         self,
@@ -574,24 +586,26 @@ class MantaService:
         project_id: str | None = None,
     ) -> pa.Table:
         """:meth:`results` as a ``pyarrow.Table`` (``polars.from_arrow(table)`` for polars)."""
-        return results_arrow(
-            self.store,
-            judge,
-            run_id,
-            level=level,
-            version=version,
-            where=where,
-            columns=columns,
-            limit=limit,
-            project_id=project_id,
-        )
+        with self._open() as store:
+            return results_arrow(
+                store,
+                judge,
+                run_id,
+                level=level,
+                version=version,
+                where=where,
+                columns=columns,
+                limit=limit,
+                project_id=project_id,
+            )
 
     def judges(
         self, *, run_id: str | Sequence[str] | None = None, project_id: str | None = None
     ) -> list[JudgeInfo]:
         """Judges with stored results (and registered ones): versions, levels, columns, when
         computed and entity counts per version, newest version first."""
-        return list_judges(self.store, run_id=run_id, project_id=project_id)
+        with self._open() as store:
+            return list_judges(store, run_id=run_id, project_id=project_id)
 
     def compare_runs(
         self,
@@ -608,17 +622,18 @@ class MantaService:
         """Two runs under one judge: common entities with deltas, and per column the shift of
         its distribution (numeric: mean/p50/p95 deltas with a bootstrap CI of the mean delta;
         categorical: value shares and total variation). ``run_b`` minus ``run_a``."""
-        return compare.compare_runs(
-            self.store,
-            judge,
-            run_a,
-            run_b,
-            level=str(level),
-            columns=columns,
-            version=version,
-            resamples=resamples,
-            seed=seed,
-        )
+        with self._open() as store:
+            return compare.compare_runs(
+                store,
+                judge,
+                run_a,
+                run_b,
+                level=str(level),
+                columns=columns,
+                version=version,
+                resamples=resamples,
+                seed=seed,
+            )
 
     def compare_versions(
         self,
@@ -633,9 +648,10 @@ class MantaService:
         """Agreement of two versions of ``judge`` on one run: accuracy and Cohen's kappa
         (categorical, boolean), correlation and mean absolute difference (numeric), and the
         disagreeing entity ids."""
-        return compare.compare_versions(
-            self.store, judge, run_id, version_a, version_b, level=str(level), columns=columns
-        )
+        with self._open() as store:
+            return compare.compare_versions(
+                store, judge, run_id, version_a, version_b, level=str(level), columns=columns
+            )
 
     def compare_judges(
         self,
@@ -647,16 +663,18 @@ class MantaService:
         columns: Sequence[tuple[str, str]] | None = None,
     ) -> Agreement:
         """Agreement of two judges on one run (same figures as :meth:`compare_versions`)."""
-        return compare.compare_judges(
-            self.store, judge_a, judge_b, run_id, level=str(level), columns=columns
-        )
+        with self._open() as store:
+            return compare.compare_judges(
+                store, judge_a, judge_b, run_id, level=str(level), columns=columns
+            )
 
     def compare_with_grader(
         self, judge: str, run_id: str, column: str, *, version: str | None = None
     ) -> Agreement:
         """A trace-level column against the traces' own grader (boolean column vs ``passed``,
         numeric vs ``score``): the calibration to check before trusting an LLM judge."""
-        return compare.compare_with_grader(self.store, judge, run_id, column, version=version)
+        with self._open() as store:
+            return compare.compare_with_grader(store, judge, run_id, column, version=version)
 
     def series(
         self,
@@ -674,7 +692,8 @@ class MantaService:
 
             curve = svc.series("tool_errors", "tool_errors", ["run_a", "run_b"])
         """
-        return series(self.store, judge, column, run_id, level=level, version=version)
+        with self._open() as store:
+            return series(store, judge, column, run_id, level=level, version=version)
 
     def plot_series(
         self,
@@ -699,15 +718,122 @@ class MantaService:
         )
 
 
-def _trace_filter(run_id: str | Sequence[str] | None, filters: dict[str, Any]) -> TraceFilter:
-    try:
-        return TraceFilter(run_id=run_id, **filters)
-    except TypeError:
-        known = sorted(TraceFilter.__dataclass_fields__)
-        unknown = sorted(set(filters) - set(known))
+def require_runs(store: Store, run_ids: Sequence[str] | None) -> None:
+    """Raise :class:`QueryError` for the first of ``run_ids`` the store does not hold, naming
+    the closest existing runs (or saying the store is empty, and where it is)."""
+    if not run_ids:
+        return
+    wanted = sorted(set(run_ids))
+    found = {
+        r[0]
+        for r in store.rows(
+            "SELECT DISTINCT run_id FROM {db}.traces WHERE run_id IN {r:Array(String)}",
+            {"r": wanted},
+        )
+    }
+    missing = [run for run in wanted if run not in found]
+    if not missing:
+        return
+    known = _all_run_ids(store)
+    if not known:
+        raise QueryError(
+            f"run_id {missing[0]!r} not found: the store ({store.describe()}) has no traces yet "
+            f"(load some with `manta import FILE` or `manta demo seed`, or point "
+            f"MANTA_DATA_DIR / CLICKHOUSE_URL at the store that has them)"
+        )
+    closest = difflib.get_close_matches(missing[0], known, n=5, cutoff=0.0)
+    raise QueryError(
+        f"run_id {missing[0]!r} not found; existing runs (closest first): {', '.join(closest)}"
+    )
+
+
+def _all_run_ids(store: Store) -> list[str]:
+    return [r[0] for r in store.rows("SELECT DISTINCT run_id FROM {db}.traces ORDER BY 1")]
+
+
+def _load_contexts(
+    store: Store, traces: Sequence[TraceRecord], span_filter: SpanFilter | None
+) -> list[TraceContext]:
+    grouped = _span_rows(
+        store, [t.trace_id for t in traces], {t.run_id for t in traces}, span_filter
+    )
+    return [TraceContext(trace, grouped.get(trace.trace_id, [])) for trace in traces]
+
+
+def _span_rows(
+    store: Store,
+    trace_ids: list[str],
+    run_ids: set[str] | None,
+    span_filter: SpanFilter | None,
+) -> dict[str, list[tuple[Any, ...]]]:
+    span_where, params = (span_filter or SpanFilter()).where()
+    ids_clause = in_strings("trace_id", "ids", trace_ids, params)
+    run_clause = ""
+    if run_ids:
+        params["runs"] = sorted(run_ids)
+        run_clause = "run_id IN {runs:Array(String)} AND "
+    rows = store.rows(
+        f"""
+        SELECT {SPAN_SELECT} FROM {{db}}.spans
+        WHERE {run_clause}{ids_clause} AND {span_where}
+        ORDER BY run_id, trace_id, seq, span_id
+        """,
+        params,
+    )
+    return {tid: list(group) for tid, group in groupby(rows, key=lambda r: r[0])}
+
+
+def _trace_query(
+    flt: TraceFilter,
+    order_by: str | Sequence[str],
+    descending: bool,
+    limit: int | None,
+    offset: int,
+) -> tuple[str, dict[str, Any]]:
+    where, params = flt.where()
+    order = order_clause(order_by, descending)
+    sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} ORDER BY {order}"
+    if limit is not None:
+        params["q_limit"] = args.count("limit", limit)
+        sql += " LIMIT {q_limit:UInt64}"
+    skip = args.count("offset", offset)
+    if skip:
+        params["q_offset"] = skip
+        sql += " OFFSET {q_offset:UInt64}"
+    return sql, params
+
+
+def _with_results(
+    store: Store, checked: TraceFilter, run_id: Any, filters: dict[str, Any]
+) -> TraceFilter:
+    """``checked`` with its ``results=`` condition compiled against ``store``, if it has one."""
+    if filters.get("results") is None or isinstance(filters["results"], ResultsFilter):
+        return checked
+    return _build_filter(store, run_id, filters)
+
+
+def _build_filter(
+    store: Store | None, run_id: str | Sequence[str] | None, filters: dict[str, Any]
+) -> TraceFilter:
+    """The checked trace filter; a ``results=`` condition is compiled against ``store`` (with
+    ``store=None`` it is left out: the arguments are only being checked)."""
+    known = sorted(TraceFilter.__dataclass_fields__)
+    unknown = sorted(set(filters) - set(known))
+    if unknown:
         raise QueryError(
             f"unknown trace filter(s) {', '.join(unknown)} (expected: {', '.join(known)})"
-        ) from None
+        )
+    condition = filters.get("results")
+    if condition is not None and not isinstance(condition, ResultsFilter):
+        if store is None:
+            filters = {k: v for k, v in filters.items() if k != "results"}
+        else:
+            runs = () if run_id is None else ((run_id,) if isinstance(run_id, str) else run_id)
+            compiled = compile_trace_condition(
+                store, condition, run_ids=tuple(runs), project_id=filters.get("project_id")
+            )
+            filters = {**filters, "results": compiled}
+    return TraceFilter(run_id=run_id, **filters)
 
 
 def _bare(traces: list[TraceRecord]) -> list[TraceContext]:

@@ -1,6 +1,8 @@
-"""Settings from the environment: ClickHouse, Kestrel and Modal variables, a few ``MANTA_*``.
+"""Settings from the environment (the documented variables plus a few ``MANTA_*`` ones).
 
-``CLICKHOUSE_URL`` unset means the embedded chDB engine under ``MANTA_DATA_DIR``.
+``CLICKHOUSE_URL`` unset means the embedded chDB engine under ``MANTA_DATA_DIR``, which
+defaults to the per-user data directory (``~/.local/share/manta`` on Linux, from
+platformdirs), so every process of a user finds the same store whatever its working directory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
+import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,14 +43,38 @@ class MantaSettings(BaseSettings):
         default=None, validation_alias="MODAL_TOKEN_SECRET"
     )
     data_dir: Path = Field(
-        default=Path(".manta"), validation_alias=AliasChoices("MANTA_DATA_DIR", "data_dir")
+        default_factory=lambda: default_data_dir(),
+        validation_alias=AliasChoices("MANTA_DATA_DIR", "data_dir"),
     )
     database: str = Field(
         default="manta", validation_alias=AliasChoices("MANTA_DATABASE", "database")
     )
     runs_log_dir_override: Path | None = Field(default=None, validation_alias="MANTA_RUNS_LOG_DIR")
-    connect_timeout_s: float = Field(default=10.0, validation_alias="MANTA_CONNECT_TIMEOUT_S")
-    flush_seconds: float = Field(default=2.0, gt=0, validation_alias="MANTA_FLUSH_SECONDS")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_CONNECT_TIMEOUT_S"
+    )
+    lock_timeout_s: float = Field(
+        default=30.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_LOCK_TIMEOUT_S"
+    )
+    flush_seconds: float = Field(
+        default=2.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_FLUSH_SECONDS"
+    )
+
+    @field_validator("data_dir", "runs_log_dir_override")
+    @classmethod
+    def _check_directory(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser()
+        for candidate in (path, *path.parents):
+            if candidate.exists():
+                if not candidate.is_dir():
+                    raise ValueError(
+                        f"{candidate} is a file, not a directory; point it at a directory "
+                        f"(created if missing)"
+                    )
+                break
+        return path
 
     @field_validator("clickhouse_url", "kestrel_api_url", mode="before")
     @classmethod
@@ -63,6 +90,12 @@ class MantaSettings(BaseSettings):
         if parsed.scheme == "chdb":
             if parsed.netloc or not parsed.path.startswith("/"):
                 raise ValueError(f"chdb URL needs an absolute path, got {value!r}; {_URL_HELP}")
+            path = Path(parsed.path)
+            if path.exists() and not path.is_dir():
+                raise ValueError(
+                    f"{path} is a file, not a directory: the embedded store is a directory "
+                    f"(created if missing); {_URL_HELP}"
+                )
             return value
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"{value!r} is not an http(s):// or chdb:/// URL; {_URL_HELP}")
@@ -107,6 +140,25 @@ class MantaSettings(BaseSettings):
         return self.runs_log_dir_override or (self.data_dir / "runs_log")
 
 
+def default_data_dir() -> Path:
+    """The per-user data directory (``$XDG_DATA_HOME/manta``, else ``~/.local/share/manta``
+    on Linux): the same for every process of the user, whatever its working directory."""
+    return platformdirs.user_data_path("manta", appauthor=False)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str | None) -> int:
+    """The logging level named by ``MANTA_LOG_LEVEL`` (default INFO), or :class:`ConfigError`."""
+    name = (value or "INFO").strip().upper()
+    if name not in LOG_LEVELS:
+        raise ConfigError(
+            f"MANTA_LOG_LEVEL={value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
+    return int(getattr(logging, name))
+
+
 def load_settings(**overrides: object) -> MantaSettings:
     """Read settings from the environment, raising :class:`ConfigError` with the variable name."""
     try:
@@ -116,7 +168,10 @@ def load_settings(**overrides: object) -> MantaSettings:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "settings"
             env_name = _ENV_NAMES.get(name, name)
-            problems.append(f"{env_name}: {err['msg'].removeprefix('Value error, ')}")
+            given = err.get("input")
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = f"={given!r}" if isinstance(given, str) and repr(given) not in msg else ""
+            problems.append(f"{env_name}{shown}: {msg}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
@@ -128,4 +183,11 @@ _ENV_NAMES = {
     "data_dir": "MANTA_DATA_DIR",
     "MANTA_DATA_DIR": "MANTA_DATA_DIR",
     "MANTA_CONNECT_TIMEOUT_S": "MANTA_CONNECT_TIMEOUT_S",
+    "connect_timeout_s": "MANTA_CONNECT_TIMEOUT_S",
+    "MANTA_LOCK_TIMEOUT_S": "MANTA_LOCK_TIMEOUT_S",
+    "lock_timeout_s": "MANTA_LOCK_TIMEOUT_S",
+    "MANTA_FLUSH_SECONDS": "MANTA_FLUSH_SECONDS",
+    "flush_seconds": "MANTA_FLUSH_SECONDS",
+    "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
+    "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
 }

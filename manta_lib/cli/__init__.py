@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from manta_lib.errors import MantaError
+from manta_lib.settings import log_level
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -52,8 +53,11 @@ def _register_commands() -> None:
 
 
 def configure_logging() -> None:
-    """Log to stderr through rich; ``MANTA_LOG_LEVEL`` sets the level (default INFO)."""
-    level = os.environ.get("MANTA_LOG_LEVEL", "INFO").upper()
+    """Log to stderr through rich; ``MANTA_LOG_LEVEL`` sets the level (default INFO).
+
+    Raises :class:`~manta_lib.errors.ConfigError` for a name that is not a log level.
+    """
+    level = log_level(os.environ.get("MANTA_LOG_LEVEL"))
     logging.basicConfig(
         level=level,
         format="%(message)s",
@@ -63,7 +67,11 @@ def configure_logging() -> None:
 
 def main() -> None:
     """Entry point of the ``manta`` and ``mantis`` scripts."""
-    configure_logging()
+    try:
+        configure_logging()
+    except MantaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     _register_commands()
     try:
         app()

@@ -39,11 +39,19 @@ EngineOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Emit JSON instead of the table.")]
+SubsetOption = Annotated[
+    bool,
+    typer.Option(
+        "--include-subset",
+        help="Also count computations over a subset of their run (left out by default).",
+    ),
+]
 StatusOption = Annotated[
     str,
     typer.Option(
         "--status",
-        help="Terminal status to keep; --status '' keeps every terminal status.",
+        help="Terminal status to keep (succeeded, mostly_failed, failed); --status '' keeps "
+        "every terminal status.",
     ),
 ]
 
@@ -74,6 +82,7 @@ def stats_command(
     as_json: JsonOption = False,
     log_dir: LogDirOption = None,
     engine: EngineOption = "auto",
+    include_subset: SubsetOption = False,
 ) -> None:
     """p50/p95/p99 per wall-time bucket across the last runs of a workflow."""
     result = compute_stats(
@@ -84,6 +93,7 @@ def stats_command(
         since=since,
         status=status,
         engine=engine,
+        include_subset=include_subset,
     )
     typer.echo(to_json_text(result.to_json()) if as_json else stats_table(result))
 
@@ -112,6 +122,7 @@ def compare_command(
     as_json: JsonOption = False,
     log_dir: LogDirOption = None,
     engine: EngineOption = "auto",
+    include_subset: SubsetOption = False,
 ) -> None:
     """Which bucket regressed: p50/p95 of the recent window against the baseline before it."""
     result = compare_windows(
@@ -122,6 +133,7 @@ def compare_command(
         status=status,
         threshold_pct=threshold,
         engine=engine,
+        include_subset=include_subset,
     )
     typer.echo(to_json_text(result.to_json()) if as_json else compare_table(result))
     if fail_on_regression and result.regressions:

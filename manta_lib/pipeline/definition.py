@@ -169,8 +169,18 @@ class PipelineDefinition:
             raise PipelineDefinitionError(
                 f"EntityLevel.{level.name} was already added; each level can be added once"
             )
+        if self.levels and {level, self.levels[-1].level} == {
+            EntityLevel.STEP,
+            EntityLevel.DATAPOINT_ACROSS_STEPS,
+        }:
+            raise PipelineDefinitionError(
+                f"EntityLevel.{level.name} cannot follow EntityLevel.{self.levels[-1].level.name}: "
+                f"a step's value must come only from that step's traces, and a datapoint across "
+                f"steps mixes every step. Feed STEP from DATAPOINT (one datapoint at one step) "
+                f"and compute the across-steps view in a second pipeline"
+            )
         if self.levels and level.rank <= self.levels[-1].level.rank:
-            order = " < ".join(f"{m.name}" for m in EntityLevel)
+            order = "TRACE < DATAPOINT < STEP or DATAPOINT_ACROSS_STEPS < RUN"
             raise PipelineDefinitionError(
                 f"levels must be added in increasing order ({order}): "
                 f"EntityLevel.{level.name} cannot follow EntityLevel.{self.levels[-1].level.name}"

@@ -217,7 +217,14 @@ class ThreadMapper:
             computed_at = utc_now()
             if writer is not None and not job.collect:
                 items = [
-                    (r.item.trace_id, r.output, r.error, r.where)
+                    (
+                        r.item.trace_id,
+                        r.output,
+                        r.error,
+                        r.where,
+                        r.item.datapoint_id,
+                        r.item.step_number,
+                    )
                     for r in (finished.popleft() for _ in range(count))
                 ]
                 writer.add_results(
@@ -240,6 +247,8 @@ class ThreadMapper:
                     error=result.error,
                     computed_at=computed_at,
                     error_at=result.where,
+                    datapoint_id=result.item.datapoint_id,
+                    step_number=result.item.step_number,
                 )
                 for result in (finished.popleft() for _ in range(count))
             ]

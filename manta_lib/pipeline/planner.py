@@ -132,45 +132,67 @@ def split(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def group_id(datapoint_id: str, step_number: int) -> str:
+    """The entity id of one datapoint's group of rollouts at one step: ``"dp_7@12"``."""
+    return f"{datapoint_id}@{step_number}"
+
+
+def _child_id(below: EntityLevel, ref: TraceRef) -> str:
+    """The id of the entity of level ``below`` that the trace ``ref`` belongs to."""
+    if below is EntityLevel.TRACE:
+        return ref.trace_id
+    if below is EntityLevel.DATAPOINT:
+        return group_id(ref.datapoint_id, ref.step_number)
+    if below is EntityLevel.STEP:
+        return str(ref.step_number)
+    if below is EntityLevel.DATAPOINT_ACROSS_STEPS:
+        return ref.datapoint_id
+    raise ValueError(f"{below.value} is the top level: no level is fed by it")
+
+
 def group_children(
     level: EntityLevel, below: EntityLevel, run_id: str, refs: Sequence[TraceRef]
 ) -> dict[str, tuple[dict[str, Any], list[str]]]:
     """``{entity_id: (keys, [child entity ids])}`` for ``level`` fed by ``below``.
 
-    A datapoint's children are its traces; a step's children are the traces at that step, or
-    (with a DATAPOINT level below) the datapoints that have traces at that step, so a datapoint
-    seen at several steps belongs to each of them; the run's children are every entity of the
-    level below.
+    - DATAPOINT (one datapoint at one step, a GRPO group): the traces of that datapoint at that
+      step; keys ``datapoint_id`` and ``step_number``.
+    - STEP: the traces at that step, or the datapoint groups at that step; never anything
+      computed from another step.
+    - DATAPOINT_ACROSS_STEPS: every trace of the datapoint, or its groups at every step; keys
+      ``datapoint_id`` and ``steps``.
+    - RUN: every entity of the level below.
     """
-    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
-    if level is EntityLevel.DATAPOINT:
-        steps: dict[str, set[int]] = defaultdict(set)
-        children: dict[str, list[str]] = defaultdict(list)
-        for ref in refs:
+    members: dict[Any, dict[str, None]] = defaultdict(dict)  # ordered sets of child ids
+    steps: dict[str, set[int]] = defaultdict(set)
+    for ref in refs:
+        if level is EntityLevel.DATAPOINT:
+            key: Any = (ref.datapoint_id, ref.step_number)
+        elif level is EntityLevel.STEP:
+            key = ref.step_number
+        elif level is EntityLevel.DATAPOINT_ACROSS_STEPS:
+            key = ref.datapoint_id
             steps[ref.datapoint_id].add(ref.step_number)
-            children[ref.datapoint_id].append(ref.trace_id)
-        for dp, ids in children.items():
-            groups[dp] = ({"datapoint_id": dp, "steps": sorted(steps[dp])}, ids)
-    elif level is EntityLevel.STEP:
-        members: dict[int, dict[str, None]] = defaultdict(dict)  # ordered set
-        for ref in refs:
-            child = ref.trace_id if below is EntityLevel.TRACE else ref.datapoint_id
-            members[ref.step_number][child] = None
-        for step in sorted(members):
-            groups[str(step)] = ({"step_number": step}, list(members[step]))
-    elif level is EntityLevel.RUN:
-        groups[run_id] = ({"run_id": run_id}, entity_ids(below, refs))
-    else:
-        raise ValueError(f"{level} is not a reduce level")
+        elif level is EntityLevel.RUN:
+            key = run_id
+        else:
+            raise ValueError(f"{level} is not a reduce level")
+        members[key][_child_id(below, ref)] = None
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    ordered = sorted(members) if level is EntityLevel.STEP else list(members)
+    for key in ordered:
+        children = list(members[key])
+        if level is EntityLevel.DATAPOINT:
+            groups[group_id(*key)] = ({"datapoint_id": key[0], "step_number": key[1]}, children)
+        elif level is EntityLevel.STEP:
+            groups[str(key)] = ({"step_number": key}, children)
+        elif level is EntityLevel.DATAPOINT_ACROSS_STEPS:
+            groups[key] = ({"datapoint_id": key, "steps": sorted(steps[key])}, children)
+        else:
+            groups[key] = ({"run_id": key}, children)
     return groups
 
 
 def entity_ids(level: EntityLevel, refs: Sequence[TraceRef]) -> list[str]:
     """The ids of ``level``'s entities among the traces ``refs``, in scope order."""
-    if level is EntityLevel.TRACE:
-        return [ref.trace_id for ref in refs]
-    if level is EntityLevel.DATAPOINT:
-        return list(dict.fromkeys(ref.datapoint_id for ref in refs))
-    if level is EntityLevel.STEP:
-        return list(dict.fromkeys(str(ref.step_number) for ref in refs))
-    raise ValueError(f"{level.value} is the top level: no level is fed by it")
+    return list(dict.fromkeys(_child_id(level, ref) for ref in refs))

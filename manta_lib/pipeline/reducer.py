@@ -70,6 +70,8 @@ def reduce_level(
             error=result.error,
             computed_at=utc_now(),
             error_at=result.where,
+            datapoint_id=result.item[0].keys.get("datapoint_id"),
+            step_number=result.item[0].keys.get("step_number"),
         )
         with lock:
             outputs.append(output)

@@ -195,6 +195,8 @@ def _encode(outcome: MetadataOutput) -> dict[str, Any]:
         "error": outcome.error,
         "error_at": outcome.error_at,
         "computed_at": outcome.computed_at.isoformat(),
+        "datapoint_id": outcome.datapoint_id,
+        "step_number": outcome.step_number,
     }
 
 
@@ -214,6 +216,8 @@ def decode_outputs(
             error=item["error"],
             computed_at=datetime.fromisoformat(item["computed_at"]),
             error_at=item.get("error_at"),
+            datapoint_id=item.get("datapoint_id"),
+            step_number=item.get("step_number"),
         )
         for item in report["outputs"]
     ]

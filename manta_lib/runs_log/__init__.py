@@ -10,10 +10,12 @@ writing never imports DuckDB).
 from manta_lib.percentile import percentile
 from manta_lib.runs_log.reader import ReadReport, Shard, iter_rows, list_shards
 from manta_lib.runs_log.schema import (
+    MOSTLY_FAILED_FRACTION,
     SCHEMA_VERSION,
     STABLE_KEYS,
     TERMINAL_STATUSES,
     TOTAL_BUCKET,
+    run_status,
     shard_name,
 )
 from manta_lib.runs_log.selection import BucketStats, WorkflowSummary, parse_duration
@@ -35,6 +37,7 @@ from manta_lib.runs_log.writer import (
 
 __all__ = [
     "MAX_ROW_BYTES",
+    "MOSTLY_FAILED_FRACTION",
     "SCHEMA_VERSION",
     "STABLE_KEYS",
     "TERMINAL_STATUSES",
@@ -56,6 +59,7 @@ __all__ = [
     "make_run_row",
     "parse_duration",
     "percentile",
+    "run_status",
     "shard_name",
     "validate_row",
 ]

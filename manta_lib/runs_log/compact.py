@@ -109,7 +109,7 @@ def _write_parquet(files: list[Path], target: Path, sources: str) -> int:
     """Write ``files`` (JSONL) to ``target`` as Parquet; returns the row count."""
     import duckdb
 
-    from manta_lib.runs_log.duckdb_engine import JSON_COLUMNS
+    from manta_lib.runs_log.duckdb_engine import JSON_COLUMNS, TYPED_COLUMNS
 
     conn = duckdb.connect(":memory:")
     try:
@@ -117,8 +117,7 @@ def _write_parquet(files: list[Path], target: Path, sources: str) -> int:
         conn.execute(
             f"""
             COPY (
-                SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
-                       wall_time_breakdown::VARCHAR AS wall_time_breakdown
+                SELECT {TYPED_COLUMNS}
                 FROM read_json(
                     $files,
                     format = 'newline_delimited',

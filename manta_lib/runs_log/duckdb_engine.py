@@ -38,7 +38,14 @@ from typing import Any
 
 import duckdb
 
-from manta_lib.runs_log.reader import ReadReport, Shard, list_shards, month_groups
+from manta_lib.runs_log.reader import (
+    ReadReport,
+    Shard,
+    list_shards,
+    month_groups,
+    parquet_problem,
+    unreadable_shard,
+)
 from manta_lib.runs_log.schema import SCHEMA_VERSION, TOTAL_BUCKET
 from manta_lib.runs_log.selection import (
     DIGITS,
@@ -50,28 +57,49 @@ from manta_lib.runs_log.selection import (
 )
 
 JSON_COLUMNS = (
-    "{schema_version: 'BIGINT', workflow_id: 'VARCHAR', run_id: 'VARCHAR', status: 'VARCHAR', "
-    "finished_at: 'VARCHAR', total_time_s: 'DOUBLE', wall_time_breakdown: 'JSON'}"
+    "{schema_version: 'JSON', workflow_id: 'JSON', run_id: 'VARCHAR', status: 'VARCHAR', "
+    "finished_at: 'VARCHAR', total_time_s: 'JSON', wall_time_breakdown: 'JSON', subset: 'JSON'}"
 )
-"""The ``read_json`` schema of every query: only the columns the engines use."""
+"""The ``read_json`` schema of every query: only the columns the engines use. The columns whose
+JSON type matters are read as JSON and typed by :data:`TYPED_COLUMNS`, so that DuckDB's casts
+do not accept what the Python engine rejects (``"schema_version": "1"``, a numeric string as
+``total_time_s``)."""
+
+TYPED_COLUMNS = f"""
+    CASE WHEN schema_version IS NULL THEN NULL
+         WHEN schema_version::VARCHAR = '{SCHEMA_VERSION}' THEN {SCHEMA_VERSION}
+         ELSE -1 END AS schema_version,
+    CASE WHEN json_type(workflow_id) = 'VARCHAR' THEN workflow_id ->> '$' END AS workflow_id,
+    run_id, status, finished_at,
+    CASE WHEN json_type(total_time_s) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+         THEN total_time_s::DOUBLE END AS total_time_s,
+    wall_time_breakdown::VARCHAR AS wall_time_breakdown,
+    coalesce(subset::VARCHAR = 'true', false) AS subset
+"""
+"""The engine's columns from a ``read_json`` over :data:`JSON_COLUMNS`: ``schema_version`` is
+1 only for the JSON integer 1 (-1 for any other value), ``workflow_id`` only a JSON string,
+``total_time_s`` only a JSON number (the Python engine's rules); ``subset`` is true only for
+a JSON ``true``."""
+
+DEFAULT_MAX_OBJECT = 16 << 20
+"""``maximum_object_size`` of a scan; a longer line makes the scan retry with the file size."""
 
 _READ_JSON = f"""
-    SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
-           wall_time_breakdown::VARCHAR AS wall_time_breakdown, filename
+    SELECT {TYPED_COLUMNS}, filename
     FROM read_json(
         $NAME,
         format = 'newline_delimited',
         columns = {JSON_COLUMNS},
         ignore_errors = true,
         filename = true,
-        maximum_object_size = 16777216
+        maximum_object_size = {DEFAULT_MAX_OBJECT}
     )
 """
 
 _READ_PARQUET = """
     SELECT schema_version, workflow_id, run_id, status, finished_at, total_time_s,
-           wall_time_breakdown, filename
-    FROM read_parquet($NAME, filename = true)
+           wall_time_breakdown, SUBSET AS subset, filename
+    FROM read_parquet($NAME, filename = true, union_by_name = true)
 """
 
 # An all-NULL row is a line DuckDB could not parse.
@@ -80,12 +108,45 @@ _CORRUPT = """
     AND finished_at IS NULL AND total_time_s IS NULL AND wall_time_breakdown IS NULL
 """
 
+
+def execute(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], shards: Sequence[Shard]
+) -> duckdb.DuckDBPyConnection:
+    """Run a scan of ``shards``; a line above :data:`DEFAULT_MAX_OBJECT` bytes makes it run
+    again with room for the largest file (such lines are rare: the writer caps rows at 1 MiB),
+    and a shard DuckDB cannot read is one clear error, as in the Python engine."""
+    try:
+        try:
+            return conn.execute(sql, params)
+        except duckdb.InvalidInputException as exc:
+            if "maximum_object_size" not in str(exc):
+                raise
+            largest = max((s.size for s in shards if not s.compacted), default=0) + 1
+            bigger = f"maximum_object_size = {max(largest, DEFAULT_MAX_OBJECT)}"
+            return conn.execute(
+                sql.replace(f"maximum_object_size = {DEFAULT_MAX_OBJECT}", bigger), params
+            )
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        name = _file_in(str(exc), shards)
+        if name is None:
+            raise
+        raise unreadable_shard(name, parquet_problem(exc)) from None
+
+
+def _file_in(message: str, shards: Sequence[Shard]) -> Path | None:
+    for shard in shards:
+        if str(shard.path) in message:
+            return shard.path
+    return None
+
+
 _KIND = f"""
     CASE
         WHEN {_CORRUPT} THEN 'corrupt'
         WHEN schema_version IS DISTINCT FROM {SCHEMA_VERSION} THEN 'unknown_version'
         WHEN workflow_id IS DISTINCT FROM $workflow_id THEN 'other'
         WHEN $status <> '' AND status IS DISTINCT FROM $status THEN 'other'
+        WHEN subset AND NOT $include_subset THEN 'other'
         WHEN ts IS NULL THEN 'invalid'
         WHEN ($since IS NOT NULL AND ts < $since::TIMESTAMPTZ)
              OR ($until IS NOT NULL AND ts >= $until::TIMESTAMPTZ) THEN 'other'
@@ -124,7 +185,10 @@ def source_sql(
         parts.append(_READ_JSON.replace("$NAME", "$jsonl"))
     if parquet:
         params["parquet"] = parquet
-        scan = _READ_PARQUET.replace("$NAME", "$parquet")
+        # Months compacted before the subset flag existed have no such column.
+        scan = _READ_PARQUET.replace("$NAME", "$parquet").replace(
+            "SUBSET", "coalesce(subset, false)" if _has_subset(parquet) else "false"
+        )
         if one_workflow:
             parts.append(f"{scan} WHERE workflow_id = $workflow_id")
             parts.append(
@@ -136,6 +200,18 @@ def source_sql(
     if not parts:
         raise ValueError("source_sql needs at least one shard")
     return " UNION ALL ".join(parts)
+
+
+def _has_subset(files: list[str]) -> bool:
+    with connect() as conn:
+        try:
+            row = conn.execute(
+                "SELECT count(*) FROM parquet_schema($files) WHERE name = 'subset'",
+                {"files": files},
+            ).fetchone()
+        except duckdb.Error:
+            return False  # reported by the scan itself, naming the file
+    return bool(row and row[0])
 
 
 def duckdb_select(
@@ -160,9 +236,11 @@ def duckdb_select(
                 "status": flt.status,
                 "since": flt.since,
                 "until": flt.until,
+                "include_subset": flt.include_subset,
             }
             source = source_sql(batch, params, one_workflow=True)
-            conn.execute(
+            execute(
+                conn,
                 f"""
                 INSERT INTO {table}
                 SELECT kind, ts, coalesce(run_id, ''), total_time_s, wall_time_breakdown,
@@ -180,6 +258,7 @@ def duckdb_select(
                 WHERE kind <> 'other'
                 """,
                 params,
+                batch,
             )
             if last:
                 held = _scalar(conn, f"SELECT count(*) FROM {table} WHERE kind = 'ok'")
@@ -306,7 +385,8 @@ def duckdb_workflows(
         return [], report
     params: dict[str, Any] = {}
     source = source_sql(shards, params)
-    rows = conn.execute(
+    rows = execute(
+        conn,
         f"""
         WITH classified AS (
             SELECT *, CASE
@@ -321,6 +401,7 @@ def duckdb_workflows(
         FROM classified GROUP BY kind, workflow_id ORDER BY workflow_id
         """,
         params,
+        shards,
     ).fetchall()
     summaries = []
     for kind, workflow_id, runs, ok, failed, newest, first in rows:
@@ -342,7 +423,8 @@ def workflow_bucket_percentiles(
 ) -> list[dict[str, Any]]:
     """p50/p95/p99 per (workflow, bucket) for every workflow of the log, on ``conn``.
 
-    For each workflow, the newest ``last`` runs (0 = all) with ``status`` (``""`` = any) that
+    Subset runs are left out. For each workflow, the newest ``last`` runs (0 = all) with
+    ``status`` (``""`` = any) that
     finished at or after ``since`` (``"7d"``, ``"24h"``, ``"30m"`` or a datetime): the same
     selection and figures as ``mantis runs stats <workflow_id>``. Returns one dict per
     (workflow, bucket) with keys ``workflow_id, bucket, run_count, count, p50, p95, p99``,
@@ -364,7 +446,8 @@ def workflow_bucket_percentiles(
     params: dict[str, Any] = {"status": status, "since": cutoff}
     source = source_sql(shards, params)
     table = f"runs_log_wbp_{uuid.uuid4().hex}"
-    conn.execute(
+    execute(
+        conn,
         f"""
         CREATE TEMP TABLE {table} AS
         SELECT workflow_id, total_time_s, wall_time_breakdown
@@ -373,12 +456,13 @@ def workflow_bucket_percentiles(
                    coalesce(run_id, '') AS run_id, total_time_s, wall_time_breakdown
             FROM ({source})
             WHERE schema_version = {SCHEMA_VERSION} AND workflow_id IS NOT NULL
-              AND ($status = '' OR status = $status)
+              AND ($status = '' OR status = $status) AND NOT subset
         )
         WHERE ts IS NOT NULL AND ($since IS NULL OR ts >= $since::TIMESTAMPTZ)
         {qualify}
         """,
         params,
+        shards,
     )
     try:
         run_counts = dict(

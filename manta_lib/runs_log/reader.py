@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ def parquet_month(file_name: str) -> tuple[int, int] | None:
     if match is None:
         return None
     year, month = int(match.group(1)), int(match.group(2))
-    return (year, month) if 1 <= month <= 12 else None
+    return (year, month) if 1 <= year <= 9999 and 1 <= month <= 12 else None
 
 
 @dataclass(frozen=True)
@@ -130,17 +131,58 @@ def list_shards(
     for path in require_log_dir(log_dir).iterdir():
         month = shard_month(path.name) or parquet_month(path.name)
         if month is None or not path.is_file():
+            if month is None and _LOOKS_LIKE_SHARD.match(path.name):
+                _warn_once(path, "is not a month shard (YYYY-MM with year 0001-9999, month 01-12)")
             continue
         year, mon = month
         start = datetime(year, mon, 1, tzinfo=UTC)
-        end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+        end = _month_end(year, mon)
         if since is not None and end <= since:
             continue
         if until is not None and start >= until:
             continue
+        _require_readable(path)
         shards.append(Shard(path=path, start=start, end=end, size=path.stat().st_size))
     shards.sort(key=lambda shard: (shard.start, shard.compacted), reverse=True)
     return shards
+
+
+_LOOKS_LIKE_SHARD = re.compile(r"^\d{4}-\d{2}\.(jsonl|parquet)$")
+_warned: set[Path] = set()
+
+
+def _warn_once(path: Path, why: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        log.warning("runs log: ignored %s: it %s", path, why)
+
+
+def _month_end(year: int, month: int) -> datetime:
+    """The first instant after ``year-month`` (the end of time for December 9999)."""
+    if (year, month) == (9999, 12):
+        return datetime.max.replace(tzinfo=UTC)
+    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _require_readable(path: Path) -> None:
+    """Raise :class:`ConfigError` naming a shard that cannot be read: both engines stop on it
+    rather than report figures without its rows."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.pread(fd, 1, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise unreadable_shard(path, exc.strerror or str(exc)) from None
+
+
+def unreadable_shard(path: Path, reason: str) -> ConfigError:
+    """The one error both engines raise for a shard they cannot read."""
+    return ConfigError(
+        f"runs log shard {path} cannot be read ({reason}); fix its permissions, restore it (a "
+        f"compacted month's JSONL is kept in compacted/), or move it out of the log directory"
+    )
 
 
 def month_groups(shards: list[Shard]) -> list[list[Shard]]:
@@ -160,12 +202,18 @@ def iter_shard(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
         yield from _iter_parquet(shard, report)
         return
     report.shards_read += 1
-    loads = json.loads
+    try:
+        yield from _iter_jsonl(shard, report)
+    except OSError as exc:
+        raise unreadable_shard(shard.path, exc.strerror or str(exc)) from None
+
+
+def _iter_jsonl(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
     with shard.path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
             report.lines += 1
             try:
-                obj = loads(raw)
+                obj = json.loads(raw)
             except ValueError:
                 if not raw.strip():
                     report.blank += 1
@@ -174,13 +222,32 @@ def iter_shard(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
                 else:
                     report.note("truncated", f"{shard.path}:{number}")
                 continue
-            if type(obj) is not dict:
+            if type(obj) is not dict or not any(key in obj for key in ENGINE_KEYS):
                 report.note("corrupt", f"{shard.path}:{number}")
                 continue
-            if obj.get("schema_version") != SCHEMA_VERSION:
+            if not is_schema_version(obj.get("schema_version")):
                 report.note("unknown_version", f"{shard.path}:{number}")
                 continue
             yield obj
+
+
+ENGINE_KEYS = (
+    "schema_version",
+    "workflow_id",
+    "run_id",
+    "status",
+    "finished_at",
+    "total_time_s",
+    "wall_time_breakdown",
+)
+"""The keys the query engines read. A line that is not a JSON object holding at least one of
+them counts as corrupt (DuckDB's scan cannot tell such an object from an unparsable line)."""
+
+
+def is_schema_version(value: object) -> bool:
+    """The rule of both engines: ``schema_version`` is the JSON integer 1 (not ``"1"``,
+    ``1.0`` or ``true``)."""
+    return type(value) is int and value == SCHEMA_VERSION
 
 
 def iter_rows(
@@ -209,6 +276,7 @@ _PARQUET_COLUMNS = (
     "finished_at",
     "total_time_s",
     "wall_time_breakdown",
+    "subset",
 )
 
 
@@ -224,20 +292,29 @@ def _iter_parquet(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
     loads = json.loads
     conn = duckdb.connect(":memory:")
     try:
-        cursor = conn.execute(
-            f"SELECT {', '.join(_PARQUET_COLUMNS)} FROM read_parquet($path)",
-            {"path": str(shard.path)},
-        )
+        try:
+            has_subset = conn.execute(
+                "SELECT count(*) FROM parquet_schema($path) WHERE name = 'subset'",
+                {"path": str(shard.path)},
+            ).fetchone()
+            columns = list(_PARQUET_COLUMNS)
+            if not (has_subset and has_subset[0]):
+                columns[-1] = "NULL AS subset"  # compacted before the flag existed
+            cursor = conn.execute(
+                f"SELECT {', '.join(columns)} FROM read_parquet($path)", {"path": str(shard.path)}
+            )
+        except duckdb.Error as exc:
+            raise unreadable_shard(shard.path, parquet_problem(exc)) from None
         number = 0
         while batch := cursor.fetchmany(65536):
             for values in batch:
                 number += 1
                 report.lines += 1
-                if all(value is None for value in values):
+                if all(value is None for value in values[: len(ENGINE_KEYS)]):
                     report.note("corrupt", f"{shard.path}:row {number}")
                     continue
                 row = dict(zip(_PARQUET_COLUMNS, values, strict=True))
-                if row["schema_version"] != SCHEMA_VERSION:
+                if not is_schema_version(row["schema_version"]):
                     report.note("unknown_version", f"{shard.path}:row {number}")
                     continue
                 breakdown = row["wall_time_breakdown"]
@@ -245,3 +322,11 @@ def _iter_parquet(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
                 yield row
     finally:
         conn.close()
+
+
+def parquet_problem(exc: Exception) -> str:
+    """A short reason for a Parquet shard DuckDB could not read."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "magic bytes" in text.lower() or "not a parquet" in text.lower():
+        return "not a Parquet file"
+    return text.removeprefix("Invalid Input Error: ").removeprefix("IO Error: ")

@@ -11,9 +11,13 @@ from datetime import UTC, datetime
 SCHEMA_VERSION = 1
 """The only row version this code writes and aggregates; other versions are counted and skipped."""
 
-TERMINAL_STATUSES = ("succeeded", "failed")
-"""Statuses the runtime logs. Paused runs are never logged: they land on their next terminal
-transition after ``action=resume``."""
+TERMINAL_STATUSES = ("succeeded", "mostly_failed", "failed")
+"""Statuses the runtime logs. ``mostly_failed``: the computation finished but more than
+:data:`MOSTLY_FAILED_FRACTION` of its traces failed (see :func:`run_status`). Paused runs are
+never logged: they land on their next terminal transition after ``action=resume``."""
+
+MOSTLY_FAILED_FRACTION = 0.5
+"""Above this fraction of failed traces a finished computation is ``mostly_failed``."""
 
 STABLE_KEYS: tuple[str, ...] = (
     "schema_version",
@@ -32,8 +36,26 @@ STABLE_KEYS: tuple[str, ...] = (
     "steps_executed",
     "viable",
     "error",
+    "subset",
+    "traces_total",
+    "traces_failed",
 )
 """Keys every row carries, in this order; extra keys follow them and are kept as given."""
+
+
+def run_status(*, error: bool, traces_total: int | None, traces_failed: int | None) -> str:
+    """The status a computation logs: ``failed`` when it raised, ``mostly_failed`` when more
+    than :data:`MOSTLY_FAILED_FRACTION` of its traces failed, else ``succeeded``.
+
+    >>> run_status(error=False, traces_total=100, traces_failed=80)
+    'mostly_failed'
+    """
+    if error:
+        return "failed"
+    if traces_total and traces_failed and traces_failed / traces_total > MOSTLY_FAILED_FRACTION:
+        return "mostly_failed"
+    return "succeeded"
+
 
 TOTAL_BUCKET = "total_time_s"
 """The headline aggregate, always reported, taken from the row's top-level ``total_time_s``."""
@@ -84,4 +106,4 @@ def shard_month(file_name: str) -> tuple[int, int] | None:
     if match is None:
         return None
     year, month = int(match.group(1)), int(match.group(2))
-    return (year, month) if 1 <= month <= 12 else None
+    return (year, month) if 1 <= year <= 9999 and 1 <= month <= 12 else None

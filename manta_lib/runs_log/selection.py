@@ -50,6 +50,7 @@ class RunFilter:
     status: str = "succeeded"
     since: datetime | None = None
     until: datetime | None = None
+    include_subset: bool = False
 
 
 @dataclass
@@ -90,7 +91,25 @@ def parse_duration(text: str, option: str = "--since") -> timedelta:
             f"{option} {text!r} is not a duration: use a positive whole number followed by "
             "d (days), h (hours) or m (minutes), e.g. 7d, 24h or 30m"
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise QueryError(f"{option} {text!r} is too long: {_TOO_LONG}") from None
+
+
+_TOO_LONG = "a window must start after the year 1 (at most 700000d)"
+
+
+def window_start(now: datetime, length: timedelta, option: str) -> datetime:
+    """``now - length``, or :class:`QueryError` naming ``option`` when that is before year 1."""
+    try:
+        return now - length
+    except OverflowError:
+        raise QueryError(f"{option} {_show_duration(length)} is too long: {_TOO_LONG}") from None
+
+
+def _show_duration(length: timedelta) -> str:
+    return f"{length.days}d" if not length.seconds and not length.microseconds else str(length)
 
 
 def resolve_since(
@@ -100,7 +119,7 @@ def resolve_since(
     if since is None or isinstance(since, datetime):
         return None if since is None else as_utc(since)
     now = as_utc(now or datetime.now(UTC))
-    return now - (parse_duration(since) if isinstance(since, str) else since)
+    return window_start(now, parse_duration(since) if isinstance(since, str) else since, "--since")
 
 
 def as_utc(value: datetime) -> datetime:

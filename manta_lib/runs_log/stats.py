@@ -34,6 +34,7 @@ from manta_lib.runs_log.selection import (
     as_utc,
     parse_duration,
     resolve_since,
+    window_start,
 )
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def bucket_values(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {}
     for row in rows:
         total = row.get(TOTAL_BUCKET)
-        if _is_number(total):
+        if _is_number(total) and not isinstance(total, bool):  # a JSON number, as in DuckDB
             values.setdefault(TOTAL_BUCKET, []).append(float(total))
         breakdown = row.get("wall_time_breakdown")
         if isinstance(breakdown, dict):
@@ -120,7 +121,9 @@ def bucket_values(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
     return values
 
 
-def python_select(shards: Sequence[Shard], flt: RunFilter, last: int) -> Selection:
+def python_select(  # noqa: C901 - one flat skip rule per row field, shared by both engines
+    shards: Sequence[Shard], flt: RunFilter, last: int
+) -> Selection:
     """Pure-Python streaming engine: newest ``last`` matching rows (0 = all) and their stats.
 
     Shards are read newest first and reading stops after the first month at which ``last``
@@ -137,6 +140,8 @@ def python_select(shards: Sequence[Shard], flt: RunFilter, last: int) -> Selecti
                 if row.get("workflow_id") != flt.workflow_id:
                     continue
                 if flt.status and row.get("status") != flt.status:
+                    continue
+                if row.get("subset") is True and not flt.include_subset:
                     continue
                 finished = parse_timestamp(row.get("finished_at"))
                 if finished is None:
@@ -247,14 +252,16 @@ def compute_stats(
     engine: str = "auto",
     until: datetime | None = None,
     now: datetime | None = None,
+    include_subset: bool = False,
 ) -> StatsResult:
     """p50/p95/p99 per wall-time bucket over the newest ``last`` runs of ``workflow_id``.
 
     ``last=0`` means no cap; ``status=""`` keeps every terminal status; ``since`` is ``"7d"``,
     ``"24h"``, ``"30m"``, a timedelta or a datetime; ``buckets`` restricts the report
-    (``total_time_s`` is always included). Raises :class:`QueryError` when no run matches,
-    naming the closest workflow ids, and :class:`~manta_lib.errors.ConfigError` when the log
-    directory is missing.
+    (``total_time_s`` is always included); runs over a subset of their data (logged with
+    ``subset: true``) are left out unless ``include_subset``. Raises :class:`QueryError` when
+    no run matches, naming the closest workflow ids, and
+    :class:`~manta_lib.errors.ConfigError` when the log directory is missing.
 
     >>> result = compute_stats("runs_log", "default__marketplace-listings-v1")  # doctest: +SKIP
     >>> result.buckets["total_time_s"].p95  # doctest: +SKIP
@@ -262,7 +269,7 @@ def compute_stats(
     """
     if last < 0:
         raise QueryError(f"--last {last} must be 0 (no cap) or a positive number of runs")
-    flt = RunFilter(workflow_id, status, resolve_since(since, now), until)
+    flt = RunFilter(workflow_id, status, resolve_since(since, now), until, include_subset)
     shards = list_shards(log_dir, since=flt.since, until=flt.until)
     chosen = choose_engine(engine, shards)
     selection = select(shards, flt, last, chosen)
@@ -403,6 +410,7 @@ def compare_windows(
     threshold_pct: float = 20.0,
     engine: str = "auto",
     now: datetime | None = None,
+    include_subset: bool = False,
 ) -> CompareResult:
     """Compare p50/p95 per bucket in the recent window against the baseline window before it.
 
@@ -417,12 +425,15 @@ def compare_windows(
     now = as_utc(now or datetime.now(UTC))
     recent_td = parse_duration(recent, "--recent") if isinstance(recent, str) else recent
     baseline_td = parse_duration(baseline, "--baseline") if isinstance(baseline, str) else baseline
-    if threshold_pct < 0:
-        raise QueryError(f"--threshold {threshold_pct} must be a percentage >= 0")
-    recent_start = now - recent_td
-    baseline_start = recent_start - baseline_td
-    recent_flt = RunFilter(workflow_id, status, recent_start, None)
-    baseline_flt = RunFilter(workflow_id, status, baseline_start, recent_start)
+    if not _is_number(threshold_pct) or threshold_pct < 0:
+        raise QueryError(
+            f"--threshold {threshold_pct} must be a finite percentage >= 0 (NaN or infinity "
+            f"would never flag a regression)"
+        )
+    recent_start = window_start(now, recent_td, "--recent")
+    baseline_start = window_start(recent_start, baseline_td, "--baseline")
+    recent_flt = RunFilter(workflow_id, status, recent_start, None, include_subset)
+    baseline_flt = RunFilter(workflow_id, status, baseline_start, recent_start, include_subset)
     shards = list_shards(log_dir, since=baseline_start)
     chosen = choose_engine(engine, shards)
     selections = []

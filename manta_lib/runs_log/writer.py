@@ -57,6 +57,9 @@ _DEFAULTS: dict[str, Any] = {
     "steps_executed": 0,
     "viable": 0,
     "error": None,
+    "subset": False,
+    "traces_total": None,
+    "traces_failed": None,
 }
 
 
@@ -76,6 +79,9 @@ def make_run_row(
     steps_executed: int = 0,
     viable: int = 0,
     error: str | None = None,
+    subset: bool = False,
+    traces_total: int | None = None,
+    traces_failed: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Build a runs-log row with the stable keys in order and ``total_time_s`` computed.
@@ -84,6 +90,12 @@ def make_run_row(
     strings; both are written as UTC with a ``Z`` suffix. ``total_time_s`` is
     ``finished_at - created_at`` in seconds (rounded to the microsecond). Extra keyword
     arguments become extra keys after the stable ones.
+
+    ``subset`` marks a computation over part of a run (``limit_traces`` and the like): it is
+    logged but left out of ``mantis runs stats`` unless asked for. ``traces_total`` /
+    ``traces_failed`` count the traces the computation mapped and how many failed; pass
+    ``status=run_status(error=..., traces_total=..., traces_failed=...)`` to log a computation
+    where most traces failed as ``mostly_failed`` rather than ``succeeded``.
 
     Raises :class:`~manta_lib.errors.ValidationError` when a timestamp cannot be parsed;
     :func:`append_run` does the remaining checks.
@@ -114,6 +126,9 @@ def make_run_row(
         "steps_executed": steps_executed,
         "viable": viable,
         "error": error,
+        "subset": subset,
+        "traces_total": traces_total,
+        "traces_failed": traces_failed,
     }
     for key, value in extra.items():
         row.setdefault(key, value)
@@ -162,6 +177,16 @@ def validate_row(row: Mapping[str, Any]) -> dict[str, Any]:  # noqa: C901 - one 
             raise ValidationError(
                 f"wall_time_breakdown[{bucket!r}]={seconds!r} must be a finite number of seconds"
             )
+    subset = row.get("subset", False)
+    if not isinstance(subset, bool):
+        raise ValidationError(f"subset={subset!r} must be true or false")
+    counts = {key: row.get(key) for key in ("traces_total", "traces_failed")}
+    for key, value in counts.items():
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValidationError(f"{key}={value!r} must be a whole number >= 0 or null")
+    total, failed = counts["traces_total"], counts["traces_failed"]
+    if total is not None and failed is not None and failed > total:
+        raise ValidationError(f"traces_failed={failed} is above traces_total={total}")
     normalised: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     for key in STABLE_KEYS[1:]:
         normalised[key] = row[key] if key in row else _DEFAULTS.get(key)

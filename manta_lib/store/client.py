@@ -7,10 +7,15 @@ database name and our own table names) are formatted into SQL.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import clickhouse_connect
@@ -26,23 +31,21 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
-_announced_embedded: set[str] = set()
+_announced: set[tuple[str, str]] = set()
+_open_embedded: dict[str, int] = {}  # embedded store path -> clients open in this process
+_registry_lock = threading.Lock()
+_LOCK_POLL_S = 0.2
 
 
 def connect(settings: MantaSettings) -> Client:
-    """Open a clickhouse-connect client for ``settings`` or raise a clear error."""
+    """Open a clickhouse-connect client for ``settings`` or raise a clear error.
+
+    The embedded store is locked by the process that opens it: when another process holds it,
+    this waits up to ``MANTA_LOCK_TIMEOUT_S`` (saying so once), then fails with one message.
+    """
     dsn = settings.clickhouse_dsn
     if settings.embedded:
-        settings.chdb_path.parent.mkdir(parents=True, exist_ok=True)
-        if dsn not in _announced_embedded:
-            _announced_embedded.add(dsn)
-            log.info(
-                "CLICKHOUSE_URL is unset: using the embedded chDB engine at %s", settings.chdb_path
-            )
-        try:
-            return clickhouse_connect.get_client(dsn=dsn)
-        except ClickHouseError as exc:
-            raise StoreUnavailableError(explain_chdb_error(str(exc), settings)) from None
+        return _connect_embedded(settings)
     _ping(settings)
     try:
         client = clickhouse_connect.get_client(
@@ -56,6 +59,121 @@ def connect(settings: MantaSettings) -> Client:
     except ClickHouseError as exc:
         raise StoreUnavailableError(explain_http_error(str(exc), settings)) from None
     return client
+
+
+def _connect_embedded(settings: MantaSettings) -> Client:
+    path = settings.chdb_path
+    _prepare_directory(path, settings)
+    deadline = time.monotonic() + settings.lock_timeout_s
+    announced_wait = False
+    while True:
+        with _registry_lock:
+            held_here = _open_embedded.get(str(path), 0) > 0
+        holder = None if held_here else lock_holder(path)
+        if holder is None:
+            try:
+                client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+            except ClickHouseError as exc:
+                message = str(exc)
+                # Another process took the lock between our check and chDB's own.
+                if _is_lock_error(message) and time.monotonic() < deadline:
+                    time.sleep(_LOCK_POLL_S)
+                    continue
+                raise StoreUnavailableError(explain_chdb_error(message, settings)) from None
+            with _registry_lock:
+                _open_embedded[str(path)] = _open_embedded.get(str(path), 0) + 1
+            return client
+        if time.monotonic() >= deadline:
+            raise StoreUnavailableError(_in_use_message(path, holder, settings))
+        if not announced_wait:
+            announced_wait = True
+            log.warning(
+                "the embedded ClickHouse store at %s is in use by %s; waiting up to %g s for it "
+                "(MANTA_LOCK_TIMEOUT_S)",
+                path,
+                holder,
+                settings.lock_timeout_s,
+            )
+        time.sleep(_LOCK_POLL_S)
+
+
+def _released_embedded(path: Path) -> None:
+    with _registry_lock:
+        left = _open_embedded.get(str(path), 0) - 1
+        if left > 0:
+            _open_embedded[str(path)] = left
+        else:
+            _open_embedded.pop(str(path), None)
+
+
+def _prepare_directory(path: Path, settings: MantaSettings) -> None:
+    """Create the store directory, or say which setting points at a place that cannot hold it."""
+    setting = (
+        f"CLICKHOUSE_URL={settings.clickhouse_url}"
+        if settings.clickhouse_url
+        else f"MANTA_DATA_DIR={settings.data_dir}"
+    )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"cannot create the embedded ClickHouse store directory {path} ({exc.strerror}); "
+            f"fix {setting} to point at a writable directory"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreUnavailableError(
+            f"the embedded ClickHouse store directory {path} is not writable by this user; "
+            f"fix its permissions or {setting}"
+        )
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the embedded store at ``path`` (e.g. ``"process 1234"``), ``None`` if free.
+
+    chDB keeps an exclusive ``flock`` on ``<path>/status`` while a process has the store open
+    and writes that process's PID into it; probing the same lock tells whether opening would
+    fail, without letting chDB print its own error line.
+    """
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable: let chDB report what is wrong
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            try:
+                first = os.pread(fd, 200, 0).decode("utf-8", "replace").splitlines()
+            except OSError:
+                first = []
+            pid = next(
+                (line.split(":", 1)[1].strip() for line in first if line.startswith("PID:")), ""
+            )
+            return f"process {pid}" if pid else "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _is_lock_error(message: str) -> bool:
+    return "Cannot lock file" in message or "EmbeddedServer: ." in message
+
+
+def _in_use_message(path: Path, holder: str, settings: MantaSettings) -> str:
+    return (
+        f"the embedded ClickHouse store at {path} is in use by another process ({holder}) and "
+        f"was not released within MANTA_LOCK_TIMEOUT_S={settings.lock_timeout_s:g} s (chDB lets "
+        f"one process open a store at a time). Stop the other process (a running `dagster "
+        f"dev`, notebook or pipeline holding a `with MantaService()` block) or raise "
+        f"MANTA_LOCK_TIMEOUT_S, use a different MANTA_DATA_DIR, or set "
+        f"CLICKHOUSE_URL=http://host:8123 to share a ClickHouse server."
+    )
 
 
 def _ping(settings: MantaSettings) -> None:
@@ -82,14 +200,11 @@ def explain_chdb_error(message: str, settings: MantaSettings) -> str:
             f"{path}; chDB allows one store path per process. Close the other store first, or "
             f"point CLICKHOUSE_URL / MANTA_DATA_DIR at the same store."
         )
-    if "EmbeddedServer" in message or "Cannot lock file" in message or "lock" in message.lower():
-        return (
-            f"the embedded ClickHouse store at {path} is in use by another process (chDB lets "
-            f"one process open a store at a time). Stop the other process (a running "
-            f"`dagster dev`, notebook or pipeline) and retry, use a different MANTA_DATA_DIR, or "
-            f"set CLICKHOUSE_URL=http://host:8123 to share a ClickHouse server."
-        )
-    return f"cannot open the embedded ClickHouse store at {path}: {message.strip()}"
+    if _is_lock_error(message):
+        return _in_use_message(path, "another process", settings)
+    first = message.strip().split("Stack trace")[0].strip().splitlines()
+    detail = first[0] if first else "unknown error"
+    return f"cannot open the embedded ClickHouse store at {path}: {detail}"
 
 
 def explain_http_error(message: str, settings: MantaSettings) -> str:
@@ -127,19 +242,48 @@ class Store:
         self.settings = settings
         self.database = settings.database
         self._lock = threading.RLock()
+        self._closed = False
 
     @classmethod
     def open(cls, settings: MantaSettings | None = None, *, ensure_schema: bool = True) -> Store:
         """Connect and (by default) create the database and tables if missing."""
         settings = settings or load_settings()
         store = cls(connect(settings), settings)
-        if ensure_schema:
-            try:
+        try:
+            if ensure_schema:
                 ensure_tables(store)
-            except BaseException:
-                store.close()
-                raise
+                store._announce()
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def describe(self) -> str:
+        """Where this store is, for messages (see :func:`describe_store`)."""
+        return describe_store(self.settings)
+
+    def _announce(self) -> None:
+        """Log, once per process and store, where the store is and how many traces it holds."""
+        key = (self.settings.clickhouse_dsn, self.database)
+        if key in _announced:
+            return
+        _announced.add(key)
+        count = self.rows("SELECT count() FROM {db}.traces")[0][0]
+        log.info("Manta store: %s, %s traces", self.describe(), f"{int(count):,}")
+        old_default = Path(".manta", "clickhouse").resolve()
+        if (
+            "MANTA_DATA_DIR" not in os.environ
+            and self.settings.clickhouse_url is None
+            and old_default != self.settings.chdb_path
+            and old_default.is_dir()
+        ):
+            log.warning(
+                "%s holds a store of an older Manta (whose default was ./.manta); this process "
+                "uses %s. Set MANTA_DATA_DIR=%s to use the old one.",
+                old_default,
+                self.settings.chdb_path,
+                old_default.parent,
+            )
 
     def sibling(self) -> Store:
         """Another connection to the same store (schema already ensured), for a second thread.
@@ -158,10 +302,15 @@ class Store:
     def close(self) -> None:
         """Release the connection (for chDB: the lock on the store directory)."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
                 self.client.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.debug("error while closing the ClickHouse client", exc_info=True)
+            if self.settings.embedded:
+                _released_embedded(self.settings.chdb_path)
 
     def sql(self, template: str) -> str:
         """Substitute the (validated) database name for ``{db}`` in ``template``."""
@@ -232,6 +381,19 @@ class Store:
             return
         with self._lock:
             self.client.insert_arrow(f"{self.database}.{table}", data)
+
+
+def describe_store(settings: MantaSettings) -> str:
+    """Where the store of ``settings`` is: the embedded path or the server URL, which setting
+    chose it, and the database."""
+    database = settings.database
+    if not settings.embedded:
+        return f"ClickHouse at {settings.clickhouse_url}, database {database}"
+    if settings.clickhouse_url:
+        where = f"CLICKHOUSE_URL={settings.clickhouse_url}"
+    else:
+        where = f"MANTA_DATA_DIR={settings.data_dir}; CLICKHOUSE_URL is unset"
+    return f"embedded chDB at {settings.chdb_path} ({where}), database {database}"
 
 
 @contextmanager

@@ -2,9 +2,11 @@
 
 Each computed entity is stored as one row per output column plus two bookkeeping columns,
 ``__status__`` (``ok`` / ``error``) and ``__error__`` (``Type: message`` or empty), all with
-the judge version and ``computed_at``. The table is a ReplacingMergeTree keyed by identity
-(project, run, judge, level, entity, column), so rewriting an entity replaces its values and
-the newest computation wins; reads use FINAL.
+the judge version, ``computed_at`` and the entity's ``datapoint_id`` / ``step_number`` where
+its level has them. The table is a ReplacingMergeTree keyed by identity (project, run, judge,
+judge version, level, entity, column), so rewriting an entity with the same version replaces its
+values (the newest computation wins), while each version keeps its own results to compare;
+reads use FINAL.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from manta_lib.store.trace_queries import TraceFilter
 
 log = logging.getLogger(__name__)
 
+#: Levels whose entities belong to one datapoint, so a datapoint hash shard selects them.
+SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.DATAPOINT_ACROSS_STEPS)
+
 _TYPED_COLUMNS = ("value_type", "value_number", "value_string", "value_bool", "value_json")
 STATUS_COLUMN = "__status__"
 ERROR_COLUMN = "__error__"
@@ -39,6 +44,8 @@ METADATA_COLUMNS = (
     "judge",
     "entity_level",
     "entity_id",
+    "datapoint_id",
+    "step_number",
     "column",
     "value_type",
     "value_number",
@@ -57,6 +64,7 @@ def _metadata_arrow_table(columns: dict[str, list[Any]]) -> Any:
     types = {
         "value_number": pa.float64(),
         "value_bool": pa.bool_(),
+        "step_number": pa.int64(),
         "computed_at": pa.timestamp("us", tz="UTC"),
     }
     return pa.table(
@@ -139,7 +147,9 @@ class MetadataWriter:
         groups: dict[tuple[str, EntityLevel, str, datetime], list[EntityResult]] = {}
         for o in outcomes:
             key = (o.run_id, o.entity_level, o.judge_version, o.computed_at)
-            groups.setdefault(key, []).append((o.entity_id, o.output, o.error, o.error_at))
+            groups.setdefault(key, []).append(
+                (o.entity_id, o.output, o.error, o.error_at, o.datapoint_id, o.step_number)
+            )
         for (run_id, level, version, computed_at), items in groups.items():
             self.add_results(
                 items, level=level, run_id=run_id, judge_version=version, computed_at=computed_at
@@ -154,7 +164,7 @@ class MetadataWriter:
         judge_version: str,
         computed_at: datetime,
     ) -> None:
-        """Encode ``(entity_id, output, error, error_at)`` results of one level, column by
+        """Encode :data:`EntityResult` tuples of one level, column by
         column (one pass per output field for the whole group, not one per value); write now
         if ``flush_rows`` rows are waiting."""
         if not items:
@@ -227,44 +237,47 @@ class MetadataWriter:
         self.seconds_spent += time.perf_counter() - started
 
 
-#: One computed entity as the writer takes it: (entity_id, output, error, error_at).
-EntityResult = tuple[str, BaseModel | None, str | None, str | None]
+#: One computed entity as the writer takes it:
+#: (entity_id, output, error, error_at, datapoint_id, step_number).
+EntityResult = tuple[str, BaseModel | None, str | None, str | None, str | None, int | None]
 _NUMBER = frozenset({int, float})
 
 
 def _encode_block(items: Sequence[EntityResult]) -> dict[str, list[Any]]:
-    """The entity_id, column and typed value columns of ``items``, field by field."""
-    block: dict[str, list[Any]] = {name: [] for name in ("entity_id", "column", *_TYPED_COLUMNS)}
-    ok_ids: list[str] = []
-    dumps: list[dict[str, Any]] = []
-    for entity_id, output, _, _ in items:
-        if output is not None:
-            ok_ids.append(entity_id)
-            dumps.append(output.model_dump(mode="json"))
-    by_fields: dict[tuple[str, ...], tuple[list[str], list[dict[str, Any]]]] = {}
-    for entity_id, values in zip(ok_ids, dumps, strict=True):
-        ids, rows = by_fields.setdefault(tuple(values), ([], []))
-        ids.append(entity_id)
-        rows.append(values)
-    for fields, (ids, rows) in by_fields.items():
+    """The entity key and typed value columns of ``items``, field by field."""
+    block: dict[str, list[Any]] = {
+        name: [] for name in ("entity_id", "datapoint_id", "step_number", "column", *_TYPED_COLUMNS)
+    }
+    by_fields: dict[tuple[str, ...], tuple[list[EntityResult], list[dict[str, Any]]]] = {}
+    for item in items:
+        if item[1] is not None:
+            values = item[1].model_dump(mode="json")
+            group = by_fields.setdefault(tuple(values), ([], []))
+            group[0].append(item)
+            group[1].append(values)
+    for fields, (owners, rows) in by_fields.items():
         for name in fields:
-            _extend_column(block, ids, name, [row[name] for row in rows])
-    all_ids = [item[0] for item in items]
-    statuses = ["ok" if item[2] is None else "error" for item in items]
-    _extend_strings(block, all_ids, STATUS_COLUMN, statuses)
-    _extend_strings(block, all_ids, ERROR_COLUMN, [item[2] or "" for item in items])
-    failed = [(item[0], item[3]) for item in items if item[3]]
+            _extend_column(block, owners, name, [row[name] for row in rows])
+    _extend_strings(block, items, STATUS_COLUMN, ["ok" if i[2] is None else "error" for i in items])
+    _extend_strings(block, items, ERROR_COLUMN, [i[2] or "" for i in items])
+    failed = [i for i in items if i[3]]
     if failed:
-        _extend_strings(block, [f[0] for f in failed], ERROR_AT_COLUMN, [str(f[1]) for f in failed])
+        _extend_strings(block, failed, ERROR_AT_COLUMN, [str(i[3]) for i in failed])
     return block
 
 
+def _extend_keys(block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str) -> int:
+    block["entity_id"].extend([o[0] for o in owners])
+    block["datapoint_id"].extend([o[4] or "" for o in owners])
+    block["step_number"].extend([o[5] for o in owners])
+    block["column"].extend([column] * len(owners))
+    return len(owners)
+
+
 def _extend_strings(
-    block: dict[str, list[Any]], ids: list[str], column: str, values: list[str]
+    block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str, values: list[str]
 ) -> None:
-    count = len(ids)
-    block["entity_id"].extend(ids)
-    block["column"].extend([column] * count)
+    count = _extend_keys(block, owners, column)
     block["value_type"].extend(["string"] * count)
     block["value_number"].extend([None] * count)
     block["value_string"].extend(values)
@@ -273,26 +286,22 @@ def _extend_strings(
 
 
 def _extend_column(
-    block: dict[str, list[Any]], ids: list[str], column: str, values: list[Any]
+    block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str, values: list[Any]
 ) -> None:
     """One output field of many entities; a column of one plain type skips the per-value
     type dispatch."""
-    count = len(ids)
     kinds = set(map(type, values))
+    if kinds == {str}:
+        _extend_strings(block, owners, column, values)
+        return
+    count = _extend_keys(block, owners, column)
     if kinds <= _NUMBER:
-        block["entity_id"].extend(ids)
-        block["column"].extend([column] * count)
         block["value_type"].extend(["number"] * count)
         block["value_number"].extend(map(float, values))
         block["value_string"].extend([None] * count)
         block["value_bool"].extend([None] * count)
         block["value_json"].extend([None] * count)
         return
-    if kinds == {str}:
-        _extend_strings(block, ids, column, values)
-        return
-    block["entity_id"].extend(ids)
-    block["column"].extend([column] * count)
     typed = list(map(_typed, values))
     for name, part in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
         block[name].extend(part)
@@ -313,6 +322,8 @@ class StoredEntity:
     judge_version: str
     computed_at: datetime
     error_at: str | None = None
+    datapoint_id: str | None = None
+    step_number: int | None = None
 
 
 def _identity_where(
@@ -382,23 +393,30 @@ def load_entities(
     """
     where, params = _identity_where(project_id, run_id, judge, level, None, entity_ids)
     if shards is not None:
-        if level not in (EntityLevel.TRACE, EntityLevel.DATAPOINT):
+        if level not in SHARDED_LEVELS:
             raise ValueError(f"the {level.value} level is not sharded")
-        key = "trace_id" if level is EntityLevel.TRACE else "datapoint_id"
         shard_where, shard_params = TraceFilter(
             run_id=run_id, shards=shards, shard_count=shard_count
         ).where()
         params.update(shard_params)
-        where += f" AND entity_id IN (SELECT {key} FROM {{db}}.traces WHERE {shard_where})"
+        if level is EntityLevel.TRACE:
+            where += f" AND entity_id IN (SELECT trace_id FROM {{db}}.traces WHERE {shard_where})"
+        else:
+            where += (
+                f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
+            )
     rows = store.rows(_ENTITY_ROWS_SQL.format(where=where), params)
     return list(_fold_entities(rows, judge_version))
 
 
+# Each column's newest row: with several versions stored, the entity's newest status names
+# the version, and columns of other versions are dropped when folding.
 _ENTITY_ROWS_SQL = """
     SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
-           judge_version, computed_at
+           judge_version, computed_at, datapoint_id, step_number
     FROM {{db}}.entity_metadata FINAL WHERE {where}
-    ORDER BY entity_id, column
+    ORDER BY entity_id, column, computed_at DESC
+    LIMIT 1 BY entity_id, column
 """
 
 
@@ -488,15 +506,24 @@ def _fold_entities(
         for column in stale:
             values.pop(column, None)
         return StoredEntity(
-            current, dict(values), status == "ok", error, version, meta["at"], error_at
+            current,
+            dict(values),
+            status == "ok",
+            error,
+            version,
+            meta["at"],
+            error_at,
+            meta["datapoint_id"] or None,
+            meta["step_number"],
         )
 
-    for entity_id, column, vtype, number, string, flag, raw, version, computed_at in rows:
+    for entity_id, column, vtype, number, string, flag, raw, version, computed_at, dp, step in rows:
         if entity_id != current:
             entity = close_entity()
             if entity is not None:
                 yield entity
-            current, values, meta = entity_id, {}, {"versions": {}}
+            current, values = entity_id, {}
+            meta = {"versions": {}, "datapoint_id": dp, "step_number": step}
         values[column] = _untyped(vtype, number, string, flag, raw)
         meta["versions"][column] = version
         if column == STATUS_COLUMN:
@@ -526,6 +553,8 @@ def outputs_from_stored(
             error=entity.error,
             computed_at=entity.computed_at,
             error_at=entity.error_at,
+            datapoint_id=entity.datapoint_id,
+            step_number=entity.step_number,
         )
         for entity in stored
     ]

@@ -2,14 +2,18 @@
 
 The column lists are what the rest of Manta reads and writes; engines and sort keys are
 tuned for per-run scans (traces) and batch range reads by (run_id, trace_id) (spans).
-``entity_metadata`` is a ReplacingMergeTree keyed by identity only, versioned by
-``computed_at``: a retry or a resumed run replaces a value instead of duplicating it, and
-the newest computation wins.
+``entity_metadata`` is a ReplacingMergeTree keyed by identity (judge version included),
+versioned by ``computed_at``: a retry or a resumed run replaces a value instead of duplicating
+it, the newest computation wins, and each judge version keeps its own results.
+
+A new store is created at the current schema version; an older one is brought up to it by the
+migrations below, each recorded in ``schema_migrations``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -27,7 +31,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -79,12 +83,14 @@ ORDER BY (run_id, trace_id, seq, span_id)
 """
 
 ENTITY_METADATA_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.entity_metadata (
+CREATE TABLE IF NOT EXISTS {db}.{table} (
     project_id    LowCardinality(String),
     run_id        String,
     judge         LowCardinality(String),
     entity_level  LowCardinality(String),
     entity_id     String,
+    datapoint_id  String DEFAULT '',
+    step_number   Nullable(Int64),
     column        String,
     value_type    LowCardinality(String),
     value_number  Nullable(Float64),
@@ -94,7 +100,7 @@ CREATE TABLE IF NOT EXISTS {db}.entity_metadata (
     judge_version String,
     computed_at   DateTime64(6, 'UTC')
 ) ENGINE = ReplacingMergeTree(computed_at)
-ORDER BY (project_id, run_id, judge, entity_level, entity_id, column)
+ORDER BY (project_id, run_id, judge, judge_version, entity_level, entity_id, column)
 """
 
 JUDGES_DDL = """
@@ -122,13 +128,55 @@ ORDER BY version
 TABLES_DDL: dict[str, str] = {
     "traces": TRACES_DDL,
     "spans": SPANS_DDL,
-    "entity_metadata": ENTITY_METADATA_DDL,
+    "entity_metadata": ENTITY_METADATA_DDL.replace("{table}", "entity_metadata"),
     "judges": JUDGES_DDL,
 }
 
-# version -> statements that bring a store from version-1 to version. Version 1 is the
-# initial DDL above; later versions append ALTERs here.
-MIGRATIONS: dict[int, list[str]] = {1: []}
+_METADATA_V2_COPY = """
+INSERT INTO {db}.entity_metadata_v2
+SELECT m.project_id, m.run_id, m.judge, m.entity_level, m.entity_id,
+       t.datapoint_id, t.step_number, m.column, m.value_type, m.value_number, m.value_string,
+       m.value_bool, m.value_json, m.judge_version, m.computed_at
+FROM {db}.entity_metadata AS m FINAL
+LEFT JOIN (SELECT run_id, trace_id, any(datapoint_id) AS datapoint_id,
+                  any(step_number) AS step_number
+           FROM {db}.traces GROUP BY run_id, trace_id) AS t
+       ON t.run_id = m.run_id AND t.trace_id = m.entity_id
+WHERE m.entity_level = 'trace'
+"""
+
+
+def _migrate_to_2(store: Store) -> None:
+    """Datapoint results become per (datapoint, step); judge versions stop replacing each other.
+
+    Results of the datapoint, step and run levels were computed with a datapoint's whole-run
+    value copied into every step it appeared in; they are dropped rather than carried over as
+    if they were right, and the next ``run()`` recomputes them from the stored trace results,
+    which are kept (with their datapoint and step filled in from ``traces``). The per-batch
+    ``progress`` table, which nothing reads any more, is dropped.
+    """
+    dropped = store.rows(
+        "SELECT count(DISTINCT (run_id, judge, entity_level, entity_id)) "
+        "FROM {db}.entity_metadata WHERE entity_level != 'trace'"
+    )[0][0]
+    store.command("DROP TABLE IF EXISTS {db}.entity_metadata_v2")
+    store.command(ENTITY_METADATA_DDL.replace("{table}", "entity_metadata_v2"))
+    store.command(_METADATA_V2_COPY)
+    store.command("DROP TABLE {db}.entity_metadata")
+    store.command("RENAME TABLE {db}.entity_metadata_v2 TO {db}.entity_metadata")
+    store.command("DROP TABLE IF EXISTS {db}.progress")
+    if dropped:
+        log.warning(
+            "store %s upgraded to schema 2: %d datapoint/step/run results computed with the old "
+            "grouping (a datapoint's whole-run value in every step) were removed; run the "
+            "pipelines again to recompute them from the stored trace results",
+            store.database,
+            dropped,
+        )
+
+
+#: version -> the function that brings a store from version-1 to version.
+MIGRATIONS: dict[int, Callable[[Store], None]] = {2: _migrate_to_2}
 
 
 def ensure_schema(store: Store) -> None:
@@ -138,15 +186,31 @@ def ensure_schema(store: Store) -> None:
     current = current_version(store)
     if current == SCHEMA_VERSION:
         return
+    new_store = current == 0 and not _has_table(store, "entity_metadata")
     for ddl in TABLES_DDL.values():
-        store.command(ddl)
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        for statement in MIGRATIONS.get(version, []):
-            store.command(statement)
-        store.command(
-            "INSERT INTO {db}.schema_migrations (version) VALUES ({v:UInt32})", {"v": version}
-        )
-        log.debug("schema of %s migrated to version %d", store.database, version)
+        store.command(ddl)  # IF NOT EXISTS: an existing table keeps its layout until migrated
+    if new_store:
+        _record_version(store, SCHEMA_VERSION)
+        return
+    for version in range(max(current, 1) + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[version](store)
+        _record_version(store, version)
+
+
+def _record_version(store: Store, version: int) -> None:
+    store.command(
+        "INSERT INTO {db}.schema_migrations (version) VALUES ({v:UInt32})", {"v": version}
+    )
+    log.debug("schema of %s at version %d", store.database, version)
+
+
+def _has_table(store: Store, name: str) -> bool:
+    rows = store.rows(
+        "SELECT count() FROM system.tables WHERE database = {database:String} "
+        "AND name = {name:String}",
+        {"database": store.database, "name": name},
+    )
+    return bool(rows and rows[0][0])
 
 
 def current_version(store: Store) -> int:

@@ -6,12 +6,15 @@ text; every user value travels as a clickhouse-connect query parameter.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from manta_lib.errors import QueryError
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanKind
+from manta_lib.store import query_args as args
 
 ORDERABLE_COLUMNS = (
     "trace_id",
@@ -44,31 +47,85 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+LONG_LIST = 100
+"""From this many values on, ``IN`` takes the list through a subquery (see :func:`in_strings`)."""
+
+
+def in_strings(column: str, param: str, values: list[str], params: dict[str, Any]) -> str:
+    """``column IN`` the bound string ``values``, adding the parameter to ``params``.
+
+    A long list goes through ``IN (SELECT arrayJoin(...))``, from which ClickHouse builds one
+    hash set: written as ``IN {p:Array(String)}``, chDB compared every row with the array's
+    elements one by one, and 100,000 trace ids took minutes instead of about a second.
+    """
+    params[param] = values
+    if len(values) >= LONG_LIST:
+        return f"{column} IN (SELECT arrayJoin({{{param}:Array(String)}}))"
+    return f"{column} IN {{{param}:Array(String)}}"
+
+
 @dataclass
 class TraceFilter:
     """Which traces a query selects. Every field is optional; set fields are ANDed.
 
     ``step`` is one step number or an inclusive ``(first, last)`` range; ``meta`` matches
-    top-level keys of the trace's meta object by JSON value; ``shards`` keeps the traces whose
-    ``datapoint_id`` hashes into the given shards out of ``shard_count`` (the Dagster layout).
+    top-level keys of the trace's meta object (see :func:`meta_clause` for the rule);
+    ``shards`` keeps the traces whose ``datapoint_id`` hashes into the given shards out of
+    ``shard_count`` (the Dagster layout). Every value is checked when the filter is built:
+    a wrong type or an out-of-range value raises :class:`QueryError` naming it.
+
+    :meth:`where` is the one place that turns a filter into SQL; a new filter adds a field
+    here, a check in ``__post_init__`` and a clause in :meth:`where`.
     """
 
     run_id: str | Sequence[str] | None = None
     phase: str | Sequence[str] | None = None
     step: int | tuple[int, int] | None = None
     datapoint_id: str | Sequence[str] | None = None
-    trace_ids: Sequence[str] | None = None
+    trace_ids: str | Sequence[str] | None = None
     status: str | Sequence[str] | None = None
     model_name: str | Sequence[str] | None = None
     env_name: str | Sequence[str] | None = None
     min_score: float | None = None
     max_score: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] | None = field(default_factory=dict)
     project_id: str | None = None
     shards: Sequence[int] | None = None
     shard_count: int = 64
     # A compiled results condition (manta_lib.results.ResultsFilter): its semi-join SQL.
     results: Any = None
+
+    def __post_init__(self) -> None:
+        self.run_id = args.optional_strings("run_id", self.run_id)
+        if self.phase is not None:
+            self.phase = [_choice(p, Phase, "phase") for p in args.strings("phase", self.phase)]
+        if self.step is not None:
+            self.step = args.step(self.step)
+        self.datapoint_id = args.optional_strings("datapoint_id", self.datapoint_id)
+        self.trace_ids = args.optional_strings("trace_ids", self.trace_ids)
+        self.status = args.optional_strings("status", self.status)
+        self.model_name = args.optional_strings("model_name", self.model_name)
+        self.env_name = args.optional_strings("env_name", self.env_name)
+        if self.min_score is not None:
+            self.min_score = args.score("min_score", self.min_score)
+        if self.max_score is not None:
+            self.max_score = args.score("max_score", self.max_score)
+        if (
+            self.min_score is not None
+            and self.max_score is not None
+            and self.min_score > self.max_score
+        ):
+            raise QueryError(
+                f"min_score={self.min_score:g} is above max_score={self.max_score:g}: "
+                f"no score can match"
+            )
+        self.meta = args.meta(self.meta if self.meta is not None else {})
+        if self.project_id is not None:
+            self.project_id = args.string("project_id", self.project_id)
+        if self.shards is not None:
+            self.shards, self.shard_count = args.shards(self.shards, self.shard_count)
+        else:
+            self.shard_count = args.integer("shard_count", self.shard_count, low=1, high=2**32 - 1)
 
     def where(self) -> tuple[str, dict[str, Any]]:  # noqa: C901 - one flat clause per filter
         """The WHERE clause (``1`` when empty) and its parameters."""
@@ -76,49 +133,36 @@ class TraceFilter:
         params: dict[str, Any] = {}
 
         def add_in(column: str, values: str | Sequence[str] | None, param: str) -> None:
-            if values is None:
-                return
-            params[param] = _as_list(values)
-            clauses.append(f"{column} IN {{{param}:Array(String)}}")
+            if values is not None:
+                clauses.append(in_strings(column, param, _as_list(values), params))
 
         add_in("run_id", self.run_id, "f_run")
-        if self.phase is not None:
-            params["f_phase"] = [_choice(p, Phase, "phase") for p in _as_list(self.phase)]
-            clauses.append("phase IN {f_phase:Array(String)}")
-        if self.step is not None:
-            if isinstance(self.step, tuple | list):
-                first, last = self.step
-                if first > last:
-                    raise QueryError(
-                        f"step range {first}..{last} is empty: the first step must not exceed "
-                        f"the last"
-                    )
-                params.update(f_step_lo=int(first), f_step_hi=int(last))
-                clauses.append("step_number BETWEEN {f_step_lo:Int64} AND {f_step_hi:Int64}")
-            else:
-                params["f_step"] = int(self.step)
-                clauses.append("step_number = {f_step:Int64}")
+        add_in("phase", self.phase, "f_phase")
+        if isinstance(self.step, tuple):
+            params.update(f_step_lo=self.step[0], f_step_hi=self.step[1])
+            clauses.append("step_number BETWEEN {f_step_lo:Int64} AND {f_step_hi:Int64}")
+        elif self.step is not None:
+            params["f_step"] = self.step
+            clauses.append("step_number = {f_step:Int64}")
         add_in("datapoint_id", self.datapoint_id, "f_dp")
-        if self.trace_ids is not None:
-            params["f_ids"] = list(self.trace_ids)
-            clauses.append("trace_id IN {f_ids:Array(String)}")
+        add_in("trace_id", self.trace_ids, "f_ids")
         add_in("status", self.status, "f_status")
         add_in("model_name", self.model_name, "f_model")
         add_in("env_name", self.env_name, "f_env")
         if self.min_score is not None:
-            params["f_min_score"] = float(self.min_score)
+            params["f_min_score"] = self.min_score
             clauses.append("score >= {f_min_score:Float64}")
         if self.max_score is not None:
-            params["f_max_score"] = float(self.max_score)
+            params["f_max_score"] = self.max_score
             clauses.append("score <= {f_max_score:Float64}")
-        for index, (key, value) in enumerate(sorted(self.meta.items())):
-            clauses.append(_meta_clause(index, key, value, params))
+        for index, (key, value) in enumerate(sorted((self.meta or {}).items())):
+            clauses.append(meta_clause(index, key, value, params))
         if self.project_id is not None:
             params["f_project"] = self.project_id
             clauses.append("project_id = {f_project:String}")
         if self.shards is not None:
-            params["f_shards"] = [int(s) for s in self.shards]
-            params["f_shard_count"] = int(self.shard_count)
+            params["f_shards"] = list(self.shards)
+            params["f_shard_count"] = self.shard_count
             clauses.append(f"{SHARD_EXPR} IN {{f_shards:Array(UInt32)}}")
         if self.results is not None:
             if not hasattr(self.results, "sql"):
@@ -131,29 +175,80 @@ class TraceFilter:
         return (" AND ".join(clauses) or "1"), params
 
 
-def _meta_clause(index: int, key: str, value: Any, params: dict[str, Any]) -> str:
-    """Match a top-level meta key against a scalar JSON value of the same type."""
+# A JSON number as the filter spells it in a string ("0.6", "-3", "1e3"), nothing looser.
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _number_in_string(text: str) -> int | float | None:
+    """The number a string spells in JSON syntax (``"0.6"`` -> 0.6), else ``None``."""
+    if not _JSON_NUMBER.fullmatch(text):
+        return None
+    if any(c in text for c in ".eE"):
+        number = float(text)
+        return number if math.isfinite(number) else None
+    return int(text)
+
+
+def meta_clause(index: int, key: str, value: Any, params: dict[str, Any]) -> str:
+    """Match the top-level meta key ``key`` against ``value``; the documented rule:
+
+    - a **number** matches a stored JSON number of the same value, compared exactly (a whole
+      number as a 64-bit integer, so 2**53 + 1 does not match 2**53; ``1`` matches ``1.0``);
+    - a **string** matches a stored string equal to it, and, when it spells a JSON number
+      (``"0.6"``, ``"10"``), a stored number of that value too, as given on a command line;
+    - a **bool** matches only a stored ``true``/``false`` (never ``1``/``0``);
+    - **None** matches a key present with a JSON ``null`` (a trace without the key does not).
+    """
     key_param, value_param = f"f_mk{index}", f"f_mv{index}"
     params[key_param] = key
     ref = f"meta, {{{key_param}:String}}"
     if value is None:
-        return f"JSONType({ref}) = 'Null'"
+        return f"(JSONHas({ref}) AND JSONType({ref}) = 'Null')"
     if isinstance(value, bool):
         params[value_param] = value
-        return f"JSONType({ref}) = 'Bool' AND JSONExtractBool({ref}) = {{{value_param}:Bool}}"
+        return f"(JSONType({ref}) = 'Bool' AND JSONExtractBool({ref}) = {{{value_param}:Bool}})"
     if isinstance(value, int | float):
-        params[value_param] = float(value)
-        return (
-            f"JSONType({ref}) IN ('Int64', 'UInt64', 'Double') "
-            f"AND JSONExtractFloat({ref}) = {{{value_param}:Float64}}"
-        )
+        return "(" + " OR ".join(_number_clauses(ref, value_param, value, params)) + ")"
     if isinstance(value, str):
         params[value_param] = value
-        return f"JSONType({ref}) = 'String' AND JSONExtractString({ref}) = {{{value_param}:String}}"
+        options = [
+            f"(JSONType({ref}) = 'String' AND JSONExtractString({ref}) = {{{value_param}:String}})"
+        ]
+        number = _number_in_string(value)
+        if number is not None:
+            options += _number_clauses(ref, f"{value_param}n", number, params)
+        return "(" + " OR ".join(options) + ")"
     raise QueryError(
         f"meta filter {key!r}={value!r} is not supported: meta filters match a string, number, "
-        f"boolean or null value"
+        f"boolean or None"
     )
+
+
+def _number_clauses(ref: str, param: str, value: int | float, params: dict[str, Any]) -> list[str]:
+    """Exact comparisons of a stored JSON number (Int64, UInt64 or Double) with ``value``."""
+    clauses = []
+    whole: int | None = None
+    if isinstance(value, int):
+        whole = value
+    elif value.is_integer():
+        whole = int(value)
+    if whole is not None and args.INT64_MIN <= whole <= args.INT64_MAX:
+        params[f"{param}i"] = whole
+        clauses.append(
+            f"(JSONType({ref}) = 'Int64' AND JSONExtractInt({ref}) = {{{param}i:Int64}})"
+        )
+    if whole is not None and 0 <= whole <= args.UINT64_MAX:
+        params[f"{param}u"] = whole
+        clauses.append(
+            f"(JSONType({ref}) = 'UInt64' AND JSONExtractUInt({ref}) = {{{param}u:UInt64}})"
+        )
+    as_float = float(value)
+    if whole is None or int(as_float) == whole:  # the stored double can hold it exactly
+        params[f"{param}f"] = as_float
+        clauses.append(
+            f"(JSONType({ref}) = 'Double' AND JSONExtractFloat({ref}) = {{{param}f:Float64}})"
+        )
+    return clauses or ["0"]
 
 
 # The hash shard of a datapoint: all traces of one datapoint land in one shard.
@@ -162,7 +257,12 @@ SHARD_EXPR = "toUInt32(cityHash64(datapoint_id) % {f_shard_count:UInt32})"
 
 def order_clause(order_by: str | Sequence[str], descending: bool) -> str:
     """An ORDER BY over allow-listed columns with ``trace_id`` as the deterministic tie-break."""
-    columns = _as_list(order_by)
+    columns = args.strings("order_by", order_by)
+    args.boolean("descending", descending)
+    if not columns:
+        raise QueryError(
+            f"order_by needs at least one column (one of: {', '.join(ORDERABLE_COLUMNS)})"
+        )
     for column in columns:
         if column not in ORDERABLE_COLUMNS:
             raise QueryError(
@@ -186,11 +286,21 @@ class SpanFilter:
     name: str | Sequence[str] | None = None
     is_error: bool | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            self.kind = [_choice(k, SpanKind, "kind") for k in args.strings("kind", self.kind)]
+        self.role = args.optional_strings("role", self.role)
+        self.tool_name = args.optional_strings("tool_name", self.tool_name)
+        self.name = args.optional_strings("name", self.name)
+        if self.is_error is not None:
+            self.is_error = args.boolean("is_error", self.is_error)
+
     def where(self) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause over ``spans`` (``1`` when empty) and its parameters."""
         clauses: list[str] = []
         params: dict[str, Any] = {}
         if self.kind is not None:
-            params["s_kind"] = [_choice(k, SpanKind, "kind") for k in _as_list(self.kind)]
+            params["s_kind"] = _as_list(self.kind)
             clauses.append("kind IN {s_kind:Array(String)}")
         for column, values in (("role", self.role), ("tool_name", self.tool_name)):
             if values is not None:
@@ -200,6 +310,6 @@ class SpanFilter:
             params["s_name"] = _as_list(self.name)
             clauses.append("name IN {s_name:Array(String)}")
         if self.is_error is not None:
-            params["s_is_error"] = bool(self.is_error)
+            params["s_is_error"] = self.is_error
             clauses.append("is_error = {s_is_error:Bool}")
         return (" AND ".join(clauses) or "1"), params

@@ -270,7 +270,7 @@ def run_row_counts(store: Store, run_id: str) -> tuple[int, int, int]:
 
 
 def delete_run(store: Store, run_id: str) -> RunDeletion:
-    """Delete a run's traces, spans, computed results and progress records.
+    """Delete a run's traces, spans and computed results.
 
     Spans go first and traces last, so an interrupted deletion leaves a run that is still
     listed and can be deleted again (never traces whose spans silently vanished).
@@ -278,7 +278,7 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
     traces, spans, results = run_row_counts(store, run_id)
     parameters = {"run": run_id}
     with hold_sigint():
-        for table in ("entity_metadata", "progress", "spans", "traces"):
+        for table in ("entity_metadata", "spans", "traces"):
             store.command(f"DELETE FROM {{db}}.{table} WHERE run_id = {{run:String}}", parameters)
     log.info("deleted run %s: %d traces, %d spans, %d results", run_id, traces, spans, results)
     return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)

@@ -130,7 +130,8 @@ def test_one_shard_materializes_only_its_traces(
     register(instance, RUN_ID)
     shard, traces, datapoints = store.rows(
         "SELECT cityHash64(datapoint_id) % 4 AS shard, groupArray(trace_id), "
-        "groupUniqArray(datapoint_id) FROM {db}.traces WHERE run_id = {r:String} "
+        "groupUniqArray(concat(datapoint_id, '@', toString(step_number))) "
+        "FROM {db}.traces WHERE run_id = {r:String} "
         "GROUP BY shard ORDER BY length(groupArray(trace_id)) DESC LIMIT 1",
         {"r": RUN_ID},
     )[0]

@@ -26,7 +26,8 @@ LEVEL_KINDS = ["clickhouse", "python"]
 
 ASSETS = {
     "pass_at_k/datapoint": ("pass_at_k", ["pass_at_k/trace"], RUN_SHARD, LEVEL_KINDS),
-    "pass_at_k/run": ("pass_at_k", ["pass_at_k/datapoint"], RUN, LEVEL_KINDS),
+    "pass_at_k/run": ("pass_at_k", ["pass_at_k/step"], RUN, LEVEL_KINDS),
+    "pass_at_k/step": ("pass_at_k", ["pass_at_k/datapoint"], RUN, LEVEL_KINDS),
     "pass_at_k/trace": ("pass_at_k", [], RUN_SHARD, LEVEL_KINDS),
     "run_summary/run": ("run_summary", ["run_summary/trace"], RUN, LEVEL_KINDS),
     "run_summary/trace": ("run_summary", [], RUN_SHARD, LEVEL_KINDS),

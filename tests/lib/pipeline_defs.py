@@ -52,7 +52,7 @@ class TraceOut(BaseModel):
 class DatapointOut(BaseModel):
     rollouts: int
     failed: int
-    steps: list[int]
+    step: int
     errors: int
 
 
@@ -78,7 +78,7 @@ def reduce_datapoint(entity: EntityRef, children: list[TraceOut]) -> DatapointOu
     return DatapointOut(
         rollouts=len(children),
         failed=entity.failed_children,
-        steps=entity.keys["steps"],
+        step=entity.keys["step_number"],
         errors=sum(c.tool_errors for c in children),
     )
 

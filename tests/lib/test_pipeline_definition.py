@@ -43,7 +43,8 @@ def test_levels_must_increase() -> None:
     with pytest.raises(PipelineDefinitionError) as excinfo:
         pipeline.add_level(EntityLevel.DATAPOINT, reduce_fn, Out)
     assert str(excinfo.value) == (
-        "levels must be added in increasing order (TRACE < DATAPOINT < STEP < RUN): "
+        "levels must be added in increasing order "
+        "(TRACE < DATAPOINT < STEP or DATAPOINT_ACROSS_STEPS < RUN): "
         "EntityLevel.DATAPOINT cannot follow EntityLevel.STEP"
     )
 

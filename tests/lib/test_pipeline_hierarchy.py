@@ -23,23 +23,24 @@ def _by_id(result: dict, level: EntityLevel) -> dict:
     return {o.entity_id: o for o in result[level]}
 
 
-def test_a_datapoint_at_several_steps_belongs_to_each_step(hierarchy: Store) -> None:
+def test_a_datapoint_at_several_steps_is_one_group_per_step(hierarchy: Store) -> None:
     result = pipeline_defs.full.run("run_h", mode="local", persist_results=False)
     traces = _by_id(result, EntityLevel.TRACE)
     assert len(traces) == 8 and all(o.error is None for o in traces.values())
 
     datapoints = _by_id(result, EntityLevel.DATAPOINT)
-    assert set(datapoints) == {"dp_a", "dp_b", "dp_c"}
-    assert datapoints["dp_a"].output.rollouts == 4  # 2 rollouts at step 0 + 2 at step 1
-    assert datapoints["dp_a"].output.steps == [0, 1]
-    assert datapoints["dp_b"].output.steps == [0]
-    assert datapoints["dp_a"].output.errors == 2  # tool_errors = k for k in (0, 1), twice
+    assert set(datapoints) == {"dp_a@0", "dp_a@1", "dp_b@0", "dp_c@1"}
+    assert datapoints["dp_a@0"].output.rollouts == 2  # only step 0's rollouts
+    assert datapoints["dp_a@1"].output.step == 1
+    assert datapoints["dp_a@0"].output.errors == 1  # tool_errors = k for k in (0, 1)
+    assert (datapoints["dp_a@1"].datapoint_id, datapoints["dp_a@1"].step_number) == ("dp_a", 1)
 
     steps = _by_id(result, EntityLevel.STEP)
     assert set(steps) == {"0", "1"}
-    # step 0 holds dp_a and dp_b; step 1 holds dp_a and dp_c: dp_a is in both.
-    assert sorted(steps["0"].output.members) == ["2", "4"]
-    assert sorted(steps["1"].output.members) == ["2", "4"]
+    # step 0 holds the groups dp_a@0 and dp_b@0, each of 2 rollouts of that step only.
+    assert steps["0"].output.members == ["2", "2"]
+    assert steps["1"].output.members == ["2", "2"]
+    assert steps["1"].step_number == 1 and steps["1"].datapoint_id is None
 
     run = _by_id(result, EntityLevel.RUN)["run_h"]
     assert run.output.children == 2  # two steps
@@ -56,8 +57,9 @@ def test_reduce_sees_only_successful_children_and_the_failed_count(
     assert sorted(o.entity_id for o in failed) == ["t_dp_a_0_0", "t_dp_a_0_1"]
     assert failed[0].error == "RuntimeError: cannot analyse t_dp_a_0_0"
     assert failed[0].output is None
-    dp_a = _by_id(result, EntityLevel.DATAPOINT)["dp_a"]
-    assert (dp_a.output.rollouts, dp_a.output.failed) == (2, 2)
+    dp_a = _by_id(result, EntityLevel.DATAPOINT)["dp_a@0"]
+    assert (dp_a.output.rollouts, dp_a.output.failed) == (0, 2)
+    assert _by_id(result, EntityLevel.DATAPOINT)["dp_a@1"].output.failed == 0
 
 
 def test_levels_can_be_skipped(hierarchy: Store) -> None:

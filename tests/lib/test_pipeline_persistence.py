@@ -44,8 +44,19 @@ def test_results_are_written_per_column_with_status(hierarchy: Store) -> None:
     assert rows[("trace", "t_dp_a_1_1", "tool_errors")] == ("number", 1.0, None)
     assert rows[("trace", "t_dp_a_1_1", "label")] == ("string", None, "dp_a")
     assert rows[("trace", "t_dp_a_1_1", "__status__")] == ("string", None, "ok")
-    assert rows[("datapoint", "dp_a", "rollouts")] == ("number", 4.0, None)
+    assert rows[("datapoint", "dp_a@1", "rollouts")] == ("number", 2.0, None)
     assert rows[("step", "1", "__status__")] == ("string", None, "ok")
+    keys = dict(
+        ((level, entity), (dp, step))
+        for level, entity, dp, step in hierarchy.rows(
+            "SELECT DISTINCT entity_level, entity_id, datapoint_id, step_number "
+            "FROM {db}.entity_metadata"
+        )
+    )
+    assert keys[("trace", "t_dp_a_1_1")] == ("dp_a", 1)
+    assert keys[("datapoint", "dp_a@1")] == ("dp_a", 1)
+    assert keys[("step", "1")] == ("", 1)
+    assert keys[("run", "run_h")] == ("", None)
     assert rows[("run", "run_h", "children")] == ("number", 2.0, None)
     assert hierarchy.rows("SELECT DISTINCT project_id, judge FROM {db}.entity_metadata") == [
         ("prj_test", "test_full")
@@ -113,13 +124,15 @@ def test_a_new_version_recomputes_everything(hierarchy: Store) -> None:
     changed.run("run_h", mode="local")
     assert len(pipeline_defs.CALLS) == 8
     versions = hierarchy.rows(
-        "SELECT DISTINCT judge_version FROM {db}.entity_metadata FINAL "
-        "WHERE entity_level = 'trace' AND column IN ('__status__', 'tool_errors')"
+        "SELECT judge_version, count() FROM {db}.entity_metadata FINAL "
+        "WHERE entity_level = 'trace' AND column = '__status__' GROUP BY judge_version"
     )
-    assert versions == [(changed.judge_version,)]
-    # Columns the new schema dropped keep their old version and are not read back as values.
+    # Each version keeps its own results (to compare them); neither replaced the other.
+    assert dict(versions) == {old_version: 8, changed.judge_version: 8}
+    # Columns only the old schema had are never read back into the new version's outputs.
     outputs = changed.run("run_h", mode="local")[EntityLevel.TRACE]
     assert {o.output.model_dump()["tool_errors"] for o in outputs} == {0, 10}
+    assert all(set(o.output.model_dump()) == {"tool_errors"} for o in outputs)
 
 
 def test_manual_version_changes_the_judge_version() -> None:
@@ -144,7 +157,7 @@ def test_judge_registered_locally_when_kestrel_is_not_configured(
     columns = {(c["entity_level"], c["name"]): c["type"] for c in judge["columns"]}
     assert columns[("trace", "tool_errors")] == "number"
     assert columns[("trace", "score")] == "number"
-    assert columns[("datapoint", "steps")] == "json"
+    assert columns[("datapoint", "step")] == "number"
     assert columns[("trace", "label")] == "string"
     assert "KESTREL_API_URL is not set" in caplog.text
 

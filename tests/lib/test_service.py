@@ -63,7 +63,7 @@ def ids(traces: list[Any]) -> list[str]:
         ({"meta": {"greedy": True}}, ["a1"]),
         ({"meta": {"temp": 0.7, "tag": "z"}}, []),
         ({"trace_ids": ["a3", "b0", "zz"]}, ["b0", "a3"]),
-        ({"run_id": "run_a' OR 1=1 --"}, []),
+        ({"run_id": "run_a", "datapoint_id": "dp1' OR 1=1 --"}, []),
     ],
 )
 def test_trace_filters(svc: MantaService, filters: dict[str, Any], expected: list[str]) -> None:
@@ -109,6 +109,10 @@ def test_trace_records_carry_the_seed_properties(svc: MantaService) -> None:
         (lambda s: s.get_traces(step=(3, 1)), "step range 3..1 is empty"),
         (lambda s: s.get_trace("nope"), "trace_id 'nope' not found"),
         (lambda s: s.get_traces(meta={"k": [1]}), "meta filter 'k'=[1] is not supported"),
+        (
+            lambda s: s.get_traces("run_a' OR 1=1 --"),
+            'run_id "run_a\' OR 1=1 --" not found;',
+        ),
     ],
 )
 def test_invalid_queries_say_what_is_valid(svc: MantaService, call: Any, message: str) -> None:
@@ -158,8 +162,9 @@ def test_spans_of_many_traces_take_one_query_per_batch(settings: Any, tmp_path: 
         svc = MantaService(store)
         CountingStore.queries = 0
         batches = list(svc.iter_trace_batches("run_a", batch_size=20, order_by="score"))
-        # With an explicit order: one query for the trace rows, one span query per batch.
-        assert CountingStore.queries == 1 + 3
+        # With an explicit order: the run check, one query for the trace rows, one span query
+        # per batch.
+        assert CountingStore.queries == 1 + 1 + 3
         assert [len(b) for b in batches] == [20, 20, 10]
         first = batches[0][0]
         assert first.tool_call_count == 3
@@ -192,9 +197,9 @@ def test_storage_order_iteration_merges_one_span_stream(settings: Any, tmp_path:
         svc = MantaService(store)
         CountingStore.queries = 0
         batches = list(svc.iter_trace_batches("run_a", batch_size=10))
-        # Trace rows and spans arrive as two streams on their own connections: no per-batch
-        # query at all on this one.
-        assert CountingStore.queries == 0
+        # Trace rows and spans arrive as two streams on their own connections: only the run
+        # check runs on this one, no per-batch query at all.
+        assert CountingStore.queries == 1
         contexts = [c for b in batches for c in b]
         assert [len(b) for b in batches] == [10, 10, 6]
         assert [c.trace_id for c in contexts] == sorted(c.trace_id for c in contexts)

@@ -176,29 +176,68 @@ HOLDER = textwrap.dedent(
 )
 
 
+def _hold_store(env: dict[str, str], seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(seconds)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "open"
+    return holder
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "manta_lib.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=REPO,
+    )
+
+
 @pytest.mark.slow
 def test_store_locked_by_another_process_gives_a_clear_error(clean_env: Path) -> None:
-    env = {**os.environ, "MANTA_DATA_DIR": str(clean_env / "locked")}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, "20"], env=env, stdout=subprocess.PIPE, text=True
-    )
+    env = {**os.environ, "MANTA_DATA_DIR": str(clean_env / "locked"), "MANTA_LOCK_TIMEOUT_S": "1"}
+    holder = _hold_store(env, 30)
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "open"
-        result = subprocess.run(
-            [sys.executable, "-m", "manta_lib.cli", "runs-overview"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        result = _cli(env, "runs-overview")
     finally:
         holder.kill()
         holder.wait()
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    # chDB's own "Code: 76. DB::Exception: Cannot lock file" line never reaches the user.
+    assert "Cannot lock file" not in result.stderr and "Code: 76" not in result.stderr
     path = (clean_env / "locked" / "clickhouse").resolve()
-    assert f"the embedded ClickHouse store at {path} is in use by another process" in " ".join(
-        result.stderr.split()
+    text = " ".join(result.stderr.split())
+    holder_text = f"is in use by another process (process {holder.pid})"
+    assert f"the embedded ClickHouse store at {path} {holder_text}" in text
+    assert "MANTA_LOCK_TIMEOUT_S=1 s" in text
+
+
+@pytest.mark.slow
+def test_a_second_process_waits_for_the_store_and_says_so(clean_env: Path) -> None:
+    env = {**os.environ, "MANTA_DATA_DIR": str(clean_env / "shared"), "MANTA_LOCK_TIMEOUT_S": "120"}
+    holder = _hold_store(env, 120)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "manta_lib.cli", "runs-overview"],
+        env={**env, "COLUMNS": "400"},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
+    try:
+        assert cli.stderr is not None
+        first = cli.stderr.readline()  # blocks until the waiting message (or the end)
+        holder.kill()  # the holder goes away: the lock is released
+        holder.wait()
+        rest = cli.stderr.read()
+        assert cli.wait(timeout=90) == 0, first + rest
+    finally:
+        holder.kill()
+        cli.kill()
+    text = " ".join(first.split())
+    assert f"is in use by process {holder.pid}; waiting up to 120 s for it" in text
+    assert "Code: 76" not in first + rest

@@ -17,7 +17,58 @@ def test_schema_is_created_once_and_records_its_version(store: Store) -> None:
     assert "progress" not in tables, "resume reads entity_metadata; nothing else is written"
     ensure_schema(store)  # idempotent
     assert current_version(store) == SCHEMA_VERSION
-    assert store.rows("SELECT count() FROM {db}.schema_migrations FINAL")[0][0] == SCHEMA_VERSION
+    # A new store is created at the current version directly: no migration ran.
+    assert store.rows("SELECT version FROM {db}.schema_migrations FINAL") == [(SCHEMA_VERSION,)]
+
+
+_V1_METADATA = """
+CREATE TABLE {db}.entity_metadata (
+    project_id LowCardinality(String), run_id String, judge LowCardinality(String),
+    entity_level LowCardinality(String), entity_id String, column String,
+    value_type LowCardinality(String), value_number Nullable(Float64),
+    value_string Nullable(String), value_bool Nullable(Bool), value_json Nullable(String),
+    judge_version String, computed_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY (project_id, run_id, judge, entity_level, entity_id, column)
+"""
+
+
+def test_a_version_1_store_migrates_keeping_trace_results_only(store: Store) -> None:
+    store.command("DROP TABLE {db}.entity_metadata")
+    store.command(_V1_METADATA)
+    store.command("CREATE TABLE {db}.progress (x UInt8) ENGINE = MergeTree ORDER BY x")
+    store.command("TRUNCATE TABLE {db}.schema_migrations")
+    store.command("INSERT INTO {db}.schema_migrations (version) VALUES (1)")
+    store.command(
+        "INSERT INTO {db}.traces (trace_id, run_id, step_number, phase, datapoint_id, status, "
+        "cost_usd, duration_ms, turn_count, tokens_input, tokens_output, model_name, env_name, "
+        "meta) VALUES ('t1', 'r', 7, 'train', 'dp_1', 'ok', 0, 0, 0, 0, 0, '', '', '{}')"
+    )
+    for level, entity in (("trace", "t1"), ("datapoint", "dp_1"), ("step", "7")):
+        store.command(
+            "INSERT INTO {db}.entity_metadata VALUES ('p', 'r', 'j', {level:String}, "
+            "{entity:String}, '__status__', 'string', NULL, 'ok', NULL, NULL, 'v1', now64(6))",
+            {"level": level, "entity": entity},
+        )
+
+    ensure_schema(store)
+
+    assert current_version(store) == SCHEMA_VERSION
+    tables = {row[0] for row in store.rows("SHOW TABLES FROM {db}")}
+    assert "progress" not in tables and "entity_metadata_v2" not in tables
+    rows = store.rows(
+        "SELECT entity_level, entity_id, datapoint_id, step_number, judge_version "
+        "FROM {db}.entity_metadata"
+    )
+    # Reduce results of the old grouping are gone (recomputed by the next run); trace results
+    # stay, with their datapoint and step filled in from traces.
+    assert rows == [("trace", "t1", "dp_1", 7, "v1")]
+    sorting_key = store.rows(
+        "SELECT sorting_key FROM system.tables WHERE database = {d:String} "
+        "AND name = 'entity_metadata'",
+        {"d": store.database},
+    )[0][0]
+    assert "judge_version" in sorting_key
 
 
 class Everything(BaseModel):

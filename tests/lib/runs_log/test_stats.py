@@ -30,6 +30,7 @@ samples = st.lists(finite, min_size=1, max_size=60)
 quantiles = st.sampled_from([0.0, 0.5, 0.95, 0.99, 1.0]) | st.floats(0.0, 1.0)
 
 
+@settings(max_examples=100, deadline=None)  # a fixed count; no wall-time limit on a busy machine
 @given(values=samples, q=quantiles)
 def test_percentile_is_numpys_default_linear_method_bit_for_bit(
     values: list[float], q: float
