@@ -16,8 +16,11 @@ calls the same :func:`map_scope` and :func:`reduce_scope` for the partitions of 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PersistenceError, PipelineDefinitionError
@@ -27,17 +30,18 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
 from manta_lib.pipeline.options import RunOptions
-from manta_lib.pipeline.planner import Scope, plan_scope
+from manta_lib.pipeline.planner import Scope, group_children, plan_scope
 from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.pipeline.record import record_computation, summarize_counts
-from manta_lib.pipeline.reducer import reduce_level
+from manta_lib.pipeline.reducer import reduce_groups, reduce_level
 from manta_lib.pipeline.result import RunResult, StoredRun, stored_counts
 from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_level
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import (
+    GROUP_COLUMNS,
     MetadataWriter,
     count_entities,
     iter_entities,
@@ -49,6 +53,10 @@ log = logging.getLogger(__name__)
 #: Most traces a run that does not persist (``persist_results=False``) keeps in memory: its
 #: outputs are held until it returns, about 2 KB per trace.
 IN_MEMORY_TRACE_LIMIT = 500_000
+
+#: A streamed reduce calls the reduce function once this many children are read (whole
+#: groups only), so memory holds about this many children at a time.
+REDUCE_CHUNK = 20_000
 
 
 class StoreSession:
@@ -139,11 +147,12 @@ def run_pipeline(
             )
             result: dict[EntityLevel, list[MetadataOutput]] = {EntityLevel.TRACE: traces.outputs}
             children: Sequence[MetadataOutput] = traces.outputs
-            below = EntityLevel.TRACE
             for spec in pipeline.levels[1:]:
-                if options.persists:  # read back: nothing of the level below was kept
-                    with clock("load"):
-                        children = _stream_level(session.get(), pipeline, below, run_id)
+                if options.persists:  # nothing of the level below was kept: read it back
+                    reduce_streamed(
+                        pipeline, session.get(), spec.level, scope, options=options, clock=clock
+                    )
+                    continue
                 outputs = reduce_scope(
                     pipeline,
                     session.get(),
@@ -153,7 +162,7 @@ def run_pipeline(
                     options=options,
                     clock=clock,
                 )
-                children, below = outputs, spec.level
+                children = outputs
                 if not options.persists:
                     result[spec.level] = outputs
             del children
@@ -327,27 +336,92 @@ def _require_stored(
         )
 
 
-def _stream_level(
-    store: Store, pipeline: PipelineDefinition, level: EntityLevel, run_id: str
-) -> list[MetadataOutput]:
-    """A level's stored outputs for the judge version, streamed from the store (no rows or
-    intermediate records are held, only the outputs)."""
+def reduce_streamed(
+    pipeline: PipelineDefinition,
+    store: Store,
+    level: EntityLevel,
+    scope: Scope,
+    *,
+    options: RunOptions,
+    clock: BucketClock | None = None,
+) -> int:
+    """Compute and write ``level``'s entities of ``scope`` from the level below as stored,
+    one group key at a time; returns how many entities were written.
+
+    The groups come from :func:`~manta_lib.pipeline.planner.group_children`; the children are
+    streamed from the store sorted by the groups' key columns (``datapoint_id`` /
+    ``step_number``, those the level's keys have), so only the children of one key (and of
+    at most ``REDUCE_CHUNK`` children waiting for the pool) are in memory. A level without
+    key columns (the run) has one group: all of the level below.
+    """
+    clock = clock or BucketClock()
+    spec = pipeline.level(level)
+    below = pipeline.below(level)
+    run_id = scope.run_id
+    groups = group_children(level, below.level, run_id, scope.refs)
+    if not groups:
+        return 0
+    first_keys = next(iter(groups.values()))[0]
+    key_columns = [c for c in GROUP_COLUMNS if c in first_keys]
+    by_key: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for entity_id, (keys, _) in groups.items():
+        # stored entities read an empty datapoint_id back as None
+        by_key[tuple(None if keys[c] == "" else keys[c] for c in key_columns)].append(entity_id)
+    pool = IsolatedPool(
+        options.max_workers if spec.uses_llm else 1,
+        timeout_s=options.timeout_s,
+        chunked=not spec.uses_llm,
+    )
+    writer = MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
+    waiting: list[str] = []
+    children: dict[str, MetadataOutput] = {}
+    written = 0
+
+    def reduce_waiting() -> None:
+        nonlocal written
+        if not waiting:
+            return
+        with clock("llm" if spec.uses_llm else "reduce"):
+            outputs = reduce_groups(
+                spec,
+                run_id,
+                ((eid, groups[eid][0], groups[eid][1]) for eid in waiting),
+                children,
+                judge=pipeline.judge,
+                judge_version=pipeline.judge_version,
+                pool=pool,
+            )
+        with clock("persist"):
+            writer.add(outputs)
+            writer.flush()
+        written += len(outputs)
+        waiting.clear()
+        children.clear()
+
     stored = iter_entities(
         store,
         project_id=pipeline.project_id,
         run_id=run_id,
         judge=pipeline.judge,
-        level=level,
+        level=below.level,
         judge_version=pipeline.judge_version,
+        order_by=key_columns,
     )
-    schema = pipeline.level(level).schema
-    return [
-        output
-        for entity in stored
-        for output in outputs_from_stored(
-            (entity,), schema=schema, level=level, run_id=run_id, judge=pipeline.judge
-        )
-    ]
+    for key, entities in groupby(stored, key=lambda e: tuple(getattr(e, c) for c in key_columns)):
+        with clock("load"):
+            batch = outputs_from_stored(
+                entities,
+                schema=below.schema,
+                level=below.level,
+                run_id=run_id,
+                judge=pipeline.judge,
+            )
+        children.update((child.entity_id, child) for child in batch)
+        waiting.extend(by_key.pop(key, ()))
+        if len(children) >= REDUCE_CHUNK:
+            reduce_waiting()
+    reduce_waiting()
+    return written
 
 
 def _load_traces(

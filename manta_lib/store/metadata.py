@@ -405,7 +405,7 @@ def load_entities(
             where += (
                 f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
             )
-    rows = store.rows(_ENTITY_ROWS_SQL.format(where=where), params)
+    rows = store.rows(_ENTITY_ROWS_SQL.format(where=where, order=""), params)
     return list(_fold_entities(rows, judge_version))
 
 
@@ -415,9 +415,12 @@ _ENTITY_ROWS_SQL = """
     SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
            judge_version, computed_at, datapoint_id, step_number
     FROM {{db}}.entity_metadata FINAL WHERE {where}
-    ORDER BY entity_id, column, computed_at DESC
+    ORDER BY {order}entity_id, column, computed_at DESC
     LIMIT 1 BY entity_id, column
 """
+
+#: Key columns an entity stream can be sorted by (all rows of an entity share them).
+GROUP_COLUMNS = ("datapoint_id", "step_number")
 
 
 def iter_entities(
@@ -428,14 +431,20 @@ def iter_entities(
     judge: str,
     level: EntityLevel,
     judge_version: str,
+    order_by: Sequence[str] = (),
 ) -> Iterator[StoredEntity]:
-    """The stored entities of a level and judge version, streamed in entity id order: memory
-    holds one block of rows, whatever the level's size. Uses its own connection, so the
-    caller may use ``store`` while iterating."""
+    """The stored entities of a level and judge version, streamed in entity id order (within
+    ``order_by``, some of :data:`GROUP_COLUMNS`, so each group's entities come together):
+    memory holds one block of rows, whatever the level's size. Uses its own connection, so
+    the caller may use ``store`` while iterating."""
+    unknown = [c for c in order_by if c not in GROUP_COLUMNS]
+    if unknown:
+        raise ValueError(f"entities sort by {GROUP_COLUMNS}, not {unknown}")
     where, params = _identity_where(project_id, run_id, judge, level, None, None)
+    order = "".join(f"{column}, " for column in order_by)
     reader = store.sibling()
     try:
-        with reader.stream(_ENTITY_ROWS_SQL.format(where=where), params) as blocks:
+        with reader.stream(_ENTITY_ROWS_SQL.format(where=where, order=order), params) as blocks:
             yield from _fold_entities((row for block in blocks for row in block), judge_version)
     finally:
         reader.close()
