@@ -50,7 +50,7 @@ from manta_lib.results import (
 from manta_lib.results.compare import Agreement, RunComparison
 from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
-from manta_lib.store import Store
+from manta_lib.store import Store, trace_queries
 from manta_lib.store import query_args as args
 from manta_lib.store.trace_queries import (
     SPAN_SELECT,
@@ -452,7 +452,8 @@ class MantaService:
             f"SELECT {SPAN_SELECT} FROM {{db}}.spans "
             f"WHERE run_id IN (SELECT run_id FROM {{db}}.traces WHERE {where}) "
             f"AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {{db}}.traces "
-            f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
+            f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id "
+            f"SETTINGS max_block_size = {int(trace_queries.SPAN_STREAM_BLOCK_ROWS)}"
         )
         require_runs(store, flt.run_id)
         trace_conn = store.sibling()

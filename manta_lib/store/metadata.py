@@ -405,7 +405,9 @@ def load_entities(
             where += (
                 f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
             )
-    rows = store.rows(_ENTITY_ROWS_SQL.format(where=where, order=""), params)
+    rows = store.rows(
+        _ENTITY_ROWS_SQL.format(where=where, order="", block_rows=ENTITY_BLOCK_ROWS), params
+    )
     return list(_fold_entities(rows, judge_version))
 
 
@@ -417,7 +419,12 @@ _ENTITY_ROWS_SQL = """
     FROM {{db}}.entity_metadata FINAL WHERE {where}
     ORDER BY {order}entity_id, column, computed_at DESC
     LIMIT 1 BY entity_id, column
+    SETTINGS max_block_size = {block_rows}
 """
+
+#: Rows per block of an entity stream: values can be long texts (an LLM judge's reasons), so
+#: a block is kept well below ClickHouse's default of 65,536 rows.
+ENTITY_BLOCK_ROWS = 8192
 
 #: Key columns an entity stream can be sorted by (all rows of an entity share them).
 GROUP_COLUMNS = ("datapoint_id", "step_number")
@@ -444,7 +451,10 @@ def iter_entities(
     order = "".join(f"{column}, " for column in order_by)
     reader = store.sibling()
     try:
-        with reader.stream(_ENTITY_ROWS_SQL.format(where=where, order=order), params) as blocks:
+        with reader.stream(
+            _ENTITY_ROWS_SQL.format(where=where, order=order, block_rows=int(ENTITY_BLOCK_ROWS)),
+            params,
+        ) as blocks:
             yield from _fold_entities((row for block in blocks for row in block), judge_version)
     finally:
         reader.close()
