@@ -406,7 +406,10 @@ def load_entities(
                 f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
             )
     rows = store.rows(
-        _ENTITY_ROWS_SQL.format(where=where, order="", block_rows=ENTITY_BLOCK_ROWS), params
+        _ENTITY_ROWS_SQL.format(
+            where=where, order="", block_rows=ENTITY_BLOCK_ROWS, sort_bytes=ENTITY_SORT_BYTES
+        ),
+        params,
     )
     return list(_fold_entities(rows, judge_version))
 
@@ -419,8 +422,12 @@ _ENTITY_ROWS_SQL = """
     FROM {{db}}.entity_metadata FINAL WHERE {where}
     ORDER BY {order}entity_id, column, computed_at DESC
     LIMIT 1 BY entity_id, column
-    SETTINGS max_block_size = {block_rows}
+    SETTINGS max_block_size = {block_rows}, max_bytes_before_external_sort = {sort_bytes}
 """
+
+#: Past this many bytes ClickHouse sorts an entity stream on disk: a stream sorted by group
+#: key (not the table's order) would otherwise hold the whole level in memory to sort it.
+ENTITY_SORT_BYTES = 64_000_000
 
 #: Rows per block of an entity stream: values can be long texts (an LLM judge's reasons), so
 #: a block is kept well below ClickHouse's default of 65,536 rows.
@@ -452,7 +459,12 @@ def iter_entities(
     reader = store.sibling()
     try:
         with reader.stream(
-            _ENTITY_ROWS_SQL.format(where=where, order=order, block_rows=int(ENTITY_BLOCK_ROWS)),
+            _ENTITY_ROWS_SQL.format(
+                where=where,
+                order=order,
+                block_rows=int(ENTITY_BLOCK_ROWS),
+                sort_bytes=int(ENTITY_SORT_BYTES),
+            ),
             params,
         ) as blocks:
             yield from _fold_entities((row for block in blocks for row in block), judge_version)
