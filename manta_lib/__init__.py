@@ -31,7 +31,7 @@ from manta_lib.ingest import (
 from manta_lib.llm import LLMJudge, ModelPrice
 from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceRecord
 from manta_lib.percentile import percentile
-from manta_lib.pipeline import MapReduceComputation
+from manta_lib.pipeline import LevelOutputs, MapReduceComputation, RunResult
 from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
@@ -56,7 +56,9 @@ __all__ = [
     "MantaError",
     "MantaService",
     "MantaSettings",
+    "LevelOutputs",
     "MapReduceComputation",
+    "RunResult",
     "MetadataOutput",
     "ModelPrice",
     "PersistenceError",

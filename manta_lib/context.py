@@ -202,6 +202,48 @@ _decode_json = json.JSONDecoder().decode  # json.loads minus its per-call argume
 _construct = fast_construct
 
 
+class SpanColumns(Sequence[_Row]):
+    """The spans of one trace as a slice ``[start, stop)`` of a column block (one sequence per
+    column, in ``SPAN_COLUMNS`` order), as a streaming query returns them.
+
+    Row tuples are built only when something iterates or indexes the rows; totals such as
+    :attr:`TraceContext.tool_error_count` read the two columns they need instead.
+    """
+
+    __slots__ = ("_columns", "_start", "_stop", "_rows")
+
+    def __init__(self, columns: Sequence[Sequence[Any]], start: int, stop: int) -> None:
+        self._columns = columns
+        self._start = start
+        self._stop = stop
+        self._rows: list[_Row] | None = None
+
+    def column(self, index: int) -> Sequence[Any]:
+        """The values of column ``index`` (a ``SPAN_COLUMNS`` position) for these spans."""
+        return self._columns[index][self._start : self._stop]
+
+    def _materialized(self) -> list[_Row]:
+        rows = self._rows
+        if rows is None:
+            start, stop = self._start, self._stop
+            rows = self._rows = list(zip(*(c[start:stop] for c in self._columns), strict=True))
+            self._columns = ()  # the rows hold the values now; let the block go
+        return rows
+
+    @property
+    def materialized(self) -> bool:
+        return self._rows is not None
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._materialized()[index]
+
+    def __iter__(self) -> Iterator[_Row]:
+        return iter(self._materialized())
+
+
 def _attributes(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
@@ -902,33 +944,45 @@ class TraceContext:
 
     # ---- totals (read from the rows, no typed objects built) -------------------------------
 
+    def _values_of(self, kind: str, column: int) -> list[Any]:
+        """Column ``column`` of the spans of ``kind``, read from the column block when the
+        rows were not built (no row tuples for a total)."""
+        rows = self._rows
+        if self._by_kind is None and type(rows) is SpanColumns and not rows.materialized:
+            values = rows.column(column)
+            return [v for k, v in zip(rows.column(_KIND), values, strict=True) if k == kind]
+        return [row[column] for row in self._rows_of(kind)]
+
     @property
     def tool_call_count(self) -> int:
         """Number of tool spans."""
+        rows = self._rows
+        if self._by_kind is None and type(rows) is SpanColumns and not rows.materialized:
+            return sum(1 for k in rows.column(_KIND) if k == SpanKind.TOOL)
         return len(self._rows_of(SpanKind.TOOL))
 
     @property
     def tool_error_count(self) -> int:
         """Number of tool spans with ``is_error``."""
-        return sum(1 for row in self._rows_of(SpanKind.TOOL) if row[_IS_ERROR])
+        return sum(1 for flag in self._values_of(SpanKind.TOOL, _IS_ERROR) if flag)
 
     @property
     def llm_cost_usd(self) -> float:
         """Cost of the ``llm`` spans (a grader's own LLM cost is on its :class:`GraderResult`)."""
-        return float(sum(row[_COST] for row in self._rows_of(SpanKind.LLM)))
+        return float(sum(self._values_of(SpanKind.LLM, _COST)))
 
     @property
     def llm_tokens(self) -> tuple[int, int]:
         """``(input, output)`` tokens of the ``llm`` spans."""
-        rows = self._rows_of(SpanKind.LLM)
-        return sum(row[_TOKENS_IN] for row in rows), sum(row[_TOKENS_OUT] for row in rows)
+        return (
+            sum(self._values_of(SpanKind.LLM, _TOKENS_IN)),
+            sum(self._values_of(SpanKind.LLM, _TOKENS_OUT)),
+        )
 
     @property
     def has_error(self) -> bool:
         """``True`` when ``status`` is not ``completed`` or a system event is an error."""
-        return self._trace.status != "completed" or any(
-            row[_IS_ERROR] for row in self._rows_of(SpanKind.SYSTEM)
-        )
+        return self._trace.status != "completed" or any(self._values_of(SpanKind.SYSTEM, _IS_ERROR))
 
 
 def _validated_trace(trace: TraceRecord | Mapping[str, Any]) -> TraceRecord:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from manta_lib.context import TraceContext
+from manta_lib.context import SpanColumns, TraceContext
 from manta_lib.errors import QueryError
 from manta_lib.models import (
     SPAN_COLUMNS,
@@ -50,7 +50,7 @@ from manta_lib.results import (
 from manta_lib.results.compare import Agreement, RunComparison
 from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
-from manta_lib.store import Store
+from manta_lib.store import Store, trace_queries
 from manta_lib.store import query_args as args
 from manta_lib.store.trace_queries import (
     SPAN_SELECT,
@@ -120,6 +120,38 @@ def trace_from_row(row: Sequence[Any]) -> TraceRecord:
     meta = values["meta"]
     values["meta"] = _decode_json(meta) if meta else {}
     return fast_construct(TraceRecord, values)
+
+
+def _trace_span_slices(
+    blocks: Iterator[Sequence[Sequence[Any]]],
+) -> Iterator[tuple[tuple[str, str], SpanColumns]]:
+    """``((run_id, trace_id), spans)`` per trace from span column blocks sorted by
+    (run_id, trace_id); a trace cut by a block boundary is joined into one slice."""
+    carry: tuple[tuple[str, str], SpanColumns] | None = None
+    for columns in blocks:
+        trace_ids, run_ids = columns[0], columns[1]  # SPAN_COLUMNS starts trace_id, run_id
+        start = 0
+        for key, group in groupby(zip(run_ids, trace_ids, strict=True)):
+            stop = start + len(list(group))
+            piece = SpanColumns(columns, start, stop)
+            if carry is not None:
+                if start == 0 and carry[0] == key:
+                    piece = _joined(carry[1], piece)
+                else:
+                    yield carry
+                carry = None
+            if stop == len(trace_ids):
+                carry = (key, piece)  # may go on in the next block
+            else:
+                yield key, piece
+            start = stop
+    if carry is not None:
+        yield carry
+
+
+def _joined(first: SpanColumns, second: SpanColumns) -> SpanColumns:
+    columns = [[*first.column(i), *second.column(i)] for i in range(len(SPAN_COLUMNS))]
+    return SpanColumns(columns, 0, len(first) + len(second))
 
 
 def span_from_row(row: Sequence[Any]) -> SpanRecord:
@@ -420,7 +452,8 @@ class MantaService:
             f"SELECT {SPAN_SELECT} FROM {{db}}.spans "
             f"WHERE run_id IN (SELECT run_id FROM {{db}}.traces WHERE {where}) "
             f"AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {{db}}.traces "
-            f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id"
+            f"WHERE {where} {order}) AND {span_where} ORDER BY run_id, trace_id, seq, span_id "
+            f"SETTINGS max_block_size = {int(trace_queries.SPAN_STREAM_BLOCK_ROWS)}"
         )
         require_runs(store, flt.run_id)
         trace_conn = store.sibling()
@@ -428,23 +461,22 @@ class MantaService:
         try:
             with (
                 trace_conn.stream(traces_sql, params) as trace_blocks,
-                span_conn.stream(spans_sql, {**params, **span_params}) as span_blocks,
+                span_conn.stream_columns(spans_sql, {**params, **span_params}) as span_blocks,
             ):
-                spans = (row for block in span_blocks for row in block)
+                spans = _trace_span_slices(span_blocks)
                 pending = next(spans, None)
                 batch: list[TraceContext] = []
                 for block in trace_blocks:
                     for trace_row in block:
                         trace = trace_from_row(trace_row)
                         key = (trace.run_id, trace.trace_id)
-                        # Spans sort by (run_id, trace_id) too: row[1] is run_id, row[0] id.
-                        while pending is not None and (pending[1], pending[0]) < key:
-                            pending = next(spans, None)  # a trace added between the reads
-                        rows: list[tuple[Any, ...]] = []
-                        while pending is not None and (pending[1], pending[0]) == key:
-                            rows.append(pending)
+                        while pending is not None and pending[0] < key:
+                            pending = next(spans, None)  # a trace added between the two reads
+                        if pending is not None and pending[0] == key:
+                            batch.append(TraceContext(trace, pending[1]))
                             pending = next(spans, None)
-                        batch.append(TraceContext(trace, rows))
+                        else:
+                            batch.append(TraceContext(trace, []))
                         if len(batch) >= batch_size:
                             yield batch
                             batch = []

@@ -18,6 +18,7 @@ from manta_lib.pipeline.planner import Limits, Scope, TraceRef, entity_ids, plan
 from manta_lib.pipeline.pool import describe_exception
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.pipeline.record import ComputationRecord, record_computation
+from manta_lib.pipeline.result import LevelOutputs, RunResult
 from manta_lib.pipeline.resume import load_level
 from manta_lib.pipeline.run import (
     ScopeOutputs,
@@ -30,12 +31,14 @@ from manta_lib.pipeline.run import (
 __all__ = [
     "BucketClock",
     "ComputationRecord",
+    "LevelOutputs",
     "LevelSpec",
     "Limits",
     "MapReduceComputation",
     "MissingEntities",
     "PipelineDefinition",
     "RunOptions",
+    "RunResult",
     "Scope",
     "ScopeOutputs",
     "TraceRef",

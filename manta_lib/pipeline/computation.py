@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from manta_lib.entities import MetadataOutput
@@ -78,8 +79,14 @@ class MapReduceComputation(PipelineDefinition):
         progress: bool | None = None,
         settings: MantaSettings | None = None,
         max_cost_usd: float | None = None,
-    ) -> dict[EntityLevel, list[MetadataOutput]]:
+    ) -> Mapping[EntityLevel, Sequence[MetadataOutput]]:
         """Run the pipeline over one run and return every level's outputs.
+
+        A persisted run keeps none of them in memory: it returns a
+        :class:`~manta_lib.pipeline.result.RunResult`, which reads each level from the store
+        when asked (``result[EntityLevel.TRACE]`` streams it; ``counts()``, ``errors()`` and
+        ``to_pandas()`` are computed in ClickHouse). A run that does not persist (a subset)
+        returns a ``dict`` of lists, at most ``IN_MEMORY_TRACE_LIMIT`` (500,000) traces.
 
         Args:
             run_id: the run to analyse.

@@ -123,6 +123,9 @@ class MapJob:
     settings: MantaSettings
     store: Store | None = None  # open for mappers that share the caller's store
     clock: BucketClock = field(default_factory=BucketClock)
+    #: Keep the outputs and return them. False (a persisted run) writes each trace and drops
+    #: it, so memory does not grow with the run; :meth:`Mapper.map` then returns None.
+    collect: bool = True
 
     @property
     def persist(self) -> bool:
@@ -172,9 +175,9 @@ class ThreadMapper:
     def close(self) -> None:
         return None
 
-    def map(self, job: MapJob) -> list[MetadataOutput]:
+    def map(self, job: MapJob) -> list[MetadataOutput] | None:
         if not job.trace_ids:
-            return []
+            return [] if job.collect or not job.persist else None
         assert job.store is not None, "ThreadMapper needs the caller's open store"
         writer = None
         if job.persist:
@@ -193,7 +196,7 @@ class ThreadMapper:
                 self._map(job, writer, outputs)
         finally:
             job.clock.add("persist", writer.seconds_spent)
-        return outputs
+        return outputs if job.collect else None
 
     def _map(
         self, job: MapJob, writer: MetadataWriter | None, outputs: list[MetadataOutput]
@@ -222,6 +225,27 @@ class ThreadMapper:
             if not count:
                 return
             computed_at = utc_now()
+            if writer is not None and not job.collect:
+                items = [
+                    (
+                        r.item.trace_id,
+                        r.output,
+                        r.error,
+                        r.where,
+                        r.item.datapoint_id,
+                        r.item.step_number,
+                    )
+                    for r in (finished.popleft() for _ in range(count))
+                ]
+                writer.add_results(
+                    items,
+                    level=EntityLevel.TRACE,
+                    run_id=run_id,
+                    judge_version=version,
+                    computed_at=computed_at,
+                )
+                job.tally.add(count)
+                return
             group = [
                 new_output(
                     level=EntityLevel.TRACE,

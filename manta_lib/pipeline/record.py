@@ -84,8 +84,17 @@ def record_computation(
 
 def summarize_result(result: dict[EntityLevel, list[MetadataOutput]]) -> dict[str, str]:
     """Entities per level, with the failed count: ``{"traces": "200 (3 failed)", ...}``."""
-    summary = {}
-    for level, outputs in result.items():
-        errors = sum(1 for o in outputs if o.error is not None)
-        summary[level.value + "s"] = f"{len(outputs)}" + (f" ({errors} failed)" if errors else "")
-    return summary
+    return summarize_counts(
+        {
+            level: (len(outputs), sum(1 for o in outputs if o.error is not None))
+            for level, outputs in result.items()
+        }
+    )
+
+
+def summarize_counts(counts: dict[EntityLevel, tuple[int, int]]) -> dict[str, str]:
+    """``{"traces": "200 (3 failed)", ...}`` from ``(entities, failed)`` per level."""
+    return {
+        level.value + "s": f"{total}" + (f" ({failed} failed)" if failed else "")
+        for level, (total, failed) in counts.items()
+    }

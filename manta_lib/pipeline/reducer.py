@@ -7,7 +7,7 @@ Which entities a level has, and which children feed each, comes from
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from manta_lib.entities import EntityRef, MetadataOutput, new_output
@@ -37,9 +37,34 @@ def reduce_level(
     The outputs come back in the order of the entities.
     """
     by_id = {child.entity_id: child for child in children}
+    groups = group_children(spec.level, below, run_id, refs)
+    return reduce_groups(
+        spec,
+        run_id,
+        ((entity_id, keys, child_ids) for entity_id, (keys, child_ids) in groups.items()),
+        by_id,
+        judge=judge,
+        judge_version=judge_version,
+        pool=pool,
+    )
+
+
+def reduce_groups(
+    spec: LevelSpec,
+    run_id: str,
+    groups: Iterable[tuple[str, dict[str, Any], Sequence[str]]],
+    children: Mapping[str, MetadataOutput],
+    *,
+    judge: str,
+    judge_version: str,
+    pool: IsolatedPool,
+) -> list[MetadataOutput]:
+    """Run ``spec``'s reduce function for each ``(entity id, keys, child ids)`` group over
+    the children found in ``children`` (by id); groups without any are skipped. The outputs
+    come back in the order of the groups."""
     entities: list[Entity] = []
-    for entity_id, (keys, child_ids) in group_children(spec.level, below, run_id, refs).items():
-        present = [by_id[c] for c in child_ids if c in by_id]
+    for entity_id, keys, child_ids in groups:
+        present = [children[c] for c in child_ids if c in children]
         if not present:
             continue
         ok = [c.output for c in present if c.error is None and c.output is not None]

@@ -184,7 +184,7 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
         **{f"{bucket}_s": round(seconds, 4) for bucket, seconds in clock.seconds.items()},
     }
     if not persist:
-        report["outputs"] = [_encode(o) for o in outputs]
+        report["outputs"] = [_encode(o) for o in outputs or []]
     return report
 
 

@@ -16,13 +16,15 @@ calls the same :func:`map_scope` and :func:`reduce_scope` for the partitions of 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 from manta_lib.entities import MetadataOutput
-from manta_lib.errors import PersistenceError
+from manta_lib.errors import PersistenceError, PipelineDefinitionError
 from manta_lib.kestrel import JudgeSpec, columns_from_schema
 from manta_lib.kestrel import register_judge as register_with_kestrel
 from manta_lib.llm.registry import judges_used_by
@@ -31,18 +33,33 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
 from manta_lib.pipeline.options import RunOptions
-from manta_lib.pipeline.planner import Scope, plan_scope
+from manta_lib.pipeline.planner import Scope, group_children, plan_scope
 from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
-from manta_lib.pipeline.record import record_computation, summarize_result
-from manta_lib.pipeline.reducer import reduce_level
+from manta_lib.pipeline.record import record_computation, summarize_counts
+from manta_lib.pipeline.reducer import reduce_groups, reduce_level
+from manta_lib.pipeline.result import RunResult, StoredRun, stored_counts
 from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_level
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
-from manta_lib.store.metadata import MetadataWriter
+from manta_lib.store.metadata import (
+    GROUP_COLUMNS,
+    MetadataWriter,
+    count_entities,
+    iter_entities,
+    outputs_from_stored,
+)
 
 log = logging.getLogger(__name__)
+
+#: Most traces a run that does not persist (``persist_results=False``) keeps in memory: its
+#: outputs are held until it returns, about 2 KB per trace.
+IN_MEMORY_TRACE_LIMIT = 500_000
+
+#: A streamed reduce calls the reduce function once this many children are read (whole
+#: groups only), so memory holds about this many children at a time.
+REDUCE_CHUNK = 20_000
 
 
 class StoreSession:
@@ -90,8 +107,13 @@ def run_pipeline(
     options: RunOptions,
     settings: MantaSettings,
     mode: str,
-) -> dict[EntityLevel, list[MetadataOutput]]:
-    """Plan, register, map, reduce and write one run; one runs-log row either way."""
+) -> dict[EntityLevel, list[MetadataOutput]] | RunResult:
+    """Plan, register, map, reduce and write one run; one runs-log row either way.
+
+    A persisted run keeps no outputs in memory (each is written and dropped) and returns a
+    :class:`RunResult` that reads them from the store on demand; a run that does not persist
+    returns its outputs by level, at most :data:`IN_MEMORY_TRACE_LIMIT` traces.
+    """
     pipeline.require_levels()
     with (
         record_computation(pipeline, run_id, mode, settings) as record,
@@ -110,6 +132,13 @@ def run_pipeline(
                 with clock("register"):
                     where = register_judge(pipeline, session.get(), settings)
                 log.debug("judge %s registered in %s", pipeline.judge, where)
+            if not options.persists and len(scope.refs) > IN_MEMORY_TRACE_LIMIT:
+                raise PipelineDefinitionError(
+                    f"a run that keeps its results in memory (persist_results=False) takes at "
+                    f"most {IN_MEMORY_TRACE_LIMIT:,} traces; {scope.describe()} has "
+                    f"{len(scope.refs):,} with {options.limits.describe()}. Set limit_traces "
+                    f"(or limit_datapoints / limit_steps) lower, or persist the results"
+                )
             traces = map_scope(
                 pipeline,
                 scope,
@@ -118,14 +147,18 @@ def run_pipeline(
                 mapper=mapper,
                 clock=clock,
                 summary=record.summary,
+                collect=not options.persists,
             )
             record.subset = options.limits.active
-            record.traces_total = len(traces.outputs)
-            record.traces_failed = sum(1 for o in traces.outputs if o.error is not None)
-            result = {EntityLevel.TRACE: traces.outputs}
-            children = traces.outputs
+            result: dict[EntityLevel, list[MetadataOutput]] = {EntityLevel.TRACE: traces.outputs}
+            children: Sequence[MetadataOutput] = traces.outputs
             for spec in pipeline.levels[1:]:
-                children = reduce_scope(
+                if options.persists:  # nothing of the level below was kept: read it back
+                    reduce_streamed(
+                        pipeline, session.get(), spec.level, scope, options=options, clock=clock
+                    )
+                    continue
+                outputs = reduce_scope(
                     pipeline,
                     session.get(),
                     spec.level,
@@ -134,11 +167,36 @@ def run_pipeline(
                     options=options,
                     clock=clock,
                 )
-                result[spec.level] = children
+                children = outputs
+                if not options.persists:
+                    result[spec.level] = outputs
+            del children
+            returned: dict[EntityLevel, list[MetadataOutput]] | RunResult = result
+            if options.persists:
+                with clock("load"):
+                    stored = StoredRun(
+                        settings=settings,
+                        project_id=pipeline.project_id,
+                        judge=pipeline.judge,
+                        judge_version=pipeline.judge_version,
+                        run_id=run_id,
+                        schemas={s.level: s.schema for s in pipeline.levels},
+                    )
+                    levels = [s.level for s in pipeline.levels]
+                    returned = RunResult(stored, stored_counts(session.get(), stored, levels))
         finally:
             record.summary.update(mapper.summary())
             mapper.close()
-        counts = summarize_result(result)
+        per_level = (
+            returned.failed_counts()
+            if isinstance(returned, RunResult)
+            else {
+                level: (len(outs), sum(1 for o in outs if o.error is not None))
+                for level, outs in returned.items()
+            }
+        )
+        record.traces_total, record.traces_failed = per_level.get(EntityLevel.TRACE, (0, 0))
+        counts = summarize_counts(per_level)
         record.summary.update(counts)
         log.info(
             "%s on %s: %s%s",
@@ -147,7 +205,7 @@ def run_pipeline(
             ", ".join(f"{k} {v}" for k, v in counts.items()),
             "" if options.persists else " (not persisted)",
         )
-        return result
+        return returned
 
 
 def map_scope(
@@ -159,12 +217,17 @@ def map_scope(
     mapper: Mapper | None = None,
     clock: BucketClock | None = None,
     summary: dict[str, Any] | None = None,
+    collect: bool = True,
 ) -> ScopeOutputs:
     """Map the traces of ``scope`` not already stored for the judge version; return all the
     scope's trace outputs (stored ones read back) in scope order.
 
     When the map function ``uses_llm``, the judges are checked before the first trace, the
     ``max_cost_usd`` cap applies, and their usage (``llm_*`` fields) goes into ``summary``.
+
+    With ``collect=False`` (persisted runs only) no output is kept or read back: each trace
+    is written and dropped, ``outputs`` is empty, and the stored statuses are counted to
+    check that every trace of the scope has one.
 
     Raises:
         ComputationAborted: more traces failed than ``options.max_failures`` allows, or a
@@ -223,6 +286,7 @@ def map_scope(
                 settings=session.settings,
                 store=session.get() if mapper.shares_store else None,
                 clock=clock,
+                collect=collect or not options.persists,
             )
             with llm_scope(pipeline, options, session.settings, summary) as llm:
                 if llm is not None:
@@ -244,6 +308,10 @@ def map_scope(
     finally:
         tally.close()
     tally.raise_if_over_budget()
+    if not collect and options.persists:
+        with clock("load"):
+            _require_stored(session.get(), pipeline, scope, wanted)
+        return ScopeOutputs([], tally.mapped, len(done))
     with clock("load"):
         if computed is None:  # persisted by remote workers: read everything back
             outputs = _load_traces(session.get(), pipeline, scope, wanted)
@@ -291,6 +359,121 @@ def add_llm_usage(summary: dict[str, Any], fields: dict[str, Any]) -> None:
             summary[name] = None
         else:
             summary[name] += value
+
+
+def _require_stored(
+    store: Store, pipeline: PipelineDefinition, scope: Scope, wanted: Sequence[str]
+) -> None:
+    """Raise unless every trace of ``wanted`` has a stored status for the judge version
+    (counted in ClickHouse; the ids are compared only when the count is short)."""
+    stored, _ = count_entities(
+        store,
+        project_id=pipeline.project_id,
+        run_id=scope.run_id,
+        judge=pipeline.judge,
+        level=EntityLevel.TRACE,
+        judge_version=pipeline.judge_version,
+    )
+    if stored >= len(wanted):
+        return
+    have = completed_traces(
+        store, pipeline, pipeline.judge_version, scope.run_id, set(wanted), retry_errors=False
+    )
+    missing = [tid for tid in wanted if tid not in have]
+    if missing:
+        raise PersistenceError(
+            f"{len(missing)} traces of {scope.run_id} were mapped but have no stored result "
+            f"for version {pipeline.judge_version} (first: {', '.join(missing[:3])}); "
+            f"entity_metadata lost rows, run again to recompute them"
+        )
+
+
+def reduce_streamed(
+    pipeline: PipelineDefinition,
+    store: Store,
+    level: EntityLevel,
+    scope: Scope,
+    *,
+    options: RunOptions,
+    clock: BucketClock | None = None,
+) -> int:
+    """Compute and write ``level``'s entities of ``scope`` from the level below as stored,
+    one group key at a time; returns how many entities were written.
+
+    The groups come from :func:`~manta_lib.pipeline.planner.group_children`; the children are
+    streamed from the store sorted by the groups' key columns (``datapoint_id`` /
+    ``step_number``, those the level's keys have), so only the children of one key (and of
+    at most ``REDUCE_CHUNK`` children waiting for the pool) are in memory. A level without
+    key columns (the run) has one group: all of the level below.
+    """
+    clock = clock or BucketClock()
+    spec = pipeline.level(level)
+    below = pipeline.below(level)
+    run_id = scope.run_id
+    groups = group_children(level, below.level, run_id, scope.refs)
+    if not groups:
+        return 0
+    first_keys = next(iter(groups.values()))[0]
+    key_columns = [c for c in GROUP_COLUMNS if c in first_keys]
+    by_key: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for entity_id, (keys, _) in groups.items():
+        # stored entities read an empty datapoint_id back as None
+        by_key[tuple(None if keys[c] == "" else keys[c] for c in key_columns)].append(entity_id)
+    pool = IsolatedPool(
+        options.max_workers if spec.uses_llm else 1,
+        timeout_s=options.timeout_s,
+        chunked=not spec.uses_llm,
+    )
+    writer = MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
+    waiting: list[str] = []
+    children: dict[str, MetadataOutput] = {}
+    written = 0
+
+    def reduce_waiting() -> None:
+        nonlocal written
+        if not waiting:
+            return
+        with clock("llm" if spec.uses_llm else "reduce"):
+            outputs = reduce_groups(
+                spec,
+                run_id,
+                ((eid, groups[eid][0], groups[eid][1]) for eid in waiting),
+                children,
+                judge=pipeline.judge,
+                judge_version=pipeline.judge_version,
+                pool=pool,
+            )
+        with clock("persist"):
+            writer.add(outputs)
+            writer.flush()
+        written += len(outputs)
+        waiting.clear()
+        children.clear()
+
+    stored = iter_entities(
+        store,
+        project_id=pipeline.project_id,
+        run_id=run_id,
+        judge=pipeline.judge,
+        level=below.level,
+        judge_version=pipeline.judge_version,
+        order_by=key_columns,
+    )
+    for key, entities in groupby(stored, key=lambda e: tuple(getattr(e, c) for c in key_columns)):
+        with clock("load"):
+            batch = outputs_from_stored(
+                entities,
+                schema=below.schema,
+                level=below.level,
+                run_id=run_id,
+                judge=pipeline.judge,
+            )
+        children.update((child.entity_id, child) for child in batch)
+        waiting.extend(by_key.pop(key, ()))
+        if len(children) >= REDUCE_CHUNK:
+            reduce_waiting()
+    reduce_waiting()
+    return written
 
 
 def _load_traces(

@@ -348,6 +348,20 @@ class Store:
         ):
             yield blocks
 
+    @contextmanager
+    def stream_columns(
+        self, template: str, parameters: dict[str, Any] | None = None
+    ) -> Iterator[Iterator[Sequence[Sequence[Any]]]]:
+        """Stream column blocks (one sequence per selected column: no tuple per row); the
+        lock is held until the stream is closed."""
+        with (
+            self._lock,
+            self.client.query_column_block_stream(
+                self.sql(template), parameters=parameters
+            ) as blocks,
+        ):
+            yield blocks
+
     def insert_columns(self, table: str, data: Mapping[str, Sequence[Any]]) -> None:
         """Column-oriented insert (cheaper than row-oriented: no per-row tuples)."""
         if not data or not len(next(iter(data.values()))):

@@ -144,33 +144,42 @@ class MetadataWriter:
 
     def add(self, outcomes: Iterable[MetadataOutput]) -> None:
         """Encode outcomes into the buffer; write now if ``flush_rows`` rows are waiting."""
-        rows: list[tuple[MetadataOutput, dict[str, Any]]] = []
-        for outcome in outcomes:
-            values: dict[str, Any] = (
-                outcome.output.model_dump(mode="json") if outcome.output is not None else {}
+        groups: dict[tuple[str, EntityLevel, str, datetime], list[EntityResult]] = {}
+        for o in outcomes:
+            key = (o.run_id, o.entity_level, o.judge_version, o.computed_at)
+            groups.setdefault(key, []).append(
+                (o.entity_id, o.output, o.error, o.error_at, o.datapoint_id, o.step_number)
             )
-            values[STATUS_COLUMN] = "ok" if outcome.error is None else "error"
-            values[ERROR_COLUMN] = outcome.error or ""
-            if outcome.error_at:
-                values[ERROR_AT_COLUMN] = outcome.error_at
-            rows.append((outcome, values))
+        for (run_id, level, version, computed_at), items in groups.items():
+            self.add_results(
+                items, level=level, run_id=run_id, judge_version=version, computed_at=computed_at
+            )
+
+    def add_results(
+        self,
+        items: Sequence[EntityResult],
+        *,
+        level: EntityLevel,
+        run_id: str,
+        judge_version: str,
+        computed_at: datetime,
+    ) -> None:
+        """Encode :data:`EntityResult` tuples of one level, column by
+        column (one pass per output field for the whole group, not one per value); write now
+        if ``flush_rows`` rows are waiting."""
+        if not items:
+            return
+        block = _encode_block(items)
+        count = len(block["entity_id"])
         with self._lock:
             buf = self._buffer
-            for outcome, values in rows:
-                count = len(values)
-                buf["run_id"].extend([outcome.run_id] * count)
-                buf["entity_level"].extend([outcome.entity_level.value] * count)
-                buf["entity_id"].extend([outcome.entity_id] * count)
-                buf["datapoint_id"].extend([outcome.datapoint_id or ""] * count)
-                buf["step_number"].extend([outcome.step_number] * count)
-                buf["judge_version"].extend([outcome.judge_version] * count)
-                buf["computed_at"].extend([outcome.computed_at] * count)
-                buf["column"].extend(values)
-                # One tuple per value, split into the five typed columns at C speed.
-                typed = list(map(_typed, values.values()))
-                for name, column in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
-                    buf[name].extend(column)
-            self._buffered_entities += len(rows)
+            for name, values in block.items():
+                buf[name].extend(values)
+            buf["run_id"].extend([run_id] * count)
+            buf["entity_level"].extend([level.value] * count)
+            buf["judge_version"].extend([judge_version] * count)
+            buf["computed_at"].extend([computed_at] * count)
+            self._buffered_entities += len(items)
             due = len(buf["entity_id"]) >= self.flush_rows
         if due:
             self.flush()
@@ -226,6 +235,76 @@ class MetadataWriter:
         self.rows_written += count
         self.entities_written += entities
         self.seconds_spent += time.perf_counter() - started
+
+
+#: One computed entity as the writer takes it:
+#: (entity_id, output, error, error_at, datapoint_id, step_number).
+EntityResult = tuple[str, BaseModel | None, str | None, str | None, str | None, int | None]
+_NUMBER = frozenset({int, float})
+
+
+def _encode_block(items: Sequence[EntityResult]) -> dict[str, list[Any]]:
+    """The entity key and typed value columns of ``items``, field by field."""
+    block: dict[str, list[Any]] = {
+        name: [] for name in ("entity_id", "datapoint_id", "step_number", "column", *_TYPED_COLUMNS)
+    }
+    by_fields: dict[tuple[str, ...], tuple[list[EntityResult], list[dict[str, Any]]]] = {}
+    for item in items:
+        if item[1] is not None:
+            values = item[1].model_dump(mode="json")
+            group = by_fields.setdefault(tuple(values), ([], []))
+            group[0].append(item)
+            group[1].append(values)
+    for fields, (owners, rows) in by_fields.items():
+        for name in fields:
+            _extend_column(block, owners, name, [row[name] for row in rows])
+    _extend_strings(block, items, STATUS_COLUMN, ["ok" if i[2] is None else "error" for i in items])
+    _extend_strings(block, items, ERROR_COLUMN, [i[2] or "" for i in items])
+    failed = [i for i in items if i[3]]
+    if failed:
+        _extend_strings(block, failed, ERROR_AT_COLUMN, [str(i[3]) for i in failed])
+    return block
+
+
+def _extend_keys(block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str) -> int:
+    block["entity_id"].extend([o[0] for o in owners])
+    block["datapoint_id"].extend([o[4] or "" for o in owners])
+    block["step_number"].extend([o[5] for o in owners])
+    block["column"].extend([column] * len(owners))
+    return len(owners)
+
+
+def _extend_strings(
+    block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str, values: list[str]
+) -> None:
+    count = _extend_keys(block, owners, column)
+    block["value_type"].extend(["string"] * count)
+    block["value_number"].extend([None] * count)
+    block["value_string"].extend(values)
+    block["value_bool"].extend([None] * count)
+    block["value_json"].extend([None] * count)
+
+
+def _extend_column(
+    block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str, values: list[Any]
+) -> None:
+    """One output field of many entities; a column of one plain type skips the per-value
+    type dispatch."""
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        _extend_strings(block, owners, column, values)
+        return
+    count = _extend_keys(block, owners, column)
+    if kinds <= _NUMBER:
+        block["value_type"].extend(["number"] * count)
+        block["value_number"].extend(map(float, values))
+        block["value_string"].extend([None] * count)
+        block["value_bool"].extend([None] * count)
+        block["value_json"].extend([None] * count)
+        return
+    typed = list(map(_typed, values))
+    for name, part in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
+        block[name].extend(part)
 
 
 def _empty_buffer() -> dict[str, list[Any]]:
@@ -326,29 +405,130 @@ def load_entities(
             where += (
                 f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
             )
-    # Each column's newest row: with several versions stored, the entity's newest status names
-    # the version, and columns of other versions are dropped below.
     rows = store.rows(
-        f"""
-        SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
-               judge_version, computed_at, datapoint_id, step_number
-        FROM {{db}}.entity_metadata FINAL WHERE {where}
-        ORDER BY entity_id, column, computed_at DESC
-        LIMIT 1 BY entity_id, column
-        """,
+        _ENTITY_ROWS_SQL.format(
+            where=where, order="", block_rows=ENTITY_BLOCK_ROWS, sort_bytes=ENTITY_SORT_BYTES
+        ),
         params,
     )
-    entities: list[StoredEntity] = []
+    return list(_fold_entities(rows, judge_version))
+
+
+# Each column's newest row: with several versions stored, the entity's newest status names
+# the version, and columns of other versions are dropped when folding.
+_ENTITY_ROWS_SQL = """
+    SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
+           judge_version, computed_at, datapoint_id, step_number
+    FROM {{db}}.entity_metadata FINAL WHERE {where}
+    ORDER BY {order}entity_id, column, computed_at DESC
+    LIMIT 1 BY entity_id, column
+    SETTINGS max_block_size = {block_rows}, max_bytes_before_external_sort = {sort_bytes}
+"""
+
+#: Past this many bytes ClickHouse sorts an entity stream on disk: a stream sorted by group
+#: key (not the table's order) would otherwise hold the whole level in memory to sort it.
+ENTITY_SORT_BYTES = 64_000_000
+
+#: Rows per block of an entity stream: values can be long texts (an LLM judge's reasons), so
+#: a block is kept well below ClickHouse's default of 65,536 rows.
+ENTITY_BLOCK_ROWS = 8192
+
+#: Key columns an entity stream can be sorted by (all rows of an entity share them).
+GROUP_COLUMNS = ("datapoint_id", "step_number")
+
+
+def iter_entities(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+    order_by: Sequence[str] = (),
+) -> Iterator[StoredEntity]:
+    """The stored entities of a level and judge version, streamed in entity id order (within
+    ``order_by``, some of :data:`GROUP_COLUMNS`, so each group's entities come together):
+    memory holds one block of rows, whatever the level's size. Uses its own connection, so
+    the caller may use ``store`` while iterating."""
+    unknown = [c for c in order_by if c not in GROUP_COLUMNS]
+    if unknown:
+        raise ValueError(f"entities sort by {GROUP_COLUMNS}, not {unknown}")
+    where, params = _identity_where(project_id, run_id, judge, level, None, None)
+    order = "".join(f"{column}, " for column in order_by)
+    reader = store.sibling()
+    try:
+        with reader.stream(
+            _ENTITY_ROWS_SQL.format(
+                where=where,
+                order=order,
+                block_rows=int(ENTITY_BLOCK_ROWS),
+                sort_bytes=int(ENTITY_SORT_BYTES),
+            ),
+            params,
+        ) as blocks:
+            yield from _fold_entities((row for block in blocks for row in block), judge_version)
+    finally:
+        reader.close()
+
+
+def count_entities(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+) -> tuple[int, int]:
+    """``(entities, failed)`` stored for a level and judge version, counted in ClickHouse."""
+    where, params = _identity_where(project_id, run_id, judge, level, judge_version, None)
+    params["status_col"] = STATUS_COLUMN
+    total, failed = store.rows(
+        f"SELECT count(), countIf(value_string = 'error') FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{status_col:String}}",
+        params,
+    )[0]
+    return int(total), int(failed)
+
+
+def error_summary(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+    limit: int = 20,
+) -> list[tuple[str, int, str]]:
+    """``(error, entities, first entity id)`` per distinct error of a level, most frequent
+    first, counted in ClickHouse."""
+    where, params = _identity_where(project_id, run_id, judge, level, judge_version, None)
+    params.update({"error_col": ERROR_COLUMN, "n": int(limit)})
+    rows = store.rows(
+        f"SELECT value_string, count(), min(entity_id) FROM {{db}}.entity_metadata FINAL "
+        f"WHERE {where} AND column = {{error_col:String}} AND value_string != '' "
+        "GROUP BY value_string ORDER BY count() DESC, value_string LIMIT {n:UInt64}",
+        params,
+    )
+    return [(str(e), int(c), str(i)) for e, c, i in rows]
+
+
+def _fold_entities(
+    rows: Iterable[Sequence[Any]], judge_version: str | None
+) -> Iterator[StoredEntity]:
+    """Entities from value rows sorted by (entity_id, column)."""
     current: str | None = None
     values: dict[str, Any] = {}
     meta: dict[str, Any] = {}
 
-    def close_entity() -> None:
+    def close_entity() -> StoredEntity | None:
         if current is None or STATUS_COLUMN not in values:
-            return
+            return None
         version = meta["version"]
         if judge_version is not None and version != judge_version:
-            return
+            return None
         status = values.pop(STATUS_COLUMN)
         error = values.pop(ERROR_COLUMN, "") or None
         error_at = values.pop(ERROR_AT_COLUMN, None) if error is not None else None
@@ -356,31 +536,32 @@ def load_entities(
         stale = {c for c, v in meta["versions"].items() if v != version}
         for column in stale:
             values.pop(column, None)
-        entities.append(
-            StoredEntity(
-                current,
-                dict(values),
-                status == "ok",
-                error,
-                version,
-                meta["at"],
-                error_at,
-                meta["datapoint_id"] or None,
-                meta["step_number"],
-            )
+        return StoredEntity(
+            current,
+            dict(values),
+            status == "ok",
+            error,
+            version,
+            meta["at"],
+            error_at,
+            meta["datapoint_id"] or None,
+            meta["step_number"],
         )
 
     for entity_id, column, vtype, number, string, flag, raw, version, computed_at, dp, step in rows:
         if entity_id != current:
-            close_entity()
+            entity = close_entity()
+            if entity is not None:
+                yield entity
             current, values = entity_id, {}
             meta = {"versions": {}, "datapoint_id": dp, "step_number": step}
         values[column] = _untyped(vtype, number, string, flag, raw)
         meta["versions"][column] = version
         if column == STATUS_COLUMN:
             meta["version"], meta["at"] = version, computed_at
-    close_entity()
-    return entities
+    entity = close_entity()
+    if entity is not None:
+        yield entity
 
 
 def outputs_from_stored(

@@ -30,6 +30,11 @@ ORDERABLE_COLUMNS = (
 )
 
 TRACE_SELECT = ", ".join(TRACE_COLUMNS)
+
+#: Rows per block of a streamed span query. A block stays in memory while any trace of it is
+#: being mapped, so it is kept well below ClickHouse's default of 65,536 rows (message
+#: contents make a span row a kilobyte or more).
+SPAN_STREAM_BLOCK_ROWS = 16_384
 SPAN_SELECT = ", ".join(SPAN_COLUMNS)
 
 

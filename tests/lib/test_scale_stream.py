@@ -1,0 +1,52 @@
+"""Spans streamed as column blocks: one slice per trace, equal to the spans read per trace."""
+
+from __future__ import annotations
+
+from manta import MantaService
+from manta_lib.context import SpanColumns
+from manta_lib.demo import seed_demo
+from manta_lib.models import SPAN_COLUMNS
+from manta_lib.service import _trace_span_slices
+from manta_lib.store import Store
+
+
+def _block(rows: list[tuple[str, str, int]]) -> list[list[object]]:
+    """A column block in SPAN_COLUMNS order from (trace_id, run_id, seq) rows."""
+    filled = [
+        {"trace_id": t, "run_id": r, "seq": s, "kind": "tool", "is_error": s % 2 == 1}
+        for t, r, s in rows
+    ]
+    return [[row.get(name, "") for row in filled] for name in SPAN_COLUMNS]
+
+
+def test_a_trace_cut_by_a_block_boundary_is_one_slice() -> None:
+    blocks = [
+        _block([("a", "r", 0), ("b", "r", 0), ("b", "r", 1)]),
+        _block([("b", "r", 2), ("b", "r", 3)]),
+        _block([("b", "r", 4), ("c", "r", 0)]),
+        _block([("d", "r", 0)]),
+    ]
+    slices = list(_trace_span_slices(iter(blocks)))
+    assert [key for key, _ in slices] == [("r", "a"), ("r", "b"), ("r", "c"), ("r", "d")]
+    seq = SPAN_COLUMNS.index("seq")
+    assert [row[seq] for row in slices[1][1]] == [0, 1, 2, 3, 4]
+    assert [len(s) for _, s in slices] == [1, 5, 1, 1]
+
+
+def test_column_slices_answer_like_rows(store: Store) -> None:
+    seed_demo(store, traces=300, seed=5)
+    svc = MantaService(store)
+    streamed = [t for batch in svc.iter_trace_batches(batch_size=64) for t in batch]
+    assert len(streamed) == 300
+    assert any(isinstance(t._rows, SpanColumns) for t in streamed)
+    by_id = {t.trace_id: t for t in svc.load_contexts(svc.get_traces(order_by="trace_id"))}
+    for trace in streamed:
+        other = by_id[trace.trace_id]
+        # totals first: they read the columns before any row tuple is built
+        assert trace.tool_error_count == other.tool_error_count
+        assert trace.tool_call_count == other.tool_call_count
+        assert trace.llm_tokens == other.llm_tokens
+        assert trace.llm_cost_usd == other.llm_cost_usd
+        assert trace.has_error == other.has_error
+        assert trace.spans() == other.spans()
+        assert trace.conversation().to_text() == other.conversation().to_text()
