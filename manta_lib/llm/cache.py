@@ -16,6 +16,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,8 +52,10 @@ def key_of(namespace: str, messages: list[dict[str, Any]], sample_index: int | N
 class ResponseCache:
     """Thread-safe cache of judge answers backed by the ``llm_cache`` table.
 
-    Opens its own store connection on first use (``settings``) unless given ``store``;
-    :meth:`close` flushes and releases a connection it opened.
+    Without ``store`` it opens its own connection (``settings``) only for each load or flush
+    and releases it right after: an embedded (chDB) store admits one process at a time, and a
+    notebook or worker that judged once must not keep Dagster or the CLI out of it.
+    :meth:`close` flushes.
     """
 
     def __init__(
@@ -80,20 +84,28 @@ class ResponseCache:
         self._table_ready = False
         self._exit_hook = False
 
-    def _open(self) -> Store:
-        if self._store is None:
+    @contextmanager
+    def _connection(self) -> Iterator[Store]:
+        """The given store, or a connection of this call's own, closed right after."""
+        if not self._exit_hook:
+            # After the store's own exit hooks (they run in reverse order): a script that
+            # never closes its judges still writes its last answers.
+            atexit.register(self.flush)
+            self._exit_hook = True
+        if self._store is not None:
+            store = self._store
+        else:
             from manta_lib.settings import load_settings
 
-            self._store = Store.open(self._settings or load_settings())
-            if not self._exit_hook:
-                # After the store's own exit hooks (they run in reverse order): a script that
-                # never closes its judges still writes its last answers.
-                atexit.register(self.flush)
-                self._exit_hook = True
-        if not self._table_ready:
-            ensure_llm_cache_table(self._store)
-            self._table_ready = True
-        return self._store
+            store = Store.open(self._settings or load_settings())
+        try:
+            if not self._table_ready:
+                ensure_llm_cache_table(store)
+                self._table_ready = True
+            yield store
+        finally:
+            if self._owns_store:
+                store.close()
 
     def get(self, namespace: str, key: str) -> CachedRow | None:
         """The cached answer for ``key``, loading ``namespace`` in one query the first time."""
@@ -111,9 +123,8 @@ class ResponseCache:
             if self.max_age_days is not None:
                 not_before = datetime.now(UTC) - timedelta(days=self.max_age_days)
             started = time.perf_counter()
-            with self._lock:
-                store = self._open()
-            rows = dict(iter_namespace(store, namespace, not_before))
+            with self._connection() as store:
+                rows = dict(iter_namespace(store, namespace, not_before))
             log.debug(
                 "LLM cache: loaded %d answers of namespace %s in %.2f s",
                 len(rows),
@@ -160,15 +171,14 @@ class ResponseCache:
                 if not count:
                     return
                 self._buffer = {name: [] for name in LLM_CACHE_COLUMNS}
-                store = self._open()
             try:
-                insert_rows(store, batch)
+                with self._connection() as store:
+                    insert_rows(store, batch)
             except Exception as exc:  # noqa: BLE001 - losing cache rows must not fail traces
                 log.warning(
-                    "could not write %d LLM answers to %s.llm_cache (%s); they will be asked "
+                    "could not write %d LLM answers to llm_cache (%s); they will be asked "
                     "again on the next run",
                     count,
-                    store.database,
                     exc,
                 )
                 return
@@ -176,11 +186,8 @@ class ResponseCache:
             self.inserts += 1
 
     def close(self) -> None:
-        """Flush and release the store connection if this cache opened it."""
+        """Flush what is buffered and forget the loaded answers."""
         self.flush()
         with self._lock:
-            if self._owns_store and self._store is not None:
-                self._store.close()
-                self._store = None
-                self._table_ready = False
+            self._table_ready = False
             self._namespaces.clear()

@@ -122,3 +122,25 @@ def test_a_script_that_never_closes_its_judge_still_writes_its_answers(
     ]
     assert [int(c) for c in calls] == [3, 0]
     assert fake.stats()["completions"] == 3
+
+
+def test_the_cache_holds_no_embedded_store_between_loads_and_flushes(
+    fake: FakeOpenAIServer, make_judge: Any, settings: Any
+) -> None:
+    """An embedded store admits one process: a process that judged once must not keep it."""
+    from manta_lib.llm import registry
+
+    def holds_store() -> bool:
+        fds = Path("/proc/self/fd")
+        targets = []
+        for fd in fds.iterdir():
+            try:
+                targets.append(os.readlink(fd))
+            except OSError:
+                continue
+        return any(t == str(settings.chdb_path / "status") for t in targets)
+
+    judge = make_judge()
+    judge("a trajectory that fails")  # loads the namespace, buffers the answer
+    registry.flush_all()  # writes it
+    assert not holds_store()
