@@ -99,7 +99,8 @@ def estimate(
     hit_rate = used.cache_hits / requests if requests else 0.0
     full_cost = (used.cost_usd + used.cached_cost_usd) * scale if used.cost_known else None
     calls = round(requests * scale)
-    throughput, limits = _throughput(used.mean_latency_s, workers, used, calls)
+    judges = registry.judges_used_by([fn]) or registry.live_judges()
+    throughput, limits = _throughput(judges, used.mean_latency_s, workers, used, calls)
     calls_to_make = calls * (1 - hit_rate)
     return Estimate(
         sample_size=len(sample),
@@ -139,9 +140,11 @@ def _interval(item_costs: list[float], scope_size: int) -> tuple[float, float] |
     return max(0.0, (mean - half) * scope_size), (mean + half) * scope_size
 
 
-def _throughput(latency_s: float, workers: int, used: Any, calls: int) -> tuple[float, str]:
+def _throughput(
+    judges: list[Any], latency_s: float, workers: int, used: Any, calls: int
+) -> tuple[float, str]:
     """Calls per second at the current limits, and which limit decides it."""
-    limiters = {id(judge.limiter): judge.limiter for judge in registry.live_judges()}
+    limiters = {id(judge.limiter): judge.limiter for judge in judges}
     ceiling = min((lim.ceiling for lim in limiters.values()), default=workers)
     parallel = min(workers, ceiling)
     candidates: list[tuple[float, str]] = []

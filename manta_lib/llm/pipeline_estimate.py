@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from manta_lib.errors import QueryError
+from manta_lib.llm import registry
 from manta_lib.llm.estimate import Estimate, estimate
 from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
@@ -59,5 +60,6 @@ def estimate_pipeline(
             )
         ]
         contexts = service.load_contexts(records)
-    with LLMRunScope(settings=settings):
+    judges = registry.judges_used_by(spec.fn for spec in pipeline.levels) or None
+    with LLMRunScope(settings=settings, judges=judges):
         return estimate(map_fn, contexts, scope_size, workers=max_workers or DEFAULT_LLM_WORKERS)
