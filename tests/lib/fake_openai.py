@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from tests.lib.http_fixtures import LoopbackServer
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -84,7 +86,7 @@ def instance_of(schema: dict[str, Any], seed: str, defs: dict[str, Any] | None =
     return "because " + "x" * (digest % 120)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """The server, on 127.0.0.1 at a random port, in a background thread."""
 
     def __init__(
@@ -146,22 +148,6 @@ class FakeOpenAIServer:
                 "faults_served": self.faults_served,
                 "max_in_flight": self.max_in_flight,
             }
-
-    def start(self) -> FakeOpenAIServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- request handling --------------------------------------------------------------------
 

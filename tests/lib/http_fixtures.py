@@ -20,7 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,35 @@ class CannedResponse:
         return b"" if self.json is None else json.dumps(self.json).encode()
 
 
-class RecordingHTTPServer:
+class LoopbackServer:
+    """Start/stop and ``with`` for a ``ThreadingHTTPServer`` on 127.0.0.1 served by a thread.
+
+    Subclasses set ``_server``, ``_thread`` and ``_stopping`` (set on stop, so handlers that
+    sleep to simulate a slow answer wake up and give up).
+    """
+
+    _server: ThreadingHTTPServer
+    _thread: threading.Thread
+    _stopping: threading.Event
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RecordingHTTPServer(LoopbackServer):
     """A ``ThreadingHTTPServer`` on 127.0.0.1 (random port) run in a background thread."""
 
     def __init__(self, default: CannedResponse | None = None) -> None:
@@ -87,23 +115,6 @@ class RecordingHTTPServer:
         with self._lock:
             self._queue.append(CannedResponse(status, json, dict(headers or {}), delay, body))
         return self
-
-    def start(self) -> RecordingHTTPServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; handlers still sleeping in a ``delay`` wake up and give up."""
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> RecordingHTTPServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _next(self, request: RecordedRequest) -> CannedResponse:
         with self._lock:

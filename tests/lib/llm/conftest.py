@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any, Literal
 
 import pytest
@@ -67,3 +69,15 @@ def make_judge(
     yield build
     for judge in made:
         judge.close()
+
+
+@pytest.fixture
+def example(
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, settings: MantaSettings
+) -> ModuleType:
+    """``examples.failure_modes`` with its judge pointed at the fake server."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    import examples.failure_modes as module
+
+    return importlib.reload(module)  # the judge reads the environment at import

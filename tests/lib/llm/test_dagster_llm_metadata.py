@@ -3,7 +3,6 @@ judges' calls, cache hits, tokens and dollars."""
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import dagster as dg
@@ -12,21 +11,9 @@ import pytest
 from manta_dagster.assets import level_key
 from manta_lib.demo import seed_demo
 from manta_lib.models import EntityLevel
-from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 from tests.dagster.helpers import all_shards, build, materialize, metadata_values, register
 from tests.lib.fake_openai import FakeOpenAIServer
-
-
-@pytest.fixture
-def example(
-    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, settings: MantaSettings
-) -> ModuleType:
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    import examples.failure_modes as module
-
-    return importlib.reload(module)
 
 
 @pytest.mark.slow

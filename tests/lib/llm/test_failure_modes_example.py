@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -12,21 +11,8 @@ import pytest
 
 from manta_lib.demo import seed_demo
 from manta_lib.models import EntityLevel
-from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 from tests.lib.fake_openai import FakeOpenAIServer
-
-
-@pytest.fixture
-def example(
-    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, settings: MantaSettings
-) -> ModuleType:
-    """The example module with its judge pointed at the fake server."""
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    import examples.failure_modes as module
-
-    return importlib.reload(module)  # the judge reads the environment at import
 
 
 @pytest.mark.slow
