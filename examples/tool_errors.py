@@ -27,6 +27,7 @@ class DatapointToolErrors(BaseModel):
     error_rate: float = Field(description="tool errors per tool call over the group")
     rollouts_with_errors: int
     mean_score: float | None
+    scored_rollouts: int = Field(description="rollouts with a grader score (mean_score's base)")
     failing_tools: dict[str, int] = Field(description="tool name -> failed calls in the group")
 
 
@@ -58,6 +59,7 @@ def reduce_datapoint(entity: EntityRef, rollouts: list[TraceToolErrors]) -> Data
         error_rate=errors / calls if calls else 0.0,
         rollouts_with_errors=sum(1 for r in rollouts if r.tool_errors),
         mean_score=sum(scores) / len(scores) if scores else None,
+        scored_rollouts=len(scores),
         failing_tools=dict(Counter(name for r in rollouts for name in r.failing_tools)),
     )
 
@@ -67,7 +69,8 @@ def reduce_step(entity: EntityRef, datapoints: list[DatapointToolErrors]) -> Ste
     failing: Counter[str] = Counter()
     for datapoint in datapoints:
         failing.update(datapoint.failing_tools)
-    scored = [(d.mean_score, d.rollouts) for d in datapoints if d.mean_score is not None]
+    # Weighted by the scored rollouts: a rollout without a score is in no group's mean.
+    scored = [(d.mean_score, d.scored_rollouts) for d in datapoints if d.mean_score is not None]
     weight = sum(n for _, n in scored)
     return StepToolErrors(
         datapoints=len(datapoints),

@@ -188,3 +188,22 @@ def test_the_step_level_cannot_be_fed_by_datapoints_across_steps() -> None:
     with pytest.raises(PipelineDefinitionError, match="STEP"):
         pipeline.add_level(EntityLevel.STEP, sum_counts, Counts)
     pipeline.add_level(EntityLevel.RUN, sum_counts, Counts)  # a run over datapoints is fine
+
+
+def test_the_tool_errors_example_step_score_equals_the_sql_mean(demo: MantaSettings) -> None:
+    from examples import tool_errors
+
+    expected = {
+        str(step): mean
+        for step, mean in _sql(
+            demo,
+            "SELECT step_number, avg(score) FROM {db}.traces WHERE run_id = {run:String} "
+            "GROUP BY step_number",
+            TRAIN_RUN,
+        )
+    }
+    result = tool_errors.pipeline.run(TRAIN_RUN, mode="local", persist_results=False)
+    steps = _outputs(result, EntityLevel.STEP)
+    assert set(steps) == set(expected)
+    for step, output in steps.items():
+        assert output.mean_score == pytest.approx(expected[step], abs=1e-9), step
