@@ -95,7 +95,8 @@ def seed_run(store: Store, run_id: str, traces: int, judge: str, columns: list[t
         store.command(
             f"""
             INSERT INTO {{db}}.entity_metadata
-            SELECT {{p:String}}, {{r:String}}, {{j:String}}, 'trace', {TRACE_ID}, '{name}',
+            SELECT {{p:String}}, {{r:String}}, {{j:String}}, 'trace', {TRACE_ID},
+                   concat('dp_', toString(number % 500)), intDiv(number, 1000), '{name}',
                    '{kind}', {number}, {string}, {flag}, {raw}, 'v1', {{at:DateTime64(6, 'UTC')}}
             FROM numbers({{n:UInt64}}){where}
             """,
@@ -139,8 +140,7 @@ def main() -> None:
         svc = MantaService(store)
 
         selection = select_results(store, "bench", TABLE_RUN)
-        keys = q.level_keys("trace", selection.key_columns)
-        sql, params = q.pivot_sql(selection.query(), None, None, keys.join_traces)
+        sql, params = q.pivot_sql(selection.query(), None, None)
         rows = {}
 
         def ceiling() -> None:
