@@ -53,6 +53,7 @@ class BatchMapper:
     """A :class:`~manta_lib.pipeline.mapping.Mapper` over a :class:`BatchRunner`."""
 
     shares_store = False
+    streams = False
 
     def __init__(self, runner: BatchRunner, *, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.runner = runner
@@ -67,7 +68,7 @@ class BatchMapper:
         self.runner.close()
 
     def map(self, job: MapJob) -> list[MetadataOutput] | None:
-        pending = [list(ids) for ids in split(job.trace_ids, job.options.batch_size)]
+        pending = [list(ids) for ids in split(job.ids(), job.options.batch_size)]
         self.batches += len(pending)
         ref = pipeline_ref(job.pipeline)
         returned: list[MetadataOutput] = []

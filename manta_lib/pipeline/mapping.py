@@ -32,6 +32,7 @@ from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import MetadataWriter, utc_now
+from manta_lib.store.trace_queries import Unmapped
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,14 @@ class MapTally:
 
 @dataclass
 class MapJob:
-    """Map ``trace_ids`` (the pending traces of ``scope``, in scope order)."""
+    """Map ``trace_ids`` (the pending traces of ``scope``, in scope order), or with
+    ``trace_ids=None`` every trace of the scope without a stored result of the judge version,
+    streamed (``pending_count`` of them when the job was made)."""
 
     pipeline: PipelineDefinition
     judge_version: str
     scope: Scope
-    trace_ids: list[str]
+    trace_ids: list[str] | None
     options: RunOptions
     tally: MapTally
     settings: MantaSettings
@@ -126,6 +129,19 @@ class MapJob:
     #: Keep the outputs and return them. False (a persisted run) writes each trace and drops
     #: it, so memory does not grow with the run; :meth:`Mapper.map` then returns None.
     collect: bool = True
+    pending_count: int = -1
+
+    def __post_init__(self) -> None:
+        if self.pending_count < 0:
+            if self.trace_ids is None:
+                raise ValueError("a streamed MapJob needs pending_count")
+            self.pending_count = len(self.trace_ids)
+
+    def ids(self) -> list[str]:
+        """The job's trace ids (a mapper that cannot stream the scope needs them)."""
+        if self.trace_ids is None:
+            raise ValueError("this MapJob streams its scope: it has no list of trace ids")
+        return self.trace_ids
 
     @property
     def persist(self) -> bool:
@@ -142,6 +158,9 @@ class Mapper(Protocol):
     #: Whether :meth:`map` uses the caller's open store (``MapJob.store``). With False the
     #: caller closes its store first: an embedded chDB store admits one process at a time.
     shares_store: bool
+    #: Whether :meth:`map` takes a job without trace ids (``trace_ids=None``): it streams
+    #: the scope's unmapped traces itself.
+    streams: bool
 
     def map(self, job: MapJob) -> list[MetadataOutput] | None:
         """Map the job's traces; return their outputs, or None when they were persisted and
@@ -168,6 +187,7 @@ class ThreadMapper:
     """
 
     shares_store = True
+    streams = True
 
     def summary(self) -> dict[str, Any]:
         return {}
@@ -176,7 +196,7 @@ class ThreadMapper:
         return None
 
     def map(self, job: MapJob) -> list[MetadataOutput] | None:
-        if not job.trace_ids:
+        if not job.pending_count:
             return [] if job.collect or not job.persist else None
         assert job.store is not None, "ThreadMapper needs the caller's open store"
         writer = None
@@ -291,6 +311,23 @@ class ThreadMapper:
     def _batches(job: MapJob, service: MantaService) -> Iterator[list[TraceContext]]:
         """The job's traces with their spans, a batch at a time."""
         size = job.options.batch_size
+        if job.trace_ids is None:
+            # The scope's traces without a stored result, selected in ClickHouse, in storage
+            # order: one trace stream and one span stream.
+            unmapped = Unmapped(
+                job.pipeline.project_id,
+                job.pipeline.judge,
+                job.judge_version,
+                job.options.retry_errors,
+            )
+            yield from service.iter_trace_batches(
+                job.scope.run_id,
+                batch_size=size,
+                shards=job.scope.shards,
+                shard_count=job.scope.shard_count,
+                unmapped=unmapped,
+            )
+            return
         stream = (
             not job.options.limits.active
             and len(job.trace_ids) > size

@@ -9,7 +9,7 @@ level has and which children of the level below feed each of them.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,18 +72,55 @@ class Limits:
         return "no limit"
 
 
+class PlannedRefs(Sequence[TraceRef]):
+    """A scope's trace refs, read from the store the first time they are used.
+
+    A persisted run maps its scope as a stream and reduces from the store, so it never
+    reads them: nothing of the run's size is held in memory.
+    """
+
+    def __init__(self, load: Callable[[], list[TraceRef]]) -> None:
+        self._load: Callable[[], list[TraceRef]] | None = load
+        self._refs: list[TraceRef] | None = None
+
+    def _get(self) -> list[TraceRef]:
+        if self._refs is None:
+            assert self._load is not None
+            self._refs, self._load = self._load(), None
+        return self._refs
+
+    @property
+    def loaded(self) -> bool:
+        return self._refs is not None
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._get()[index]
+
+    def __iter__(self) -> Iterator[TraceRef]:
+        return iter(self._get())
+
+
 @dataclass(frozen=True)
 class Scope:
     """The traces one computation step covers: a run, or some datapoint shards of it."""
 
     run_id: str
-    refs: list[TraceRef]
+    refs: Sequence[TraceRef]
     shards: tuple[int, ...] | None = None
     shard_count: int = 64
 
     @property
     def trace_ids(self) -> list[str]:
         return [ref.trace_id for ref in self.refs]
+
+    def trace_filter(self, **more: Any) -> TraceFilter:
+        """The scope's traces as a filter (limits aside)."""
+        return TraceFilter(
+            run_id=self.run_id, shards=self.shards, shard_count=self.shard_count, **more
+        )
 
     def describe(self) -> str:
         if self.shards is None:
@@ -99,7 +136,8 @@ def plan_scope(
     shards: Sequence[int] | None = None,
     shard_count: int = 64,
 ) -> Scope:
-    """The traces in scope, ordered by (step_number, datapoint_id, trace_id)."""
+    """The traces in scope, ordered by (step_number, datapoint_id, trace_id); their refs are
+    read when first used, on ``store``."""
     limits = limits or Limits()
     where, params = TraceFilter(run_id=run_id, shards=shards, shard_count=shard_count).where()
     if limits.datapoints is not None:
@@ -121,7 +159,12 @@ def plan_scope(
     if limits.traces is not None:
         params["n"] = limits.traces
         sql += " LIMIT {n:UInt64}"
-    refs = [TraceRef(t, d, s) for t, d, s in store.rows(sql, params)]
+
+    def load() -> list[TraceRef]:
+        return [TraceRef(t, d, s) for t, d, s in store.rows(sql, params)]
+
+    # A subset is read now: its "first N" are those of this moment.
+    refs = load() if limits.active else PlannedRefs(load)
     return Scope(run_id, refs, None if shards is None else tuple(shards), shard_count)
 
 
@@ -150,6 +193,35 @@ def _child_id(below: EntityLevel, ref: TraceRef) -> str:
     raise ValueError(f"{below.value} is the top level: no level is fed by it")
 
 
+def group_columns(level: EntityLevel) -> tuple[str, ...]:
+    """The key columns that make one entity of ``level`` out of the entities below it."""
+    if level is EntityLevel.DATAPOINT:
+        return ("datapoint_id", "step_number")
+    if level is EntityLevel.STEP:
+        return ("step_number",)
+    if level is EntityLevel.DATAPOINT_ACROSS_STEPS:
+        return ("datapoint_id",)
+    if level is EntityLevel.RUN:
+        return ()
+    raise ValueError(f"{level} is not a reduce level")
+
+
+def group_entity(
+    level: EntityLevel, run_id: str, key: tuple[Any, ...], steps: Iterable[int] = ()
+) -> tuple[str, dict[str, Any]]:
+    """``(entity id, keys)`` of the ``level`` entity whose :func:`group_columns` values are
+    ``key``; ``steps`` are the steps a datapoint-across-steps entity covers."""
+    if level is EntityLevel.DATAPOINT:
+        return group_id(*key), {"datapoint_id": key[0], "step_number": key[1]}
+    if level is EntityLevel.STEP:
+        return str(key[0]), {"step_number": key[0]}
+    if level is EntityLevel.DATAPOINT_ACROSS_STEPS:
+        return key[0], {"datapoint_id": key[0], "steps": sorted(set(steps))}
+    if level is EntityLevel.RUN:
+        return run_id, {"run_id": run_id}
+    raise ValueError(f"{level} is not a reduce level")
+
+
 def group_children(
     level: EntityLevel, below: EntityLevel, run_id: str, refs: Sequence[TraceRef]
 ) -> dict[str, tuple[dict[str, Any], list[str]]]:
@@ -163,33 +235,19 @@ def group_children(
       ``datapoint_id`` and ``steps``.
     - RUN: every entity of the level below.
     """
-    members: dict[Any, dict[str, None]] = defaultdict(dict)  # ordered sets of child ids
-    steps: dict[str, set[int]] = defaultdict(set)
+    columns = group_columns(level)
+    members: dict[tuple[Any, ...], dict[str, None]] = defaultdict(dict)  # ordered sets
+    steps: dict[tuple[Any, ...], set[int]] = defaultdict(set)
     for ref in refs:
-        if level is EntityLevel.DATAPOINT:
-            key: Any = (ref.datapoint_id, ref.step_number)
-        elif level is EntityLevel.STEP:
-            key = ref.step_number
-        elif level is EntityLevel.DATAPOINT_ACROSS_STEPS:
-            key = ref.datapoint_id
-            steps[ref.datapoint_id].add(ref.step_number)
-        elif level is EntityLevel.RUN:
-            key = run_id
-        else:
-            raise ValueError(f"{level} is not a reduce level")
+        key = tuple(getattr(ref, column) for column in columns)
+        if level is EntityLevel.DATAPOINT_ACROSS_STEPS:
+            steps[key].add(ref.step_number)
         members[key][_child_id(below, ref)] = None
     groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
     ordered = sorted(members) if level is EntityLevel.STEP else list(members)
     for key in ordered:
-        children = list(members[key])
-        if level is EntityLevel.DATAPOINT:
-            groups[group_id(*key)] = ({"datapoint_id": key[0], "step_number": key[1]}, children)
-        elif level is EntityLevel.STEP:
-            groups[str(key)] = ({"step_number": key}, children)
-        elif level is EntityLevel.DATAPOINT_ACROSS_STEPS:
-            groups[key] = ({"datapoint_id": key, "steps": sorted(steps[key])}, children)
-        else:
-            groups[key] = ({"run_id": key}, children)
+        entity_id, keys = group_entity(level, run_id, key, steps.get(key, ()))
+        groups[entity_id] = (keys, list(members[key]))
     return groups
 
 

@@ -16,11 +16,9 @@ calls the same :func:`map_scope` and :func:`reduce_scope` for the partitions of 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import groupby
 from typing import Any
 
 from manta_lib.entities import MetadataOutput
@@ -33,7 +31,7 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
 from manta_lib.pipeline.options import RunOptions
-from manta_lib.pipeline.planner import Scope, group_children, plan_scope
+from manta_lib.pipeline.planner import Scope, group_columns, group_entity, plan_scope
 from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.pipeline.record import record_computation, summarize_counts
@@ -43,13 +41,9 @@ from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_le
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
-from manta_lib.store.metadata import (
-    GROUP_COLUMNS,
-    MetadataWriter,
-    count_entities,
-    iter_entities,
-    outputs_from_stored,
-)
+from manta_lib.store.entity_groups import iter_output_groups
+from manta_lib.store.metadata import MetadataWriter, count_entities
+from manta_lib.store.trace_queries import Unmapped, count_traces
 
 log = logging.getLogger(__name__)
 
@@ -239,33 +233,43 @@ def map_scope(
     mapper = mapper or ThreadMapper()
     clock = clock or BucketClock()
     version = pipeline.judge_version
-    wanted = scope.trace_ids
+    # A persisted run over a whole scope streams it: which traces are still to map is decided
+    # in ClickHouse, and no list of the scope's trace ids is held (memory stays flat).
+    streamed = options.persists and not collect and mapper.streams and not options.limits.active
+    wanted: list[str] | None = None
+    pending: list[str] | None = None
     with clock("load"):
-        done = (
-            completed_traces(
-                session.get(),
-                pipeline,
-                version,
-                scope.run_id,
-                set(wanted),
-                retry_errors=options.retry_errors,
+        if streamed:
+            scope_size, pending_count = _count_pending(session.get(), pipeline, scope, options)
+            done_count = scope_size - pending_count
+        else:
+            wanted = scope.trace_ids
+            done = (
+                completed_traces(
+                    session.get(),
+                    pipeline,
+                    version,
+                    scope.run_id,
+                    set(wanted),
+                    retry_errors=options.retry_errors,
+                )
+                if options.persists
+                else set()
             )
-            if options.persists
-            else set()
-        )
-    pending = [tid for tid in wanted if tid not in done]
-    if done:
+            pending = [tid for tid in wanted if tid not in done]
+            scope_size, pending_count, done_count = len(wanted), len(pending), len(done)
+    if done_count:
         log.info(
             "resuming %s on %s: %d of %d traces already computed for version %s",
             pipeline.judge,
             scope.describe(),
-            len(done),
-            len(wanted),
+            done_count,
+            scope_size,
             version,
         )
     tally = MapTally(
-        len(pending),
-        scope_size=len(wanted),
+        pending_count,
+        scope_size=scope_size,
         max_failures=options.max_failures,
         description=f"{pipeline.judge} · {scope.run_id}",
         progress=options.progress,
@@ -273,7 +277,7 @@ def map_scope(
     )
     computed: list[MetadataOutput] | None = []
     try:
-        if pending:
+        if pending_count:
             if not mapper.shares_store:
                 session.release()
             job = MapJob(
@@ -281,6 +285,7 @@ def map_scope(
                 judge_version=version,
                 scope=scope,
                 trace_ids=pending,
+                pending_count=pending_count,
                 options=options,
                 tally=tally,
                 settings=session.settings,
@@ -293,13 +298,13 @@ def map_scope(
                     tally.note = llm.progress_text
                 computed = mapper.map(job)
             if llm is not None and llm.stopped:
-                raise llm.stop_error(tally.mapped, len(pending))
+                raise llm.stop_error(tally.mapped, pending_count)
     except KeyboardInterrupt:
         log.warning(
             "interrupted: %d of %d traces of %s were mapped%s. Run the same pipeline on %s "
             "again to map only the traces without a stored result",
             tally.mapped,
-            len(pending),
+            pending_count,
             scope.describe(),
             " and written" if options.persists else " (not persisted)",
             scope.run_id,
@@ -310,8 +315,9 @@ def map_scope(
     tally.raise_if_over_budget()
     if not collect and options.persists:
         with clock("load"):
-            _require_stored(session.get(), pipeline, scope, wanted)
-        return ScopeOutputs([], tally.mapped, len(done))
+            _require_stored(session.get(), pipeline, scope, scope_size, wanted)
+        return ScopeOutputs([], tally.mapped, done_count)
+    assert wanted is not None and pending is not None
     with clock("load"):
         if computed is None:  # persisted by remote workers: read everything back
             outputs = _load_traces(session.get(), pipeline, scope, wanted)
@@ -322,9 +328,24 @@ def map_scope(
                     f"result for version {version} (first: {', '.join(missing[:3])}); "
                     f"entity_metadata lost rows, run again to recompute them"
                 )
-            return ScopeOutputs(outputs, tally.mapped, len(done))
-        previous = _load_traces(session.get(), pipeline, scope, sorted(done)) if done else []
-    return ScopeOutputs(ordered(wanted, previous, computed), tally.mapped, len(done))
+            return ScopeOutputs(outputs, tally.mapped, done_count)
+        done_ids = sorted(set(wanted) - set(pending))
+        previous = _load_traces(session.get(), pipeline, scope, done_ids) if done_ids else []
+    return ScopeOutputs(ordered(wanted, previous, computed), tally.mapped, done_count)
+
+
+def _count_pending(
+    store: Store, pipeline: PipelineDefinition, scope: Scope, options: RunOptions
+) -> tuple[int, int]:
+    """``(traces in scope, traces still to map)`` for the pipeline's version, counted in
+    ClickHouse."""
+    unmapped = Unmapped(
+        pipeline.project_id, pipeline.judge, pipeline.judge_version, options.retry_errors
+    )
+    return (
+        count_traces(store, scope.trace_filter()),
+        count_traces(store, scope.trace_filter(unmapped=unmapped)),
+    )
 
 
 @contextmanager
@@ -362,10 +383,15 @@ def add_llm_usage(summary: dict[str, Any], fields: dict[str, Any]) -> None:
 
 
 def _require_stored(
-    store: Store, pipeline: PipelineDefinition, scope: Scope, wanted: Sequence[str]
+    store: Store,
+    pipeline: PipelineDefinition,
+    scope: Scope,
+    expected: int,
+    wanted: Sequence[str] | None,
 ) -> None:
-    """Raise unless every trace of ``wanted`` has a stored status for the judge version
-    (counted in ClickHouse; the ids are compared only when the count is short)."""
+    """Raise unless every trace of the scope (``expected`` of them; ``wanted`` when the ids
+    are at hand) has a stored status for the judge version (counted in ClickHouse; the ids
+    are compared only when the count is short)."""
     stored, _ = count_entities(
         store,
         project_id=pipeline.project_id,
@@ -374,8 +400,20 @@ def _require_stored(
         level=EntityLevel.TRACE,
         judge_version=pipeline.judge_version,
     )
-    if stored >= len(wanted):
+    if stored >= expected:
         return
+    if wanted is None:
+        unmapped = Unmapped(
+            pipeline.project_id, pipeline.judge, pipeline.judge_version, retry_errors=False
+        )
+        missing_count = count_traces(store, scope.trace_filter(unmapped=unmapped))
+        if not missing_count:
+            return
+        raise PersistenceError(
+            f"{missing_count} traces of {scope.describe()} were mapped but have no stored "
+            f"result for version {pipeline.judge_version}; entity_metadata lost rows, run "
+            f"again to recompute them"
+        )
     have = completed_traces(
         store, pipeline, pipeline.judge_version, scope.run_id, set(wanted), retry_errors=False
     )
@@ -398,34 +436,26 @@ def reduce_streamed(
     clock: BucketClock | None = None,
 ) -> int:
     """Compute and write ``level``'s entities of ``scope`` from the level below as stored,
-    one group key at a time; returns how many entities were written.
+    group by group; returns how many entities were written.
 
-    The groups come from :func:`~manta_lib.pipeline.planner.group_children`; the children are
-    streamed from the store sorted by the groups' key columns (``datapoint_id`` /
-    ``step_number``, those the level's keys have), so only the children of one key (and of
-    at most ``REDUCE_CHUNK`` children waiting for the pool) are in memory. A level without
-    key columns (the run) has one group: all of the level below.
+    The children (the level below, this judge version) come from the store pivoted and
+    sorted by the level's :func:`~manta_lib.pipeline.planner.group_columns`, so memory holds
+    the groups waiting for the pool (about ``REDUCE_CHUNK`` children), whatever the run size:
+    nothing here holds the scope's traces. The run level has one group: all of the level
+    below. A persisted run covers the whole run (or the scope's datapoint shards), so the
+    stored children are the scope's.
     """
     clock = clock or BucketClock()
     spec = pipeline.level(level)
     below = pipeline.below(level)
     run_id = scope.run_id
-    groups = group_children(level, below.level, run_id, scope.refs)
-    if not groups:
-        return 0
-    first_keys = next(iter(groups.values()))[0]
-    key_columns = [c for c in GROUP_COLUMNS if c in first_keys]
-    by_key: dict[tuple[Any, ...], list[str]] = defaultdict(list)
-    for entity_id, (keys, _) in groups.items():
-        # stored entities read an empty datapoint_id back as None
-        by_key[tuple(None if keys[c] == "" else keys[c] for c in key_columns)].append(entity_id)
     pool = IsolatedPool(
         options.max_workers if spec.uses_llm else 1,
         timeout_s=options.timeout_s,
         chunked=not spec.uses_llm,
     )
     writer = MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
-    waiting: list[str] = []
+    waiting: list[tuple[str, dict[str, Any], list[str]]] = []
     children: dict[str, MetadataOutput] = {}
     written = 0
 
@@ -437,7 +467,7 @@ def reduce_streamed(
             outputs = reduce_groups(
                 spec,
                 run_id,
-                ((eid, groups[eid][0], groups[eid][1]) for eid in waiting),
+                waiting,
                 children,
                 judge=pipeline.judge,
                 judge_version=pipeline.judge_version,
@@ -450,26 +480,28 @@ def reduce_streamed(
         waiting.clear()
         children.clear()
 
-    stored = iter_entities(
+    stored = iter_output_groups(
         store,
         project_id=pipeline.project_id,
         run_id=run_id,
         judge=pipeline.judge,
         level=below.level,
         judge_version=pipeline.judge_version,
-        order_by=key_columns,
+        schema=below.schema,
+        group_by=group_columns(level),
+        shards=scope.shards,
+        shard_count=scope.shard_count,
     )
-    for key, entities in groupby(stored, key=lambda e: tuple(getattr(e, c) for c in key_columns)):
+    while True:
         with clock("load"):
-            batch = outputs_from_stored(
-                entities,
-                schema=below.schema,
-                level=below.level,
-                run_id=run_id,
-                judge=pipeline.judge,
-            )
-        children.update((child.entity_id, child) for child in batch)
-        waiting.extend(by_key.pop(key, ()))
+            group = next(stored, None)
+        if group is None:
+            break
+        key, members = group
+        steps = (m.step_number for m in members if m.step_number is not None)
+        entity_id, keys = group_entity(level, run_id, key, steps)
+        waiting.append((entity_id, keys, [m.entity_id for m in members]))
+        children.update((m.entity_id, m) for m in members)
         if len(children) >= REDUCE_CHUNK:
             reduce_waiting()
     reduce_waiting()

@@ -326,7 +326,7 @@ class StoredEntity:
     step_number: int | None = None
 
 
-def _identity_where(
+def identity_where(
     project_id: str,
     run_id: str,
     judge: str,
@@ -364,7 +364,7 @@ def load_status(
     entity_ids: Sequence[str] | None = None,
 ) -> dict[str, bool]:
     """``{entity_id: ok}`` for the entities already written with ``judge_version``."""
-    where, params = _identity_where(project_id, run_id, judge, level, judge_version, entity_ids)
+    where, params = identity_where(project_id, run_id, judge, level, judge_version, entity_ids)
     params["status_col"] = STATUS_COLUMN
     rows = store.rows(
         f"SELECT entity_id, value_string FROM {{db}}.entity_metadata FINAL "
@@ -391,7 +391,7 @@ def load_entities(
     ``shards`` keeps the trace or datapoint entities of those datapoint hash shards of the run
     (the Dagster layout), selected inside the query.
     """
-    where, params = _identity_where(project_id, run_id, judge, level, None, entity_ids)
+    where, params = identity_where(project_id, run_id, judge, level, None, entity_ids)
     if shards is not None:
         if level not in SHARDED_LEVELS:
             raise ValueError(f"the {level.value} level is not sharded")
@@ -454,7 +454,7 @@ def iter_entities(
     unknown = [c for c in order_by if c not in GROUP_COLUMNS]
     if unknown:
         raise ValueError(f"entities sort by {GROUP_COLUMNS}, not {unknown}")
-    where, params = _identity_where(project_id, run_id, judge, level, None, None)
+    where, params = identity_where(project_id, run_id, judge, level, None, None)
     order = "".join(f"{column}, " for column in order_by)
     reader = store.sibling()
     try:
@@ -482,7 +482,7 @@ def count_entities(
     judge_version: str,
 ) -> tuple[int, int]:
     """``(entities, failed)`` stored for a level and judge version, counted in ClickHouse."""
-    where, params = _identity_where(project_id, run_id, judge, level, judge_version, None)
+    where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
     params["status_col"] = STATUS_COLUMN
     total, failed = store.rows(
         f"SELECT count(), countIf(value_string = 'error') FROM {{db}}.entity_metadata FINAL "
@@ -504,7 +504,7 @@ def error_summary(
 ) -> list[tuple[str, int, str]]:
     """``(error, entities, first entity id)`` per distinct error of a level, most frequent
     first, counted in ClickHouse."""
-    where, params = _identity_where(project_id, run_id, judge, level, judge_version, None)
+    where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
     params.update({"error_col": ERROR_COLUMN, "n": int(limit)})
     rows = store.rows(
         f"SELECT value_string, count(), min(entity_id) FROM {{db}}.entity_metadata FINAL "

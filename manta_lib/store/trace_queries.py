@@ -15,6 +15,7 @@ from typing import Any
 from manta_lib.errors import QueryError
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanKind
 from manta_lib.store import query_args as args
+from manta_lib.store.client import Store
 
 ORDERABLE_COLUMNS = (
     "trace_id",
@@ -69,6 +70,33 @@ def in_strings(column: str, param: str, values: list[str], params: dict[str, Any
     return f"{column} IN {{{param}:Array(String)}}"
 
 
+@dataclass(frozen=True)
+class Unmapped:
+    """The traces without a stored result of one judge version (with ``retry_errors``, or
+    whose stored result is an error): what a resumed computation still has to map."""
+
+    project_id: str
+    judge: str
+    judge_version: str
+    retry_errors: bool = True
+
+    def clause(self, params: dict[str, Any]) -> str:
+        """``trace_id NOT IN (...)`` over the run(s) bound as ``f_run``."""
+        params.update(
+            f_un_project=self.project_id, f_un_judge=self.judge, f_un_version=self.judge_version
+        )
+        done = " AND value_string = 'ok'" if self.retry_errors else ""
+        return (
+            "trace_id NOT IN (SELECT entity_id FROM {db}.entity_metadata FINAL "
+            "WHERE project_id = {f_un_project:String} AND run_id IN {f_run:Array(String)} "
+            "AND judge = {f_un_judge:String} AND judge_version = {f_un_version:String} "
+            f"AND entity_level = 'trace' AND column = '{_STATUS}'{done})"
+        )
+
+
+_STATUS = "__status__"
+
+
 @dataclass
 class TraceFilter:
     """Which traces a query selects. Every field is optional; set fields are ANDed.
@@ -99,6 +127,8 @@ class TraceFilter:
     shard_count: int = 64
     # A compiled results condition (manta_lib.results.ResultsFilter): its semi-join SQL.
     results: Any = None
+    # Only the traces a computation has not stored yet (needs run_id).
+    unmapped: Unmapped | None = None
 
     def __post_init__(self) -> None:
         self.run_id = args.optional_strings("run_id", self.run_id)
@@ -131,6 +161,8 @@ class TraceFilter:
             self.shards, self.shard_count = args.shards(self.shards, self.shard_count)
         else:
             self.shard_count = args.integer("shard_count", self.shard_count, low=1, high=2**32 - 1)
+        if self.unmapped is not None and self.run_id is None:
+            raise QueryError("the unmapped-traces filter needs run_id")
 
     def where(self) -> tuple[str, dict[str, Any]]:  # noqa: C901 - one flat clause per filter
         """The WHERE clause (``1`` when empty) and its parameters."""
@@ -177,7 +209,24 @@ class TraceFilter:
                 )
             clauses.append(self.results.sql)
             params.update(self.results.params)
+        if self.unmapped is not None:
+            clauses.append(self.unmapped.clause(params))
         return (" AND ".join(clauses) or "1"), params
+
+    def span_where(self) -> tuple[str, dict[str, Any]] | None:
+        """The same selection as a WHERE on the spans table, when every set field is a
+        column spans have (run, trace ids, unmapped); else None (select through traces)."""
+        span_fields = {"run_id", "trace_ids", "unmapped", "shard_count", "meta"}
+        if (
+            self.run_id is None
+            or any(
+                getattr(self, name) is not None and name not in span_fields
+                for name in self.__dataclass_fields__
+            )
+            or self.meta
+        ):
+            return None
+        return self.where()
 
 
 # A JSON number as the filter spells it in a string ("0.6", "-3", "1e3"), nothing looser.
@@ -318,3 +367,9 @@ class SpanFilter:
             params["s_is_error"] = self.is_error
             clauses.append("is_error = {s_is_error:Bool}")
         return (" AND ".join(clauses) or "1"), params
+
+
+def count_traces(store: Store, flt: TraceFilter) -> int:
+    """How many traces ``flt`` selects, counted in ClickHouse."""
+    where, params = flt.where()
+    return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])

@@ -1,0 +1,180 @@
+"""A level's stored outputs streamed group by group, pivoted in ClickHouse.
+
+A reduce reads its children from the store: one row per child entity (its output fields as
+columns, pivoted in ClickHouse from the one-row-per-value layout), sorted by the group key
+(``datapoint_id`` / ``step_number``), so a reduce holds one group's children at a time,
+whatever the run size. ClickHouse sorts past :data:`SORT_BYTES` on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from itertools import groupby
+from typing import Any
+
+from pydantic import BaseModel
+
+from manta_lib.entities import MetadataOutput, new_output
+from manta_lib.models import EntityLevel
+from manta_lib.store.client import Store
+from manta_lib.store.metadata import (
+    ERROR_AT_COLUMN,
+    ERROR_COLUMN,
+    GROUP_COLUMNS,
+    SHARDED_LEVELS,
+    STATUS_COLUMN,
+    identity_where,
+)
+from manta_lib.store.trace_queries import SHARD_EXPR
+
+#: Past this many bytes ClickHouse sorts (and groups) the stream on disk.
+SORT_BYTES = 64_000_000
+
+#: Entities per block of the stream.
+BLOCK_ROWS = 8192
+
+_VALUES = ("value_type", "value_number", "value_string", "value_bool", "value_json")
+
+
+def iter_output_groups(
+    store: Store,
+    *,
+    project_id: str,
+    run_id: str,
+    judge: str,
+    level: EntityLevel,
+    judge_version: str,
+    schema: type[BaseModel],
+    group_by: Sequence[str],
+    shards: Sequence[int] | None = None,
+    shard_count: int = 64,
+) -> Iterator[tuple[tuple[Any, ...], list[MetadataOutput]]]:
+    """``(key, outputs)`` per value of the ``group_by`` columns (some of ``datapoint_id``,
+    ``step_number``), in key order: the stored ``judge_version`` outputs of ``level``,
+    validated into ``schema``. An empty ``group_by`` gives one group of every entity.
+
+    ``shards`` keeps the entities of those datapoint hash shards (the Dagster layout). Uses
+    its own connection, so the caller may write with ``store`` while iterating.
+    """
+    unknown = [c for c in group_by if c not in GROUP_COLUMNS]
+    if unknown:
+        raise ValueError(f"entities group by {GROUP_COLUMNS}, not {unknown}")
+    fields = list(schema.model_fields)
+    where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
+    params.update({"status_col": STATUS_COLUMN, "error_col": ERROR_COLUMN})
+    params.update({"error_at_col": ERROR_AT_COLUMN})
+    params["cols"] = [STATUS_COLUMN, ERROR_COLUMN, ERROR_AT_COLUMN, *fields]
+    if shards is not None:
+        if level not in SHARDED_LEVELS:
+            raise ValueError(f"the {level.value} level is not sharded")
+        params.update({"f_shards": list(shards), "f_shard_count": shard_count})
+        where += f" AND {SHARD_EXPR} IN {{f_shards:Array(UInt32)}}"
+    picks = []
+    for index, name in enumerate(fields):
+        params[f"c{index}"] = name
+        picks += [f"anyIf({value}, column = {{c{index}:String}})" for value in _VALUES]
+    # Within a group, scope order: (step, datapoint, entity).
+    order = ", ".join(dict.fromkeys([*group_by, "step_number", "datapoint_id", "entity_id"]))
+    sql = f"""
+        SELECT entity_id, any(datapoint_id) AS datapoint_id, any(step_number) AS step_number,
+               max(computed_at),
+               anyIf(value_string, column = {{status_col:String}}) AS status,
+               anyIf(value_string, column = {{error_col:String}}),
+               anyIf(value_string, column = {{error_at_col:String}}),
+               {", ".join(picks) or "0"}
+        FROM {{db}}.entity_metadata FINAL
+        WHERE {where} AND column IN {{cols:Array(String)}}
+        GROUP BY entity_id
+        HAVING status IS NOT NULL
+        ORDER BY {order}
+        SETTINGS max_block_size = {BLOCK_ROWS}, max_bytes_before_external_sort = {SORT_BYTES},
+                 max_bytes_before_external_group_by = {SORT_BYTES},
+                 optimize_aggregation_in_order = 1
+    """
+    reader = store.sibling()
+    try:
+        with reader.stream_columns(sql, params) as blocks:
+            outputs = (
+                output
+                for block in blocks
+                for output in _block_outputs(
+                    block, fields, schema, level, run_id, judge, judge_version
+                )
+            )
+            key_of = _key_function(group_by)
+            for key, group in groupby(outputs, key=key_of):
+                yield key, list(group)
+    finally:
+        reader.close()
+
+
+def _key_function(group_by: Sequence[str]) -> Any:
+    columns = tuple(group_by)
+    return lambda output: tuple(getattr(output, c) for c in columns)
+
+
+def _block_outputs(
+    block: Sequence[Sequence[Any]],
+    fields: list[str],
+    schema: type[BaseModel],
+    level: EntityLevel,
+    run_id: str,
+    judge: str,
+    judge_version: str,
+) -> Iterator[MetadataOutput]:
+    entity_ids, datapoints, steps, computed, statuses, errors, error_ats = block[:7]
+    values = [_values(block[7 + 5 * i : 12 + 5 * i]) for i in range(len(fields))]
+    for row, entity_id in enumerate(entity_ids):
+        ok = statuses[row] == "ok"
+        output = None
+        if ok:
+            payload = {}
+            for name, column in zip(fields, values, strict=True):
+                value = column[row]
+                if value is not _MISSING:
+                    payload[name] = value
+            output = schema.model_validate(payload)
+        error = errors[row] or None
+        yield new_output(
+            level=level,
+            entity_id=entity_id,
+            run_id=run_id,
+            judge=judge,
+            judge_version=judge_version,
+            output=output,
+            error=error if not ok else None,
+            computed_at=computed[row],
+            error_at=error_ats[row] if not ok else None,
+            datapoint_id=datapoints[row] or None,
+            step_number=steps[row],
+        )
+
+
+_MISSING = object()
+
+
+def _values(columns: Sequence[Sequence[Any]]) -> list[Any]:
+    """One field's Python values from its (type, number, string, bool, json) columns: whole
+    numbers as int, JSON decoded, a field with no row as :data:`_MISSING`."""
+    kinds, numbers, strings, flags, raws = columns
+    distinct = set(kinds)
+    if distinct == {"number"}:
+        return [int(n) if n.is_integer() and abs(n) < 2**53 else n for n in numbers]
+    if distinct == {"string"}:
+        return list(strings)
+    out: list[Any] = []
+    for kind, number, string, flag, raw in zip(kinds, numbers, strings, flags, raws, strict=True):
+        if kind == "number":
+            out.append(int(number) if number.is_integer() and abs(number) < 2**53 else number)
+        elif kind == "string":
+            out.append(string)
+        elif kind == "boolean":
+            out.append(flag)
+        elif kind == "json":
+            out.append(json.loads(raw) if raw is not None else None)
+        elif kind == "null":
+            out.append(None)
+        else:
+            out.append(_MISSING)
+    return out
