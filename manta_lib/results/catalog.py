@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,8 @@ from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
+
+log = logging.getLogger(__name__)
 
 ALL_VERSIONS = "all"
 
@@ -201,10 +204,44 @@ def choose_versions(
 ) -> VersionChoice:
     """Resolve ``None`` (each run's latest), a version (or list) or ``"all"`` to stored pairs.
 
-    ``rows``: ``(run, version, last computed_at)`` already read (else they are queried).
+    ``rows``: ``(run, version, last computed_at)`` already read (the caller then confirms the
+    choice with :func:`confirm_listed`); else they are read from the catalog and confirmed here.
     """
-    if rows is None:
-        rows = q.stored_versions(store, scope)
+    if rows is not None:
+        return _choose(scope, version, rows)
+    choice = _choose(scope, version, q.stored_versions(store, scope))
+    listed = [(scope.level, run, ver) for run, ver in choice.pairs]
+    if not confirm_listed(store, scope.judge, scope.project_id, listed):
+        choice = _choose(scope, version, q.stored_versions(store, scope))
+    return choice
+
+
+def confirm_listed(
+    store: Store, judge: str, project_id: str | None, listed: Iterable[tuple[str, str, str]]
+) -> bool:
+    """Whether every ``(level, run, version)`` the catalog listed still has stored results.
+
+    When one has none (its results were deleted without going through Manta), the catalog of
+    those runs is recomputed from the stored results and False is returned: the caller reads
+    the catalog again instead of showing an empty table or counting nothing.
+    """
+    missing = q.missing_versions(store, judge, project_id, sorted(set(listed)))
+    if not missing:
+        return True
+    log.warning(
+        "the results catalog listed %s of judge %r without stored results; recomputing it "
+        "for run(s) %s",
+        ", ".join(f"{level} version {version} of run {run}" for level, run, version in missing),
+        judge,
+        ", ".join(sorted({run for _level, run, _version in missing})),
+    )
+    q.refresh_catalog(store, judge, [run for _level, run, _version in missing])
+    return False
+
+
+def _choose(
+    scope: q.Scope, version: str | Sequence[str] | None, rows: Sequence[tuple[str, str, Any]]
+) -> VersionChoice:
     rows = sorted(rows, key=lambda row: (row[0], row[2]))
     if not rows:
         raise QueryError(

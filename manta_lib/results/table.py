@@ -73,7 +73,28 @@ def select_results(
     runs = catalog.as_run_ids(run_id)
     if not isinstance(judge, str) or not judge:
         raise QueryError(f"judge must be a judge name, got {judge!r}")
-    # One scan answers which runs and versions exist and how each column is stored.
+    selection = _select(store, judge, runs, level_value, version, project_id)
+    listed = [(level_value, run, ver) for run, ver in selection.choice.pairs]
+    if not catalog.confirm_listed(store, judge, project_id, listed):
+        # The catalog was stale and has been recomputed from the results: read it again.
+        selection = _select(store, judge, runs, level_value, version, project_id)
+    if columns is not None:
+        catalog.require_columns(selection.columns, columns, judge)
+        selection = replace(
+            selection, columns=[c for c in selection.columns if c.name in set(columns)]
+        )
+    return selection
+
+
+def _select(
+    store: Store,
+    judge: str,
+    runs: tuple[str, ...],
+    level_value: str,
+    version: str | Sequence[str] | None,
+    project_id: str | None,
+) -> ResultsSelection:
+    # One catalog read answers which runs and versions exist and how each column is stored.
     facts = q.judge_facts(store, judge, None, runs, project_id, level_value)
     if not facts:
         catalog.require_judge(store, judge, runs, level_value)  # raises, naming close matches
@@ -88,11 +109,7 @@ def select_results(
     for _lv, run, ver, col, value_kinds, _last in facts:
         if (run, ver) in chosen and col not in (STATUS_COLUMN, ERROR_COLUMN):
             kinds.setdefault(col, set()).update(value_kinds)
-    stored = catalog.read_columns(store, scope, choice, kinds=kinds)
-    if columns is not None:
-        catalog.require_columns(stored, columns, judge)
-        stored = [c for c in stored if c.name in set(columns)]
-    return ResultsSelection(scope, choice, stored)
+    return ResultsSelection(scope, choice, catalog.read_columns(store, scope, choice, kinds=kinds))
 
 
 def results_arrow(
