@@ -141,15 +141,21 @@ def level_rank(level: str) -> int:
         return 99
 
 
-def registered_types(store: Store, judge: str, level: str) -> dict[str, str]:
-    """``{column: type}`` of the newest local registration of ``judge`` at ``level``."""
-    types: dict[str, str] = {}
-    for _project, name, _v, _d, _levels, columns_json in q.registered_judges(store, None):
+def registered_columns(
+    store: Store, judge: str, level: str
+) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """``(versions, {column: registry entry})`` of the newest local registration of ``judge``
+    at ``level`` (an entry has ``type`` and, for numbers registered by this Manta,
+    ``number_type``: ``integer`` or ``number``)."""
+    versions: set[str] = set()
+    columns: dict[str, dict[str, Any]] = {}
+    for _project, name, version, _d, _levels, columns_json in q.registered_judges(store, None):
         if name == judge:
+            versions.add(version)
             for column in json.loads(columns_json or "[]"):
                 if column.get("entity_level") == level:
-                    types[column["name"]] = column["type"]
-    return types
+                    columns[column["name"]] = column
+    return versions, columns
 
 
 def require_judge(store: Store, judge: str, runs: Sequence[str], level: str) -> None:
@@ -278,10 +284,15 @@ def read_columns(
     A column's kind is the one value kind it is stored with (``number``, ``string``,
     ``boolean``, ``json``); several kinds (a union field) read as ``mixed`` (JSON text); a
     column holding only nulls takes its type from the registry (``json`` when unregistered).
+    A ``number`` column is an integer or a float column as the registered field declares it
+    when the registration is of a version being read (``integral``); else (registered with
+    Kestrel only, or by an older Manta) the stored values decide.
     """
     if kinds is None:
         kinds = q.column_kinds(store, scope, choice.pairs, names)
-    registered = registered_types(store, scope.judge, scope.level)
+    versions, entries = registered_columns(store, scope.judge, scope.level)
+    registered = {name: entry["type"] for name, entry in entries.items()}
+    current = bool(versions & {version for _run, version in choice.pairs})
     columns = []
     order = {name: index for index, name in enumerate(registered)}
     ordered = sorted(kinds.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
@@ -293,8 +304,9 @@ def read_columns(
             kind = "mixed"
         else:
             kind = registered.get(name, "json")
-        alias = f"r{index}"
-        columns.append(q.ResultColumn(name, alias, kind))
+        number_type = entries.get(name, {}).get("number_type") if current else None
+        integral = None if number_type is None else number_type == "integer"
+        columns.append(q.ResultColumn(name, f"r{index}", kind, integral))
     return columns
 
 

@@ -3,9 +3,10 @@
 The pivot (one row per entity out of one row per entity and column) runs in ClickHouse and
 arrives as Arrow; Python only fixes types column-wise:
 
-- ``number`` columns whose values are all whole numbers become integers (the registry records
-  ``number`` for int and float fields alike, so this is decided from the stored values, the
-  same rule the pipeline uses when it reads results back);
+- ``number`` columns are integers or floats as the registered output field declares them (the
+  local registry records ``number_type`` ``integer`` / ``number``); without such a
+  registration of the version read (a judge registered with Kestrel only, or by an older
+  Manta), a column whose values are all whole numbers becomes integers;
 - ``json`` columns (lists, dicts, nested models) and union fields stored with several kinds
   are decoded into Python values (pandas) or nested Arrow types when Arrow can type them.
 
@@ -137,7 +138,7 @@ def results_arrow(
         index = table.schema.get_field_index(column.alias)
         array = table.column(index)
         if column.kind == "number":
-            array = _integral(array)
+            array = _integral(array, column.integral)
         elif column.kind in ("json", "mixed"):
             array = _json_arrow(array)
         table = table.set_column(index, column.alias, array)
@@ -169,7 +170,9 @@ def results_frame(
     for column in selection.columns:
         index = table.schema.get_field_index(column.alias)
         if column.kind == "number":
-            table = table.set_column(index, column.alias, _integral(table.column(index)))
+            table = table.set_column(
+                index, column.alias, _integral(table.column(index), column.integral)
+            )
         elif column.kind in ("json", "mixed"):
             decoded[column.alias] = _json_objects(table.column(index))
     mapping = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
@@ -232,13 +235,21 @@ def _plain_strings(table: pa.Table) -> pa.Table:
     return table
 
 
-def _integral(array: pa.ChunkedArray) -> pa.ChunkedArray:
-    """int64 when every non-null value is a whole number below 2**53, else unchanged."""
+def _integral(array: pa.ChunkedArray, declared: bool | None = None) -> pa.ChunkedArray:
+    """A number column as int64 or float64.
+
+    ``declared``: the registered field type (True: int, False: float, None: unknown). A float
+    field stays float64 even when its values happen to be whole; an int field, or an unknown
+    one whose values are all whole numbers below 2**53, becomes int64 (a non-whole value keeps
+    the column float rather than truncating it).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if array.null_count == len(array):
+    if declared is False:
         return array
+    if array.null_count == len(array):
+        return array.cast(pa.int64()) if declared else array
     whole = pc.all(pc.equal(array, pc.floor(array))).as_py()
     small = pc.max(pc.abs(array)).as_py() < 2**53
     if whole and small:

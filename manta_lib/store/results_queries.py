@@ -214,6 +214,9 @@ class ResultColumn:
     name: str
     alias: str
     kind: str  # number | string | boolean | json | mixed
+    #: A number column: True for an integer field, False for a float one, None when unknown
+    #: (the stored values decide).
+    integral: bool | None = None
 
     @property
     def value_sql(self) -> str:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import QueryError
+from manta_lib.kestrel import JudgeSpec, columns_from_schema, register_judge
 from manta_lib.models import EntityLevel
 from manta_lib.service import MantaService
 from manta_lib.store import Store
@@ -101,3 +102,61 @@ def test_a_stale_catalog_is_recomputed_instead_of_reading_a_version_without_resu
     assert {row[1] for row in _catalog(store)} == {"v1"}, "the catalog was recomputed"
     with pytest.raises(QueryError, match="v2"):
         svc.results("flag", "r", version="v2")
+
+
+class Whole(BaseModel):
+    pass_at_k: float
+    attempts: int
+    retries: int | None
+
+
+def _write_whole(store: Store, judge: str, version: str) -> None:
+    writer = MetadataWriter(store, project_id="prj", judge=judge)
+    writer.add(
+        [
+            MetadataOutput(
+                entity_level=EntityLevel.TRACE,
+                entity_id=f"r_t{i}",
+                run_id="r",
+                judge=judge,
+                judge_version=version,
+                output=Whole(pass_at_k=1.0, attempts=i + 1, retries=None),
+                computed_at=T0,
+                datapoint_id="dp",
+                step_number=0,
+            )
+            for i in range(3)
+        ]
+    )
+    writer.flush()
+
+
+def _register(store: Store, judge: str, version: str) -> None:
+    spec = JudgeSpec(name=judge, version=version, levels=["trace"])
+    columns = columns_from_schema(Whole, "trace")
+    register_judge(spec, columns, project_id="prj", settings=store.settings, store=store)
+
+
+def test_number_columns_take_int_or_float_from_the_registered_field(store: Store) -> None:
+    _seed_traces(store, "r", 3)
+    svc = MantaService(store)
+    # Registered (the pipeline registers every run): a float field stays float even when every
+    # value is whole, an int field is an integer column, also when all of its values are null.
+    _write_whole(store, "scored", "v1")
+    _register(store, "scored", "v1")
+    frame = svc.results("scored", "r")
+    assert str(frame.pass_at_k.dtype) == "float64" and list(frame.pass_at_k) == [1.0] * 3
+    assert str(frame.attempts.dtype) == "Int64" and list(frame.attempts) == [1, 2, 3]
+    assert str(frame.retries.dtype) == "Int64" and frame.retries.isna().all()
+    arrow = svc.results_arrow("scored", "r")
+    assert str(arrow.schema.field("pass_at_k").type) == "double"
+    assert str(arrow.schema.field("attempts").type) == "int64"
+
+    # Without a registration of the version read, the stored values decide.
+    _write_whole(store, "unregistered", "v1")
+    _write_whole(store, "moved_on", "v1")
+    _register(store, "moved_on", "v2")
+    for judge in ("unregistered", "moved_on"):
+        frame = svc.results(judge, "r")
+        assert str(frame.pass_at_k.dtype) == "Int64", judge
+        assert str(frame.attempts.dtype) == "Int64", judge
