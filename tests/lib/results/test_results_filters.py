@@ -179,8 +179,13 @@ def test_a_run_filtered_by_another_judges_results_maps_exactly_the_traces_sql_se
     selected = direct_ids(svc, "trace", "tool_errors", "value_number > 0")
     assert 0 < len(selected) < svc.count_traces(TRAIN_RUN)
 
+    # Batches smaller than the selection: the traces are streamed and the others dropped.
     outputs = defs.strict.run(
-        TRAIN_RUN, mode="local", progress=False, results="typed_results.tool_errors > 0"
+        TRAIN_RUN,
+        mode="local",
+        progress=False,
+        results="typed_results.tool_errors > 0",
+        batch_size=7,
     )
 
     mapped = [o.entity_id for o in outputs[EntityLevel.TRACE]]
