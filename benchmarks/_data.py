@@ -30,6 +30,7 @@ def ensure_run(store: Store, traces: int, *, run_id: str = BENCH_RUN) -> tuple[i
     if count != traces:
         store.command("TRUNCATE TABLE {db}.traces")
         store.command("TRUNCATE TABLE {db}.spans")
+        store.command("TRUNCATE TABLE {db}.entity_metadata_catalog")
         store.command("TRUNCATE TABLE {db}.entity_metadata")
         started = time.perf_counter()
         for batch in generate_demo(traces=traces, seed=11, runs=[run_id], batch_traces=10_000):

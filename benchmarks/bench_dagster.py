@@ -57,6 +57,7 @@ UPPER = [level_key(PIPELINE, EntityLevel.STEP)]
 def reset_results(settings: MantaSettings) -> None:
     """Empty entity_metadata so every measurement computes everything."""
     with Store.open(settings) as store:
+        store.command("TRUNCATE TABLE {db}.entity_metadata_catalog")
         store.command("TRUNCATE TABLE {db}.entity_metadata")
 
 

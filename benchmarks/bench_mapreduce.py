@@ -70,6 +70,7 @@ def child(traces: int, repeat: int) -> dict[str, float]:
     raw_times, pipeline_times = [], []
     for _ in range(max(1, repeat)):
         with Store.open(settings) as store:
+            store.command("TRUNCATE TABLE {db}.entity_metadata_catalog")
             store.command("TRUNCATE TABLE {db}.entity_metadata")
             sql = store.sql(
                 f"SELECT {sql_cols} FROM {{db}}.spans WHERE run_id = {{r:String}} "

@@ -68,7 +68,7 @@ def seed_run(store: Store, run_id: str, traces: int, judge: str, columns: list[t
     if have == traces:
         return
     started = time.perf_counter()
-    for table in ("traces", "entity_metadata"):
+    for table in ("traces", "entity_metadata_catalog", "entity_metadata"):
         store.command(
             f"ALTER TABLE {{db}}.{table} DELETE WHERE run_id = {{r:String}}", {"r": run_id}
         )

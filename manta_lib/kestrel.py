@@ -57,6 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ColumnType = Literal["number", "string", "boolean", "json"]
+NumberType = Literal["integer", "number"]
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_SERVER_MESSAGE = 500
@@ -76,6 +77,11 @@ class ColumnSpec(BaseModel):
     entity_level: str = Field(min_length=1)
     type: ColumnType
     description: str = ""
+    #: For a ``number`` column, its JSON-schema type: ``integer`` (an int field) or ``number``
+    #: (a float, Decimal or mixed field), so stored values, all kept as Float64, read back as
+    #: the type the field declares. Kept in the local registry; Kestrel's columns API does not
+    #: take it, so it is left out of what Kestrel receives.
+    number_type: NumberType | None = None
 
     @field_validator("entity_level", mode="before")
     @classmethod
@@ -108,7 +114,8 @@ class JudgeSpec(BaseModel):
 def columns_from_schema(schema: type[BaseModel], entity_level: str) -> list[ColumnSpec]:
     """Derive Kestrel columns from a pydantic output schema, one per field, in field order.
 
-    Numbers (int, float, Decimal) → ``number``; bool → ``boolean``; str, string enums, string
+    Numbers (int, float, Decimal) → ``number``, with ``number_type`` ``integer`` for int-only
+    fields and ``number`` otherwise; bool → ``boolean``; str, string enums, string
     literals, dates and times, UUIDs → ``string``; everything else (lists, dicts, nested models,
     unions of different kinds) → ``json``. ``Optional`` / ``X | None`` and ``Annotated`` are
     looked through. The description is the field's ``description`` (or ``""``).
@@ -125,15 +132,19 @@ def columns_from_schema(schema: type[BaseModel], entity_level: str) -> list[Colu
     """
     if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
         raise TypeError(f"columns_from_schema needs a pydantic model class, got {schema!r}")
-    return [
-        ColumnSpec(
-            name=name,
-            entity_level=entity_level,
-            type=_column_type(field.annotation),
-            description=field.description or "",
+    columns = []
+    for name, field in schema.model_fields.items():
+        kind = _column_type(field.annotation)
+        columns.append(
+            ColumnSpec(
+                name=name,
+                entity_level=entity_level,
+                type=kind,
+                description=field.description or "",
+                number_type=_number_type(field.annotation) if kind == "number" else None,
+            )
         )
-        for name, field in schema.model_fields.items()
-    ]
+    return columns
 
 
 def _column_type(annotation: Any) -> ColumnType:
@@ -161,6 +172,31 @@ def _column_type(annotation: Any) -> ColumnType:
     if issubclass(annotation, str | date | time_of_day | uuid.UUID):  # datetime is a date
         return "string"
     return "json"
+
+
+def _number_type(annotation: Any) -> NumberType:
+    """``integer`` when every number a ``number`` annotation admits is an int, else ``number``."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _number_type(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        integral = all(_number_type(member) == "integer" for member in members)
+        return "integer" if integral else "number"
+    if origin is Literal:
+        return _number_type_of_values(get_args(annotation))
+    supertype = getattr(annotation, "__supertype__", None)  # typing.NewType
+    if supertype is not None:
+        return _number_type(supertype)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return _number_type_of_values([member.value for member in annotation])
+    if isinstance(annotation, type) and issubclass(annotation, int):
+        return "integer"
+    return "number"
+
+
+def _number_type_of_values(values: Any) -> NumberType:
+    return "integer" if all(isinstance(v, int) for v in values) else "number"
 
 
 def _kind_of_values(values: Any) -> ColumnType:
@@ -305,7 +341,11 @@ class KestrelClient:
         self, project_id: str, judge: str, columns: list[ColumnSpec]
     ) -> dict[str, Any]:
         """``PUT /v1/projects/{project_id}/judges/{judge}/columns``; returns the JSON answer."""
-        body = {"columns": [column.model_dump(mode="json") for column in columns]}
+        body = {
+            "columns": [
+                column.model_dump(mode="json", exclude={"number_type"}) for column in columns
+            ]
+        }
         return self._put(project_id, ("judges", judge, "columns"), body)
 
     # -- internals

@@ -70,6 +70,7 @@ class MapReduceComputation(PipelineDefinition):
         limit_traces: int | None = None,
         limit_datapoints: int | None = None,
         limit_steps: int | None = None,
+        results: str | None = None,
         persist_results: bool = True,
         max_workers: int | None = None,
         batch_size: int = 1000,
@@ -93,6 +94,12 @@ class MapReduceComputation(PipelineDefinition):
             mode: ``"modal"`` (the default, cloud workers) or ``"local"`` (a thread pool).
             limit_traces / limit_datapoints / limit_steps: analyse only the first N (one at a
                 time); subset mode never writes results.
+            results: analyse only the traces a condition on stored results selects, the same
+                condition ``count_traces(run_id, results=...)`` takes, e.g.
+                ``"tool_errors.tool_errors > 0"`` (each judge read at the run's latest
+                version). A filtered run is a subset run: it never writes results (its
+                reduce levels would describe the selected traces only). A limit applies to
+                the selected traces.
             persist_results: register the judge and write entity_metadata (default True).
             max_workers: thread pool size (default 4, or 32 when a level ``uses_llm``).
             batch_size: traces per batch (one trace query and one span query per batch).
@@ -111,6 +118,7 @@ class MapReduceComputation(PipelineDefinition):
             raise PipelineDefinitionError(f"mode must be 'local' or 'modal', got {mode!r}")
         options = RunOptions(
             limits=Limits(limit_traces, limit_datapoints, limit_steps),
+            results=results,
             persist=persist_results,
             max_workers=self.default_max_workers if max_workers is None else max_workers,
             batch_size=batch_size,

@@ -329,7 +329,7 @@ class ThreadMapper:
             )
             return
         stream = (
-            not job.options.limits.active
+            not job.options.subset
             and len(job.trace_ids) > size
             and len(job.scope.refs) >= len(job.trace_ids)
         )

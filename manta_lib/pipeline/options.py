@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.pipeline.planner import Limits
+from manta_lib.results.expr import parse_condition
 
 
 @dataclass(frozen=True)
@@ -14,10 +15,13 @@ class RunOptions:
     """Execution knobs of :meth:`MapReduceComputation.run` (validated on construction).
 
     ``persist`` is what the caller asked for; :attr:`persists` is what happens: a subset run
-    (any limit set) never writes results.
+    (any limit set, or a ``results`` condition) never writes results.
     """
 
     limits: Limits = field(default_factory=Limits)
+    #: A condition on stored results (``"tool_errors.tool_errors > 0"``): only the traces it
+    #: selects are mapped, as ``count_traces(run, results=...)`` counts them.
+    results: str | None = None
     persist: bool = True
     max_workers: int = 4
     batch_size: int = 1000
@@ -28,6 +32,13 @@ class RunOptions:
     max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
+        if self.results is not None:
+            if not isinstance(self.results, str) or not self.results.strip():
+                raise PipelineDefinitionError(
+                    f"results must be a condition on stored results such as "
+                    f"'tool_errors.tool_errors > 0', got {self.results!r}"
+                )
+            parse_condition(self.results)  # a syntax error names its position now
         if isinstance(self.max_workers, bool) or not isinstance(self.max_workers, int):
             raise PipelineDefinitionError(
                 f"max_workers must be a positive integer, got {self.max_workers!r}"
@@ -66,9 +77,21 @@ class RunOptions:
             )
 
     @property
+    def subset(self) -> bool:
+        """Whether the run covers part of its run: a limit or a results condition."""
+        return self.limits.active or self.results is not None
+
+    def describe_subset(self) -> str:
+        """``limit_traces=10``, ``results='judge.col > 0'``, both, or ``no limit``."""
+        parts = [self.limits.describe()] if self.limits.active else []
+        if self.results is not None:
+            parts.append(f"results={self.results!r}")
+        return ", ".join(parts) or "no limit"
+
+    @property
     def persists(self) -> bool:
         """Whether results are written: asked for, and not a subset run."""
-        return self.persist and not self.limits.active
+        return self.persist and not self.subset
 
 
 def failure_budget(max_failures: int | float | None, scope: int) -> int | None:

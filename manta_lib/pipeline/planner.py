@@ -135,11 +135,18 @@ def plan_scope(
     limits: Limits | None = None,
     shards: Sequence[int] | None = None,
     shard_count: int = 64,
+    results: Any = None,
 ) -> Scope:
     """The traces in scope, ordered by (step_number, datapoint_id, trace_id); their refs are
-    read when first used, on ``store``."""
+    read when first used, on ``store``.
+
+    ``results``: a compiled results condition (:class:`~manta_lib.results.ResultsFilter`)
+    that narrows the run before any limit applies.
+    """
     limits = limits or Limits()
-    where, params = TraceFilter(run_id=run_id, shards=shards, shard_count=shard_count).where()
+    where, params = TraceFilter(
+        run_id=run_id, shards=shards, shard_count=shard_count, results=results
+    ).where()
     if limits.datapoints is not None:
         params["n"] = limits.datapoints
         where += (

@@ -38,6 +38,7 @@ from manta_lib.pipeline.record import record_computation, summarize_counts
 from manta_lib.pipeline.reducer import reduce_groups, reduce_level
 from manta_lib.pipeline.result import RunResult, StoredRun, stored_counts
 from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_level
+from manta_lib.results import compile_trace_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
@@ -115,13 +116,23 @@ def run_pipeline(
     ):
         try:
             clock = record.clock
-            if options.persist and options.limits.active:
+            record.subset = options.subset
+            if options.results is not None:
+                record.summary["results_filter"] = options.results
+            if options.persist and options.subset:
                 log.warning(
-                    "subset mode (%s): results are not persisted", options.limits.describe()
+                    "subset mode (%s): results are not persisted", options.describe_subset()
                 )
             with clock("load"):
                 MantaService(session.get()).require_run(run_id)
-                scope = plan_scope(session.get(), run_id, limits=options.limits)
+                results = None
+                if options.results is not None:
+                    results = compile_trace_condition(
+                        session.get(), options.results, run_ids=(run_id,)
+                    )
+                scope = plan_scope(session.get(), run_id, limits=options.limits, results=results)
+            if results is not None and not scope.refs:
+                log.warning("results=%r selects no trace of %s", options.results, run_id)
             if options.persists:
                 with clock("register"):
                     where = register_judge(pipeline, session.get(), settings)
@@ -130,7 +141,7 @@ def run_pipeline(
                 raise PipelineDefinitionError(
                     f"a run that keeps its results in memory (persist_results=False) takes at "
                     f"most {IN_MEMORY_TRACE_LIMIT:,} traces; {scope.describe()} has "
-                    f"{len(scope.refs):,} with {options.limits.describe()}. Set limit_traces "
+                    f"{len(scope.refs):,} with {options.describe_subset()}. Set limit_traces "
                     f"(or limit_datapoints / limit_steps) lower, or persist the results"
                 )
             traces = map_scope(
@@ -143,7 +154,6 @@ def run_pipeline(
                 summary=record.summary,
                 collect=not options.persists,
             )
-            record.subset = options.limits.active
             result: dict[EntityLevel, list[MetadataOutput]] = {EntityLevel.TRACE: traces.outputs}
             children: Sequence[MetadataOutput] = traces.outputs
             for spec in pipeline.levels[1:]:
@@ -235,7 +245,7 @@ def map_scope(
     version = pipeline.judge_version
     # A persisted run over a whole scope streams it: which traces are still to map is decided
     # in ClickHouse, and no list of the scope's trace ids is held (memory stays flat).
-    streamed = options.persists and not collect and mapper.streams and not options.limits.active
+    streamed = options.persists and not collect and mapper.streams and not options.subset
     wanted: list[str] | None = None
     pending: list[str] | None = None
     with clock("load"):

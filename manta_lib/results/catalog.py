@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,8 @@ from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
+
+log = logging.getLogger(__name__)
 
 ALL_VERSIONS = "all"
 
@@ -138,15 +141,21 @@ def level_rank(level: str) -> int:
         return 99
 
 
-def registered_types(store: Store, judge: str, level: str) -> dict[str, str]:
-    """``{column: type}`` of the newest local registration of ``judge`` at ``level``."""
-    types: dict[str, str] = {}
-    for _project, name, _v, _d, _levels, columns_json in q.registered_judges(store, None):
+def registered_columns(
+    store: Store, judge: str, level: str
+) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """``(versions, {column: registry entry})`` of the newest local registration of ``judge``
+    at ``level`` (an entry has ``type`` and, for numbers registered by this Manta,
+    ``number_type``: ``integer`` or ``number``)."""
+    versions: set[str] = set()
+    columns: dict[str, dict[str, Any]] = {}
+    for _project, name, version, _d, _levels, columns_json in q.registered_judges(store, None):
         if name == judge:
+            versions.add(version)
             for column in json.loads(columns_json or "[]"):
                 if column.get("entity_level") == level:
-                    types[column["name"]] = column["type"]
-    return types
+                    columns[column["name"]] = column
+    return versions, columns
 
 
 def require_judge(store: Store, judge: str, runs: Sequence[str], level: str) -> None:
@@ -201,10 +210,44 @@ def choose_versions(
 ) -> VersionChoice:
     """Resolve ``None`` (each run's latest), a version (or list) or ``"all"`` to stored pairs.
 
-    ``rows``: ``(run, version, last computed_at)`` already read (else they are queried).
+    ``rows``: ``(run, version, last computed_at)`` already read (the caller then confirms the
+    choice with :func:`confirm_listed`); else they are read from the catalog and confirmed here.
     """
-    if rows is None:
-        rows = q.stored_versions(store, scope)
+    if rows is not None:
+        return _choose(scope, version, rows)
+    choice = _choose(scope, version, q.stored_versions(store, scope))
+    listed = [(scope.level, run, ver) for run, ver in choice.pairs]
+    if not confirm_listed(store, scope.judge, scope.project_id, listed):
+        choice = _choose(scope, version, q.stored_versions(store, scope))
+    return choice
+
+
+def confirm_listed(
+    store: Store, judge: str, project_id: str | None, listed: Iterable[tuple[str, str, str]]
+) -> bool:
+    """Whether every ``(level, run, version)`` the catalog listed still has stored results.
+
+    When one has none (its results were deleted without going through Manta), the catalog of
+    those runs is recomputed from the stored results and False is returned: the caller reads
+    the catalog again instead of showing an empty table or counting nothing.
+    """
+    missing = q.missing_versions(store, judge, project_id, sorted(set(listed)))
+    if not missing:
+        return True
+    log.warning(
+        "the results catalog listed %s of judge %r without stored results; recomputing it "
+        "for run(s) %s",
+        ", ".join(f"{level} version {version} of run {run}" for level, run, version in missing),
+        judge,
+        ", ".join(sorted({run for _level, run, _version in missing})),
+    )
+    q.refresh_catalog(store, judge, [run for _level, run, _version in missing])
+    return False
+
+
+def _choose(
+    scope: q.Scope, version: str | Sequence[str] | None, rows: Sequence[tuple[str, str, Any]]
+) -> VersionChoice:
     rows = sorted(rows, key=lambda row: (row[0], row[2]))
     if not rows:
         raise QueryError(
@@ -241,10 +284,15 @@ def read_columns(
     A column's kind is the one value kind it is stored with (``number``, ``string``,
     ``boolean``, ``json``); several kinds (a union field) read as ``mixed`` (JSON text); a
     column holding only nulls takes its type from the registry (``json`` when unregistered).
+    A ``number`` column is an integer or a float column as the registered field declares it
+    when the registration is of a version being read (``integral``); else (registered with
+    Kestrel only, or by an older Manta) the stored values decide.
     """
     if kinds is None:
         kinds = q.column_kinds(store, scope, choice.pairs, names)
-    registered = registered_types(store, scope.judge, scope.level)
+    versions, entries = registered_columns(store, scope.judge, scope.level)
+    registered = {name: entry["type"] for name, entry in entries.items()}
+    current = bool(versions & {version for _run, version in choice.pairs})
     columns = []
     order = {name: index for index, name in enumerate(registered)}
     ordered = sorted(kinds.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
@@ -256,8 +304,9 @@ def read_columns(
             kind = "mixed"
         else:
             kind = registered.get(name, "json")
-        alias = f"r{index}"
-        columns.append(q.ResultColumn(name, alias, kind))
+        number_type = entries.get(name, {}).get("number_type") if current else None
+        integral = None if number_type is None else number_type == "integer"
+        columns.append(q.ResultColumn(name, f"r{index}", kind, integral))
     return columns
 
 

@@ -294,6 +294,26 @@ class _JudgeFacts:
         run_ids: Sequence[str],
         project_id: str | None,
     ) -> _JudgeFacts:
+        facts = cls._read(store, judge, names, run_ids, project_id)
+        listed = [
+            (level, run, version)
+            for level, versions in facts.latest.items()
+            for run, version in versions.items()
+        ]
+        if catalog.confirm_listed(store, judge, project_id, listed):
+            return facts
+        # The catalog was stale and has been recomputed from the results: read it again.
+        return cls._read(store, judge, names, run_ids, project_id)
+
+    @classmethod
+    def _read(
+        cls,
+        store: Store,
+        judge: str,
+        names: set[str],
+        run_ids: Sequence[str],
+        project_id: str | None,
+    ) -> _JudgeFacts:
         rows = q.judge_facts(store, judge, sorted(names), run_ids, project_id)
         newest: dict[tuple[str, str], tuple[Any, str]] = {}
         for level, run, version, column, _kinds, last in rows:

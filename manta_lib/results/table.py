@@ -3,9 +3,10 @@
 The pivot (one row per entity out of one row per entity and column) runs in ClickHouse and
 arrives as Arrow; Python only fixes types column-wise:
 
-- ``number`` columns whose values are all whole numbers become integers (the registry records
-  ``number`` for int and float fields alike, so this is decided from the stored values, the
-  same rule the pipeline uses when it reads results back);
+- ``number`` columns are integers or floats as the registered output field declares them (the
+  local registry records ``number_type`` ``integer`` / ``number``); without such a
+  registration of the version read (a judge registered with Kestrel only, or by an older
+  Manta), a column whose values are all whole numbers becomes integers;
 - ``json`` columns (lists, dicts, nested models) and union fields stored with several kinds
   are decoded into Python values (pandas) or nested Arrow types when Arrow can type them.
 
@@ -73,7 +74,28 @@ def select_results(
     runs = catalog.as_run_ids(run_id)
     if not isinstance(judge, str) or not judge:
         raise QueryError(f"judge must be a judge name, got {judge!r}")
-    # One scan answers which runs and versions exist and how each column is stored.
+    selection = _select(store, judge, runs, level_value, version, project_id)
+    listed = [(level_value, run, ver) for run, ver in selection.choice.pairs]
+    if not catalog.confirm_listed(store, judge, project_id, listed):
+        # The catalog was stale and has been recomputed from the results: read it again.
+        selection = _select(store, judge, runs, level_value, version, project_id)
+    if columns is not None:
+        catalog.require_columns(selection.columns, columns, judge)
+        selection = replace(
+            selection, columns=[c for c in selection.columns if c.name in set(columns)]
+        )
+    return selection
+
+
+def _select(
+    store: Store,
+    judge: str,
+    runs: tuple[str, ...],
+    level_value: str,
+    version: str | Sequence[str] | None,
+    project_id: str | None,
+) -> ResultsSelection:
+    # One catalog read answers which runs and versions exist and how each column is stored.
     facts = q.judge_facts(store, judge, None, runs, project_id, level_value)
     if not facts:
         catalog.require_judge(store, judge, runs, level_value)  # raises, naming close matches
@@ -88,11 +110,7 @@ def select_results(
     for _lv, run, ver, col, value_kinds, _last in facts:
         if (run, ver) in chosen and col not in (STATUS_COLUMN, ERROR_COLUMN):
             kinds.setdefault(col, set()).update(value_kinds)
-    stored = catalog.read_columns(store, scope, choice, kinds=kinds)
-    if columns is not None:
-        catalog.require_columns(stored, columns, judge)
-        stored = [c for c in stored if c.name in set(columns)]
-    return ResultsSelection(scope, choice, stored)
+    return ResultsSelection(scope, choice, catalog.read_columns(store, scope, choice, kinds=kinds))
 
 
 def results_arrow(
@@ -120,7 +138,7 @@ def results_arrow(
         index = table.schema.get_field_index(column.alias)
         array = table.column(index)
         if column.kind == "number":
-            array = _integral(array)
+            array = _integral(array, column.integral)
         elif column.kind in ("json", "mixed"):
             array = _json_arrow(array)
         table = table.set_column(index, column.alias, array)
@@ -152,7 +170,9 @@ def results_frame(
     for column in selection.columns:
         index = table.schema.get_field_index(column.alias)
         if column.kind == "number":
-            table = table.set_column(index, column.alias, _integral(table.column(index)))
+            table = table.set_column(
+                index, column.alias, _integral(table.column(index), column.integral)
+            )
         elif column.kind in ("json", "mixed"):
             decoded[column.alias] = _json_objects(table.column(index))
     mapping = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
@@ -215,13 +235,21 @@ def _plain_strings(table: pa.Table) -> pa.Table:
     return table
 
 
-def _integral(array: pa.ChunkedArray) -> pa.ChunkedArray:
-    """int64 when every non-null value is a whole number below 2**53, else unchanged."""
+def _integral(array: pa.ChunkedArray, declared: bool | None = None) -> pa.ChunkedArray:
+    """A number column as int64 or float64.
+
+    ``declared``: the registered field type (True: int, False: float, None: unknown). A float
+    field stays float64 even when its values happen to be whole; an int field, or an unknown
+    one whose values are all whole numbers below 2**53, becomes int64 (a non-whole value keeps
+    the column float rather than truncating it).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if array.null_count == len(array):
+    if declared is False:
         return array
+    if array.null_count == len(array):
+        return array.cast(pa.int64()) if declared else array
     whole = pc.all(pc.equal(array, pc.floor(array))).as_py()
     small = pc.max(pc.abs(array)).as_py() < 2**53
     if whole and small:

@@ -7,6 +7,10 @@ trace semi-join of results filters, per-step series and the judges listing.
 versions only, grouped by (entity, version), so one version's results never mix with
 another's. "Latest" is per run: the version whose newest computation is the most recent.
 
+Which judges, levels, runs, versions and columns exist (and each column's value kinds) is read
+from ``entity_metadata_catalog`` (kept by a materialized view), never by scanning the results;
+:func:`missing_versions` checks that what the catalog lists is still stored.
+
 Entity keys (trace_id / datapoint_id / step_number) come from :func:`level_keys`, the one place
 that knows how a level's identity maps to trace columns.
 """
@@ -19,7 +23,9 @@ from typing import Any
 
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import ERROR_COLUMN, STATUS_COLUMN
+from manta_lib.store.schema import CATALOG_TABLE, catalog_select
 
+_PROBE_CHUNK = 64
 VALUE_COLUMNS = {
     "number": "value_number",
     "string": "value_string",
@@ -117,21 +123,23 @@ def latest_versions_sql(scope: Scope, prefix: str) -> tuple[str, dict[str, Any]]
     where, params = scope.where(prefix)
     params[f"{prefix}status"] = STATUS_COLUMN
     return (
-        f"SELECT run_id, argMax(judge_version, computed_at) FROM {{db}}.entity_metadata "
-        f"WHERE {where} AND column = {{{prefix}status:String}} GROUP BY run_id"
+        f"SELECT run_id, argMax(judge_version, last) FROM ("
+        f"SELECT run_id, judge_version, max(last_computed_at) AS last FROM {{db}}.{CATALOG_TABLE} "
+        f"WHERE {where} AND column = {{{prefix}status:String}} GROUP BY run_id, judge_version"
+        f") GROUP BY run_id"
     ), params
 
 
 def stored_versions(store: Store, scope: Scope) -> list[tuple[str, str, Any]]:
     """``(run_id, version, last computed_at)`` of the versions with entities in ``scope``,
-    each run's newest last. No FINAL: a replaced row only repeats an older timestamp."""
+    each run's newest last (from the catalog)."""
     where, params = scope.where("v_")
     params["v_status"] = STATUS_COLUMN
     return store.rows(
         f"""
-        SELECT run_id, judge_version, max(computed_at) FROM {{db}}.entity_metadata
+        SELECT run_id, judge_version, max(last_computed_at) AS last FROM {{db}}.{CATALOG_TABLE}
         WHERE {where} AND column = {{v_status:String}}
-        GROUP BY run_id, judge_version ORDER BY run_id, max(computed_at)
+        GROUP BY run_id, judge_version ORDER BY run_id, last
         """,
         params,
     )
@@ -144,7 +152,7 @@ def column_kinds(
     names: Sequence[str] | None = None,
 ) -> dict[str, set[str]]:
     """``{column: {value kinds}}`` stored under the given (run_id, version) pairs (only the
-    columns in ``names`` when given)."""
+    columns in ``names`` when given), from the catalog."""
     where, params = scope.where("k_")
     params["k_pairs"] = [tuple(pair) for pair in versions]
     params["k_meta"] = [STATUS_COLUMN, ERROR_COLUMN]
@@ -153,7 +161,7 @@ def column_kinds(
         where += " AND column IN {k_names:Array(String)}"
     rows = store.rows(
         f"""
-        SELECT column, groupUniqArray(value_type) FROM {{db}}.entity_metadata
+        SELECT column, groupUniqArrayArray(value_types) FROM {{db}}.{CATALOG_TABLE}
         WHERE {where} AND (run_id, judge_version) IN {{k_pairs:Array(Tuple(String, String))}}
           AND column NOT IN {{k_meta:Array(String)}}
         GROUP BY column ORDER BY column
@@ -163,6 +171,42 @@ def column_kinds(
     return {column: set(kinds) for column, kinds in rows}
 
 
+def missing_versions(
+    store: Store, judge: str, project_id: str | None, listed: Sequence[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
+    """The ``(level, run_id, version)`` entries of ``listed`` (read from the catalog) that have
+    no stored results: a catalog that went stale because results were deleted behind Manta's
+    back. One key-range probe per entry that stops at its first row."""
+    missing: list[tuple[str, str, str]] = []
+    for start in range(0, len(listed), _PROBE_CHUNK):
+        chunk = list(dict.fromkeys(listed[start : start + _PROBE_CHUNK]))
+        params: dict[str, Any] = {"j": judge, "status": STATUS_COLUMN}
+        project = ""
+        if project_id is not None:
+            params["project"] = project_id
+            project = " AND project_id = {project:String}"
+        probes = []
+        for index, (level, run, version) in enumerate(chunk):
+            params.update({f"l{index}": level, f"r{index}": run, f"v{index}": version})
+            probes.append(
+                f"(SELECT {index} AS i FROM {{db}}.entity_metadata "
+                f"WHERE run_id = {{r{index}:String}} AND judge = {{j:String}} "
+                f"AND judge_version = {{v{index}:String}} AND entity_level = {{l{index}:String}} "
+                f"AND column = {{status:String}}{project} LIMIT 1)"
+            )
+        found = {int(row[0]) for row in store.rows(" UNION ALL ".join(probes), params)}
+        missing.extend(entry for index, entry in enumerate(chunk) if index not in found)
+    return missing
+
+
+def refresh_catalog(store: Store, judge: str, run_ids: Sequence[str]) -> None:
+    """Recompute the catalog rows of ``judge`` in ``run_ids`` from the stored results."""
+    params = {"j": judge, "runs": sorted(set(run_ids))}
+    where = "judge = {j:String} AND run_id IN {runs:Array(String)}"
+    store.command(f"DELETE FROM {{db}}.{CATALOG_TABLE} WHERE {where}", params)
+    store.command(f"INSERT INTO {{db}}.{CATALOG_TABLE} {catalog_select(where)}", params)
+
+
 @dataclass(frozen=True)
 class ResultColumn:
     """One output column of a judge as read: its name, SQL alias and storage kind."""
@@ -170,6 +214,9 @@ class ResultColumn:
     name: str
     alias: str
     kind: str  # number | string | boolean | json | mixed
+    #: A number column: True for an integer field, False for a float one, None when unknown
+    #: (the stored values decide).
+    integral: bool | None = None
 
     @property
     def value_sql(self) -> str:
@@ -325,8 +372,8 @@ def judge_facts(
     level: str | None = None,
 ) -> list[tuple[Any, ...]]:
     """``(level, run_id, version, column, [value kinds], last computed_at)`` of ``judge`` for
-    the status column and ``columns`` (all when None), at ``level`` (all when None): one scan
-    answers levels, versions and value kinds."""
+    the status column and ``columns`` (all when None), at ``level`` (all when None): one read
+    of the catalog answers levels, versions and value kinds."""
     params: dict[str, Any] = {"j": judge}
     where = "judge = {j:String}"
     if columns is not None:
@@ -343,9 +390,9 @@ def judge_facts(
         where += " AND project_id = {project:String}"
     return store.rows(
         f"""
-        SELECT entity_level, run_id, judge_version, column, groupUniqArray(value_type),
-               max(computed_at)
-        FROM {{db}}.entity_metadata WHERE {where}
+        SELECT entity_level, run_id, judge_version, column, groupUniqArrayArray(value_types),
+               max(last_computed_at)
+        FROM {{db}}.{CATALOG_TABLE} WHERE {where}
         GROUP BY entity_level, run_id, judge_version, column
         """,
         params,
@@ -424,7 +471,7 @@ def registered_judges(store: Store, project_id: str | None) -> list[tuple[Any, .
 def known_judges(store: Store) -> list[str]:
     """Every judge with stored results or a registration, for "did you mean" messages."""
     rows = store.rows(
-        "SELECT DISTINCT judge FROM {db}.entity_metadata UNION DISTINCT "
+        f"SELECT DISTINCT judge FROM {{db}}.{CATALOG_TABLE} UNION DISTINCT "
         "SELECT DISTINCT judge FROM {db}.judges"
     )
     return sorted(str(row[0]) for row in rows)
@@ -438,7 +485,7 @@ def judge_levels(store: Store, judge: str, run_ids: Sequence[str]) -> list[str]:
         params["runs"] = list(run_ids)
         where += " AND run_id IN {runs:Array(String)}"
     rows = store.rows(
-        f"SELECT DISTINCT entity_level FROM {{db}}.entity_metadata WHERE {where}", params
+        f"SELECT DISTINCT entity_level FROM {{db}}.{CATALOG_TABLE} WHERE {where}", params
     )
     return sorted(str(row[0]) for row in rows)
 
@@ -446,7 +493,7 @@ def judge_levels(store: Store, judge: str, run_ids: Sequence[str]) -> list[str]:
 def judge_runs(store: Store, judge: str) -> list[str]:
     """The runs ``judge`` has stored results for."""
     rows = store.rows(
-        "SELECT DISTINCT run_id FROM {db}.entity_metadata WHERE judge = {j:String} ORDER BY 1",
+        f"SELECT DISTINCT run_id FROM {{db}}.{CATALOG_TABLE} WHERE judge = {{j:String}} ORDER BY 1",
         {"j": judge},
     )
     return [str(row[0]) for row in rows]

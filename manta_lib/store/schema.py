@@ -6,6 +6,11 @@ tuned for per-run scans (traces) and batch range reads by (run_id, trace_id) (sp
 versioned by ``computed_at``: a retry or a resumed run replaces a value instead of duplicating
 it, the newest computation wins, and each judge version keeps its own results.
 
+``entity_metadata_catalog`` says what is stored without scanning the results: one row per
+(project, judge, level, run, judge version, column) with the value kinds seen and the first and
+last ``computed_at``. A materialized view fills it on every insert into ``entity_metadata``;
+whatever deletes results deletes the matching catalog rows first (see ``delete_run``).
+
 A new store is created at the current schema version; an older one is brought up to it by the
 migrations below, each recorded in ``schema_migrations``.
 """
@@ -31,7 +36,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -132,6 +137,42 @@ CREATE TABLE IF NOT EXISTS {db}.llm_cache (
 ORDER BY (namespace, key)
 """
 
+CATALOG_TABLE = "entity_metadata_catalog"
+
+# AggregatingMergeTree: rows of one key merge into the union of kinds and the min/max time, and
+# a reader aggregates again (groupUniqArrayArray, min, max) for the parts not merged yet.
+CATALOG_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.entity_metadata_catalog (
+    project_id        LowCardinality(String),
+    judge             LowCardinality(String),
+    entity_level      LowCardinality(String),
+    run_id            String,
+    judge_version     String,
+    column            String,
+    value_types       SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
+    first_computed_at SimpleAggregateFunction(min, DateTime64(6, 'UTC')),
+    last_computed_at  SimpleAggregateFunction(max, DateTime64(6, 'UTC'))
+) ENGINE = AggregatingMergeTree
+ORDER BY (project_id, judge, entity_level, run_id, judge_version, column)
+"""
+
+_CATALOG_KEYS = "project_id, judge, entity_level, run_id, judge_version, column"
+
+
+def catalog_select(where: str = "1") -> str:
+    """The catalog rows of the ``entity_metadata`` rows matching ``where``."""
+    return (
+        f"SELECT {_CATALOG_KEYS}, groupUniqArray(toString(value_type)) AS value_types, "
+        "min(computed_at) AS first_computed_at, max(computed_at) AS last_computed_at "
+        f"FROM {{db}}.entity_metadata WHERE {where} GROUP BY {_CATALOG_KEYS}"
+    )
+
+
+CATALOG_VIEW_DDL = (
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.entity_metadata_catalog_mv "
+    "TO {db}.entity_metadata_catalog AS " + catalog_select()
+)
+
 MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version    UInt32,
@@ -191,8 +232,26 @@ def _migrate_to_2(store: Store) -> None:
         )
 
 
+def create_catalog(store: Store) -> None:
+    """(Re)create the results catalog and its materialized view, filled from the stored results.
+
+    The view exists before the back-fill reads, so a concurrent write is never missed (one seen
+    twice only repeats a kind and a time, which the catalog's aggregation absorbs).
+    """
+    store.command("DROP VIEW IF EXISTS {db}.entity_metadata_catalog_mv")
+    store.command("DROP TABLE IF EXISTS {db}.entity_metadata_catalog")
+    store.command(CATALOG_DDL)
+    store.command(CATALOG_VIEW_DDL)
+    store.command(f"INSERT INTO {{db}}.{CATALOG_TABLE} {catalog_select()}")
+
+
+def _migrate_to_3(store: Store) -> None:
+    """Add the results catalog (versions, columns and value kinds without a scan of results)."""
+    create_catalog(store)
+
+
 #: version -> the function that brings a store from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Store], None]] = {2: _migrate_to_2}
+MIGRATIONS: dict[int, Callable[[Store], None]] = {2: _migrate_to_2, 3: _migrate_to_3}
 
 
 def ensure_schema(store: Store) -> None:
@@ -206,6 +265,7 @@ def ensure_schema(store: Store) -> None:
     for ddl in TABLES_DDL.values():
         store.command(ddl)  # IF NOT EXISTS: an existing table keeps its layout until migrated
     if new_store:
+        create_catalog(store)
         _record_version(store, SCHEMA_VERSION)
         return
     for version in range(max(current, 1) + 1, SCHEMA_VERSION + 1):

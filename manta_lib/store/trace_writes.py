@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from manta_lib.store.client import Store
+from manta_lib.store.schema import CATALOG_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +274,14 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
     """Delete a run's traces, spans and computed results.
 
     Spans go first and traces last, so an interrupted deletion leaves a run that is still
-    listed and can be deleted again (never traces whose spans silently vanished).
+    listed and can be deleted again (never traces whose spans silently vanished). The results
+    catalog goes before the results: an interruption there hides results that are being
+    deleted, rather than listing a version whose results are gone.
     """
     traces, spans, results = run_row_counts(store, run_id)
     parameters = {"run": run_id}
     with hold_sigint():
-        for table in ("entity_metadata", "spans", "traces"):
+        for table in (CATALOG_TABLE, "entity_metadata", "spans", "traces"):
             store.command(f"DELETE FROM {{db}}.{table} WHERE run_id = {{run:String}}", parameters)
     log.info("deleted run %s: %d traces, %d spans, %d results", run_id, traces, spans, results)
     return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)

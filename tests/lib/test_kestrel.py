@@ -39,7 +39,13 @@ SPEC = JudgeSpec(
     uses_llm=False,
 )
 COLUMNS = [
-    ColumnSpec(name="n_errors", entity_level="trace", type="number", description="failures"),
+    ColumnSpec(
+        name="n_errors",
+        entity_level="trace",
+        type="number",
+        description="failures",
+        number_type="integer",
+    ),
     ColumnSpec(name="error_rate", entity_level="run", type="number", description=""),
 ]
 JUDGE_PATH = "/v1/projects/prj_1/judges/tool_errors"
@@ -91,6 +97,7 @@ def test_upsert_columns_puts_the_column_list(server: RecordingHTTPServer) -> Non
     [request] = server.requests
     assert (request.method, request.path) == ("PUT", JUDGE_PATH + "/columns")
     assert request.headers["authorization"] == "Bearer sk-test"
+    # The local registry's number_type is not part of Kestrel's columns API: not sent.
     assert request.json() == {
         "columns": [
             {
@@ -467,6 +474,20 @@ def test_columns_from_schema_maps_every_kind_of_field() -> None:
         "anything": "json",
         "nothing": "json",
     }
+    # Numbers say whether the field is an int (read back as integers) or a float.
+    assert {c.name: c.number_type for c in columns if c.type == "number"} == {
+        "count": "integer",
+        "ratio": "number",
+        "price": "number",
+        "maybe_count": "integer",
+        "constrained": "integer",
+        "optional_annotated": "number",
+        "size": "integer",
+        "maybe_ratio": "number",
+        "level": "integer",
+        "int_or_float": "number",
+    }
+    assert {c.number_type for c in columns if c.type != "number"} == {None}
     assert [c.name for c in columns] == list(EveryType.model_fields)  # field order kept
     assert {c.entity_level for c in columns} == {"trace"}
     described = {c.name: c.description for c in columns if c.description}
@@ -475,7 +496,7 @@ def test_columns_from_schema_maps_every_kind_of_field() -> None:
 
 def test_columns_from_schema_accepts_an_entity_level_enum() -> None:
     [column] = columns_from_schema(Inner, EntityLevel.STEP)
-    assert column == ColumnSpec(name="x", entity_level="step", type="number")
+    assert column == ColumnSpec(name="x", entity_level="step", type="number", number_type="integer")
     assert column.model_dump()["entity_level"] == "step"
     assert JudgeSpec(name="j", version="1", levels=[EntityLevel.TRACE]).levels == ["trace"]
 

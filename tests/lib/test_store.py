@@ -132,3 +132,33 @@ def test_every_value_type_round_trips_through_entity_metadata(store: Store) -> N
     )
     assert types["flag"] == "boolean" and types["tags"] == "json" and types["missing"] == "null"
     assert writer.rows_written == len(Everything.model_fields) + 2 + 2
+
+
+def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store: Store) -> None:
+    store.command("DROP VIEW {db}.entity_metadata_catalog_mv")
+    store.command("DROP TABLE {db}.entity_metadata_catalog")
+    store.command("TRUNCATE TABLE {db}.schema_migrations")
+    store.command("INSERT INTO {db}.schema_migrations (version) VALUES (2)")
+    insert = (
+        "INSERT INTO {db}.entity_metadata VALUES ('p', {run:String}, 'j', 'trace', 't1', 'dp', 0, "
+        "{column:String}, {kind:String}, 1, NULL, NULL, NULL, 'v1', {at:DateTime64(6, 'UTC')})"
+    )
+    at = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    for column, kind in (("__status__", "string"), ("n", "number"), ("n", "null")):
+        store.command(insert, {"run": "r_old", "column": column, "kind": kind, "at": at})
+
+    ensure_schema(store)
+
+    assert current_version(store) == SCHEMA_VERSION == 3
+    catalog = (
+        "SELECT run_id, column, arraySort(groupUniqArrayArray(value_types)), "
+        "max(last_computed_at) FROM {db}.entity_metadata_catalog GROUP BY run_id, column "
+        "ORDER BY run_id, column"
+    )
+    assert store.rows(catalog) == [
+        ("r_old", "__status__", ["string"], at.replace(tzinfo=None)),
+        ("r_old", "n", ["null", "number"], at.replace(tzinfo=None)),
+    ]
+    # From now on every write reaches the catalog through its materialized view.
+    store.command(insert, {"run": "r_new", "column": "n", "kind": "number", "at": at})
+    assert ("r_new", "n", ["number"], at.replace(tzinfo=None)) in store.rows(catalog)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from manta_lib.errors import QueryError
+from manta_lib.models import EntityLevel
 from manta_lib.service import MantaService
 from tests.lib.results import defs
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
@@ -167,3 +171,49 @@ def test_bad_conditions_say_what_and_where(svc: MantaService, condition: str, me
     with pytest.raises(QueryError) as raised:
         svc.count_traces(TRAIN_RUN, results=condition)
     assert message in str(raised.value)
+
+
+def test_a_run_filtered_by_another_judges_results_maps_exactly_the_traces_sql_selects(
+    svc: MantaService, results_env: dict
+) -> None:
+    selected = direct_ids(svc, "trace", "tool_errors", "value_number > 0")
+    assert 0 < len(selected) < svc.count_traces(TRAIN_RUN)
+
+    # Batches smaller than the selection: the traces are streamed and the others dropped.
+    outputs = defs.strict.run(
+        TRAIN_RUN,
+        mode="local",
+        progress=False,
+        results="typed_results.tool_errors > 0",
+        batch_size=7,
+    )
+
+    mapped = [o.entity_id for o in outputs[EntityLevel.TRACE]]
+    assert sorted(mapped) == sorted(selected)
+    assert all(o.output is not None and o.output.errors > 0 for o in outputs[EntityLevel.TRACE])
+    # A filtered run is a subset run: nothing written, and the runs log says so.
+    assert svc.store.rows(
+        "SELECT count() FROM {db}.entity_metadata WHERE judge = 'strict_labels' "
+        "AND run_id = {r:String}",
+        {"r": TRAIN_RUN},
+    ) == [(0,)]
+    shards = sorted(Path(results_env["MANTA_RUNS_LOG_DIR"]).glob("*.jsonl"))
+    rows = [json.loads(line) for shard in shards for line in shard.read_text().splitlines()]
+    row = [r for r in rows if r["workflow_id"] == "manta__strict_labels"][-1]
+    assert row["subset"] is True and row["traces_total"] == len(selected)
+    assert row["summary"]["results_filter"] == "typed_results.tool_errors > 0"
+
+    # A limit applies to the selected traces, in (step, datapoint, trace) order.
+    first = defs.strict.run(
+        TRAIN_RUN,
+        mode="local",
+        progress=False,
+        results="typed_results.tool_errors > 0",
+        limit_traces=2,
+    )
+    assert [o.entity_id for o in first[EntityLevel.TRACE]] == mapped[:2]
+
+
+def test_a_run_filter_that_does_not_parse_fails_before_anything_runs() -> None:
+    with pytest.raises(QueryError, match="position"):
+        defs.strict.run(TRAIN_RUN, mode="local", results="typed_results.tool_errors >")
