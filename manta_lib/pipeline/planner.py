@@ -241,6 +241,9 @@ def group_children(
     - DATAPOINT_ACROSS_STEPS: every trace of the datapoint, or its groups at every step; keys
       ``datapoint_id`` and ``steps``.
     - RUN: every entity of the level below.
+
+    Children come in scope order (step, datapoint, trace), the order the store returns them
+    in when a reduce reads them back.
     """
     columns = group_columns(level)
     members: dict[tuple[Any, ...], dict[str, None]] = defaultdict(dict)  # ordered sets
@@ -254,7 +257,10 @@ def group_children(
     ordered = sorted(members) if level is EntityLevel.STEP else list(members)
     for key in ordered:
         entity_id, keys = group_entity(level, run_id, key, steps.get(key, ()))
-        groups[entity_id] = (keys, list(members[key]))
+        children = list(members[key])
+        if below is EntityLevel.DATAPOINT_ACROSS_STEPS:
+            children.sort()  # no step of their own: by datapoint, as the store returns them
+        groups[entity_id] = (keys, children)
     return groups
 
 

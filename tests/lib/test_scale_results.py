@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from manta_lib.context import TraceContext
 from manta_lib.demo import seed_demo
+from manta_lib.entities import EntityRef
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
+from manta_lib.pipeline import MapReduceComputation
 from manta_lib.pipeline import run as run_module
 from manta_lib.pipeline.result import LevelOutputs, RunResult
 from manta_lib.store import Store
@@ -77,3 +81,64 @@ def test_an_in_memory_run_past_the_limit_is_refused(
         demo_run, mode="local", persist_results=False, limit_traces=10, progress=False
     )
     assert len(result[EntityLevel.TRACE]) == 10
+
+
+class _Seen(BaseModel):
+    """What a reduce was given: its keys and its children, in the order it got them."""
+
+    keys: str
+    children: list[str]
+    failed: int
+
+
+def _map_ids(trace: TraceContext) -> pipeline_defs.TraceOut:
+    if trace.trace_id.endswith("3"):
+        raise RuntimeError("fails on purpose")
+    return pipeline_defs.TraceOut(
+        tool_errors=trace.step_number, score=trace.score, label=trace.trace_id
+    )
+
+
+def _seen(entity: EntityRef, children: list[BaseModel]) -> _Seen:
+    names = [getattr(c, "label", None) or getattr(c, "keys", "?") for c in children]
+    return _Seen(
+        keys=repr(sorted(entity.keys.items())), children=names, failed=entity.failed_children
+    )
+
+
+across_steps = (
+    MapReduceComputation("Test across steps", project_id="prj_test")
+    .add_level(EntityLevel.TRACE, _map_ids, pipeline_defs.TraceOut)
+    .add_level(EntityLevel.DATAPOINT, _seen, _Seen)
+    .add_level(EntityLevel.DATAPOINT_ACROSS_STEPS, _seen, _Seen)
+    .add_level(EntityLevel.RUN, _seen, _Seen)
+)
+
+
+def test_groups_read_from_the_store_equal_the_in_memory_groups(store: Store, demo_run: str) -> None:
+    """Each reduce gets the same keys and the same children in the same order, whether its
+    children are read back from the store group by group or held in memory."""
+    steps_per_datapoint = store.rows(
+        "SELECT max(n) FROM (SELECT datapoint_id, uniqExact(step_number) AS n "
+        "FROM {db}.traces WHERE run_id = {r:String} GROUP BY datapoint_id)",
+        {"r": demo_run},
+    )[0][0]
+    assert steps_per_datapoint > 1, "the fixture must have datapoints at several steps"
+    total = int(
+        store.rows("SELECT count() FROM {db}.traces WHERE run_id = {r:String}", {"r": demo_run})[0][
+            0
+        ]
+    )
+    in_memory = across_steps.run(
+        demo_run, mode="local", persist_results=False, limit_traces=total, progress=False
+    )
+    stored = across_steps.run(demo_run, mode="local", progress=False)
+    assert isinstance(in_memory, dict) and isinstance(stored, RunResult)
+    for level in (
+        EntityLevel.DATAPOINT,
+        EntityLevel.DATAPOINT_ACROSS_STEPS,
+        EntityLevel.RUN,
+    ):
+        got = {o.entity_id: o.output for o in stored[level]}
+        assert got == {o.entity_id: o.output for o in in_memory[level]}, level
+    assert any(o.output.failed for o in in_memory[EntityLevel.DATAPOINT])  # type: ignore[union-attr]

@@ -50,3 +50,13 @@ def test_column_slices_answer_like_rows(store: Store) -> None:
         assert trace.has_error == other.has_error
         assert trace.spans() == other.spans()
         assert trace.conversation().to_text() == other.conversation().to_text()
+
+
+def test_a_block_of_several_runs_is_cut_by_run_and_trace() -> None:
+    blocks = [
+        _block([("a", "r1", 0), ("a", "r1", 1), ("a", "r2", 0), ("b", "r2", 0)]),
+        _block([("b", "r2", 1), ("c", "r2", 0), ("c", "r2", 1), ("c", "r2", 2)]),
+    ]
+    slices = list(_trace_span_slices(iter(blocks)))
+    assert [key for key, _ in slices] == [("r1", "a"), ("r2", "a"), ("r2", "b"), ("r2", "c")]
+    assert [len(s) for _, s in slices] == [2, 1, 2, 3]
