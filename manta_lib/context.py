@@ -950,7 +950,8 @@ class TraceContext:
         rows = self._rows
         if self._by_kind is None and type(rows) is SpanColumns and not rows.materialized:
             values = rows.column(column)
-            return [v for k, v in zip(rows.column(_KIND), values, strict=True) if k == kind]
+            plain = str(kind.value) if isinstance(kind, SpanKind) else kind  # str == str is fastest
+            return [v for k, v in zip(rows.column(_KIND), values, strict=True) if k == plain]
         return [row[column] for row in self._rows_of(kind)]
 
     @property

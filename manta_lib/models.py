@@ -14,7 +14,13 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 _M = TypeVar("_M", bound=BaseModel)
-_set = object.__setattr__
+
+
+# BaseModel's slots, set through their descriptors (no attribute lookup per object).
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
@@ -24,10 +30,10 @@ def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
     tests check that built objects equal their validated copies.
     """
     obj = cls.__new__(cls)
-    _set(obj, "__dict__", values)
-    _set(obj, "__pydantic_fields_set__", set(values))
-    _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
+    _set_dict(obj, values)
+    _set_fields_set(obj, set(values))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from itertools import groupby
+from json.scanner import c_make_scanner  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +112,22 @@ class DatapointSummary(BaseModel):
 
 _PHASES = {phase.value: phase for phase in Phase}
 _SPAN_KINDS = {kind.value: kind for kind in SpanKind}
-_decode_json = json.JSONDecoder().decode
+_DECODER = json.JSONDecoder()
+_decode_json = _DECODER.decode
+_scan_json = c_make_scanner(_DECODER) if c_make_scanner is not None else None
+
+
+def _decode_meta(text: str) -> Any:
+    """A stored meta object (JSON we wrote): the C scanner straight away, the full decoder
+    (and its error) only for text the scanner does not consume whole."""
+    if _scan_json is not None:
+        try:
+            value, end = _scan_json(text, 0)
+        except StopIteration:
+            return _decode_json(text)
+        if end == len(text):
+            return value
+    return _decode_json(text)
 
 
 def trace_from_row(row: Sequence[Any]) -> TraceRecord:
@@ -119,7 +135,7 @@ def trace_from_row(row: Sequence[Any]) -> TraceRecord:
     values = dict(zip(TRACE_COLUMNS, row, strict=True))
     values["phase"] = _PHASES.get(values["phase"], values["phase"])
     meta = values["meta"]
-    values["meta"] = _decode_json(meta) if meta else {}
+    values["meta"] = _decode_meta(meta) if meta else {}
     return fast_construct(TraceRecord, values)
 
 

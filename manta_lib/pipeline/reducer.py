@@ -80,6 +80,8 @@ def reduce_groups(
 
     outputs: list[MetadataOutput] = []
     lock = threading.Lock()
+    # One timestamp for the call's entities: the writer encodes them as one block.
+    computed_at = utc_now()
 
     def call(item: Entity) -> Any:
         return spec.fn(item[0], item[1])
@@ -93,7 +95,7 @@ def reduce_groups(
             judge_version=judge_version,
             output=result.output,
             error=result.error,
-            computed_at=utc_now(),
+            computed_at=computed_at,
             error_at=result.where,
             datapoint_id=result.item[0].keys.get("datapoint_id"),
             step_number=result.item[0].keys.get("step_number"),

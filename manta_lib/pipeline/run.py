@@ -29,6 +29,7 @@ from manta_lib.llm.registry import judges_used_by
 from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
+from manta_lib.pipeline.gc_pacing import relaxed_gc
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
 from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Scope, group_columns, group_entity, plan_scope
@@ -111,6 +112,7 @@ def run_pipeline(
     """
     pipeline.require_levels()
     with (
+        relaxed_gc(),
         record_computation(pipeline, run_id, mode, settings) as record,
         StoreSession(settings) as session,
     ):
@@ -303,7 +305,7 @@ def map_scope(
                 clock=clock,
                 collect=collect or not options.persists,
             )
-            with llm_scope(pipeline, options, session.settings, summary) as llm:
+            with relaxed_gc(), llm_scope(pipeline, options, session.settings, summary) as llm:
                 if llm is not None:
                     tally.note = llm.progress_text
                 computed = mapper.map(job)

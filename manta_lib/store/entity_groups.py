@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from pydantic import BaseModel
@@ -110,8 +111,12 @@ def iter_output_groups(
 
 
 def _key_function(group_by: Sequence[str]) -> Any:
-    columns = tuple(group_by)
-    return lambda output: tuple(getattr(output, c) for c in columns)
+    if not group_by:
+        return lambda _output: ()
+    get = attrgetter(*group_by)
+    if len(group_by) == 1:
+        return lambda output: (get(output),)
+    return get
 
 
 def _block_outputs(
