@@ -34,9 +34,15 @@ if set(SPAN_COLUMNS) != _SPAN_KEYS or set(TRACE_COLUMNS) | {"spans"} != _TRACE_K
     raise RuntimeError("the row builders below must learn the new fields of the input models")
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def json_text(value: Any) -> str:
     """How ``meta`` and ``attributes`` are stored: compact JSON, UTF-8 as is."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    if type(value) is dict and not value:
+        return "{}"
+    return _ENCODER.encode(value)
 
 
 def to_ms(moment: datetime) -> int:
