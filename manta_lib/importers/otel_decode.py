@@ -238,12 +238,10 @@ def _proto_attributes(items: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         value = item.value
-        kind = value.WhichOneof("value")
-        # strings are most attributes (GenAI messages are JSON text): read them inline
-        if kind == "string_value":
-            out[item.key] = value.string_value
-        else:
-            out[item.key] = _PROTO_READERS[kind](value)
+        # strings are most attributes (GenAI messages are JSON text): a non-empty one is read
+        # without asking which field of the oneof is set
+        text = value.string_value
+        out[item.key] = text if text else _PROTO_READERS[value.WhichOneof("value")](value)
     return out
 
 
