@@ -677,7 +677,7 @@ def _parse_trace(
         row, unmapped, trace_id, run_id = _validate_trace(obj, project_id, now_ms, problems)
 
     raw_spans = obj.get("spans")
-    parseds: list[tuple[Any, ...]] = []
+    span_rows: list[tuple[Any, ...]] = []
     if raw_spans is not None and not isinstance(raw_spans, list):
         problems.append(("spans", f"expected a list of span objects, got {_show(raw_spans)}"))
     elif raw_spans:
@@ -694,10 +694,10 @@ def _parse_trace(
                     (f"{prefix}span_id", f"duplicate span_id {parsed[2]!r} in this trace")
                 )
             span_ids.add(parsed[2])
-            parseds.append(parsed)
+            span_rows.append(parsed)
     if problems or row is None:
         raise LineProblems(problems)
-    return row, parseds, unmapped
+    return row, span_rows, unmapped
 
 
 def _validate_trace(

@@ -29,7 +29,6 @@ _KINDS = frozenset(kind.value for kind in SpanKind)
 _PHASES = frozenset(phase.value for phase in Phase)
 _SPAN_KEYS = frozenset(SpanInput.model_fields)
 _TRACE_KEYS = frozenset(TraceInput.model_fields) | {"spans"}
-_SPAN_TEXT = ("parent_span_id", "name", "role", "content", "tool_name", "tool_result")
 if set(SPAN_COLUMNS) != _SPAN_KEYS or set(TRACE_COLUMNS) | {"spans"} != _TRACE_KEYS:
     raise RuntimeError("the row builders below must learn the new fields of the input models")
 
@@ -140,9 +139,6 @@ def span_row(
         kind = get("kind")
         if type(kind) is not str or kind not in _KINDS:
             return None
-        parent, name, role, content, tool_name, tool_result = (
-            _text(get(key)) for key in _SPAN_TEXT
-        )
         arguments = get("tool_arguments")
         if type(arguments) is dict or type(arguments) is list:
             arguments = json_text(arguments)
@@ -156,15 +152,15 @@ def span_row(
             trace,
             run,
             span_id,
-            parent,
+            _text(get("parent_span_id")),
             order,
             kind,
-            name,
-            role,
-            content,
-            tool_name,
+            _text(get("name")),
+            _text(get("role")),
+            _text(get("content")),
+            _text(get("tool_name")),
             _text(arguments),
-            tool_result,
+            _text(get("tool_result")),
             is_error,
             _text(get("model_name")),
             _count(get("tokens_input")),
