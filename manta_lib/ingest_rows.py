@@ -25,6 +25,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _INT64 = 2**63
 _MIN_YEAR, _MAX_YEAR = 1900, 2299  # what DateTime64 stores (the Timestamp rule of the models)
+_MISSING = object()
 _KINDS = frozenset(kind.value for kind in SpanKind)
 _PHASES = frozenset(phase.value for phase in Phase)
 _SPAN_KEYS = frozenset(SpanInput.model_fields)
@@ -210,6 +211,3 @@ def trace_row(obj: Any, project_id: str, now_ms: int) -> tuple[Any, ...] | None:
         )
     except _Slow:
         return None
-
-
-_MISSING = object()
