@@ -7,10 +7,10 @@ against the same traces already in Manta's JSON Lines format, side by side in on
 each into an emptied database, alternated ``--repeat`` times keeping the best of each;
 prints the ratio openai / native (target <= 2x).
 (2) ``manta collect`` (the :class:`Collector`, in this process) receiving OTLP/HTTP protobuf
-from 4 concurrent exporter processes, each posting requests of 512 spans (the
-BatchSpanProcessor's batch size) of GenAI agent traces; prints spans/s from the first request
-to the last trace written (target >= 5,000) and the spans sent against the traces and spans
-stored (no loss).
+from 4 concurrent exporter processes, each the OpenTelemetry SDK's ``OTLPSpanExporter``
+handed batches of 512 finished spans (the BatchSpanProcessor's batch size) of GenAI agent
+traces; prints spans/s from the first export to the last trace written (target >= 5,000) and
+the spans the exporters exported against the traces and spans stored (no loss).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ RUN = "bench_import"
 EXPORTERS = 4
 SPANS_PER_REQUEST = 512
 SPANS_PER_TRACE = 4  # invoke_agent, chat, execute_tool, chat
+MANTA_SPANS_PER_TRACE = 8  # 5 messages, the tool call, the 2 LLM calls (the agent span is kept)
 
 
 def rollout(n: int) -> dict[str, Any]:
@@ -121,25 +122,68 @@ def bench_import(args: argparse.Namespace) -> None:
     )
 
 
-def _exporter(endpoint: str, worker: int, requests: int, ready: Any, go: Any) -> None:
-    import httpx
+def _readable_spans(trace_numbers: range, resource: Any) -> list[Any]:
+    """GenAI agent traces as the OpenTelemetry SDK hands finished spans to its exporter."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
-    from tests.lib.importers.otlp_builders import genai_agent_trace, request, to_protobuf
+    from manta_lib.importers.otel_decode import json_attributes
+    from tests.lib.importers.otlp_builders import genai_agent_trace
 
+    scope = InstrumentationScope("bench")
+    out = []
+    for number in trace_numbers:
+        for item in genai_agent_trace(number):
+            trace_id = int(item["traceId"], 16)
+            context = SpanContext(trace_id, int(item["spanId"], 16), False, TraceFlags(1))
+            parent = item.get("parentSpanId")
+            error = item["status"].get("code") == 2
+            out.append(
+                ReadableSpan(
+                    item["name"],
+                    context=context,
+                    parent=SpanContext(trace_id, int(parent, 16), False) if parent else None,
+                    resource=resource,
+                    attributes=json_attributes(item["attributes"]),
+                    events=[
+                        Event(e["name"], json_attributes(e["attributes"]), int(e["timeUnixNano"]))
+                        for e in item["events"]
+                    ],
+                    status=Status(StatusCode.ERROR, "failed") if error else Status(),
+                    start_time=int(item["startTimeUnixNano"]),
+                    end_time=int(item["endTimeUnixNano"]),
+                    instrumentation_scope=scope,
+                )
+            )
+    return out
+
+
+def _exporter(endpoint: str, worker: int, requests: int, ready: Any, go: Any, done: Any) -> None:
+    """One process exporting like an instrumented agent: the OpenTelemetry SDK's OTLP/HTTP
+    exporter (protobuf, retrying on 503) is handed batches of 512 finished spans, as its
+    BatchSpanProcessor would; reports the spans it exported successfully and its CPU time."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    resource = Resource({"service.name": "bench", "manta.run_id": RUN})
     traces_per_request = SPANS_PER_REQUEST // SPANS_PER_TRACE
-    bodies = []
-    for r in range(requests):
-        base = (worker * 1_000_000 + r * traces_per_request) + 1
-        spans = [s for t in range(traces_per_request) for s in genai_agent_trace(base + t)]
-        bodies.append(to_protobuf(request(spans, {"service.name": "bench", "manta.run_id": RUN})))
+    batches = [
+        _readable_spans(range(first, first + traces_per_request), resource)
+        for first in (worker * 1_000_000 + r * traces_per_request + 1 for r in range(requests))
+    ]
+    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=60)
     ready.put(worker)
     go.wait()
-    with httpx.Client(timeout=60) as client:
-        for body in bodies:
-            response = client.post(
-                endpoint, content=body, headers={"Content-Type": "application/x-protobuf"}
-            )
-            assert response.status_code == 200, response.text
+    cpu = time.process_time()
+    exported = 0
+    for batch in batches:
+        if exporter.export(batch) is not SpanExportResult.SUCCESS:
+            break  # counted as not sent; the comparison with the store shows it
+        exported += len(batch)
+    done.put((exported, time.process_time() - cpu))
+    exporter.shutdown()
 
 
 def bench_collector(args: argparse.Namespace) -> None:
@@ -147,25 +191,27 @@ def bench_collector(args: argparse.Namespace) -> None:
     with Store.open(settings) as store:
         empty(store)
     requests = max(1, args.spans // (EXPORTERS * SPANS_PER_REQUEST))
-    sent = requests * EXPORTERS * SPANS_PER_REQUEST
     collector = Collector(port=0, idle_timeout=0.5, flush_interval=0.25, settings=settings).start()
     context = multiprocessing.get_context("spawn")
-    ready, go = context.Queue(), context.Event()
+    ready, go, done = context.Queue(), context.Event(), context.Queue()
     workers = [
-        context.Process(target=_exporter, args=(collector.endpoint, w, requests, ready, go))
+        context.Process(target=_exporter, args=(collector.endpoint, w, requests, ready, go, done))
         for w in range(EXPORTERS)
     ]
     for worker in workers:
         worker.start()
     for _ in workers:
-        ready.get(timeout=600)  # bodies built before the clock starts
+        ready.get(timeout=600)  # spans built before the clock starts
     started = time.perf_counter()
     cpu_started = time.process_time()  # this process = the collector (exporters are others)
     go.set()
+    reports = [done.get(timeout=3600) for _ in workers]
     for worker in workers:
         worker.join()
         assert worker.exitcode == 0
     sent_s = time.perf_counter() - started
+    sent = sum(exported for exported, _ in reports)
+    exporter_cpu = sum(cpu for _, cpu in reports)
     collector.stop()  # writes what is still buffered
     total_s = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started
@@ -177,7 +223,10 @@ def bench_collector(args: argparse.Namespace) -> None:
         f"(2) collector, {EXPORTERS} exporter processes x {requests} requests "
         f"x {SPANS_PER_REQUEST} spans:"
     )
-    print(f"    sent {sent:,} OTel spans ({sent_traces:,} traces) in {sent_s:.2f} s")
+    print(
+        f"    exported {sent:,} of {requests * EXPORTERS * SPANS_PER_REQUEST:,} OTel spans "
+        f"({sent_traces:,} traces) in {sent_s:.2f} s (exporters' CPU {exporter_cpu:.2f} s)"
+    )
     stats = collector.stats
     print(
         f"    stored {traces:,} traces, {spans:,} Manta spans; "
@@ -185,12 +234,16 @@ def bench_collector(args: argparse.Namespace) -> None:
     )
     print(
         f"    {sent / total_s:,.0f} OTel spans/s to the store (target >= 5,000); "
-        f"loss: {sent_traces - traces} traces"
+        f"loss: {sent_traces - traces} traces, "
+        f"{sent_traces * MANTA_SPANS_PER_TRACE - spans} Manta spans"
     )
     print(
         f"    collector CPU: {cpu_s:.2f} s = {sent / cpu_s:,.0f} spans per CPU-second; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
+    expected = requests * EXPORTERS * SPANS_PER_REQUEST
+    if sent != expected or (traces, spans) != (sent_traces, sent_traces * MANTA_SPANS_PER_TRACE):
+        raise SystemExit("collector: an export failed or traces were lost (see above)")
 
 
 def main() -> None:

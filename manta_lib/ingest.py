@@ -61,6 +61,9 @@ from manta_lib.ingest_lines import (
     source_of,
     unstorable_values,
 )
+from manta_lib.ingest_rows import json_text as _json
+from manta_lib.ingest_rows import span_row, trace_row
+from manta_lib.ingest_rows import to_ms as _to_ms
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanInput, SpanKind, TraceInput
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
@@ -666,6 +669,42 @@ def _parse_trace(
     if not isinstance(obj, dict):
         raise LineProblems([("", f"expected a JSON object, got {_show(obj)}")])
     problems: list[tuple[str, str]] = []
+    row = trace_row(obj, project_id, now_ms)
+    unmapped: list[str] = []
+    if row is not None:
+        trace_id, run_id = row[1], row[2]
+    else:
+        row, unmapped, trace_id, run_id = _validate_trace(obj, project_id, now_ms, problems)
+
+    raw_spans = obj.get("spans")
+    span_rows: list[tuple[Any, ...]] = []
+    if raw_spans is not None and not isinstance(raw_spans, list):
+        problems.append(("spans", f"expected a list of span objects, got {_show(raw_spans)}"))
+    elif raw_spans:
+        span_ids: set[str] = set()
+        for index, raw_span in enumerate(raw_spans):
+            prefix = f"spans[{index}]."
+            try:
+                parsed = _parse_span(raw_span, prefix, trace_id, run_id, index)
+            except LineProblems as exc:
+                problems.extend(exc.problems)
+                continue
+            if parsed[2] in span_ids:
+                problems.append(
+                    (f"{prefix}span_id", f"duplicate span_id {parsed[2]!r} in this trace")
+                )
+            span_ids.add(parsed[2])
+            span_rows.append(parsed)
+    if problems or row is None:
+        raise LineProblems(problems)
+    return row, span_rows, unmapped
+
+
+def _validate_trace(
+    obj: dict[str, Any], project_id: str, now_ms: int, problems: list[tuple[str, str]]
+) -> tuple[tuple[Any, ...] | None, list[str], str, str]:
+    """The full validation of a trace object's own keys (pydantic; words every problem):
+    its row (None if bad), the unknown keys stored in meta, its trace and run ids."""
     values, extras = _split(obj, _TRACE_KEYS, _TRACE_NULL_IS_DEFAULT, skip=("spans",))
     values["meta"] = _merge_extras(values.get("meta"), extras, "meta", "", problems)
     values.setdefault("project_id", project_id)
@@ -676,28 +715,9 @@ def _parse_trace(
         problems.extend(_translate(err, "") for err in exc.errors())
     if trace is not None:
         problems.extend(_int_range(trace, _TRACE_INT_FIELDS, ""))
-
-    raw_spans = obj.get("spans")
-    span_rows: list[tuple[Any, ...]] = []
-    if raw_spans is not None and not isinstance(raw_spans, list):
-        problems.append(("spans", f"expected a list of span objects, got {_show(raw_spans)}"))
-    elif raw_spans:
-        trace_id = trace.trace_id if trace else _str_or_empty(values.get("trace_id"))
-        run_id = trace.run_id if trace else _str_or_empty(values.get("run_id"))
-        span_ids: set[str] = set()
-        for index, raw_span in enumerate(raw_spans):
-            prefix = f"spans[{index}]."
-            try:
-                row = _parse_span(raw_span, prefix, trace_id, run_id, index)
-            except LineProblems as exc:
-                problems.extend(exc.problems)
-                continue
-            if row[2] in span_ids:
-                problems.append((f"{prefix}span_id", f"duplicate span_id {row[2]!r} in this trace"))
-            span_ids.add(row[2])
-            span_rows.append(row)
-    if problems or trace is None:
-        raise LineProblems(problems)
+    if trace is None:
+        trace_id = _str_or_empty(values.get("trace_id"))
+        return None, list(extras), trace_id, _str_or_empty(values.get("run_id"))
     row = (
         trace.project_id,
         trace.trace_id,
@@ -717,13 +737,23 @@ def _parse_trace(
         _json(trace.meta),
         _to_ms(trace.created_at) if trace.created_at else now_ms,
     )
-    return row, span_rows, list(extras)
+    return row, list(extras), trace.trace_id, trace.run_id
 
 
 def _parse_span(
     obj: Any, prefix: str, trace_id: str, run_id: str | None, seq: int
 ) -> tuple[Any, ...]:
     """Validate one span object (defaults from its trace); return its row in SPAN_COLUMNS order."""
+    row = span_row(obj, prefix, trace_id, run_id, seq)
+    if row is not None:
+        return row
+    return _validate_span(obj, prefix, trace_id, run_id, seq)
+
+
+def _validate_span(
+    obj: Any, prefix: str, trace_id: str, run_id: str | None, seq: int
+) -> tuple[Any, ...]:
+    """The full validation of :func:`_parse_span` (pydantic; words every problem)."""
     if not isinstance(obj, dict):
         raise LineProblems([(prefix.rstrip("."), f"expected a JSON object, got {_show(obj)}")])
     problems: list[tuple[str, str]] = []
@@ -861,7 +891,10 @@ def _show(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
-    text = json.dumps(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # an in-memory record may hold any object
+        text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
@@ -871,17 +904,6 @@ def _str_or_empty(value: Any) -> str:
 
 def _at(location: tuple[str, int]) -> str:
     return f"{location[0]}:{location[1]}"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _to_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch; a timestamp without a time zone is taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MILLISECOND
 
 
 def _columns(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict[str, Sequence[Any]]:

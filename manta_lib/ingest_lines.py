@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -201,6 +202,8 @@ def decode_line(raw: bytes) -> Any:
 
 def unstorable_values(value: Any) -> list[tuple[str, str]]:
     """``(field path, reason)`` for each nested value that cannot be stored faithfully."""
+    if _clean(value, 1):
+        return []
     problems: list[tuple[str, str]] = []
     stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     while stack and len(problems) < _MAX_PROBLEMS:
@@ -229,6 +232,42 @@ def unstorable_values(value: Any) -> list[tuple[str, str]]:
                 )
             )
     return problems
+
+
+def _clean(value: Any, depth: int) -> bool:  # noqa: C901 - one flat branch per JSON type
+    """True when :func:`unstorable_values` would find nothing in ``value`` (at nesting level
+    ``depth``): the fast check of every record, without the field paths. Scalars are tested
+    inline rather than by a call each; a type it does not know says False, and the full walk
+    decides."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii() or not _SURROGATE.search(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is not dict and kind is not list:
+        return kind is int or kind is bool or value is None or kind is datetime
+    if depth > MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key in value:
+            if type(key) is not str or not (key.isascii() or not _SURROGATE.search(key)):
+                return False
+        items = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() and _SURROGATE.search(item):
+                return False
+        elif kind is int or kind is bool or item is None:
+            continue
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif not _clean(item, depth + 1):
+            return False
+    return True
 
 
 def _join(path: str, key: str) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from manta_lib.errors import ConfigError
@@ -20,7 +21,7 @@ _MAX_PROBLEMS = 20
 _MAX_NANOS = 2**63  # Unix nanoseconds up to the year 2262
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: fewer objects for the garbage collector per buffered span
 class OtelSpan:
     """One OpenTelemetry span, attributes and event attributes as plain Python values."""
 
@@ -32,7 +33,7 @@ class OtelSpan:
     end_ns: int
     attributes: dict[str, Any]
     resource: dict[str, Any]
-    events: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    events: Sequence[tuple[str, int, dict[str, Any]]] = ()
     status_code: int = 0  # 0 unset, 1 ok, 2 error
     status_message: str = ""
     scope: str = ""
@@ -176,14 +177,14 @@ def _json_span(
         start = int(_get(span, "startTimeUnixNano", "start_time_unix_nano", 0) or 0)
         end = int(_get(span, "endTimeUnixNano", "end_time_unix_nano", 0) or 0)
         attributes = json_attributes(span.get("attributes") or [])
-        events = [
+        events = tuple(
             (
                 str(event.get("name", "")),
                 int(_get(event, "timeUnixNano", "time_unix_nano", 0) or 0),
                 json_attributes(event.get("attributes") or []),
             )
             for event in span.get("events") or []
-        ]
+        )
         status = span.get("status") or {}
         code = status.get("code", 0)
         code = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, code)
@@ -225,6 +226,8 @@ _PROTO_READERS: dict[str | None, Any] = {
     "bytes_value": lambda v: base64.b64encode(v.bytes_value).decode(),
     None: lambda v: None,
 }
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 
 
 def _proto_value(value: Any) -> Any:
@@ -232,7 +235,14 @@ def _proto_value(value: Any) -> Any:
 
 
 def _proto_attributes(items: Any) -> dict[str, Any]:
-    return {item.key: _proto_value(item.value) for item in items}
+    out: dict[str, Any] = {}
+    for item in items:
+        value = item.value
+        # strings are most attributes (GenAI messages are JSON text): a non-empty one is read
+        # without asking which field of the oneof is set
+        text = value.string_value
+        out[item.key] = text if text else _PROTO_READERS[value.WhichOneof("value")](value)
+    return out
 
 
 def parse_protobuf(body: bytes) -> Any:
@@ -251,57 +261,74 @@ def spans_from_proto(request: Any) -> list[OtelSpan]:
     """Spans of a protobuf ``ExportTraceServiceRequest``; raises :class:`Problems`."""
     problems: list[tuple[str, str]] = []
     out: list[OtelSpan] = []
+    append = out.append
     for r_index, rs in enumerate(request.resource_spans):
         resource = _proto_attributes(rs.resource.attributes)
         for s_index, ss in enumerate(rs.scope_spans):
+            scope = ss.scope.name
             for index, span in enumerate(ss.spans):
-                at = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
-                bad = [
-                    (f"{at}.{name}", f"expected {size} bytes, got {len(raw)}")
-                    for name, raw, size in (
-                        ("traceId", span.trace_id, 16),
-                        ("spanId", span.span_id, 8),
-                    )
-                    if len(raw) != size
-                ]
-                if span.parent_span_id and len(span.parent_span_id) != 8:
-                    bad.append(
-                        (f"{at}.parentSpanId", f"expected 8 bytes, got {len(span.parent_span_id)}")
-                    )
-                if not bad and (not any(span.trace_id) or not any(span.span_id)):
-                    bad.append((at, "an all-zero trace or span id is invalid"))
-                for name, value in (
-                    ("startTimeUnixNano", span.start_time_unix_nano),
-                    ("endTimeUnixNano", span.end_time_unix_nano),
+                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                if (
+                    len(trace_id) != 16
+                    or len(span_id) != 8
+                    or (parent and len(parent) != 8)
+                    or trace_id == _ZERO_TRACE_ID
+                    or span_id == _ZERO_SPAN_ID
+                    or start >= _MAX_NANOS
+                    or end >= _MAX_NANOS
                 ):
-                    if value >= _MAX_NANOS:
-                        bad.append((f"{at}.{name}", f"{value} is out of range"))
-                if bad:
-                    problems.extend(bad)
+                    at = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
+                    problems.extend(_proto_span_problems(span, at))
                     if len(problems) >= _MAX_PROBLEMS:
                         raise Problems(problems)
                     continue
-                out.append(
+                events = span.events
+                status = span.status
+                append(
                     OtelSpan(
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex()
-                        if any(span.parent_span_id)
-                        else "",
-                        name=span.name,
-                        start_ns=span.start_time_unix_nano,
-                        end_ns=span.end_time_unix_nano,
-                        attributes=_proto_attributes(span.attributes),
-                        resource=resource,
-                        events=[
+                        trace_id.hex(),
+                        span_id.hex(),
+                        parent.hex() if parent and parent != _ZERO_SPAN_ID else "",
+                        span.name,
+                        start,
+                        end,
+                        _proto_attributes(span.attributes),
+                        resource,
+                        tuple(
                             (e.name, e.time_unix_nano, _proto_attributes(e.attributes))
-                            for e in span.events
-                        ],
-                        status_code=int(span.status.code),
-                        status_message=span.status.message,
-                        scope=ss.scope.name,
+                            for e in events
+                        )
+                        if events
+                        else (),
+                        int(status.code),
+                        status.message,
+                        scope,
                     )
                 )
     if problems:
         raise Problems(problems)
     return out
+
+
+def _proto_span_problems(span: Any, at: str) -> list[tuple[str, str]]:
+    """Why a protobuf span's ids or times are invalid."""
+    bad = [
+        (f"{at}.{name}", f"expected {size} bytes, got {len(raw)}")
+        for name, raw, size in (
+            ("traceId", span.trace_id, 16),
+            ("spanId", span.span_id, 8),
+        )
+        if len(raw) != size
+    ]
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        bad.append((f"{at}.parentSpanId", f"expected 8 bytes, got {len(span.parent_span_id)}"))
+    if not bad and (not any(span.trace_id) or not any(span.span_id)):
+        bad.append((at, "an all-zero trace or span id is invalid"))
+    for name, value in (
+        ("startTimeUnixNano", span.start_time_unix_nano),
+        ("endTimeUnixNano", span.end_time_unix_nano),
+    ):
+        if value >= _MAX_NANOS:
+            bad.append((f"{at}.{name}", f"{value} is out of range"))
+    return bad

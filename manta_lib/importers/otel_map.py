@@ -317,13 +317,17 @@ def _context(spans: list[OtelSpan]) -> dict[str, Any]:
     for span in sorted(spans, key=lambda s: (bool(s.parent_span_id), s.start_ns)):
         for key, value in span.attributes.items():
             merged.setdefault(key, value)
-    for span in spans:
-        for key, value in span.resource.items():
+    resources = {id(span.resource): span.resource for span in spans}  # usually one, shared
+    for resource in resources.values():
+        for key, value in resource.items():
             merged.setdefault(key, value)
     return merged
 
 
 def _lookup(context: dict[str, Any], key: str) -> Any:
+    value = context.get(key)
+    if value is not None or key.split(".", 1)[0] not in context:
+        return value  # found whole, or no nested object could hold it (the usual case)
     value = field_path(context, key)
     return None if value is MISSING else value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -173,6 +174,23 @@ def test_bearer_token_and_flush_across_requests(settings: MantaSettings) -> None
     with Store.open(settings) as store:
         context = MantaService(store).get_trace(f"{9:032x}")
     assert context.conversation().to_openai_messages() == expected_conversation(9)
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_a_flush_leaves_garbage_collection_as_it_found_it(
+    settings: MantaSettings, collecting: bool
+) -> None:
+    was = gc.isenabled()
+    try:
+        with Collector(port=0, idle_timeout=30, flush_interval=3600, settings=settings) as c:
+            body = to_protobuf(request(genai_agent_trace(4), RESOURCE))
+            assert _post(c, body, PROTOBUF).status_code == 200
+            (gc.enable if collecting else gc.disable)()
+            assert c.flush(everything=True) == 1  # paused while the batch is written
+            assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert _stored_trace_ids(settings) == {f"{4:032x}"}
 
 
 def _completion(message: dict[str, Any], finish: str) -> dict[str, Any]:
