@@ -28,7 +28,6 @@ which runs on its own thread.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hmac
 import json
 import logging
@@ -37,11 +36,11 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from manta_lib.gc_pacing import relaxed_gc
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import (
     OtelSpan,
@@ -251,7 +250,7 @@ class Collector:
                 # quiet: release the store (the embedded one is then free for other processes)
                 self._release_store()
                 return 0
-            with _gc_paused():  # the batch's objects are freed before collection resumes
+            with relaxed_gc():  # the batch's objects are freed before collection resumes
                 return self._write(groups, final)
 
     def _write(self, groups: list[list[OtelSpan]], final: bool) -> int:
@@ -363,24 +362,6 @@ class Collector:
                 f"(OTEL_RESOURCE_ATTRIBUTES={_RUN_KEY}=RUN) or start the collector with --run-id"
             )
         return accepted, rejected, message
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a batch is mapped, validated and written.
-
-    A batch allocates hundreds of thousands of short-lived dicts and lists, all freed by
-    reference counting; meanwhile the collections they trigger rescan every span still
-    buffered, which took a third of the collector's CPU time. Collection resumes (if it was
-    on) when the batch is done.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _handler_class(collector: Collector) -> type[BaseHTTPRequestHandler]:

@@ -23,13 +23,13 @@ from typing import Any
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PersistenceError, PipelineDefinitionError
+from manta_lib.gc_pacing import relaxed_gc
 from manta_lib.kestrel import JudgeSpec, columns_from_schema
 from manta_lib.kestrel import register_judge as register_with_kestrel
 from manta_lib.llm.registry import judges_used_by
 from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
-from manta_lib.pipeline.gc_pacing import relaxed_gc
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
 from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Scope, group_columns, group_entity, plan_scope

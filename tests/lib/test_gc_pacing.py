@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from manta_lib.pipeline.gc_pacing import RUN_THRESHOLDS, relaxed_gc
+from manta_lib.gc_pacing import RUN_THRESHOLDS, relaxed_gc
 
 
 def test_thresholds_and_frozen_objects_are_restored_after_nested_blocks() -> None:
