@@ -3,7 +3,8 @@
 A reduce reads its children from the store: one row per child entity (its output fields as
 columns, pivoted in ClickHouse from the one-row-per-value layout), sorted by the group key
 (``datapoint_id`` / ``step_number``), so a reduce holds one group's children at a time,
-whatever the run size. ClickHouse sorts past :data:`SORT_BYTES` on disk.
+whatever the run size. ClickHouse sorts on disk past a few tens of megabytes
+(:data:`~manta_lib.store.metadata.SPILL_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from manta_lib.store.metadata import (
     ERROR_COLUMN,
     GROUP_COLUMNS,
     SHARDED_LEVELS,
+    SPILL_SETTINGS,
     STATUS_COLUMN,
     identity_where,
 )
 from manta_lib.store.trace_queries import SHARD_EXPR
-
-#: Past this many bytes ClickHouse sorts (and groups) the stream on disk.
-SORT_BYTES = 64_000_000
 
 #: Entities per block of the stream.
 BLOCK_ROWS = 8192
@@ -89,8 +88,7 @@ def iter_output_groups(
         GROUP BY entity_id
         HAVING status IS NOT NULL
         ORDER BY {order}
-        SETTINGS max_block_size = {BLOCK_ROWS}, max_bytes_before_external_sort = {SORT_BYTES},
-                 max_bytes_before_external_group_by = {SORT_BYTES},
+        SETTINGS max_block_size = {BLOCK_ROWS}, {SPILL_SETTINGS},
                  optimize_aggregation_in_order = 1
     """
     reader = store.sibling()

@@ -407,7 +407,7 @@ def load_entities(
             )
     rows = store.rows(
         _ENTITY_ROWS_SQL.format(
-            where=where, order="", block_rows=ENTITY_BLOCK_ROWS, sort_bytes=ENTITY_SORT_BYTES
+            where=where, order="", block_rows=ENTITY_BLOCK_ROWS, spill=SPILL_SETTINGS
         ),
         params,
     )
@@ -422,12 +422,21 @@ _ENTITY_ROWS_SQL = """
     FROM {{db}}.entity_metadata FINAL WHERE {where}
     ORDER BY {order}entity_id, column, computed_at DESC
     LIMIT 1 BY entity_id, column
-    SETTINGS max_block_size = {block_rows}, max_bytes_before_external_sort = {sort_bytes}
+    SETTINGS max_block_size = {block_rows}, {spill}
 """
 
 #: Past this many bytes ClickHouse sorts an entity stream on disk: a stream sorted by group
 #: key (not the table's order) would otherwise hold the whole level in memory to sort it.
 ENTITY_SORT_BYTES = 64_000_000
+
+#: Settings that make a sort or a GROUP BY spill to disk past ``ENTITY_SORT_BYTES``. Without
+#: the last two, ClickHouse only spills blocks of at least 100 MB and sizes the threshold from
+#: the machine's memory: a 3M-trace sort held 600 MB (measured in chDB 26.9).
+SPILL_SETTINGS = (
+    f"max_bytes_before_external_sort = {ENTITY_SORT_BYTES}, "
+    f"max_bytes_before_external_group_by = {ENTITY_SORT_BYTES}, "
+    "min_external_sort_block_bytes = 1000000, max_bytes_ratio_before_external_sort = 0"
+)
 
 #: Rows per block of an entity stream: values can be long texts (an LLM judge's reasons), so
 #: a block is kept well below ClickHouse's default of 65,536 rows.
@@ -463,7 +472,7 @@ def iter_entities(
                 where=where,
                 order=order,
                 block_rows=int(ENTITY_BLOCK_ROWS),
-                sort_bytes=int(ENTITY_SORT_BYTES),
+                spill=SPILL_SETTINGS,
             ),
             params,
         ) as blocks:
