@@ -6,6 +6,7 @@ its own database (``MANTA_DATABASE``); tests never see each other's rows.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,11 @@ import pytest
 
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
+
+# A test run started in the background (`nohup ... &` without job control) ignores SIGINT, and
+# child processes inherit that: the Ctrl-C tests send it to children that must receive it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _ENV_VARS = (
     "CLICKHOUSE_URL",
