@@ -486,11 +486,10 @@ class MantaService:
         order = f"ORDER BY run_id, trace_id{limit_sql}"
         traces_sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order}"
         span_where, span_params = (span_filter or SpanFilter()).where()
-        direct = flt.span_where() if limit is None else None
-        if direct is not None:
+        if limit is None and flt.spans_filterable:
             # Filter spans by their own columns: no set of the selected trace ids to build
             # (it grows with the run); the merge drops spans of traces not streamed.
-            selected = direct[0]
+            selected = where
         else:
             selected = (
                 f"run_id IN (SELECT run_id FROM {{db}}.traces WHERE {where}) "

@@ -89,10 +89,6 @@ class PlannedRefs(Sequence[TraceRef]):
             self._refs, self._load = self._load(), None
         return self._refs
 
-    @property
-    def loaded(self) -> bool:
-        return self._refs is not None
-
     def __len__(self) -> int:
         return len(self._get())
 

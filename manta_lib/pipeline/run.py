@@ -250,6 +250,7 @@ def map_scope(
     streamed = options.persists and not collect and mapper.streams and not options.subset
     wanted: list[str] | None = None
     pending: list[str] | None = None
+    done: set[str] = set()
     with clock("load"):
         if streamed:
             scope_size, pending_count = _count_pending(session.get(), pipeline, scope, options)
@@ -341,8 +342,7 @@ def map_scope(
                     f"entity_metadata lost rows, run again to recompute them"
                 )
             return ScopeOutputs(outputs, tally.mapped, done_count)
-        done_ids = sorted(set(wanted) - set(pending))
-        previous = _load_traces(session.get(), pipeline, scope, done_ids) if done_ids else []
+        previous = _load_traces(session.get(), pipeline, scope, sorted(done)) if done else []
     return ScopeOutputs(ordered(wanted, previous, computed), tally.mapped, done_count)
 
 

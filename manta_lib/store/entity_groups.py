@@ -23,13 +23,15 @@ from manta_lib.store.client import Store
 from manta_lib.store.metadata import (
     ERROR_AT_COLUMN,
     ERROR_COLUMN,
-    GROUP_COLUMNS,
     SHARDED_LEVELS,
     SPILL_SETTINGS,
     STATUS_COLUMN,
     identity_where,
 )
 from manta_lib.store.trace_queries import SHARD_EXPR
+
+#: Key columns a level's entities can be grouped by (all rows of an entity share them).
+GROUP_COLUMNS = ("datapoint_id", "step_number")
 
 #: Entities per block of the stream.
 BLOCK_ROWS = 8192
@@ -62,8 +64,7 @@ def iter_output_groups(
         raise ValueError(f"entities group by {GROUP_COLUMNS}, not {unknown}")
     fields = list(schema.model_fields)
     where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
-    params.update({"status_col": STATUS_COLUMN, "error_col": ERROR_COLUMN})
-    params.update({"error_at_col": ERROR_AT_COLUMN})
+    params.update(status_col=STATUS_COLUMN, error_col=ERROR_COLUMN, error_at_col=ERROR_AT_COLUMN)
     params["cols"] = [STATUS_COLUMN, ERROR_COLUMN, ERROR_AT_COLUMN, *fields]
     if shards is not None:
         if level not in SHARDED_LEVELS:

@@ -406,9 +406,7 @@ def load_entities(
                 f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
             )
     rows = store.rows(
-        _ENTITY_ROWS_SQL.format(
-            where=where, order="", block_rows=ENTITY_BLOCK_ROWS, spill=SPILL_SETTINGS
-        ),
+        _ENTITY_ROWS_SQL.format(where=where, block_rows=ENTITY_BLOCK_ROWS, spill=SPILL_SETTINGS),
         params,
     )
     return list(_fold_entities(rows, judge_version))
@@ -420,13 +418,13 @@ _ENTITY_ROWS_SQL = """
     SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
            judge_version, computed_at, datapoint_id, step_number
     FROM {{db}}.entity_metadata FINAL WHERE {where}
-    ORDER BY {order}entity_id, column, computed_at DESC
+    ORDER BY entity_id, column, computed_at DESC
     LIMIT 1 BY entity_id, column
     SETTINGS max_block_size = {block_rows}, {spill}
 """
 
-#: Past this many bytes ClickHouse sorts an entity stream on disk: a stream sorted by group
-#: key (not the table's order) would otherwise hold the whole level in memory to sort it.
+#: Past this many bytes ClickHouse sorts (or groups) an entity stream on disk: a stream sorted
+#: by group key (not the table's order) would otherwise hold the whole level in memory.
 ENTITY_SORT_BYTES = 64_000_000
 
 #: Settings that make a sort or a GROUP BY spill to disk past ``ENTITY_SORT_BYTES``. Without
@@ -442,9 +440,6 @@ SPILL_SETTINGS = (
 #: a block is kept well below ClickHouse's default of 65,536 rows.
 ENTITY_BLOCK_ROWS = 8192
 
-#: Key columns an entity stream can be sorted by (all rows of an entity share them).
-GROUP_COLUMNS = ("datapoint_id", "step_number")
-
 
 def iter_entities(
     store: Store,
@@ -454,23 +449,16 @@ def iter_entities(
     judge: str,
     level: EntityLevel,
     judge_version: str,
-    order_by: Sequence[str] = (),
 ) -> Iterator[StoredEntity]:
-    """The stored entities of a level and judge version, streamed in entity id order (within
-    ``order_by``, some of :data:`GROUP_COLUMNS`, so each group's entities come together):
-    memory holds one block of rows, whatever the level's size. Uses its own connection, so
-    the caller may use ``store`` while iterating."""
-    unknown = [c for c in order_by if c not in GROUP_COLUMNS]
-    if unknown:
-        raise ValueError(f"entities sort by {GROUP_COLUMNS}, not {unknown}")
+    """The stored entities of a level and judge version, streamed in entity id order: memory
+    holds one block of rows, whatever the level's size. Uses its own connection, so the
+    caller may use ``store`` while iterating."""
     where, params = identity_where(project_id, run_id, judge, level, None, None)
-    order = "".join(f"{column}, " for column in order_by)
     reader = store.sibling()
     try:
         with reader.stream(
             _ENTITY_ROWS_SQL.format(
                 where=where,
-                order=order,
                 block_rows=int(ENTITY_BLOCK_ROWS),
                 spill=SPILL_SETTINGS,
             ),

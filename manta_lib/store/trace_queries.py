@@ -213,20 +213,20 @@ class TraceFilter:
             clauses.append(self.unmapped.clause(params))
         return (" AND ".join(clauses) or "1"), params
 
-    def span_where(self) -> tuple[str, dict[str, Any]] | None:
-        """The same selection as a WHERE on the spans table, when every set field is a
-        column spans have (run, trace ids, unmapped); else None (select through traces)."""
+    @property
+    def spans_filterable(self) -> bool:
+        """Whether :meth:`where` also selects on the spans table: every set field is a
+        column spans have (run, trace ids, unmapped)."""
         span_fields = {"run_id", "trace_ids", "unmapped", "shard_count", "meta"}
-        if (
-            self.run_id is None
-            or any(
-                getattr(self, name) is not None and name not in span_fields
+        return (
+            self.run_id is not None
+            and not self.meta
+            and all(
+                getattr(self, name) is None
                 for name in self.__dataclass_fields__
+                if name not in span_fields
             )
-            or self.meta
-        ):
-            return None
-        return self.where()
+        )
 
 
 # A JSON number as the filter spells it in a string ("0.6", "-3", "1e3"), nothing looser.
