@@ -398,8 +398,16 @@ class MantaService:
             sql, params = _trace_query(TraceFilter(trace_ids=[wanted]), "trace_id", False, 1, 0)
             traces = [trace_from_row(row) for row in store.rows(sql, params)]
             if not traces:
-                raise QueryError(f"trace_id {wanted!r} not found")
+                close = trace_queries.similar_trace_ids(store, wanted)
+                hint = f"; closest stored ids: {', '.join(close)}" if close else ""
+                raise QueryError(f"trace_id {wanted!r} not found{hint}")
             return _load_contexts(store, traces, None)[0]
+
+    def similar_trace_ids(self, trace_id: str, limit: int = 5) -> list[str]:
+        """The stored trace ids closest to ``trace_id`` (for a mistyped id)."""
+        wanted = args.string("trace_id", trace_id)
+        with self._open() as store:
+            return trace_queries.similar_trace_ids(store, wanted, limit)
 
     def iter_trace_batches(
         self,

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from manta_lib.explorer.links import trace_url
 from manta_lib.explorer.pages_results import cached_judges
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
@@ -131,11 +132,14 @@ def trace_page(request: Request) -> Response:
     with explorer(request).service() as svc:
         found = svc.get_traces(trace_ids=[trace_id], limit=1)
         if not found:
+            close = svc.similar_trace_ids(trace_id)
             raise NotFound(
                 "Trace not found",
-                f"There is no trace {trace_id!r} in this store. Trace ids look like the ones "
-                f"in the trace list; a result row links to its trace.",
-                [("/traces", "all traces"), ("/", "runs")],
+                f"There is no trace {trace_id!r} in this store"
+                + (": the closest stored ids are below." if close else ".")
+                + " A result row links to its trace.",
+                [(trace_url(c, base=""), c) for c in close]
+                + [("/traces", "all traces"), ("/", "runs")],
             )
         context = svc.load_contexts(found)[0]
         results = trace_results(svc, context)

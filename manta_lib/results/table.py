@@ -80,11 +80,40 @@ def select_results(
         # The catalog was stale and has been recomputed from the results: read it again.
         selection = _select(store, judge, runs, level_value, version, project_id)
     if columns is not None:
-        catalog.require_columns(selection.columns, columns, judge)
+        _require_columns(store, selection, columns, judge, project_id)
         selection = replace(
             selection, columns=[c for c in selection.columns if c.name in set(columns)]
         )
     return selection
+
+
+def _require_columns(
+    store: Store,
+    selection: ResultsSelection,
+    wanted: Sequence[str],
+    judge: str,
+    project_id: str | None,
+) -> None:
+    """Raise for a column the selection lacks; one stored at another level of the judge is
+    named with that level (the default level is trace: "unknown" would mislead)."""
+    names = {c.name for c in selection.columns}
+    missing = [name for name in wanted if name not in names]
+    if not missing:
+        return
+    level = selection.scope.level
+    facts = q.judge_facts(store, judge, missing, selection.scope.run_ids, project_id)
+    for name in missing:
+        levels = sorted(
+            {row[0] for row in facts if row[3] == name and row[0] != level}, key=catalog.level_rank
+        )
+        if levels:
+            raise QueryError(
+                f"column {name!r} of judge {judge!r} is not stored at level {level!r}; it "
+                f"exists at level{'s' if len(levels) > 1 else ''} {', '.join(levels)}: pass "
+                f"level={levels[0]!r} "
+                f"(--level {levels[0]} on the command line)"
+            )
+    catalog.require_columns(selection.columns, wanted, judge)
 
 
 def _select(
@@ -205,7 +234,7 @@ def _fetch(
         fields = q.key_fields(selection.scope.level)
         condition, params = table_condition(where, judge, selection.columns, fields)
     if columns is not None:
-        catalog.require_columns(selection.columns, columns, judge)
+        _require_columns(store, selection, columns, judge, project_id)
         shown = [c for c in selection.columns if c.name in set(columns)]
         query_columns = selection.columns if where is not None else shown
         selection = replace(selection, columns=shown)

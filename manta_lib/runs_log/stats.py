@@ -280,10 +280,16 @@ def compute_stats(
     if buckets:
         missing = [b for b in buckets if b not in stats]
         if missing:
-            available = ", ".join(sorted(b for b in stats if b != TOTAL_BUCKET)) or "none"
+            known = sorted(b for b in stats if b != TOTAL_BUCKET)
+            found = [b for b in buckets if b in stats]
+            near = sorted({m for b in missing for m in difflib.get_close_matches(b, known, 3)})
             raise QueryError(
                 f"bucket(s) {', '.join(missing)} not found in the selected runs of "
-                f"{workflow_id}; available buckets: {available}"
+                f"{workflow_id}"
+                + (f" (did you mean: {', '.join(near)})" if near else "")
+                + (f"; found: {', '.join(found)}" if found else "")
+                + f"; available buckets: {', '.join(known) or 'none'}. Drop the unknown "
+                f"--bucket to see the others."
             )
         stats = {b: s for b, s in stats.items() if b in buckets or b == TOTAL_BUCKET}
     return StatsResult(

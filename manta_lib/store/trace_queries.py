@@ -373,3 +373,15 @@ def count_traces(store: Store, flt: TraceFilter) -> int:
     """How many traces ``flt`` selects, counted in ClickHouse."""
     where, params = flt.where()
     return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])
+
+
+def similar_trace_ids(store: Store, wanted: str, limit: int = 5) -> list[str]:
+    """The stored trace ids closest to ``wanted`` (edit distance, then id), for "not found"
+    messages: a mistyped id gets the ids it was probably meant to be."""
+    rows = store.rows(
+        "SELECT trace_id FROM {db}.traces "
+        "WHERE abs(toInt64(length(trace_id)) - {n:Int64}) <= 3 "
+        "GROUP BY trace_id ORDER BY editDistance(trace_id, {w:String}), trace_id LIMIT {k:UInt32}",
+        {"w": wanted, "n": len(wanted), "k": limit},
+    )
+    return [str(row[0]) for row in rows]

@@ -70,6 +70,10 @@ def test_unknown_trace_and_unknown_page_are_404_pages(explorer_data: ExplorerDat
     trace = explorer_data.client.get("/traces/tr_does_not_exist")
     assert trace.status_code == 404 and "Trace not found" in trace.text
     assert 'href="/traces"' in trace.text
+    typo = explorer_data.error_trace[:-1]  # a copied id one character short
+    near = explorer_data.client.get(f"/traces/{typo}")
+    assert near.status_code == 404 and "the closest stored ids are below" in near.text
+    assert f'href="/traces/{explorer_data.error_trace}"' in near.text
     page = explorer_data.client.get("/no/such/page")
     assert page.status_code == 404 and "Page not found" in page.text
 

@@ -67,3 +67,37 @@ def test_plot_cli(cli, tmp_path: Path) -> None:
     assert cli("plot", "typed_results", "tool_errors", "-r", TRAIN_RUN)[0] == 2
     code, _, err = cli("plot", "typed_results", "label", "-r", TRAIN_RUN, "-o", str(target))
     assert code == 1 and "numeric or boolean" in err
+
+
+def test_column_of_another_level_names_that_level(svc: MantaService, tmp_path: Path) -> None:
+    # mean_errors exists at the datapoint and step levels, not at the default trace level:
+    # "unknown" would send the reader looking for a typo that is not there.
+    with pytest.raises(QueryError) as caught:
+        svc.plot_series("typed_results", "mean_errors", TRAIN_RUN, tmp_path / "c.png")
+    message = str(caught.value)
+    assert "is unknown" not in message
+    assert "not stored at level 'trace'" in message
+    assert "exists at levels datapoint, step" in message
+    assert not (tmp_path / "c.png").exists()
+    # A column no level has is still unknown, with the close names.
+    with pytest.raises(QueryError, match="'mean_erors' of judge 'typed_results' is unknown"):
+        svc.series("typed_results", "mean_erors", TRAIN_RUN, level="step")
+
+
+def test_unknown_trace_id_names_the_closest_stored_ids(svc: MantaService) -> None:
+    stored = svc.get_traces(TRAIN_RUN, limit=1)[0].trace_id
+    typo = stored[:-1]  # one character short, as a copy-paste loses it
+    with pytest.raises(QueryError) as caught:
+        svc.get_trace(typo)
+    message = str(caught.value)
+    assert f"trace_id {typo!r} not found; closest stored ids: " in message
+    close = message.split("closest stored ids: ")[1].split(", ")
+    assert stored in close and len(close) == 5
+    assert svc.similar_trace_ids(typo) == close
+
+
+def test_show_cli_suggests_close_ids(svc: MantaService, cli) -> None:
+    stored = svc.get_traces(TRAIN_RUN, limit=1)[0].trace_id
+    code, out, err = cli("show", stored[:-1])
+    assert code != 0
+    assert "closest stored ids:" in out + err and stored in out + err

@@ -13,7 +13,7 @@ import pytest
 
 from manta_lib.errors import ConfigError, QueryError
 from manta_lib.runs_log import append_run, make_run_row
-from tests.lib.runs_log.helpers import SEED_OUTPUT, SEED_WORKFLOW, invoke, ok
+from tests.lib.runs_log.helpers import SEED_OUTPUT, SEED_TABLE, SEED_WORKFLOW, invoke, ok
 
 
 @pytest.mark.parametrize("engine", ["python", "duckdb", "auto"])
@@ -77,6 +77,14 @@ def test_stats_errors_are_clear(seed_log: Path, tmp_path: Path) -> None:
     assert "closest workflow ids: default__marketplace-listings-v1" in str(unknown.exception)
     missing = invoke("stats", SEED_WORKFLOW, "--log-dir", str(tmp_path / "nope"))
     assert isinstance(missing.exception, ConfigError)
+    # One unknown bucket among known ones: the refusal names it, the one found, a close match
+    # and every bucket the runs have, so the next command is obvious.
+    mixed = invoke("stats", SEED_WORKFLOW, "--bucket", "think", "--bucket", "thinks")
+    assert isinstance(mixed.exception, QueryError) and mixed.exit_code != 0
+    message = str(mixed.exception)
+    assert "bucket(s) thinks not found" in message and "(did you mean: think)" in message
+    assert "; found: think;" in message
+    assert f"available buckets: {', '.join(sorted(SEED_TABLE))}" in message
     assert f"runs log directory {tmp_path / 'nope'} does not exist" in str(missing.exception)
 
 
