@@ -20,6 +20,7 @@ class UsageSnapshot:
 
     ``cost_usd`` counts billed calls only; ``cost_known`` is False as soon as one billed call had
     a model without a price, and then ``cost_usd`` is a lower bound, never a total.
+    ``total_latency_ms`` is the sum over billed calls (``mean_latency_ms`` is the mean).
     """
 
     calls: int = 0
@@ -31,7 +32,7 @@ class UsageSnapshot:
     cached_cost_usd: float = 0.0
     cached_input_tokens: int = 0
     cached_output_tokens: int = 0
-    latency_ms: float = 0.0
+    total_latency_ms: float = 0.0
     rate_limited: int = 0
     retries: int = 0
     failures: int = 0
@@ -48,9 +49,19 @@ class UsageSnapshot:
         return self.cache_hits / self.requests if self.requests else 0.0
 
     @property
+    def mean_latency_ms(self) -> float:
+        """Mean milliseconds per billed call (0 before the first)."""
+        return self.total_latency_ms / self.calls if self.calls else 0.0
+
+    @property
     def mean_latency_s(self) -> float:
         """Mean seconds per billed call (0 before the first)."""
-        return self.latency_ms / 1000 / self.calls if self.calls else 0.0
+        return self.mean_latency_ms / 1000
+
+    @property
+    def latency_ms(self) -> float:
+        """Deprecated name of ``total_latency_ms`` (a sum over calls, not a mean)."""
+        return self.total_latency_ms
 
     @property
     def calls_per_s(self) -> float:
@@ -68,7 +79,7 @@ class UsageSnapshot:
             cached_cost_usd=self.cached_cost_usd - earlier.cached_cost_usd,
             cached_input_tokens=self.cached_input_tokens - earlier.cached_input_tokens,
             cached_output_tokens=self.cached_output_tokens - earlier.cached_output_tokens,
-            latency_ms=self.latency_ms - earlier.latency_ms,
+            total_latency_ms=self.total_latency_ms - earlier.total_latency_ms,
             rate_limited=self.rate_limited - earlier.rate_limited,
             retries=self.retries - earlier.retries,
             failures=self.failures - earlier.failures,
@@ -88,7 +99,7 @@ class UsageSnapshot:
             cached_cost_usd=self.cached_cost_usd + other.cached_cost_usd,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
             cached_output_tokens=self.cached_output_tokens + other.cached_output_tokens,
-            latency_ms=self.latency_ms + other.latency_ms,
+            total_latency_ms=self.total_latency_ms + other.total_latency_ms,
             rate_limited=self.rate_limited + other.rate_limited,
             retries=self.retries + other.retries,
             failures=self.failures + other.failures,
@@ -111,7 +122,8 @@ class UsageSnapshot:
         return fields
 
     def as_dict(self) -> dict[str, float | int | bool]:
-        return asdict(self)
+        """Every counter, plus ``mean_latency_ms`` (named apart from the total it divides)."""
+        return {**asdict(self), "mean_latency_ms": self.mean_latency_ms}
 
 
 @dataclass
@@ -202,7 +214,7 @@ class LLMUsage:
                 cached_cost_usd=self._cached_cost_usd,
                 cached_input_tokens=self._cached_input_tokens,
                 cached_output_tokens=self._cached_output_tokens,
-                latency_ms=self._latency_ms,
+                total_latency_ms=self._latency_ms,
                 rate_limited=self._rate_limited,
                 retries=self._retries,
                 failures=self._failures,

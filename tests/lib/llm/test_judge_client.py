@@ -197,3 +197,23 @@ def test_the_llm_environment_for_remote_workers() -> None:
         "OPENAI_BASE_URL": "http://vllm:8000/v1",
         "MANTA_LLM_RPM": "600",
     }
+
+
+def test_usage_names_the_mean_latency_and_the_total_apart(
+    fake: FakeOpenAIServer, make_judge: Judge
+) -> None:
+    fake.latency = 0.03
+    judge = make_judge(cache=False)
+    answers = [judge.complete(f"trajectory {i}") for i in range(5)]
+    usage = judge.usage.snapshot()
+    per_call = [a.latency_ms for a in answers]
+    assert usage.calls == 5 and min(per_call) >= 30
+    assert usage.total_latency_ms == pytest.approx(sum(per_call))
+    # The mean is a mean: it was once the sum under the mean's name.
+    assert usage.mean_latency_ms == pytest.approx(sum(per_call) / 5)
+    assert usage.mean_latency_ms <= max(per_call)
+    assert usage.mean_latency_s == pytest.approx(usage.mean_latency_ms / 1000)
+    fields = usage.as_dict()
+    assert fields["mean_latency_ms"] == pytest.approx(sum(per_call) / 5)
+    assert fields["total_latency_ms"] == pytest.approx(sum(per_call))
+    assert "latency_ms" not in fields  # no ambiguous name left in the dict
