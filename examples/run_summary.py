@@ -14,8 +14,8 @@ from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext, pe
 
 class TraceCost(BaseModel):
     status: str
-    cost_usd: float
-    llm_cost_usd: float
+    cost_usd: float | None  # None: the trace's cost is not known
+    llm_cost_usd: float | None
     tokens: int
     turns: int
     duration_s: float
@@ -24,7 +24,8 @@ class TraceCost(BaseModel):
 class RunSummary(BaseModel):
     traces: int
     failed_traces: int = Field(description="traces whose status is not 'completed'")
-    total_cost_usd: float
+    total_cost_usd: float | None = Field(description="None when a trace's cost is unknown")
+    traces_without_cost: int
     mean_tokens: float
     mean_turns: float
     duration_p50_s: float
@@ -46,10 +47,12 @@ def map_cost(trace: TraceContext) -> TraceCost:
 def summarise_run(entity: EntityRef, traces: list[TraceCost]) -> RunSummary:
     count = len(traces) or 1
     durations = sorted(t.duration_s for t in traces)
+    unknown = sum(t.cost_usd is None for t in traces)  # a partial sum would look like the total
     return RunSummary(
         traces=len(traces),
         failed_traces=sum(t.status != "completed" for t in traces) + entity.failed_children,
-        total_cost_usd=round(sum(t.cost_usd for t in traces), 6),
+        total_cost_usd=None if unknown else round(sum(t.cost_usd or 0.0 for t in traces), 6),
+        traces_without_cost=unknown,
         mean_tokens=sum(t.tokens for t in traces) / count,
         mean_turns=sum(t.turns for t in traces) / count,
         duration_p50_s=percentile(durations, 0.50) if durations else 0.0,

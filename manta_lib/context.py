@@ -134,7 +134,7 @@ class GraderResult(BaseModel):
     model_name: str | None = None
     tokens_input: int = 0
     tokens_output: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # None: not known
     seq: int
     span_id: str
 
@@ -148,7 +148,7 @@ class LLMCall(BaseModel):
     model_name: str
     tokens_input: int = 0
     tokens_output: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # None: not known
     duration_ms: float | None = None
     finish_reason: str | None = None
     turn: int | None = None
@@ -774,7 +774,7 @@ class TraceContext:
         return self._trace.status
 
     @property
-    def cost_usd(self) -> float:
+    def cost_usd(self) -> float | None:
         return self._trace.cost_usd
 
     @property
@@ -968,9 +968,13 @@ class TraceContext:
         return sum(1 for flag in self._values_of(SpanKind.TOOL, _IS_ERROR) if flag)
 
     @property
-    def llm_cost_usd(self) -> float:
-        """Cost of the ``llm`` spans (a grader's own LLM cost is on its :class:`GraderResult`)."""
-        return float(sum(self._values_of(SpanKind.LLM, _COST)))
+    def llm_cost_usd(self) -> float | None:
+        """Cost of the ``llm`` spans (a grader's own LLM cost is on its :class:`GraderResult`);
+        None when one of them has no known cost (a sum of the known ones would look whole)."""
+        costs = list(self._values_of(SpanKind.LLM, _COST))
+        if any(cost is None for cost in costs):
+            return None
+        return float(sum(costs))
 
     @property
     def llm_tokens(self) -> tuple[int, int]:

@@ -102,7 +102,7 @@ class SpanRecord(BaseModel):
     model_name: str = ""
     tokens_input: int = 0
     tokens_output: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # None: not known (never shown as 0)
     started_at: datetime | None = None
     ended_at: datetime | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
@@ -120,7 +120,7 @@ class TraceRecord(BaseModel):
     datapoint_id: str = ""
     score: float | None = None
     status: str = "completed"
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # None: not known (never shown as 0)
     duration_ms: int = 0
     turn_count: int = 0
     tokens_input: int = 0
@@ -192,7 +192,7 @@ class TraceInput(TraceRecord):
     trace_id: NonBlank
     run_id: NonBlank
     score: Finite | None = None
-    cost_usd: Cost = 0.0
+    cost_usd: Cost | None = None
     duration_ms: Count = 0
     turn_count: Count = 0
     tokens_input: Count = 0
@@ -206,7 +206,7 @@ class SpanInput(SpanRecord):
     span_id: NonBlank
     tokens_input: Count = 0
     tokens_output: Count = 0
-    cost_usd: Cost = 0.0
+    cost_usd: Cost | None = None
     started_at: Timestamp = None
     ended_at: Timestamp = None
 

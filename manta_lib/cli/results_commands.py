@@ -173,6 +173,13 @@ def show_command(
     _print_trace(trace, results, max_chars)
 
 
+def _cost_text(cost: float | None, estimated: bool) -> str:
+    """A trace's cost for people: unknown is said, never shown as $0; estimates say so."""
+    if cost is None:
+        return "cost unknown"
+    return f"${cost:.4f}" + (" (estimated)" if estimated else "")
+
+
 def _print_trace(trace: TraceContext, results: list[StoredResult], max_chars: int) -> None:
     score = "-" if trace.score is None else f"{trace.score:.3f}"
     status_style = "red" if trace.has_error or trace.status != "ok" else "green"
@@ -182,7 +189,8 @@ def _print_trace(trace: TraceContext, results: list[StoredResult], max_chars: in
         f"{trace.phase.value} · ",
         (trace.status, status_style),
         f" · score {score} · {trace.model_name} · {trace.turn_count} turns · "
-        f"${trace.cost_usd:.4f} · {trace.duration_ms / 1000:.1f} s",
+        f"{_cost_text(trace.cost_usd, bool(trace.meta.get('cost_estimated')))} · "
+        f"{trace.duration_ms / 1000:.1f} s",
     )
     console.print(header)
     for turn in trace.conversation():

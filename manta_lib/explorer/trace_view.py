@@ -106,6 +106,65 @@ class Timeline:
     untimed: int = 0
 
 
+@dataclass(frozen=True)
+class Share:
+    """One part of a trace's recorded tokens and cost (LLM calls, graders, ...)."""
+
+    label: str
+    tokens_input: int
+    tokens_output: int
+    cost_usd: float | None  # None: one of its spans has no known cost
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The trace's own token and cost totals and what they are made of, so the header and the
+    per-section totals never disagree without the page saying why."""
+
+    shares: list[Share]
+    rest: Share | None  # recorded on the trace but in no span (negative: spans hold more)
+
+    @property
+    def explained(self) -> bool:
+        return self.rest is None
+
+
+def _sum_costs(costs: list[float | None]) -> float | None:
+    return None if any(c is None for c in costs) else float(sum(c or 0.0 for c in costs))
+
+
+def build_totals(trace: TraceContext, spans: list[SpanRecord]) -> Totals:
+    """Split the trace's recorded tokens and cost by span kind; what no span holds is ``rest``."""
+    labels = {"llm": "LLM calls", "grader": "grader"}
+    shares: list[Share] = []
+    for kind in ("llm", "grader", *sorted({s.kind for s in spans} - {"llm", "grader"})):
+        of_kind = [s for s in spans if s.kind == kind]
+        used = [s for s in of_kind if s.tokens_input or s.tokens_output or s.cost_usd]
+        if not used and kind != "llm":
+            continue
+        shares.append(
+            Share(
+                labels.get(kind, f"{kind} spans"),
+                sum(s.tokens_input for s in of_kind),
+                sum(s.tokens_output for s in of_kind),
+                _sum_costs([s.cost_usd for s in used]) if used else 0.0,
+            )
+        )
+    rest_in = trace.tokens_input - sum(s.tokens_input for s in shares)
+    rest_out = trace.tokens_output - sum(s.tokens_output for s in shares)
+    known = [s.cost_usd for s in shares]
+    rest_cost: float | None = None
+    if trace.cost_usd is not None and all(c is not None for c in known):
+        rest_cost = trace.cost_usd - sum(c or 0.0 for c in known)
+        if abs(rest_cost) < 1e-9 * max(1.0, abs(trace.cost_usd)):
+            rest_cost = 0.0
+    cost_differs = rest_cost is not None and rest_cost != 0.0
+    rest = None
+    if rest_in or rest_out or cost_differs:
+        rest = Share("in no span", rest_in, rest_out, rest_cost if cost_differs else None)
+    return Totals(shares, rest)
+
+
 @dataclass
 class TraceView:
     context: TraceContext
@@ -113,13 +172,16 @@ class TraceView:
     grader: GraderResult | None
     graders: list[GraderResult]
     llm_calls: list[LLMCall]
-    llm_totals: dict[str, float]
+    llm_totals: dict[str, float | None]
     system_events: list[SystemEvent]
     event_texts: dict[str, Text]
     timeline: Timeline
     spans: list[SpanRecord]
     span_count: int
     tool_errors: int
+    totals: Totals
+    message_count: int
+    tool_call_count: int
 
 
 def build_trace_view(context: TraceContext) -> TraceView:
@@ -138,7 +200,7 @@ def build_trace_view(context: TraceContext) -> TraceView:
         llm_totals={
             "tokens_input": sum(c.tokens_input for c in llm_calls),
             "tokens_output": sum(c.tokens_output for c in llm_calls),
-            "cost_usd": sum(c.cost_usd for c in llm_calls),
+            "cost_usd": _sum_costs([c.cost_usd for c in llm_calls]),
             "duration_ms": sum(c.duration_ms or 0.0 for c in llm_calls),
         },
         system_events=events,
@@ -147,6 +209,9 @@ def build_trace_view(context: TraceContext) -> TraceView:
         spans=spans,
         span_count=len(spans),
         tool_errors=context.tool_error_count,
+        totals=build_totals(context, spans),
+        message_count=sum(1 for item in chat if item.kind == "message"),
+        tool_call_count=sum(1 for item in chat if item.kind == "tool"),
     )
 
 

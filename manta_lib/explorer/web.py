@@ -285,7 +285,7 @@ def _pct(value: float | None) -> str:
 
 def _usd(value: float | None) -> str:
     if value is None:
-        return "–"
+        return "unknown"  # a cost nobody recorded or could price is never shown as $0
     return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 

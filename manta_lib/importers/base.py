@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from manta_lib.errors import ValidationError
 from manta_lib.ingest import SourceRecord
+from manta_lib.llm.prices import table_price
 from manta_lib.models import Phase
 
 MISSING: Any = object()
@@ -201,3 +202,30 @@ def no_run_id(where: str) -> Problems:
     return Problems(
         [("run_id", f"no run id: pass --run-id RUN (import_records(run_id=...)) or {where}")]
     )
+
+
+def known_or_estimated_cost(
+    given: float | None, model: str, input_tokens: int, output_tokens: int
+) -> tuple[float | None, bool]:
+    """``(cost, estimated)`` of one model call: the source's own cost when it has one; else the
+    maintained price table's price of the call's model and tokens (``estimated``); else
+    ``(None, False)``: unknown, never 0."""
+    if given is not None:
+        return float(given), False
+    if not model or (not input_tokens and not output_tokens):
+        return None, False
+    for name in (model, model.rsplit("/", 1)[-1]):  # "openai/gpt-4o-mini" as Inspect names it
+        priced = table_price(name, input_tokens, output_tokens)
+        if priced is not None:
+            return float(priced.total_price), True
+    return None, False
+
+
+def total_cost(spans: list[dict[str, Any]]) -> tuple[float | None, bool]:
+    """``(sum, estimated)`` of the spans' ``cost_usd``: None when one is unknown (a sum of
+    the known ones would read as the whole), estimated when one was."""
+    costs = [span.get("cost_usd") for span in spans]
+    if not costs or any(cost is None for cost in costs):
+        return None, False
+    estimated = any(span.get("attributes", {}).get("cost_estimated") for span in spans)
+    return float(sum(costs)), estimated

@@ -4,8 +4,9 @@ Needs the ``inspect`` extra (``pip install 'manta[inspect]'``). One trace per sa
 epoch:
 
 - ``trace_id`` = ``<eval_id>:<sample id>:<epoch>`` (prefixed by ``--run-id`` when that
-  differs from the eval's run id); ``run_id`` = the eval's ``run_id``
-  (``--run-id`` overrides); ``env_name`` = the task; ``datapoint_id`` = the sample id (or
+  differs from the eval's run id); ``run_id`` = ``<task>_<eval created, UTC>``, e.g.
+  ``browser_2025-05-13T00-27-36`` (``--run-id`` overrides; Inspect's run id is in meta);
+  ``env_name`` = the task; ``datapoint_id`` = the sample id (or
   the ``--datapoint`` path into the sample); ``phase`` = ``eval``; ``step_number`` = 0 (or
   ``--step``); ``model_name`` = the eval's model;
 - messages and tool calls as chat spans (a tool message's ``error`` makes its call
@@ -22,7 +23,11 @@ epoch:
   calls made inside a scorer go to that scorer's grader span (model, tokens, cost, and its
   conversation as ``attributes.messages``);
 - ``status``: ``error`` when the sample errored, ``<type>_limit`` when it hit a limit;
-  ``duration_ms`` = total time; tokens and cost = the sums of the ``llm`` spans;
+  ``duration_ms`` = total time; tokens and cost = the sums of the ``llm`` spans; a call
+  without a logged cost is priced from the maintained price table (genai-prices) by its
+  model and tokens and marked ``cost_estimated`` (span attributes, trace ``meta``); a cost
+  that cannot be known is null, and so is a sum that includes one; ``created_at`` = the
+  sample's start, else the eval's creation time;
   ``meta.inspect`` = the eval's task, ids, model, dataset,
   task arguments and metadata; ``meta.sample_metadata``, ``meta.target``.
 """
@@ -33,12 +38,18 @@ import json
 import re
 import zipfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from manta_lib.errors import ConfigError
-from manta_lib.importers.base import Hierarchy, Problems, score_number
+from manta_lib.importers.base import (
+    Hierarchy,
+    Problems,
+    known_or_estimated_cost,
+    score_number,
+    total_cost,
+)
 from manta_lib.importers.chat import chat_spans
 from manta_lib.ingest import SourceRecord
 
@@ -190,7 +201,9 @@ def _model_calls(
         model = (output.model if output and output.model else None) or event.model
         tokens_in = usage.input_tokens if usage else 0
         tokens_out = usage.output_tokens if usage else 0
-        cost = (usage.total_cost or 0.0) if usage else 0.0
+        cost, estimated = known_or_estimated_cost(
+            usage.total_cost if usage else None, model or "", tokens_in, tokens_out
+        )
         scorer = scorer_of.get(event.span_id or "")
         if scorer is not None:
             grader = graders.setdefault(
@@ -199,7 +212,10 @@ def _model_calls(
             )
             grader["tokens_input"] += tokens_in
             grader["tokens_output"] += tokens_out
-            grader["cost_usd"] += cost
+            # one call without a known cost makes the grader's cost unknown
+            grader["cost_usd"] = None if cost is None else _plus(grader["cost_usd"], cost)
+            if estimated:
+                grader["cost_estimated"] = True
             grader.setdefault("messages", []).extend(
                 {"role": m.role, "content": m.text}
                 for m in [*event.input, *([choice.message] if choice else [])]
@@ -220,12 +236,16 @@ def _model_calls(
                     "turn": len(spans),
                     "finish_reason": choice.stop_reason if choice else None,
                     "input_tokens_cache_read": usage.input_tokens_cache_read if usage else None,
+                    **({"cost_estimated": True} if estimated else {}),
                 },
             }
         )
     if spans or graders:
         return spans, graders
     for turn, (model, usage) in enumerate((sample.model_usage or {}).items()):
+        cost, estimated = known_or_estimated_cost(
+            usage.total_cost, model, usage.input_tokens, usage.output_tokens
+        )
         spans.append(
             {
                 "span_id": f"{trace_id}:u{turn}",
@@ -234,11 +254,36 @@ def _model_calls(
                 "model_name": model,
                 "tokens_input": usage.input_tokens,
                 "tokens_output": usage.output_tokens,
-                "cost_usd": usage.total_cost or 0.0,
-                "attributes": {"turn": turn, "aggregate": True},
+                "cost_usd": cost,
+                "attributes": {
+                    "turn": turn,
+                    "aggregate": True,
+                    **({"cost_estimated": True} if estimated else {}),
+                },
             }
         )
     return spans, graders
+
+
+def _plus(total: float | None, cost: float) -> float | None:
+    return None if total is None else total + cost
+
+
+def inspect_run_id(spec: Any) -> str:
+    """The run id of an Inspect eval: its task and the time it was created, readable
+    (``browser_2025-05-13T00-27-36``); Inspect's own opaque run id stays in ``meta.inspect``."""
+    task = str(spec.task or spec.task_id or "inspect").rsplit("/", 1)[-1]
+    created = spec.created
+    if isinstance(created, str):
+        try:
+            created = datetime.fromisoformat(created)
+        except ValueError:
+            created = None
+    if not isinstance(created, datetime):
+        return f"{task}_{spec.run_id}"
+    if created.tzinfo is not None:
+        created = created.astimezone(UTC)
+    return f"{task}_{created:%Y-%m-%dT%H-%M-%S}"
 
 
 def _iso(moment: datetime | str | None) -> str | None:
@@ -270,6 +315,8 @@ def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) 
         usage_of_grader = dict(grader_usage.get(name, {}))
         if "messages" in usage_of_grader:
             grader["attributes"]["messages"] = usage_of_grader.pop("messages")
+        if usage_of_grader.pop("cost_estimated", False):
+            grader["attributes"]["cost_estimated"] = True
         spans.append({**grader, **usage_of_grader, "seq": seq})
         seq += 1
     for span in llm_spans:
@@ -306,9 +353,12 @@ def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) 
     }
     if sample.error:
         meta["error"] = sample.error.message
+    cost, estimated = total_cost(llm_spans)
+    if estimated:
+        meta["cost_estimated"] = True
     trace: dict[str, Any] = {
         "trace_id": trace_id,
-        "run_id": hierarchy.run_id or spec.run_id,
+        "run_id": hierarchy.run_id or inspect_run_id(spec),
         "phase": hierarchy.phase or "eval",
         "step_number": hierarchy.step_value(sample_dict, 0),
         "datapoint_id": str(hierarchy.path_value(sample_dict, "datapoint", sample.id)),
@@ -320,12 +370,16 @@ def sample_trace(header: Any, sample: Any, hierarchy: Hierarchy, log_name: str) 
         "duration_ms": round((sample.total_time or 0) * 1000),
         "tokens_input": sum(span["tokens_input"] for span in llm_spans),
         "tokens_output": sum(span["tokens_output"] for span in llm_spans),
-        "cost_usd": sum(span["cost_usd"] for span in llm_spans),
+        "cost_usd": cost,
         "meta": meta,
         "spans": spans,
     }
     if hierarchy.project:
         trace["project_id"] = hierarchy.project
-    if getattr(sample, "started_at", None):
-        trace["created_at"] = _iso(sample.started_at)
+    trace["created_at"] = _started(sample, spec)
     return trace
+
+
+def _started(sample: Any, spec: Any) -> str | None:
+    """The sample's start, else the eval's creation (the eval's date, never the import's)."""
+    return _iso(getattr(sample, "started_at", None) or spec.created)

@@ -46,8 +46,10 @@ from manta_lib.importers.base import (
     Hierarchy,
     Problems,
     field_path,
+    known_or_estimated_cost,
     no_run_id,
     score_number,
+    total_cost,
 )
 from manta_lib.importers.chat import chat_spans, content_text
 from manta_lib.importers.otel_decode import OtelSpan
@@ -402,7 +404,7 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
                     "llm.token_count.completion",
                 )
                 or 0,
-                "cost_usd": _first(attrs, "gen_ai.usage.cost", "llm.cost.total") or 0.0,
+                "cost_usd": _first(attrs, "gen_ai.usage.cost", "llm.cost.total"),
                 "started_at": _time(span.start_ns),
                 "ended_at": _time(span.end_ns),
                 "is_error": span.status_code == _STATUS_ERROR,
@@ -416,6 +418,17 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
                 },
             }
         )
+    for llm_span in llm_spans:  # no cost attribute: priced by model and tokens, or unknown
+        if llm_span["cost_usd"] is None:
+            cost, estimated = known_or_estimated_cost(
+                None,
+                llm_span["model_name"],
+                int(llm_span["tokens_input"]),
+                int(llm_span["tokens_output"]),
+            )
+            llm_span["cost_usd"] = cost
+            if estimated:
+                llm_span["attributes"]["cost_estimated"] = True
     try:
         spans_out, turns = chat_spans(conversation, trace_id)
     except Problems as exc:
@@ -486,6 +499,7 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
     start = min((s.start_ns for s in ordered if s.start_ns), default=0)
     end = max((s.end_ns for s in ordered), default=0)
     resource = ordered[0].resource
+    cost_total, cost_estimated = total_cost(llm_spans)
     trace: dict[str, Any] = {
         "trace_id": trace_id,
         "run_id": str(run_id),
@@ -499,8 +513,12 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
         "model_name": next((s["model_name"] for s in llm_spans if s["model_name"]), ""),
         "tokens_input": sum(int(s["tokens_input"]) for s in llm_spans),
         "tokens_output": sum(int(s["tokens_output"]) for s in llm_spans),
-        "cost_usd": sum(float(s["cost_usd"]) for s in llm_spans),
-        "meta": {"otel_trace_id": otel_trace_id, "resource": resource},
+        "cost_usd": cost_total,
+        "meta": {
+            "otel_trace_id": otel_trace_id,
+            "resource": resource,
+            **({"cost_estimated": True} if cost_estimated else {}),
+        },
         "spans": spans_out,
     }
     if start:

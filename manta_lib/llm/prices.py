@@ -119,13 +119,22 @@ class PriceTable:
         )
 
     def _calc(self, model: str, input_tokens: int, output_tokens: int) -> Any:
-        from genai_prices import Usage, calc_price
+        return table_price(model, input_tokens, output_tokens, self.provider)
 
-        try:
-            return calc_price(
-                Usage(input_tokens=input_tokens, output_tokens=output_tokens),
-                model_ref=model,
-                provider_id=self.provider,
-            )
-        except LookupError:
-            return None
+
+def table_price(
+    model: str, input_tokens: int, output_tokens: int, provider: str | None = None
+) -> Any:
+    """The maintained table's price calculation of one call (``genai_prices`` result: its
+    ``total_price``, ``provider`` and ``model``), or None when the table has no such model.
+    Quiet: the caller decides what an unknown model means."""
+    from genai_prices import Usage, calc_price
+
+    try:
+        return calc_price(
+            Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            model_ref=model,
+            provider_id=provider,
+        )
+    except LookupError:
+        return None

@@ -37,9 +37,11 @@ class RunFacets:
     run_id: str
     models: list[str]
     envs: list[str]
-    cost_usd: float
+    cost_usd: float | None  # of the traces whose cost is known; None when none is
     tokens_input: int
     tokens_output: int
+    cost_unknown: int = 0  # traces without a known cost (not in ``cost_usd``)
+    cost_estimated: int = 0  # traces whose cost the importer estimated from a price table
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def run_facets(store: Store, run_ids: Sequence[str] | None = None) -> dict[str, 
     rows = store.rows(
         f"""
         SELECT run_id, arraySort(groupUniqArray(model_name)), arraySort(groupUniqArray(env_name)),
-               sum(cost_usd), sum(tokens_input), sum(tokens_output)
+               sum(cost_usd), sum(tokens_input), sum(tokens_output), countIf(cost_usd IS NULL),
+               countIf(JSONExtractBool(meta, 'cost_estimated')), count(cost_usd)
         FROM {{db}}.traces WHERE {where} GROUP BY run_id
         """,
         params,
@@ -82,9 +85,11 @@ def run_facets(store: Store, run_ids: Sequence[str] | None = None) -> dict[str, 
             run_id=r[0],
             models=[m for m in r[1] if m],
             envs=[e for e in r[2] if e],
-            cost_usd=float(r[3]),
+            cost_usd=float(r[3]) if r[8] else None,
             tokens_input=int(r[4]),
             tokens_output=int(r[5]),
+            cost_unknown=int(r[6]),
+            cost_estimated=int(r[7]),
         )
         for r in rows
     }

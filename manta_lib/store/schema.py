@@ -36,7 +36,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS {db}.traces (
     datapoint_id  String,
     score         Nullable(Float64),
     status        LowCardinality(String),
-    cost_usd      Float64,
+    cost_usd      Nullable(Float64),
     duration_ms   Int64,
     turn_count    Int64,
     tokens_input  Int64,
@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS {db}.spans (
     model_name     LowCardinality(String),
     tokens_input   Int64,
     tokens_output  Int64,
-    cost_usd       Float64,
+    cost_usd       Nullable(Float64),
     started_at     Nullable(DateTime64(3, 'UTC')),
     ended_at       Nullable(DateTime64(3, 'UTC')),
     attributes     String
@@ -250,8 +250,25 @@ def _migrate_to_3(store: Store) -> None:
     create_catalog(store)
 
 
-#: version -> the function that brings a store from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Store], None]] = {2: _migrate_to_2, 3: _migrate_to_3}
+def _migrate_to_6(store: Store) -> None:
+    """A trace's or span's cost may be unknown (NULL) instead of 0.
+
+    Rows already stored keep their value: a 0 written for a missing cost by an older Manta
+    cannot be told from a real 0 and stays as it is; re-import such files to get NULL.
+    """
+    for table in ("traces", "spans"):
+        store.command(
+            f"ALTER TABLE {{db}}.{table} MODIFY COLUMN cost_usd Nullable(Float64) "
+            "SETTINGS mutations_sync = 2"
+        )
+
+
+#: version -> the function that brings a store from an earlier version to version (in order).
+MIGRATIONS: dict[int, Callable[[Store], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+    6: _migrate_to_6,
+}
 
 
 def ensure_schema(store: Store) -> None:
@@ -268,7 +285,7 @@ def ensure_schema(store: Store) -> None:
         create_catalog(store)
         _record_version(store, SCHEMA_VERSION)
         return
-    for version in range(max(current, 1) + 1, SCHEMA_VERSION + 1):
+    for version in sorted(v for v in MIGRATIONS if v > max(current, 1)):
         MIGRATIONS[version](store)
         _record_version(store, version)
 
