@@ -135,6 +135,7 @@ def judges_command(
                     "judge": info.judge,
                     "project_id": info.project_id,
                     "version": version.version,
+                    "label": version.label,
                     "latest": version.version == latest,
                     "level": version.level,
                     "runs": version.runs,
@@ -412,8 +413,8 @@ def _print_comparison(summary: dict[str, Any]) -> None:
 
     if "run_a" in summary:
         console.print(
-            f"[bold]{summary['judge']}[/] · {summary['level']}: {summary['run_b']} vs "
-            f"{summary['run_a']} · {summary['common_entities']} common entities "
+            f"[bold]{summary['judge']}[/] · {summary['level']}: A {summary['run_a']} vs "
+            f"B {summary['run_b']} · {summary['common_entities']} common entities "
             f"({summary['only_a']} only in A, {summary['only_b']} only in B)"
         )
         if summary["note"]:
@@ -451,16 +452,20 @@ def _print_comparison(summary: dict[str, Any]) -> None:
             )
         return
     console.print(
-        f"[bold]{summary['b']}[/] vs [bold]{summary['a']}[/] · {summary['level']} · "
+        f"A [bold]{summary['a']}[/] vs B [bold]{summary['b']}[/] · {summary['level']} · "
         f"{summary['common_entities']} common entities ({summary['only_a']} only in A, "
         f"{summary['only_b']} only in B)"
     )
     table = Table(box=None, padding=(0, 1))
-    for name in ("column", "n", "accuracy", "kappa", "correlation", "MAD", "disagree", "first"):
+    for name in (
+        "column", "n", "mean A", "mean B", "accuracy", "kappa", "correlation", "MAD", "disagree",
+        "first",
+    ):  # fmt: skip
         table.add_column(name, justify="left" if name in ("column", "first") else "right")
     for c in summary["columns"]:
         table.add_row(
-            c["column"], str(c["n"]), _fmt(c["accuracy"]), _fmt(c["kappa"]),
+            c["column"], str(c["n"]), _fmt(c["mean_a"]), _fmt(c["mean_b"]), _fmt(c["accuracy"]),
+            _fmt(c["kappa"]),
             _fmt(c["correlation"]), _fmt(c["mad"]), str(len(c["disagreeing"])),
             ", ".join(c["disagreeing"][:3]),
         )  # fmt: skip

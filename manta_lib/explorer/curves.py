@@ -15,6 +15,7 @@ from manta_lib.explorer.charts import Chart, Series, SeriesPoint, line_chart
 from manta_lib.results import JudgeInfo
 from manta_lib.service import MantaService
 from manta_lib.store.explorer_queries import TRACE_METRICS, StepPoint, step_series
+from manta_lib.store.results_queries import judge_facts
 
 RESULT_PREFIX = "r/"
 
@@ -119,6 +120,14 @@ def result_metric_chart(
     chart = line_chart(series, y_label=f"{metric.column} (mean)")
     chart.band_label = ""
     return chart, rows, ["mean", "p50", "p95"]
+
+
+def runs_with_column(svc: MantaService, run_ids: Sequence[str], metric: ResultMetric) -> list[str]:
+    """Those of ``run_ids`` with stored results of the metric's judge, level and column (one
+    catalog read): an overlay draws them and names the others instead of failing whole."""
+    facts = judge_facts(svc.store, metric.judge, [metric.column], run_ids, None, metric.level)
+    present = {row[1] for row in facts if row[3] == metric.column}
+    return [run for run in run_ids if run in present]
 
 
 def score_chart(svc: MantaService, run_ids: Sequence[str]) -> Chart:

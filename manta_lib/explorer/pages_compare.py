@@ -9,6 +9,7 @@ Without enough parameters the page shows the forms that build these URLs.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from manta_lib.explorer.web import (
     render,
     text_param,
 )
+from manta_lib.store import Store
+from manta_lib.store.judge_versions import version_records
 
 MAX_ROWS = 100
 MAX_IDS = 200
@@ -83,6 +86,7 @@ def compare_page(request: Request) -> Response:
                 large=True,
             )
             context.update(mode="agreement", agreement=agreement, run_id=runs[0])
+            context["source_diff"] = source_diff(svc.store, judge, versions[0], versions[1])
         elif len(runs) == 2:
             level = choice_param(request, "level", LEVELS, "datapoint")
             comparison = state.cached(
@@ -107,6 +111,31 @@ def compare_page(request: Request) -> Response:
     context["max_ids"] = MAX_IDS
     context["levels"] = LEVELS
     return render(request, "compare.html", context)
+
+
+@dataclass(frozen=True)
+class SourceDiff:
+    """The unified diff of two versions' recorded sources (A then B), or which has none."""
+
+    lines: list[tuple[str, str]]  # (css class, line)
+    unrecorded: list[str]  # versions computed before their source was kept
+
+
+def source_diff(store: Store, judge: str, version_a: str, version_b: str) -> SourceDiff:
+    records = version_records(store, judge, [version_a, version_b])
+    unrecorded = [v for v in (version_a, version_b) if (judge, v) not in records]
+    if unrecorded:
+        return SourceDiff([], unrecorded)
+    diff = difflib.unified_diff(
+        records[(judge, version_a)][1].splitlines(),
+        records[(judge, version_b)][1].splitlines(),
+        fromfile=f"A {version_a}",
+        tofile=f"B {version_b}",
+        lineterm="",
+        n=3,
+    )
+    kinds = {"+": "diff-add", "-": "diff-del", "@": "diff-hunk"}
+    return SourceDiff([(kinds.get(line[:1], ""), line) for line in diff], [])
 
 
 def _run_rows(comparison: Any) -> dict[str, Any]:

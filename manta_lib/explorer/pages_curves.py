@@ -11,6 +11,7 @@ from manta_lib.explorer.curves import (
     ResultMetric,
     result_metric_chart,
     result_metrics,
+    runs_with_column,
     trace_metric_chart,
 )
 from manta_lib.explorer.pages_results import RESULT_TABLES
@@ -52,11 +53,15 @@ def curves_page(request: Request) -> Response:
         judges = state.cached(
             svc, ("judges", tuple(runs)), lambda: svc.judges(run_id=runs), tables=RESULT_TABLES
         )
+        missing: list[str] = []
         if result_metric is not None:
+            drawn = runs_with_column(svc, runs, result_metric)
+            missing = [r for r in runs if r not in drawn]
+            drawn = drawn or runs  # none has it: the series names the cause (a 400 page)
             chart, rows, stats = state.cached(
                 svc,
-                ("result_curve", tuple(runs), metric),
-                lambda: result_metric_chart(svc, runs, result_metric),
+                ("result_curve", tuple(drawn), metric),
+                lambda: result_metric_chart(svc, drawn, result_metric),
                 tables=RESULT_TABLES,
             )
         else:
@@ -79,6 +84,7 @@ def curves_page(request: Request) -> Response:
             "phase": phase,
             "phases": PHASES,
             "runs": runs,
+            "missing_runs": missing,
             "run_ids": known,
         },
     )

@@ -140,7 +140,7 @@ def build_totals(trace: TraceContext, spans: list[SpanRecord]) -> Totals:
     for kind in ("llm", "grader", *sorted({s.kind for s in spans} - {"llm", "grader"})):
         of_kind = [s for s in spans if s.kind == kind]
         used = [s for s in of_kind if s.tokens_input or s.tokens_output or s.cost_usd]
-        if not used and kind != "llm":
+        if not of_kind or (not used and kind != "llm"):
             continue
         shares.append(
             Share(

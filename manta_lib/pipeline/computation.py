@@ -60,6 +60,9 @@ class MapReduceComputation(PipelineDefinition):
             installed into the image in Modal mode).
         description: shown in Kestrel and Dagster.
         version: an optional manual version string mixed into the judge version.
+        version_label: a readable name for this version, stored and shown beside the hash
+            (default: the git commit of the judge's file and the functions changed since the
+            previous version).
     """
 
     def run(

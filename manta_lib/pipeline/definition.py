@@ -17,7 +17,12 @@ from pydantic import BaseModel
 
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
-from manta_lib.pipeline.versioning import compute_version
+from manta_lib.pipeline.versioning import (
+    changed_functions,
+    compute_version,
+    git_label,
+    version_source,
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class PipelineDefinition:
             installed into the image in Modal mode).
         description: shown in Kestrel and Dagster.
         version: an optional manual version string mixed into the judge version.
+        version_label: a readable name for this version (``"stricter rubric"``), stored and
+            shown beside the hash; without it the label is made from the git commit of the
+            judge's file and the level functions changed since the previous version.
     """
 
     def __init__(
@@ -114,6 +122,7 @@ class PipelineDefinition:
         *,
         description: str = "",
         version: str | None = None,
+        version_label: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise PipelineDefinitionError("a MapReduceComputation needs a non-empty name")
@@ -123,6 +132,7 @@ class PipelineDefinition:
         self.pip_install = list(pip_install)
         self.description = description
         self.manual_version = version
+        self.version_label = version_label
         self.levels: list[LevelSpec] = []
 
     def __repr__(self) -> str:
@@ -208,6 +218,26 @@ class PipelineDefinition:
         return compute_version(
             ((s.level.value, s.fn, s.schema) for s in self.levels), self.manual_version
         )
+
+    @property
+    def version_source(self) -> str:
+        """The source :attr:`judge_version` hashes, readable (kept to diff two versions)."""
+        self.require_levels()
+        return version_source(
+            ((s.level.value, s.fn, s.schema) for s in self.levels), self.manual_version
+        )
+
+    def readable_label(self, previous_source: str | None) -> str:
+        """``version_label``, else the git commit of the judge's file and the functions
+        changed since ``previous_source`` (the previous version's), joined by `` · ``."""
+        if self.version_label:
+            return self.version_label
+        parts = [label for label in (git_label(self.levels[0].fn),) if label]
+        if previous_source is not None:
+            changed = changed_functions(previous_source, self.version_source)
+            if changed:
+                parts.append("changed " + ", ".join(changed))
+        return " · ".join(parts)
 
     def level(self, level: EntityLevel) -> LevelSpec:
         for spec in self.levels:

@@ -42,6 +42,7 @@ from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_le
 from manta_lib.results import compile_trace_condition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
+from manta_lib.store import judge_versions
 from manta_lib.store.client import Store
 from manta_lib.store.entity_groups import iter_output_groups
 from manta_lib.store.metadata import MetadataWriter, count_entities
@@ -581,6 +582,26 @@ def register_judge(pipeline: PipelineDefinition, store: Store, settings: MantaSe
         for level in pipeline.levels
         for column in columns_from_schema(level.schema, level.level.value)
     ]
-    return register_with_kestrel(
+    where = register_with_kestrel(
         spec, columns, project_id=pipeline.project_id, settings=settings, store=store
+    )
+    _record_version(pipeline, store)
+    return where
+
+
+def _record_version(pipeline: PipelineDefinition, store: Store) -> None:
+    """Keep the version's readable label and source beside the results (once per version,
+    unless a new ``version_label`` renames it)."""
+    version = pipeline.judge_version
+    known = judge_versions.version_records(store, pipeline.judge, [version])
+    if (pipeline.judge, version) in known and (
+        not pipeline.version_label or known[(pipeline.judge, version)][0] == pipeline.version_label
+    ):
+        return
+    previous = judge_versions.latest_other_version(
+        store, pipeline.project_id, pipeline.judge, version
+    )
+    label = pipeline.readable_label(previous[1] if previous else None)
+    judge_versions.record_version(
+        store, pipeline.project_id, pipeline.judge, version, label, pipeline.version_source
     )

@@ -15,8 +15,10 @@ import contextlib
 import hashlib
 import inspect
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -64,3 +66,85 @@ def compute_version(
             digest.update(b"\0")
     digest.update((manual or "").encode())
     return digest.hexdigest()[:12]
+
+
+_SECTION = "# ==== "
+
+
+def version_source(
+    parts: Iterable[tuple[str, Callable[..., Any], type[BaseModel]]], manual: str | None = None
+) -> str:
+    """What :func:`compute_version` hashes, laid out to be read and diffed: each level's
+    function and output schema, then each module's source once, then the manual version."""
+    sections: list[str] = []
+    modules: dict[str, str] = {}
+    for level_name, fn, schema in parts:
+        name = getattr(fn, "__qualname__", repr(fn))
+        try:
+            body = inspect.getsource(fn)
+        except (OSError, TypeError):
+            body = "(source unavailable: the version hashes its bytecode)\n"
+        sections.append(f"{_SECTION}level {level_name}: {name}\n{body}")
+        schema_text = json.dumps(schema.model_json_schema(), sort_keys=True, indent=2)
+        sections.append(f"{_SECTION}level {level_name} output {schema.__name__}\n{schema_text}\n")
+        module = getattr(fn, "__module__", "") or ""
+        if module not in modules:
+            modules[module] = _module_source(module) or ""
+    for module, text in modules.items():
+        if text:
+            sections.append(f"{_SECTION}module {module}\n{text}")
+    if manual:
+        sections.append(f"{_SECTION}version {manual}\n")
+    return "".join(section if section.endswith("\n") else section + "\n" for section in sections)
+
+
+def changed_functions(old_source: str, new_source: str) -> list[str]:
+    """The level functions (``level: name``) whose section differs between two sources; a
+    module-only change (a helper) is named as its module."""
+    old, new = _sections(old_source), _sections(new_source)
+    changed = [
+        title.removeprefix("level ")
+        for title, text in new.items()
+        if title.startswith("level ") and " output " not in title and old.get(title) != text
+    ]
+    if not changed:
+        changed = [
+            title.removeprefix("module ")
+            for title, text in new.items()
+            if title.startswith("module ") and old.get(title) != text
+        ]
+    return changed
+
+
+def _sections(source: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for chunk in source.split(_SECTION)[1:]:
+        title, _, body = chunk.partition("\n")
+        found[title] = body
+    return found
+
+
+def git_label(fn: Callable[..., Any]) -> str | None:
+    """``git <short commit>`` of the file ``fn`` lives in (``+edits`` when the file differs from
+    that commit), or None outside a git checkout."""
+    try:
+        path = inspect.getsourcefile(fn)
+    except TypeError:
+        return None
+    if not path:
+        return None
+    folder = str(Path(path).parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", folder, "log", "-1", "--format=%h", "--", path],
+            capture_output=True, text=True, timeout=5, check=False,
+        )  # fmt: skip
+        if commit.returncode != 0 or not commit.stdout.strip():
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", folder, "diff", "--quiet", "HEAD", "--", path],
+            capture_output=True, timeout=5, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"git {commit.stdout.strip()}" + ("+edits" if dirty.returncode == 1 else "")

@@ -15,6 +15,7 @@ from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
+from manta_lib.store.judge_versions import version_labels
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class JudgeVersionInfo:
     first_computed_at: datetime
     last_computed_at: datetime
     columns: tuple[str, ...]
+    label: str = ""  # readable name of the version ("" when none was recorded)
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,13 @@ def list_judges(
     """Every judge with its versions, levels, columns, when computed and entity counts."""
     runs = as_run_ids(run_id)
     stored: dict[tuple[str, str], list[JudgeVersionInfo]] = {}
+    labels = version_labels(store)
     for project, judge, version, level, n_runs, n, errors, first, last, columns in q.judge_overview(
         store, project_id=project_id, run_ids=runs
     ):
+        label = labels.get((project, judge, version), "")
         stored.setdefault((project, judge), []).append(
-            JudgeVersionInfo(version, level, n_runs, n, errors, first, last, tuple(columns))
+            JudgeVersionInfo(version, level, n_runs, n, errors, first, last, tuple(columns), label)
         )
     registered = {
         (project, judge): (version, description, tuple(levels), columns)

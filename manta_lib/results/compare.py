@@ -27,6 +27,7 @@ from manta_lib.results import catalog
 from manta_lib.results.table import BOOKKEEPING_COLUMNS, results_frame
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
+from manta_lib.store.judge_versions import version_records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,11 +105,15 @@ class ColumnAgreement:
     Categorical/boolean: ``accuracy`` and ``kappa``; numeric: ``correlation`` and ``mad``
     (mean absolute difference). ``kappa``/``correlation`` are None where undefined (one side
     constant). ``disagreeing``: entity ids whose values differ (numeric: differ at all).
+    ``mean_a``/``mean_b``: each side's mean over the same ``n`` entities (numbers, and booleans
+    as the share of true), None for other kinds: agreement says nothing of which side is higher.
     """
 
     column: str
     kind: str
     n: int
+    mean_a: float | None = None
+    mean_b: float | None = None
     accuracy: float | None = None
     kappa: float | None = None
     correlation: float | None = None
@@ -377,18 +382,21 @@ def agreement(
                 math.fsum(abs(x - y) for x, y in zip(fa, fb, strict=True)) / len(fa) if fa else None
             )
             results.append(
-                ColumnAgreement(label, kind, len(fa), correlation=pearson(fa, fb), mad=mad,
-                                disagreeing=differing)
+                ColumnAgreement(label, kind, len(fa), mean(fa), mean(fb),
+                                correlation=pearson(fa, fb), mad=mad, disagreeing=differing)
             )  # fmt: skip
         else:
             plain_a = [_hashable(v) for v in a_values]
             plain_b = [_hashable(v) for v in b_values]
             same = [x == y for x, y in zip(plain_a, plain_b, strict=True)]
+            rates = kind == "boolean"
             results.append(
                 ColumnAgreement(
                     label,
                     kind,
                     len(same),
+                    mean([float(bool(v)) for v in plain_a]) if rates else None,
+                    mean([float(bool(v)) for v in plain_b]) if rates else None,
                     accuracy=sum(same) / len(same) if same else None,
                     kappa=cohen_kappa(plain_a, plain_b) if kind in ("string", "boolean") else None,
                     disagreeing=tuple(i for i, ok in zip(id_values, same, strict=True) if not ok),
@@ -427,12 +435,14 @@ def compare_versions(
     level = catalog.parse_level(level).value
     frame_a = results_frame(store, judge, run_id, level=level, version=version_a, columns=columns)
     frame_b = results_frame(store, judge, run_id, level=level, version=version_b, columns=columns)
+    records = version_records(store, judge, [version_a, version_b])
+
+    def named(version: str) -> str:
+        label = records.get((judge, version), ("", ""))[0]
+        return f"{judge} {version}" + (f" ({label})" if label else "")
+
     return agreement(
-        frame_a,
-        frame_b,
-        level=level,
-        label_a=f"{judge} {version_a}",
-        label_b=f"{judge} {version_b}",
+        frame_a, frame_b, level=level, label_a=named(version_a), label_b=named(version_b)
     )
 
 

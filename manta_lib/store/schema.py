@@ -181,7 +181,20 @@ CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
 ORDER BY version
 """
 
+JUDGE_VERSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.judge_versions (
+    project_id    LowCardinality(String),
+    judge         String,
+    version       String,
+    label         String,
+    source        String,
+    registered_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(registered_at)
+ORDER BY (project_id, judge, version)
+"""
+
 TABLES_DDL: dict[str, str] = {
+    "judge_versions": JUDGE_VERSIONS_DDL,
     "traces": TRACES_DDL,
     "spans": SPANS_DDL,
     "entity_metadata": ENTITY_METADATA_DDL.replace("{table}", "entity_metadata"),
@@ -251,14 +264,16 @@ def _migrate_to_3(store: Store) -> None:
 
 
 def _migrate_to_6(store: Store) -> None:
-    """A trace's or span's cost may be unknown (NULL) instead of 0.
+    """A trace's or span's cost may be unknown (NULL) instead of 0; judge versions keep a
+    readable label and their source (``judge_versions``, created with the other tables).
 
     Rows already stored keep their value: a 0 written for a missing cost by an older Manta
     cannot be told from a real 0 and stays as it is; re-import such files to get NULL.
     """
+    store.command(JUDGE_VERSIONS_DDL)
     for table in ("traces", "spans"):
         store.command(
-            f"ALTER TABLE {{db}}.{table} MODIFY COLUMN cost_usd Nullable(Float64) "
+            f"ALTER TABLE {{db}}.{table} MODIFY COLUMN cost_usd Nullable(Float64) DEFAULT NULL "
             "SETTINGS mutations_sync = 2"
         )
 

@@ -162,3 +162,32 @@ def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store:
     # From now on every write reaches the catalog through its materialized view.
     store.command(insert, {"run": "r_new", "column": "n", "kind": "number", "at": at})
     assert ("r_new", "n", ["number"], at.replace(tzinfo=None)) in store.rows(catalog)
+
+
+def test_a_version_3_store_learns_that_a_cost_can_be_unknown(store: Store) -> None:
+    for table in ("traces", "spans"):
+        store.command(f"ALTER TABLE {{db}}.{table} MODIFY COLUMN cost_usd Float64 DEFAULT 0")
+    store.command("TRUNCATE TABLE {db}.schema_migrations")
+    store.command("INSERT INTO {db}.schema_migrations (version) VALUES (3)")
+    store.command(
+        "INSERT INTO {db}.traces (trace_id, run_id, step_number, phase, datapoint_id, status, "
+        "cost_usd, duration_ms, turn_count, tokens_input, tokens_output, model_name, env_name, "
+        "meta) VALUES ('t1', 'r', 7, 'train', 'dp_1', 'ok', 0.25, 0, 0, 0, 0, '', '', '{}')"
+    )
+
+    ensure_schema(store)
+
+    assert current_version(store) == SCHEMA_VERSION
+    types = dict(
+        store.rows(
+            "SELECT table, type FROM system.columns WHERE database = {d:String} "
+            "AND name = 'cost_usd' AND table IN ('traces', 'spans')",
+            {"d": store.database},
+        )
+    )
+    assert types == {"traces": "Nullable(Float64)", "spans": "Nullable(Float64)"}
+    assert store.rows("SELECT cost_usd FROM {db}.traces") == [(0.25,)]  # kept as it was
+    store.command(
+        "INSERT INTO {db}.traces (trace_id, run_id, status, meta) VALUES ('t2', 'r', 'ok', '{}')"
+    )  # a cost not given is not known: NULL, not the old 0
+    assert store.rows("SELECT cost_usd FROM {db}.traces WHERE trace_id = 't2'") == [(None,)]

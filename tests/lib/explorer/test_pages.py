@@ -253,3 +253,106 @@ def test_embedded_store_is_released_between_requests(explorer_data: ExplorerData
         assert kept.get("/").status_code == 200
         assert kept.app.state.explorer.lease.is_open  # type: ignore[attr-defined]
     assert not kept.app.state.explorer.lease.is_open  # type: ignore[attr-defined]
+
+
+def _breakdown(html: str, fact: str) -> str:
+    """The text of the breakdown line under one header fact (``tokens`` or ``cost``)."""
+    cell = html.split(f"<dt>{fact}</dt>", 1)[1].split("</dd>", 1)[0]
+    return " ".join(unescape(cell.split('class="small muted breakdown">', 1)[1]).split())
+
+
+def test_trace_page_totals_say_what_they_include(explorer_data: ExplorerData) -> None:
+    # A trace whose grader used an LLM: the header's tokens include the grader's, the LLM-calls
+    # table's total does not, and the page must say so instead of showing two silent numbers.
+    [(trace_id, tokens_in, tokens_out, turns)] = sql(
+        explorer_data,
+        "SELECT t.trace_id, t.tokens_input, t.tokens_output, t.turn_count FROM {db}.traces t "
+        "WHERE t.trace_id IN (SELECT trace_id FROM {db}.spans WHERE kind = 'grader' "
+        "AND tokens_input > 0) ORDER BY t.trace_id LIMIT 1",
+    )
+    by_kind = dict(
+        (kind, (int(i), int(o)))
+        for kind, i, o in sql(
+            explorer_data,
+            "SELECT toString(kind), sum(tokens_input), sum(tokens_output) FROM {db}.spans "
+            "WHERE trace_id = {t:String} GROUP BY kind",
+            {"t": trace_id},
+        )
+    )
+    llm, grader = by_kind["llm"], by_kind["grader"]
+    assert grader[0] > 0 and llm[0] + grader[0] == tokens_in and llm[1] + grader[1] == tokens_out
+    html = explorer_data.client.get(f"/traces/{trace_id}").text
+    assert f"<dd>{tokens_in:,} in / {tokens_out:,} out" in html
+    assert _breakdown(html, "tokens") == (
+        f"= LLM calls {llm[0]:,} / {llm[1]:,} + grader {grader[0]:,} / {grader[1]:,}"
+    )
+    assert _breakdown(html, "cost").startswith("= LLM calls $")
+    assert f'<th class="num">{llm[0]:,}</th>' in html  # the LLM-calls total ...
+    assert "(LLM calls only: the grader&#39;s tokens are under Grader)" in html  # ... labelled
+    # "turns" counts assistant turns; the conversation counts messages and tool calls.
+    kinds = sql(
+        explorer_data,
+        "SELECT countIf(kind = 'message' AND role = 'assistant'), countIf(kind = 'tool') "
+        "FROM {db}.spans WHERE trace_id = {t:String}",
+        {"t": trace_id},
+    )[0]
+    assert kinds[0] == turns
+    assert f"<dt>assistant turns</dt><dd>{turns}</dd>" in html
+    assert f"messages, {kinds[1]} tool calls</span></h2>" in html
+
+
+def test_trace_page_names_tokens_no_span_holds_and_unknown_cost(
+    store: Store,
+    settings: MantaSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    priced = trace_line("t_priced", run_id="run_costs", tool_calls=0)
+    priced.update(tokens_input=500, tokens_output=50, cost_usd=0.002)
+    priced["spans"].append(
+        {"span_id": "l1", "kind": "llm", "model_name": "m", "tokens_input": 300,
+         "tokens_output": 30, "cost_usd": 0.0015}
+    )  # fmt: skip
+    unpriced = trace_line("t_unpriced", run_id="run_costs", tool_calls=0)
+    unpriced.update(tokens_input=900, tokens_output=90)  # no cost_usd: not known
+    load_traces(store, [priced, unpriced], tmp_path)
+    assert store.rows(
+        "SELECT trace_id, cost_usd FROM {db}.traces WHERE run_id = 'run_costs' ORDER BY trace_id"
+    ) == [("t_priced", 0.002), ("t_unpriced", None)]
+    client = TestClient(create_app(settings))
+    html = client.get("/traces/t_priced").text
+    assert _breakdown(html, "tokens") == "= LLM calls 300 / 30 + in no span 200 / 20"
+    assert _breakdown(html, "cost") == "= LLM calls $0.0015 + in no span $0.0005"
+    # Unknown is not zero, in every view.
+    page = client.get("/traces/t_unpriced").text
+    assert "<dt>cost</dt><dd>unknown" in page and "$0.0000" not in page
+    listing = client.get("/traces?run=run_costs").text
+    row = listing.split('href="/traces/t_unpriced"', 1)[1].split("</tr>", 1)[0]
+    assert ">unknown<" in row and "$0.0000" not in row
+    run_page = client.get("/runs/run_costs").text
+    assert "$0.0020" in run_page and "+ 1 traces of unknown cost" in run_page
+    from tests.lib.results.conftest import run_main
+
+    code, out, _err = run_main(["show", "t_unpriced"], monkeypatch, capsys)
+    assert code == 0 and "cost unknown" in out and "$0.0000" not in out
+    from manta_lib.service import MantaService
+
+    (trace,) = MantaService(store).get_traces(trace_ids=["t_unpriced"])
+    assert trace.cost_usd is None
+
+
+def test_overlaying_a_run_without_the_judge_draws_the_others(explorer_data: ExplorerData) -> None:
+    from tests.lib.explorer.conftest import RESULTS_RUN, SECOND_RUN
+
+    metric = "r/tool_errors/trace/tool_errors"
+    runs = [RESULTS_RUN, HOSTILE_RUN, SECOND_RUN]  # the hostile run has no tool_errors results
+    page = explorer_data.client.get("/curves", params={"run": runs, "metric": metric})
+    assert page.status_code == 200  # was a whole-page 400
+    assert page.text.count("<polyline") == 2
+    note = page.text.split('id="missing-runs">', 1)[1].split("</p>", 1)[0]
+    assert note == f"Not drawn: {HOSTILE_RUN} has no stored results of this column."
+    chart = page.text.split('<div id="chart">', 1)[1]
+    assert RESULTS_RUN in chart and SECOND_RUN in chart
+    alone = explorer_data.client.get("/curves", params={"run": HOSTILE_RUN, "metric": metric})
+    assert alone.status_code == 400 and "tool_errors" in alone.text  # nothing to draw at all

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from inspect_ai.log import read_eval_log
 
 from manta_lib import MantaService, import_files, import_records
 from manta_lib.importers import detect_format
+from manta_lib.importers.inspect_logs import inspect_run_id
 from manta_lib.store import Store
 
 # The shared data folder sits beside the repository (../shared from the repository root).
@@ -33,12 +35,12 @@ def test_each_log_reproduces_its_reported_accuracy(store: Store, log_files: list
     checked = 0
     for path in log_files:
         log = read_eval_log(str(path))
-        if log.eval.run_id not in service.run_ids():  # no sample imported: an unknown run
+        if inspect_run_id(log.eval) not in service.run_ids():  # no sample imported
             assert not log.samples
             continue
         traces = [
             t
-            for t in service.get_traces(log.eval.run_id)
+            for t in service.get_traces(inspect_run_id(log.eval))
             if t.meta["inspect"]["eval_id"] == log.eval.eval_id
         ]
         assert len(traces) == len(log.samples or [])
@@ -66,7 +68,7 @@ def test_field_mapping_of_an_agent_log(store: Store, log_files: list[Path]) -> N
     log = read_eval_log(str(browser))
     sample = log.samples[0]
     service = MantaService(store)
-    (trace,) = service.get_traces(log.eval.run_id)
+    (trace,) = service.get_traces(inspect_run_id(log.eval))
     context = service.get_trace(trace.trace_id)
     assert trace.trace_id == f"{log.eval.eval_id}:1:1"
     assert (trace.phase.value, trace.datapoint_id, trace.env_name) == ("eval", "1", "browser")
@@ -144,3 +146,62 @@ def test_bad_log_is_reported_not_raised(store: Store, tmp_path: Path) -> None:
     report = import_files([broken], store=store, format="inspect")
     assert report.traces_loaded == 0
     assert report.errors and str(report.errors[0]).startswith(f"{broken}:0: ")
+
+
+def _reference_price(model: str, tokens_in: int, tokens_out: int) -> float | None:
+    """The maintained table's price, computed here without Manta's code."""
+    from genai_prices import Usage, calc_price
+
+    try:
+        price = calc_price(Usage(input_tokens=tokens_in, output_tokens=tokens_out), model_ref=model)
+    except LookupError:
+        return None
+    return float(price.total_price)
+
+
+def test_a_cost_the_log_lacks_is_estimated_or_unknown_never_zero(
+    store: Store, log_files: list[Path]
+) -> None:
+    browser = LOGS / "2025-05-12T20-27-36-04-00_browser.json"
+    ollama = LOGS / "log_formats.eval"
+    assert import_files([browser, ollama], store=store).ok
+    service = MantaService(store)
+    log = read_eval_log(str(browser))
+    assert all(u.total_cost is None for u in log.samples[0].model_usage.values())
+
+    # gpt-4o-mini with known tokens: priced from the table per call, marked estimated.
+    (trace,) = service.get_traces(inspect_run_id(log.eval))
+    calls = service.get_trace(trace.trace_id).llm_calls()
+    expected = [_reference_price(c.model_name, c.tokens_input, c.tokens_output) for c in calls]
+    assert None not in expected and trace.tokens_input == 15235
+    assert [c.cost_usd for c in calls] == pytest.approx(expected)
+    assert trace.cost_usd == pytest.approx(sum(e or 0.0 for e in expected)) and trace.cost_usd > 0
+    assert trace.meta["cost_estimated"] is True
+    spans = service.get_spans(trace.trace_id)[trace.trace_id]
+    assert all(s.attributes.get("cost_estimated") for s in spans if s.kind == "llm")
+
+    # An ollama model the table does not know: null in the store and in results, not 0.
+    unknown = read_eval_log(str(ollama))
+    (local,) = service.get_traces(inspect_run_id(unknown.eval))
+    assert local.tokens_input > 0 and local.cost_usd is None
+    assert "cost_estimated" not in local.meta
+    stored = store.rows(
+        "SELECT cost_usd FROM {db}.traces WHERE trace_id = {t:String}", {"t": local.trace_id}
+    )
+    assert stored == [(None,)]
+    assert service.get_trace(local.trace_id).llm_cost_usd is None
+
+
+def test_an_inspect_run_keeps_its_task_name_and_date(store: Store, log_files: list[Path]) -> None:
+    browser = LOGS / "2025-05-12T20-27-36-04-00_browser.json"
+    import_files([browser], store=store)
+    log = read_eval_log(str(browser))
+    created = datetime.fromisoformat(log.eval.created).astimezone(UTC)
+    run_id = f"{log.eval.task}_{created:%Y-%m-%dT%H-%M-%S}"
+    assert run_id == "browser_2025-05-13T00-27-36"  # the log file's own name, in UTC
+    assert MantaService(store).run_ids() == [run_id]
+    (trace,) = MantaService(store).get_traces(run_id)
+    assert trace.meta["inspect"]["run_id"] == log.eval.run_id  # Inspect's id is kept
+    # The sample has no start time: the trace is dated by the eval, not by the import.
+    assert getattr(log.samples[0], "started_at", None) is None
+    assert trace.created_at.replace(tzinfo=UTC) == created

@@ -142,3 +142,52 @@ def test_compare_cli_shapes_and_exit_codes(cli) -> None:
     assert cli("compare", "typed_results", "-r", TRAIN_RUN)[0] == 2
     code, _, err = cli("compare", "typed_results", "-r", TRAIN_RUN, "--against", "strict_label")
     assert code == 1 and "did you mean: strict_labels" in err
+
+
+def test_agreement_shows_each_sides_mean_in_one_a_b_order_everywhere(
+    svc: MantaService, cli
+) -> None:
+    strict_errors, lenient_errors = [], []
+    for batch in svc.iter_trace_batches(EVAL_RUN):
+        for trace in batch:
+            strict_errors.append(float(trace.tool_error_count))
+            lenient_errors.append(float(max(trace.tool_error_count - 1, 0)))
+    result = svc.compare_judges("strict_labels", "lenient_labels", EVAL_RUN)
+    errors = {c.column: c for c in result.columns}["errors"]
+    # Agreement alone hides which side is higher: the means say it.
+    assert errors.mean_a == pytest.approx(sum(strict_errors) / len(strict_errors))
+    assert errors.mean_b == pytest.approx(sum(lenient_errors) / len(lenient_errors))
+    assert errors.mean_a > errors.mean_b
+    frame = svc.results("typed_results", TRAIN_RUN, where="status == 'ok'")
+    graders = {
+        t.trace_id: t.grader_result() for batch in svc.iter_trace_batches(TRAIN_RUN) for t in batch
+    }
+    pairs = [
+        (float(bool(row.passed)), float(graders[row.trace_id].passed))
+        for row in frame.itertuples()
+        if graders[row.trace_id] is not None and graders[row.trace_id].passed is not None
+    ]
+    passed = svc.compare_with_grader("typed_results", TRAIN_RUN, "passed").columns[0]
+    assert passed.mean_a == pytest.approx(sum(a for a, _ in pairs) / len(pairs))  # pass rates
+    assert passed.mean_b == pytest.approx(sum(b for _, b in pairs) / len(pairs))
+    # JSON, table and explorer name A and B the same way, A first.
+    args = ("compare", "strict_labels", "-r", EVAL_RUN, "--against", "lenient_labels")
+    summary = json.loads(cli(*args, "-f", "json")[1])
+    assert (summary["a"], summary["b"]) == ("strict_labels", "lenient_labels")
+    column = {c["column"]: c for c in summary["columns"]}["errors"]
+    assert (column["mean_a"], column["mean_b"]) == pytest.approx((errors.mean_a, errors.mean_b))
+    table = cli(*args, "-f", "table")[1]
+    assert "A strict_labels vs B lenient_labels" in " ".join(table.split())
+    from starlette.testclient import TestClient
+
+    from manta_lib.explorer import create_app
+    from manta_lib.settings import load_settings
+
+    version_a = svc.results("typed_results", EVAL_RUN).judge_version.iloc[0]
+    page = TestClient(create_app(load_settings())).get(
+        f"/compare/typed_results?run={EVAL_RUN}&version={version_a}&version={version_a}"
+    )
+    assert page.status_code == 200
+    heading = page.text.split("<h2>", 1)[1].split("</h2>", 1)[0]
+    assert heading.startswith(f"A typed_results {version_a}") and " vs B typed_results " in heading
+    assert '<th class="num">mean A</th><th class="num">mean B</th>' in page.text

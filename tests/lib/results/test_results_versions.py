@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from manta_lib import EntityLevel, MapReduceComputation
 from manta_lib.demo import seed_demo
 from manta_lib.errors import QueryError
 from manta_lib.results.entity import trace_results
@@ -140,3 +141,58 @@ def test_one_trace_shows_its_runs_latest_version_and_series_refuse_mixed_version
         evolved.series("evolving", "errors", TRAIN_RUN, version="all")
     per_step = evolved.series("evolving", "errors", TRAIN_RUN, version=v1)
     assert int(per_step["count"].sum()) == len(tool_errors(evolved, TRAIN_RUN))
+
+
+def test_versions_have_readable_labels_kept_sources_and_a_diff(
+    evolved: MantaService, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import inspect
+
+    from starlette.testclient import TestClient
+
+    from manta_lib.explorer import create_app
+    from manta_lib.store.judge_versions import version_records
+    from tests.lib.results.conftest import run_main
+
+    v1, v2 = defs.evolving_v1.judge_version, defs.evolving_v2.judge_version
+    records = version_records(evolved.store, "evolving")
+    # The hashed source is kept, whole: each version's level function is in its own record.
+    assert records[("evolving", v1)][1] == defs.evolving_v1.version_source
+    assert inspect.getsource(defs.map_v1) in records[("evolving", v1)][1]
+    assert inspect.getsource(defs.map_v2) in records[("evolving", v2)][1]
+    # The edited version names what changed; the label is shown beside the hash.
+    label_v2 = records[("evolving", v2)][0]
+    assert "changed trace: map_v2" in label_v2 and "changed" not in records[("evolving", v1)][0]
+    (info,) = [j for j in evolved.judges() if j.judge == "evolving"]
+    assert {v.version: v.label for v in info.versions}[v2] == label_v2
+    # An explicit label renames the version without changing its hash.
+    named = MapReduceComputation(
+        "Evolving", project_id="prj_demo", version_label="errors x10"
+    ).add_level(EntityLevel.TRACE, defs.map_v2, defs.EvolvingV2)
+    assert named.judge_version == v2
+    named.run(TRAIN_RUN, mode="local", progress=False)
+    assert version_records(evolved.store, "evolving")[("evolving", v2)][0] == "errors x10"
+    # Version comparison: labels, each side's mean, A then B in the API, CLI and explorer.
+    result = evolved.compare_versions("evolving", TRAIN_RUN, v1, v2)
+    assert result.label_a == f"evolving {v1}" + (
+        f" ({records[('evolving', v1)][0]})" if records[("evolving", v1)][0] else ""
+    )
+    assert result.label_b == f"evolving {v2} (errors x10)"
+    errors = {c.column: c for c in result.columns}["errors"]
+    assert errors.mean_b == pytest.approx(10 * errors.mean_a)
+    code, out, _ = run_main(
+        ["compare", "evolving", "-r", TRAIN_RUN, "--version", v1, "--version", v2, "-f", "table"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0 and f"vs B evolving {v2} (errors x10)" in " ".join(out.split())
+    code, out, _ = run_main(["judges", "-f", "csv"], monkeypatch, capsys)
+    assert code == 0 and "errors x10" in out
+    page = TestClient(create_app(evolved.store.settings)).get(
+        f"/compare/evolving?run={TRAIN_RUN}&version={v1}&version={v2}"
+    )
+    assert page.status_code == 200 and 'id="source-diff"' in page.text
+    diff = page.text.split('id="source-diff"', 1)[1]
+    assert '<span class="diff-del">-def map_v1(' in diff
+    assert '<span class="diff-add">+def map_v2(' in diff
+    assert f"A evolving {v1}" in page.text and f"vs B evolving {v2} (errors x10)" in page.text
