@@ -258,7 +258,8 @@ def test_embedded_store_is_released_between_requests(explorer_data: ExplorerData
 def _breakdown(html: str, fact: str) -> str:
     """The text of the breakdown line under one header fact (``tokens`` or ``cost``)."""
     cell = html.split(f"<dt>{fact}</dt>", 1)[1].split("</dd>", 1)[0]
-    return " ".join(unescape(cell.split('class="small muted breakdown">', 1)[1]).split())
+    line = cell.split('class="small muted breakdown">', 1)[1].split("</div>", 1)[0]
+    return " ".join(unescape(line).split())
 
 
 def test_trace_page_totals_say_what_they_include(explorer_data: ExplorerData) -> None:
@@ -288,7 +289,7 @@ def test_trace_page_totals_say_what_they_include(explorer_data: ExplorerData) ->
     )
     assert _breakdown(html, "cost").startswith("= LLM calls $")
     assert f'<th class="num">{llm[0]:,}</th>' in html  # the LLM-calls total ...
-    assert "(LLM calls only: the grader&#39;s tokens are under Grader)" in html  # ... labelled
+    assert "(LLM calls only: the grader's tokens are under Grader)" in html  # ... labelled
     # "turns" counts assistant turns; the conversation counts messages and tool calls.
     kinds = sql(
         explorer_data,
