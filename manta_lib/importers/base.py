@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from manta_lib.errors import ValidationError
 from manta_lib.ingest import SourceRecord
-from manta_lib.llm.prices import table_price
+from manta_lib.llm.prices import estimate_cost
 from manta_lib.models import Phase
 
 MISSING: Any = object()
@@ -215,9 +215,9 @@ def known_or_estimated_cost(
     if not model or (not input_tokens and not output_tokens):
         return None, False
     for name in (model, model.rsplit("/", 1)[-1]):  # "openai/gpt-4o-mini" as Inspect names it
-        priced = table_price(name, input_tokens, output_tokens)
+        priced = estimate_cost(name, input_tokens, output_tokens)
         if priced is not None:
-            return float(priced.total_price), True
+            return priced, True
     return None, False
 
 

@@ -7,8 +7,11 @@ A model found nowhere is *unknown*: a warning once, and its cost is ``None``, ne
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from datetime import UTC, datetime
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,3 +141,36 @@ def table_price(
         )
     except LookupError:
         return None
+
+
+def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """The table's dollar price of one call by model and tokens, or None for an unknown model.
+
+    The table's model is looked up once per name; a flat per-token price is applied directly
+    (the table's own calculation costs milliseconds a call, too slow for an import of many
+    calls), anything else (tiers by prompt length) goes through the table's calculation.
+    """
+    rates = _flat_rates(model)
+    if rates is None:
+        priced = table_price(model, input_tokens, output_tokens)
+        return None if priced is None else float(priced.total_price)
+    input_mtok, output_mtok = rates
+    return float((input_mtok * input_tokens + output_mtok * output_tokens) / Decimal(1_000_000))
+
+
+@functools.lru_cache(maxsize=256)
+def _flat_rates(model: str) -> tuple[Decimal, Decimal] | None:
+    """``(input, output)`` dollars per million tokens when the model's price is flat."""
+    from genai_prices import data_snapshot
+
+    try:
+        _provider, found = data_snapshot.get_snapshot().find_provider_model(
+            model, None, None, None
+        )
+    except LookupError:
+        return None
+    prices = found.get_prices(datetime.now(UTC))
+    rates = (prices.input_mtok, prices.output_mtok)
+    if all(isinstance(rate, Decimal) for rate in rates):
+        return rates[0], rates[1]  # type: ignore[return-value]
+    return None

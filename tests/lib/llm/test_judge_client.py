@@ -217,3 +217,23 @@ def test_usage_names_the_mean_latency_and_the_total_apart(
     assert fields["mean_latency_ms"] == pytest.approx(sum(per_call) / 5)
     assert fields["total_latency_ms"] == pytest.approx(sum(per_call))
     assert "latency_ms" not in fields  # no ambiguous name left in the dict
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens_in", "tokens_out"),
+    [
+        ("gpt-4o-mini-2024-07-18", 15235, 281),
+        ("gpt-4o-2024-08-06", 153, 3),
+        ("gemini-1.5-pro", 300_000, 100),  # a price tiered by prompt length
+        ("llama3.1", 66, 2),  # not in the table: unknown
+    ],
+)
+def test_the_fast_estimate_is_the_table_price(model: str, tokens_in: int, tokens_out: int) -> None:
+    from manta_lib.llm.prices import estimate_cost, table_price
+
+    reference = table_price(model, tokens_in, tokens_out)
+    estimate = estimate_cost(model, tokens_in, tokens_out)
+    if reference is None:
+        assert estimate is None
+    else:
+        assert estimate == pytest.approx(float(reference.total_price), rel=1e-12)
