@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from dataclasses import dataclass
 from typing import Any
 
 from manta_lib.errors import ConfigError
@@ -164,9 +164,7 @@ def _flat_rates(model: str) -> tuple[Decimal, Decimal] | None:
     from genai_prices import data_snapshot
 
     try:
-        _provider, found = data_snapshot.get_snapshot().find_provider_model(
-            model, None, None, None
-        )
+        _provider, found = data_snapshot.get_snapshot().find_provider_model(model, None, None, None)
     except LookupError:
         return None
     prices = found.get_prices(datetime.now(UTC))
