@@ -224,8 +224,8 @@ def known_or_estimated_cost(
 def total_cost(spans: list[dict[str, Any]]) -> tuple[float | None, bool]:
     """``(sum, estimated)`` of the spans' ``cost_usd``: None when one is unknown (a sum of
     the known ones would read as the whole), estimated when one was."""
-    costs = [span.get("cost_usd") for span in spans]
+    costs: list[Any] = [span.get("cost_usd") for span in spans]
     if not costs or any(cost is None for cost in costs):
         return None, False
     estimated = any(span.get("attributes", {}).get("cost_estimated") for span in spans)
-    return float(sum(costs)), estimated
+    return float(sum(float(cost) for cost in costs)), estimated

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from manta_lib.store.client import Store
 
@@ -48,7 +49,8 @@ def version_records(
     store: Store, judge: str | None = None, versions: Sequence[str] | None = None
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """``(judge, version) -> (label, source)`` of the recorded versions (all projects)."""
-    where, params = ["1"], {}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {}
     if judge is not None:
         where.append("judge = {j:String}")
         params["j"] = judge
