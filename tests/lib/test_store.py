@@ -167,6 +167,7 @@ def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store:
 def test_a_version_3_store_learns_that_a_cost_can_be_unknown(store: Store) -> None:
     for table in ("traces", "spans"):
         store.command(f"ALTER TABLE {{db}}.{table} MODIFY COLUMN cost_usd Float64 DEFAULT 0")
+    store.command("DROP TABLE {db}.judge_versions")
     store.command("TRUNCATE TABLE {db}.schema_migrations")
     store.command("INSERT INTO {db}.schema_migrations (version) VALUES (3)")
     store.command(
@@ -178,6 +179,7 @@ def test_a_version_3_store_learns_that_a_cost_can_be_unknown(store: Store) -> No
     ensure_schema(store)
 
     assert current_version(store) == SCHEMA_VERSION
+    assert "judge_versions" in {row[0] for row in store.rows("SHOW TABLES FROM {db}")}
     types = dict(
         store.rows(
             "SELECT table, type FROM system.columns WHERE database = {d:String} "
