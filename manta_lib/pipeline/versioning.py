@@ -100,20 +100,14 @@ def version_source(
 
 def changed_functions(old_source: str, new_source: str) -> list[str]:
     """The level functions (``level: name``) whose section differs between two sources; a
-    module-only change (a helper) is named as its module."""
+    module-only change (a helper) is named as its module, a schema-only one as the output."""
     old, new = _sections(old_source), _sections(new_source)
-    changed = [
-        title.removeprefix("level ")
-        for title, text in new.items()
-        if title.startswith("level ") and " output " not in title and old.get(title) != text
-    ]
-    if not changed:
-        changed = [
-            title.removeprefix("module ")
-            for title, text in new.items()
-            if title.startswith("module ") and old.get(title) != text
-        ]
-    return changed
+    differing = [title for title, text in new.items() if old.get(title) != text]
+    functions = [t for t in differing if t.startswith("level ") and " output " not in t]
+    modules = [t for t in differing if t.startswith("module ")]
+    outputs = [t for t in differing if t.startswith("level ") and " output " in t]
+    changed = functions or modules or outputs
+    return [title.removeprefix("level ").removeprefix("module ") for title in changed]
 
 
 def _sections(source: str) -> dict[str, str]:

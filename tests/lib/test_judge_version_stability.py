@@ -63,3 +63,20 @@ def test_a_helper_change_in_the_module_changes_the_version(tmp_path: Path) -> No
     before = _version([str(path)], cwd=tmp_path)
     path.write_text(PIPELINE_FILE.replace("return trace.tool_error_count", "return 1"))
     assert _version([str(path)], cwd=tmp_path) != before
+
+
+def test_a_label_names_what_changed_between_two_versions() -> None:
+    from manta_lib.pipeline.versioning import changed_functions
+
+    def source(fn: str = "return 1", output: str = "{}", module: str = "x = 1") -> str:
+        return (
+            f"# ==== level trace: judge_fn\ndef judge_fn():\n    {fn}\n"
+            f"# ==== level trace output Out\n{output}\n# ==== module my_judges\n{module}\n"
+        )
+
+    assert changed_functions(source(), source()) == []
+    assert changed_functions(source(), source(fn="return 2", module="x = 2")) == [
+        "trace: judge_fn"
+    ]  # the edited function, not the module that holds it
+    assert changed_functions(source(), source(module="x = 2")) == ["my_judges"]  # a helper
+    assert changed_functions(source(), source(output='{"a": 1}')) == ["trace output Out"]
