@@ -198,13 +198,18 @@ def dump_trace(  # noqa: C901 - one branch per optional dump field
     datapoint: Any = ""
     score: float | None = None
     try:
-        default_step = obj.get("step", where.file_step)
-        step = hierarchy.step_value(obj, default_step)
+        step = hierarchy.step_value(obj, obj.get("step", where.file_step))
         if step is None:
             problems.append(("step", "missing, and the file name is not {step}.jsonl: pass --step"))
+    except Problems as exc:
+        problems.extend(exc.problems)
+    try:
         datapoint = hierarchy.path_value(
             obj, "datapoint", prompt_datapoint(prompt) if isinstance(prompt, str) else ""
         )
+    except Problems as exc:
+        problems.extend(exc.problems)
+    try:
         score = score_number(hierarchy.path_value(obj, "score", obj.get("score")), "score")
     except Problems as exc:
         problems.extend(exc.problems)
