@@ -1,0 +1,168 @@
+"""The rollout spool: append-only JSON Lines shards that :class:`~manta_lib.RolloutLogger`
+writes and a shipper process moves into the store.
+
+A shard is ``<spool>/<time>-<pid>-<random>.jsonl``, one rollout per line in the OpenAI-messages
+import format (``trace_id``, ``run_id``, ``step``, ``datapoint_id``, ``phase``, ``reward``,
+``messages``, ``metadata``), so a spool can also be imported by hand with
+``manta import --format openai SHARD``. The writer appends to ``<name>.jsonl.part`` holding an
+exclusive ``flock`` on it, and renames it to ``<name>.jsonl`` when it moves to a new shard; the
+lock goes with the writer's process, so a ``.part`` shard that can be locked belongs to a
+writer that died and is shipped like a finished one. Shipping imports its complete lines (a killed writer's last
+line may be cut: it is skipped), then deletes it; trace ids are fixed when a rollout is logged,
+so a shard shipped twice (a shipper killed between the insert and the delete) is stored once.
+
+``python -m manta_lib.rollout_shipper SPOOL`` is the shipper: it ships shards as they are
+completed until its standard input closes (the logger closed, or its process died), then ships
+what is left and exits. Records the importer refuses are appended to ``<spool>/rejected.jsonl``
+with the reason; when the store cannot be opened (another process holds the embedded store),
+shards stay and are sent by the next shipper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SHARD_SUFFIX = ".jsonl"
+PART_SUFFIX = ".jsonl.part"
+REJECTED = "rejected.jsonl"
+_POLL_SECONDS = 0.5
+
+
+def shards(spool: Path) -> list[Path]:
+    """The shard files of a spool, oldest first."""
+    if not spool.is_dir():
+        return []
+    return sorted(
+        p
+        for p in spool.iterdir()
+        if p.name.endswith((SHARD_SUFFIX, PART_SUFFIX)) and p.name != REJECTED
+    )
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[int | None]:
+    """An open descriptor of a shard no writer holds (locked for this caller), else ``None``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        if not path.exists():  # shipped and deleted by another shipper meanwhile
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def complete_records(fd: int) -> list[dict[str, Any]]:
+    """The records of a shard's complete lines (a line cut by a crash is left out)."""
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        data = handle.read()
+    end = data.rfind(b"\n")
+    records = []
+    for line in data[: end + 1].splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def ship_once(spool: Path) -> int:
+    """Import every complete shard into the store and delete it; the number of rollouts sent.
+
+    Raises :class:`~manta_lib.errors.StoreUnavailableError` when the store cannot be opened
+    (the shards stay).
+    """
+    from manta_lib.importers import import_records
+    from manta_lib.settings import load_settings
+    from manta_lib.store import Store
+
+    ready = shards(spool)
+    if not ready:
+        return 0
+    sent = 0
+    store: Store | None = None
+    try:
+        for path in ready:
+            with claimed(path) as fd:
+                if fd is None:
+                    continue
+                records = complete_records(fd)
+                if records:
+                    if store is None:
+                        store = Store.open(load_settings())
+                    report = import_records(records, store=store, format="openai")
+                    sent += report.traces_loaded + report.traces_already_present
+                    if report.errors:
+                        _reject(spool, records, report.errors)
+                path.unlink()
+    finally:
+        if store is not None:
+            store.close()
+    return sent
+
+
+def _reject(spool: Path, records: list[dict[str, Any]], errors: list[Any]) -> None:
+    reasons: dict[int, list[str]] = {}
+    for error in errors:
+        reasons.setdefault(error.line, []).append(f"{error.field}: {error.reason}")
+    with (spool / REJECTED).open("a") as handle:
+        for line, why in sorted(reasons.items()):
+            handle.write(json.dumps({"reasons": why, "record": records[line - 1]}) + "\n")
+    log.error(
+        "%d rollouts refused by the store's checks; kept with the reasons in %s",
+        len(reasons),
+        spool / REJECTED,
+    )
+
+
+def ship(spool: Path, stop: threading.Event) -> None:
+    """Ship completed shards every half second until ``stop`` is set, then once more."""
+    warned = False
+    while True:
+        stopping = stop.wait(_POLL_SECONDS)
+        try:
+            ship_once(spool)
+            warned = False
+        except Exception as exc:  # the store is busy or down: the spool keeps the rollouts
+            if not warned:
+                log.warning("rollouts stay in %s until the store can be written: %s", spool, exc)
+                warned = True
+            if stopping:
+                return
+        if stopping:
+            return
+
+
+def main(argv: list[str]) -> int:
+    """The shipper process: ship until standard input closes."""
+    logging.basicConfig(level=logging.WARNING, format="manta rollout shipper: %(message)s")
+    spool = Path(argv[0])
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    ship(spool, stop)
+    return 0
+
