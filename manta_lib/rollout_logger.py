@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RolloutLogger"]
 
-_Queued = tuple[str, Any, Any, list[Any], Any, Any, Any]
+_Queued = tuple[str, Any, Any, list[Any], Any, tuple[Any, Any, Any, str]]
 
 
 class RolloutLogger:
@@ -117,10 +117,17 @@ class RolloutLogger:
         meta: dict[str, Any] | None = None,
         phase: str | None = None,
         trace_id: str | None = None,
+        criteria: dict[str, Any] | None = None,
+        grader: str = "reward",
     ) -> str:
-        """Queue one rollout (OpenAI-style ``messages``); returns its trace id. Never blocks."""
+        """Queue one rollout (OpenAI-style ``messages``); returns its trace id. Never blocks.
+
+        ``criteria`` (name -> number, boolean or null, e.g. one reward per reward function)
+        add a ``grader`` span named ``grader`` holding ``score`` and one criterion each.
+        """
         tid = trace_id or f"{self._prefix}{next(self._counter)}"
-        self._queue.append((tid, step, datapoint, list(messages), score, meta, phase))
+        extra = (meta, phase, criteria, grader)
+        self._queue.append((tid, step, datapoint, list(messages), score, extra))
         return tid
 
     @property
@@ -217,7 +224,7 @@ class RolloutLogger:
         lines: list[bytes] = []
         dropped = 0
         while queue:
-            tid, step, datapoint, messages, score, meta, phase = queue.popleft()
+            tid, step, datapoint, messages, score, (meta, phase, criteria, grader) = queue.popleft()
             record = {
                 "trace_id": tid,
                 "run_id": self.run_id,
@@ -230,6 +237,8 @@ class RolloutLogger:
             }
             if self.project_id:
                 record["project_id"] = self.project_id
+            if criteria is not None:
+                record["grader"] = {"name": grader, "criteria": criteria}
             try:
                 lines.append(json.dumps(record, ensure_ascii=False, default=_plain).encode() + b"\n")
             except (TypeError, ValueError) as exc:

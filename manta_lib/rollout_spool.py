@@ -3,8 +3,8 @@ writes and a shipper process moves into the store.
 
 A shard is ``<spool>/<time>-<pid>-<random>.jsonl``, one rollout per line in the OpenAI-messages
 import format (``trace_id``, ``run_id``, ``step``, ``datapoint_id``, ``phase``, ``reward``,
-``messages``, ``metadata``), so a spool can also be imported by hand with
-``manta import --format openai SHARD``. The writer appends to ``<name>.jsonl.part`` holding an
+``messages``, ``metadata``) plus an optional ``grader`` (``{"name", "criteria": {name:
+value}}``, which becomes a ``grader`` span after the messages). The writer appends to ``<name>.jsonl.part`` holding an
 exclusive ``flock`` on it, and renames it to ``<name>.jsonl`` when it moves to a new shard; the
 lock goes with the writer's process, so a ``.part`` shard that can be locked belongs to a
 writer that died and is shipped like a finished one. Shipping imports its complete lines (a killed writer's last
@@ -105,13 +105,19 @@ def ship_once(spool: Path) -> int:
                 if fd is None:
                     continue
                 records = complete_records(fd)
-                if records:
+                traces, refused = spool_traces(records)
+                if traces:
                     if store is None:
                         store = Store.open(load_settings())
-                    report = import_records(records, store=store, format="openai")
+                    report = import_records(
+                        [trace for _, trace in traces], store=store, format="manta"
+                    )
                     sent += report.traces_loaded + report.traces_already_present
-                    if report.errors:
-                        _reject(spool, records, report.errors)
+                    for error in report.errors:
+                        index = traces[error.line - 1][0]
+                        refused.setdefault(index, []).append(f"{error.field}: {error.reason}")
+                if refused:
+                    _reject(spool, records, refused)
                 path.unlink()
     finally:
         if store is not None:
@@ -119,13 +125,53 @@ def ship_once(spool: Path) -> int:
     return sent
 
 
-def _reject(spool: Path, records: list[dict[str, Any]], errors: list[Any]) -> None:
-    reasons: dict[int, list[str]] = {}
-    for error in errors:
-        reasons.setdefault(error.line, []).append(f"{error.field}: {error.reason}")
+def spool_traces(
+    records: list[dict[str, Any]],
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, list[str]]]:
+    """Spool records as trace objects ``(record index, trace)``, and the reasons of those that
+    cannot be mapped (by record index)."""
+    from manta_lib.importers.base import Hierarchy, Problems, canonical_json
+    from manta_lib.importers.openai import rollout_trace
+
+    hierarchy = Hierarchy()
+    traces: list[tuple[int, dict[str, Any]]] = []
+    refused: dict[int, list[str]] = {}
+    for index, record in enumerate(records):
+        grader = record.pop("grader", None)
+        try:
+            trace = rollout_trace(record, hierarchy, canonical_json(record).encode())
+        except Problems as exc:
+            refused[index] = [f"{field}: {reason}" for field, reason in exc.problems]
+            continue
+        finally:
+            if grader is not None:
+                record["grader"] = grader
+        if isinstance(grader, dict):
+            trace["spans"].append(_grader_span(trace, grader))
+        traces.append((index, trace))
+    return traces, refused
+
+
+def _grader_span(trace: dict[str, Any], grader: dict[str, Any]) -> dict[str, Any]:
+    criteria = []
+    for name, value in (grader.get("criteria") or {}).items():
+        if isinstance(value, bool):
+            criteria.append({"name": name, "score": float(value), "passed": value})
+        else:
+            criteria.append({"name": name, "score": value, "passed": None})
+    return {
+        "span_id": f"{trace['trace_id']}:grader",
+        "seq": len(trace["spans"]),
+        "kind": "grader",
+        "name": str(grader.get("name") or "reward"),
+        "attributes": {"score": trace["score"], "criteria": criteria},
+    }
+
+
+def _reject(spool: Path, records: list[dict[str, Any]], reasons: dict[int, list[str]]) -> None:
     with (spool / REJECTED).open("a") as handle:
-        for line, why in sorted(reasons.items()):
-            handle.write(json.dumps({"reasons": why, "record": records[line - 1]}) + "\n")
+        for index, why in sorted(reasons.items()):
+            handle.write(json.dumps({"reasons": why, "record": records[index]}) + "\n")
     log.error(
         "%d rollouts refused by the store's checks; kept with the reasons in %s",
         len(reasons),
