@@ -1,7 +1,7 @@
 """What ``RolloutLogger`` costs a training loop: how many rollouts/s ``log.rollout()`` accepts,
 and the CPU share of the training process at 1,000 rollouts/s.
 
-    .venv/bin/python benchmarks/bench_rollout_logger.py [--calls 200000] [--seconds 10] [--rate 1000]
+    .venv/bin/python benchmarks/bench_rollout_logger.py [--calls N] [--seconds S] [--rate R]
 
 (a) Accepted rollouts/s: ``--calls`` calls of ``log.rollout()`` with a three-message rollout,
 timed in a tight loop while the writer thread serializes and fsyncs behind it (spool only:
@@ -73,8 +73,13 @@ def paced(seconds: float, rate: int, log: RolloutLogger | None) -> tuple[float, 
     for tick in range(ticks):
         if log is not None:
             for _ in range(per_tick):
-                log.rollout(step=tick // 100, datapoint=f"dp_{sent % 64}", messages=MESSAGES,
-                            score=0.5, meta=META)
+                log.rollout(
+                    step=tick // 100,
+                    datapoint=f"dp_{sent % 64}",
+                    messages=MESSAGES,
+                    score=0.5,
+                    meta=META,
+                )
                 sent += 1
         delay = wall0 + (tick + 1) / 100 - time.perf_counter()
         if delay > 0:
@@ -90,8 +95,10 @@ def main() -> None:
     args = parser.parse_args()
 
     accepted, floor = accepted_per_second(args.calls)
-    print(f"(a) log.rollout() accepted {accepted:,.0f} rollouts/s "
-          f"(list.append of the same arguments: {floor:,.0f}/s; ratio {floor / accepted:.1f}x)")
+    print(
+        f"(a) log.rollout() accepted {accepted:,.0f} rollouts/s "
+        f"(list.append of the same arguments: {floor:,.0f}/s; ratio {floor / accepted:.1f}x)"
+    )
 
     settings = bench_settings("rollout_logger")
     os.environ["MANTA_DATA_DIR"] = str(settings.data_dir)
@@ -107,11 +114,15 @@ def main() -> None:
         children_before.ru_utime + children_before.ru_stime
     )
     share = (cpu - base_cpu * wall / base_wall) / wall
-    print(f"(b) at {sent / wall:,.0f} rollouts/s for {wall:.1f} s: the training process used "
-          f"{share:.1%} of one core for logging (CPU {cpu:.2f} s, the same loop without "
-          f"logging {base_cpu:.2f} s in {base_wall:.1f} s)")
-    print(f"    shipper process (storing them, its own process): {shipper_cpu:.2f} CPU s = "
-          f"{shipper_cpu / wall:.1%} of one core over the logging time")
+    print(
+        f"(b) at {sent / wall:,.0f} rollouts/s for {wall:.1f} s: the training process used "
+        f"{share:.1%} of one core for logging (CPU {cpu:.2f} s, the same loop without "
+        f"logging {base_cpu:.2f} s in {base_wall:.1f} s)"
+    )
+    print(
+        f"    shipper process (storing them, its own process): {shipper_cpu:.2f} CPU s = "
+        f"{shipper_cpu / wall:.1%} of one core over the logging time"
+    )
     with Store.open(settings) as store:
         stored = store.rows(
             "SELECT count() FROM {db}.traces WHERE run_id = {r:String}", {"r": run_id}

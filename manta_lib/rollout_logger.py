@@ -73,7 +73,9 @@ class RolloutLogger:
         close_timeout: float = 60.0,
     ) -> None:
         if not isinstance(run_id, str) or not run_id:
-            raise ValidationError(f"RolloutLogger: run_id must be a non-empty string, got {run_id!r}")
+            raise ValidationError(
+                f"RolloutLogger: run_id must be a non-empty string, got {run_id!r}"
+            )
         if not 0 < flush_interval <= 1:
             raise ValidationError(
                 f"RolloutLogger: flush_interval must be in (0, 1] seconds, got {flush_interval!r}"
@@ -240,7 +242,9 @@ class RolloutLogger:
             if criteria is not None:
                 record["grader"] = {"name": grader, "criteria": criteria}
             try:
-                lines.append(json.dumps(record, ensure_ascii=False, default=_plain).encode() + b"\n")
+                lines.append(
+                    json.dumps(record, ensure_ascii=False, default=_plain).encode() + b"\n"
+                )
             except (TypeError, ValueError) as exc:
                 dropped += 1
                 log.error("rollout %s (step %r) not logged: %s", tid, step, exc)
@@ -288,4 +292,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-

@@ -4,12 +4,13 @@ writes and a shipper process moves into the store.
 A shard is ``<spool>/<time>-<pid>-<random>.jsonl``, one rollout per line in the OpenAI-messages
 import format (``trace_id``, ``run_id``, ``step``, ``datapoint_id``, ``phase``, ``reward``,
 ``messages``, ``metadata``) plus an optional ``grader`` (``{"name", "criteria": {name:
-value}}``, which becomes a ``grader`` span after the messages). The writer appends to ``<name>.jsonl.part`` holding an
-exclusive ``flock`` on it, and renames it to ``<name>.jsonl`` when it moves to a new shard; the
-lock goes with the writer's process, so a ``.part`` shard that can be locked belongs to a
-writer that died and is shipped like a finished one. Shipping imports its complete lines (a killed writer's last
-line may be cut: it is skipped), then deletes it; trace ids are fixed when a rollout is logged,
-so a shard shipped twice (a shipper killed between the insert and the delete) is stored once.
+value}}``, which becomes a ``grader`` span after the messages). The writer appends to
+``<name>.jsonl.part`` holding an exclusive ``flock`` on it, and renames it to ``<name>.jsonl``
+when it moves to a new shard; the lock goes with the writer's process, so a ``.part`` shard
+that can be locked belongs to a writer that died and is shipped like a finished one. Shipping
+imports a shard's complete lines (a killed writer's last line may be cut: it is skipped), then
+deletes it; trace ids are fixed when a rollout is logged, so a shard shipped twice (a shipper
+killed between the insert and the delete) is stored once.
 
 ``python -m manta_lib.rollout_shipper SPOOL`` is the shipper: it ships shards as they are
 completed until its standard input closes (the logger closed, or its process died), then ships
@@ -211,4 +212,3 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=wait_for_eof, daemon=True).start()
     ship(spool, stop)
     return 0
-

@@ -1,4 +1,5 @@
-"""``from manta.integrations.trl import MantaCallback`` (re-exports :mod:`manta_lib.integrations.trl`)."""
+"""``from manta.integrations.trl import MantaCallback``: re-exports
+:mod:`manta_lib.integrations.trl`."""
 
 from manta_lib.integrations.trl import MantaCallback, completion_rows
 

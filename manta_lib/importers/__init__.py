@@ -199,8 +199,10 @@ def format_of(path: Path, format: str) -> str:
     if str(path) != "-" and path.is_dir():
         if format in ("auto", "verl"):
             return detect_format(path) if format == "auto" else format
-        raise ValidationError(f"cannot import {path} as {format}: it is a directory (only verl "
-                              "dumps are read as directories)")
+        raise ValidationError(
+            f"cannot import {path} as {format}: it is a directory (only verl "
+            "dumps are read as directories)"
+        )
     source = source_of(path)
     if source.path is not None and source.path.is_file():
         return detect_format(path) if format == "auto" else format

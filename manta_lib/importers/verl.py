@@ -224,7 +224,9 @@ def dump_trace(  # noqa: C901 - one branch per optional dump field
         )
     extras = {k: v for k, v in obj.items() if k not in _BASE_KEYS}
     gts = obj.get("gts")
-    meta: dict[str, Any] = {"verl": {"dump": where.directory, "file": where.file, "line": where.line}}
+    meta: dict[str, Any] = {
+        "verl": {"dump": where.directory, "file": where.file, "line": where.line}
+    }
     if "gts" in obj:
         meta["gts"] = gts
     if obj.get("uid") is not None:

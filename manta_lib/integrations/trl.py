@@ -24,9 +24,9 @@ else ``train``; datapoint = a hash of the prompt text (the same as the verl impo
 the completion as ``assistant`` (message lists when TRL logged conversations); score = the
 weighted sum of the rewards TRL trains on (``reward_weights``, functions without a value left
 out); a ``grader`` span ``trl_rewards`` with one criterion per reward function; meta =
-``advantage`` and the columns reward functions added with ``log_extra``. A batch logged again unchanged (``logging_steps`` below
-``steps_per_generation``) is stored once. Only the main process writes (TRL gathers every
-process's rows there).
+``advantage`` and the columns reward functions added with ``log_extra``. A batch logged again
+unchanged (``logging_steps`` below ``steps_per_generation``) is stored once. Only the main
+process writes (TRL gathers every process's rows there).
 """
 
 from __future__ import annotations
@@ -207,7 +207,9 @@ def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, Sequence):
-        return "\n".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in value)
+        return "\n".join(
+            str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in value
+        )
     return str(value)
 
 

@@ -28,8 +28,13 @@ def main() -> None:
         i = 0
         while True:
             for _ in range(50):
-                log.rollout(step=i // 200, datapoint=f"dp_{i % 10}", messages=messages(i),
-                            score=float(i % 2), meta={"i": i})
+                log.rollout(
+                    step=i // 200,
+                    datapoint=f"dp_{i % 10}",
+                    messages=messages(i),
+                    score=float(i % 2),
+                    meta={"i": i},
+                )
                 i += 1
             print(f"{i} {time.monotonic()}", flush=True)
             time.sleep(0.02)

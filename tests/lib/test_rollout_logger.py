@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from manta_lib import RolloutLogger
-from manta_lib.rollout_spool import REJECTED, ship_once, shards
+from manta_lib.rollout_spool import REJECTED, shards, ship_once
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 
@@ -24,9 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _logged_indexes(store: Store, run_id: str) -> set[int]:
-    rows = store.rows(
-        "SELECT meta FROM {db}.traces WHERE run_id = {run:String}", {"run": run_id}
-    )
+    rows = store.rows("SELECT meta FROM {db}.traces WHERE run_id = {run:String}", {"run": run_id})
     return {json.loads(row[0])["i"] for row in rows}
 
 

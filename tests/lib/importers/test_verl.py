@@ -86,7 +86,9 @@ def test_grader_span_criteria_and_pass_rate_per_step(store: Store, tmp_path: Pat
         line = next(
             line
             for line in run.lines[(trace.phase, trace.step_number)]
-            if line["input"] == user and line["output"] == assistant and line["uid"] == trace.meta["uid"]
+            if line["input"] == user
+            and line["output"] == assistant
+            and line["uid"] == trace.meta["uid"]
         )
         criteria = {c.name: c for c in grader.criteria}
         assert criteria["acc"].passed is line["acc"]
@@ -140,9 +142,7 @@ def test_phase_flag_datapoint_path_bad_lines_and_run_id(store: Store, tmp_path: 
         handle.write(json.dumps({"input": "q", "output": "x", "score": "high"}) + "\n")
     with pytest.raises(ValidationError, match="--run-id"):
         import_files([run.train_dir], store=store)
-    report = import_files(
-        [run.train_dir], store=store, run_id="r", phase="eval", datapoint="uid"
-    )
+    report = import_files([run.train_dir], store=store, run_id="r", phase="eval", datapoint="uid")
     assert report.traces_loaded == 4
     errors = [str(e) for e in report.errors]
     assert any("2.jsonl:1: input: expected the decoded prompt" in e for e in errors)

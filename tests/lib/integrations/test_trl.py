@@ -108,7 +108,10 @@ def test_recorded_trl_logs(store: Store, tmp_path: Path) -> None:
 def test_rows_of_an_eval_log_and_of_other_processes(store: Store, tmp_path: Path) -> None:
     payload = {
         "prompt": [[{"role": "user", "content": "2+2?"}]] * 2,
-        "completion": [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5"}]],
+        "completion": [
+            [{"role": "assistant", "content": "4"}],
+            [{"role": "assistant", "content": "5"}],
+        ],
         "rewards": {"acc": [1.0, 0.0], "fmt": [float("nan"), float("nan")]},
         "advantages": [0.7, -0.7],
         "extra": {"judge_note": ["ok", "wrong"]},
