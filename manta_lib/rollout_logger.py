@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RolloutLogger"]
 
-_Queued = tuple[str, Any, Any, list[Any], Any, tuple[Any, Any, Any, str]]
+_Queued = tuple[str, Any, Any, list[Any], Any, Any, Any, Any, str]
 
 
 class RolloutLogger:
@@ -128,8 +128,9 @@ class RolloutLogger:
         add a ``grader`` span named ``grader`` holding ``score`` and one criterion each.
         """
         tid = trace_id or f"{self._prefix}{next(self._counter)}"
-        extra = (meta, phase, criteria, grader)
-        self._queue.append((tid, step, datapoint, list(messages), score, extra))
+        self._queue.append(
+            (tid, step, datapoint, list(messages), score, meta, phase, criteria, grader)
+        )
         return tid
 
     @property
@@ -223,10 +224,11 @@ class RolloutLogger:
         queue = self._queue
         if not queue:
             return
-        lines: list[bytes] = []
+        lines: list[str] = []
         dropped = 0
+        encode = _ENCODER.encode
         while queue:
-            tid, step, datapoint, messages, score, (meta, phase, criteria, grader) = queue.popleft()
+            tid, step, datapoint, messages, score, meta, phase, criteria, grader = queue.popleft()
             record = {
                 "trace_id": tid,
                 "run_id": self.run_id,
@@ -242,15 +244,13 @@ class RolloutLogger:
             if criteria is not None:
                 record["grader"] = {"name": grader, "criteria": criteria}
             try:
-                lines.append(
-                    json.dumps(record, ensure_ascii=False, default=_plain).encode() + b"\n"
-                )
+                lines.append(encode(record))
             except (TypeError, ValueError) as exc:
                 dropped += 1
                 log.error("rollout %s (step %r) not logged: %s", tid, step, exc)
         if lines:
             handle = self._shard or self._open_shard()
-            handle.write(b"".join(lines))
+            handle.write(("\n".join(lines) + "\n").encode())
             handle.flush()
             os.fsync(handle.fileno())
         with self._written_cond:
@@ -292,3 +292,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+# one encoder: json.dumps with options builds a new one per call
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_plain)
