@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import fcntl
 import itertools
 import json
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -173,7 +175,28 @@ class RolloutLogger:
         self._thread = threading.Thread(target=self._run, name="manta-rollout-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+        logger = weakref.ref(self)
+
+        def in_forked_child() -> None:
+            alive = logger()
+            if alive is not None:
+                alive._forget_after_fork()
+
+        os.register_at_fork(after_in_child=in_forked_child)
         return self
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (a data loader worker): let go of the parent's shard and shipper
+        pipe, whose copies would keep the shard locked and the shipper waiting after the
+        parent is gone; the child's logger stays inert."""
+        for handle in (self._shard, self._shipper.stdin if self._shipper else None):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    os.close(handle.fileno())
+        self._shard = None
+        self._shipper = None
+        self._closing = True
+        atexit.unregister(self.close)
 
     def close(self) -> None:
         """Write what is queued, finish the shard, let the shipper store it (bounded wait)."""

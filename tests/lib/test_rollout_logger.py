@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from manta_lib import RolloutLogger
-from manta_lib.rollout_spool import REJECTED, shards, ship_once
+from manta_lib import MantaService, RolloutLogger
+from manta_lib.rollout_spool import REJECTED, claimed, shards, ship_once
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 
@@ -116,20 +116,29 @@ def test_spool_lines_cut_bad_rollouts_and_unserializable_values(
         ids = [log.rollout(step=1, datapoint="dp", messages=good, score=0.5) for _ in range(5)]
         log.rollout(step=1, messages=[{"role": "robot", "content": "?"}], meta={"k": 1})
         log.rollout(step=2, messages=good, meta={"bad": object()})
+        graded = log.rollout(
+            step=3, messages=good, score=1.5, criteria={"correct": True, "style": 0.5}, grader="g"
+        )
         assert log.flush(timeout=10)
         assert log.dropped == 1
-        assert log.logged == 7
+        assert log.logged == 8
     assert len(set(ids)) == 5
     files = shards(spool)
     assert files and all(f.name.endswith(".jsonl") for f in files)  # finished shards
     # a crash in the middle of a line: the cut line is not shipped, the others are
     with files[-1].open("ab") as handle:
         handle.write(b'{"trace_id": "cut", "run_id": "spooled", "mess')
-    assert ship_once(spool) == 5
+    assert ship_once(spool) == 6
     assert not shards(spool)
+    grader = MantaService(store).get_trace(graded).grader_result()
+    assert grader is not None and (grader.name, grader.score) == ("g", 1.5)
+    assert [(c.name, c.score, c.passed) for c in grader.criteria] == [
+        ("correct", 1.0, True),
+        ("style", 0.5, None),
+    ]
     rows = store.rows(
         "SELECT trace_id, step_number, datapoint_id, score FROM {db}.traces "
-        "WHERE run_id = 'spooled' ORDER BY trace_id"
+        "WHERE run_id = 'spooled' AND step_number = 1 ORDER BY trace_id"
     )
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert {(r[1], r[2], r[3]) for r in rows} == {(1, "dp", 0.5)}
@@ -137,3 +146,22 @@ def test_spool_lines_cut_bad_rollouts_and_unserializable_values(
     assert len(rejected) == 1
     assert rejected[0]["record"]["messages"][0]["role"] == "robot"
     assert "robot" in rejected[0]["reasons"][0]
+
+
+def test_a_forked_worker_does_not_hold_the_shard(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    log = RolloutLogger(run_id="forked", ship=False, spool_dir=spool, shard_seconds=100).start()
+    log.rollout(step=1, messages=[{"role": "user", "content": "hi"}])
+    assert log.flush(timeout=10)
+    worker = os.fork()  # a data loader worker, still alive when the trainer's logger closes
+    if worker == 0:
+        time.sleep(5)
+        os._exit(0)
+    try:
+        log.close()
+        (shard,) = shards(spool)
+        with claimed(shard) as fd:
+            assert fd is not None, "the forked worker's copy keeps the shard locked"
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
