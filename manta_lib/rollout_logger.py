@@ -191,10 +191,12 @@ class RolloutLogger:
         parent is gone; the child's logger stays inert."""
         for handle in (self._shard, self._shipper.stdin if self._shipper else None):
             if handle is not None:
+                # /dev/null in place of the inherited descriptor: the copy is let go, and the
+                # file object still owns a descriptor to close (or flush into) later
                 with contextlib.suppress(OSError):
-                    os.close(handle.fileno())
-        self._shard = None
-        self._shipper = None
+                    null = os.open(os.devnull, os.O_RDWR)
+                    os.dup2(null, handle.fileno())
+                    os.close(null)
         self._closing = True
         atexit.unregister(self.close)
 
