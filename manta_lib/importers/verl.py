@@ -19,7 +19,8 @@ One line becomes one trace:
   at every step (verl's ``uid`` is a fresh random id per prompt per step; it is kept in meta);
 - ``score``: ``--score PATH``, else ``score``;
 - ``trace_id``: a hash of the run, the phase, the dump directory's name, the step and the line
-  number: importing the directory again finds every line already stored;
+  number: importing the directory again finds every line already stored (records held in
+  memory: the run, phase, step, the record and its position in the list);
 - spans: the prompt as a ``user`` message, the response as an ``assistant`` message and one
   ``grader`` span named ``verl_reward`` (``score``; ``passed`` from ``acc`` when it is a boolean
   or 0/1; ``ground_truth``; one criterion per extra reward field);
@@ -107,11 +108,16 @@ class VerlImporter:
 
     name = "verl"
 
+    def __init__(self) -> None:
+        self._records = 0  # in-memory records mapped so far: identical rollouts differ by it
+
     def sniff(self, path: Path) -> bool:
         if path.is_dir():
+            # a few files: the newest may still be empty or half written
             return any(
-                _looks_like_dump_line(_first_line(files[0]))
-                for files in (dump_files(d) for d in dump_dirs(path))
+                _looks_like_dump_line(_first_line(file))
+                for directory in dump_dirs(path)
+                for file in dump_files(directory)[:3]
             )
         return bool(_STEP_FILE.match(path.name)) and _looks_like_dump_line(_first_line(path))
 
@@ -159,8 +165,9 @@ class VerlImporter:
 
     def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
         obj = plain(record)
-        content = canonical_json(obj)
-        where = _Where("<records>", "", 0, None, content_key=content)
+        self._records += 1
+        content = f"{self._records}:{canonical_json(obj)}"
+        where = _Where("<records>", "", self._records, None, content_key=content)
         return [dump_trace(obj, hierarchy, where, None)]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from manta_lib import MantaService, import_files
+from manta_lib import MantaService, import_files, import_records
 from manta_lib.cli import _register_commands, app
 from manta_lib.errors import ValidationError
 from manta_lib.importers import detect_format
@@ -152,6 +152,13 @@ def test_phase_flag_datapoint_path_bad_lines_and_run_id(store: Store, tmp_path: 
     assert {phase for phase, *_ in stored} == {"eval"}
     uids = {line["uid"] for line in run.lines[("train", 1)]}
     assert {dp for _, _, dp, _, _ in stored} == uids
+    # dump lines held in memory
+    lines = run.lines[("train", 1)]
+    in_memory = import_records(lines, store=store, format="verl", run_id="mem")
+    assert in_memory.ok and in_memory.traces_loaded == len(lines)
+    again = import_records(lines, store=store, format="verl", run_id="mem")
+    assert again.traces_already_present == len(lines)
+    assert Counter(step for _, step, *_ in _stored(store, "mem")) == {1: len(lines)}
 
 
 def test_cli_imports_a_dump_directory(store: Store, tmp_path: Path) -> None:
