@@ -12,8 +12,8 @@ same arguments to a list, the floor of any logging call.
 every 10 ms, with the shipper storing them into an embedded store under
 ``benchmarks/.data/rollout_logger``; the training process's CPU time (all its threads) minus
 that of the same paced loop without logging, as a share of one core. The shipper process's CPU
-(the store's import work, in its own process) is printed beside it, then the number of
-rollouts found in the store.
+(the store's import work, in its own process) is printed beside it, with the share of it that
+is the process's start-up (imports), then the number of rollouts found in the store.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +88,18 @@ def paced(seconds: float, rate: int, log: RolloutLogger | None) -> tuple[float, 
     return time.perf_counter() - wall0, time.process_time() - cpu0, sent
 
 
+def startup_cpu(spool: Path) -> float:
+    """CPU seconds of a shipper that starts, finds nothing to ship and exits."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        [sys.executable, "-m", "manta_lib.rollout_shipper", str(spool)],
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200_000)
@@ -121,7 +134,8 @@ def main() -> None:
     )
     print(
         f"    shipper process (storing them, its own process): {shipper_cpu:.2f} CPU s = "
-        f"{shipper_cpu / wall:.1%} of one core over the logging time"
+        f"{shipper_cpu / wall:.1%} of one core over the logging time, of which "
+        f"{startup_cpu(spool):.2f} s start-up (a shipper run on an empty spool)"
     )
     with Store.open(settings) as store:
         stored = store.rows(
