@@ -201,7 +201,9 @@ class RolloutLogger:
         atexit.unregister(self.close)
 
     def close(self) -> None:
-        """Write what is queued, finish the shard, let the shipper store it (bounded wait)."""
+        """Write what is queued, finish the shard, let the shipper store it (bounded wait).
+
+        The logger can be started again afterwards."""
         if self._thread is None or self._closing:
             return
         self._closing = True
@@ -220,6 +222,10 @@ class RolloutLogger:
                     self.close_timeout,
                     shipper.pid,
                 )
+        # closed: a later start() (a trainer's second train()) starts afresh
+        self._thread = None
+        self._shipper = None
+        self._closing = False
 
     def __enter__(self) -> RolloutLogger:
         return self.start()

@@ -123,12 +123,14 @@ def test_spool_lines_cut_bad_rollouts_and_unserializable_values(
         assert log.dropped == 1
         assert log.logged == 8
     assert len(set(ids)) == 5
+    with log:  # started again after closing (a trainer's second train())
+        ids.append(log.rollout(step=1, datapoint="dp", messages=good, score=0.5))
     files = shards(spool)
     assert files and all(f.name.endswith(".jsonl") for f in files)  # finished shards
     # a crash in the middle of a line: the cut line is not shipped, the others are
     with files[-1].open("ab") as handle:
         handle.write(b'{"trace_id": "cut", "run_id": "spooled", "mess')
-    assert ship_once(spool) == 6
+    assert ship_once(spool) == 7
     assert not shards(spool)
     grader = MantaService(store).get_trace(graded).grader_result()
     assert grader is not None and (grader.name, grader.score) == ("g", 1.5)
