@@ -85,6 +85,7 @@ def test_sigkilled_trainer_loses_nothing_logged_a_second_before(
     assert steps[0] == steps[1]  # every rollout once
 
 
+@pytest.mark.slow
 def test_busy_store_keeps_the_spool_for_the_next_start(
     settings: MantaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
