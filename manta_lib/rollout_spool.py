@@ -73,16 +73,23 @@ def claimed(path: Path) -> Iterator[int | None]:
         os.close(fd)
 
 
-def complete_records(fd: int) -> list[dict[str, Any]]:
-    """The records of a shard's complete lines (a line cut by a crash is left out)."""
+def complete_records(fd: int) -> tuple[list[Any], dict[int, list[str]]]:
+    """The records of a shard's complete lines (a line cut by a crash is left out), and the
+    reasons of lines that are not JSON (by record index; the record is the line's text)."""
     with os.fdopen(os.dup(fd), "rb") as handle:
         data = handle.read()
     end = data.rfind(b"\n")
-    records = []
+    records: list[Any] = []
+    bad: dict[int, list[str]] = {}
     for line in data[: end + 1].splitlines():
-        if line.strip():
+        if not line.strip():
+            continue
+        try:
             records.append(json.loads(line))
-    return records
+        except ValueError as exc:
+            bad[len(records)] = [f"invalid JSON ({exc})"]
+            records.append(line.decode(errors="replace"))
+    return records, bad
 
 
 def ship_once(spool: Path) -> int:
@@ -105,8 +112,9 @@ def ship_once(spool: Path) -> int:
             with claimed(path) as fd:
                 if fd is None:
                     continue
-                records = complete_records(fd)
+                records, bad = complete_records(fd)
                 traces, refused = spool_traces(records)
+                refused.update(bad)
                 if traces:
                     if store is None:
                         store = Store.open(load_settings())
@@ -127,7 +135,7 @@ def ship_once(spool: Path) -> int:
 
 
 def spool_traces(
-    records: list[dict[str, Any]],
+    records: list[Any],
 ) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, list[str]]]:
     """Spool records as trace objects ``(record index, trace)``, and the reasons of those that
     cannot be mapped (by record index)."""
@@ -138,6 +146,9 @@ def spool_traces(
     traces: list[tuple[int, dict[str, Any]]] = []
     refused: dict[int, list[str]] = {}
     for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            refused[index] = [f"expected a JSON object, got {type(record).__name__}"]
+            continue
         grader = record.pop("grader", None)
         try:
             trace = rollout_trace(record, hierarchy, canonical_json(record).encode())
@@ -169,7 +180,7 @@ def _grader_span(trace: dict[str, Any], grader: dict[str, Any]) -> dict[str, Any
     }
 
 
-def _reject(spool: Path, records: list[dict[str, Any]], reasons: dict[int, list[str]]) -> None:
+def _reject(spool: Path, records: list[Any], reasons: dict[int, list[str]]) -> None:
     with (spool / REJECTED).open("a") as handle:
         for index, why in sorted(reasons.items()):
             handle.write(json.dumps({"reasons": why, "record": records[index]}) + "\n")

@@ -128,8 +128,10 @@ def test_spool_lines_cut_bad_rollouts_and_unserializable_values(
         ids.append(log.rollout(step=1, datapoint="dp", messages=good, score=0.5))
     files = shards(spool)
     assert files and all(f.name.endswith(".jsonl") for f in files)  # finished shards
-    # a crash in the middle of a line: the cut line is not shipped, the others are
+    # a line that is not JSON is set aside; a crash in the middle of a line: the cut line is
+    # not shipped, the others are
     with files[-1].open("ab") as handle:
+        handle.write(b"{garbled\n")
         handle.write(b'{"trace_id": "cut", "run_id": "spooled", "mess')
     assert ship_once(spool) == 7
     assert not shards(spool)
@@ -146,9 +148,11 @@ def test_spool_lines_cut_bad_rollouts_and_unserializable_values(
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert {(r[1], r[2], r[3]) for r in rows} == {(1, "dp", 0.5)}
     rejected = [json.loads(line) for line in (spool / REJECTED).read_text().splitlines()]
-    assert len(rejected) == 1
+    assert len(rejected) == 2
     assert rejected[0]["record"]["messages"][0]["role"] == "robot"
     assert "robot" in rejected[0]["reasons"][0]
+    assert rejected[1]["record"] == "{garbled"
+    assert rejected[1]["reasons"][0].startswith("invalid JSON")
 
 
 def test_a_forked_worker_does_not_hold_the_shard(tmp_path: Path) -> None:
