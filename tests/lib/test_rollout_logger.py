@@ -160,11 +160,14 @@ def test_a_forked_worker_does_not_hold_the_shard(tmp_path: Path) -> None:
     log = RolloutLogger(run_id="forked", ship=False, spool_dir=spool, shard_seconds=100).start()
     log.rollout(step=1, messages=[{"role": "user", "content": "hi"}])
     assert log.flush(timeout=10)
+    ready, started = os.pipe()
     worker = os.fork()  # a data loader worker, still alive when the trainer's logger closes
     if worker == 0:
+        os.write(started, b"1")  # the fork handlers have run
         time.sleep(5)
         os._exit(0)
     try:
+        assert os.read(ready, 1) == b"1"
         log.close()
         (shard,) = shards(spool)
         with claimed(shard) as fd:
@@ -172,3 +175,5 @@ def test_a_forked_worker_does_not_hold_the_shard(tmp_path: Path) -> None:
     finally:
         os.kill(worker, signal.SIGKILL)
         os.waitpid(worker, 0)
+        os.close(ready)
+        os.close(started)
