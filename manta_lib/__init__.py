@@ -33,6 +33,7 @@ from manta_lib.models import EntityLevel, Phase, SpanKind, SpanRecord, TraceReco
 from manta_lib.percentile import percentile
 from manta_lib.pipeline import LevelOutputs, MapReduceComputation, RunResult
 from manta_lib.results import Agreement, JudgeInfo, RunComparison, parse_condition
+from manta_lib.rollout_logger import RolloutLogger
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store, open_store
@@ -65,6 +66,7 @@ __all__ = [
     "Phase",
     "PipelineDefinitionError",
     "QueryError",
+    "RolloutLogger",
     "RunComparison",
     "SourceRecord",
     "SpanKind",

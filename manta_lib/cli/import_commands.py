@@ -27,15 +27,13 @@ _EXIT_INTERRUPTED = 130
 
 
 def _readable_inputs(values: list[Path] | None) -> list[Path] | None:
-    """``-`` is standard input; anything else must exist and not be a directory (regular
-    files, ``/dev/stdin``, named pipes and ``<(...)`` substitutions all qualify)."""
+    """``-`` is standard input; anything else must exist (regular files, ``/dev/stdin``,
+    named pipes and ``<(...)`` substitutions; directories are verl dump directories)."""
     for value in values or []:
         if str(value) == STDIN:
             continue
         if not value.exists():
             raise typer.BadParameter(f"{value}: no such file")
-        if value.is_dir():
-            raise typer.BadParameter(f"{value}: is a directory, not a file")
     return values
 
 
@@ -43,8 +41,8 @@ Files = Annotated[
     list[Path],
     typer.Argument(
         help="Files to import: Manta JSON lines, OpenAI-message JSON lines, Inspect AI logs "
-        "(.eval/.json), OTLP JSON or protobuf (docs/importers.md); - reads stdin (Manta "
-        "JSON lines).",
+        "(.eval/.json), OTLP JSON or protobuf, verl dump directories (docs/importers.md); - "
+        "reads stdin (Manta JSON lines).",
         callback=_readable_inputs,
         show_default=False,
     ),

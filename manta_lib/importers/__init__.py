@@ -1,4 +1,5 @@
-"""Bring your own traces: importers for Manta's format, OpenAI messages, Inspect AI, OTLP.
+"""Bring your own traces: importers for Manta's format, OpenAI messages, Inspect AI, OTLP,
+verl rollout dumps.
 
 Each format is one module that maps its records to trace objects of the JSON Lines trace
 format (spans laid out by the span conventions); all of them feed the one validated loader
@@ -49,14 +50,14 @@ __all__ = [
     "import_records",
 ]
 
-FORMATS = ("auto", "manta", "openai", "inspect", "otlp")
+FORMATS = ("auto", "manta", "openai", "inspect", "otlp", "verl")
 """Values of ``format`` / ``--format``."""
 
 _RECORDS_SOURCE = "<records>"
 
 
 def get_importer(name: str) -> Importer:
-    """The importer of one format (``manta``, ``openai``, ``inspect``, ``otlp``)."""
+    """The importer of one format (``manta``, ``openai``, ``inspect``, ``otlp``, ``verl``)."""
     if name == "manta":
         return NativeImporter()
     if name == "openai":
@@ -69,6 +70,10 @@ def get_importer(name: str) -> Importer:
         from manta_lib.importers.otlp import OTLPImporter
 
         return OTLPImporter()
+    if name == "verl":
+        from manta_lib.importers.verl import VerlImporter
+
+        return VerlImporter()
     raise ValidationError(f"unknown format {name!r} (expected one of: {', '.join(FORMATS)})")
 
 
@@ -76,11 +81,20 @@ def detect_format(path: str | Path) -> str:
     """The format of a file, from its content (not its name).
 
     Inspect logs (a ``.eval`` zip, or JSON with ``eval`` and ``version``), OTLP (JSON with
-    ``resourceSpans``, or protobuf), OpenAI rollouts (a JSON line with ``messages``) and Manta
-    traces (a JSON line with ``trace_id``). Raises :class:`ValidationError` when none fits.
+    ``resourceSpans``, or protobuf), OpenAI rollouts (a JSON line with ``messages``), Manta
+    traces (a JSON line with ``trace_id``) and verl dumps (``{step}.jsonl`` files of ``input``,
+    ``output`` and ``score`` lines, or a directory of them). Raises :class:`ValidationError`
+    when none fits.
     """
     path = Path(path)
-    for name in ("inspect", "otlp", "openai", "manta"):
+    if path.is_dir():
+        if get_importer("verl").sniff(path):
+            return "verl"
+        raise ValidationError(
+            f"{path} is a directory but not a verl dump directory ({{step}}.jsonl files with "
+            "input/output/score lines); pass files"
+        )
+    for name in ("inspect", "otlp", "openai", "manta", "verl"):
         if get_importer(name).sniff(path):
             return name
     raise ValidationError(
@@ -180,7 +194,15 @@ def import_files(
 
 def format_of(path: Path, format: str) -> str:
     """The format of one input: ``format``, or detected (``auto``); ``-`` and pipes are Manta
-    JSON Lines. Raises :class:`ValidationError` for a missing file or a directory."""
+    JSON Lines; a directory is a verl dump directory. Raises :class:`ValidationError` for a
+    missing file or another directory."""
+    if str(path) != "-" and path.is_dir():
+        if format in ("auto", "verl"):
+            return detect_format(path) if format == "auto" else format
+        raise ValidationError(
+            f"cannot import {path} as {format}: it is a directory (only verl "
+            "dumps are read as directories)"
+        )
     source = source_of(path)
     if source.path is not None and source.path.is_file():
         return detect_format(path) if format == "auto" else format

@@ -1,0 +1,1 @@
+"""``from manta.integrations.trl import MantaCallback``: integrations with training frameworks."""

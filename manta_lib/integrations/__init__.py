@@ -1,0 +1,1 @@
+"""Integrations with training frameworks (``manta_lib.integrations.trl``: TRL's trainers)."""
