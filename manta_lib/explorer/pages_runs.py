@@ -16,6 +16,8 @@ from manta_lib.explorer.web import Explorer, NotFound, choice_param, explorer, r
 from manta_lib.service import MantaService, RunSummary
 from manta_lib.store.explorer_queries import RunFacets, run_facets
 
+DATAPOINT_ROWS = 200  # the run page lists this many datapoints; the trace list has them all
+
 RUN_SORTS: dict[str, Any] = {
     "run_id": lambda r: r["run"].run_id,
     "traces": lambda r: r["run"].trace_count,
@@ -86,6 +88,9 @@ def run_page(request: Request) -> Response:
         run = require_run(state, svc, run_id)
         _, all_facets = cached_runs(state, svc)
         steps = state.cached(svc, ("steps", run_id), lambda: svc.list_steps(run_id))
+        datapoints = state.cached(
+            svc, ("datapoints", run_id), lambda: svc.list_datapoints(run_id), large=True
+        )
         chart = state.cached(svc, ("score_chart", run_id), lambda: score_chart(svc, [run_id]))
         judges = run_judges(cached_judges(state, svc, run_id), run_id, state.dagster_url)
         facets = all_facets.get(run_id)
@@ -96,6 +101,8 @@ def run_page(request: Request) -> Response:
             "run": run,
             "facets": facets,
             "steps": steps,
+            "datapoints": datapoints[:DATAPOINT_ROWS],
+            "datapoint_count": len(datapoints),
             "chart": chart,
             "judges": judges,
             "error_rate": run.error_count / run.trace_count if run.trace_count else None,

@@ -150,6 +150,9 @@ def template_environment(dagster_url: str = links.DEFAULT_DAGSTER_URL) -> jinja2
         results_url=lambda judge, run_id, level="trace", **kw: links.results_url(
             judge, run_id, level, base="", **kw
         ),
+        group_url=lambda run_id, datapoint_id, step=None, **kw: links.group_url(
+            run_id, datapoint_id, step, base="", **kw
+        ),
         entity_url=lambda level, entity_id, run_id: links.entity_url(
             level, str(entity_id), run_id, base=""
         ),

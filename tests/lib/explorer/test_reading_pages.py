@@ -1,0 +1,110 @@
+"""Reading rollouts together: the group page, result columns in trace lists, the span tree
+and live pages, checked against SQL over the same store and against ``svc.results``."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+
+import pytest
+
+from manta_lib.explorer.links import group_url
+from manta_lib.explorer.web import _num
+from manta_lib.store import Store
+from tests.lib.explorer.conftest import RESULTS_RUN, ExplorerData
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sql(data: ExplorerData, query: str, params: dict | None = None) -> list[tuple]:
+    with Store.open(data.settings, ensure_schema=False) as store:
+        return store.rows(query, params)
+
+
+def a_group(data: ExplorerData) -> tuple[str, int, list[str]]:
+    """A datapoint with several rollouts at one step of the results run, and their ids."""
+    dp, step = sql(
+        data,
+        "SELECT datapoint_id, step_number FROM {db}.traces WHERE run_id = {r:String} "
+        "GROUP BY datapoint_id, step_number HAVING count() > 1 ORDER BY count() DESC, 1, 2 "
+        "LIMIT 1",
+        {"r": RESULTS_RUN},
+    )[0]
+    ids = sql(
+        data,
+        "SELECT trace_id FROM {db}.traces WHERE run_id = {r:String} AND datapoint_id = "
+        "{d:String} AND step_number = {s:Int64} ORDER BY trace_id",
+        {"r": RESULTS_RUN, "d": dp, "s": step},
+    )
+    return dp, int(step), [r[0] for r in ids]
+
+
+def section(html: str, label: str) -> str:
+    return html.split(f'aria-label="{label}"', 1)[1].split("</section>", 1)[0]
+
+
+# ---- the group page ------------------------------------------------------------------------
+
+
+def test_group_page_lists_exactly_the_datapoints_rollouts_at_that_step(
+    explorer_data: ExplorerData,
+) -> None:
+    dp, step, ids = a_group(explorer_data)
+    response = explorer_data.client.get(group_url(RESULTS_RUN, dp, step, base=""))
+    assert response.status_code == 200, response.text
+    summary = section(response.text, f"group at step {step}")
+    shown = re.findall(r'<td class="small"><a href="/traces/([^"]+)">', summary)
+    assert shown == ids
+    scores = sql(
+        explorer_data,
+        "SELECT score FROM {db}.traces WHERE trace_id IN {ids:Array(String)} ORDER BY trace_id",
+        {"ids": ids},
+    )
+    assert f"{len(ids)} rollouts" in response.text
+    row = summary.split("<th>score</th>", 1)[1].split("</tr>", 1)[0]
+    shown_scores = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert shown_scores == [_num(s[0]) for s in scores]
+
+
+def test_group_page_diffs_two_rollouts_and_shows_another_step(
+    explorer_data: ExplorerData,
+) -> None:
+    dp, step, ids = a_group(explorer_data)
+    steps = [
+        r[0]
+        for r in sql(
+            explorer_data,
+            "SELECT DISTINCT step_number FROM {db}.traces WHERE run_id = {r:String} "
+            "AND datapoint_id = {d:String} ORDER BY 1",
+            {"r": RESULTS_RUN, "d": dp},
+        )
+    ]
+    other = next(s for s in steps if s != step) if len(steps) > 1 else None
+    url = group_url(RESULTS_RUN, dp, step, base="", a=ids[0], b=ids[1], vs=other)
+    page = explorer_data.client.get(url)
+    assert page.status_code == 200, page.text
+    diff = section(page.text, "diff")
+    assert f"{ids[0]} → {ids[1]}" in unescape(diff)
+    assert "Final answers" in diff and "Conversations" in diff
+    if other is not None:
+        assert f'aria-label="group at step {other}"' in page.text
+    # A trace outside the group is refused with a clear message.
+    bad = explorer_data.client.get(group_url(RESULTS_RUN, dp, step, base="", a="nope", b=ids[0]))
+    assert bad.status_code == 400 and "nope" in unescape(bad.text)
+    missing = explorer_data.client.get(group_url(RESULTS_RUN, dp, 10**6, base=""))
+    assert missing.status_code == 404 and "its steps are" in missing.text
+
+
+def test_the_group_is_reachable_from_trace_results_and_run_pages(
+    explorer_data: ExplorerData,
+) -> None:
+    dp, step, ids = a_group(explorer_data)
+    target = group_url(RESULTS_RUN, dp, step, base="").replace("&", "&amp;")
+    trace = explorer_data.client.get(f"/traces/{ids[0]}").text
+    assert target in trace and f"its group at step {step}" in trace
+    run = explorer_data.client.get(f"/runs/{RESULTS_RUN}").text
+    assert 'id="datapoints"' in run and target in run
+    results = explorer_data.client.get(
+        f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint"
+    ).text
+    assert "/group?run=" in results and ">group</a>" in results
