@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from manta_lib.explorer.pages_results import cached_judges
+from manta_lib.errors import QueryError
+from manta_lib.explorer.pages_results import RESULT_TABLES, cached_judges
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
 from manta_lib.explorer.web import (
     BadRequest,
+    Explorer,
     NotFound,
     choice_param,
     explorer,
@@ -22,7 +24,16 @@ from manta_lib.explorer.web import (
     text_param,
     url_with,
 )
-from manta_lib.store.explorer_queries import trace_facets
+from manta_lib.models import TraceRecord
+from manta_lib.results.expr import comparisons, parse_condition
+from manta_lib.results.trace_columns import (
+    ColumnValues,
+    column_values,
+    resolve_columns,
+    sort_key,
+)
+from manta_lib.service import MantaService
+from manta_lib.store.explorer_queries import trace_facets, trace_keys
 from manta_lib.store.trace_queries import ORDERABLE_COLUMNS
 
 PAGE_SIZES = (20, 50, 100, 200)
@@ -71,9 +82,84 @@ def trace_filters(request: Request) -> dict[str, Any]:
     return filters
 
 
+class _Key(NamedTuple):
+    trace_id: str
+    run_id: str
+    datapoint_id: str
+    step_number: int
+
+
+def chosen_columns(request: Request) -> list[str]:
+    """The ``cols=`` result columns (repeated or comma-separated); by default the fields of the
+    ``results=`` condition, so a list filtered by a result shows that result."""
+    names = [n.strip() for v in list_param(request, "cols") for n in v.split(",") if n.strip()]
+    if names:
+        return list(dict.fromkeys(names))
+    condition = text_param(request, "results")
+    if condition is None:
+        return []
+    try:
+        fields = [str(c.field) for c in comparisons(parse_condition(condition))]
+    except QueryError:
+        return []  # the filter itself reports the error
+    return list(dict.fromkeys(f for f in fields if "." in f))
+
+
+def result_columns(
+    state: Explorer, svc: MantaService, names: list[str], run_ids: tuple[str, ...]
+) -> list[ColumnValues]:
+    """Each chosen column's values over ``run_ids``, reused while the results are unchanged."""
+    if not names:
+        return []
+    resolved = state.cached(
+        svc,
+        ("result_columns", tuple(names), run_ids),
+        lambda: resolve_columns(svc.store, names, run_ids=run_ids),
+        tables=RESULT_TABLES,
+    )
+    return [
+        state.cached(
+            svc,
+            ("result_column", column, run_ids),
+            lambda column=column: column_values(svc.store, column, run_ids),  # type: ignore[misc]
+            tables=RESULT_TABLES,
+            large=True,
+        )
+        for column in resolved
+    ]
+
+
+def _sorted_by_result(
+    svc: MantaService,
+    filters: dict[str, Any],
+    values: ColumnValues,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> list[TraceRecord]:
+    """One page of the matching traces ordered by a result column (missing values last)."""
+    rest = {k: v for k, v in filters.items() if k != "run_id"}
+    flt = svc._trace_filter(filters.get("run_id"), rest)
+    keys = [_Key(*row) for row in trace_keys(svc.store, flt)]
+    present = [(values.get(k), k) for k in keys]
+    missing = [k for v, k in present if v is None]
+    ordered = sorted(
+        ((v, k) for v, k in present if v is not None),
+        key=lambda item: (sort_key(item[0]), item[1].trace_id),
+        reverse=descending,
+    )
+    page = [k for _v, k in ordered] + missing
+    wanted = [k.trace_id for k in page[offset : offset + limit]]
+    if not wanted:
+        return []
+    found = {t.trace_id: t for t in svc.get_traces(trace_ids=wanted, limit=len(wanted))}
+    return [found[t] for t in wanted if t in found]
+
+
 def traces_page(request: Request) -> Response:
     filters = trace_filters(request)
-    sort = choice_param(request, "sort", ORDERABLE_COLUMNS, "step_number")
+    names = chosen_columns(request)
+    sort = choice_param(request, "sort", [*ORDERABLE_COLUMNS, *names], "step_number")
     descending = text_param(request, "desc") == "1"
     per_page = int_param(request, "per", DEFAULT_PAGE_SIZE, minimum=1) or DEFAULT_PAGE_SIZE
     if per_page not in PAGE_SIZES:
@@ -82,14 +168,25 @@ def traces_page(request: Request) -> Response:
     state = explorer(request)
     with state.service() as svc:
         total = svc.count_traces(**filters)
-        traces = svc.get_traces(
-            order_by=sort,
-            descending=descending,
-            limit=per_page,
-            offset=(page - 1) * per_page,
-            **filters,
-        )
         selected = tuple(filters.get("run_id", ()))
+        columns = result_columns(state, svc, names, selected)
+        if sort in names:
+            traces = _sorted_by_result(
+                svc,
+                filters,
+                columns[names.index(sort)],
+                descending,
+                (page - 1) * per_page,
+                per_page,
+            )
+        else:
+            traces = svc.get_traces(
+                order_by=sort,
+                descending=descending,
+                limit=per_page,
+                offset=(page - 1) * per_page,
+                **filters,
+            )
         run_ids = state.cached(svc, ("run_ids",), svc.run_ids)
         facets = state.cached(
             svc, ("trace_facets", selected), lambda: trace_facets(svc.store, selected)
@@ -114,6 +211,8 @@ def traces_page(request: Request) -> Response:
             "facets": facets,
             "selected_runs": filters.get("run_id", []),
             "judges": judges,
+            "result_cols": columns,
+            "col_names": names,
             "prev_url": url_with(request, page=page - 1) if page > 1 else None,
             "next_url": url_with(request, page=page + 1) if page < pages else None,
             "sort_url": lambda column: url_with(

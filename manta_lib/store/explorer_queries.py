@@ -202,3 +202,15 @@ def trace_count(store: Store, run_ids: Sequence[str] = ()) -> int:
     """
     where, params = TraceFilter(run_id=list(run_ids) if run_ids else None).where()
     return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])
+
+
+def trace_keys(store: Store, flt: TraceFilter) -> list[tuple[str, str, str, int]]:
+    """``(trace_id, run_id, datapoint_id, step_number)`` of every trace ``flt`` selects: what
+    a sort by a stored result column needs to page (four short columns per trace)."""
+    where, params = flt.where()
+    rows = store.rows(
+        f"SELECT trace_id, run_id, datapoint_id, step_number FROM {{db}}.traces "
+        f"WHERE {where} ORDER BY run_id, trace_id",
+        params,
+    )
+    return [(r[0], r[1], r[2], int(r[3])) for r in rows]

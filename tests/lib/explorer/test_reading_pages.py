@@ -108,3 +108,89 @@ def test_the_group_is_reachable_from_trace_results_and_run_pages(
         f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint"
     ).text
     assert "/group?run=" in results and ">group</a>" in results
+
+
+# ---- result columns in the trace list ------------------------------------------------------
+
+
+def list_rows(html: str, columns: int) -> dict[str, list[str]]:
+    """trace id -> the texts of its last ``columns`` result cells, in page order."""
+    table = html.split('id="trace-table"', 1)[1].split("</table>", 1)[0]
+    rows = {}
+    for row in table.split("<tr")[2:]:
+        trace = re.search(r'<a href="/traces/([^"]+)">', row)
+        cells = re.findall(r'<td class="result-col[^"]*">([^<]*)</td>', row)
+        assert trace and len(cells) == columns, row
+        rows[unescape(trace.group(1))] = [unescape(c) for c in cells]
+    return rows
+
+
+def test_chosen_result_columns_equal_svc_results(explorer_data: ExplorerData) -> None:
+    from manta_lib.explorer.web import _cell
+    from manta_lib.service import MantaService
+
+    cols = ["tool_errors.tool_errors", "tool_errors.error_rate", "tool_errors.step.mean_score"]
+    page = explorer_data.client.get(
+        "/traces", params={"run": RESULTS_RUN, "per": 200, "cols": cols}
+    )
+    assert page.status_code == 200, page.text
+    rows = list_rows(page.text, 3)
+    assert len(rows) == explorer_data.runs[RESULTS_RUN]
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        svc = MantaService(store)
+        per_trace = svc.results("tool_errors", RESULTS_RUN).set_index("trace_id")
+        per_dp = svc.results("tool_errors", RESULTS_RUN, level="datapoint").set_index(
+            ["datapoint_id", "step_number"]
+        )
+        per_step = svc.results("tool_errors", RESULTS_RUN, level="step").set_index("step_number")
+        traces = {t.trace_id: t for t in svc.get_traces(trace_ids=list(rows))}
+    for trace_id, cells in rows.items():
+        t = traces[trace_id]
+        expected = [
+            per_trace.loc[trace_id, "tool_errors"],
+            per_dp.loc[(t.datapoint_id, t.step_number), "error_rate"],
+            per_step.loc[t.step_number, "mean_score"],
+        ]
+        assert cells == [_cell(_plain(v)) for v in expected], trace_id
+
+
+def _plain(value: object) -> object:
+    return value.item() if hasattr(value, "item") else value  # type: ignore[union-attr]
+
+
+def test_a_result_column_sorts_the_list_and_a_results_filter_shows_its_column(
+    explorer_data: ExplorerData,
+) -> None:
+    from manta_lib.service import MantaService
+
+    page = explorer_data.client.get(
+        "/traces",
+        params={
+            "run": RESULTS_RUN,
+            "cols": "tool_errors.tool_errors",
+            "sort": "tool_errors.tool_errors",
+            "desc": "1",
+            "per": 20,
+        },
+    )
+    assert page.status_code == 200, page.text
+    rows = list_rows(page.text, 1)
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        frame = MantaService(store).results("tool_errors", RESULTS_RUN)
+    top = sorted(frame["tool_errors"].tolist(), reverse=True)[:20]
+    assert [int(c[0].replace(",", "")) for c in rows.values()] == top
+    # The filtered column is shown by default.
+    filtered = explorer_data.client.get(
+        "/traces", params={"run": RESULTS_RUN, "results": "tool_errors.tool_errors > 0"}
+    )
+    shown = list_rows(filtered.text, 1)
+    assert shown and all(int(c[0]) > 0 for c in shown.values())
+    # An ambiguous or unknown column is a clear error.
+    bad = explorer_data.client.get(
+        "/traces", params={"run": RESULTS_RUN, "cols": "tool_errors.mean_score"}
+    )
+    assert bad.status_code == 400 and "tool_errors.datapoint.mean_score" in unescape(bad.text)
+    unknown = explorer_data.client.get(
+        "/traces", params={"run": RESULTS_RUN, "cols": "tool_errors.tool_erors"}
+    )
+    assert unknown.status_code == 400 and "tool_errors" in unescape(unknown.text)
