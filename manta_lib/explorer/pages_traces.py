@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -28,9 +28,10 @@ from manta_lib.models import TraceRecord
 from manta_lib.results.expr import comparisons, parse_condition
 from manta_lib.results.trace_columns import (
     ColumnValues,
+    TraceKey,
     column_values,
+    order_by_column,
     resolve_columns,
-    sort_key,
 )
 from manta_lib.service import MantaService
 from manta_lib.store.explorer_queries import trace_facets, trace_keys
@@ -80,13 +81,6 @@ def trace_filters(request: Request) -> dict[str, Any]:
             raise BadRequest("Invalid filter", f"shard={shard} must be between 0 and 63.")
         filters["shards"] = [shard]
     return filters
-
-
-class _Key(NamedTuple):
-    trace_id: str
-    run_id: str
-    datapoint_id: str
-    step_number: int
 
 
 def chosen_columns(request: Request) -> list[str]:
@@ -140,16 +134,8 @@ def _sorted_by_result(
     """One page of the matching traces ordered by a result column (missing values last)."""
     rest = {k: v for k, v in filters.items() if k != "run_id"}
     flt = svc._trace_filter(filters.get("run_id"), rest)
-    keys = [_Key(*row) for row in trace_keys(svc.store, flt)]
-    present = [(values.get(k), k) for k in keys]
-    missing = [k for v, k in present if v is None]
-    ordered = sorted(
-        ((v, k) for v, k in present if v is not None),
-        key=lambda item: (sort_key(item[0]), item[1].trace_id),
-        reverse=descending,
-    )
-    page = [k for _v, k in ordered] + missing
-    wanted = [k.trace_id for k in page[offset : offset + limit]]
+    keys = [TraceKey(*row) for row in trace_keys(svc.store, flt)]
+    wanted = order_by_column(keys, values, descending=descending)[offset : offset + limit]
     if not wanted:
         return []
     found = {t.trace_id: t for t in svc.get_traces(trace_ids=wanted, limit=len(wanted))}

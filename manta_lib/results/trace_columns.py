@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from manta_lib.errors import QueryError
 from manta_lib.results import catalog
@@ -46,6 +46,15 @@ class _TraceKeys(Protocol):
     def datapoint_id(self) -> str: ...
     @property
     def step_number(self) -> int: ...
+
+
+class TraceKey(NamedTuple):
+    """The columns of a trace that name the entities covering it."""
+
+    trace_id: str
+    run_id: str
+    datapoint_id: str
+    step_number: int
 
 
 @dataclass(frozen=True)
@@ -175,3 +184,17 @@ def sort_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, str):
         return (1, value)
     return (2, repr(value))
+
+
+def order_by_column(
+    traces: Sequence[_TraceKeys], values: ColumnValues, *, descending: bool = False
+) -> list[str]:
+    """Trace ids of ``traces`` ordered by their value of one column (ties by trace id);
+    traces without a value come last either way."""
+    valued = [(values.get(t), t.trace_id) for t in traces]
+    present = sorted(
+        ((v, tid) for v, tid in valued if v is not None),
+        key=lambda item: (sort_key(item[0]), item[1]),
+        reverse=descending,
+    )
+    return [tid for _v, tid in present] + [tid for v, tid in valued if v is None]

@@ -194,3 +194,39 @@ def test_a_result_column_sorts_the_list_and_a_results_filter_shows_its_column(
         "/traces", params={"run": RESULTS_RUN, "cols": "tool_errors.tool_erors"}
     )
     assert unknown.status_code == 400 and "tool_errors" in unescape(unknown.text)
+
+
+def test_cli_trace_listing_shows_and_sorts_by_result_columns(explorer_data: ExplorerData) -> None:
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from manta_lib.cli import _register_commands, app
+    from manta_lib.service import MantaService
+
+    if not any(command.name == "traces" for command in app.registered_commands):
+        _register_commands()
+    result = CliRunner().invoke(
+        app,
+        ["traces", "--run", RESULTS_RUN, "--col", "tool_errors.tool_errors", "--col",
+         "tool_errors.error_rate", "--sort", "tool_errors.tool_errors", "--desc",
+         "--format", "csv"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == explorer_data.runs[RESULTS_RUN]
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        svc = MantaService(store)
+        per_trace = svc.results("tool_errors", RESULTS_RUN).set_index("trace_id")
+        per_dp = svc.results("tool_errors", RESULTS_RUN, level="datapoint").set_index(
+            ["datapoint_id", "step_number"]
+        )
+    for row in rows:
+        assert int(row["tool_errors.tool_errors"]) == per_trace.loc[row["trace_id"], "tool_errors"]
+        expected = per_dp.loc[(row["datapoint_id"], int(row["step_number"])), "error_rate"]
+        assert float(row["tool_errors.error_rate"]) == pytest.approx(float(expected), rel=1e-12)
+    errors = [int(r["tool_errors.tool_errors"]) for r in rows]
+    assert errors == sorted(errors, reverse=True)
+    bad = CliRunner().invoke(app, ["traces", "--run", RESULTS_RUN, "--col", "nojudge.x"])
+    assert bad.exit_code == 1 and "known judges: tool_errors" in str(bad.exception)
