@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from html import unescape
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +232,92 @@ def test_cli_trace_listing_shows_and_sorts_by_result_columns(explorer_data: Expl
     assert errors == sorted(errors, reverse=True)
     bad = CliRunner().invoke(app, ["traces", "--run", RESULTS_RUN, "--col", "nojudge.x"])
     assert bad.exit_code == 1 and "known judges: tool_errors" in str(bad.exception)
+
+
+# ---- the span tree -------------------------------------------------------------------------
+
+INSPECT_LOGS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "inspect_logs"
+
+
+@pytest.fixture(scope="module")
+def inspect_trace(explorer_data: ExplorerData) -> str:
+    """The imported Inspect sample with nested and untimed spans (16 spans, 11 untimed)."""
+    from manta_lib import import_files
+
+    logs = sorted([*INSPECT_LOGS.glob("*.json"), *INSPECT_LOGS.glob("*.eval")])
+    if not logs:
+        pytest.fail(f"no Inspect AI logs in {INSPECT_LOGS}")
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        assert import_files(logs, store=store).ok
+        rows = store.rows(
+            "SELECT trace_id FROM {db}.spans GROUP BY trace_id HAVING countIf(parent_span_id "
+            "!= '') > 0 AND countIf(started_at IS NULL) > 0 ORDER BY count() DESC LIMIT 1"
+        )
+    assert rows, "the Inspect logs have no sample with nested and untimed spans"
+    return str(rows[0][0])
+
+
+class _TreeParser(HTMLParser):
+    """Each data-span element of the span tree with the data-span of its enclosing node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str | None] = []
+        self.parent_of: dict[str, str | None] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in ("details", "div"):
+            return
+        span = dict(attrs).get("data-span")
+        if span is not None:
+            enclosing = [s for s in self.stack if s is not None]
+            self.parent_of[span] = enclosing[-1] if enclosing else None
+        self.stack.append(span if tag == "details" else None)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("details", "div") and self.stack:
+            self.stack.pop()
+
+
+def test_span_tree_nests_every_span_and_the_untimed_ones_are_listed(
+    explorer_data: ExplorerData, inspect_trace: str
+) -> None:
+    spans = sql(
+        explorer_data,
+        "SELECT span_id, parent_span_id, started_at IS NULL FROM {db}.spans "
+        "WHERE trace_id = {t:String}",
+        {"t": inspect_trace},
+    )
+    page = explorer_data.client.get(f"/traces/{inspect_trace}")
+    assert page.status_code == 200
+    tree = section(page.text, "span tree")
+    parser = _TreeParser()
+    parser.feed(tree)
+    ids = {s[0] for s in spans}
+    assert set(parser.parent_of) == ids and len(re.findall("data-span=", tree)) == len(ids)
+    for span_id, parent, _untimed in spans:
+        assert parser.parent_of[span_id] == (parent if parent in ids else None), span_id
+    timeline = section(page.text, "timeline")
+    untimed = [s for s in spans if s[2]]
+    bars = timeline.count("<rect ")
+    rows = timeline.split('id="untimed-spans"', 1)[1].count("<tr") - 1 if untimed else 0
+    assert bars == len(spans) - len(untimed) and rows == len(untimed)
+
+
+def test_span_tree_survives_orphans_and_parent_cycles() -> None:
+    from manta_lib.explorer.trace_view import build_span_tree
+    from manta_lib.models import SpanRecord
+
+    spans = [
+        SpanRecord(span_id="a", seq=0, kind="system"),
+        SpanRecord(span_id="b", parent_span_id="a", seq=1, kind="llm"),
+        SpanRecord(span_id="c", parent_span_id="missing", seq=2, kind="tool"),
+        SpanRecord(span_id="d", parent_span_id="e", seq=3, kind="system"),
+        SpanRecord(span_id="e", parent_span_id="d", seq=4, kind="system"),
+        SpanRecord(span_id="f", parent_span_id="f", seq=5, kind="message"),
+    ]
+    tree = build_span_tree(spans)
+    assert sorted(n.span.span_id for n in tree.order) == list("abcdef")
+    assert [n.span.span_id for n in tree.roots] == ["a", "c", "f", "d"]
+    assert [c.span.span_id for c in tree.roots[0].children] == ["b"]
+    assert [c.span.span_id for c in tree.roots[3].children] == ["e"]
