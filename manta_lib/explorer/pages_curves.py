@@ -14,6 +14,7 @@ from manta_lib.explorer.curves import (
     trace_metric_chart,
 )
 from manta_lib.explorer.pages_results import RESULT_TABLES
+from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_runs import cached_runs
 from manta_lib.explorer.web import (
     BadRequest,
@@ -65,6 +66,7 @@ def curves_page(request: Request) -> Response:
                 ("curve", tuple(runs), metric, phase),
                 lambda: trace_metric_chart(svc, runs, metric, phase=phase or None),
             )
+        live = live_context(svc.store, runs)
     return render(
         request,
         "curves.html",
@@ -80,5 +82,6 @@ def curves_page(request: Request) -> Response:
             "phases": PHASES,
             "runs": runs,
             "run_ids": known,
+            "live": live,
         },
     )

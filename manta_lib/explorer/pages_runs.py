@@ -11,6 +11,7 @@ from starlette.responses import Response
 from manta_lib.explorer.curves import score_chart
 from manta_lib.explorer.judges import run_judges
 from manta_lib.explorer.links import run_url
+from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_results import cached_judges
 from manta_lib.explorer.web import Explorer, NotFound, choice_param, explorer, render
 from manta_lib.service import MantaService, RunSummary
@@ -94,6 +95,7 @@ def run_page(request: Request) -> Response:
         chart = state.cached(svc, ("score_chart", run_id), lambda: score_chart(svc, [run_id]))
         judges = run_judges(cached_judges(state, svc, run_id), run_id, state.dagster_url)
         facets = all_facets.get(run_id)
+        live = live_context(svc.store, [run_id])
     return render(
         request,
         "run.html",
@@ -106,5 +108,6 @@ def run_page(request: Request) -> Response:
             "chart": chart,
             "judges": judges,
             "error_rate": run.error_count / run.trace_count if run.trace_count else None,
+            "live": live,
         },
     )

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from manta_lib.errors import QueryError
+from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_results import RESULT_TABLES, cached_judges
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
@@ -180,6 +181,7 @@ def traces_page(request: Request) -> Response:
         judges = [
             j.judge for j in cached_judges(state, svc, selected[0] if len(selected) == 1 else None)
         ]
+        live = live_context(svc.store, selected)
     pages = max((total + per_page - 1) // per_page, 1)
     return render(
         request,
@@ -199,6 +201,7 @@ def traces_page(request: Request) -> Response:
             "judges": judges,
             "result_cols": columns,
             "col_names": names,
+            "live": live,
             "prev_url": url_with(request, page=page - 1) if page > 1 else None,
             "next_url": url_with(request, page=page + 1) if page < pages else None,
             "sort_url": lambda column: url_with(

@@ -182,10 +182,13 @@ def render(
     )
     values["fragment"] = fragment
     response = HTMLResponse(page.render(values), status_code=status)
-    if fragment:
+    if fragment and request.headers.get("HX-Target") not in _LIVE_TARGETS:
         # The address bar shows the filters that are set, not every empty form field.
         response.headers["HX-Push-Url"] = clean_url(request)
     return response
+
+
+_LIVE_TARGETS = ("live-region", "live-badge")  # a live refresh keeps the address and history
 
 
 def clean_url(request: Request) -> str:

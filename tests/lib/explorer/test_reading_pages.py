@@ -13,6 +13,7 @@ import pytest
 from manta_lib.explorer.links import group_url
 from manta_lib.explorer.web import _num
 from manta_lib.store import Store
+from tests.lib.builders import trace_line
 from tests.lib.explorer.conftest import RESULTS_RUN, ExplorerData
 
 pytestmark = pytest.mark.timeout(120)
@@ -321,3 +322,34 @@ def test_span_tree_survives_orphans_and_parent_cycles() -> None:
     assert [n.span.span_id for n in tree.roots] == ["a", "c", "f", "d"]
     assert [c.span.span_id for c in tree.roots[0].children] == ["b"]
     assert [c.span.span_id for c in tree.roots[3].children] == ["e"]
+
+
+# ---- live pages ----------------------------------------------------------------------------
+
+
+def test_the_poll_reports_new_traces_after_an_insert(explorer_data: ExplorerData, tmp_path: Path) -> None:
+    from tests.lib.builders import load_traces  # noqa: PLC0415
+
+    run = "run_live_poll"
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        load_traces(store, [trace_line("t_live_0", run_id=run, step=0)], tmp_path)
+    page = explorer_data.client.get(f"/traces?run={run}").text
+    poll = unescape(re.search(r'id="live-badge"[^>]*hx-get="([^"]+)"', page).group(1))
+    assert 'id="live-region"' in page and "manta-new-traces from:body" in page
+    quiet = explorer_data.client.get(poll, headers={"HX-Request": "true"})
+    assert quiet.status_code == 204  # nothing new: htmx swaps nothing
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        lines = [trace_line(f"t_live_{i}", run_id=run, step=1) for i in range(1, 4)]
+        load_traces(store, lines, tmp_path)
+    fresh = explorer_data.client.get(
+        poll, headers={"HX-Request": "true", "HX-Target": "live-badge"}
+    )
+    assert fresh.status_code == 200 and fresh.headers["HX-Trigger"] == "manta-new-traces"
+    assert "3 new traces" in fresh.text and "HX-Push-Url" not in fresh.headers
+    # The next poll, from the swapped badge, is quiet again until more traces arrive.
+    again = unescape(re.search(r'hx-get="([^"]+)"', fresh.text).group(1))
+    assert explorer_data.client.get(again).status_code == 204
+    region = explorer_data.client.get(
+        f"/traces?run={run}", headers={"HX-Request": "true", "HX-Target": "live-region"}
+    )
+    assert region.text.count("t_live_") >= 4 and "HX-Push-Url" not in region.headers
