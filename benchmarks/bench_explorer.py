@@ -8,7 +8,8 @@ rollouts x 20 spans and a live page's poll, requested in a loop; server time (th
 
 The store holds ``--traces`` demo traces over four runs (seeded once, reused), the
 ``tool_errors`` example's results for the largest run (computed once), one imported trace of
-500 spans and one imported group of 16 rollouts of 20 spans. Every page is measured twice in the same run, alternating:
+500 spans and one imported group of 16 rollouts of 20 spans. Every page is measured twice in
+the same run, alternating:
 (a) as served by default on the embedded store, which opens and closes the store for each
 request so other processes can use it between page views, and (b) with the connection kept
 open (what a ClickHouse server deployment does), so the cost of the open/close is visible.
@@ -51,7 +52,7 @@ def big_trace_line(spans: int = 500, trace_id: str = BIG_TRACE, **fields: object
     ]
     seq = 1
     turn = 0
-    start = 1_700_000_000_000
+    start = 1_700_000_000.0  # Unix seconds
     while seq < spans - 1:
         call = f"c{turn}"
         for kind, extra in (
@@ -81,14 +82,14 @@ def big_trace_line(spans: int = 500, trace_id: str = BIG_TRACE, **fields: object
         ):
             if seq >= spans - 1:
                 break
-            at = start + seq * 500
+            at = start + seq * 0.5
             items.append(
                 {
                     "span_id": f"s{seq}",
                     "seq": seq,
                     "kind": kind,
                     "started_at": at,
-                    "ended_at": at + 400,
+                    "ended_at": at + 0.4,
                     **extra,
                 }
             )
@@ -137,7 +138,9 @@ def ensure_data(settings: MantaSettings, traces: int) -> tuple[str, str]:
                 path = Path(tmp) / "big.jsonl"
                 lines = [big_trace_line(), *group_lines()]
                 path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-                import_jsonl([path], store=store)
+                report = import_jsonl([path], store=store)
+                if not report.ok:
+                    raise SystemExit(f"the bench traces did not import: {report.errors[:3]}")
         run_id, total = store.rows(
             "SELECT run_id, count() FROM {db}.traces GROUP BY run_id ORDER BY 2 DESC LIMIT 1"
         )[0]

@@ -33,9 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
 from manta_lib.explorer.pages_compare import compare_page
+from manta_lib.explorer.pages_curves import curves_page
 from manta_lib.explorer.pages_group import group_page
 from manta_lib.explorer.pages_live import live_page
-from manta_lib.explorer.pages_curves import curves_page
 from manta_lib.explorer.pages_results import results_page
 from manta_lib.explorer.pages_runs import run_page, runs_page
 from manta_lib.explorer.pages_traces import span_text, trace_page, traces_page

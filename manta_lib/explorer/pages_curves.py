@@ -13,8 +13,8 @@ from manta_lib.explorer.curves import (
     result_metrics,
     trace_metric_chart,
 )
-from manta_lib.explorer.pages_results import RESULT_TABLES
 from manta_lib.explorer.pages_live import live_context
+from manta_lib.explorer.pages_results import RESULT_TABLES
 from manta_lib.explorer.pages_runs import cached_runs
 from manta_lib.explorer.web import (
     BadRequest,

@@ -53,13 +53,14 @@ def group_page(request: Request) -> Response:
                     "No group at this step",
                     f"Datapoint {datapoint_id!r} of run {run_id!r} has no rollout at step "
                     f"{wanted}; its steps are {', '.join(map(str, known))}.",
-                    [(links.group_url(run_id, datapoint_id, s, base=""), f"step {s}") for s in known],
+                    [
+                        (links.group_url(run_id, datapoint_id, s, base=""), f"step {s}")
+                        for s in known
+                    ],
                 )
         contexts = _group(svc, run_id, datapoint_id, step)
         other_contexts = (
-            _group(svc, run_id, datapoint_id, other)
-            if other is not None and other != step
-            else []
+            _group(svc, run_id, datapoint_id, other) if other is not None and other != step else []
         )
     view = build_group_view(run_id, datapoint_id, step, contexts)
     other_view = (

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 from manta_lib.errors import QueryError
 from manta_lib.results import catalog
-from manta_lib.results.catalog import list_judges
+from manta_lib.results.catalog import JudgeInfo, list_judges
 from manta_lib.results.table import results_frame
 from manta_lib.store import Store
 
@@ -92,55 +92,52 @@ def resolve_columns(
     if not names:
         return []
     judges = {j.judge: j for j in list_judges(store, run_id=list(run_ids) or None)}
-    resolved = []
-    for name in names:
-        parts = name.strip().split(".")
-        if len(parts) not in (2, 3) or not all(parts):
+    return [_resolve(name.strip(), judges, run_ids) for name in names]
+
+
+def _resolve(name: str, judges: dict[str, JudgeInfo], run_ids: Sequence[str]) -> ResultColumn:
+    parts = name.split(".")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise QueryError(
+            f"result column {name!r} is not judge.column or judge.level.column, "
+            f"e.g. tool_errors.tool_errors"
+        )
+    judge, column = parts[0], parts[-1]
+    if judge not in judges:
+        raise QueryError(
+            f"result column {name!r}: judge {judge!r} has no stored results"
+            + (f" for run(s) {', '.join(run_ids)}" if run_ids else "")
+            + catalog.closest(judge, list(judges), "judges")
+        )
+    latest: dict[str, set[str]] = {}  # level -> columns of its newest version
+    for version in judges[judge].versions:  # newest first
+        latest.setdefault(version.level, set(version.columns))
+    ranked = sorted(latest, key=catalog.level_rank)
+    if len(parts) == 3:
+        level = catalog.parse_level(parts[1]).value
+        if level not in latest:
             raise QueryError(
-                f"result column {name!r} is not judge.column or judge.level.column, "
-                f"e.g. tool_errors.tool_errors"
+                f"result column {name!r}: judge {judge!r} has no results at level {level!r} "
+                f"(it has {', '.join(ranked)})"
             )
-        judge = parts[0]
-        if judge not in judges:
-            raise QueryError(
-                f"result column {name!r}: judge {judge!r} has no stored results"
-                + (f" for run(s) {', '.join(run_ids)}" if run_ids else "")
-                + catalog.closest(judge, list(judges), "judges")
-            )
-        latest: dict[str, set[str]] = {}  # level -> columns of its newest version
-        for version in judges[judge].versions:  # newest first
-            if version.level not in latest:
-                latest[version.level] = set(version.columns)
-        column = parts[-1]
-        if len(parts) == 3:
-            level = catalog.parse_level(parts[1]).value
-            if level not in latest:
-                raise QueryError(
-                    f"result column {name!r}: judge {judge!r} has no results at level {level!r} "
-                    f"(it has {', '.join(sorted(latest, key=catalog.level_rank))})"
-                )
-            having = [level] if column in _BOOKKEEPING or column in latest[level] else []
-        elif column in _BOOKKEEPING:
-            having = ["trace"] if "trace" in latest else sorted(latest, key=catalog.level_rank)[:1]
-        else:
-            having = sorted(
-                (lv for lv, cols in latest.items() if column in cols), key=catalog.level_rank
-            )
-            if "trace" in having:
-                having = ["trace"]
-        if not having:
-            known = sorted({c for cols in latest.values() for c in cols})
-            raise QueryError(
-                f"result column {name!r}: judge {judge!r} has no column {column!r}"
-                f"{catalog.closest(column, known, 'columns')}"
-            )
-        if len(having) > 1:
-            raise QueryError(
-                f"result column {name!r}: {column!r} exists at levels {', '.join(having)}; say "
-                f"which, e.g. {judge}.{having[0]}.{column}"
-            )
-        resolved.append(ResultColumn(name.strip(), judge, having[0], column))
-    return resolved
+        having = [level] if column in _BOOKKEEPING or column in latest[level] else []
+    elif column in _BOOKKEEPING:
+        having = ["trace"] if "trace" in latest else ranked[:1]
+    else:
+        having = [lv for lv in ranked if column in latest[lv]]
+        having = ["trace"] if "trace" in having else having
+    if not having:
+        known = sorted({c for cols in latest.values() for c in cols})
+        raise QueryError(
+            f"result column {name!r}: judge {judge!r} has no column {column!r}"
+            f"{catalog.closest(column, known, 'columns')}"
+        )
+    if len(having) > 1:
+        raise QueryError(
+            f"result column {name!r}: {column!r} exists at levels {', '.join(having)}; say "
+            f"which, e.g. {judge}.{having[0]}.{column}"
+        )
+    return ResultColumn(name, judge, having[0], column)
 
 
 def column_values(store: Store, column: ResultColumn, run_ids: Sequence[str]) -> ColumnValues:

@@ -327,7 +327,9 @@ def test_span_tree_survives_orphans_and_parent_cycles() -> None:
 # ---- live pages ----------------------------------------------------------------------------
 
 
-def test_the_poll_reports_new_traces_after_an_insert(explorer_data: ExplorerData, tmp_path: Path) -> None:
+def test_the_poll_reports_new_traces_after_an_insert(
+    explorer_data: ExplorerData, tmp_path: Path
+) -> None:
     from tests.lib.builders import load_traces  # noqa: PLC0415
 
     run = "run_live_poll"
