@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 from manta_lib.errors import QueryError
@@ -74,8 +75,9 @@ class ColumnValues:
     column: ResultColumn
     by_entity: dict[Hashable, Any] = field(default_factory=dict)
 
-    def key(self, trace: _TraceKeys) -> Hashable:
-        return tuple(getattr(trace, name) for name in _LEVEL_KEYS[self.column.level])
+    def __post_init__(self) -> None:
+        # One key field: the key is its value; several: the tuple of their values.
+        self.key: Callable[[Any], Hashable] = attrgetter(*_LEVEL_KEYS[self.column.level])
 
     def get(self, trace: _TraceKeys) -> Any:
         return self.by_entity.get(self.key(trace))
@@ -151,9 +153,10 @@ def column_values(store: Store, column: ResultColumn, run_ids: Sequence[str]) ->
     values = ColumnValues(column)
     if frame.empty:
         return values
-    key_columns = [frame[k].tolist() for k in keys]
-    for key, value in zip(zip(*key_columns, strict=True), frame[column.column], strict=True):
-        values.by_entity[tuple(_plain(k) for k in key)] = _plain(value)
+    key_columns = [[_plain(k) for k in frame[name].tolist()] for name in keys]
+    entity_keys = key_columns[0] if len(keys) == 1 else zip(*key_columns, strict=True)
+    for key, value in zip(entity_keys, frame[column.column], strict=True):
+        values.by_entity[key] = _plain(value)
     return values
 
 
@@ -188,10 +191,11 @@ def order_by_column(
 ) -> list[str]:
     """Trace ids of ``traces`` ordered by their value of one column (ties by trace id);
     traces without a value come last either way."""
-    valued = [(values.get(t), t.trace_id) for t in traces]
-    present = sorted(
-        ((v, tid) for v, tid in valued if v is not None),
-        key=lambda item: (sort_key(item[0]), item[1]),
-        reverse=descending,
-    )
+    get, key = values.by_entity.get, values.key
+    valued = [(get(key(t)), t.trace_id) for t in traces]
+    present = [item for item in valued if item[0] is not None]
+    try:  # values of one type (the usual case): compare the pairs natively
+        present.sort(reverse=descending)
+    except TypeError:  # mixed types: numbers, then text, then the rest
+        present.sort(key=lambda item: (sort_key(item[0]), item[1]), reverse=descending)
     return [tid for _v, tid in present] + [tid for v, tid in valued if v is None]

@@ -355,3 +355,24 @@ def test_the_poll_reports_new_traces_after_an_insert(
         f"/traces?run={run}", headers={"HX-Request": "true", "HX-Target": "live-region"}
     )
     assert region.text.count("t_live_") >= 4 and "HX-Push-Url" not in region.headers
+
+
+def test_order_by_column_puts_missing_values_last_and_survives_mixed_types() -> None:
+    from manta_lib.results.trace_columns import (
+        ColumnValues,
+        ResultColumn,
+        TraceKey,
+        order_by_column,
+    )
+
+    keys = [TraceKey(f"t{i}", "r", "dp", 0) for i in range(5)]
+    numbers = ColumnValues(ResultColumn("j.c", "j", "trace", "c"))
+    numbers.by_entity.update({"t0": 2, "t1": None, "t2": 5.5, "t3": 2})
+    assert order_by_column(keys, numbers) == ["t0", "t3", "t2", "t1", "t4"]
+    assert order_by_column(keys, numbers, descending=True) == ["t2", "t3", "t0", "t1", "t4"]
+    mixed = ColumnValues(ResultColumn("j.c", "j", "step", "c"))
+    mixed.by_entity.update({("r", 0): "text"})
+    assert order_by_column(keys, mixed)[0] == "t0"  # one step: every trace has the value
+    mixed_types = ColumnValues(ResultColumn("j.c", "j", "trace", "c"))
+    mixed_types.by_entity.update({"t0": "b", "t1": 3, "t2": [1], "t3": "a"})
+    assert order_by_column(keys, mixed_types) == ["t1", "t3", "t0", "t2", "t4"]
