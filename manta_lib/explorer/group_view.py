@@ -112,7 +112,7 @@ def build_group_view(
             trace_id=c.trace_id,
             score=c.score,
             status=c.status,
-            turns=len(conversations[i]),
+            turns=c.turn_count,  # the stored count, as the trace list shows it
             tool_errors=c.tool_error_count,
             final_answer=text_block(final_answer(c)),
             label=f"#{i + 1}",

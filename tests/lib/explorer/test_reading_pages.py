@@ -60,13 +60,16 @@ def test_group_page_lists_exactly_the_datapoints_rollouts_at_that_step(
     assert shown == ids
     scores = sql(
         explorer_data,
-        "SELECT score FROM {db}.traces WHERE trace_id IN {ids:Array(String)} ORDER BY trace_id",
+        "SELECT score, turn_count FROM {db}.traces WHERE trace_id IN {ids:Array(String)} "
+        "ORDER BY trace_id",
         {"ids": ids},
     )
     assert f"{len(ids)} rollouts" in response.text
     row = summary.split("<th>score</th>", 1)[1].split("</tr>", 1)[0]
     shown_scores = re.findall(r'<td class="num">([^<]*)</td>', row)
     assert shown_scores == [_num(s[0]) for s in scores]
+    turns = summary.split("<th>turns</th>", 1)[1].split("</tr>", 1)[0]
+    assert re.findall(r'<td class="num">([^<]*)</td>', turns) == [str(s[1]) for s in scores]
 
 
 def test_group_page_diffs_two_rollouts_and_shows_another_step(
