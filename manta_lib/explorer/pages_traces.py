@@ -125,6 +125,7 @@ def result_columns(
 
 
 def _sorted_by_result(
+    state: Explorer,
     svc: MantaService,
     filters: dict[str, Any],
     values: ColumnValues,
@@ -132,11 +133,21 @@ def _sorted_by_result(
     offset: int,
     limit: int,
 ) -> list[TraceRecord]:
-    """One page of the matching traces ordered by a result column (missing values last)."""
-    rest = {k: v for k, v in filters.items() if k != "run_id"}
-    flt = svc._trace_filter(filters.get("run_id"), rest)
-    keys = [TraceKey(*row) for row in trace_keys(svc.store, flt)]
-    wanted = order_by_column(keys, values, descending=descending)[offset : offset + limit]
+    """One page of the matching traces ordered by a result column (missing values last).
+
+    The order is computed once (the keys of every matching trace, sorted in Python) and
+    reused for the other pages while the traces and the results are unchanged.
+    """
+
+    def ordered() -> list[str]:
+        rest = {k: v for k, v in filters.items() if k != "run_id"}
+        flt = svc._trace_filter(filters.get("run_id"), rest)
+        keys = [TraceKey(*row) for row in trace_keys(svc.store, flt)]
+        return order_by_column(keys, values, descending=descending)
+
+    key = ("sorted_by_result", repr(sorted(filters.items())), values.column, descending)
+    order = state.cached(svc, key, ordered, tables=RESULT_TABLES, large=True)
+    wanted = order[offset : offset + limit]
     if not wanted:
         return []
     found = {t.trace_id: t for t in svc.get_traces(trace_ids=wanted, limit=len(wanted))}
@@ -159,6 +170,7 @@ def traces_page(request: Request) -> Response:
         columns = result_columns(state, svc, names, selected)
         if sort in names:
             traces = _sorted_by_result(
+                state,
                 svc,
                 filters,
                 columns[names.index(sort)],
