@@ -358,6 +358,12 @@ def test_the_poll_reports_new_traces_after_an_insert(
         f"/traces?run={run}", headers={"HX-Request": "true", "HX-Target": "live-region"}
     )
     assert region.text.count("t_live_") >= 4 and "HX-Push-Url" not in region.headers
+    # The run page and the curves poll the same way, for their runs.
+    for url in (f"/runs/{run}", f"/curves?run={run}"):
+        live = explorer_data.client.get(url).text
+        assert 'id="live-region"' in live
+        badge = unescape(re.search(r'id="live-badge"[^>]*hx-get="([^"]+)"', live).group(1))
+        assert f"run={run}" in badge and "base=4" in badge
 
 
 def test_order_by_column_puts_missing_values_last_and_survives_mixed_types() -> None:
