@@ -36,6 +36,7 @@ def _register_commands() -> None:
         llm_commands,
         results_commands,
         runs_commands,
+        trace_commands,
     )
 
     data_commands.register(app)
@@ -43,6 +44,7 @@ def _register_commands() -> None:
     explore_commands.register(app)
     runs_commands.register(app)
     results_commands.register(app)
+    trace_commands.register(app)
     llm_commands.register(app)
     # Optional command groups (``manta dagster ...``) come from the ``manta.cli`` entry points
     # of installed packages, so the library never imports them itself.

@@ -34,6 +34,8 @@ from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
 from manta_lib.explorer.pages_compare import compare_page
 from manta_lib.explorer.pages_curves import curves_page
+from manta_lib.explorer.pages_group import group_page
+from manta_lib.explorer.pages_live import live_page
 from manta_lib.explorer.pages_results import results_page
 from manta_lib.explorer.pages_runs import run_page, runs_page
 from manta_lib.explorer.pages_traces import span_text, trace_page, traces_page
@@ -154,6 +156,8 @@ def create_app(
         Route("/traces/{trace_id}/spans/{span_id}.txt", span_text, name="span_text"),
         Route("/traces/{trace_id:path}", trace_page, name="trace"),
         Route("/curves", curves_page, name="curves"),
+        Route("/group", group_page, name="group"),
+        Route("/live", live_page, name="live"),
         Route("/results/{judge}", results_page, name="results"),
         Route("/compare/{judge}", compare_page, name="compare"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

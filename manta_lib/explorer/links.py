@@ -34,6 +34,7 @@ __all__ = [
     "dagster_base_url",
     "entity_url",
     "explorer_base_url",
+    "group_url",
     "results_url",
     "run_url",
     "trace_url",
@@ -86,6 +87,20 @@ def traces_url(
     ``datapoint``, ``status``, ``model``, ``min_score``, ``max_score``, ``shard``.
     """
     return _join(base, "/traces", {"run": run_id, **filters})
+
+
+def group_url(
+    run_id: str,
+    datapoint_id: str,
+    step: int | str | None = None,
+    *,
+    base: str | None = None,
+    **extra: object,
+) -> str:
+    """A datapoint's rollouts at one step side by side (its GRPO group); ``step=None`` is the
+    datapoint's last step. ``extra``: ``vs`` (a second step), ``a`` / ``b`` (two trace ids
+    to diff)."""
+    return _join(base, "/group", {"run": run_id, "datapoint": datapoint_id, "step": step, **extra})
 
 
 def results_url(

@@ -14,6 +14,7 @@ from manta_lib.explorer.curves import (
     runs_with_column,
     trace_metric_chart,
 )
+from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_results import RESULT_TABLES
 from manta_lib.explorer.pages_runs import cached_runs
 from manta_lib.explorer.web import (
@@ -70,6 +71,7 @@ def curves_page(request: Request) -> Response:
                 ("curve", tuple(runs), metric, phase),
                 lambda: trace_metric_chart(svc, runs, metric, phase=phase or None),
             )
+        live = live_context(svc.store, runs)
     return render(
         request,
         "curves.html",
@@ -86,5 +88,6 @@ def curves_page(request: Request) -> Response:
             "runs": runs,
             "missing_runs": missing,
             "run_ids": known,
+            "live": live,
         },
     )

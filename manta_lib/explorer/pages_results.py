@@ -42,6 +42,7 @@ RESULT_TABLES = ("traces", "entity_metadata")
 class ResultRow:
     link: str
     link_label: str
+    group_link: str | None
     keys: list[Any]
     values: list[Any]
     status: str
@@ -184,6 +185,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _group_link(level: str, run_id: str, record: dict[str, Any]) -> str | None:
+    """A datapoint row's rollouts side by side (at its step, or its last one across steps)."""
+    if level not in ("datapoint", "datapoint_across_steps") or record.get("datapoint_id") is None:
+        return None
+    step = record.get("step_number") if level == "datapoint" else None
+    return links.group_url(run_id, str(record["datapoint_id"]), step, base="")
+
+
 def _row(
     record: dict[str, Any],
     level: str,
@@ -217,6 +226,7 @@ def _row(
     return ResultRow(
         link=link,
         link_label=label,
+        group_link=_group_link(level, run_id, record),
         keys=[record.get(c) for c in key_columns],
         values=[record.get(c) for c in value_columns],
         status=str(record.get("status") or ""),

@@ -11,10 +11,13 @@ from starlette.responses import Response
 from manta_lib.explorer.curves import score_chart
 from manta_lib.explorer.judges import run_judges
 from manta_lib.explorer.links import run_url
+from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_results import cached_judges
 from manta_lib.explorer.web import Explorer, NotFound, choice_param, explorer, render
 from manta_lib.service import MantaService, RunSummary
 from manta_lib.store.explorer_queries import RunFacets, run_facets
+
+DATAPOINT_ROWS = 200  # the run page lists this many datapoints; the trace list has them all
 
 RUN_SORTS: dict[str, Any] = {
     "run_id": lambda r: r["run"].run_id,
@@ -86,9 +89,13 @@ def run_page(request: Request) -> Response:
         run = require_run(state, svc, run_id)
         _, all_facets = cached_runs(state, svc)
         steps = state.cached(svc, ("steps", run_id), lambda: svc.list_steps(run_id))
+        datapoints = state.cached(
+            svc, ("datapoints", run_id), lambda: svc.list_datapoints(run_id), large=True
+        )
         chart = state.cached(svc, ("score_chart", run_id), lambda: score_chart(svc, [run_id]))
         judges = run_judges(cached_judges(state, svc, run_id), run_id, state.dagster_url)
         facets = all_facets.get(run_id)
+        live = live_context(svc.store, [run_id])
     return render(
         request,
         "run.html",
@@ -96,8 +103,11 @@ def run_page(request: Request) -> Response:
             "run": run,
             "facets": facets,
             "steps": steps,
+            "datapoints": datapoints[:DATAPOINT_ROWS],
+            "datapoint_count": len(datapoints),
             "chart": chart,
             "judges": judges,
             "error_rate": run.error_count / run.trace_count if run.trace_count else None,
+            "live": live,
         },
     )

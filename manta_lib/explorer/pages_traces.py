@@ -7,12 +7,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from manta_lib.errors import QueryError
 from manta_lib.explorer.links import trace_url
-from manta_lib.explorer.pages_results import cached_judges
+from manta_lib.explorer.pages_live import live_context
+from manta_lib.explorer.pages_results import RESULT_TABLES, cached_judges
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
 from manta_lib.explorer.web import (
     BadRequest,
+    Explorer,
     NotFound,
     choice_param,
     explorer,
@@ -23,7 +26,17 @@ from manta_lib.explorer.web import (
     text_param,
     url_with,
 )
-from manta_lib.store.explorer_queries import trace_facets
+from manta_lib.models import TraceRecord
+from manta_lib.results.expr import comparisons, parse_condition
+from manta_lib.results.trace_columns import (
+    ColumnValues,
+    TraceKey,
+    column_values,
+    order_by_column,
+    resolve_columns,
+)
+from manta_lib.service import MantaService
+from manta_lib.store.explorer_queries import trace_facets, trace_keys
 from manta_lib.store.trace_queries import ORDERABLE_COLUMNS
 
 PAGE_SIZES = (20, 50, 100, 200)
@@ -72,9 +85,80 @@ def trace_filters(request: Request) -> dict[str, Any]:
     return filters
 
 
+def chosen_columns(request: Request) -> list[str]:
+    """The ``cols=`` result columns (repeated or comma-separated); by default the fields of the
+    ``results=`` condition, so a list filtered by a result shows that result."""
+    names = [n.strip() for v in list_param(request, "cols") for n in v.split(",") if n.strip()]
+    if names:
+        return list(dict.fromkeys(names))
+    condition = text_param(request, "results")
+    if condition is None:
+        return []
+    try:
+        fields = [str(c.field) for c in comparisons(parse_condition(condition))]
+    except QueryError:
+        return []  # the filter itself reports the error
+    return list(dict.fromkeys(f for f in fields if "." in f))
+
+
+def result_columns(
+    state: Explorer, svc: MantaService, names: list[str], run_ids: tuple[str, ...]
+) -> list[ColumnValues]:
+    """Each chosen column's values over ``run_ids``, reused while the results are unchanged."""
+    if not names:
+        return []
+    resolved = state.cached(
+        svc,
+        ("result_columns", tuple(names), run_ids),
+        lambda: resolve_columns(svc.store, names, run_ids=run_ids),
+        tables=RESULT_TABLES,
+    )
+    return [
+        state.cached(
+            svc,
+            ("result_column", column, run_ids),
+            lambda column=column: column_values(svc.store, column, run_ids),  # type: ignore[misc]
+            tables=RESULT_TABLES,
+            large=True,
+        )
+        for column in resolved
+    ]
+
+
+def _sorted_by_result(
+    state: Explorer,
+    svc: MantaService,
+    filters: dict[str, Any],
+    values: ColumnValues,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> list[TraceRecord]:
+    """One page of the matching traces ordered by a result column (missing values last).
+
+    The order is computed once (the keys of every matching trace, sorted in Python) and
+    reused for the other pages while the traces and the results are unchanged.
+    """
+
+    def ordered() -> list[str]:
+        rest = {k: v for k, v in filters.items() if k != "run_id"}
+        flt = svc._trace_filter(filters.get("run_id"), rest)
+        keys = [TraceKey(*row) for row in trace_keys(svc.store, flt)]
+        return order_by_column(keys, values, descending=descending)
+
+    key = ("sorted_by_result", repr(sorted(filters.items())), values.column, descending)
+    order = state.cached(svc, key, ordered, tables=RESULT_TABLES, large=True)
+    wanted = order[offset : offset + limit]
+    if not wanted:
+        return []
+    found = {t.trace_id: t for t in svc.get_traces(trace_ids=wanted, limit=len(wanted))}
+    return [found[t] for t in wanted if t in found]
+
+
 def traces_page(request: Request) -> Response:
     filters = trace_filters(request)
-    sort = choice_param(request, "sort", ORDERABLE_COLUMNS, "step_number")
+    names = chosen_columns(request)
+    sort = choice_param(request, "sort", [*ORDERABLE_COLUMNS, *names], "step_number")
     descending = text_param(request, "desc") == "1"
     per_page = int_param(request, "per", DEFAULT_PAGE_SIZE, minimum=1) or DEFAULT_PAGE_SIZE
     if per_page not in PAGE_SIZES:
@@ -83,14 +167,26 @@ def traces_page(request: Request) -> Response:
     state = explorer(request)
     with state.service() as svc:
         total = svc.count_traces(**filters)
-        traces = svc.get_traces(
-            order_by=sort,
-            descending=descending,
-            limit=per_page,
-            offset=(page - 1) * per_page,
-            **filters,
-        )
         selected = tuple(filters.get("run_id", ()))
+        columns = result_columns(state, svc, names, selected)
+        if sort in names:
+            traces = _sorted_by_result(
+                state,
+                svc,
+                filters,
+                columns[names.index(sort)],
+                descending,
+                (page - 1) * per_page,
+                per_page,
+            )
+        else:
+            traces = svc.get_traces(
+                order_by=sort,
+                descending=descending,
+                limit=per_page,
+                offset=(page - 1) * per_page,
+                **filters,
+            )
         run_ids = state.cached(svc, ("run_ids",), svc.run_ids)
         facets = state.cached(
             svc, ("trace_facets", selected), lambda: trace_facets(svc.store, selected)
@@ -98,6 +194,7 @@ def traces_page(request: Request) -> Response:
         judges = [
             j.judge for j in cached_judges(state, svc, selected[0] if len(selected) == 1 else None)
         ]
+        live = live_context(svc.store, selected)
     pages = max((total + per_page - 1) // per_page, 1)
     return render(
         request,
@@ -115,6 +212,9 @@ def traces_page(request: Request) -> Response:
             "facets": facets,
             "selected_runs": filters.get("run_id", []),
             "judges": judges,
+            "result_cols": columns,
+            "col_names": names,
+            "live": live,
             "prev_url": url_with(request, page=page - 1) if page > 1 else None,
             "next_url": url_with(request, page=page + 1) if page < pages else None,
             "sort_url": lambda column: url_with(

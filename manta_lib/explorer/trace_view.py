@@ -104,6 +104,32 @@ class Timeline:
     ticks: list[Tick] = field(default_factory=list)
     row_height: int = 14
     untimed: int = 0
+    untimed_spans: list[SpanRecord] = field(default_factory=list)
+
+
+@dataclass
+class SpanNode:
+    """A span in the span tree, with its children in seq order."""
+
+    span: SpanRecord
+    label: str
+    depth: int
+    children: list[SpanNode] = field(default_factory=list)
+    duration_ms: float | None = None
+
+
+@dataclass
+class SpanTree:
+    """Every span of a trace once: nested under its parent where ``parent_span_id`` names a
+    span of the trace, at the top otherwise (a root, or an orphan whose parent is missing)."""
+
+    roots: list[SpanNode]
+    order: list[SpanNode]  # depth-first: the order the tree and the waterfall show
+    nested: bool  # some span has a parent in the trace
+
+    @property
+    def size(self) -> int:
+        return len(self.order)
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,7 @@ class TraceView:
     system_events: list[SystemEvent]
     event_texts: dict[str, Text]
     timeline: Timeline
+    tree: SpanTree
     spans: list[SpanRecord]
     span_count: int
     tool_errors: int
@@ -191,6 +218,7 @@ def build_trace_view(context: TraceContext) -> TraceView:
     graders = context.grader_results()
     spans = context.spans()
     events = context.system_events()
+    tree = build_span_tree(spans)
     return TraceView(
         context=context,
         chat=chat,
@@ -205,7 +233,8 @@ def build_trace_view(context: TraceContext) -> TraceView:
         },
         system_events=events,
         event_texts={e.span_id: text_block(e.content) for e in events},
-        timeline=build_timeline(spans),
+        timeline=build_timeline([node.span for node in tree.order], tree),
+        tree=tree,
         spans=spans,
         span_count=len(spans),
         tool_errors=context.tool_error_count,
@@ -240,12 +269,59 @@ def _chat_item(turn: Message | ToolCall) -> ChatItem:
     )
 
 
-def build_timeline(spans: list[SpanRecord], width: int = 760) -> Timeline:
-    """One bar per timed span (start to end, or a thin mark for an instant), in seq order."""
+def build_span_tree(spans: list[SpanRecord]) -> SpanTree:
+    """The spans as a tree by ``parent_span_id``; every span appears exactly once.
+
+    A span whose parent is not in the trace is a root; a cycle of parents (bad input) is
+    broken where it is first met, so its spans are still listed.
+    """
+    ordered = sorted(spans, key=lambda s: (s.seq, s.span_id))
+    ids = {s.span_id for s in ordered}
+    children: dict[str, list[SpanRecord]] = {}
+    roots: list[SpanRecord] = []
+    for span in ordered:
+        parent = span.parent_span_id
+        if parent and parent != span.span_id and parent in ids:
+            children.setdefault(parent, []).append(span)
+        else:
+            roots.append(span)
+    order: list[SpanNode] = []
+    seen: set[str] = set()
+
+    def visit(span: SpanRecord, depth: int) -> SpanNode:
+        seen.add(span.span_id)
+        node = SpanNode(span, _span_label(span), depth, duration_ms=_duration(span))
+        order.append(node)
+        for child in children.get(span.span_id, []):
+            if child.span_id not in seen:
+                node.children.append(visit(child, depth + 1))
+        return node
+
+    top = [visit(span, 0) for span in roots]
+    for span in ordered:  # spans only reachable through a parent cycle
+        if span.span_id not in seen:
+            top.append(visit(span, 0))
+    return SpanTree(roots=top, order=order, nested=any(children.values()))
+
+
+def _duration(span: SpanRecord) -> float | None:
+    if span.started_at is None or span.ended_at is None:
+        return None
+    return max((span.ended_at - span.started_at).total_seconds() * 1000.0, 0.0)
+
+
+def build_timeline(
+    spans: list[SpanRecord], tree: SpanTree | None = None, width: int = 760
+) -> Timeline:
+    """One bar per timed span (start to end, or a thin mark for an instant), in the given
+    order (the tree's, indented by depth); spans without a start time are counted in
+    ``untimed`` and listed by the page, never silently left out."""
+    depths = {n.span.span_id: n.depth for n in tree.order} if tree else {}
     label_width = 150
     timed = [s for s in spans if s.started_at is not None]
     timeline = Timeline(width=width, height=0, label_width=label_width)
     timeline.untimed = len(spans) - len(timed)
+    timeline.untimed_spans = [s for s in spans if s.started_at is None]
     if not timed:
         return timeline
     start = min(_ms(s.started_at) for s in timed)
@@ -264,13 +340,14 @@ def build_timeline(spans: list[SpanRecord], width: int = 760) -> Timeline:
         duration = max(finish - begin, 0.0)
         x = label_width + begin / span_ms * plot
         label = _span_label(span)
+        indent = "· " * min(depths.get(span.span_id, 0), 6)
         timeline.bars.append(
             TimelineBar(
                 x=round(x, 2),
                 width=round(max(duration / span_ms * plot, 1.5), 2),
                 y=row * timeline.row_height + 18,
                 color=ERROR_COLOR if span.is_error else KIND_COLORS.get(span.kind, "#777"),
-                label=label[:24],
+                label=(indent + label)[:24],
                 tooltip=f"#{span.seq} {label}: {duration:,.0f} ms"
                 + (" (error)" if span.is_error else ""),
                 seq=span.seq,

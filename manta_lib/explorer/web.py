@@ -150,6 +150,9 @@ def template_environment(dagster_url: str = links.DEFAULT_DAGSTER_URL) -> jinja2
         results_url=lambda judge, run_id, level="trace", **kw: links.results_url(
             judge, run_id, level, base="", **kw
         ),
+        group_url=lambda run_id, datapoint_id, step=None, **kw: links.group_url(
+            run_id, datapoint_id, step, base="", **kw
+        ),
         entity_url=lambda level, entity_id, run_id: links.entity_url(
             level, str(entity_id), run_id, base=""
         ),
@@ -179,10 +182,13 @@ def render(
     )
     values["fragment"] = fragment
     response = HTMLResponse(page.render(values), status_code=status)
-    if fragment:
+    if fragment and request.headers.get("HX-Target") not in _LIVE_TARGETS:
         # The address bar shows the filters that are set, not every empty form field.
         response.headers["HX-Push-Url"] = clean_url(request)
     return response
+
+
+_LIVE_TARGETS = ("live-region", "live-badge")  # a live refresh keeps the address and history
 
 
 def clean_url(request: Request) -> str:

@@ -176,3 +176,46 @@ def table_fingerprint(store: Store, table: str = "traces") -> int:
         {"d": store.database, "t": table},
     )
     return int(rows[0][0])
+
+
+@dataclass(frozen=True)
+class GroupStep:
+    """One step at which a datapoint has rollouts: how many, and their mean score."""
+
+    step_number: int
+    traces: int
+    mean_score: float | None
+
+
+def datapoint_steps(store: Store, run_id: str, datapoint_id: str) -> list[GroupStep]:
+    """The steps at which ``datapoint_id`` of ``run_id`` has rollouts (its groups), in order."""
+    where, params = TraceFilter(run_id=run_id, datapoint_id=datapoint_id).where()
+    rows = store.rows(
+        f"""
+        SELECT step_number, count(), avg(score) FROM {{db}}.traces WHERE {where}
+        GROUP BY step_number ORDER BY step_number
+        """,
+        params,
+    )
+    return [GroupStep(int(r[0]), int(r[1]), _finite(r[2])) for r in rows]
+
+
+def trace_count(store: Store, run_ids: Sequence[str] = ()) -> int:
+    """How many traces ``run_ids`` hold (every run when empty): what a live page polls.
+
+    A count on the primary key's first column: its cost stays flat as traces arrive.
+    """
+    where, params = TraceFilter(run_id=list(run_ids) if run_ids else None).where()
+    return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])
+
+
+def trace_keys(store: Store, flt: TraceFilter) -> list[tuple[str, str, str, int]]:
+    """``(trace_id, run_id, datapoint_id, step_number)`` of every trace ``flt`` selects: what
+    a sort by a stored result column needs to page (four short columns per trace)."""
+    where, params = flt.where()
+    rows = store.rows(
+        f"SELECT trace_id, run_id, datapoint_id, step_number FROM {{db}}.traces "
+        f"WHERE {where} ORDER BY run_id, trace_id",
+        params,
+    )
+    return [(r[0], r[1], r[2], int(r[3])) for r in rows]

@@ -129,3 +129,57 @@ def test_browse_from_runs_to_a_tool_error(server: str, explorer_data: ExplorerDa
         finally:
             browser.close()
     assert not errors, errors  # no script error, no CSP violation, no missing asset
+
+
+def test_read_a_group_then_list_with_a_result_column(
+    server: str, explorer_data: ExplorerData
+) -> None:
+    """A trace → its group → a diff of two rollouts → the list with a result column."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        try:
+            page.goto(f"{server}/traces/{explorer_data.error_trace}")
+            expect(page.locator("section[aria-label='span tree']")).to_be_visible()
+            page.get_by_role("link", name=re.compile(r"^its group at step")).click()
+            expect(page.locator("h1")).to_contain_text("Group")
+            summary = page.locator("table.group-summary").first
+            expect(summary).to_contain_text(explorer_data.error_trace)
+            rollouts = page.locator("select[name=a] option")
+            assert rollouts.count() >= 2
+            page.screenshot(path=str(SHOTS / "7_group.png"))
+
+            second = rollouts.nth(1).get_attribute("value")
+            page.locator("select[name=a]").select_option(index=0)
+            page.locator("select[name=b]").select_option(index=1)
+            page.get_by_role("button", name="Show").click()
+            diff = page.locator("section[aria-label=diff]")
+            expect(diff).to_contain_text(f"→ {second}")
+            expect(diff.locator("pre.diff").first).to_be_visible()
+            page.screenshot(path=str(SHOTS / "8_group_diff.png"))
+
+            page.get_by_role("link", name="as a trace list").click()
+            expect(page.locator("#trace-table")).to_contain_text(explorer_data.error_trace)
+            page.locator("input[name=cols]").fill("tool_errors.tool_errors")
+            page.locator("input[name=cols]").press("Enter")
+            expect(page).to_have_url(re.compile(r"cols=tool_errors.tool_errors"))
+            header = page.locator("#trace-table thead")
+            expect(header).to_contain_text("tool_errors.tool_errors")
+            expect(page.locator("#trace-table td.result-col").first).to_be_visible()
+            expect(page.locator("#live-badge")).to_be_attached()
+            page.screenshot(path=str(SHOTS / "9_list_result_column.png"))
+        except Exception:
+            page.screenshot(path=str(SHOTS / "failure_group.png"))
+            raise
+        finally:
+            browser.close()
+    assert not errors, errors
