@@ -55,8 +55,8 @@ def curves_page(request: Request) -> Response:
         if result_metric is not None:
             chart, rows, stats = state.cached(
                 svc,
-                ("result_curve", tuple(runs), metric),
-                lambda: result_metric_chart(svc, runs, result_metric),
+                ("result_curve", tuple(runs), metric, phase),
+                lambda: result_metric_chart(svc, runs, result_metric, phase=phase or None),
                 tables=RESULT_TABLES,
             )
         else:

@@ -36,13 +36,13 @@ def test_a_datapoint_at_several_steps_is_one_group_per_step(hierarchy: Store) ->
     assert (datapoints["dp_a@1"].datapoint_id, datapoints["dp_a@1"].step_number) == ("dp_a", 1)
 
     steps = _by_id(result, EntityLevel.STEP)
-    assert set(steps) == {"0", "1"}
+    assert set(steps) == {"train/0", "train/1"}
     # step 0 holds the groups dp_a@0 and dp_b@0, each of 2 rollouts of that step only.
-    assert steps["0"].output.members == ["2", "2"]
-    assert steps["1"].output.members == ["2", "2"]
-    assert steps["1"].step_number == 1 and steps["1"].datapoint_id is None
+    assert steps["train/0"].output.members == ["2", "2"]
+    assert steps["train/1"].output.members == ["2", "2"]
+    assert steps["train/1"].step_number == 1 and steps["train/1"].datapoint_id is None
 
-    run = _by_id(result, EntityLevel.RUN)["run_h"]
+    run = _by_id(result, EntityLevel.RUN)["train/run_h"]
     assert run.output.children == 2  # two steps
     assert run.judge == "test_full"
     assert run.judge_version == pipeline_defs.full.judge_version
@@ -79,7 +79,10 @@ def test_levels_can_be_skipped(hierarchy: Store) -> None:
         .add_level(EntityLevel.RUN, lambda entity, children: Count(n=len(children)), Count)
     )
     result = pipeline.run("run_h", mode="local", persist_results=False)
-    assert {o.entity_id: o.output.n for o in result[EntityLevel.STEP]} == {"0": 4, "1": 4}
+    assert {o.entity_id: o.output.n for o in result[EntityLevel.STEP]} == {
+        "train/0": 4,
+        "train/1": 4,
+    }
     assert result[EntityLevel.RUN][0].output.n == 2
     assert sorted(e.keys["step_number"] for e in seen) == [0, 1]
     assert all(e.level is EntityLevel.STEP and e.run_id == "run_h" for e in seen)
