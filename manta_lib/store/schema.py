@@ -263,29 +263,29 @@ INSERT INTO {db}.entity_metadata_v4
 WITH t AS (SELECT run_id, trace_id, datapoint_id, step_number, toString(phase) AS phase
            FROM {db}.traces FINAL)
 SELECT m.project_id, m.run_id, m.judge, m.entity_level,
-       if(m.entity_level IN ('step', 'run'), concat(p.phase, '/', m.entity_id), m.entity_id),
+       if(m.entity_level IN ('step', 'run'), concat(p.ph, '/', m.entity_id), m.entity_id),
        m.datapoint_id, m.step_number,
-       multiIf(m.entity_level = 'trace', tr.phase,
-               m.entity_level = 'datapoint', dp.phase,
-               m.entity_level = 'datapoint_across_steps', das.phase, p.phase),
+       multiIf(m.entity_level = 'trace', tr.ph,
+               m.entity_level = 'datapoint', dp.ph,
+               m.entity_level = 'datapoint_across_steps', das.ph, p.ph),
        m.column, m.value_type, m.value_number, m.value_string, m.value_bool, m.value_json,
        m.judge_version, m.computed_at
 FROM {db}.entity_metadata AS m FINAL
-LEFT JOIN (SELECT run_id, trace_id, any(phase) AS phase FROM t GROUP BY run_id, trace_id) AS tr
+LEFT JOIN (SELECT run_id, trace_id, any(phase) AS ph FROM t GROUP BY run_id, trace_id) AS tr
        ON tr.run_id = m.run_id AND tr.trace_id = m.entity_id
-LEFT JOIN (SELECT run_id, datapoint_id, step_number, any(phase) AS phase FROM t
+LEFT JOIN (SELECT run_id, datapoint_id, step_number, any(phase) AS ph FROM t
            GROUP BY run_id, datapoint_id, step_number HAVING uniqExact(phase) = 1) AS dp
        ON dp.run_id = m.run_id
           AND dp.datapoint_id = m.datapoint_id AND dp.step_number = m.step_number
-LEFT JOIN (SELECT run_id, datapoint_id, any(phase) AS phase FROM t
+LEFT JOIN (SELECT run_id, datapoint_id, any(phase) AS ph FROM t
            GROUP BY run_id, datapoint_id HAVING uniqExact(phase) = 1) AS das
        ON das.run_id = m.run_id AND das.datapoint_id = m.datapoint_id
-LEFT JOIN (SELECT run_id, any(phase) AS phase FROM t
+LEFT JOIN (SELECT run_id, any(phase) AS ph FROM t
            GROUP BY run_id HAVING uniqExact(phase) = 1) AS p
        ON p.run_id = m.run_id
-WHERE m.entity_level = 'trace' OR (m.entity_level = 'datapoint' AND dp.phase != '')
-   OR (m.entity_level = 'datapoint_across_steps' AND das.phase != '')
-   OR (m.entity_level IN ('step', 'run') AND p.phase != '')
+WHERE m.entity_level = 'trace' OR (m.entity_level = 'datapoint' AND dp.ph != '')
+   OR (m.entity_level = 'datapoint_across_steps' AND das.ph != '')
+   OR (m.entity_level IN ('step', 'run') AND p.ph != '')
 SETTINGS join_use_nulls = 0
 """
 
