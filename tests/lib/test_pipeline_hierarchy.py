@@ -8,9 +8,10 @@ import pytest
 from pydantic import BaseModel
 
 from manta import EntityLevel, EntityRef, MapReduceComputation, TraceContext
+from manta_lib.errors import PipelineDefinitionError
 from manta_lib.store import Store
 from tests.lib import pipeline_defs
-from tests.lib.builders import hierarchy_run, load_traces
+from tests.lib.builders import hierarchy_run, load_traces, trace_line
 
 
 @pytest.fixture
@@ -122,3 +123,46 @@ def test_limits_pick_the_first_n_in_a_stable_order_and_never_write(
     name, value = next(iter(limit.items()))
     assert f"subset mode ({name}={value}): results are not persisted" in caplog.text
     assert hierarchy.rows("SELECT count() FROM {db}.entity_metadata")[0][0] == 0
+
+
+def _phased_run(store: Store, tmp_path: Path, *, shared_datapoint: bool = False) -> None:
+    """run_p: step 0 has train rollouts of dp_a and eval rollouts of dp_e; step 1 trains dp_a.
+    ``shared_datapoint``: the eval rollouts use dp_a too (one datapoint in both phases)."""
+    layout = [(0, "train", "dp_a"), (0, "eval", "dp_a" if shared_datapoint else "dp_e")]
+    layout.append((1, "train", "dp_a"))
+    lines = [
+        trace_line(
+            f"t_{phase}_{step}_{k}", run_id="run_p", step=step, phase=phase, datapoint=dp,
+            score=float(k),
+        )
+        for step, phase, dp in layout
+        for k in range(2)
+    ]  # fmt: skip
+    load_traces(store, lines, tmp_path)
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_step_and_run_entities_are_one_per_phase(
+    store: Store, tmp_path: Path, persist: bool
+) -> None:
+    _phased_run(store, tmp_path)
+    result = pipeline_defs.full.run("run_p", mode="local", persist_results=persist)
+    steps = _by_id(result, EntityLevel.STEP)
+    assert list(steps) == ["eval/0", "train/0", "train/1"]  # step order, then phase
+    assert [(o.step_number, o.phase) for o in steps.values()] == [
+        (0, "eval"), (0, "train"), (1, "train")
+    ]  # fmt: skip
+    # Step 0's train value comes from its train group only, never the eval rollouts.
+    assert steps["train/0"].output.members == ["2"] and steps["eval/0"].output.members == ["2"]
+    runs = _by_id(result, EntityLevel.RUN)
+    assert runs["train/run_p"].output.children == 2 and runs["eval/run_p"].output.children == 1
+    assert {o.phase for o in runs.values()} == {"train", "eval"}
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_a_datapoint_in_two_phases_is_refused_not_mixed(
+    store: Store, tmp_path: Path, persist: bool
+) -> None:
+    _phased_run(store, tmp_path, shared_datapoint=True)
+    with pytest.raises(PipelineDefinitionError, match=r"'dp_a@0'.*phases eval and train"):
+        pipeline_defs.full.run("run_p", mode="local", persist_results=persist)
