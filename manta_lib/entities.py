@@ -11,18 +11,31 @@ from pydantic import BaseModel
 from manta_lib.models import EntityLevel, fast_construct
 
 
+def step_id(step_number: int, phase: str) -> str:
+    """The entity id of one step of one phase: ``"train/12"``, ``"eval/12"``."""
+    return f"{phase}/{step_number}"
+
+
+def run_entity_id(run_id: str, phase: str) -> str:
+    """The entity id of the run level of one phase: ``"eval/run_a"``."""
+    return f"{phase}/{run_id}"
+
+
 @dataclass(frozen=True)
 class EntityRef:
     """The entity a reduce function is computing, handed to ``reduce_fn(entity, children)``.
 
     Attributes:
         level: the level being computed (DATAPOINT, STEP, DATAPOINT_ACROSS_STEPS or RUN).
-        entity_id: ``"{datapoint_id}@{step_number}"`` for a datapoint at one step, the step
-            number as text, the datapoint id (across steps), or the run id.
+        entity_id: ``"{datapoint_id}@{step_number}"`` for a datapoint at one step,
+            ``"{phase}/{step_number}"`` for a step, the datapoint id (across steps), or
+            ``"{phase}/{run_id}"`` for the run level (one entity per phase).
         run_id: the run the entity belongs to.
-        keys: the entity's group keys: ``{"datapoint_id": "dp_1", "step_number": 3}``,
-            ``{"step_number": 3}``, ``{"datapoint_id": "dp_1", "steps": [3, 4]}`` or
-            ``{"run_id": "run_a"}``.
+        keys: the entity's group keys, always with its ``phase``:
+            ``{"datapoint_id": "dp_1", "step_number": 3, "phase": "train"}``,
+            ``{"step_number": 3, "phase": "eval"}``,
+            ``{"datapoint_id": "dp_1", "steps": [3, 4], "phase": "train"}`` or
+            ``{"run_id": "run_a", "phase": "train"}``.
         child_count: how many children succeeded (the length of ``children``).
         failed_children: how many children failed and are therefore not in ``children``.
     """
@@ -63,6 +76,9 @@ class MetadataOutput(BaseModel):
     datapoint_id: str | None = None
     #: The step the entity belongs to (trace, datapoint and step levels; None otherwise).
     step_number: int | None = None
+    #: The phase (train / eval / prod) of the traces the entity covers (every level: a step
+    #: or run value is per phase; None for outputs of an older store without it).
+    phase: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -86,6 +102,7 @@ def new_output(
     error_at: str | None = None,
     datapoint_id: str | None = None,
     step_number: int | None = None,
+    phase: str | None = None,
 ) -> MetadataOutput:
     """A :class:`MetadataOutput` from values already of the field types (validated outputs).
 
@@ -107,5 +124,6 @@ def new_output(
             "error_at": error_at,
             "datapoint_id": datapoint_id,
             "step_number": step_number,
+            "phase": phase,
         },
     )

@@ -45,6 +45,9 @@ class EntityLevel(StrEnum):
     from that step's traces. ``DATAPOINT_ACROSS_STEPS`` is one datapoint over the whole run
     (entity id ``datapoint_id``): how a prompt fares over training. It sits beside ``STEP``
     (both above ``DATAPOINT``): a pipeline has one or the other, and either can feed ``RUN``.
+    Every level is per phase: ``STEP`` is one phase at one step (entity id
+    ``"{phase}/{step_number}"``) and ``RUN`` one entity per phase (``"{phase}/{run_id}"``), so
+    train and eval rollouts are never reduced together.
     """
 
     TRACE = "trace"

@@ -740,8 +740,9 @@ class MantaService:
         level: EntityLevel | str = EntityLevel.TRACE,
         version: str | Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """A numeric (or boolean) result column per step: ``run_id, step_number, mean, p50,
-        p95, count`` for one or several runs, computed in ClickHouse, ready to plot.
+        """A numeric (or boolean) result column per step: ``run_id, phase, step_number, mean,
+        p50, p95, count`` for one or several runs, computed in ClickHouse, ready to plot; train
+        and eval are separate rows (a step value never mixes phases).
 
         Example::
 
@@ -762,7 +763,7 @@ class MantaService:
         version: str | Sequence[str] | None = None,
     ) -> Path:
         """Write ``statistic`` (mean, p50, p95, count) of ``column`` per step, one curve per
-        run, to a PNG or SVG file (matplotlib); returns the path."""
+        run and phase, to a PNG or SVG file (matplotlib); returns the path."""
         frame = self.series(judge, column, run_id, level=level, version=version)
         return plot_series(
             frame,

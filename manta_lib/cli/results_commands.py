@@ -432,10 +432,12 @@ def _print_comparison(summary: dict[str, Any]) -> None:
             "n B",
         ):
             table.add_column(name, justify="left" if name == "column" else "right")
+        phased = len({n["phase"] for n in summary["numeric"] + summary["categorical"]}) > 1
         for n in summary["numeric"]:
             ci = "-" if n["ci_low"] is None else f"[{n['ci_low']:.4g}, {n['ci_high']:.4g}]"
+            label = f"{n['column']} · {n['phase']}" if phased else n["column"]
             table.add_row(
-                n["column"], _fmt(n["mean_a"]), _fmt(n["mean_b"]), _fmt(n["delta_mean"]), ci,
+                label, _fmt(n["mean_a"]), _fmt(n["mean_b"]), _fmt(n["delta_mean"]), ci,
                 _fmt(n["delta_p50"]), _fmt(n["delta_p95"]), str(n["n_a"]), str(n["n_b"]),
             )  # fmt: skip
         if summary["numeric"]:
@@ -446,8 +448,9 @@ def _print_comparison(summary: dict[str, Any]) -> None:
                 f"{label}: {c['shares_a'].get(label, 0):.1%} → {c['shares_b'].get(label, 0):.1%}"
                 for label in labels
             )
+            name = f"{c['column']} · {c['phase']}" if phased else c["column"]
             console.print(
-                f"{c['column']}: {shifts} (total variation {_fmt(c['total_variation'])})",
+                f"{name}: {shifts} (total variation {_fmt(c['total_variation'])})",
                 highlight=False,
             )
         return

@@ -2,7 +2,9 @@
 
 Trace metrics come from the traces table (mean and a p25-p75 band); result columns from the
 results API's series over steps (:meth:`MantaService.series`: mean, p50, p95, count), drawn
-as the mean line with its p50 and p95 in each point's tooltip and the table.
+as the mean line with its p50 and p95 in each point's tooltip and the table. Each run draws
+one line per phase (train and eval are different curves: an eval step is never averaged with
+the train rollouts of the same step); a run with one phase is one line named by the run.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ class ResultMetric:
 
 @dataclass(frozen=True)
 class CurveRow:
-    """One step of one run in the numbers table under a chart."""
+    """One step of one phase of one run in the numbers table under a chart."""
 
     run_id: str
     step_number: int
     count: int
     stats: dict[str, float | None]
+    phase: str = "train"
 
 
 def result_metrics(judges: Sequence[JudgeInfo]) -> list[ResultMetric]:
@@ -71,20 +74,52 @@ def result_metrics(judges: Sequence[JudgeInfo]) -> list[ResultMetric]:
     return sorted(found.values(), key=lambda m: (m.judge, m.level, m.column))
 
 
-def series_from_points(points: Sequence[StepPoint], run_ids: Sequence[str]) -> list[Series]:
-    """One series per run (in the order asked), mean with the p25-p75 band."""
-    by_run: dict[str, list[SeriesPoint]] = {run_id: [] for run_id in run_ids}
-    for p in points:
-        by_run.setdefault(p.run_id, []).append(
-            SeriesPoint(x=p.step_number, mean=p.mean, low=p.p25, high=p.p75, count=p.count)
+def phase_series(
+    points: Sequence[tuple[str, str, SeriesPoint]], run_ids: Sequence[str]
+) -> list[Series]:
+    """One series per (run, phase) of ``(run_id, phase, point)`` triples, runs in the order
+    asked then phases alphabetically; a run with one phase is labelled with its id alone,
+    one with several ``run · phase``."""
+    by_line: dict[tuple[str, str], list[SeriesPoint]] = {}
+    for run_id, phase, point in points:
+        by_line.setdefault((run_id, phase), []).append(point)
+    rank = {run_id: index for index, run_id in enumerate(run_ids)}
+    lines = sorted(by_line, key=lambda line: (rank.get(line[0], len(rank)), line[0], line[1]))
+    phases: dict[str, int] = {}
+    for run_id, _phase in lines:
+        phases[run_id] = phases.get(run_id, 0) + 1
+    series = [
+        Series(
+            label=run_id if phases[run_id] == 1 else f"{run_id} · {phase}",
+            points=by_line[(run_id, phase)],
         )
-    return [Series(label=run_id, points=pts) for run_id, pts in by_run.items()]
+        for run_id, phase in lines
+    ]
+    # A run asked for without any point keeps its (empty) line, as the legend names it.
+    series += [Series(label=r, points=[]) for r in run_ids if r not in phases]
+    return series
+
+
+def series_from_points(points: Sequence[StepPoint], run_ids: Sequence[str]) -> list[Series]:
+    """One series per run and phase (runs in the order asked), mean with the p25-p75 band."""
+    return phase_series(
+        [
+            (
+                p.run_id,
+                p.phase,
+                SeriesPoint(x=p.step_number, mean=p.mean, low=p.p25, high=p.p75, count=p.count),
+            )
+            for p in points
+        ],
+        run_ids,
+    )
 
 
 def trace_metric_chart(
     svc: MantaService, run_ids: Sequence[str], metric: str, *, phase: str | None = None
 ) -> tuple[Chart, list[CurveRow], list[str]]:
-    """The chart of a trace metric (score, error rate, cost, tokens ...) and its numbers."""
+    """The chart of a trace metric (score, error rate, cost, tokens ...) and its numbers: one
+    line per run and phase (only ``phase``'s when given)."""
     points = step_series(svc.store, run_ids, metric, phase=phase)
     label = TRACE_METRICS[metric][1]
     rows = [
@@ -93,6 +128,7 @@ def trace_metric_chart(
             p.step_number,
             p.count,
             {"mean": p.mean, "p25": p.p25, "median": p.p50, "p75": p.p75},
+            p.phase,
         )
         for p in points
     ]
@@ -101,23 +137,27 @@ def trace_metric_chart(
 
 
 def result_metric_chart(
-    svc: MantaService, run_ids: Sequence[str], metric: ResultMetric
+    svc: MantaService, run_ids: Sequence[str], metric: ResultMetric, *, phase: str | None = None
 ) -> tuple[Chart, list[CurveRow], list[str]]:
-    """The chart of a stored result column per step (the results API's series)."""
+    """The chart of a stored result column per step (the results API's series): one line per
+    run and phase (only ``phase``'s when given)."""
     frame = svc.series(metric.judge, metric.column, list(run_ids), level=metric.level)
-    by_run: dict[str, list[SeriesPoint]] = {run_id: [] for run_id in run_ids}
+    points = []
     rows = []
     for record in frame.to_dict("records"):
+        if phase is not None and record["phase"] != phase:
+            continue
         stats = {name: _number(record.get(name)) for name in ("mean", "p50", "p95")}
         run_id, step, count = (
             str(record["run_id"]),
             int(record["step_number"]),
             int(record["count"]),
         )
-        rows.append(CurveRow(run_id, step, count, stats))
-        by_run.setdefault(run_id, []).append(SeriesPoint(x=step, mean=stats["mean"], count=count))
-    series = [Series(label=run_id, points=pts) for run_id, pts in by_run.items()]
-    chart = line_chart(series, y_label=f"{metric.column} (mean)")
+        rows.append(CurveRow(run_id, step, count, stats, str(record["phase"])))
+        points.append(
+            (run_id, str(record["phase"]), SeriesPoint(x=step, mean=stats["mean"], count=count))
+        )
+    chart = line_chart(phase_series(points, run_ids), y_label=f"{metric.column} (mean)")
     chart.band_label = ""
     return chart, rows, ["mean", "p50", "p95"]
 

@@ -127,7 +127,8 @@ def entity_url(level: str, entity_id: str, run_id: str, *, base: str | None = No
 
     ``entity_id`` is the id stored with a result: a trace id, ``"{datapoint_id}@{step}"`` for
     a datapoint at one step (its traces at that step), a datapoint id for a datapoint across
-    steps (all its traces), a step number, or the run id for the run level.
+    steps (all its traces), ``"{phase}/{step}"`` for a step (its traces of that phase), or
+    ``"{phase}/{run_id}"`` for the run level.
     """
     if level == "trace":
         return trace_url(entity_id, base=base)
@@ -141,8 +142,10 @@ def entity_url(level: str, entity_id: str, run_id: str, *, base: str | None = No
         return traces_url(run_id, base=base, datapoint=datapoint, step_min=step, step_max=step)
     if level == "datapoint_across_steps":
         return traces_url(run_id, base=base, datapoint=entity_id)
-    if level == "step":
-        return traces_url(run_id, base=base, step_min=entity_id, step_max=entity_id)
+    if level == "step":  # "{phase}/{step}"; an older store's bare step number has no phase
+        phase, _, step = entity_id.rpartition("/")
+        filters = {"phase": phase} if phase else {}
+        return traces_url(run_id, base=base, step_min=step, step_max=step, **filters)
     return run_url(run_id, base=base)
 
 

@@ -168,4 +168,6 @@ def _entity_filters(level: str, keys: dict[str, Any]) -> dict[str, Any]:
         filters["datapoint"] = keys["datapoint_id"]
     if "step_number" in keys:
         filters.update(step_min=keys["step_number"], step_max=keys["step_number"])
+    if keys.get("phase"):
+        filters["phase"] = keys["phase"]
     return filters

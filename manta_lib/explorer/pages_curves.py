@@ -61,8 +61,8 @@ def curves_page(request: Request) -> Response:
             drawn = drawn or runs  # none has it: the series names the cause (a 400 page)
             chart, rows, stats = state.cached(
                 svc,
-                ("result_curve", tuple(drawn), metric),
-                lambda: result_metric_chart(svc, drawn, result_metric),
+                ("result_curve", tuple(drawn), metric, phase),
+                lambda: result_metric_chart(svc, drawn, result_metric, phase=phase or None),
                 tables=RESULT_TABLES,
             )
         else:

@@ -33,7 +33,7 @@ from manta_lib.service import MantaService
 
 LEVELS = ("trace", "datapoint", "datapoint_across_steps", "step", "run")
 PER_PAGE = 50
-KEY_COLUMNS = ("run_id", "step_number", "datapoint_id", "trace_id")
+KEY_COLUMNS = ("run_id", "step_number", "phase", "datapoint_id", "trace_id")
 BOOKKEEPING = ("status", "error", "judge_version", "computed_at")
 RESULT_TABLES = ("traces", "entity_metadata")
 
@@ -86,6 +86,7 @@ def results_page(request: Request) -> Response:
     page = int_param(request, "page", 1, minimum=1) or 1
     shard = int_param(request, "shard", minimum=0)
     step = int_param(request, "step")
+    phase = choice_param(request, "phase", ("", "train", "eval", "prod"), "")
     state = explorer(request)
     with state.service() as svc:
         info = require_judge(state, svc, judge, run_id)
@@ -100,12 +101,16 @@ def results_page(request: Request) -> Response:
             frame = _in_shard(svc, frame, run_id, level, shard)
     if step is not None and "step_number" in frame.columns:
         frame = frame[frame["step_number"] == step]
+    if phase and "phase" in frame.columns:
+        frame = frame[frame["phase"] == phase]
     key_columns = [c for c in KEY_COLUMNS if c in frame.columns]
     value_columns = [c for c in frame.columns if c not in key_columns and c not in BOOKKEEPING]
     sortable = key_columns + value_columns + ["status", "computed_at"]
-    sort = choice_param(request, "sort", sortable, key_columns[-1] if key_columns else "status")
+    # Unsorted, rows keep the store's one order: step as a number, phase, datapoint, entity.
+    sort = choice_param(request, "sort", sortable, "")
     descending = text_param(request, "desc") == "1"
-    frame = frame.sort_values(sort, ascending=not descending, na_position="last", kind="stable")
+    if sort:
+        frame = frame.sort_values(sort, ascending=not descending, na_position="last", kind="stable")
     total = len(frame)
     pages = max(math.ceil(total / PER_PAGE), 1)
     shown = frame.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
@@ -129,6 +134,7 @@ def results_page(request: Request) -> Response:
             "where": where or "",
             "shard": shard,
             "step": step,
+            "phase": phase,
             "key_columns": key_columns,
             "value_columns": value_columns,
             "numeric_columns": {
@@ -209,17 +215,21 @@ def _row(
         filters: dict[str, Any] = {"datapoint": record.get("datapoint_id")}
         if step is not None:
             filters.update(step_min=step, step_max=step)
+        if record.get("phase"):
+            filters["phase"] = record["phase"]
         link, label = links.traces_url(run_id, base="", **filters), "rollouts"
     elif level == "datapoint_across_steps":
         link = links.traces_url(run_id, base="", datapoint=record.get("datapoint_id"))
         label = "rollouts"
     elif level == "step":
-        step = record.get("step_number")
+        step, phase = record.get("step_number"), record.get("phase")
         if datapoints_by_step:  # the step's datapoints, each linking on to its rollouts
             link = links.results_url(judge, run_id, "datapoint", base="") + f"&step={step}"
+            if phase:
+                link += f"&phase={phase}"
             label = "datapoints"
         else:
-            link = links.traces_url(run_id, base="", step_min=step, step_max=step)
+            link = links.traces_url(run_id, base="", phase=phase, step_min=step, step_max=step)
             label = "traces"
     else:
         link, label = links.run_url(run_id, base=""), "run"

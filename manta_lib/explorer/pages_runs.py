@@ -14,7 +14,7 @@ from manta_lib.explorer.links import run_url
 from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_results import cached_judges
 from manta_lib.explorer.web import Explorer, NotFound, choice_param, explorer, render
-from manta_lib.service import MantaService, RunSummary
+from manta_lib.service import MantaService, RunSummary, StepSummary
 from manta_lib.store.explorer_queries import RunFacets, run_facets
 
 DATAPOINT_ROWS = 200  # the run page lists this many datapoints; the trace list has them all
@@ -82,13 +82,22 @@ def require_run(state: Explorer, svc: MantaService, run_id: str) -> RunSummary:
     )
 
 
+def _steps_by_phase(svc: MantaService, run: RunSummary) -> list[StepSummary]:
+    """One row per step and phase, by step then phase: a step's train and eval traces are
+    counted and scored apart (a run with one phase: its steps as they are)."""
+    if len(run.phases) <= 1:
+        return svc.list_steps(run.run_id)
+    rows = [step for phase in run.phases for step in svc.list_steps(run.run_id, phase=phase)]
+    return sorted(rows, key=lambda step: (step.step_number, step.phases))
+
+
 def run_page(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     state = explorer(request)
     with state.service() as svc:
         run = require_run(state, svc, run_id)
         _, all_facets = cached_runs(state, svc)
-        steps = state.cached(svc, ("steps", run_id), lambda: svc.list_steps(run_id))
+        steps = state.cached(svc, ("steps", run_id), lambda: _steps_by_phase(svc, run))
         datapoints = state.cached(
             svc, ("datapoints", run_id), lambda: svc.list_datapoints(run_id), large=True
         )

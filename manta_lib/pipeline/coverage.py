@@ -88,9 +88,7 @@ def missing_entities(
 
 
 def _level_ids(level: EntityLevel, scope: Scope) -> list[str]:
-    if level is EntityLevel.RUN:
-        return [scope.run_id] if scope.refs else []
-    return entity_ids(level, scope.refs)
+    return entity_ids(level, scope.refs, scope.run_id)
 
 
 def complete_shards(
@@ -129,4 +127,4 @@ def entities_by_shard(store: Store, level: EntityLevel, scope: Scope) -> dict[in
         shard = shard_of.get(ref.trace_id)
         if shard is not None:
             by_shard[shard].append(ref)
-    return {shard: entity_ids(level, by_shard[shard]) for shard in sorted(by_shard)}
+    return {shard: entity_ids(level, by_shard[shard], scope.run_id) for shard in sorted(by_shard)}

@@ -254,6 +254,7 @@ class ThreadMapper:
                         r.where,
                         r.item.datapoint_id,
                         r.item.step_number,
+                        r.item.phase.value,
                     )
                     for r in (finished.popleft() for _ in range(count))
                 ]
@@ -279,6 +280,7 @@ class ThreadMapper:
                     error_at=result.where,
                     datapoint_id=result.item.datapoint_id,
                     step_number=result.item.step_number,
+                    phase=result.item.phase.value,
                 )
                 for result in (finished.popleft() for _ in range(count))
             ]

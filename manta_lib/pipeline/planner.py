@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from manta_lib.entities import run_entity_id, step_id
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
 from manta_lib.store.client import Store
@@ -28,6 +29,7 @@ class TraceRef:
     trace_id: str
     datapoint_id: str
     step_number: int
+    phase: str = "train"
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def plan_scope(
             f"WHERE {where} ORDER BY step_number LIMIT {{n:UInt64}})"
         )
     sql = (
-        "SELECT trace_id, datapoint_id, step_number FROM {db}.traces "
+        "SELECT trace_id, datapoint_id, step_number, toString(phase) FROM {db}.traces "
         f"WHERE {where} ORDER BY step_number, datapoint_id, trace_id"
     )
     if limits.traces is not None:
@@ -164,7 +166,7 @@ def plan_scope(
         sql += " LIMIT {n:UInt64}"
 
     def load() -> list[TraceRef]:
-        return [TraceRef(t, d, s) for t, d, s in store.rows(sql, params)]
+        return [TraceRef(t, d, s, p) for t, d, s, p in store.rows(sql, params)]
 
     # A subset is read now: its "first N" are those of this moment.
     refs = load() if limits.active else PlannedRefs(load)
@@ -183,29 +185,35 @@ def group_id(datapoint_id: str, step_number: int) -> str:
     return f"{datapoint_id}@{step_number}"
 
 
-def _child_id(below: EntityLevel, ref: TraceRef) -> str:
+def _child_id(below: EntityLevel, ref: TraceRef, run_id: str = "") -> str:
     """The id of the entity of level ``below`` that the trace ``ref`` belongs to."""
     if below is EntityLevel.TRACE:
         return ref.trace_id
     if below is EntityLevel.DATAPOINT:
         return group_id(ref.datapoint_id, ref.step_number)
     if below is EntityLevel.STEP:
-        return str(ref.step_number)
+        return step_id(ref.step_number, ref.phase)
     if below is EntityLevel.DATAPOINT_ACROSS_STEPS:
         return ref.datapoint_id
-    raise ValueError(f"{below.value} is the top level: no level is fed by it")
+    if below is EntityLevel.RUN:
+        return run_entity_id(run_id, ref.phase)
+    raise ValueError(f"unknown level {below}")
 
 
 def group_columns(level: EntityLevel) -> tuple[str, ...]:
-    """The key columns that make one entity of ``level`` out of the entities below it."""
+    """The key columns that make one entity of ``level`` out of the entities below it.
+
+    Every level is keyed by phase: a step or run value never mixes train and eval traces, and
+    a datapoint id found in two phases is an error (:func:`check_one_phase`), not one group.
+    """
     if level is EntityLevel.DATAPOINT:
-        return ("datapoint_id", "step_number")
+        return ("datapoint_id", "step_number", "phase")
     if level is EntityLevel.STEP:
-        return ("step_number",)
+        return ("step_number", "phase")
     if level is EntityLevel.DATAPOINT_ACROSS_STEPS:
-        return ("datapoint_id",)
+        return ("datapoint_id", "phase")
     if level is EntityLevel.RUN:
-        return ()
+        return ("phase",)
     raise ValueError(f"{level} is not a reduce level")
 
 
@@ -215,14 +223,37 @@ def group_entity(
     """``(entity id, keys)`` of the ``level`` entity whose :func:`group_columns` values are
     ``key``; ``steps`` are the steps a datapoint-across-steps entity covers."""
     if level is EntityLevel.DATAPOINT:
-        return group_id(*key), {"datapoint_id": key[0], "step_number": key[1]}
+        datapoint, step, phase = key
+        return group_id(datapoint, step), {
+            "datapoint_id": datapoint,
+            "step_number": step,
+            "phase": phase,
+        }
     if level is EntityLevel.STEP:
-        return str(key[0]), {"step_number": key[0]}
+        step, phase = key
+        return step_id(step, phase), {"step_number": step, "phase": phase}
     if level is EntityLevel.DATAPOINT_ACROSS_STEPS:
-        return key[0], {"datapoint_id": key[0], "steps": sorted(set(steps))}
+        datapoint, phase = key
+        return datapoint, {"datapoint_id": datapoint, "steps": sorted(set(steps)), "phase": phase}
     if level is EntityLevel.RUN:
-        return run_id, {"run_id": run_id}
+        (phase,) = key
+        return run_entity_id(run_id, phase), {"run_id": run_id, "phase": phase}
     raise ValueError(f"{level} is not a reduce level")
+
+
+def check_one_phase(level: EntityLevel, run_id: str, entity_id: str, phases: Iterable[str]) -> None:
+    """Raise when one datapoint entity would cover traces of several phases.
+
+    Datapoint ids name prompts of one phase (a train prompt, an eval prompt); a datapoint id
+    used in both would make one group out of train and eval rollouts, a value that is neither.
+    """
+    found = sorted(set(phases))
+    if len(found) > 1:
+        raise PipelineDefinitionError(
+            f"{level.value} entity {entity_id!r} of run {run_id!r} has traces of phases "
+            f"{' and '.join(found)}: a datapoint's rollouts must be of one phase, so its value "
+            f"never mixes train and eval; give the eval prompts their own datapoint_id"
+        )
 
 
 def group_children(
@@ -231,12 +262,12 @@ def group_children(
     """``{entity_id: (keys, [child entity ids])}`` for ``level`` fed by ``below``.
 
     - DATAPOINT (one datapoint at one step, a GRPO group): the traces of that datapoint at that
-      step; keys ``datapoint_id`` and ``step_number``.
-    - STEP: the traces at that step, or the datapoint groups at that step; never anything
-      computed from another step.
+      step; keys ``datapoint_id``, ``step_number`` and ``phase``.
+    - STEP: the traces of one phase at that step, or the datapoint groups of that phase at that
+      step; never anything computed from another step or phase.
     - DATAPOINT_ACROSS_STEPS: every trace of the datapoint, or its groups at every step; keys
-      ``datapoint_id`` and ``steps``.
-    - RUN: every entity of the level below.
+      ``datapoint_id``, ``steps`` and ``phase``.
+    - RUN: every entity of the level below of one phase (one run entity per phase).
 
     Children come in scope order (step, datapoint, trace), the order the store returns them
     in when a reduce reads them back.
@@ -250,9 +281,11 @@ def group_children(
             steps[key].add(ref.step_number)
         members[key][_child_id(below, ref)] = None
     groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
-    ordered = sorted(members) if level is EntityLevel.STEP else list(members)
+    ordered = sorted(members) if level in (EntityLevel.STEP, EntityLevel.RUN) else list(members)
     for key in ordered:
         entity_id, keys = group_entity(level, run_id, key, steps.get(key, ()))
+        if entity_id in groups:
+            check_one_phase(level, run_id, entity_id, (groups[entity_id][0]["phase"], key[-1]))
         children = list(members[key])
         if below is EntityLevel.DATAPOINT_ACROSS_STEPS:
             children.sort()  # no step of their own: by datapoint, as the store returns them
@@ -260,6 +293,7 @@ def group_children(
     return groups
 
 
-def entity_ids(level: EntityLevel, refs: Sequence[TraceRef]) -> list[str]:
-    """The ids of ``level``'s entities among the traces ``refs``, in scope order."""
-    return list(dict.fromkeys(_child_id(level, ref) for ref in refs))
+def entity_ids(level: EntityLevel, refs: Sequence[TraceRef], run_id: str = "") -> list[str]:
+    """The ids of ``level``'s entities among the traces ``refs`` (of run ``run_id``), in scope
+    order."""
+    return list(dict.fromkeys(_child_id(level, ref, run_id) for ref in refs))

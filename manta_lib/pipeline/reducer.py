@@ -99,6 +99,7 @@ def reduce_groups(
             error_at=result.where,
             datapoint_id=result.item[0].keys.get("datapoint_id"),
             step_number=result.item[0].keys.get("step_number"),
+            phase=result.item[0].keys.get("phase"),
         )
         with lock:
             outputs.append(output)

@@ -197,6 +197,7 @@ def _encode(outcome: MetadataOutput) -> dict[str, Any]:
         "computed_at": outcome.computed_at.isoformat(),
         "datapoint_id": outcome.datapoint_id,
         "step_number": outcome.step_number,
+        "phase": outcome.phase,
     }
 
 
@@ -218,6 +219,7 @@ def decode_outputs(
             error_at=item.get("error_at"),
             datapoint_id=item.get("datapoint_id"),
             step_number=item.get("step_number"),
+            phase=item.get("phase"),
         )
         for item in report["outputs"]
     ]

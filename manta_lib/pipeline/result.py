@@ -60,8 +60,9 @@ class StoredRun:
 class LevelOutputs(Sequence[MetadataOutput]):
     """The outputs of one level of a persisted run, read from the store.
 
-    ``len()`` is the count taken when the run ended; iterating streams the level in entity
-    id order (step levels in step order) with one block of rows in memory. Indexing loads
+    ``len()`` is the count taken when the run ended; iterating streams the level in the
+    store's order (traces by id, other levels by step as a number, phase, datapoint) with one
+    block of rows in memory. Indexing loads
     the whole level once (fine for the levels above traces; for millions of traces iterate).
     """
 
@@ -77,9 +78,6 @@ class LevelOutputs(Sequence[MetadataOutput]):
     def __iter__(self) -> Iterator[MetadataOutput]:
         if self._loaded is not None:
             yield from self._loaded
-            return
-        if self.level is EntityLevel.STEP:  # few entities; numeric order as the run has it
-            yield from self._all()
             return
         with Store.open(self._run.settings, ensure_schema=False) as store:
             for entity in iter_entities(store, **self._run.identity(self.level)):
@@ -98,8 +96,6 @@ class LevelOutputs(Sequence[MetadataOutput]):
         if self._loaded is None:
             with Store.open(self._run.settings, ensure_schema=False) as store:
                 outputs = self._outputs(iter_entities(store, **self._run.identity(self.level)))
-            if self.level is EntityLevel.STEP:
-                outputs.sort(key=lambda o: int(o.entity_id))
             self._loaded = outputs
         return self._loaded
 

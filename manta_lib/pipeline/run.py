@@ -32,7 +32,13 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
 from manta_lib.pipeline.options import RunOptions
-from manta_lib.pipeline.planner import Scope, group_columns, group_entity, plan_scope
+from manta_lib.pipeline.planner import (
+    Scope,
+    check_one_phase,
+    group_columns,
+    group_entity,
+    plan_scope,
+)
 from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.pipeline.record import record_computation, summarize_counts
@@ -505,6 +511,7 @@ def reduce_streamed(
         shards=scope.shards,
         shard_count=scope.shard_count,
     )
+    previous: tuple[str, str] | None = None
     while True:
         with clock("load"):
             group = next(stored, None)
@@ -513,6 +520,10 @@ def reduce_streamed(
         key, members = group
         steps = (m.step_number for m in members if m.step_number is not None)
         entity_id, keys = group_entity(level, run_id, key, steps)
+        # Groups of one datapoint in two phases come one after the other (sorted by key).
+        if previous is not None and previous[0] == entity_id:
+            check_one_phase(level, run_id, entity_id, (previous[1], keys["phase"]))
+        previous = (entity_id, keys["phase"])
         waiting.append((entity_id, keys, [m.entity_id for m in members]))
         children.update((m.entity_id, m) for m in members)
         if len(children) >= REDUCE_CHUNK:

@@ -2,11 +2,12 @@
 and a judge against the traces' own grader.
 
 - **Runs** (:func:`compare_runs`): the entities both runs have (same keys: datapoint_id at the
-  datapoint level, step_number at the step level) joined side by side with deltas, and per
-  column a distribution comparison over all succeeded entities of each run: numeric columns
-  get mean / p50 / p95 of each run, their deltas and a bootstrap confidence interval of the
-  mean delta; categorical (text, boolean) columns the share of each value in each run and the
-  total variation distance between the two distributions.
+  datapoint level, step_number at the step level, and the phase at every level above the
+  trace) joined side by side with deltas, and per column and phase a distribution comparison
+  over the succeeded entities of that phase in each run (train and eval are never pooled):
+  numeric columns get mean / p50 / p95 of each run, their deltas and a bootstrap confidence
+  interval of the mean delta; categorical (text, boolean) columns the share of each value in
+  each run and the total variation distance between the two distributions.
 - **Agreement** (:func:`compare_versions`, :func:`compare_judges`, :func:`compare_with_grader`):
   the entities both sides succeeded on; categorical/boolean columns: accuracy (share of equal
   values) and Cohen's kappa; numeric columns: Pearson correlation and mean absolute difference;
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from manta_lib.errors import QueryError
 from manta_lib.results import catalog
-from manta_lib.results.table import BOOKKEEPING_COLUMNS, results_frame
+from manta_lib.results.table import BOOKKEEPING_COLUMNS, KEY_COLUMNS, results_frame
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
 from manta_lib.store.judge_versions import version_records
@@ -32,12 +33,13 @@ from manta_lib.store.judge_versions import version_records
 if TYPE_CHECKING:
     import pandas as pd
 
+# Every level but the trace is matched per phase too: run A's eval step 4 against run B's.
 _KEYS_BY_LEVEL = {
     "trace": ("trace_id",),
-    "datapoint": ("datapoint_id", "step_number"),
-    "datapoint_across_steps": ("datapoint_id",),
-    "step": ("step_number",),
-    "run": (),
+    "datapoint": ("datapoint_id", "step_number", "phase"),
+    "datapoint_across_steps": ("datapoint_id", "phase"),
+    "step": ("step_number", "phase"),
+    "run": ("phase",),
 }
 
 
@@ -57,6 +59,8 @@ class NumericShift:
     p50_b: float | None
     p95_a: float | None
     p95_b: float | None
+    #: The phase whose entities these figures cover (train and eval are compared apart).
+    phase: str = ""
 
     @property
     def delta_p50(self) -> float | None:
@@ -77,6 +81,8 @@ class CategoricalShift:
     shares_a: dict[Any, float]
     shares_b: dict[Any, float]
     total_variation: float | None
+    #: The phase whose entities these figures cover (train and eval are compared apart).
+    phase: str = ""
 
 
 @dataclass
@@ -213,7 +219,7 @@ def _shares(values: Sequence[Any]) -> dict[Any, float]:
 
 
 def _value_columns(frame: pd.DataFrame, keys: Sequence[str]) -> list[str]:
-    skip = set(BOOKKEEPING_COLUMNS) | {"run_id", "trace_id", "datapoint_id", "step_number"}
+    skip = set(BOOKKEEPING_COLUMNS) | set(KEY_COLUMNS)
     return [c for c in frame.columns if c not in skip and c not in keys]
 
 
@@ -284,41 +290,74 @@ def compare_runs(
     for column in values:
         kind = _kind(frame_a[column])
         if kind == "number":
-            a, b = _numbers(frame_a[column]), _numbers(frame_b[column])
-            low, high = bootstrap_mean_delta(
-                a, b, resamples=resamples, confidence=confidence, seed=seed
-            )
-            comparison.numeric.append(
-                NumericShift(
-                    column,
-                    len(a),
-                    len(b),
-                    mean(a),
-                    mean(b),
-                    _sub(mean(b), mean(a)),
-                    low,
-                    high,
-                    percentile(a, 0.5),
-                    percentile(b, 0.5),
-                    percentile(a, 0.95),
-                    percentile(b, 0.95),
-                )  # fmt: skip
-            )
             joined[f"{column}_delta"] = joined[f"{column}_b"] - joined[f"{column}_a"]
-        elif kind in ("string", "boolean"):
-            a_values = frame_a[column].dropna().tolist()
-            b_values = frame_b[column].dropna().tolist()
-            shares_a, shares_b = _shares(a_values), _shares(b_values)
-            labels = set(shares_a) | set(shares_b)
-            tv = (
-                0.5 * math.fsum(abs(shares_a.get(c, 0.0) - shares_b.get(c, 0.0)) for c in labels)
-                if a_values and b_values
-                else None
-            )
-            comparison.categorical.append(
-                CategoricalShift(column, len(a_values), len(b_values), shares_a, shares_b, tv)
-            )
+        for phase, part_a, part_b in _by_phase(frame_a, frame_b):
+            _add_shift(comparison, column, kind, part_a[column], part_b[column], phase,
+                       resamples=resamples, confidence=confidence, seed=seed)  # fmt: skip
     return comparison
+
+
+def _by_phase(
+    frame_a: pd.DataFrame, frame_b: pd.DataFrame
+) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """``(phase, rows of a, rows of b)`` per phase of either run: distribution figures never
+    pool train and eval values (results of an older store without phases: one group)."""
+    if "phase" not in frame_a.columns or "phase" not in frame_b.columns:
+        return [("", frame_a, frame_b)]
+    phases = sorted(set(frame_a["phase"].dropna()) | set(frame_b["phase"].dropna()))
+    return [
+        (phase, frame_a[frame_a["phase"] == phase], frame_b[frame_b["phase"] == phase])
+        for phase in phases
+    ] or [("", frame_a, frame_b)]
+
+
+def _add_shift(
+    comparison: RunComparison,
+    column: str,
+    kind: str,
+    series_a: pd.Series,
+    series_b: pd.Series,
+    phase: str,
+    *,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> None:
+    """One column's distribution shift over one phase's entities of each run."""
+    if kind == "number":
+        a, b = _numbers(series_a), _numbers(series_b)
+        low, high = bootstrap_mean_delta(
+            a, b, resamples=resamples, confidence=confidence, seed=seed
+        )
+        comparison.numeric.append(
+            NumericShift(
+                column,
+                len(a),
+                len(b),
+                mean(a),
+                mean(b),
+                _sub(mean(b), mean(a)),
+                low,
+                high,
+                percentile(a, 0.5),
+                percentile(b, 0.5),
+                percentile(a, 0.95),
+                percentile(b, 0.95),
+                phase,
+            )  # fmt: skip
+        )
+    elif kind in ("string", "boolean"):
+        a_values, b_values = series_a.dropna().tolist(), series_b.dropna().tolist()
+        shares_a, shares_b = _shares(a_values), _shares(b_values)
+        labels = set(shares_a) | set(shares_b)
+        tv = (
+            0.5 * math.fsum(abs(shares_a.get(c, 0.0) - shares_b.get(c, 0.0)) for c in labels)
+            if a_values and b_values
+            else None
+        )
+        comparison.categorical.append(
+            CategoricalShift(column, len(a_values), len(b_values), shares_a, shares_b, tv, phase)
+        )
 
 
 def _ok(frame: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from manta_lib.context import TraceContext
+from manta_lib.entities import run_entity_id, step_id
 from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
@@ -35,8 +36,8 @@ def covering_entities(trace: TraceContext) -> list[tuple[str, str]]:
         (EntityLevel.TRACE.value, trace.trace_id),
         (EntityLevel.DATAPOINT.value, f"{trace.datapoint_id}@{trace.step_number}"),
         (EntityLevel.DATAPOINT_ACROSS_STEPS.value, trace.datapoint_id),
-        (EntityLevel.STEP.value, str(trace.step_number)),
-        (EntityLevel.RUN.value, trace.run_id),
+        (EntityLevel.STEP.value, step_id(trace.step_number, trace.phase.value)),
+        (EntityLevel.RUN.value, run_entity_id(trace.run_id, trace.phase.value)),
     ]
 
 

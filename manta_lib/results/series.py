@@ -1,8 +1,10 @@
 """A numeric (or boolean: a rate) result column aggregated per step, and its plot.
 
-``series`` computes mean, p50, p95 and count per (run, step) in ClickHouse over the entities
-that succeeded and have a value; percentiles interpolate linearly (numpy's default). The plot
-draws one curve per run with matplotlib (Agg backend: no display needed) to PNG or SVG.
+``series`` computes mean, p50, p95 and count per (run, phase, step) in ClickHouse over the
+entities that succeeded and have a value; percentiles interpolate linearly (numpy's default).
+Train and eval are separate points (an eval step is never averaged with the train rollouts of
+the same step). The plot draws one curve per run and phase with matplotlib (Agg backend: no
+display needed) to PNG or SVG; a run with one phase is one curve labelled with the run id.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def series(
     version: str | Sequence[str] | None = None,
     project_id: str | None = None,
 ) -> pd.DataFrame:
-    """``run_id, step_number, mean, p50, p95, count`` of ``column`` per run and step."""
+    """``run_id, phase, step_number, mean, p50, p95, count`` of ``column`` per run, phase
+    and step (in that order, steps as numbers)."""
     import pandas as pd
 
     selection = select_results(
@@ -78,7 +81,8 @@ def plot_series(
     ylabel: str = "",
     statistic: str = "mean",
 ) -> Path:
-    """Write ``statistic`` per step, one line per run, to ``path`` (``.png`` or ``.svg``)."""
+    """Write ``statistic`` per step, one line per run and phase, to ``path`` (``.png`` or
+    ``.svg``)."""
     if statistic not in STATISTICS:
         raise QueryError(
             f"statistic {statistic!r} is not valid (expected: {', '.join(STATISTICS)})"
@@ -96,10 +100,8 @@ def plot_series(
 
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
     try:
-        for run_id, group in frame.groupby("run_id", sort=True):
-            axes.plot(
-                group["step_number"], group[statistic], marker="o", markersize=3, label=str(run_id)
-            )
+        for label, group in curves(frame):
+            axes.plot(group["step_number"], group[statistic], marker="o", markersize=3, label=label)
         from matplotlib.ticker import MaxNLocator
 
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -114,3 +116,15 @@ def plot_series(
     finally:
         plt.close(figure)
     return path
+
+
+def curves(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``(label, rows)`` per line of a series frame: one per run and phase, labelled
+    ``run_id`` when the run has one phase and ``run_id · phase`` when it has several."""
+    if "phase" not in frame.columns:
+        return [(str(run), group) for run, group in frame.groupby("run_id", sort=True)]
+    phases = frame.groupby("run_id")["phase"].nunique()
+    return [
+        (str(run) if phases[run] == 1 else f"{run} · {phase}", group)
+        for (run, phase), group in frame.groupby(["run_id", "phase"], sort=True)
+    ]

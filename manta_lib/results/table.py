@@ -11,7 +11,9 @@ arrives as Arrow; Python only fixes types column-wise:
   are decoded into Python values (pandas) or nested Arrow types when Arrow can type them.
 
 Plus the entity keys (``run_id`` and ``trace_id`` / ``datapoint_id`` / ``step_number`` as the
-level has them), ``status`` (``ok``/``error``), ``error``, ``judge_version``, ``computed_at``.
+level has them, and ``phase`` at every level: a step or run row is one phase's), ``status``
+(``ok``/``error``), ``error``, ``judge_version``, ``computed_at``. Rows come in one order at
+every level: run, step (as a number), phase, datapoint, entity.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BOOKKEEPING_COLUMNS = ("status", "error", "judge_version", "computed_at")
-KEY_COLUMNS = ("run_id", "trace_id", "datapoint_id", "step_number")
+KEY_COLUMNS = ("run_id", "trace_id", "datapoint_id", "step_number", "phase")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 A reduce reads its children from the store: one row per child entity (its output fields as
 columns, pivoted in ClickHouse from the one-row-per-value layout), sorted by the group key
-(``datapoint_id`` / ``step_number``), so a reduce holds one group's children at a time,
-whatever the run size. ClickHouse sorts on disk past a few tens of megabytes
+(``datapoint_id`` / ``step_number`` / ``phase``), so a reduce holds one group's children at a
+time, whatever the run size. ClickHouse sorts on disk past a few tens of megabytes
 (:data:`~manta_lib.store.metadata.SPILL_SETTINGS`).
 """
 
@@ -31,7 +31,7 @@ from manta_lib.store.metadata import (
 from manta_lib.store.trace_queries import SHARD_EXPR
 
 #: Key columns a level's entities can be grouped by (all rows of an entity share them).
-GROUP_COLUMNS = ("datapoint_id", "step_number")
+GROUP_COLUMNS = ("datapoint_id", "step_number", "phase")
 
 #: Entities per block of the stream.
 BLOCK_ROWS = 8192
@@ -53,7 +53,7 @@ def iter_output_groups(
     shard_count: int = 64,
 ) -> Iterator[tuple[tuple[Any, ...], list[MetadataOutput]]]:
     """``(key, outputs)`` per value of the ``group_by`` columns (some of ``datapoint_id``,
-    ``step_number``), in key order: the stored ``judge_version`` outputs of ``level``,
+    ``step_number``, ``phase``), in key order: the stored ``judge_version`` outputs of ``level``,
     validated into ``schema``. An empty ``group_by`` gives one group of every entity.
 
     ``shards`` keeps the entities of those datapoint hash shards (the Dagster layout). Uses
@@ -79,7 +79,7 @@ def iter_output_groups(
     order = ", ".join(dict.fromkeys([*group_by, "step_number", "datapoint_id", "entity_id"]))
     sql = f"""
         SELECT entity_id, any(datapoint_id) AS datapoint_id, any(step_number) AS step_number,
-               max(computed_at),
+               toString(any(phase)) AS phase, max(computed_at),
                anyIf(value_string, column = {{status_col:String}}) AS status,
                anyIf(value_string, column = {{error_col:String}}),
                anyIf(value_string, column = {{error_at_col:String}}),
@@ -127,8 +127,8 @@ def _block_outputs(
     judge: str,
     judge_version: str,
 ) -> Iterator[MetadataOutput]:
-    entity_ids, datapoints, steps, computed, statuses, errors, error_ats = block[:7]
-    values = [_values(block[7 + 5 * i : 12 + 5 * i]) for i in range(len(fields))]
+    entity_ids, datapoints, steps, phases, computed, statuses, errors, error_ats = block[:8]
+    values = [_values(block[8 + 5 * i : 13 + 5 * i]) for i in range(len(fields))]
     for row, entity_id in enumerate(entity_ids):
         ok = statuses[row] == "ok"
         output = None
@@ -152,6 +152,7 @@ def _block_outputs(
             error_at=error_ats[row] if not ok else None,
             datapoint_id=datapoints[row] or None,
             step_number=steps[row],
+            phase=phases[row] or None,
         )
 
 

@@ -46,7 +46,8 @@ class RunFacets:
 
 @dataclass(frozen=True)
 class StepPoint:
-    """One step of a per-step series: ``count`` non-null values, their mean and quartiles."""
+    """One step of one phase of a per-step series: ``count`` non-null values, their mean and
+    quartiles."""
 
     run_id: str
     step_number: int
@@ -55,6 +56,7 @@ class StepPoint:
     p25: float | None
     p50: float | None
     p75: float | None
+    phase: str = "train"
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def trace_facets(store: Store, run_ids: Sequence[str] | None = None) -> TraceFac
 def step_series(
     store: Store, run_ids: Sequence[str], metric: str, *, phase: str | None = None
 ) -> list[StepPoint]:
-    """``metric`` (a :data:`TRACE_METRICS` name) per run and step, sorted by run then step.
+    """``metric`` (a :data:`TRACE_METRICS` name) per run, phase and step, sorted in that order:
+    train and eval traces of one step are two points (of two curves), never one average.
 
     Quartiles are exact with linear interpolation between closest ranks (numpy's default);
     traces whose value is NULL (a score-less error trace) are left out of the count.
@@ -135,14 +138,15 @@ def step_series(
     rows = store.rows(
         f"""
         SELECT run_id, step_number, count(v), avg(v),
-               quantilesExactInclusiveIf(0.25, 0.5, 0.75)(toFloat64(v), isNotNull(v))
-        FROM (SELECT run_id, step_number, {expression} AS v FROM {{db}}.traces WHERE {where})
-        GROUP BY run_id, step_number ORDER BY run_id, step_number
+               quantilesExactInclusiveIf(0.25, 0.5, 0.75)(toFloat64(v), isNotNull(v)), ph
+        FROM (SELECT run_id, step_number, toString(phase) AS ph, {expression} AS v
+              FROM {{db}}.traces WHERE {where})
+        GROUP BY run_id, ph, step_number ORDER BY run_id, ph, step_number
         """,
         {**params, "errs": list(ERROR_STATUSES)},
     )
     points = []
-    for run_id, step, count, mean, quartiles in rows:
+    for run_id, step, count, mean, quartiles, row_phase in rows:
         has = bool(count)
         points.append(
             StepPoint(
@@ -153,6 +157,7 @@ def step_series(
                 p25=_finite(quartiles[0]) if has else None,
                 p50=_finite(quartiles[1]) if has else None,
                 p75=_finite(quartiles[2]) if has else None,
+                phase=row_phase,
             )
         )
     return points

@@ -3,8 +3,9 @@
 Each computed entity is stored as one row per output column plus two bookkeeping columns,
 ``__status__`` (``ok`` / ``error``) and ``__error__`` (``Type: message`` or empty), all with
 the judge version, ``computed_at`` and the entity's ``datapoint_id`` / ``step_number`` where
-its level has them. The table is a ReplacingMergeTree keyed by identity (project, run, judge,
-judge version, level, entity, column), so rewriting an entity with the same version replaces its
+its level has them, and its ``phase`` (every level: a step or run entity is one phase's).
+The table is a ReplacingMergeTree keyed by identity (project, run, judge, judge version,
+level, entity, column), so rewriting an entity with the same version replaces its
 values (the newest computation wins), while each version keeps its own results to compare;
 reads use FINAL.
 """
@@ -46,6 +47,7 @@ METADATA_COLUMNS = (
     "entity_id",
     "datapoint_id",
     "step_number",
+    "phase",
     "column",
     "value_type",
     "value_number",
@@ -148,7 +150,15 @@ class MetadataWriter:
         for o in outcomes:
             key = (o.run_id, o.entity_level, o.judge_version, o.computed_at)
             groups.setdefault(key, []).append(
-                (o.entity_id, o.output, o.error, o.error_at, o.datapoint_id, o.step_number)
+                (
+                    o.entity_id,
+                    o.output,
+                    o.error,
+                    o.error_at,
+                    o.datapoint_id,
+                    o.step_number,
+                    o.phase,
+                )
             )
         for (run_id, level, version, computed_at), items in groups.items():
             self.add_results(
@@ -238,15 +248,18 @@ class MetadataWriter:
 
 
 #: One computed entity as the writer takes it:
-#: (entity_id, output, error, error_at, datapoint_id, step_number).
-EntityResult = tuple[str, BaseModel | None, str | None, str | None, str | None, int | None]
+#: (entity_id, output, error, error_at, datapoint_id, step_number, phase).
+EntityResult = tuple[
+    str, BaseModel | None, str | None, str | None, str | None, int | None, str | None
+]
 _NUMBER = frozenset({int, float})
 
 
 def _encode_block(items: Sequence[EntityResult]) -> dict[str, list[Any]]:
     """The entity key and typed value columns of ``items``, field by field."""
     block: dict[str, list[Any]] = {
-        name: [] for name in ("entity_id", "datapoint_id", "step_number", "column", *_TYPED_COLUMNS)
+        name: []
+        for name in ("entity_id", "datapoint_id", "step_number", "phase", "column", *_TYPED_COLUMNS)
     }
     by_fields: dict[tuple[str, ...], tuple[list[EntityResult], list[dict[str, Any]]]] = {}
     for item in items:
@@ -270,6 +283,7 @@ def _extend_keys(block: dict[str, list[Any]], owners: Sequence[EntityResult], co
     block["entity_id"].extend([o[0] for o in owners])
     block["datapoint_id"].extend([o[4] or "" for o in owners])
     block["step_number"].extend([o[5] for o in owners])
+    block["phase"].extend([o[6] or "" for o in owners])
     block["column"].extend([column] * len(owners))
     return len(owners)
 
@@ -324,6 +338,7 @@ class StoredEntity:
     error_at: str | None = None
     datapoint_id: str | None = None
     step_number: int | None = None
+    phase: str | None = None
 
 
 def identity_where(
@@ -406,22 +421,36 @@ def load_entities(
                 f" AND datapoint_id IN (SELECT datapoint_id FROM {{db}}.traces WHERE {shard_where})"
             )
     rows = store.rows(
-        _ENTITY_ROWS_SQL.format(where=where, block_rows=ENTITY_BLOCK_ROWS, spill=SPILL_SETTINGS),
+        _ENTITY_ROWS_SQL.format(
+            where=where,
+            order=_entity_order(level),
+            block_rows=ENTITY_BLOCK_ROWS,
+            spill=SPILL_SETTINGS,
+        ),
         params,
     )
     return list(_fold_entities(rows, judge_version))
 
 
 # Each column's newest row: with several versions stored, the entity's newest status names
-# the version, and columns of other versions are dropped when folding.
+# the version, and columns of other versions are dropped when folding. Entities come in
+# scope order (step as a number, phase, datapoint, entity id): all rows of an entity share
+# those keys, so they stay together for folding.
 _ENTITY_ROWS_SQL = """
     SELECT entity_id, column, value_type, value_number, value_string, value_bool, value_json,
-           judge_version, computed_at, datapoint_id, step_number
+           judge_version, computed_at, datapoint_id, step_number, toString(phase)
     FROM {{db}}.entity_metadata FINAL WHERE {where}
-    ORDER BY entity_id, column, computed_at DESC
+    ORDER BY {order}entity_id, column, computed_at DESC
     LIMIT 1 BY entity_id, column
     SETTINGS max_block_size = {block_rows}, {spill}
 """
+
+
+def _entity_order(level: EntityLevel) -> str:
+    """The sort keys before ``entity_id``: none for traces (ids are the stream's order, read
+    in table order), the scope order for the levels whose ids hold a step number."""
+    return "" if level is EntityLevel.TRACE else "step_number, phase, datapoint_id, "
+
 
 #: Past this many bytes ClickHouse sorts (or groups) an entity stream on disk: a stream sorted
 #: by group key (not the table's order) would otherwise hold the whole level in memory.
@@ -450,7 +479,8 @@ def iter_entities(
     level: EntityLevel,
     judge_version: str,
 ) -> Iterator[StoredEntity]:
-    """The stored entities of a level and judge version, streamed in entity id order: memory
+    """The stored entities of a level and judge version, streamed in trace id order (traces) or
+    scope order (step as a number, phase, datapoint: the other levels): memory
     holds one block of rows, whatever the level's size. Uses its own connection, so the
     caller may use ``store`` while iterating."""
     where, params = identity_where(project_id, run_id, judge, level, None, None)
@@ -459,6 +489,7 @@ def iter_entities(
         with reader.stream(
             _ENTITY_ROWS_SQL.format(
                 where=where,
+                order=_entity_order(level),
                 block_rows=int(ENTITY_BLOCK_ROWS),
                 spill=SPILL_SETTINGS,
             ),
@@ -543,15 +574,19 @@ def _fold_entities(
             error_at,
             meta["datapoint_id"] or None,
             meta["step_number"],
+            meta["phase"] or None,
         )
 
-    for entity_id, column, vtype, number, string, flag, raw, version, computed_at, dp, step in rows:
+    for row in rows:
+        entity_id, column, vtype, number, string, flag, raw, version, computed_at, dp, step = row[
+            :11
+        ]
         if entity_id != current:
             entity = close_entity()
             if entity is not None:
                 yield entity
             current, values = entity_id, {}
-            meta = {"versions": {}, "datapoint_id": dp, "step_number": step}
+            meta = {"versions": {}, "datapoint_id": dp, "step_number": step, "phase": row[11]}
         values[column] = _untyped(vtype, number, string, flag, raw)
         meta["versions"][column] = version
         if column == STATUS_COLUMN:
@@ -583,6 +618,7 @@ def outputs_from_stored(
             error_at=entity.error_at,
             datapoint_id=entity.datapoint_id,
             step_number=entity.step_number,
+            phase=entity.phase,
         )
         for entity in stored
     ]

@@ -11,8 +11,9 @@ Which judges, levels, runs, versions and columns exist (and each column's value 
 from ``entity_metadata_catalog`` (kept by a materialized view), never by scanning the results;
 :func:`missing_versions` checks that what the catalog lists is still stored.
 
-Entity keys (trace_id / datapoint_id / step_number) come from :func:`level_keys`, the one place
-that knows how a level's identity maps to trace columns.
+Entity keys (trace_id / datapoint_id / step_number / phase) come from :func:`level_keys`, the
+one place that knows how a level's identity maps to trace columns; :func:`order_by` is the one
+order of entities (steps as numbers).
 """
 
 from __future__ import annotations
@@ -56,30 +57,51 @@ class LevelKeys:
     row_exprs: tuple[str, ...]
 
 
-_DATAPOINT, _STEP = "any(datapoint_id)", "any(step_number)"
+_DATAPOINT, _STEP, _PHASE = "any(datapoint_id)", "any(step_number)", "toString(any(phase))"
+# Every level is keyed by phase: a step or run value is one phase's (train and eval apart),
+# and an entity covers the traces of its phase only.
 _LEVEL_KEYS = {
     "trace": LevelKeys(
-        (("trace_id", "entity_id"), ("datapoint_id", _DATAPOINT), ("step_number", _STEP)),
+        (
+            ("trace_id", "entity_id"),
+            ("datapoint_id", _DATAPOINT),
+            ("step_number", _STEP),
+            ("phase", _PHASE),
+        ),
         ("run_id", "trace_id"),
         ("run_id", "entity_id"),
     ),
     # One datapoint at one step: the traces of that datapoint at that step only.
     "datapoint": LevelKeys(
-        (("datapoint_id", _DATAPOINT), ("step_number", _STEP)),
-        ("run_id", "datapoint_id", "step_number"),
-        ("run_id", "datapoint_id", "assumeNotNull(step_number)"),
+        (("datapoint_id", _DATAPOINT), ("step_number", _STEP), ("phase", _PHASE)),
+        ("run_id", "datapoint_id", "step_number", "phase"),
+        ("run_id", "datapoint_id", "assumeNotNull(step_number)", "phase"),
     ),
     # One datapoint over the run: all of its traces, whatever their step.
     "datapoint_across_steps": LevelKeys(
-        (("datapoint_id", _DATAPOINT),), ("run_id", "datapoint_id"), ("run_id", "datapoint_id")
+        (("datapoint_id", _DATAPOINT), ("phase", _PHASE)),
+        ("run_id", "datapoint_id", "phase"),
+        ("run_id", "datapoint_id", "phase"),
     ),
     "step": LevelKeys(
-        (("step_number", _STEP),),
-        ("run_id", "step_number"),
-        ("run_id", "assumeNotNull(step_number)"),
+        (("step_number", _STEP), ("phase", _PHASE)),
+        ("run_id", "step_number", "phase"),
+        ("run_id", "assumeNotNull(step_number)", "phase"),
     ),
-    "run": LevelKeys((), ("run_id",), ("run_id",)),
+    "run": LevelKeys((("phase", _PHASE),), ("run_id", "phase"), ("run_id", "phase")),
 }
+
+#: The one order of entities in every results read: run, then step as a number, phase,
+#: datapoint id and entity id (the order a pipeline computes them in), so step 10 follows
+#: step 9, never step 1, whatever the level.
+ENTITY_ORDER = ("step_number", "phase", "datapoint_id")
+
+
+def order_by(level: str, table: str = "e") -> str:
+    """``ORDER BY`` terms of :data:`ENTITY_ORDER` over a grouped entity query (``_k_`` keys)."""
+    names = {name for name, _ in level_keys(level).select}
+    keys = [f"{table}._k_{name}" for name in ENTITY_ORDER if name in names]
+    return ", ".join([f"{table}.run_id", *keys, f"{table}.entity_id"])
 
 
 def level_keys(level: str) -> LevelKeys:
@@ -320,7 +342,7 @@ def pivot_sql(
     sql = f"SELECT {', '.join(selects)} FROM ({inner}) AS e"
     if where:
         sql += f" WHERE ({where})"
-    sql += " ORDER BY e.run_id, e.entity_id, e._version"
+    sql += f" ORDER BY {order_by(query.scope.level)}, e._version"
     if limit is not None:
         query.params["q_limit"] = int(limit)
         sql += " LIMIT {q_limit:UInt64}"
@@ -400,20 +422,21 @@ def judge_facts(
 
 
 def series_sql(query: EntityQuery) -> tuple[str, dict[str, Any]]:
-    """Mean, p50, p95 and count of column 0 per (run, step), over ok entities with a value
-    (the level must carry a step: trace or datapoint or step)."""
+    """Mean, p50, p95 and count of column 0 per (run, phase, step), over ok entities with a
+    value (the level must carry a step: trace or datapoint or step); train and eval steps are
+    separate points."""
     keys = level_keys(query.scope.level)
     inner = query.grouped_sql(
         [f"{expr} AS _k_{name}" for name, expr in keys.select], with_error=False
     )
     value = f"toFloat64({query.value_expr(0)})"
     sql = f"""
-        SELECT e.run_id AS run_id, e._k_step_number AS step_number,
+        SELECT e.run_id AS run_id, e._k_phase AS phase, e._k_step_number AS step_number,
                avg({value}) AS mean, quantileExactInclusive(0.5)({value}) AS p50,
                quantileExactInclusive(0.95)({value}) AS p95, count({value}) AS count
         FROM ({inner}) AS e
         WHERE _status = 'ok' AND {value} IS NOT NULL
-        GROUP BY run_id, step_number ORDER BY run_id, step_number
+        GROUP BY run_id, phase, step_number ORDER BY run_id, phase, step_number
     """
     return sql, query.params
 

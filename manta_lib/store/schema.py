@@ -36,7 +36,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 5
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS {db}.{table} (
     entity_id     String,
     datapoint_id  String DEFAULT '',
     step_number   Nullable(Int64),
+    phase         LowCardinality(String) DEFAULT '',
     column        String,
     value_type    LowCardinality(String),
     value_number  Nullable(Float64),
@@ -203,7 +204,9 @@ TABLES_DDL: dict[str, str] = {
 }
 
 _METADATA_V2_COPY = """
-INSERT INTO {db}.entity_metadata_v2
+INSERT INTO {db}.entity_metadata_v2 (project_id, run_id, judge, entity_level, entity_id,
+    datapoint_id, step_number, column, value_type, value_number, value_string, value_bool,
+    value_json, judge_version, computed_at)
 SELECT m.project_id, m.run_id, m.judge, m.entity_level, m.entity_id,
        t.datapoint_id, t.step_number, m.column, m.value_type, m.value_number, m.value_string,
        m.value_bool, m.value_json, m.judge_version, m.computed_at
@@ -263,7 +266,86 @@ def _migrate_to_3(store: Store) -> None:
     create_catalog(store)
 
 
-def _migrate_to_6(store: Store) -> None:
+# Each stored entity gets the phase of the traces it covers. Trace rows take their trace's;
+# datapoint rows the one phase of their traces (a datapoint whose traces mix phases is not
+# copied). Step and run entities become one per phase, with the phase in their id
+# ("train/3", "train/run_a"): those of a run with one phase are carried over under the new
+# id; those of a run with several phases mixed them and are not copied.
+_METADATA_V4_COPY = """
+INSERT INTO {db}.entity_metadata_v4
+WITH t AS (SELECT run_id, trace_id, datapoint_id, step_number, toString(phase) AS phase
+           FROM {db}.traces FINAL)
+SELECT m.project_id, m.run_id, m.judge, m.entity_level,
+       if(m.entity_level IN ('step', 'run'), concat(p.ph, '/', m.entity_id), m.entity_id),
+       m.datapoint_id, m.step_number,
+       multiIf(m.entity_level = 'trace', tr.ph,
+               m.entity_level = 'datapoint', dp.ph,
+               m.entity_level = 'datapoint_across_steps', das.ph, p.ph),
+       m.column, m.value_type, m.value_number, m.value_string, m.value_bool, m.value_json,
+       m.judge_version, m.computed_at
+FROM {db}.entity_metadata AS m FINAL
+LEFT JOIN (SELECT run_id, trace_id, any(phase) AS ph FROM t GROUP BY run_id, trace_id) AS tr
+       ON tr.run_id = m.run_id AND tr.trace_id = m.entity_id
+LEFT JOIN (SELECT run_id, datapoint_id, step_number, any(phase) AS ph FROM t
+           GROUP BY run_id, datapoint_id, step_number HAVING uniqExact(phase) = 1) AS dp
+       ON dp.run_id = m.run_id
+          AND dp.datapoint_id = m.datapoint_id AND dp.step_number = m.step_number
+LEFT JOIN (SELECT run_id, datapoint_id, any(phase) AS ph FROM t
+           GROUP BY run_id, datapoint_id HAVING uniqExact(phase) = 1) AS das
+       ON das.run_id = m.run_id AND das.datapoint_id = m.datapoint_id
+LEFT JOIN (SELECT run_id, any(phase) AS ph FROM t
+           GROUP BY run_id HAVING uniqExact(phase) = 1) AS p
+       ON p.run_id = m.run_id
+WHERE m.entity_level = 'trace' OR (m.entity_level = 'datapoint' AND dp.ph != '')
+   OR (m.entity_level = 'datapoint_across_steps' AND das.ph != '')
+   OR (m.entity_level IN ('step', 'run') AND p.ph != '')
+SETTINGS join_use_nulls = 0
+"""
+
+
+def _migrate_to_4(store: Store) -> None:
+    """Results are per phase: every entity records its phase; a step or run value is one
+    phase's (train and eval rollouts of one step are two step entities, not one).
+
+    Stored results whose traces are all of one phase are kept (step and run entities under
+    their new ids); the step and run results of a run with several phases, and a datapoint
+    entity whose traces mix phases, averaged train and eval together: they are removed rather
+    than shown as if they were right, and the next ``run()`` recomputes them per phase from the
+    stored trace results.
+    """
+    before = _entity_counts(store, "entity_metadata")
+    store.command("DROP VIEW IF EXISTS {db}.entity_metadata_catalog_mv")
+    store.command("DROP TABLE IF EXISTS {db}.entity_metadata_v4")
+    store.command(ENTITY_METADATA_DDL.replace("{table}", "entity_metadata_v4"))
+    store.command(_METADATA_V4_COPY)
+    store.command("DROP TABLE {db}.entity_metadata")
+    store.command("RENAME TABLE {db}.entity_metadata_v4 TO {db}.entity_metadata")
+    create_catalog(store)
+    after = _entity_counts(store, "entity_metadata")
+    dropped = {key: n - after.get(key, 0) for key, n in before.items() if n > after.get(key, 0)}
+    if dropped:
+        log.warning(
+            "store %s upgraded to schema 4 (results per phase): %d results that mixed train and "
+            "eval traces were removed (%s); run the pipelines again to recompute them per "
+            "phase from the stored trace results",
+            store.database,
+            sum(dropped.values()),
+            ", ".join(
+                f"{judge} {level} of {run}: {n}" for (judge, level, run), n in dropped.items()
+            ),
+        )
+
+
+def _entity_counts(store: Store, table: str) -> dict[tuple[str, str, str], int]:
+    """``{(judge, level, run): entities}`` stored in ``table``."""
+    rows = store.rows(
+        f"SELECT judge, entity_level, run_id, count(DISTINCT (judge_version, entity_id)) "
+        f"FROM {{db}}.{table} GROUP BY judge, entity_level, run_id"
+    )
+    return {(str(j), str(lv), str(r)): int(n) for j, lv, r, n in rows}
+
+
+def _migrate_to_5(store: Store) -> None:
     """A trace's or span's cost may be unknown (NULL) instead of 0; judge versions keep a
     readable label and their source (``judge_versions``, created with the other tables).
 
@@ -282,7 +364,8 @@ def _migrate_to_6(store: Store) -> None:
 MIGRATIONS: dict[int, Callable[[Store], None]] = {
     2: _migrate_to_2,
     3: _migrate_to_3,
-    6: _migrate_to_6,
+    4: _migrate_to_4,
+    5: _migrate_to_5,
 }
 
 

@@ -113,8 +113,8 @@ def stored(settings: MantaSettings) -> dict[tuple[str, str], dict[str, set[str]]
 
 
 def expected_entities(settings: MantaSettings, shard: int | None) -> dict[str, set[str]]:
-    """Trace ids, datapoint group ids (``dp@step``) and step numbers of ``RUN`` (one shard or
-    all)."""
+    """Trace ids, datapoint group ids (``dp@step``) and step ids (``phase/step``) of ``RUN``
+    (one shard or all)."""
     where = "run_id = {r:String}"
     if shard is not None:
         where += " AND cityHash64(datapoint_id) % {n:UInt64} = {s:UInt64}"
@@ -122,7 +122,8 @@ def expected_entities(settings: MantaSettings, shard: int | None) -> dict[str, s
         [(traces, datapoints, steps)] = store.rows(
             "SELECT groupUniqArray(trace_id), "
             "groupUniqArray(concat(datapoint_id, '@', toString(step_number))), "
-            f"groupUniqArray(toString(step_number)) FROM {{db}}.traces WHERE {where}",
+            "groupUniqArray(concat(toString(phase), '/', toString(step_number))) "
+            f"FROM {{db}}.traces WHERE {where}",
             {"r": RUN, "n": SHARDS, "s": shard if shard is not None else 0},
         )
     return {"trace": set(traces), "datapoint": set(datapoints), "step": set(steps)}

@@ -107,7 +107,12 @@ def test_every_level_materializes_what_pipeline_run_computes(
         "run_summary/run",
     }
     step = events[("tool_errors/step", RUN_ID)]
-    assert step["entities"] == 4 and step["errors"] == 0
+    # One step entity per (step, phase): the eval steps are entities of their own.
+    [(steps,)] = store.rows(
+        "SELECT uniqExact(step_number, phase) FROM {db}.traces WHERE run_id = {r:String}",
+        {"r": RUN_ID},
+    )
+    assert step["entities"] == steps and step["errors"] == 0
     assert step["judge_version"] == tool_errors.pipeline.judge_version
     assert "Histogram of" in str(step["summary"]) and "| mean_error_rate |" in str(step["summary"])
     assert step["first_failures"] == "No failures."

@@ -110,18 +110,27 @@ def _outputs(result: dict, level: EntityLevel) -> dict[str, BaseModel]:
 def test_step_curve_equals_the_per_step_pass_rate_in_sql(
     demo: MantaSettings, pipeline: MapReduceComputation
 ) -> None:
+    # One value per (step, phase): the demo run evaluates every 4th step, and those eval
+    # rollouts are a curve of their own, never averaged into the train step.
     expected = {
-        str(step): (passes, n)
-        for step, passes, n in _sql(
+        f"{phase}/{step}": (passes, n)
+        for step, phase, passes, n in _sql(
             demo,
-            "SELECT step_number, countIf(score >= 0.5), count() FROM {db}.traces "
-            "WHERE run_id = {run:String} GROUP BY step_number",
+            "SELECT step_number, toString(phase), countIf(score >= 0.5), count() "
+            "FROM {db}.traces WHERE run_id = {run:String} GROUP BY step_number, phase",
             TRAIN_RUN,
         )
     }
-    steps = _outputs(pipeline.run(TRAIN_RUN, mode="local"), EntityLevel.STEP)
+    assert {key.split("/")[0] for key in expected} == {"train", "eval"}
+    result = pipeline.run(TRAIN_RUN, mode="local")
+    steps = _outputs(result, EntityLevel.STEP)
     assert {sid: (s.passes, s.n) for sid, s in steps.items()} == expected
-    curve = [steps[sid].pass_rate for sid in sorted(steps, key=int)]
+    for outcome in result[EntityLevel.STEP]:
+        assert outcome.entity_id == f"{outcome.phase}/{outcome.step_number}"
+    # The stored level streams in step order (10 after 9, not after 1), phases apart.
+    order = [(o.step_number, o.phase) for o in result[EntityLevel.STEP]]
+    assert order == sorted(order)
+    curve = [steps[f"train/{s}"].pass_rate for s, p in order if p == "train"]
     assert len(set(curve)) > len(curve) // 2, "a flat curve means steps share values"
     assert curve[-1] > curve[0]  # the demo policy learns
 
@@ -194,11 +203,11 @@ def test_the_tool_errors_example_step_score_equals_the_sql_mean(demo: MantaSetti
     from examples import tool_errors
 
     expected = {
-        str(step): mean
-        for step, mean in _sql(
+        f"{phase}/{step}": mean
+        for step, phase, mean in _sql(
             demo,
-            "SELECT step_number, avg(score) FROM {db}.traces WHERE run_id = {run:String} "
-            "GROUP BY step_number",
+            "SELECT step_number, toString(phase), avg(score) FROM {db}.traces "
+            "WHERE run_id = {run:String} GROUP BY step_number, phase",
             TRAIN_RUN,
         )
     }

@@ -45,19 +45,19 @@ def test_results_are_written_per_column_with_status(hierarchy: Store) -> None:
     assert rows[("trace", "t_dp_a_1_1", "label")] == ("string", None, "dp_a")
     assert rows[("trace", "t_dp_a_1_1", "__status__")] == ("string", None, "ok")
     assert rows[("datapoint", "dp_a@1", "rollouts")] == ("number", 2.0, None)
-    assert rows[("step", "1", "__status__")] == ("string", None, "ok")
+    assert rows[("step", "train/1", "__status__")] == ("string", None, "ok")
     keys = dict(
-        ((level, entity), (dp, step))
-        for level, entity, dp, step in hierarchy.rows(
-            "SELECT DISTINCT entity_level, entity_id, datapoint_id, step_number "
+        ((level, entity), (dp, step, phase))
+        for level, entity, dp, step, phase in hierarchy.rows(
+            "SELECT DISTINCT entity_level, entity_id, datapoint_id, step_number, toString(phase) "
             "FROM {db}.entity_metadata"
         )
     )
-    assert keys[("trace", "t_dp_a_1_1")] == ("dp_a", 1)
-    assert keys[("datapoint", "dp_a@1")] == ("dp_a", 1)
-    assert keys[("step", "1")] == ("", 1)
-    assert keys[("run", "run_h")] == ("", None)
-    assert rows[("run", "run_h", "children")] == ("number", 2.0, None)
+    assert keys[("trace", "t_dp_a_1_1")] == ("dp_a", 1, "train")
+    assert keys[("datapoint", "dp_a@1")] == ("dp_a", 1, "train")
+    assert keys[("step", "train/1")] == ("", 1, "train")
+    assert keys[("run", "train/run_h")] == ("", None, "train")
+    assert rows[("run", "train/run_h", "children")] == ("number", 2.0, None)
     assert hierarchy.rows("SELECT DISTINCT project_id, judge FROM {db}.entity_metadata") == [
         ("prj_test", "test_full")
     ]

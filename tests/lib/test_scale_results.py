@@ -64,9 +64,11 @@ def test_lazy_result_equals_the_in_memory_result(
     assert {first for _, _, first in summary} <= {o.entity_id for o in failed}
     frame = lazy.to_pandas(EntityLevel.TRACE)
     assert len(frame) == total
-    step_ids = [o.entity_id for o in lazy[EntityLevel.STEP]]
-    assert step_ids == sorted(step_ids, key=int)
-    assert lazy[EntityLevel.RUN][0].entity_id == demo_run
+    step_keys = [(o.step_number, o.phase) for o in lazy[EntityLevel.STEP]]
+    assert step_keys == sorted(step_keys)  # steps as numbers, then phase
+    assert {o.entity_id for o in lazy[EntityLevel.RUN]} == {
+        f"{phase}/{demo_run}" for _, phase in step_keys
+    }
 
 
 def test_an_in_memory_run_past_the_limit_is_refused(

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
+import pytest
 from pydantic import BaseModel
 
 from manta_lib.entities import MetadataOutput
+from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
+from manta_lib.results import results_frame
 from manta_lib.store import SCHEMA_VERSION, Store, ensure_schema
 from manta_lib.store.metadata import MetadataWriter, load_entities
 from manta_lib.store.schema import current_version
@@ -63,6 +67,7 @@ def test_a_version_1_store_migrates_keeping_trace_results_only(store: Store) -> 
     # Reduce results of the old grouping are gone (recomputed by the next run); trace results
     # stay, with their datapoint and step filled in from traces.
     assert rows == [("trace", "t1", "dp_1", 7, "v1")]
+    assert store.rows("SELECT toString(phase) FROM {db}.entity_metadata") == [("train",)]
     sorting_key = store.rows(
         "SELECT sorting_key FROM system.tables WHERE database = {d:String} "
         "AND name = 'entity_metadata'",
@@ -134,18 +139,59 @@ def test_every_value_type_round_trips_through_entity_metadata(store: Store) -> N
     assert writer.rows_written == len(Everything.model_fields) + 2 + 2
 
 
-def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store: Store) -> None:
+# entity_metadata of schema versions 2 and 3 (before results were per phase).
+_V3_METADATA = """
+CREATE TABLE {db}.entity_metadata (
+    project_id LowCardinality(String), run_id String, judge LowCardinality(String),
+    entity_level LowCardinality(String), entity_id String, datapoint_id String DEFAULT '',
+    step_number Nullable(Int64), column String, value_type LowCardinality(String),
+    value_number Nullable(Float64), value_string Nullable(String), value_bool Nullable(Bool),
+    value_json Nullable(String), judge_version String, computed_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY (project_id, run_id, judge, judge_version, entity_level, entity_id, column)
+"""
+
+_V3_ROW = (
+    "INSERT INTO {db}.entity_metadata (project_id, run_id, judge, entity_level, entity_id, "
+    "datapoint_id, step_number, column, value_type, value_number, value_string, judge_version, "
+    "computed_at) VALUES ('p', {run:String}, 'j', {level:String}, {entity:String}, "
+    "{dp:String}, {step:Nullable(Int64)}, {column:String}, {kind:String}, {n:Nullable(Float64)}, "
+    "{text:Nullable(String)}, 'v1', {at:DateTime64(6, 'UTC')})"
+)
+
+
+def _as_older_store(store: Store, version: int) -> None:
+    """Turn the fresh store into one of schema ``version`` (2 or 3): results without phase."""
     store.command("DROP VIEW {db}.entity_metadata_catalog_mv")
-    store.command("DROP TABLE {db}.entity_metadata_catalog")
+    if version < 3:
+        store.command("DROP TABLE {db}.entity_metadata_catalog")
+    store.command("DROP TABLE {db}.entity_metadata")
+    store.command(_V3_METADATA)
     store.command("TRUNCATE TABLE {db}.schema_migrations")
-    store.command("INSERT INTO {db}.schema_migrations (version) VALUES (2)")
+    store.command(
+        "INSERT INTO {db}.schema_migrations (version) VALUES ({v:UInt32})", {"v": version}
+    )
+
+
+def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store: Store) -> None:
+    _as_older_store(store, 2)
     insert = (
-        "INSERT INTO {db}.entity_metadata VALUES ('p', {run:String}, 'j', 'trace', 't1', 'dp', 0, "
-        "{column:String}, {kind:String}, 1, NULL, NULL, NULL, 'v1', {at:DateTime64(6, 'UTC')})"
+        "INSERT INTO {db}.entity_metadata VALUES ('p', {run:String}, 'j', 'trace', {t:String}, "
+        "'dp', 0, {column:String}, {kind:String}, 1, NULL, NULL, NULL, 'v1', "
+        "{at:DateTime64(6, 'UTC')})"
     )
     at = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
-    for column, kind in (("__status__", "string"), ("n", "number"), ("n", "null")):
-        store.command(insert, {"run": "r_old", "column": column, "kind": kind, "at": at})
+    for trace, column, kind in (
+        ("t1", "__status__", "string"),
+        ("t1", "n", "number"),
+        ("t2", "__status__", "string"),
+        ("t2", "n", "null"),
+    ):
+        store.command(
+            insert, {"run": "r_old", "t": trace, "column": column, "kind": kind, "at": at}
+        )
+    for trace in ("t1", "t2"):
+        _trace(store, trace, "r_old", 0, "train", "dp")
 
     ensure_schema(store)
 
@@ -160,7 +206,11 @@ def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store:
         ("r_old", "n", ["null", "number"], at.replace(tzinfo=None)),
     ]
     # From now on every write reaches the catalog through its materialized view.
-    store.command(insert, {"run": "r_new", "column": "n", "kind": "number", "at": at})
+    store.command(
+        _V3_ROW,
+        {"run": "r_new", "level": "trace", "entity": "t9", "dp": "dp", "step": 0, "column": "n",
+         "kind": "number", "n": 1, "text": None, "at": at},
+    )  # fmt: skip
     assert ("r_new", "n", ["number"], at.replace(tzinfo=None)) in store.rows(catalog)
 
 
@@ -193,3 +243,87 @@ def test_a_version_3_store_learns_that_a_cost_can_be_unknown(store: Store) -> No
         "INSERT INTO {db}.traces (trace_id, run_id, status, meta) VALUES ('t2', 'r', 'ok', '{}')"
     )  # a cost not given is not known: NULL, not the old 0
     assert store.rows("SELECT cost_usd FROM {db}.traces WHERE trace_id = 't2'") == [(None,)]
+
+
+def _trace(store: Store, trace_id: str, run: str, step: int, phase: str, dp: str) -> None:
+    store.command(
+        "INSERT INTO {db}.traces (trace_id, run_id, step_number, phase, datapoint_id, status, "
+        "cost_usd, duration_ms, turn_count, tokens_input, tokens_output, model_name, env_name, "
+        "meta) VALUES ({t:String}, {r:String}, {s:Int64}, {p:String}, {d:String}, 'ok', 0, 0, "
+        "0, 0, 0, '', '', '{}')",
+        {"t": trace_id, "r": run, "s": step, "p": phase, "d": dp},
+    )
+
+
+def test_a_version_3_store_keeps_one_phase_results_and_drops_mixed_ones(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    _as_older_store(store, 3)
+    # r_mixed: step 0 has train and eval rollouts (its step and run values mixed them), and
+    # datapoint dp_x was rolled out in both phases at step 2. r_train: train only.
+    for args in (
+        ("t1", "r_mixed", 0, "train", "dp_a"), ("t2", "r_mixed", 0, "eval", "dp_e"),
+        ("t3", "r_mixed", 2, "train", "dp_x"), ("t4", "r_mixed", 2, "eval", "dp_x"),
+        ("t5", "r_train", 0, "train", "dp_b"), ("t6", "r_train", 10, "train", "dp_b"),
+    ):  # fmt: skip
+        _trace(store, *args)
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    entities = [
+        ("r_mixed", "trace", "t1", "dp_a", 0), ("r_mixed", "trace", "t2", "dp_e", 0),
+        ("r_mixed", "datapoint", "dp_a@0", "dp_a", 0),
+        ("r_mixed", "datapoint", "dp_x@2", "dp_x", 2),
+        ("r_mixed", "step", "0", "", 0), ("r_mixed", "run", "r_mixed", "", None),
+        ("r_train", "trace", "t5", "dp_b", 0),
+        ("r_train", "datapoint_across_steps", "dp_b", "dp_b", None),
+        ("r_train", "step", "0", "", 0), ("r_train", "step", "10", "", 10),
+        ("r_train", "run", "r_train", "", None),
+    ]  # fmt: skip
+    for run, level, entity, dp, step in entities:
+        for column, kind, n, text in (
+            ("__status__", "string", None, "ok"),
+            ("n", "number", 1, None),
+        ):
+            store.command(
+                _V3_ROW,
+                {"run": run, "level": level, "entity": entity, "dp": dp, "step": step,
+                 "column": column, "kind": kind, "n": n, "text": text, "at": at},
+            )  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="manta_lib.store.schema"):
+        ensure_schema(store)
+
+    assert current_version(store) == SCHEMA_VERSION
+    kept = store.rows(
+        "SELECT run_id, entity_level, entity_id, toString(phase) FROM {db}.entity_metadata "
+        "WHERE column = '__status__' ORDER BY run_id, entity_level, entity_id"
+    )
+    assert kept == [
+        ("r_mixed", "datapoint", "dp_a@0", "train"),
+        ("r_mixed", "trace", "t1", "train"),
+        ("r_mixed", "trace", "t2", "eval"),
+        ("r_train", "datapoint_across_steps", "dp_b", "train"),
+        ("r_train", "run", "train/r_train", "train"),
+        ("r_train", "step", "train/0", "train"),
+        ("r_train", "step", "train/10", "train"),
+        ("r_train", "trace", "t5", "train"),
+    ]
+    # The catalog no longer lists what was removed, so no read offers it.
+    catalog = store.rows(
+        "SELECT DISTINCT run_id, entity_level FROM {db}.entity_metadata_catalog "
+        "WHERE run_id = 'r_mixed' ORDER BY entity_level"
+    )
+    assert catalog == [("r_mixed", "datapoint"), ("r_mixed", "trace")]
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "schema 4" in message and "mixed train and eval" in message
+    assert "j step of r_mixed: 1" in message and "j run of r_mixed: 1" in message
+    assert "j datapoint of r_mixed: 1" in message and "r_train" not in message
+
+    # A one-phase run reads as before (phase added, steps in numeric order); the mixed run's
+    # step level is gone rather than shown, and says how to get it back.
+    frame = results_frame(store, "j", "r_train", level="step")
+    assert frame[["step_number", "phase", "n"]].values.tolist() == [
+        [0, "train", 1],
+        [10, "train", 1],
+    ]
+    with pytest.raises(QueryError, match="step"):
+        results_frame(store, "j", "r_mixed", level="step")

@@ -199,14 +199,16 @@ def test_curves_overlay_runs_with_the_numbers_of_sql(explorer_data: ExplorerData
     runs = ["run_grpo_math_v1", "run_grpo_math_v2"]
     page = explorer_data.client.get("/curves", params={"run": runs, "metric": "score"})
     assert page.status_code == 200
-    assert page.text.count("<polyline") == 2
+    # One line per run and phase: the eval steps are a curve of their own.
+    assert page.text.count("<polyline") == 4
     first_step = sql(
         explorer_data,
-        "SELECT step_number, count(score), avg(score) FROM {db}.traces "
-        "WHERE run_id = {r:String} GROUP BY 1 ORDER BY 1 LIMIT 1",
+        "SELECT step_number, count(score), avg(score), toString(phase) FROM {db}.traces "
+        "WHERE run_id = {r:String} GROUP BY step_number, phase ORDER BY 4, 1 LIMIT 1",
         {"r": runs[0]},
     )[0]
-    tooltip = f"{runs[0]}, step {first_step[0]}: mean {first_step[2]:.6g}"
+    assert first_step[3] == "eval"
+    tooltip = f"{runs[0]} · eval, step {first_step[0]}: mean {first_step[2]:.6g}"
     assert tooltip in page.text and f"n={first_step[1]}</title>" in page.text
     errors = explorer_data.client.get("/curves", params={"run": runs[0], "metric": "error_rate"})
     assert "error rate" in errors.text

@@ -156,16 +156,18 @@ def test_curve_of_a_result_column_matches_sql(explorer_data: ExplorerData) -> No
     page = explorer_data.client.get("/curves", params={"run": RESULTS_RUN, "metric": metric})
     assert page.status_code == 200
     assert f'<option value="{metric}" selected>' in page.text
-    assert page.text.count("<polyline") == 1
+    assert page.text.count("<polyline") == 2  # train and eval
     step, count, mean = sql(
         explorer_data,
         "SELECT t.step_number, count(), avg(e) FROM {db}.traces AS t LEFT JOIN "
         "(SELECT trace_id, countIf(kind = 'tool' AND is_error) AS e FROM {db}.spans "
         "WHERE run_id = {r:String} GROUP BY trace_id) AS s ON s.trace_id = t.trace_id "
-        "WHERE t.run_id = {r:String} GROUP BY t.step_number ORDER BY 1 LIMIT 1",
+        "WHERE t.run_id = {r:String} AND t.phase = 'train' GROUP BY t.step_number "
+        "ORDER BY 1 LIMIT 1",
         {"r": RESULTS_RUN},
     )[0]
-    assert f"{RESULTS_RUN}, step {step}: mean {mean:.6g}, n={count}</title>" in page.text
+    label = f"{RESULTS_RUN} · train"
+    assert f"{label}, step {step}: mean {mean:.6g}, n={count}</title>" in page.text
     bad = explorer_data.client.get("/curves", params={"run": RESULTS_RUN, "metric": "bogus"})
     assert bad.status_code == 400 and "r/JUDGE/LEVEL/COLUMN" in bad.text
 
@@ -180,7 +182,10 @@ def test_compare_two_runs_shows_shifts_and_links_both_sides(explorer_data: Explo
         a = svc.results("tool_errors", RESULTS_RUN, level="datapoint")
         b = svc.results("tool_errors", SECOND_RUN, level="datapoint")
     shifts = page.text.split('id="numeric-shifts"', 1)[1].split("</table>", 1)[0]
-    row = shifts.split("<td>error_rate</td>", 1)[1].split("</tr>", 1)[0]
+    # Per phase: the train datapoints of one run against the other's.
+    row = shifts.split('<td>error_rate <span class="tag">train</span></td>', 1)[1]
+    row = row.split("</tr>", 1)[0]
+    a, b = a[a.phase == "train"], b[b.phase == "train"]
     assert f'<td class="num">{format_number(float(a.error_rate.mean()))}</td>' in row
     assert f'<td class="num">{format_number(float(b.error_rate.mean()))}</td>' in row
     rows = page.text.split('id="compare-rows"', 1)[1].split("</table>", 1)[0]
@@ -212,13 +217,15 @@ def test_compare_with_the_grader_and_a_version_with_itself(explorer_data: Explor
 def test_a_step_row_links_to_its_datapoint_groups(explorer_data: ExplorerData) -> None:
     page = explorer_data.client.get(f"/results/tool_errors?run={RESULTS_RUN}&level=step")
     links = [link.replace("&amp;", "&") for link in result_rows(page.text)]
-    step = int(links[0].rsplit("=", 1)[1])
+    found = re.search(r"&step=(\d+)&phase=(\w+)$", links[0])
+    assert found, links[0]
+    step, phase = int(found.group(1)), found.group(2)
     # Datapoint results are per (datapoint, step): the row lists the step's datapoint groups.
     assert links[0].startswith(f"/results/tool_errors?run={RESULTS_RUN}&level=datapoint")
     expected = sql(
         explorer_data,
         "SELECT uniqExact(datapoint_id) FROM {db}.traces WHERE run_id = {r:String} "
-        "AND step_number = {s:Int64}",
-        {"r": RESULTS_RUN, "s": step},
+        "AND step_number = {s:Int64} AND phase = {p:String}",
+        {"r": RESULTS_RUN, "s": step, "p": phase},
     )[0][0]
     assert f"{expected:,} rows" in explorer_data.client.get(links[0]).text

@@ -31,17 +31,24 @@ def test_failure_modes_on_demo_data(
     assert judged and len(judged) < len(traces)  # passed rollouts cost no call
     assert fake.stats()["completions"] == len(judged)
     assert all(t.category != "passed" for t in judged)
-    [run] = result[EntityLevel.RUN]
-    assert run.output.rollouts == len(traces)
-    assert sum(run.output.counts.values()) == len(traces)
-    assert run.output.failed == len(judged)
-    # The run's judge cost is exactly what the calls cost (each rollout counted once).
-    assert run.output.judge_cost_usd == pytest.approx(example.judge.usage.snapshot().cost_usd)
+    runs = result[EntityLevel.RUN]  # one per phase: train and eval are summarised apart
+    assert sorted(r.phase for r in runs) == sorted({t.phase for t in traces})
+    for run in runs:
+        of_phase = [t for t in traces if t.phase == run.phase]
+        assert run.output.rollouts == len(of_phase)
+        assert sum(run.output.counts.values()) == len(of_phase)
+    assert sum(r.output.failed for r in runs) == len(judged)
+    # The runs' judge cost is exactly what the calls cost (each rollout counted once).
+    assert sum(r.output.judge_cost_usd for r in runs) == pytest.approx(
+        example.judge.usage.snapshot().cost_usd
+    )
     assert all(t.judge_cost_usd and t.judge_cost_usd > 0 for t in judged)
     steps = result[EntityLevel.STEP]
     assert sum(s.output.rollouts for s in steps) == len(traces)  # each rollout counted once
     for step in steps:
-        at_step = [t.output for t in traces if str(t.output.step) == step.entity_id]
+        at_step = [
+            t.output for t in traces if (t.step_number, t.phase) == (step.step_number, step.phase)
+        ]
         assert step.output.rollouts == len(at_step)
         assert step.output.failed == sum(t.category != "passed" for t in at_step)
     groups = len(result[EntityLevel.DATAPOINT])

@@ -21,7 +21,9 @@ def test_results_csv_json_and_parquet_have_one_row_per_entity(cli, tmp_path: Pat
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == len(expected)
-    assert list(rows[0])[:5] == ["run_id", "trace_id", "datapoint_id", "step_number", "status"]
+    assert list(rows[0])[:6] == [
+        "run_id", "trace_id", "datapoint_id", "step_number", "phase", "status"
+    ]  # fmt: skip
     assert json.loads(rows[0]["tags"]) == expected.tags.iloc[0]
 
     code, out, _ = cli("results", "typed_results", "-r", TRAIN_RUN, "-f", "json", "-n", "4")
@@ -39,7 +41,9 @@ def test_results_csv_json_and_parquet_have_one_row_per_entity(cli, tmp_path: Pat
 def test_results_where_and_levels(cli) -> None:
     with MantaService() as svc:
         steps = svc.results("typed_results", TRAIN_RUN, level="step")
-    rollouts = dict(zip(steps.step_number, steps.rollouts, strict=True))
+    rollouts = dict(
+        zip(zip(steps.step_number, steps.phase, strict=False), steps.rollouts, strict=True)
+    )
     threshold = sorted(rollouts.values())[len(rollouts) // 2 - 1]  # some steps above, some not
     code, out, _ = cli(
         "results", "typed_results", "-r", TRAIN_RUN, "-l", "step", "-w", f"rollouts > {threshold}",
@@ -47,8 +51,8 @@ def test_results_where_and_levels(cli) -> None:
     )  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and rows and len(rows) < len(rollouts)
-    assert {int(r["step_number"]): int(r["rollouts"]) for r in rows} == {
-        step: n for step, n in rollouts.items() if n > threshold
+    assert {(int(r["step_number"]), r["phase"]): int(r["rollouts"]) for r in rows} == {
+        key: n for key, n in rollouts.items() if n > threshold
     }
     assert "step_number" in rows[0] and "trace_id" not in rows[0]
     code, out, _ = cli(

@@ -66,10 +66,19 @@ def test_runs_at_the_step_level_join_common_steps_with_deltas(svc: MantaService)
     a = svc.results("typed_results", EVAL_RUN, level="step")
     b = svc.results("typed_results", TRAIN_RUN, level="step")
     result = svc.compare_runs("typed_results", EVAL_RUN, TRAIN_RUN, level="step", seed=3)
-    common = sorted(set(a.step_number) & set(b.step_number))
-    assert sorted(result.joined.step_number) == common and result.note == ""
-    shift = next(n for n in result.numeric if n.column == "mean_errors")
-    values_a, values_b = list(a.mean_errors), list(b.mean_errors)
+    # Steps are matched per phase: the eval-only run meets the training run's eval steps.
+    common = sorted(
+        set(zip(a.step_number, a.phase, strict=False))
+        & set(zip(b.step_number, b.phase, strict=False))
+    )
+    joined = sorted(zip(result.joined.step_number, result.joined.phase, strict=False))
+    assert joined == common and result.note == ""
+    assert {phase for _, phase in common} == {"eval"}
+    # Distribution figures are per phase too: eval steps against eval steps only.
+    assert {n.phase for n in result.numeric if n.column == "mean_errors"} == {"eval", "train"}
+    shift = next(n for n in result.numeric if n.column == "mean_errors" and n.phase == "eval")
+    values_a = list(a[a.phase == "eval"].mean_errors)
+    values_b = list(b[b.phase == "eval"].mean_errors)
     assert shift.mean_a == pytest.approx(sum(values_a) / len(values_a))
     assert shift.delta_mean == pytest.approx(
         sum(values_b) / len(values_b) - sum(values_a) / len(values_a)
@@ -89,13 +98,17 @@ def test_runs_at_the_step_level_join_common_steps_with_deltas(svc: MantaService)
 def test_categorical_shift_and_no_common_entities_is_said(svc: MantaService) -> None:
     result = svc.compare_runs("typed_results", EVAL_RUN, TRAIN_RUN, level="trace")
     assert result.joined.empty and "no common trace entities" in result.note
-    labels = next(c for c in result.categorical if c.column == "label")
-    a = svc.results("typed_results", EVAL_RUN, where="status == 'ok'").label.tolist()
-    b = svc.results("typed_results", TRAIN_RUN, where="status == 'ok'").label.tolist()
+    labels = next(c for c in result.categorical if c.column == "label" and c.phase == "eval")
+    a = svc.results("typed_results", EVAL_RUN, where="status == 'ok' and phase == 'eval'")
+    b = svc.results("typed_results", TRAIN_RUN, where="status == 'ok' and phase == 'eval'")
+    a, b = a.label.tolist(), b.label.tolist()
     assert labels.shares_a["bad"] == pytest.approx(a.count("bad") / len(a))
     assert labels.total_variation == pytest.approx(
         0.5 * sum(abs(a.count(v) / len(a) - b.count(v) / len(b)) for v in ("bad", "good"))
     )
+    # The eval-only run has no train traces: that phase has no shift to report.
+    train = next(c for c in result.categorical if c.column == "label" and c.phase == "train")
+    assert train.n_a == 0 and train.total_variation is None
 
 
 def test_judge_against_grader(svc: MantaService) -> None:

@@ -17,9 +17,13 @@ from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 # that step, a datapoint-across-steps result all of that datapoint's traces.
 ENTITY_KEYS = {
     "trace": ("trace_id", "entity_id"),
-    "datapoint": ("(datapoint_id, step_number)", "datapoint_id, assumeNotNull(step_number)"),
-    "datapoint_across_steps": ("datapoint_id", "datapoint_id"),
-    "step": ("step_number", "assumeNotNull(step_number)"),
+    "datapoint": (
+        "(datapoint_id, step_number, phase)",
+        "datapoint_id, assumeNotNull(step_number), phase",
+    ),
+    "datapoint_across_steps": ("(datapoint_id, phase)", "datapoint_id, phase"),
+    # A step entity is one phase's: it covers that phase's traces at that step only.
+    "step": ("(step_number, phase)", "assumeNotNull(step_number), phase"),
 }
 
 
@@ -80,12 +84,14 @@ def test_each_kind_of_condition_matches_direct_sql(
 def test_a_step_condition_selects_the_traces_of_the_matching_steps(svc: MantaService) -> None:
     # A step's rollouts are that step's judged traces only (the map fails on some): the
     # threshold is the median over steps, so the condition keeps some steps and drops others.
-    rollouts: dict[int, int] = {}
+    rollouts: dict[tuple[int, str], int] = {}
     for trace in svc.get_traces(TRAIN_RUN):
         if not defs.failing_trace(trace.trace_id):
-            rollouts[trace.step_number] = rollouts.get(trace.step_number, 0) + 1
+            key = (trace.step_number, trace.phase.value)
+            rollouts[key] = rollouts.get(key, 0) + 1
     stored = svc.results("typed_results", TRAIN_RUN, level="step")
-    assert dict(zip(stored.step_number, stored.rollouts, strict=True)) == rollouts
+    keys = zip(stored.step_number, stored.phase, strict=True)
+    assert dict(zip(keys, stored.rollouts, strict=True)) == rollouts
     per_step = sorted(rollouts.values())
     threshold = per_step[len(per_step) // 2]
     assert per_step[0] < threshold, "the demo steps should differ in size"

@@ -16,17 +16,19 @@ def test_trace_level_series_per_step_and_run(svc: MantaService) -> None:
     curve = svc.series("typed_results", "tool_errors", [EVAL_RUN, TRAIN_RUN])
     frame = svc.results("typed_results", [EVAL_RUN, TRAIN_RUN], where="status == 'ok'")
     expected = {}
-    for (run, step), group in frame.groupby(["run_id", "step_number"]):
+    for (run, phase, step), group in frame.groupby(["run_id", "phase", "step_number"]):
         values = [float(v) for v in group.tool_errors]
-        expected[(run, int(step))] = (
+        expected[(run, phase, int(step))] = (
             sum(values) / len(values), ref_percentile(values, 0.5),
             ref_percentile(values, 0.95), len(values),
         )  # fmt: skip
     got = {
-        (row.run_id, int(row.step_number)): (row.mean, row.p50, row.p95, row.count)
+        (row.run_id, row.phase, int(row.step_number)): (row.mean, row.p50, row.p95, row.count)
         for row in curve.itertuples()
     }
     assert got.keys() == expected.keys()
+    # One point per run, phase and step, in that order with steps as numbers.
+    assert list(got) == sorted(got)
     for key, (mean, p50, p95, count) in expected.items():
         assert got[key] == (pytest.approx(mean), pytest.approx(p50), pytest.approx(p95), count)
 
@@ -34,11 +36,14 @@ def test_trace_level_series_per_step_and_run(svc: MantaService) -> None:
 def test_step_level_and_boolean_rate(svc: MantaService) -> None:
     steps = svc.series("typed_results", "mean_errors", TRAIN_RUN, level="step")
     table = svc.results("typed_results", TRAIN_RUN, level="step")
-    assert list(steps.step_number) == sorted(table.step_number)
+    assert list(zip(steps.phase, steps.step_number, strict=False)) == sorted(
+        zip(table.phase, table.step_number, strict=False)
+    )
     assert list(steps["count"]) == [1] * len(table)
     rate = svc.series("typed_results", "passed", TRAIN_RUN)
     frame = svc.results("typed_results", TRAIN_RUN, where="status == 'ok'")
-    first = frame[frame.step_number == rate.step_number.iloc[0]]
+    first = frame[(frame.step_number == rate.step_number.iloc[0]) & (frame.phase == "eval")]
+    assert rate.phase.iloc[0] == "eval"
     assert rate["mean"].iloc[0] == pytest.approx(first.passed.astype(float).mean())
 
 

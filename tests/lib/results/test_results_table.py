@@ -51,17 +51,19 @@ def test_failed_entities_have_status_error_the_message_and_null_values(svc: Mant
 
 def test_keys_bookkeeping_and_several_runs(svc: MantaService) -> None:
     frame = svc.results("typed_results", [EVAL_RUN, TRAIN_RUN])
-    assert list(frame.columns[:8]) == [
-        "run_id", "trace_id", "datapoint_id", "step_number",
+    assert list(frame.columns[:9]) == [
+        "run_id", "trace_id", "datapoint_id", "step_number", "phase",
         "status", "error", "judge_version", "computed_at",
     ]  # fmt: skip
     direct = {
-        (r.run_id, r.trace_id): (r.datapoint_id, r.step_number)
+        (r.run_id, r.trace_id): (r.datapoint_id, r.step_number, r.phase.value)
         for run in (EVAL_RUN, TRAIN_RUN)
         for r in svc.get_traces(run, limit=None)
     }
     assert len(frame) == len(direct)
-    got = {(r.run_id, r.trace_id): (r.datapoint_id, r.step_number) for r in frame.itertuples()}
+    got = {
+        (r.run_id, r.trace_id): (r.datapoint_id, r.step_number, r.phase) for r in frame.itertuples()
+    }
     assert got == direct
     assert frame.judge_version.nunique() == 1
     assert frame.judge_version.iloc[0] == defs.typed.judge_version
@@ -88,7 +90,10 @@ def test_datapoint_and_step_levels_have_their_keys(svc: MantaService) -> None:
     assert len(across) < len(groups)  # datapoints recur over steps in the demo data
     steps = svc.results("typed_results", TRAIN_RUN, level="step")
     assert str(steps.step_number.dtype) == "Int64"
-    assert sorted(steps.step_number) == [s.step_number for s in svc.list_steps(TRAIN_RUN)]
+    # One row per step and phase, as the traces have them.
+    assert list(zip(steps.step_number, steps.phase, strict=False)) == sorted(
+        (s.step_number, p) for s in svc.list_steps(TRAIN_RUN) for p in s.phases
+    )
     assert str(steps.rollouts.dtype) == "Int64" and steps.mean_errors.dtype == "float64"
 
 
@@ -111,7 +116,9 @@ def test_where_limit_and_columns(svc: MantaService) -> None:
     expected = everything[(everything.step_number >= 2) & (everything.tool_errors > 0)]
     assert sorted(steps.trace_id) == sorted(expected.trace_id)
     one = svc.results("typed_results", TRAIN_RUN, level="step", where="step_number == 1")
-    assert list(one.step_number) == [1]
+    assert list(zip(one.step_number, one.phase, strict=False)) == [(1, "eval"), (1, "train")]
+    eval_only = svc.results("typed_results", TRAIN_RUN, level="step", where="phase == 'eval'")
+    assert set(eval_only.phase) == {"eval"} and len(eval_only) < len(steps)
 
 
 def test_arrow_table_is_typed_and_polars_ready(svc: MantaService) -> None:
