@@ -3,7 +3,9 @@
 ``manta dagster register-runs`` adds the run ids found in ClickHouse ``traces`` as partitions
 of the ``manta_runs`` dynamic partitions definition in the Dagster instance of
 ``$DAGSTER_HOME`` (Dagster has no CLI for that, and ``dagster asset materialize --partition``
-rejects unknown dynamic partitions). Idempotent: runs already registered are left alone.
+rejects unknown dynamic partitions), then reports what the store already holds as materialized
+partitions (what the results-sync sensor does each tick), so the UI agrees with the store from
+its first page. Idempotent: runs and partitions already there are left alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ def register_runs(store: Store, instance: object) -> tuple[list[str], list[str],
     return added, sorted(known & set(runs)), invalid
 
 
+def report_stored_results(store: Store, instance: object) -> int:
+    """Report the partitions the store already holds (complete results of the current judge
+    versions, shards without traces) as materialized, for the pipelines ``workspace.yaml``
+    loads (``MANTA_PIPELINES``, default shard count), as the results-sync sensor would;
+    returns how many."""
+    from manta_dagster.definitions import load_pipelines
+    from manta_dagster.results_sync import sync_events
+
+    events = sync_events(store, instance, load_pipelines())  # type: ignore[arg-type]
+    for event in events:
+        instance.report_runless_asset_event(event)  # type: ignore[attr-defined]
+    return len(events)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``dagster`` sub-command group to the ``manta`` CLI."""
     dagster_app = typer.Typer(
@@ -43,7 +59,8 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--dry-run", help="List the runs without registering them.")
         ] = False,
     ) -> None:
-        """Register every run id in ClickHouse as a partition in $DAGSTER_HOME's instance."""
+        """Register every run id in ClickHouse as a partition in $DAGSTER_HOME's instance and
+        report the partitions already computed (or holding no trace) as materialized."""
         import dagster as dg
 
         from manta_lib import load_settings
@@ -62,11 +79,13 @@ def register(app: typer.Typer) -> None:
                 return
             with dg.DagsterInstance.get() as instance:
                 added, known, invalid = register_runs(store, instance)
+                reported = report_stored_results(store, instance)
         for run_id in added:
             typer.echo(f"registered {run_id}")
         typer.echo(
             f"{len(added)} run(s) registered, {len(known)} already registered"
             + (f", {len(invalid)} skipped (invalid partition keys)" if invalid else "")
+            + (f"; {reported} partition(s) reported as materialized" if reported else "")
         )
 
     app.add_typer(dagster_app, name="dagster")

@@ -9,14 +9,19 @@ After each command the store must hold the entity_metadata rows of exactly that 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from manta_lib.settings import MantaSettings
+from manta_lib.store import Store
 from tests.dagster.cli_helpers import (
     DATAPOINT_COLUMNS,
+    JUDGE,
     RUN,
+    SHARDS,
     STEP_COLUMNS,
     TRACE_COLUMNS,
     assert_levels,
@@ -30,6 +35,17 @@ from tests.dagster.cli_helpers import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+def occupied_shards(settings: MantaSettings) -> set[int]:
+    """The shards holding traces of ``RUN`` (SQL over ``traces``)."""
+    with Store.open(settings) as store:
+        rows = store.rows(
+            "SELECT DISTINCT cityHash64(datapoint_id) % {n:UInt64} FROM {db}.traces "
+            "WHERE run_id = {r:String}",
+            {"n": SHARDS, "r": RUN},
+        )
+    return {int(shard) for (shard,) in rows}
 
 
 @pytest.fixture
@@ -46,15 +62,32 @@ def test_documented_commands_materialize_exactly_their_scope(
     commands = doc_commands()
     log: list[str] = []
     shard = busiest_shard(settings)
+    # The explorer `make ui` started elsewhere, as scripts/ui.sh records it; this shell does
+    # not have MANTA_EXPLORER_URL.
+    home = Path(dagster_env["DAGSTER_HOME"])
+    explorer = "http://127.0.0.1:8311"
+    (home / "manta_ui.json").write_text(json.dumps({"explorer": explorer}))
+    dagster_env.pop("MANTA_EXPLORER_URL", None)
 
     out = run(["manta", "dagster", "register-runs"], dagster_env, log)
     assert f"registered {RUN}" in out
     assert stored(settings) == {}
+    # ... and the shards holding no trace of the run show done (materialized) and empty
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        reported = instance.get_materialized_partitions(dg.AssetKey([JUDGE, "trace"]))
+    assert {p for p in reported if p.startswith(f"{RUN}|")} == {
+        f"{RUN}|{s:02d}" for s in range(SHARDS) if s not in occupied_shards(settings)
+    }
 
     # One shard: its traces and datapoints, nothing of the other shards, no step yet.
     one = with_shard(commands.one_shard, f"{shard:02d}")
     out = run(one, dagster_env, log)
     assert "RUN_SUCCESS" in out, out[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey([JUDGE, "trace"]))
+    assert event is not None and event.asset_materialization is not None
+    link = event.asset_materialization.metadata["explorer"].value
+    assert link == f"{explorer}/results/{JUDGE}?run={RUN}&level=trace&shard={shard}"
     assert_levels(
         stored(settings),
         expected_entities(settings, shard),

@@ -71,13 +71,22 @@ def free_port() -> int:
 class DagsterDev:
     """A ``dagster dev`` process group on a free port, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        port: int | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        """``command`` (default: ``dagster dev`` on ``port``) must serve Dagster on ``port``."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [
+            command
+            or [
                 str(BIN / "dagster"),
                 "dev",
                 "-w",
