@@ -11,7 +11,7 @@ its first page. Idempotent: runs and partitions already there are left alone.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -33,18 +33,15 @@ def register_runs(store: Store, instance: object) -> tuple[list[str], list[str],
     return added, sorted(known & set(runs)), invalid
 
 
-def report_stored_results(store: Store, instance: object) -> int:
-    """Report the partitions the store already holds (complete results of the current judge
-    versions, shards without traces) as materialized, for the pipelines ``workspace.yaml``
-    loads (``MANTA_PIPELINES``, default shard count), as the results-sync sensor would;
-    returns how many."""
+def stored_result_events(store: Store, instance: object) -> list[Any]:
+    """The partitions the store already holds (complete results of the current judge
+    versions, shards without traces) that ``instance`` does not show as materialized yet, as
+    ``AssetMaterialization`` events, for the pipelines ``workspace.yaml`` loads
+    (``MANTA_PIPELINES``, the default shard count): what the results-sync sensor reports."""
     from manta_dagster.definitions import load_pipelines
     from manta_dagster.results_sync import sync_events
 
-    events = sync_events(store, instance, load_pipelines())  # type: ignore[arg-type]
-    for event in events:
-        instance.report_runless_asset_event(event)  # type: ignore[attr-defined]
-    return len(events)
+    return list(sync_events(store, instance, load_pipelines()))  # type: ignore[arg-type]
 
 
 def register(app: typer.Typer) -> None:
@@ -70,16 +67,22 @@ def register(app: typer.Typer) -> None:
                 "DAGSTER_HOME is not set: partitions would go to a throw-away instance. Set it "
                 "to the directory holding dagster.yaml (the Makefile uses ./.dagster_home)."
             )
-        with Store.open(load_settings()) as store:
-            if dry_run:
-                from manta_dagster.sensors import run_trace_counts
+        if dry_run:
+            from manta_dagster.sensors import run_trace_counts
 
-                for run_id, count in sorted(run_trace_counts(store).items()):
-                    typer.echo(f"{run_id}\t{count} traces")
-                return
-            with dg.DagsterInstance.get() as instance:
+            with Store.open(load_settings()) as store:
+                counts = run_trace_counts(store)
+            for run_id, count in sorted(counts.items()):
+                typer.echo(f"{run_id}\t{count} traces")
+            return
+        with dg.DagsterInstance.get() as instance:
+            with Store.open(load_settings()) as store:
                 added, known, invalid = register_runs(store, instance)
-                reported = report_stored_results(store, instance)
+                events = stored_result_events(store, instance)
+            # The store is free again while the events are written (one SQLite write each).
+            for event in events:
+                instance.report_runless_asset_event(event)
+        reported = len(events)
         for run_id in added:
             typer.echo(f"registered {run_id}")
         typer.echo(

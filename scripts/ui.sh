@@ -44,7 +44,11 @@ stop() {
 trap 'stop yes' INT
 trap 'stop no' TERM EXIT
 
-"$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
+# Dagster's services log only warnings here (a sensor tick a minute would fill the terminal),
+# and `dagster dev` does not print its own SupersessionWarning (pointing at `dg dev`, a CLI
+# this project does not install).
+PYTHONWARNINGS="ignore:Function \`dev_command\` is superseded" \
+    "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" --log-level warning &
 pids+=($!)
 "$BIN/manta" explore --host 127.0.0.1 --port "$EXPLORER_PORT" &
 pids+=($!)

@@ -127,30 +127,37 @@ def write_frame(
 
 
 _MIN_TEXT_WIDTH = 8  # a text column is not shortened below this (ids stay recognisable)
+_COLUMN_PADDING = 2  # one space each side of a cell
+_HOISTED = ("project_id", "run_id", "judge_version")
 
 
-def fit_widths(widths: Sequence[int], shrinkable: Sequence[bool], budget: int) -> list[int] | None:
-    """Column widths summing to at most ``budget``: the widest shrinkable (text) column is
-    narrowed first, none below ``_MIN_TEXT_WIDTH``; None when even that does not fit."""
+def fit_widths(widths: Sequence[int], floors: Sequence[int], budget: int) -> list[int] | None:
+    """Column widths summing to at most ``budget``, none below its floor: the widest column
+    that can still give way is narrowed first; None when even the floors do not fit."""
     fitted = list(widths)
     excess = sum(fitted) - budget
     while excess > 0:
-        candidates = [i for i, w in enumerate(fitted) if shrinkable[i] and w > _MIN_TEXT_WIDTH]
+        candidates = [i for i, w in enumerate(fitted) if w > floors[i]]
         if not candidates:
             return None
         widest = max(candidates, key=fitted.__getitem__)
-        second = max((fitted[i] for i in candidates if i != widest), default=_MIN_TEXT_WIDTH)
-        step = min(excess, fitted[widest] - max(second, _MIN_TEXT_WIDTH)) or 1
+        second = max((fitted[i] for i in candidates if i != widest), default=0)
+        step = min(excess, fitted[widest] - max(second, floors[widest])) or 1
         fitted[widest] -= step
         excess -= step
     return fitted
 
 
+def _shorten_end(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
 def _print_table(
     frame: pd.DataFrame, console: Console, title: str, caption: str, highlight: bool
 ) -> None:
-    """A table that fits the terminal: long text cells (ids) are shortened in the middle;
-    when the numbers alone are too wide, each row is printed as ``column  value`` lines."""
+    """A table that fits the terminal: long text cells (ids) are shortened in the middle and
+    long headers of number columns at the end (numbers are never cut); when even that is too
+    wide, each row is printed as ``column  value`` lines."""
     columns: Sequence[str] = [str(name) for name in frame.columns]
     numeric = [
         frame[name].dtype.kind in "iuf" or str(frame[name].dtype) in ("Int64", "Float64")
@@ -160,11 +167,31 @@ def _print_table(
     status_index = columns.index("status") if "status" in columns else None
     styles = [
         "red" if highlight and status_index is not None and row[status_index] == "error" else None
-        for row in frame.itertuples(index=False)
+        for row in rows
     ]
-    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(columns)]
-    # one space of padding on each side of a column, shared between neighbours
-    fitted = fit_widths(widths, [not n for n in numeric], console.width - len(columns) - 1)
+    budget = console.width - _COLUMN_PADDING * len(columns)
+    if len(rows) > 1 and _natural_width(columns, rows) > budget:
+        # The run (or project, judge version) of a table where every row has the same one
+        # moves above the table: the room goes to the columns that differ.
+        constant = [
+            i
+            for i in range(len(columns))
+            if columns[i] in _HOISTED and len({row[i] for row in rows}) == 1
+        ]
+        if constant:
+            shared = " · ".join(f"{columns[i]} {rows[0][i]}" for i in constant)
+            title = f"{title} · {shared}" if title else shared
+            keep = [i for i in range(len(columns)) if i not in constant]
+            columns = [columns[i] for i in keep]
+            numeric = [numeric[i] for i in keep]
+            rows = [[row[i] for i in keep] for row in rows]
+    values = [max((len(row[i]) for row in rows), default=1) for i in range(len(columns))]
+    widths = [max(len(name), values[i]) for i, name in enumerate(columns)]
+    floors = [
+        max(values[i], 4) if numeric[i] else min(widths[i], _MIN_TEXT_WIDTH)
+        for i in range(len(columns))
+    ]
+    fitted = fit_widths(widths, floors, console.width - _COLUMN_PADDING * len(columns))
     if fitted is None:
         _print_vertical(columns, rows, styles, console, title, caption)
         return
@@ -178,10 +205,9 @@ def _print_table(
     )
     for name, is_number, width in zip(columns, numeric, fitted, strict=True):
         table.add_column(
-            shorten_middle(name, width),
+            _shorten_end(name, width) if is_number else shorten_middle(name, width),
             justify="right" if is_number else "left",
             no_wrap=True,
-            overflow="ellipsis",
         )
     for row, style in zip(rows, styles, strict=True):
         table.add_row(
@@ -189,6 +215,10 @@ def _print_table(
             style=style,
         )
     console.print(table)
+
+
+def _natural_width(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> int:
+    return sum(max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(columns))
 
 
 def _print_vertical(

@@ -125,9 +125,9 @@ class DagsterDev:
         data: dict[str, Any] = payload["data"]
         return data
 
-    def wait_until_ready(self) -> None:
+    def wait_until_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait for the webserver (``/server_info``) and the loaded code location."""
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.fail(f"dagster dev exited with code {self.proc.returncode}")
@@ -146,7 +146,7 @@ class DagsterDev:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
-        self.fail(f"dagster dev not ready within {START_TIMEOUT_S} s at {self.url}")
+        self.fail(f"dagster dev not ready within {timeout_s:g} s at {self.url}")
 
     def runs_of(self, partition: str) -> list[dict[str, Any]]:
         """Runs tagged with ``partition`` (id, status, asset selection)."""
