@@ -3,15 +3,13 @@
 ``manta dagster register-runs`` adds the run ids found in ClickHouse ``traces`` as partitions
 of the ``manta_runs`` dynamic partitions definition in the Dagster instance of
 ``$DAGSTER_HOME`` (Dagster has no CLI for that, and ``dagster asset materialize --partition``
-rejects unknown dynamic partitions), then reports what the store already holds as materialized
-partitions (what the results-sync sensor does each tick), so the UI agrees with the store from
-its first page. Idempotent: runs and partitions already there are left alone.
+rejects unknown dynamic partitions). Idempotent: runs already registered are left alone.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -33,17 +31,6 @@ def register_runs(store: Store, instance: object) -> tuple[list[str], list[str],
     return added, sorted(known & set(runs)), invalid
 
 
-def stored_result_events(store: Store, instance: object) -> list[Any]:
-    """The partitions the store already holds (complete results of the current judge
-    versions, shards without traces) that ``instance`` does not show as materialized yet, as
-    ``AssetMaterialization`` events, for the pipelines ``workspace.yaml`` loads
-    (``MANTA_PIPELINES``, the default shard count): what the results-sync sensor reports."""
-    from manta_dagster.definitions import load_pipelines
-    from manta_dagster.results_sync import sync_events
-
-    return list(sync_events(store, instance, load_pipelines()))  # type: ignore[arg-type]
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``dagster`` sub-command group to the ``manta`` CLI."""
     dagster_app = typer.Typer(
@@ -56,8 +43,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--dry-run", help="List the runs without registering them.")
         ] = False,
     ) -> None:
-        """Register every run id in ClickHouse as a partition in $DAGSTER_HOME's instance and
-        report the partitions already computed (or holding no trace) as materialized."""
+        """Register every run id in ClickHouse as a partition in $DAGSTER_HOME's instance."""
         import dagster as dg
 
         from manta_lib import load_settings
@@ -67,28 +53,20 @@ def register(app: typer.Typer) -> None:
                 "DAGSTER_HOME is not set: partitions would go to a throw-away instance. Set it "
                 "to the directory holding dagster.yaml (the Makefile uses ./.dagster_home)."
             )
-        if dry_run:
-            from manta_dagster.sensors import run_trace_counts
+        with Store.open(load_settings()) as store:
+            if dry_run:
+                from manta_dagster.sensors import run_trace_counts
 
-            with Store.open(load_settings()) as store:
-                counts = run_trace_counts(store)
-            for run_id, count in sorted(counts.items()):
-                typer.echo(f"{run_id}\t{count} traces")
-            return
-        with dg.DagsterInstance.get() as instance:
-            with Store.open(load_settings()) as store:
+                for run_id, count in sorted(run_trace_counts(store).items()):
+                    typer.echo(f"{run_id}\t{count} traces")
+                return
+            with dg.DagsterInstance.get() as instance:
                 added, known, invalid = register_runs(store, instance)
-                events = stored_result_events(store, instance)
-            # The store is free again while the events are written (one SQLite write each).
-            for event in events:
-                instance.report_runless_asset_event(event)
-        reported = len(events)
         for run_id in added:
             typer.echo(f"registered {run_id}")
         typer.echo(
             f"{len(added)} run(s) registered, {len(known)} already registered"
             + (f", {len(invalid)} skipped (invalid partition keys)" if invalid else "")
-            + (f"; {reported} partition(s) reported as materialized" if reported else "")
         )
 
     app.add_typer(dagster_app, name="dagster")

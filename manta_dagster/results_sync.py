@@ -17,8 +17,8 @@ Each such partition whose latest Dagster materialization is not of the current j
 (none, or an older one) gets a runless :class:`~dagster.AssetMaterialization` with the judge
 version as its code version, so it shows as materialized and up to date. A partition Dagster
 materialized itself already has that code version and is not reported again.
-``manta dagster register-runs`` reports the same events right after registering the runs
-(:func:`sync_events`), so ``make ui`` opens on a Dagster that agrees with the store.
+The first tick runs as soon as the daemon starts (``make ui``, ``dagster dev``), so Dagster
+agrees with the store within about a minute, with no one switching anything on.
 
 Runs without a partition yet are left for the next tick (the discovery sensor or ``manta
 dagster register-runs`` adds them). With the embedded store, a tick while another process

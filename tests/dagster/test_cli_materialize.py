@@ -16,12 +16,10 @@ import dagster as dg
 import pytest
 
 from manta_lib.settings import MantaSettings
-from manta_lib.store import Store
 from tests.dagster.cli_helpers import (
     DATAPOINT_COLUMNS,
     JUDGE,
     RUN,
-    SHARDS,
     STEP_COLUMNS,
     TRACE_COLUMNS,
     assert_levels,
@@ -35,17 +33,6 @@ from tests.dagster.cli_helpers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def occupied_shards(settings: MantaSettings) -> set[int]:
-    """The shards holding traces of ``RUN`` (SQL over ``traces``)."""
-    with Store.open(settings) as store:
-        rows = store.rows(
-            "SELECT DISTINCT cityHash64(datapoint_id) % {n:UInt64} FROM {db}.traces "
-            "WHERE run_id = {r:String}",
-            {"n": SHARDS, "r": RUN},
-        )
-    return {int(shard) for (shard,) in rows}
 
 
 @pytest.fixture
@@ -72,12 +59,6 @@ def test_documented_commands_materialize_exactly_their_scope(
     out = run(["manta", "dagster", "register-runs"], dagster_env, log)
     assert f"registered {RUN}" in out
     assert stored(settings) == {}
-    # ... and the shards holding no trace of the run show done (materialized) and empty
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        reported = instance.get_materialized_partitions(dg.AssetKey([JUDGE, "trace"]))
-    assert {p for p in reported if p.startswith(f"{RUN}|")} == {
-        f"{RUN}|{s:02d}" for s in range(SHARDS) if s not in occupied_shards(settings)
-    }
 
     # One shard: its traces and datapoints, nothing of the other shards, no step yet.
     one = with_shard(commands.one_shard, f"{shard:02d}")
