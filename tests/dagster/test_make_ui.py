@@ -10,6 +10,7 @@ materialized: nothing stored shows as missing work.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def test_make_ui_shows_stored_partitions_and_empty_shards_as_materialized(
     finally:
         dev.stop()
     print(f"Dagster agreed with the store {agreed_s:.1f} s after scripts/ui.sh started")
+    # where a `dagster asset materialize` from another shell finds this explorer
+    recorded = json.loads((Path(env["DAGSTER_HOME"]) / "manta_ui.json").read_text())
+    assert recorded == {"explorer": f"http://127.0.0.1:{env['EXPLORER_PORT']}", "dagster": dev.url}
     # The commands the docs give print no deprecation noise.
     assert "SupersessionWarning" not in log
     assert "alembic" not in log.lower()

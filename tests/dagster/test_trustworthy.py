@@ -23,6 +23,7 @@ from manta_dagster.definitions import build_definitions
 from manta_dagster.partitions import shard_key
 from manta_dagster.results_sync import SYNC_SENSOR_NAME
 from manta_dagster.sensors import DISCOVERY_SENSOR_NAME
+from manta_dagster.ui_links import UI_URLS_FILE, explorer_base
 from manta_lib.explorer.links import results_url
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import (
@@ -189,6 +190,23 @@ def test_explorer_links_name_each_run_when_a_step_spans_several() -> None:
     assert explorer_links("j", TRACE, ["run_a|00", "run_a|01"]) == {
         "explorer": results_url("j", "run_a", "trace")
     }
+
+
+def test_explorer_links_follow_the_explorer_make_ui_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MANTA_EXPLORER_URL", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert explorer_base() == "http://127.0.0.1:8050"  # nothing recorded: the default
+    (tmp_path / UI_URLS_FILE).write_text('{"explorer": "http://127.0.0.1:8311/"}')
+    assert explorer_links("j", TRACE, ["run_a|07"]) == {
+        "explorer": "http://127.0.0.1:8311/results/j?run=run_a&level=trace&shard=7"
+    }
+    monkeypatch.setenv("MANTA_EXPLORER_URL", "http://explorer.internal")  # the setting wins
+    assert explorer_base() == "http://explorer.internal"
+    (tmp_path / UI_URLS_FILE).write_text("not json")
+    monkeypatch.delenv("MANTA_EXPLORER_URL")
+    assert explorer_base() == "http://127.0.0.1:8050"  # unreadable: the default, no crash
 
 
 def _sync(
