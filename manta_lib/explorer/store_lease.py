@@ -98,9 +98,12 @@ class StoreLease:
         return store
 
     def _busy_message(self) -> str:
-        holder = lock_holder(self.settings.chdb_path) if self.settings.embedded else None
+        if not self.settings.embedded:
+            return f"the store did not open within {self.lock_wait_s:g} s; this page retries"
+        holder = lock_holder(self.settings.chdb_path)
         return (
-            f"the store did not become free within {self.lock_wait_s:g} s"
+            f"the embedded store at {self.settings.chdb_path} did not become free within "
+            f"{self.lock_wait_s:g} s (one process may open it at a time)"
             + (f": it is in use by another process ({holder})" if holder else "")
             + "; this page retries by itself"
         )
