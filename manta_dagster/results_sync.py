@@ -118,15 +118,17 @@ def _empty_shard_events(
     shard_count: int,
     cursor: dict[str, int],
 ) -> list[dg.AssetMaterialization]:
-    """Shards of ``runs`` holding none of their traces, as done-and-empty partitions."""
+    """Shards of ``runs`` holding none of their traces, as done-and-empty partitions (the
+    cursor keeps each run's empty shards as a bit mask: only a change is looked at)."""
     events: list[dg.AssetMaterialization] = []
     for run_id in sorted(runs):
-        traces, occupied = occupancy[run_id]
+        occupied = occupancy[run_id][1]
         empty = [s for s in range(shard_count) if s not in occupied]
+        mask = sum(1 << s for s in empty)
         for pipeline in pipelines:
             for level in (spec.level for spec in pipeline.levels if spec.level in SHARDED_LEVELS):
                 mark = f"{pipeline.judge}@{pipeline.judge_version}|{level.value}|{run_id}|empty"
-                if cursor.get(mark) == traces:
+                if cursor.get(mark) == mask:
                     continue
                 key = dg.AssetKey([pipeline.judge, level.value])
                 keys = [
@@ -147,7 +149,7 @@ def _empty_shard_events(
                             },
                         )
                     )
-                cursor[mark] = traces
+                cursor[mark] = mask
     return events
 
 
