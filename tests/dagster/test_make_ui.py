@@ -25,8 +25,8 @@ from tests.dagster.test_ui_browser import DagsterDev, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The target is a minute on an idle 2-core machine (Dagster writes each reported partition to
-# its SQLite event log, ~20 ms of CPU apiece); a shared CI machine gets more room. The time
-# taken is printed.
+# its SQLite event log one by one); a shared, loaded machine gets more room. The time taken is
+# printed.
 AGREE_WITHIN_S = 300
 START_S = 420
 STATS = """
