@@ -62,6 +62,7 @@ from manta_dagster.partitions import (
 from manta_dagster.resources import ClickHouseResource, KestrelResource
 from manta_dagster.split import PartitionSplit, split_partitions
 from manta_dagster.summary import first_failures, markdown_summary
+from manta_dagster.ui_links import explorer_base
 from manta_lib import EntityLevel, MetadataOutput
 from manta_lib.explorer.links import results_url
 from manta_lib.pipeline import (
@@ -167,6 +168,12 @@ def _description(pipeline: PipelineDefinition, spec: LevelSpec) -> str:
     return "\n\n".join(lines)
 
 
+EMPTY_PARTITION = (
+    "no trace of the run is in this partition (no datapoint hashes to its shard): nothing to "
+    "compute"
+)
+
+
 def _metadata(
     outputs: Sequence[MetadataOutput],
     schema: type[BaseModel],
@@ -193,6 +200,7 @@ def _metadata(
         "runs": ", ".join(dict.fromkeys(runs)),
         "summary": dg.MetadataValue.md(markdown_summary(schema, outputs)),
         "first_failures": dg.MetadataValue.md(first_failures(outputs)),
+        **({"empty": EMPTY_PARTITION} if not outputs else {}),
     }
 
 
@@ -206,7 +214,11 @@ def explorer_links(judge: str, level: EntityLevel, partitions: Sequence[str]) ->
         shards.setdefault(run_id if sep else key, set()).update([shard] if sep else [])
     links = {
         run_id: results_url(
-            judge, run_id, level.value, shard=next(iter(found)) if len(found) == 1 else None
+            judge,
+            run_id,
+            level.value,
+            shard=next(iter(found)) if len(found) == 1 else None,
+            base=explorer_base(),
         )
         for run_id, found in shards.items()
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from manta_dagster.ui_links import explorer_base
 from manta_lib import MetadataOutput, percentile
 from manta_lib.explorer.links import entity_url
 
@@ -75,6 +76,11 @@ def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> str:
 
 def markdown_summary(schema: type[BaseModel], outputs: Sequence[MetadataOutput]) -> str:
     """Mean/percentiles of numeric columns, top values of the others, a histogram of the score."""
+    if not outputs:
+        return (
+            "**Empty partition: nothing to compute.** No entity of this level is in it (no "
+            "trace of the run falls in this shard)."
+        )
     columns = column_values(outputs)
     ok = sum(1 for o in outputs if o.error is None)
     lines = [f"**{ok:,} of {len(outputs):,} entities computed** ({schema.__name__})", ""]
@@ -121,8 +127,10 @@ def first_failures(outputs: Sequence[MetadataOutput], limit: int = FIRST_FAILURE
     failed = sorted((o for o in outputs if o.error is not None), key=lambda o: o.entity_id)
     if not failed:
         return "No failures."
+    base = explorer_base()
     lines = [
-        f"- [`{o.entity_id}`]({entity_url(o.entity_level.value, o.entity_id, o.run_id)}): "
+        f"- [`{o.entity_id}`]"
+        f"({entity_url(o.entity_level.value, o.entity_id, o.run_id, base=base)}): "
         f"{str(o.error).splitlines()[0][:300]}"
         + (f" (at `{o.error_at[:300]}`)" if o.error_at else "")
         for o in failed[:limit]

@@ -56,6 +56,9 @@ def _register_commands() -> None:
         register(app)
 
 
+_QUIET_LOGGERS = ("alembic", "httpx", "httpcore", "urllib3")
+
+
 def configure_logging() -> None:
     """Log to stderr through rich; ``MANTA_LOG_LEVEL`` sets the level (default INFO).
 
@@ -67,6 +70,10 @@ def configure_logging() -> None:
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
     )
+    # Libraries' INFO chatter (alembic's migrations of a Dagster instance, one line per HTTP
+    # request) is not what a command reports: their warnings only, unless debugging.
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def main() -> None:

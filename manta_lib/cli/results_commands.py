@@ -20,7 +20,7 @@ from rich.text import Text
 from manta_lib.context import Message, TraceContext
 from manta_lib.errors import QueryError
 from manta_lib.results.entity import StoredResult, trace_results
-from manta_lib.results.output import FORMATS, resolve_format, write_frame
+from manta_lib.results.output import FORMATS, human_number, resolve_format, write_frame
 from manta_lib.service import MantaService
 
 console = Console()
@@ -250,10 +250,18 @@ def _print_trace(trace: TraceContext, results: list[StoredResult], max_chars: in
             console.print(f"[red]{escape(title)} · error[/] {escape(result.error or '')}")
             continue
         values = ", ".join(
-            f"{name}={escape(json.dumps(value, ensure_ascii=False))}"
-            for name, value in result.values.items()
+            f"{name}={escape(_human_value(value))}" for name, value in result.values.items()
         )
         console.print(f"[bold]{escape(title)}[/] {_cut(values, max_chars)}")
+
+
+def _human_value(value: Any) -> str:
+    """A stored value for people: floats rounded (``0.08571``), the rest as JSON."""
+    if isinstance(value, float):
+        return human_number(value)
+    if isinstance(value, list) and any(isinstance(v, float) for v in value):
+        return "[" + ", ".join(_human_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def export_command(

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _READ_METHODS = {"GET", "HEAD"}
+STORE_RETRY_S = 5
+"""How soon a 503 page (another process holds the embedded store) reloads itself."""
 _SECURITY_HEADERS = [
     (
         b"content-security-policy",
@@ -98,7 +100,11 @@ def _page_error(request: Request, exc: Exception) -> Response:
 
 def _manta_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, StoreUnavailableError):
-        return _error_page(request, 503, "Store unavailable", str(exc), [])
+        response = _error_page(
+            request, 503, "Store unavailable", str(exc), [], retry_s=STORE_RETRY_S
+        )
+        response.headers["Retry-After"] = str(STORE_RETRY_S)
+        return response
     if isinstance(exc, QueryError):
         return _error_page(request, 400, "Invalid query", str(exc), [])
     log.warning("explorer request %s failed: %s", request.url.path, exc)
@@ -116,12 +122,25 @@ def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def _error_page(
-    request: Request, status: int, title: str, message: str, suggestions: list[tuple[str, str]]
+    request: Request,
+    status: int,
+    title: str,
+    message: str,
+    suggestions: list[tuple[str, str]],
+    *,
+    retry_s: int | None = None,
 ) -> Response:
+    """The error page; with ``retry_s`` it reloads itself after that many seconds."""
     return render(
         request,
         "error.html",
-        {"status": status, "title": title, "message": message, "suggestions": suggestions},
+        {
+            "status": status,
+            "title": title,
+            "message": message,
+            "suggestions": suggestions,
+            "retry_s": retry_s,
+        },
         status=status,
     )
 

@@ -39,6 +39,28 @@ def resolve_format(fmt: str | None, output: Path | None) -> Format:
     return fmt  # type: ignore[return-value]
 
 
+def human_number(value: float) -> str:
+    """A float rounded for people: 4 significant digits (``0.08571``), thousands separated
+    and one decimal from 10,000 on (``237,538.4``) instead of an exponent; exact values go
+    to csv/json/parquet."""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    if abs(value) >= 10_000:
+        return f"{value:,.1f}" if abs(value) < 1e15 else f"{value:.4g}"
+    return f"{value:.4g}"
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle (``run_grpo…_math_v1``), so both the
+    start and the end of a long id stay readable."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + (text[-tail:] if tail else "")
+
+
 def cell(value: Any) -> str:
     """One value as short text for a terminal table."""
     import pandas as pd
@@ -46,7 +68,7 @@ def cell(value: Any) -> str:
     if value is None or value is pd.NA:
         return "-"
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
+        return "-" if math.isnan(value) else human_number(value)
     if isinstance(value, list | dict):
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     else:
@@ -104,9 +126,75 @@ def write_frame(
         output.write_text(text)
 
 
+_MIN_TEXT_WIDTH = 8  # a text column is not shortened below this (ids stay recognisable)
+_COLUMN_PADDING = 2  # one space each side of a cell
+_HOISTED = ("project_id", "run_id", "judge_version")
+
+
+def fit_widths(widths: Sequence[int], floors: Sequence[int], budget: int) -> list[int] | None:
+    """Column widths summing to at most ``budget``, none below its floor: the widest column
+    that can still give way is narrowed first; None when even the floors do not fit."""
+    fitted = list(widths)
+    excess = sum(fitted) - budget
+    while excess > 0:
+        candidates = [i for i, w in enumerate(fitted) if w > floors[i]]
+        if not candidates:
+            return None
+        widest = max(candidates, key=fitted.__getitem__)
+        second = max((fitted[i] for i in candidates if i != widest), default=0)
+        step = min(excess, fitted[widest] - max(second, floors[widest])) or 1
+        fitted[widest] -= step
+        excess -= step
+    return fitted
+
+
+def _shorten_end(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
 def _print_table(
     frame: pd.DataFrame, console: Console, title: str, caption: str, highlight: bool
 ) -> None:
+    """A table that fits the terminal: long text cells (ids) are shortened in the middle and
+    long headers of number columns at the end (numbers are never cut); when even that is too
+    wide, each row is printed as ``column  value`` lines."""
+    columns: Sequence[str] = [str(name) for name in frame.columns]
+    numeric = [
+        frame[name].dtype.kind in "iuf" or str(frame[name].dtype) in ("Int64", "Float64")
+        for name in frame.columns
+    ]
+    rows = [[cell(value) for value in row] for row in frame.itertuples(index=False)]
+    status_index = columns.index("status") if "status" in columns else None
+    styles = [
+        "red" if highlight and status_index is not None and row[status_index] == "error" else None
+        for row in rows
+    ]
+    budget = console.width - _COLUMN_PADDING * len(columns)
+    if len(rows) > 1 and _natural_width(columns, rows) > budget:
+        # The run (or project, judge version) of a table where every row has the same one
+        # moves above the table: the room goes to the columns that differ.
+        constant = [
+            i
+            for i in range(len(columns))
+            if columns[i] in _HOISTED and len({row[i] for row in rows}) == 1
+        ]
+        if constant:
+            shared = " · ".join(f"{columns[i]} {rows[0][i]}" for i in constant)
+            title = f"{title} · {shared}" if title else shared
+            keep = [i for i in range(len(columns)) if i not in constant]
+            columns = [columns[i] for i in keep]
+            numeric = [numeric[i] for i in keep]
+            rows = [[row[i] for i in keep] for row in rows]
+    values = [max((len(row[i]) for row in rows), default=1) for i in range(len(columns))]
+    widths = [max(len(name), values[i]) for i, name in enumerate(columns)]
+    floors = [
+        max(values[i], 4) if numeric[i] else min(widths[i], _MIN_TEXT_WIDTH)
+        for i in range(len(columns))
+    ]
+    fitted = fit_widths(widths, floors, console.width - _COLUMN_PADDING * len(columns))
+    if fitted is None:
+        _print_vertical(columns, rows, styles, console, title, caption)
+        return
     table = Table(
         title=title or None,
         caption=caption or None,
@@ -115,13 +203,39 @@ def _print_table(
         padding=(0, 1),
         collapse_padding=True,
     )
-    for name in frame.columns:
-        numeric = frame[name].dtype.kind in "iuf" or str(frame[name].dtype) in ("Int64", "Float64")
-        table.add_column(str(name), justify="right" if numeric else "left", overflow="fold")
-    columns: Sequence[str] = list(frame.columns)
-    status_index = columns.index("status") if "status" in columns else None
-    for row in frame.itertuples(index=False):
-        failed = status_index is not None and row[status_index] == "error"
-        style = "red" if highlight and failed else None
-        table.add_row(*(cell(value) for value in row), style=style)
+    for name, is_number, width in zip(columns, numeric, fitted, strict=True):
+        table.add_column(
+            _shorten_end(name, width) if is_number else shorten_middle(name, width),
+            justify="right" if is_number else "left",
+            no_wrap=True,
+        )
+    for row, style in zip(rows, styles, strict=True):
+        table.add_row(
+            *(shorten_middle(text, width) for text, width in zip(row, fitted, strict=True)),
+            style=style,
+        )
     console.print(table)
+
+
+def _natural_width(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> int:
+    return sum(max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(columns))
+
+
+def _print_vertical(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    styles: Sequence[str | None],
+    console: Console,
+    title: str,
+    caption: str,
+) -> None:
+    """One block per row, one ``column  value`` line per field (too many columns for a row)."""
+    if title:
+        console.print(title, style="bold", highlight=False)
+    label = max(len(name) for name in columns)
+    for number, (row, style) in enumerate(zip(rows, styles, strict=True), start=1):
+        console.print(f"── row {number} ──", style="dim", highlight=False)
+        for name, text in zip(columns, row, strict=True):
+            console.print(f"{name:<{label}}  {text}", style=style, highlight=False, soft_wrap=True)
+    if caption:
+        console.print(caption, style="dim", highlight=False)

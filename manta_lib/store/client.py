@@ -128,7 +128,8 @@ def _prepare_directory(path: Path, settings: MantaSettings) -> None:
 
 
 def lock_holder(path: Path) -> str | None:
-    """Who holds the embedded store at ``path`` (e.g. ``"process 1234"``), ``None`` if free.
+    """Who holds the embedded store at ``path``, ``None`` if free: ``"process 1234: python
+    notebook.py"`` (with its command line where the system shows it), else ``"process 1234"``.
 
     chDB keeps an exclusive ``flock`` on ``<path>/status`` while a process has the store open
     and writes that process's PID into it; probing the same lock tells whether opening would
@@ -154,11 +155,29 @@ def lock_holder(path: Path) -> str | None:
             pid = next(
                 (line.split(":", 1)[1].strip() for line in first if line.startswith("PID:")), ""
             )
-            return f"process {pid}" if pid else "another process"
+            if not pid:
+                return "another process"
+            command = process_command_line(pid)
+            return f"process {pid}: {command}" if command else f"process {pid}"
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def process_command_line(pid: str, limit: int = 160) -> str | None:
+    """The command line of process ``pid`` (from ``/proc``; None where there is none),
+    shortened in the middle past ``limit`` characters."""
+    try:
+        raw = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # one line: an argument may hold newlines (python -c "...")
+    command = " ".join(raw.replace(b"\0", b" ").decode("utf-8", "replace").split())
+    if len(command) > limit:
+        half = (limit - 1) // 2
+        command = command[:half] + "…" + command[-half:]
+    return command or None
 
 
 def _is_lock_error(message: str) -> bool:
@@ -269,7 +288,9 @@ class Store:
             return
         _announced.add(key)
         count = self.rows("SELECT count() FROM {db}.traces")[0][0]
-        log.info("Manta store: %s, %s traces", self.describe(), f"{int(count):,}")
+        # One short line (fits an 80-column terminal); which setting chose it at DEBUG.
+        log.info("Manta store: %s, %s traces", short_store(self.settings), f"{int(count):,}")
+        log.debug("Manta store details: %s", self.describe())
         old_default = Path(".manta", "clickhouse").resolve()
         if (
             "MANTA_DATA_DIR" not in os.environ
@@ -394,6 +415,18 @@ def describe_store(settings: MantaSettings) -> str:
     else:
         where = f"MANTA_DATA_DIR={settings.data_dir}; CLICKHOUSE_URL is unset"
     return f"embedded chDB at {settings.chdb_path} ({where}), database {database}"
+
+
+def short_store(settings: MantaSettings) -> str:
+    """Where the store of ``settings`` is, in few words: the embedded path (``~`` for the home
+    directory) or the server URL, and the database when it is not the default ``manta``."""
+    if settings.embedded:
+        path = settings.chdb_path
+        home = Path.home()
+        where = f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+    else:
+        where = str(settings.clickhouse_url)
+    return where if settings.database == "manta" else f"{where}, database {settings.database}"
 
 
 @contextmanager

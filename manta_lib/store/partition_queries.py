@@ -42,3 +42,16 @@ def stored_outcome_counts(
         for judge, version, level, run_id, count in rows
         if versions.get(str(judge)) == version
     }
+
+
+def occupied_shards(store: Store, shard_count: int) -> dict[str, tuple[int, frozenset[int]]]:
+    """``{run_id: (trace count, shards holding at least one of its traces)}`` of every run, in
+    one aggregate query over ``traces`` (the shard as :func:`trace_shards` computes it)."""
+    rows = store.rows(
+        f"SELECT run_id, count(), groupUniqArray({SHARD_EXPR}) FROM {{db}}.traces GROUP BY run_id",
+        {"f_shard_count": shard_count},
+    )
+    return {
+        str(run_id): (int(count), frozenset(int(s) for s in shards))
+        for run_id, count, shards in rows
+    }

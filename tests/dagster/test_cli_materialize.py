@@ -9,13 +9,16 @@ After each command the store must hold the entity_metadata rows of exactly that 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from manta_lib.settings import MantaSettings
 from tests.dagster.cli_helpers import (
     DATAPOINT_COLUMNS,
+    JUDGE,
     RUN,
     STEP_COLUMNS,
     TRACE_COLUMNS,
@@ -46,6 +49,12 @@ def test_documented_commands_materialize_exactly_their_scope(
     commands = doc_commands()
     log: list[str] = []
     shard = busiest_shard(settings)
+    # The explorer `make ui` started elsewhere, as scripts/ui.sh records it; this shell does
+    # not have MANTA_EXPLORER_URL.
+    home = Path(dagster_env["DAGSTER_HOME"])
+    explorer = "http://127.0.0.1:8311"
+    (home / "manta_ui.json").write_text(json.dumps({"explorer": explorer}))
+    dagster_env.pop("MANTA_EXPLORER_URL", None)
 
     out = run(["manta", "dagster", "register-runs"], dagster_env, log)
     assert f"registered {RUN}" in out
@@ -55,6 +64,11 @@ def test_documented_commands_materialize_exactly_their_scope(
     one = with_shard(commands.one_shard, f"{shard:02d}")
     out = run(one, dagster_env, log)
     assert "RUN_SUCCESS" in out, out[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey([JUDGE, "trace"]))
+    assert event is not None and event.asset_materialization is not None
+    link = event.asset_materialization.metadata["explorer"].value
+    assert link == f"{explorer}/results/{JUDGE}?run={RUN}&level=trace&shard={shard}"
     assert_levels(
         stored(settings),
         expected_entities(settings, shard),

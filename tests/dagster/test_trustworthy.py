@@ -19,8 +19,11 @@ from pydantic import BaseModel
 from examples import tool_errors
 from manta import EntityRef, MapReduceComputation, TraceContext
 from manta_dagster.assets import explorer_links, level_key
+from manta_dagster.definitions import build_definitions
 from manta_dagster.partitions import shard_key
 from manta_dagster.results_sync import SYNC_SENSOR_NAME
+from manta_dagster.sensors import DISCOVERY_SENSOR_NAME
+from manta_dagster.ui_links import UI_URLS_FILE, explorer_base
 from manta_lib.explorer.links import results_url
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import (
@@ -189,6 +192,23 @@ def test_explorer_links_name_each_run_when_a_step_spans_several() -> None:
     }
 
 
+def test_explorer_links_follow_the_explorer_make_ui_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MANTA_EXPLORER_URL", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert explorer_base() == "http://127.0.0.1:8050"  # nothing recorded: the default
+    (tmp_path / UI_URLS_FILE).write_text('{"explorer": "http://127.0.0.1:8311/"}')
+    assert explorer_links("j", TRACE, ["run_a|07"]) == {
+        "explorer": "http://127.0.0.1:8311/results/j?run=run_a&level=trace&shard=7"
+    }
+    monkeypatch.setenv("MANTA_EXPLORER_URL", "http://explorer.internal")  # the setting wins
+    assert explorer_base() == "http://explorer.internal"
+    (tmp_path / UI_URLS_FILE).write_text("not json")
+    monkeypatch.delenv("MANTA_EXPLORER_URL")
+    assert explorer_base() == "http://127.0.0.1:8050"  # unreadable: the default, no crash
+
+
 def _sync(
     defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
 ) -> tuple[list[dg.AssetMaterialization], str | None]:
@@ -222,7 +242,8 @@ def test_results_computed_outside_dagster_show_as_materialized_partitions(
 
     assert {(e.asset_key, str(e.partition)) for e in events} == {
         (trace, p) for p in empty | {f"{RUN_ID}|{shard_key(first, SHARDS)}"}
-    }  # one shard mapped: only it is complete; nothing above it is
+    } | {(datapoint, p) for p in empty}  # one shard mapped: only it is complete (and the
+    # shards without traces, done and empty at every sharded level); nothing above it is
     assert all(e.tags[CODE_VERSION_TAG] == PIPELINE.judge_version for e in events)
 
     PIPELINE.run(RUN_ID, mode="local", settings=settings, progress=False)
@@ -234,6 +255,67 @@ def test_results_computed_outside_dagster_show_as_materialized_partitions(
     assert instance.get_materialized_partitions(step) == {RUN_ID}
     assert _sync(defs, instance, cursor)[0] == []  # idempotent: nothing changed
     assert _sync(defs, instance, None)[0] == []  # a lost cursor reports nothing twice
+
+
+def test_shards_without_traces_show_done_and_empty_for_every_registered_run(
+    store: Store, demo: Demo, instance: dg.DagsterInstance
+) -> None:
+    shards = 64  # the production shard count: 300 demo traces leave most shards of a run empty
+    defs = build_definitions([PIPELINE], shard_count=shards, include_wall_time=False)
+    sync = defs.resolve_sensor_def(SYNC_SENSOR_NAME)
+    assert sync.default_status == dg.DefaultSensorStatus.RUNNING  # read-only: on out of the box
+    assert defs.resolve_sensor_def(DISCOVERY_SENSOR_NAME).default_status == (
+        dg.DefaultSensorStatus.STOPPED  # launches runs: opt-in
+    )
+    register(instance, *demo.run_ids)
+    occupied = {
+        (str(run), int(shard))
+        for run, shard in store.rows(
+            "SELECT DISTINCT run_id, cityHash64(datapoint_id) % 64 FROM {db}.traces"
+        )
+    }
+    empty = {
+        f"{run}|{shard_key(s, shards)}"
+        for run in demo.run_ids
+        for s in range(shards)
+        if (run, s) not in occupied
+    }
+    assert empty and len(empty) < len(demo.runs) * shards
+
+    events, cursor = _sync(defs, instance, None)  # no judge has run: only the empty shards
+
+    trace, datapoint = level_key(PIPELINE, TRACE), level_key(PIPELINE, DATAPOINT)
+    assert {(e.asset_key, str(e.partition)) for e in events} == {
+        (key, p) for key in (trace, datapoint) for p in empty
+    }
+    for event in events:
+        values = metadata_values(event)
+        assert values["entities"] == 0 and "nothing to compute" in str(values["empty"])
+        assert "computed" not in values  # not presented as results computed elsewhere
+        assert event.tags[CODE_VERSION_TAG] == PIPELINE.judge_version
+    assert instance.get_materialized_partitions(trace) == empty
+    assert _sync(defs, instance, cursor)[0] == []
+    assert _sync(defs, instance, None)[0] == []  # never reported twice
+
+
+def test_an_empty_partition_materialized_by_dagster_says_it_is_empty(
+    store: Store, demo: Demo, instance: dg.DagsterInstance
+) -> None:
+    defs = build_definitions([PIPELINE], shard_count=64, include_wall_time=False)
+    register(instance, RUN_ID)
+    occupied = {int(s) for (s,) in store.rows(
+        "SELECT DISTINCT cityHash64(datapoint_id) % 64 FROM {db}.traces WHERE run_id = {r:String}",
+        {"r": RUN_ID},
+    )}  # fmt: skip
+    shard = min(set(range(64)) - occupied)
+    result = materialize(
+        defs, instance, [level_key(PIPELINE, TRACE)], partition_key=f"{RUN_ID}|{shard:02d}"
+    )
+    [event] = result.get_asset_materialization_events()
+    values = metadata_values(event.materialization)
+    assert values["entities"] == 0 and "nothing to compute" in str(values["empty"])
+    assert "Empty partition: nothing to compute" in str(values["summary"])
+    assert "0 of 0" not in str(values["summary"])
 
 
 class _Rollout(BaseModel):

@@ -211,7 +211,8 @@ def test_store_locked_by_another_process_gives_a_clear_error(clean_env: Path) ->
     assert "Cannot lock file" not in result.stderr and "Code: 76" not in result.stderr
     path = (clean_env / "locked" / "clickhouse").resolve()
     text = " ".join(result.stderr.split())
-    holder_text = f"is in use by another process (process {holder.pid})"
+    # the holder is named by pid and command line
+    holder_text = f"is in use by another process (process {holder.pid}: {sys.executable} -c"
     assert f"the embedded ClickHouse store at {path} {holder_text}" in text
     assert "MANTA_LOCK_TIMEOUT_S=1 s" in text
 
@@ -239,5 +240,7 @@ def test_a_second_process_waits_for_the_store_and_says_so(clean_env: Path) -> No
         holder.kill()
         cli.kill()
     text = " ".join(first.split())
-    assert f"is in use by process {holder.pid}; waiting up to 120 s for it" in text
+    assert f"is in use by process {holder.pid}: {sys.executable} -c" in text
+    assert "; waiting up to 120 s for it" in text
+    assert "waiting up to" not in rest  # said once
     assert "Code: 76" not in first + rest

@@ -110,7 +110,7 @@ def test_the_default_store_is_the_per_user_data_dir_whatever_the_cwd(
 def test_the_store_says_where_it_is_and_why(
     clean_env: Path, chdb_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="manta_lib.store.client")
+    caplog.set_level(logging.DEBUG, logger="manta_lib.store.client")
     database = f"env_{uuid.uuid4().hex[:10]}"
     settings = load_settings(clickhouse_url=f"chdb://{chdb_path}", database=database)
     with Store.open(settings) as store:
@@ -118,8 +118,12 @@ def test_the_store_says_where_it_is_and_why(
     assert described == (
         f"embedded chDB at {chdb_path} (CLICKHOUSE_URL=chdb://{chdb_path}), database {database}"
     )
-    announced = [r.getMessage() for r in caplog.records if "Manta store:" in r.getMessage()]
-    assert announced == [f"Manta store: {described}, 0 traces"]
+    announced = [r for r in caplog.records if "Manta store" in r.getMessage()]
+    # one short line at INFO (it fits a terminal), the settings that chose it at DEBUG
+    assert [(r.levelno, r.getMessage()) for r in announced] == [
+        (logging.INFO, f"Manta store: {chdb_path}, database {database}, 0 traces"),
+        (logging.DEBUG, f"Manta store details: {described}"),
+    ]
     assert "CLICKHOUSE_URL is unset" not in caplog.text  # it is set
     with Store.open(settings):
         pass

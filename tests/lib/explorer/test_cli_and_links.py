@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,86 @@ def test_explore_serves_pages_and_warns_when_bound_beyond_loopback(tmp_path: Pat
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     assert "NO authentication" in stderr
+
+
+HOLDER = (
+    "import sys, time\n"
+    "from manta import MantaService\n"
+    "with MantaService() as svc:  # a notebook holding the embedded store\n"
+    "    svc.count_traces()\n"
+    "    print('open', flush=True)\n"
+    "    time.sleep(float(sys.argv[1]))\n"
+)
+
+
+def _get(url: str, timeout: float = 60) -> tuple[int, Message, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+@pytest.mark.slow
+def test_a_held_store_gives_a_503_page_within_seconds_naming_the_holder(tmp_path: Path) -> None:
+    env = {**clean_env(tmp_path), "MANTA_LOCK_TIMEOUT_S": "60"}  # the CLI's wait is longer
+    port = free_port()
+    explorer = subprocess.Popen(
+        [str(MANTA), "explore", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    holder = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up, and the store is free: a page answers 200
+            try:
+                status, _, _ = _get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and explorer.poll() is None
+                time.sleep(0.2)
+        assert status == 200
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, "120"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+
+        started = time.monotonic()
+        status, headers, body = _get(f"http://127.0.0.1:{port}/traces")
+        waited = time.monotonic() - started
+        assert status == 503
+        assert 4 < waited < 15  # it waited for the store, then gave up (not after 30 s)
+        text = " ".join(html.unescape(body).split())
+        assert f"process {holder.pid}: {sys.executable} -c import sys, time" in text
+        assert headers.get("Retry-After") == "5"
+        assert '<meta http-equiv="refresh" content="5">' in body  # retries by itself
+        print(f"503 after {waited:.1f} s")
+        # an htmx request (a filter form) gets a fragment that asks for itself again in 5 s
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/traces?run=r", headers={"HX-Request": "true"}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=60)
+            pytest.fail("the held store did not give a 503")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            fragment = exc.read().decode()
+        assert 'hx-trigger="load delay:5s"' in fragment and "<html" not in fragment
+        assert 'hx-get="http://127.0.0.1:' in fragment and "/traces?run=r" in fragment
+
+        holder.kill()
+        holder.wait()
+        status, _, body = _get(f"http://127.0.0.1:{port}/traces")
+        assert status == 200 and "refresh" not in body  # the retry finds the store free
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        os.killpg(explorer.pid, signal.SIGINT)
+        explorer.wait(timeout=30)
 
 
 def test_link_helpers_build_explorer_and_dagster_urls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,3 +164,63 @@ def test_export_jsonl_is_the_import_format(
                 assert again.trace == original.trace
                 assert again.spans() == original.spans()
         store.command("DROP DATABASE {db}")
+
+
+def test_a_table_fits_80_columns_and_rounds_numbers_for_people(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from manta_lib.cli import results_commands
+    from manta_lib.results.output import human_number
+
+    monkeypatch.setattr(results_commands, "console", Console(width=80, force_terminal=False))
+    with MantaService() as svc:
+        frame = svc.results("typed_results", TRAIN_RUN, level="step", limit=5)
+    code, out, _ = cli("results", "typed_results", "-r", TRAIN_RUN, "-l", "step", "-f", "table")
+    assert code == 0
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80
+    # one line per row (no cell wrapped over several lines): each step's row holds its mean
+    for step, mean in zip(frame.step_number, frame.mean_errors, strict=True):
+        [row] = [line for line in lines if line.split()[:1] == [str(step)]]
+        assert human_number(float(mean)) in row.split()
+    assert f"run_id {TRAIN_RUN}" in lines[0]  # the one run moves above the table
+    assert len([line for line in lines if line.strip()]) == 3 + len(frame)  # a line per row
+    # Too many columns for 80: one block per row, every value whole
+    code, out, _ = cli("results", "typed_results", "-r", TRAIN_RUN, "-f", "table", "-n", "5")
+    assert code == 0 and max(map(len, out.splitlines())) <= 80
+    with MantaService() as svc:
+        traces = svc.results("typed_results", TRAIN_RUN, limit=5)
+    for number, trace_id in enumerate(traces.trace_id, start=1):
+        assert f"── row {number} ──" in out
+        assert ["trace_id", trace_id] in [line.split() for line in out.splitlines()]
+
+
+def test_human_numbers_are_rounded_and_ids_shortened_in_the_middle() -> None:
+    from manta_lib.results.output import fit_widths, human_number, shorten_middle
+
+    assert human_number(0.08571428571428572) == "0.08571"
+    assert human_number(237_538.42) == "237,538.4"
+    assert human_number(3.0) == "3"
+    assert shorten_middle("run_grpo_math_v1", 9) == "run_…h_v1"
+    assert shorten_middle("tr_7_0_00000027", 20) == "tr_7_0_00000027"
+    # the widest column gives way first, none below its floor; None when floors do not fit
+    assert fit_widths([30, 10, 5], [8, 8, 5], 40) == [25, 10, 5]
+    assert fit_widths([30, 10, 5], [8, 8, 5], 20) is None
+
+
+def test_show_rounds_result_numbers_for_people(cli) -> None:
+    from manta_lib.results.output import human_number
+
+    with MantaService() as svc:
+        groups = svc.results("typed_results", TRAIN_RUN, level="datapoint")
+        group = next(g for g in groups.itertuples() if len(repr(float(g.mean_errors))) > 8)
+        traces = svc.results("typed_results", TRAIN_RUN)
+    trace_id = traces[
+        (traces.datapoint_id == group.datapoint_id) & (traces.step_number == group.step_number)
+    ].trace_id.iloc[0]
+    code, out, _ = cli("show", trace_id)
+    assert code == 0
+    assert f"mean_errors={human_number(float(group.mean_errors))}" in out
+    assert repr(float(group.mean_errors)) not in out  # not 17 digits
