@@ -59,6 +59,9 @@ class MantaSettings(BaseSettings):
     flush_seconds: float = Field(
         default=2.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_FLUSH_SECONDS"
     )
+    import_max_record_mb: float = Field(
+        default=256.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_IMPORT_MAX_RECORD_MB"
+    )
 
     @field_validator("data_dir", "runs_log_dir_override")
     @classmethod
@@ -188,6 +191,8 @@ _ENV_NAMES = {
     "lock_timeout_s": "MANTA_LOCK_TIMEOUT_S",
     "MANTA_FLUSH_SECONDS": "MANTA_FLUSH_SECONDS",
     "flush_seconds": "MANTA_FLUSH_SECONDS",
+    "MANTA_IMPORT_MAX_RECORD_MB": "MANTA_IMPORT_MAX_RECORD_MB",
+    "import_max_record_mb": "MANTA_IMPORT_MAX_RECORD_MB",
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
 }
