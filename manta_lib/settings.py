@@ -20,6 +20,7 @@ from manta_lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+_MAX_DATABASE_CHARS = 64
 _URL_HELP = (
     "set CLICKHOUSE_URL to http(s)://host:port (a ClickHouse server) or chdb:///absolute/path "
     "(embedded), or unset it to use the embedded default under MANTA_DATA_DIR"
@@ -52,6 +53,9 @@ class MantaSettings(BaseSettings):
     runs_log_dir_override: Path | None = Field(default=None, validation_alias="MANTA_RUNS_LOG_DIR")
     connect_timeout_s: float = Field(
         default=10.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_CONNECT_TIMEOUT_S"
+    )
+    query_timeout_s: float = Field(
+        default=300.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_QUERY_TIMEOUT_S"
     )
     lock_timeout_s: float = Field(
         default=30.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_LOCK_TIMEOUT_S"
@@ -114,6 +118,11 @@ class MantaSettings(BaseSettings):
         if not value.replace("_", "").isalnum():
             raise ValueError(
                 f"MANTA_DATABASE={value!r} must contain only letters, digits and underscores"
+            )
+        if len(value) > _MAX_DATABASE_CHARS:
+            # the store names files after the database; longer names overflow a file name
+            raise ValueError(
+                f"MANTA_DATABASE is {len(value)} characters long; use at most {_MAX_DATABASE_CHARS}"
             )
         return value
 
@@ -187,6 +196,8 @@ _ENV_NAMES = {
     "MANTA_DATA_DIR": "MANTA_DATA_DIR",
     "MANTA_CONNECT_TIMEOUT_S": "MANTA_CONNECT_TIMEOUT_S",
     "connect_timeout_s": "MANTA_CONNECT_TIMEOUT_S",
+    "MANTA_QUERY_TIMEOUT_S": "MANTA_QUERY_TIMEOUT_S",
+    "query_timeout_s": "MANTA_QUERY_TIMEOUT_S",
     "MANTA_LOCK_TIMEOUT_S": "MANTA_LOCK_TIMEOUT_S",
     "lock_timeout_s": "MANTA_LOCK_TIMEOUT_S",
     "MANTA_FLUSH_SECONDS": "MANTA_FLUSH_SECONDS",
