@@ -34,6 +34,9 @@ class LLMSettings(BaseSettings):
     tokens_per_minute: float | None = Field(default=None, gt=0, validation_alias="MANTA_LLM_TPM")
     timeout_s: float = Field(default=120.0, gt=0, validation_alias="MANTA_LLM_TIMEOUT_S")
     max_retries: int = Field(default=8, ge=0, validation_alias="MANTA_LLM_MAX_RETRIES")
+    max_retry_wait_s: float = Field(
+        default=300.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_LLM_MAX_RETRY_WAIT_S"
+    )
     # NoDecode: the validator below parses the JSON, so bad JSON names the variable
     prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
         default_factory=dict, validation_alias="MANTA_LLM_PRICES"
