@@ -15,7 +15,7 @@ import pytest
 from manta_lib.errors import LLMError
 from manta_lib.llm import LLMJudge
 from manta_lib.llm.scope import LLMRunScope
-from tests.lib.fake_openai import Fault, FakeOpenAIServer
+from tests.lib.fake_openai import FakeOpenAIServer, Fault
 from tests.lib.llm.conftest import fake, llm_settings, make_judge  # noqa: F401 - fixtures
 
 Judge = Callable[..., LLMJudge[Any]]
