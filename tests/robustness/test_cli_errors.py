@@ -44,7 +44,7 @@ def with_results(store: Store, tmp_path: Path) -> str:
     """A run of two traces with results of the ``typed_results`` judge."""
     from tests.lib.builders import load_traces, trace_line
 
-    lines = [trace_line(f"t_{i}_{i}", run_id="run_cli") for i in range(2)]
+    lines = [trace_line(f"t_{n}", run_id="run_cli") for n in (1, 2)]
     load_traces(store, lines, tmp_path)
     defs.typed.run("run_cli", mode="local", progress=False, max_failures=1.0)
     return "typed_results"
