@@ -16,7 +16,7 @@ import pytest
 
 from manta_lib.errors import ConfigError, QueryError, StoreUnavailableError
 from manta_lib.llm.settings import load_llm_settings
-from manta_lib.results.expr import MAX_NESTING, parse_condition
+from manta_lib.results import expr
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from tests.lib.results import defs
@@ -64,10 +64,11 @@ def test_export_to_an_impossible_directory(cli) -> None:
 
 def test_deep_brackets_name_the_limit(cli) -> None:
     code, _, err = cli("results", "any", "--where", DEEP)
-    with pytest.raises(QueryError, match=f"nested more than {MAX_NESTING} levels"):
-        parse_condition(DEEP)
+    limit = expr.MAX_NESTING
+    with pytest.raises(QueryError, match=f"nested more than {limit} levels"):
+        expr.parse_condition(DEEP)
     assert code == 1 and "Traceback" not in err and len(err) < 2000
-    assert parse_condition("(" * MAX_NESTING + "a > 0" + ")" * MAX_NESTING) is not None
+    assert expr.parse_condition("(" * limit + "a > 0" + ")" * limit) is not None
 
 
 def test_collect_options_that_cannot_work(cli) -> None:

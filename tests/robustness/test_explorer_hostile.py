@@ -12,9 +12,9 @@ from urllib.parse import quote
 import pytest
 from starlette.testclient import TestClient
 
+from manta_lib.explorer import app as explorer_app
 from manta_lib.explorer import create_app
-from manta_lib.explorer.app import default_allowed_hosts
-from manta_lib.results.expr import MAX_NESTING
+from manta_lib.results import expr
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
@@ -44,7 +44,7 @@ def test_only_served_host_names_are_answered(
     rebound = client.get("/traces", headers={"Host": "attacker.example:8050"})
     assert rebound.status_code == 400 and RUN not in rebound.text
     monkeypatch.setenv("MANTA_EXPLORER_HOSTS", "lab-box.internal, other")
-    assert {"lab-box.internal", "other", "localhost"} <= set(default_allowed_hosts())
+    assert {"lab-box.internal", "other", "localhost"} <= set(explorer_app.default_allowed_hosts())
 
 
 def test_deeply_nested_condition_is_a_400_naming_the_limit(
@@ -54,7 +54,7 @@ def test_deeply_nested_condition_is_a_400_naming_the_limit(
     deep = "(" * 500 + "tool_errors > 0" + ")" * 500
     page = client.get("/results/typed_results", params={"run": RUN, "where": deep})
     assert page.status_code == 400, page.text[:300]
-    assert f"nested more than {MAX_NESTING} levels" in page.text
+    assert f"nested more than {expr.MAX_NESTING} levels" in page.text
 
 
 def test_nul_and_bidi_overrides_are_visible_and_slashed_ids_link(client: TestClient) -> None:
