@@ -48,10 +48,16 @@ def register(app: typer.Typer) -> None:
 
         from manta_lib import load_settings
 
-        if not os.environ.get("DAGSTER_HOME"):
+        home = os.environ.get("DAGSTER_HOME")
+        if not home:
             raise ConfigError(
                 "DAGSTER_HOME is not set: partitions would go to a throw-away instance. Set it "
                 "to the directory holding dagster.yaml (the Makefile uses ./.dagster_home)."
+            )
+        if not os.path.isdir(home):
+            raise ConfigError(
+                f"DAGSTER_HOME={home!r} is not an existing directory; create it or point it at "
+                "the directory holding dagster.yaml (the Makefile uses ./.dagster_home)."
             )
         with Store.open(load_settings()) as store:
             if dry_run:

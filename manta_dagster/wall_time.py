@@ -26,7 +26,7 @@ from pydantic import Field
 from manta_dagster.automation import WALL_TIME_CRON
 from manta_lib import load_settings
 from manta_lib.runs_log import list_shards
-from manta_lib.runs_log.duckdb_engine import workflow_bucket_percentiles
+from manta_lib.runs_log.duckdb_engine import memory_limit, workflow_bucket_percentiles
 
 WALL_TIME_KEY = dg.AssetKey("wall_time_percentiles")
 
@@ -116,5 +116,9 @@ def wall_time_percentiles(
     return dg.MaterializeResult(metadata=metadata)
 
 
-WALL_TIME_RESOURCES: dict[str, Any] = {"duckdb": DuckDBResource(database=":memory:")}
+WALL_TIME_RESOURCES: dict[str, Any] = {
+    "duckdb": DuckDBResource(
+        database=":memory:", connection_config={"memory_limit": memory_limit()}
+    )
+}
 """The resources ``wall_time_percentiles`` needs, merged into ``definitions.py``'s."""

@@ -123,10 +123,37 @@ def read_lines(
                 ),
             )
             return
-        for number, raw in enumerate(buffered, start=1):
+        limit = max_record_bytes()
+        number = 0
+        while raw := buffered.readline(limit + 1):
+            number += 1
             advance(len(raw))
-            if raw.strip():
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                size = len(raw)
+                while (rest := buffered.readline(_CHUNK_CHARS)) and not rest.endswith(b"\n"):
+                    size += len(rest)
+                    advance(len(rest))
+                size += len(rest)
+                advance(len(rest))
+                yield number, LineProblems([("", too_large("the line", f"{size:,} bytes", limit))])
+            elif raw.strip():
                 yield number, raw.rstrip(b"\r\n")
+
+
+def max_record_bytes() -> int:
+    """The most bytes an importer reads into memory for one record (a JSON line, an Inspect
+    sample after inflating, a whole-file log): ``MANTA_IMPORT_MAX_RECORD_MB``."""
+    from manta_lib.settings import load_settings
+
+    return int(load_settings().import_max_record_mb * (1 << 20))
+
+
+def too_large(what: str, size: str, limit: int) -> str:
+    """The reason of a record over :func:`max_record_bytes`."""
+    return (
+        f"{what} is {size}, over the import limit of {limit / (1 << 20):g} MB per record; "
+        f"raise MANTA_IMPORT_MAX_RECORD_MB if the file is trusted"
+    )
 
 
 def _bom_encoding(head: bytes) -> str | None:

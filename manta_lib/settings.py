@@ -20,6 +20,7 @@ from manta_lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+_MAX_DATABASE_CHARS = 64
 _URL_HELP = (
     "set CLICKHOUSE_URL to http(s)://host:port (a ClickHouse server) or chdb:///absolute/path "
     "(embedded), or unset it to use the embedded default under MANTA_DATA_DIR"
@@ -53,11 +54,17 @@ class MantaSettings(BaseSettings):
     connect_timeout_s: float = Field(
         default=10.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_CONNECT_TIMEOUT_S"
     )
+    query_timeout_s: float = Field(
+        default=300.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_QUERY_TIMEOUT_S"
+    )
     lock_timeout_s: float = Field(
         default=30.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_LOCK_TIMEOUT_S"
     )
     flush_seconds: float = Field(
         default=2.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_FLUSH_SECONDS"
+    )
+    import_max_record_mb: float = Field(
+        default=256.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_IMPORT_MAX_RECORD_MB"
     )
 
     @field_validator("data_dir", "runs_log_dir_override")
@@ -111,6 +118,11 @@ class MantaSettings(BaseSettings):
         if not value.replace("_", "").isalnum():
             raise ValueError(
                 f"MANTA_DATABASE={value!r} must contain only letters, digits and underscores"
+            )
+        if len(value) > _MAX_DATABASE_CHARS:
+            # the store names files after the database; longer names overflow a file name
+            raise ValueError(
+                f"MANTA_DATABASE is {len(value)} characters long; use at most {_MAX_DATABASE_CHARS}"
             )
         return value
 
@@ -184,10 +196,14 @@ _ENV_NAMES = {
     "MANTA_DATA_DIR": "MANTA_DATA_DIR",
     "MANTA_CONNECT_TIMEOUT_S": "MANTA_CONNECT_TIMEOUT_S",
     "connect_timeout_s": "MANTA_CONNECT_TIMEOUT_S",
+    "MANTA_QUERY_TIMEOUT_S": "MANTA_QUERY_TIMEOUT_S",
+    "query_timeout_s": "MANTA_QUERY_TIMEOUT_S",
     "MANTA_LOCK_TIMEOUT_S": "MANTA_LOCK_TIMEOUT_S",
     "lock_timeout_s": "MANTA_LOCK_TIMEOUT_S",
     "MANTA_FLUSH_SECONDS": "MANTA_FLUSH_SECONDS",
     "flush_seconds": "MANTA_FLUSH_SECONDS",
+    "MANTA_IMPORT_MAX_RECORD_MB": "MANTA_IMPORT_MAX_RECORD_MB",
+    "import_max_record_mb": "MANTA_IMPORT_MAX_RECORD_MB",
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
 }

@@ -12,6 +12,7 @@ import os
 import sys
 
 import typer
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -92,3 +93,18 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except ClickHouseError as exc:
+        # a query that failed or got no answer after the store opened
+        lines = str(exc).strip().splitlines()
+        hint = " (MANTA_QUERY_TIMEOUT_S bounds each query)" if "timeout" in str(exc).lower() else ""
+        first = lines[0] if lines else type(exc).__name__
+        err_console.print(
+            f"[bold red]error:[/] ClickHouse: {first}{hint}", highlight=False, soft_wrap=True
+        )
+        sys.exit(1)
+    except OSError as exc:
+        # a file or address the command was given: the reason and the path, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        err_console.print(f"[bold red]error:[/] {reason}{where}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from typing import Annotated
 
 import typer
@@ -55,6 +56,7 @@ def explore_command(
         import uvicorn
 
         from manta_lib.explorer import create_app
+        from manta_lib.explorer.app import default_allowed_hosts
     except ImportError as exc:
         raise ConfigError(
             f"the explorer needs the 'explorer' extra ({exc.name} is missing): "
@@ -72,7 +74,12 @@ def explore_command(
             highlight=False,
         )
     settings = load_settings()
-    app = create_app(settings, dagster_url=dagster_url)
+    hosts = default_allowed_hosts()
+    if host in ("0.0.0.0", "::", ""):  # every interface: the machine's own names
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    else:
+        hosts.append(host)
+    app = create_app(settings, dagster_url=dagster_url, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"Manta explorer on http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -183,7 +184,8 @@ def collect_command(
         ),
     ] = 30.0,
     max_body_mb: Annotated[
-        float, typer.Option("--max-body-mb", min=0.001, help="Largest request body accepted.")
+        float,
+        typer.Option("--max-body-mb", min=0.001, max=4096.0, help="Largest request body accepted."),
     ] = 16.0,
     run_id: Annotated[
         str | None,
@@ -210,6 +212,10 @@ def collect_command(
     from manta_lib.collector import Collector
     from manta_lib.importers import Hierarchy
 
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise typer.BadParameter(f"cannot listen on {host!r}: {exc}", param_hint="--host") from None
     hierarchy = Hierarchy(run_id, phase, step, datapoint, score, project)
     collector = Collector(
         host=host,

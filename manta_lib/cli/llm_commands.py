@@ -31,6 +31,11 @@ def load_pipeline(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise PipelineDefinitionError(f"cannot import {module_name!r}: {exc}") from None
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else module_name
+        raise PipelineDefinitionError(
+            f"cannot import {module_name!r}: {where}: {exc.msg}"
+        ) from None
     pipeline = getattr(module, attribute, None)
     if not isinstance(pipeline, MapReduceComputation):
         raise PipelineDefinitionError(

@@ -1,6 +1,10 @@
 """The explorer web app: Starlette routes, Jinja templates, static files served by the app.
 
 Read-only: every route is a GET (a POST, PUT or DELETE gets 405 before any handler runs).
+Only the host names it serves are answered (loopback names, ``MANTA_EXPLORER_HOSTS``, the host
+of ``MANTA_EXPLORER_URL``; ``manta explore --allow-remote`` adds its address): any other
+``Host`` header gets 400, so a page of another site that rebinds its DNS name to 127.0.0.1
+cannot read traces through the user's browser.
 Pages are rendered on the server; the only script is the vendored htmx, served from
 ``/static`` (no CDN, so the app works offline). A strict Content-Security-Policy allows
 scripts and styles from the app itself only, so even a value that escaped the templates'
@@ -18,12 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -49,6 +56,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 _READ_METHODS = {"GET", "HEAD"}
 STORE_RETRY_S = 5
 """How soon a 503 page (another process holds the embedded store) reloads itself."""
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 _SECURITY_HEADERS = [
     (
         b"content-security-policy",
@@ -145,11 +153,23 @@ def _error_page(
     )
 
 
+def default_allowed_hosts() -> list[str]:
+    """Host names the explorer answers by default: the loopback names, the comma-separated
+    ``MANTA_EXPLORER_HOSTS`` and the host of ``MANTA_EXPLORER_URL``."""
+    configured = os.environ.get("MANTA_EXPLORER_HOSTS", "")
+    hosts = [*LOOPBACK_HOSTS, *(h.strip() for h in configured.split(",") if h.strip())]
+    url_host = urlparse(links.explorer_base_url()).hostname
+    if url_host:
+        hosts.append(url_host)
+    return list(dict.fromkeys(hosts))
+
+
 def create_app(
     settings: MantaSettings | None = None,
     *,
     dagster_url: str | None = None,
     keep_store_open: bool | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The explorer app over the store ``settings`` name (default: the environment).
 
@@ -157,7 +177,8 @@ def create_app(
     other processes (a Dagster run) can use the embedded store between page views.
     ``keep_store_open`` keeps one connection for the app's life instead (the default with a
     ClickHouse server, where no lock is involved). ``dagster_url`` defaults to
-    ``MANTA_DAGSTER_URL`` (or ``http://127.0.0.1:3000``).
+    ``MANTA_DAGSTER_URL`` (or ``http://127.0.0.1:3000``). ``allowed_hosts``: the ``Host``
+    names answered (default :func:`default_allowed_hosts`); any other gets 400.
     """
     lease = StoreLease(settings or load_settings(), keep_open=keep_store_open)
 
@@ -172,7 +193,7 @@ def create_app(
         Route("/", runs_page, name="runs"),
         Route("/runs/{run_id:path}", run_page, name="run"),
         Route("/traces", traces_page, name="traces"),
-        Route("/traces/{trace_id}/spans/{span_id}.txt", span_text, name="span_text"),
+        Route("/traces/{trace_id:path}/spans/{span_id:path}.txt", span_text, name="span_text"),
         Route("/traces/{trace_id:path}", trace_page, name="trace"),
         Route("/curves", curves_page, name="curves"),
         Route("/group", group_page, name="group"),
@@ -184,7 +205,14 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(ReadOnlyHeaders)],
+        middleware=[
+            Middleware(
+                TrustedHostMiddleware,
+                allowed_hosts=list(allowed_hosts or default_allowed_hosts()),
+                www_redirect=False,
+            ),
+            Middleware(ReadOnlyHeaders),
+        ],
         exception_handlers={
             PageError: _page_error,
             MantaError: _manta_error,

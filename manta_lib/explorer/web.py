@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -181,7 +182,7 @@ def render(
         request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
     )
     values["fragment"] = fragment
-    response = HTMLResponse(page.render(values), status_code=status)
+    response = HTMLResponse(visible_controls(page.render(values)), status_code=status)
     if fragment and request.headers.get("HX-Target") not in _LIVE_TARGETS:
         # The address bar shows the filters that are set, not every empty form field.
         response.headers["HX-Push-Url"] = clean_url(request)
@@ -189,6 +190,28 @@ def render(
 
 
 _LIVE_TARGETS = ("live-region", "live-badge")  # a live refresh keeps the address and history
+
+# Characters a browser would hide or act on: C0 controls but tab and newlines (NUL included),
+# DEL, and the bidirectional overrides and isolates that reorder the text around them.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # the Control Pictures sign: NUL -> U+2400
+    if code == 0x7F:
+        return "\u2421"
+    return f"[U+{code:04X}]"
+
+
+def visible_controls(html: str) -> str:
+    """``html`` with control and bidirectional-override characters shown as visible signs."""
+    if _INVISIBLE.search(html) is None:
+        return html
+    return _INVISIBLE.sub(_shown, html)
 
 
 def clean_url(request: Request) -> str:

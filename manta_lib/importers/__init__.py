@@ -95,8 +95,11 @@ def detect_format(path: str | Path) -> str:
             "input/output/score lines); pass files"
         )
     for name in ("inspect", "otlp", "openai", "manta", "verl"):
-        if get_importer(name).sniff(path):
-            return name
+        try:
+            if get_importer(name).sniff(path):
+                return name
+        except OSError as exc:
+            raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from None
     raise ValidationError(
         f"cannot tell the format of {path}: expected an Inspect AI log, OTLP JSON or protobuf, "
         "OpenAI-message JSON lines (a 'messages' list) or Manta JSON lines (a 'trace_id'); "

@@ -9,6 +9,7 @@ override them.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 
 from manta_lib.errors import ValidationError
 from manta_lib.ingest import SourceRecord
+from manta_lib.ingest_lines import LineProblems, decode_line
 from manta_lib.llm.prices import estimate_cost
 from manta_lib.models import Phase
 
@@ -164,7 +166,11 @@ def plain(value: Any) -> Any:
 
 
 def first_json_line(path: Path, limit: int = 64 << 20) -> Any:
-    """The first non-blank line of a file parsed as JSON, or ``None``."""
+    """The first JSON object among the first 100 non-blank lines of a file, or ``None``.
+
+    A line that does not parse (truncated, nested too deep, not an object) is passed over, so
+    one bad first line does not hide the format of the rest; the importer then reports it.
+    """
     with path.open("rb") as handle:
         for _ in range(100):
             line = handle.readline(limit)
@@ -172,9 +178,11 @@ def first_json_line(path: Path, limit: int = 64 << 20) -> Any:
                 return None
             if line.strip():
                 try:
-                    return json.loads(line)
-                except ValueError:
-                    return None
+                    value = decode_line(line.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n"))
+                except LineProblems:
+                    continue
+                if isinstance(value, dict):
+                    return value
     return None
 
 

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +54,22 @@ from manta_lib.importers.base import (
 )
 from manta_lib.importers.chat import chat_spans
 from manta_lib.ingest import SourceRecord
+from manta_lib.ingest_lines import max_record_bytes, too_large
 
+_SAMPLES_DIR = "samples/"
+_INFLATE_CHUNK = 1 << 20
+# What reading a damaged log raises: Inspect's parse and validation errors (ValueError),
+# missing members, a damaged zip or deflate stream, JSON nested past Python's recursion limit.
+_READ_ERRORS = (
+    ValueError,
+    KeyError,
+    IndexError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RecursionError,
+)
 _JSON_LOG_HEAD = re.compile(rb'\s*\{\s*"version"\s*:\s*\d')
 _ROLE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "function", "error")
 
@@ -85,24 +102,46 @@ class InspectImporter:
     def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
         inspect_log = _inspect_log_module()
         source = str(path)
+        limit = max_record_bytes()
         try:
-            if zipfile.is_zipfile(path):
-                # .eval: one sample at a time (bounded memory), every sample the file holds
-                header = inspect_log.read_eval_log(str(path), header_only=True)
-                summaries = inspect_log.read_eval_log_sample_summaries(str(path))
-                samples: Iterator[Any] = (
-                    inspect_log.read_eval_log_sample(
-                        str(path), id=s.id, epoch=s.epoch, resolve_attachments=True
-                    )
-                    for s in summaries
-                )
-            else:
+            if not zipfile.is_zipfile(path):
+                size = path.stat().st_size
+                if size > limit:
+                    reason = too_large("this JSON log", f"{size:,} bytes", limit)
+                    yield SourceRecord(source, 0, None, (("", reason),))
+                    return
                 header = inspect_log.read_eval_log(str(path), resolve_attachments=True)
-                samples = iter(header.samples or [])
-            for number, sample in enumerate(samples, start=1):
-                yield self._record(source, number, header, sample, hierarchy, path.name)
-        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-            yield SourceRecord(source, 0, None, (("", f"not a readable Inspect AI log ({exc})"),))
+                for number, sample in enumerate(header.samples or [], start=1):
+                    yield self._record(source, number, header, sample, hierarchy, path.name)
+                return
+            # .eval: one sample at a time (bounded memory), every sample the file holds; each
+            # member is inflated once first, bounded, so a zip bomb or a corrupt member is an
+            # error of its sample (or of the file) before Inspect's reader inflates it whole.
+            bad = _bad_members(path, limit)
+            for name, reason in bad.items():
+                if not name.startswith(_SAMPLES_DIR):
+                    yield SourceRecord(source, 0, None, (("", f"{name}: {reason}"),))
+                    return
+            header = inspect_log.read_eval_log(str(path), header_only=True)
+            summaries = inspect_log.read_eval_log_sample_summaries(str(path))
+        except _READ_ERRORS as exc:
+            yield SourceRecord(source, 0, None, (("", f"not a readable Inspect AI log ({exc!r})"),))
+            return
+        for number, summary in enumerate(summaries, start=1):
+            where = f"samples[{number - 1}]"
+            member = f"{_SAMPLES_DIR}{summary.id}_epoch_{summary.epoch}.json"
+            if member in bad:
+                yield SourceRecord(source, number, None, ((where, f"{member}: {bad[member]}"),))
+                continue
+            try:
+                sample = inspect_log.read_eval_log_sample(
+                    str(path), id=summary.id, epoch=summary.epoch, resolve_attachments=True
+                )
+            except _READ_ERRORS as exc:
+                reason = f"{member}: not a readable sample ({exc!r})"
+                yield SourceRecord(source, number, None, ((where, reason),))
+                continue
+            yield self._record(source, number, header, sample, hierarchy, path.name)
 
     def _record(
         self, source: str, number: int, header: Any, sample: Any, hierarchy: Hierarchy, name: str
@@ -113,6 +152,9 @@ class InspectImporter:
             where = f"samples[{number - 1}]"
             problems = tuple((f"{where}.{f}" if f else where, r) for f, r in exc.problems)
             return SourceRecord(source, number, None, problems)
+        except RecursionError:
+            reason = "nested too deeply to map (a message or value holds itself many levels deep)"
+            return SourceRecord(source, number, None, ((f"samples[{number - 1}]", reason),))
         return SourceRecord(source, number, trace)
 
     def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
@@ -120,6 +162,55 @@ class InspectImporter:
         if not hasattr(record, "eval") or not hasattr(record, "samples"):
             raise Problems([("", f"expected an Inspect EvalLog, got {type(record).__name__}")])
         return [sample_trace(record, s, hierarchy, "") for s in record.samples or []]
+
+
+def _bad_members(path: Path, limit: int) -> dict[str, str]:
+    """Members of a ``.eval`` zip that do not inflate, or inflate past ``limit`` bytes: name ->
+    reason. Inflates each member's stored bytes in chunks, whatever size the zip declares
+    (Inspect's reader trusts the stream, not the declared size)."""
+    bad: dict[str, str] = {}
+    with zipfile.ZipFile(path) as archive, path.open("rb") as handle:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            try:
+                size = _inflated_size(handle, info, limit)
+            except (zlib.error, zipfile.BadZipFile, NotImplementedError) as exc:
+                bad[info.filename] = f"a damaged compressed member ({exc})"
+                continue
+            if size > limit:
+                bad[info.filename] = too_large(
+                    "the member", f"over {limit:,} bytes inflated", limit
+                )
+    return bad
+
+
+def _inflated_size(handle: Any, info: zipfile.ZipInfo, limit: int) -> int:
+    """The inflated size of one member, counted up to ``limit + 1`` bytes."""
+    handle.seek(info.header_offset)
+    local = handle.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile("bad local file header")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    handle.seek(info.header_offset + 30 + name_length + extra_length)
+    left = info.compress_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        return left
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise NotImplementedError(f"compression method {info.compress_type}")
+    inflater = zlib.decompressobj(-15)
+    size = 0
+    while left > 0 and size <= limit:
+        chunk = handle.read(min(_INFLATE_CHUNK, left))
+        if not chunk:
+            raise zipfile.BadZipFile("truncated member")
+        left -= len(chunk)
+        while chunk and size <= limit:
+            size += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+            chunk = inflater.unconsumed_tail
+    if size <= limit:
+        size += len(inflater.flush())
+    return size
 
 
 def _message_dict(message: Any) -> dict[str, Any]:

@@ -23,7 +23,6 @@ Messages become spans by the rules of :mod:`manta_lib.importers.chat`. Trace key
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from manta_lib.importers.base import (
 )
 from manta_lib.importers.chat import chat_spans
 from manta_lib.ingest import SourceRecord
+from manta_lib.ingest_lines import LineProblems, decode_line, read_lines, source_of
 
 _TRACE_KEYS = frozenset(
     {
@@ -77,20 +77,21 @@ class OpenAIImporter:
         return isinstance(first, dict) and isinstance(first.get("messages"), list)
 
     def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
-        source = str(path)
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except ValueError as exc:
-                    yield SourceRecord(source, number, None, (("", f"invalid JSON ({exc})"),))
-                    continue
-                try:
-                    yield SourceRecord(source, number, rollout_trace(obj, hierarchy, raw.strip()))
-                except Problems as exc:
-                    yield SourceRecord(source, number, None, tuple(exc.problems))
+        # The JSON Lines reader of import_jsonl: byte-order marks, over-long lines, and
+        # hostile lines (deep nesting, lone surrogates, NaN) as per-line errors.
+        source = source_of(path)
+        for number, raw in read_lines(source, lambda _n: None):
+            try:
+                if isinstance(raw, LineProblems):
+                    raise raw
+                obj = decode_line(raw)
+            except LineProblems as exc:
+                yield SourceRecord(source.name, number, None, tuple(exc.problems))
+                continue
+            try:
+                yield SourceRecord(source.name, number, rollout_trace(obj, hierarchy, raw.strip()))
+            except Problems as exc:
+                yield SourceRecord(source.name, number, None, tuple(exc.problems))
 
     def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
         obj = plain(record)

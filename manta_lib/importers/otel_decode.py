@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ def json_value(value: Any) -> Any:
         if camel in value or snake in value:
             return _get(value, camel, snake)
     if "intValue" in value or "int_value" in value:
-        return int(_get(value, "intValue", "int_value"))
+        return otlp_integer(_get(value, "intValue", "int_value"))
     if "arrayValue" in value or "array_value" in value:
         inner = _get(value, "arrayValue", "array_value") or {}
         return [json_value(item) for item in inner.get("values", [])]
@@ -82,6 +83,15 @@ def json_value(value: Any) -> Any:
     if "bytesValue" in value or "bytes_value" in value:
         return _get(value, "bytesValue", "bytes_value")
     return None
+
+
+def otlp_integer(value: Any) -> int:
+    """An OTLP JSON integer (a number or a decimal string, as the JSON mapping writes int64);
+    :class:`ValueError` for anything else, including a literal such as ``1e400`` that JSON
+    decodes to infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not an integer (a literal such as 1e400 overflows)")
+    return int(value)
 
 
 def json_attributes(items: Any) -> dict[str, Any]:
@@ -174,13 +184,13 @@ def _json_span(
         optional=True,
     )
     try:
-        start = int(_get(span, "startTimeUnixNano", "start_time_unix_nano", 0) or 0)
-        end = int(_get(span, "endTimeUnixNano", "end_time_unix_nano", 0) or 0)
+        start = otlp_integer(_get(span, "startTimeUnixNano", "start_time_unix_nano", 0) or 0)
+        end = otlp_integer(_get(span, "endTimeUnixNano", "end_time_unix_nano", 0) or 0)
         attributes = json_attributes(span.get("attributes") or [])
         events = tuple(
             (
                 str(event.get("name", "")),
-                int(_get(event, "timeUnixNano", "time_unix_nano", 0) or 0),
+                otlp_integer(_get(event, "timeUnixNano", "time_unix_nano", 0) or 0),
                 json_attributes(event.get("attributes") or []),
             )
             for event in span.get("events") or []

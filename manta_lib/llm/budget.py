@@ -1,8 +1,11 @@
 """A dollar cap on LLM spending: refuse the next call *before* it could cross the cap.
 
 Each call reserves an upper bound of its cost (prompt bytes as tokens, ``max_tokens`` or twice
-the longest answer seen as output) while it is in flight; the reservation is replaced by the
-real cost when it returns. A call whose bound does not fit waits for the calls in flight to
+the longest answer seen as output) while it is in flight; when it returns it is counted at the
+larger of that bound and the cost of the usage the server reported, so a server that
+under-reports (or reports nothing) cannot spend past the cap. A reported cost above the bound
+is flagged (a warning, and :attr:`Budget.over_bound`): the server's usage figures deserve a
+look. A call whose bound does not fit waits for the calls in flight to
 settle; if it still does not fit in what is left, it raises
 :class:`~manta_lib.errors.LLMBudgetExceeded`, and so does every later one: the run stops
 cleanly. With ``max_tokens`` set on the judge the cap is never crossed; without it, an answer
@@ -11,9 +14,12 @@ longer than twice any earlier one could cross it by that one call.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from manta_lib.errors import LLMBudgetExceeded
+
+log = logging.getLogger(__name__)
 
 
 class Budget:
@@ -28,6 +34,8 @@ class Budget:
         self._reserved = 0.0
         self._in_flight = 0
         self._stopped = False
+        self.over_bound = 0
+        """Calls whose reported cost was above the bound computed before them."""
         self._cond = threading.Condition()
 
     @property
@@ -63,9 +71,24 @@ class Budget:
             self.calls += 1
             self._cond.notify_all()
 
+    def flag_over_bound(self, model: str, reported_usd: float, bound_usd: float) -> None:
+        """Note a call whose reported usage costs more than its pre-call bound."""
+        with self._cond:
+            self.over_bound += 1
+            first = self.over_bound == 1
+        if first:
+            log.warning(
+                "%s reported usage costing $%.6f for one call, above the $%.6f bound computed "
+                "before it (every prompt byte a token, the longest answer): counted as reported "
+                "against max_cost_usd; check the server's usage figures",
+                model,
+                reported_usd,
+                bound_usd,
+            )
+
     def message(self) -> str:
         return (
-            f"LLM budget reached: ${self.spent_usd:.4f} spent of max_cost_usd="
+            f"LLM budget reached: ${self.spent_usd:.4f} counted against max_cost_usd="
             f"${self.max_cost_usd:.4f} ({self.calls} calls), and the next call could cross it. "
             f"Finished work is kept and its answers are cached: run again with a higher "
             f"max_cost_usd to continue where this run stopped without paying twice."

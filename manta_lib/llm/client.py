@@ -391,8 +391,10 @@ class LLMJudge(Generic[T]):
             if budget is not None:
                 budget.reserve(bound)
             call_cost: float | None = 0.0
+            answered = False
             try:
                 completion = self._send(conversation)
+                answered = True
                 call_cost = (
                     self.prices.cost(self.model, completion.input_tokens, completion.output_tokens)
                     if completion.usage_reported
@@ -400,8 +402,14 @@ class LLMJudge(Generic[T]):
                 )
             finally:
                 if budget is not None:
-                    # An answer without usage is settled at its bound; a refused call at 0.
-                    budget.settle(bound, call_cost if call_cost is not None else bound)
+                    # Counted at the larger of the reported cost and the bound, so a server that
+                    # under-reports cannot spend past the cap; a refused call counts 0.
+                    counted = 0.0
+                    if answered:
+                        counted = bound if call_cost is None else max(call_cost, bound)
+                    if call_cost is not None and call_cost > bound:
+                        budget.flag_over_bound(self.model, call_cost, bound)
+                    budget.settle(bound, counted)
             self.usage.record_call(
                 completion.input_tokens, completion.output_tokens, call_cost, completion.latency_ms
             )
@@ -483,7 +491,20 @@ class LLMJudge(Generic[T]):
             except openai.RateLimitError as exc:
                 self.usage.record_rate_limited()
                 self.limiter.learn_limits(exc.response.headers)
-                self._overloaded(permit, retry_after_seconds(exc.response.headers))
+                retry_after = retry_after_seconds(exc.response.headers)
+                cap = self.settings.max_retry_wait_s
+                if retry_after is not None and retry_after > cap:
+                    # Waiting that long would stall every thread: pause at most the cap, and
+                    # fail this call with the server's reason.
+                    self._overloaded(permit, cap)
+                    self.usage.record_failure()
+                    raise LLMError(
+                        f"{self.model} at {self.base_url} answered HTTP 429 asking to wait "
+                        f"{retry_after:,.0f} s (Retry-After), more than "
+                        f"MANTA_LLM_MAX_RETRY_WAIT_S={cap:g} s: {_server_message(exc)}. Run "
+                        f"again later (finished traces are kept) or raise the setting"
+                    ) from None
+                self._overloaded(permit, retry_after)
                 raise _Retryable(f"HTTP 429: {_server_message(exc)}") from None
             except openai.APITimeoutError:
                 self._overloaded(permit, None)
@@ -496,6 +517,15 @@ class LLMJudge(Generic[T]):
                 self.usage.record_failure()
                 raise self._refused(exc, messages) from None
             latency_ms = (time.perf_counter() - started) * 1000
+        if not hasattr(response, "choices"):
+            # A proxy's or gateway's page (HTML, plain text) with a 2xx status
+            self.usage.record_failure()
+            raise LLMError(
+                f"{self.model} at {self.base_url} answered HTTP {raw.status_code} "
+                f"({raw.headers.get('content-type') or 'no content type'}) with something "
+                f"that is not a chat completion: {_excerpt(raw.text)}. Check OPENAI_BASE_URL "
+                f"(it should end in /v1) and any proxy in between"
+            )
         self.limiter.learn_limits(raw.headers)
         usage = response.usage
         tokens_in = usage.prompt_tokens if usage else 0
@@ -528,6 +558,12 @@ class LLMJudge(Generic[T]):
             f"{self.model} at {self.base_url} refused the request with HTTP {exc.status_code}: "
             f"{_server_message(exc)}"
         )
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """The start of a server's body, one line, for an error message."""
+    flat = " ".join(text.split())
+    return repr(flat[:limit] + ("..." if len(flat) > limit else ""))
 
 
 def _quiet_http_logs() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from manta_lib.errors import ConfigError
 
@@ -34,7 +34,11 @@ class LLMSettings(BaseSettings):
     tokens_per_minute: float | None = Field(default=None, gt=0, validation_alias="MANTA_LLM_TPM")
     timeout_s: float = Field(default=120.0, gt=0, validation_alias="MANTA_LLM_TIMEOUT_S")
     max_retries: int = Field(default=8, ge=0, validation_alias="MANTA_LLM_MAX_RETRIES")
-    prices: dict[str, dict[str, float]] = Field(
+    max_retry_wait_s: float = Field(
+        default=300.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_LLM_MAX_RETRY_WAIT_S"
+    )
+    # NoDecode: the validator below parses the JSON, so bad JSON names the variable
+    prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
         default_factory=dict, validation_alias="MANTA_LLM_PRICES"
     )
     flush_seconds: float = Field(default=2.0, gt=0, validation_alias="MANTA_LLM_FLUSH_SECONDS")
@@ -49,7 +53,13 @@ class LLMSettings(BaseSettings):
     def _parse_prices(cls, value: object) -> object:
         if isinstance(value, str):
             text = value.strip()
-            return json.loads(text) if text else {}
+            try:
+                return json.loads(text) if text else {}
+            except ValueError as exc:
+                raise ValueError(
+                    f"{value[:80]!r} is not JSON ({exc}); expected e.g. "
+                    '\'{"my-model": {"input_per_mtok": 0.2, "output_per_mtok": 0.6}}\''
+                ) from None
         return value
 
     @field_validator("max_concurrency")

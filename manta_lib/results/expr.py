@@ -28,6 +28,9 @@ from typing import Any
 
 from manta_lib.errors import QueryError
 
+MAX_NESTING = 32
+"""Most levels of brackets and ``not`` in one condition."""
+
 COMPARISON_OPS = ("==", "!=", ">", ">=", "<", "<=")
 _OP_ALIASES = {"=": "==", "<>": "!="}
 
@@ -110,10 +113,22 @@ def _tokenize(text: str) -> list[_Tok]:
 
 
 def _error(text: str, position: int, message: str) -> QueryError:
-    pointer = " " * position + "^"
+    shown, column = text, position
+    if len(text) > _SHOWN_CHARS:  # a window around the position, not the whole condition
+        start = max(0, position - _SHOWN_CHARS // 2)
+        shown = text[start : start + _SHOWN_CHARS]
+        column = position - start
+        if start:
+            shown, column = "..." + shown, column + 3
+        if start + _SHOWN_CHARS < len(text):
+            shown += "..."
+    pointer = " " * column + "^"
     return QueryError(
-        f"cannot parse condition at position {position + 1}: {message}\n  {text}\n  {pointer}"
+        f"cannot parse condition at position {position + 1}: {message}\n  {shown}\n  {pointer}"
     )
+
+
+_SHOWN_CHARS = 120
 
 
 class _Parser:
@@ -121,6 +136,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.index = 0
+        self.depth = 0
 
     @property
     def current(self) -> _Tok:
@@ -165,12 +181,25 @@ class _Parser:
         return items[0] if len(items) == 1 else And(tuple(items))
 
     def not_expr(self) -> Condition:
-        if self.accept("keyword", "not"):
-            return Not(self.not_expr())
-        if self.accept("punct", "("):
-            inner = self.or_expr()
-            self.expect("punct", ")", "`)`")
-            return inner
+        token = self.current
+        if token.kind in ("keyword", "punct") and token.text in ("not", "("):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise _error(
+                    self.text,
+                    token.position,
+                    f"nested more than {MAX_NESTING} levels deep (brackets and `not`); "
+                    f"write the condition flatter",
+                )
+            try:
+                if self.accept("keyword", "not"):
+                    return Not(self.not_expr())
+                self.expect("punct", "(", "`(`")
+                inner = self.or_expr()
+                self.expect("punct", ")", "`)`")
+                return inner
+            finally:
+                self.depth -= 1
         return self.comparison()
 
     def field(self) -> Field:

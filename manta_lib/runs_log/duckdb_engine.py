@@ -12,9 +12,11 @@ How a query runs (see ``docs/runs_log.md``, "Engines"):
    classifies every line (corrupt, unknown version, matching, other) and keeps only the
    matching rows and the bad ones in a temporary table, typically a tenth of the log.
 2. **Select**: the newest ``last`` rows by ``(finished_at, run_id)`` descending.
-3. **Buckets**: the bucket names of the selected rows (``json_keys``), then one aggregate query
-   turns the breakdown into a ``STRUCT`` of those names with ``json_transform`` and computes
-   ``count``/``quantile_cont`` per bucket (finite values only) in one pass.
+3. **Buckets**: the breakdowns of the selected rows unpivoted into one ``(bucket, value)`` row
+   per key (``json_each``), grouped by bucket: ``count``/``quantile_cont`` per bucket (finite
+   values only) in one pass, in memory that follows the number of values, not the number of
+   distinct bucket names. Every connection the engine opens has a ``memory_limit``
+   (``MANTA_RUNS_LOG_DUCKDB_MEMORY``, default 1GB).
 
 DuckDB's ``quantile_cont`` is linear interpolation between closest ranks, numpy's default; it
 can differ from numpy in the last bit, so both engines round to the microsecond.
@@ -22,13 +24,13 @@ can differ from numpy in the last bit, so both engines round to the microsecond.
 Corrupt lines come back from ``read_json(..., ignore_errors=true)`` as all-NULL rows and are
 counted; blank lines are skipped by DuckDB and not counted; truncated lines count as corrupt.
 A breakdown value is used when it is a finite JSON number (or boolean), as in the Python
-engine; the writer never writes anything else. (A numeric *string* such as ``"12"`` is the one
-value DuckDB's cast accepts and Python does not; the writer rejects such rows.)
+engine; the writer never writes anything else. A byte-order mark at the start of a file is
+skipped, at the start of any later line the line is corrupt (both engines).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -158,11 +160,17 @@ _KIND = f"""
 @contextmanager
 def connect() -> Iterator[duckdb.DuckDBPyConnection]:
     """A private in-memory DuckDB connection, closed on exit."""
-    conn = duckdb.connect(":memory:")
+    conn = duckdb.connect(":memory:", config={"memory_limit": memory_limit()})
     try:
         yield conn
     finally:
         conn.close()
+
+
+def memory_limit() -> str:
+    """DuckDB's ``memory_limit`` for the engine's connections: ``MANTA_RUNS_LOG_DUCKDB_MEMORY``
+    (a DuckDB size such as ``512MB`` or ``2GB``), default ``1GB``."""
+    return os.environ.get("MANTA_RUNS_LOG_DUCKDB_MEMORY", "").strip() or "1GB"
 
 
 def source_sql(
@@ -285,39 +293,13 @@ def duckdb_select(
     return Selection(run_count=run_count, buckets=buckets, report=report)
 
 
-def _bucket_names(conn: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
-    """Distinct keys of the ``wall_time_breakdown`` objects of ``relation``, sorted."""
-    rows = conn.execute(
-        f"""
-        SELECT DISTINCT unnest(json_keys(wall_time_breakdown)) AS bucket FROM {relation}
-        WHERE json_type(wall_time_breakdown) = 'OBJECT'
-        """
-    ).fetchall()
-    return sorted(str(bucket) for (bucket,) in rows if bucket != TOTAL_BUCKET)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _bucket_values_sql(names: Sequence[str]) -> tuple[str, list[str]]:
-    """The expression ``s`` holding the breakdown's buckets and the select list ``v0 .. vN``
-    (DOUBLE, NULL when absent) reading them from ``s``.
-
-    One ``json_transform`` into a STRUCT of the bucket names when they are distinct ignoring
-    case (DuckDB struct fields are case-insensitive); otherwise one JSON pointer per bucket.
-    """
-    if len({name.lower() for name in names}) == len(names):
-        spec = json.dumps({name: "DOUBLE" for name in names})
-        inner = f"json_transform(wall_time_breakdown, {_literal(spec)})"
-        cols = [f"struct_extract(s, {_literal(name)}) AS v{i}" for i, name in enumerate(names)]
-    else:
-        pointers = ", ".join(
-            _literal("/" + name.replace("~", "~0").replace("/", "~1")) for name in names
-        )
-        inner = f"json_extract(wall_time_breakdown, [{pointers}])"
-        cols = [f"TRY_CAST(s[{i + 1}] AS DOUBLE) AS v{i}" for i in range(len(names))]
-    return inner, cols
+# A breakdown value counts when it is a JSON number or boolean (the Python engine's rule); a
+# numeric string does not.
+_BUCKET_VALUE = """
+    CASE WHEN e.type IN ('BIGINT', 'UBIGINT', 'HUGEINT', 'DOUBLE') THEN e.value::DOUBLE
+         WHEN e.type = 'BOOLEAN' THEN CASE WHEN e.value::VARCHAR = 'true' THEN 1.0 ELSE 0.0 END
+    END
+"""
 
 
 def _bucket_percentiles(
@@ -328,42 +310,37 @@ def _bucket_percentiles(
 
     Returns ``{group: {bucket: BucketStats}}`` (group ``None`` without ``group_by``); a bucket
     no selected row has a finite value for is left out.
+
+    The breakdowns are unpivoted into one ``(bucket, value)`` row per key (``json_each``) and
+    grouped by bucket: memory follows the number of values, not rows times distinct bucket
+    names (a column per bucket made DuckDB's memory grow with the number of names).
     """
-    names = _bucket_names(conn, relation)
-    columns = [TOTAL_BUCKET, *names]
-    aggregates = ", ".join(
-        f"count({col}) FILTER (isfinite({col})), "
-        f"quantile_cont({col}, [0.5, 0.95, 0.99]) FILTER (isfinite({col}))"
-        for col in ["t", *(f"v{i}" for i in range(len(names)))]
-    )
     key = f"{group_by}, " if group_by else ""
-    inner, cols = _bucket_values_sql(names) if names else ("NULL", [])
     sql = f"""
-        SELECT {key}{aggregates}
+        SELECT {key}bucket, count(v) FILTER (isfinite(v)),
+               quantile_cont(v, [0.5, 0.95, 0.99]) FILTER (isfinite(v))
         FROM (
-            SELECT {key}t{"".join(", " + col for col in cols)}
-            FROM (
-                SELECT {key}total_time_s AS t, {inner} AS s
-                FROM (
-                    SELECT {key}total_time_s,
-                           CASE WHEN json_type(wall_time_breakdown) = 'OBJECT'
-                                THEN wall_time_breakdown END AS wall_time_breakdown
-                    FROM {relation}
-                )
-            )
+            SELECT {key}{_literal(TOTAL_BUCKET)} AS bucket, total_time_s AS v FROM {relation}
+            UNION ALL
+            SELECT {key}e.key AS bucket, {_BUCKET_VALUE} AS v
+            FROM {relation} AS r,
+                 json_each(CASE WHEN json_type(r.wall_time_breakdown) = 'OBJECT'
+                                THEN r.wall_time_breakdown END) AS e
+            WHERE e.key <> {_literal(TOTAL_BUCKET)}
         )
-        {"GROUP BY " + group_by if group_by else ""}
+        GROUP BY {key}bucket
     """
     result: dict[Any, dict[str, BucketStats]] = {}
     for row in conn.execute(sql).fetchall():
         group = row[0] if group_by else None
-        cells = row[1:] if group_by else row
-        stats = result.setdefault(group, {})
-        for i, name in enumerate(columns):
-            n, quantiles = cells[2 * i], cells[2 * i + 1]
-            if n:
-                stats[name] = _bucket_stats(n, quantiles)
+        name, n, quantiles = row[1:] if group_by else row
+        if n:
+            result.setdefault(group, {})[str(name)] = _bucket_stats(n, quantiles)
     return result
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, sql: str) -> int:

@@ -12,6 +12,7 @@ counted twice.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -212,6 +213,11 @@ def _iter_jsonl(shard: Shard, report: ReadReport) -> Iterator[dict[str, Any]]:
     with shard.path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
             report.lines += 1
+            if number > 1 and raw.startswith(codecs.BOM_UTF8):
+                # a byte-order mark inside a file (files joined by cat): corrupt, as in DuckDB,
+                # which skips a byte-order mark only at the start of a file
+                report.note("corrupt", f"{shard.path}:{number}")
+                continue
             try:
                 obj = json.loads(raw)
             except ValueError:

@@ -53,7 +53,7 @@ def connect(settings: MantaSettings) -> Client:
             username=settings.clickhouse_user,
             password=settings.clickhouse_password.get_secret_value(),
             connect_timeout=settings.connect_timeout_s,
-            send_receive_timeout=300,
+            send_receive_timeout=settings.query_timeout_s,
             autogenerate_session_id=False,
         )
     except ClickHouseError as exc:
@@ -235,8 +235,10 @@ def explain_http_error(message: str, settings: MantaSettings) -> str:
             f"ClickHouse at CLICKHOUSE_URL={url} rejected user {settings.clickhouse_user!r}: "
             f"wrong CLICKHOUSE_USER or CLICKHOUSE_PASSWORD. Set them to valid credentials."
         )
-    if "timed out" in lowered or "timeout" in lowered:
-        reason = f"no answer within {settings.connect_timeout_s:g} s"
+    if "read timed out" in lowered or "readtimeout" in lowered:
+        reason = f"no answer to a query within MANTA_QUERY_TIMEOUT_S={settings.query_timeout_s:g} s"
+    elif "timed out" in lowered or "timeout" in lowered:
+        reason = f"no answer within MANTA_CONNECT_TIMEOUT_S={settings.connect_timeout_s:g} s"
     elif "refused" in lowered:
         reason = "connection refused"
     elif "name or service not known" in lowered or "resolve" in lowered:

@@ -7,7 +7,8 @@ with one model, and ``GET /_stats`` with its counters. It can be told to misbeha
 * ``plan(...)`` queues faults for the next chat requests: ``Fault(429)``,
   ``Fault(429, retry_after=0.2)``, ``Fault(500)``, ``Fault(400, message=...)``,
   ``Fault("slow", delay=2)``, ``Fault("malformed")`` (content that is not JSON),
-  ``Fault("schema")`` (valid JSON that violates the schema);
+  ``Fault("schema")`` (valid JSON that violates the schema), ``Fault("html")`` (a 200 with a
+  gateway's HTML page), ``Fault("huge_usage")`` (a usage block of a billion prompt tokens);
 * ``rps_limit`` answers 429 to every request beyond that many in the last second, with
   ``Retry-After: <retry_after>``, or with ``retry-after-ms`` until the window has room when
   ``retry_after="exact"`` (as OpenAI's own limiter does), or with no hint;
@@ -35,6 +36,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 from tests.lib.http_fixtures import LoopbackServer
+
+
+class HTML(str):
+    """A body sent as ``text/html`` instead of JSON."""
 
 
 @dataclass(frozen=True)
@@ -205,8 +210,13 @@ class FakeOpenAIServer(LoopbackServer):
             if fault.retry_after is not None:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             return fault.kind, _error(fault.message, f"http_{fault.kind}"), headers
+        if fault is not None and fault.kind == "html":
+            page = "<!DOCTYPE html><html><body><h1>Sign in to the gateway</h1></body></html>"
+            return 200, HTML(page), {}
         messages = body.get("messages", [])
         used = prompt_tokens(messages)
+        if fault is not None and fault.kind == "huge_usage":
+            used = 10**9
         if self.context_tokens is not None and used > self.context_tokens:
             message = (
                 f"This model's maximum context length is {self.context_tokens} tokens. However, "
@@ -259,10 +269,11 @@ class FakeOpenAIServer(LoopbackServer):
             protocol_version = "HTTP/1.1"  # keep-alive, like real providers
 
             def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+                html = isinstance(payload, HTML)
+                data = str(payload).encode() if html else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", "text/html" if html else "application/json")
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))

@@ -202,6 +202,15 @@ def not_an_object(obj: dict[str, Any], draw: Draw) -> Mutant:
     return Mutant(raw, Expected("", "expected a JSON object"), "not an object")
 
 
+MAX_RECORD_MB = 2  # MANTA_IMPORT_MAX_RECORD_MB while fuzzing: huge_string fits, this does not
+
+
+def oversized_line(obj: dict[str, Any], draw: Draw) -> Mutant:
+    size = draw(st.sampled_from([MAX_RECORD_MB << 20, 3 << 20]))
+    raw = dumps({**obj, "pad": "x" * size})
+    return Mutant(raw, Expected("", "over the import limit of 2 MB per record"), "oversized")
+
+
 MUTATIONS: list[Mutation] = [
     truncated,
     type_swap,
@@ -217,4 +226,5 @@ MUTATIONS: list[Mutation] = [
     sql_metacharacters,
     bad_value,
     not_an_object,
+    oversized_line,
 ]

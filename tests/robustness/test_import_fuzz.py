@@ -12,13 +12,20 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from manta_lib.ingest import ImportReport, import_jsonl
 from manta_lib.store import Store
 from manta_lib.store.schema import ensure_schema
-from tests.robustness.import_mutations import MUTATIONS, Mutant, dumps, valid_trace
+from tests.robustness.import_mutations import (
+    MAX_RECORD_MB,
+    MUTATIONS,
+    Mutant,
+    dumps,
+    valid_trace,
+)
 
 EXAMPLES = 20
 
@@ -68,8 +75,9 @@ def check_errors(report: ImportReport, path: Path, lines: list[Mutant | None]) -
 )
 @given(data=st.data())
 def test_hostile_lines_never_cost_a_good_line(
-    data: st.DataObject, store: Store, tmp_path: Path
+    data: st.DataObject, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MANTA_IMPORT_MAX_RECORD_MB", str(MAX_RECORD_MB))
     base = store
     count = data.draw(st.integers(min_value=3, max_value=12), label="lines")
     lines: list[Mutant | None] = []

@@ -92,5 +92,5 @@ def explorer_data(
                 {"r": RESULTS_RUN},
             )[0][0]
         app = create_app(settings, dagster_url="http://dagster.test:3000")
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             yield ExplorerData(client, settings, runs, "t_evil", error_trace)

@@ -237,7 +237,7 @@ def test_cached_aggregates_follow_new_data(
     store: Store, settings: MantaSettings, tmp_path: Path
 ) -> None:
     load_traces(store, [trace_line("t1", run_id="run_first")], tmp_path)
-    client = TestClient(create_app(settings))
+    client = TestClient(create_app(settings), base_url="http://127.0.0.1")
     assert "run_first" in client.get("/").text
     assert "run_second" not in client.get("/").text  # the second view is served from cache
     load_traces(store, [trace_line("t2", run_id="run_second", score=0.25)], tmp_path)
@@ -250,7 +250,9 @@ def test_embedded_store_is_released_between_requests(explorer_data: ExplorerData
     lease = explorer_data.client.app.state.explorer.lease  # type: ignore[attr-defined]
     assert explorer_data.client.get("/").status_code == 200
     assert not lease.is_open  # another process could open the store now
-    kept = TestClient(create_app(explorer_data.settings, keep_store_open=True))
+    kept = TestClient(
+        create_app(explorer_data.settings, keep_store_open=True), base_url="http://127.0.0.1"
+    )
     with kept:
         assert kept.get("/").status_code == 200
         assert kept.app.state.explorer.lease.is_open  # type: ignore[attr-defined]
