@@ -325,7 +325,7 @@ def test_trace_page_names_tokens_no_span_holds_and_unknown_cost(
     assert store.rows(
         "SELECT trace_id, cost_usd FROM {db}.traces WHERE run_id = 'run_costs' ORDER BY trace_id"
     ) == [("t_priced", 0.002), ("t_unpriced", None)]
-    client = TestClient(create_app(settings))
+    client = TestClient(create_app(settings), base_url="http://127.0.0.1")
     html = client.get("/traces/t_priced").text
     assert _breakdown(html, "tokens") == "= LLM calls 300 / 30 + in no span 200 / 20"
     assert _breakdown(html, "cost") == "= LLM calls $0.0015 + in no span $0.0005"

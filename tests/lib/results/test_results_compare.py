@@ -197,7 +197,7 @@ def test_agreement_shows_each_sides_mean_in_one_a_b_order_everywhere(
     from manta_lib.settings import load_settings
 
     version_a = svc.results("typed_results", EVAL_RUN).judge_version.iloc[0]
-    page = TestClient(create_app(load_settings())).get(
+    page = TestClient(create_app(load_settings()), base_url="http://127.0.0.1").get(
         f"/compare/typed_results?run={EVAL_RUN}&version={version_a}&version={version_a}"
     )
     assert page.status_code == 200

@@ -186,7 +186,7 @@ def test_compare_matches_steps_per_phase_in_numeric_order(svc: MantaService) -> 
 
 @pytest.fixture
 def client(phases_env: dict) -> Iterator[TestClient]:
-    with TestClient(create_app(load_settings())) as test_client:
+    with TestClient(create_app(load_settings()), base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 

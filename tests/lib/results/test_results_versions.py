@@ -188,7 +188,7 @@ def test_versions_have_readable_labels_kept_sources_and_a_diff(
     assert code == 0 and f"vs B evolving {v2} (errors x10)" in " ".join(out.split())
     code, out, _ = run_main(["judges", "-f", "csv"], monkeypatch, capsys)
     assert code == 0 and "errors x10" in out
-    page = TestClient(create_app(evolved.store.settings)).get(
+    page = TestClient(create_app(evolved.store.settings), base_url="http://127.0.0.1").get(
         f"/compare/evolving?run={TRAIN_RUN}&version={v1}&version={v2}"
     )
     assert page.status_code == 200 and 'id="source-diff"' in page.text
