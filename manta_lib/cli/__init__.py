@@ -36,6 +36,7 @@ def _register_commands() -> None:
         llm_commands,
         results_commands,
         runs_commands,
+        search_commands,
     )
 
     data_commands.register(app)
@@ -44,6 +45,7 @@ def _register_commands() -> None:
     runs_commands.register(app)
     results_commands.register(app)
     llm_commands.register(app)
+    search_commands.register(app)
     # Optional command groups (``manta dagster ...``) come from the ``manta.cli`` entry points
     # of installed packages, so the library never imports them itself.
     for entry_point in importlib.metadata.entry_points(group="manta.cli"):

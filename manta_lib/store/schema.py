@@ -36,7 +36,18 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
+
+#: What a text search looks in (``manta_lib.store.text_search``): a span's content, tool
+#: arguments and tool result, lower-cased, joined by a NUL (which no search phrase contains,
+#: so a phrase never matches across two columns). The text index is built on exactly this
+#: expression, and a search must spell it the same way for ClickHouse to use the index.
+SPAN_TEXT_EXPR = "lowerUTF8(concat(content, char(0), tool_arguments, char(0), tool_result))"
+
+#: The spans table's text index: ClickHouse's inverted index (GA since 26.2) over the 3-grams
+#: of :data:`SPAN_TEXT_EXPR`, so any phrase of 3 characters or more skips every granule
+#: without all of its 3-grams.
+SPAN_TEXT_INDEX = f"INDEX span_text {SPAN_TEXT_EXPR} TYPE text(tokenizer = ngrams(3))"
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -82,10 +93,11 @@ CREATE TABLE IF NOT EXISTS {db}.spans (
     cost_usd       Float64,
     started_at     Nullable(DateTime64(3, 'UTC')),
     ended_at       Nullable(DateTime64(3, 'UTC')),
-    attributes     String
+    attributes     String,
+    {text_index}
 ) ENGINE = ReplacingMergeTree
 ORDER BY (run_id, trace_id, seq, span_id)
-"""
+""".replace("{text_index}", SPAN_TEXT_INDEX)
 
 ENTITY_METADATA_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.{table} (
@@ -250,8 +262,33 @@ def _migrate_to_3(store: Store) -> None:
     create_catalog(store)
 
 
-#: version -> the function that brings a store from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Store], None]] = {2: _migrate_to_2, 3: _migrate_to_3}
+def _migrate_to_5(store: Store) -> None:
+    """Add the spans' text index (full-text search) and build it for the stored spans.
+
+    The build runs as a mutation and this waits for it, so a search right after the upgrade
+    already skips granules; parts without the index would still be searched correctly, by a
+    scan.
+    """
+    spans = store.rows("SELECT count() FROM {db}.spans")[0][0]
+    if spans:
+        log.warning(
+            "store %s upgraded to schema 5: building the full-text index over %d stored spans "
+            "(once; large stores take minutes)",
+            store.database,
+            spans,
+        )
+    add_index = SPAN_TEXT_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1)
+    store.command(f"ALTER TABLE {{db}}.spans ADD {add_index}")
+    store.command("ALTER TABLE {db}.spans MATERIALIZE INDEX span_text SETTINGS mutations_sync = 2")
+
+
+#: version -> the function that brings a store from version-1 to version (one that skips a
+#: number brings it from the previous one).
+MIGRATIONS: dict[int, Callable[[Store], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+    5: _migrate_to_5,
+}
 
 
 def ensure_schema(store: Store) -> None:
@@ -268,7 +305,7 @@ def ensure_schema(store: Store) -> None:
         create_catalog(store)
         _record_version(store, SCHEMA_VERSION)
         return
-    for version in range(max(current, 1) + 1, SCHEMA_VERSION + 1):
+    for version in sorted(v for v in MIGRATIONS if v > max(current, 1)):
         MIGRATIONS[version](store)
         _record_version(store, version)
 
