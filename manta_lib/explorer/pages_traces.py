@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from manta_lib.explorer.pages_results import cached_judges
+from manta_lib.explorer.search_marks import Highlighter, trace_link_suffix
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
 from manta_lib.explorer.web import (
@@ -23,6 +24,7 @@ from manta_lib.explorer.web import (
     url_with,
 )
 from manta_lib.store.explorer_queries import trace_facets
+from manta_lib.store.text_search import SEARCHED_COLUMNS, first_hits
 from manta_lib.store.trace_queries import ORDERABLE_COLUMNS
 
 PAGE_SIZES = (20, 50, 100, 200)
@@ -63,6 +65,9 @@ def trace_filters(request: Request) -> dict[str, Any]:
     condition = text_param(request, "results")
     if condition is not None:
         filters["results"] = condition  # a semi-join on stored results, run by the service
+    phrase = text_param(request, "text")
+    if phrase is not None:
+        filters["text"] = phrase  # full-text search over the traces' spans
     shard = int_param(request, "shard", minimum=0)
     if shard is not None:
         if shard >= 64:
@@ -97,6 +102,12 @@ def traces_page(request: Request) -> Response:
         judges = [
             j.judge for j in cached_judges(state, svc, selected[0] if len(selected) == 1 else None)
         ]
+        phrase = filters.get("text")
+        hits = (
+            first_hits(svc.store, phrase, [(t.run_id, t.trace_id) for t in traces], 50)
+            if phrase
+            else {}
+        )
     pages = max((total + per_page - 1) // per_page, 1)
     return render(
         request,
@@ -114,6 +125,9 @@ def traces_page(request: Request) -> Response:
             "facets": facets,
             "selected_runs": filters.get("run_id", []),
             "judges": judges,
+            "hits": {key[1]: hit for key, hit in hits.items()},
+            "search": Highlighter(phrase) if phrase else None,
+            "trace_link_suffix": trace_link_suffix(phrase),
             "prev_url": url_with(request, page=page - 1) if page > 1 else None,
             "next_url": url_with(request, page=page + 1) if page < pages else None,
             "sort_url": lambda column: url_with(
@@ -140,7 +154,25 @@ def trace_page(request: Request) -> Response:
         context = svc.load_contexts(found)[0]
         results = trace_results(svc, context)
     view = build_trace_view(context)
-    return render(request, "trace.html", {"view": view, "t": context.trace, "results": results})
+    phrase = text_param(request, "text")
+    search = Highlighter(phrase) if phrase else None
+    search_spans = 0
+    if search is not None:
+        search_spans = sum(
+            any(search.found(getattr(span, column)) for column in SEARCHED_COLUMNS)
+            for span in context.spans()
+        )
+    return render(
+        request,
+        "trace.html",
+        {
+            "view": view,
+            "t": context.trace,
+            "results": results,
+            "search": search,
+            "search_spans": search_spans,
+        },
+    )
 
 
 _SPAN_TEXT_FIELDS = ("content", "tool_arguments", "tool_result")

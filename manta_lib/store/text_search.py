@@ -8,9 +8,10 @@ punctuation, ``%`` and ``_`` mean themselves and a word may be part of a longer 
 any of its spans.
 
 The condition is written over :data:`~manta_lib.store.schema.SPAN_TEXT_EXPR`, the expression
-the spans table's text index is built on (schema version 5), so ClickHouse reads only the
-granules whose index admits every 3-gram of the phrase, then checks the phrase itself on
-those rows: the index only skips, the ``LIKE`` decides, so results equal a full scan's.
+the spans table's n-gram bloom-filter index is built on (schema version 5), so ClickHouse
+reads only the granules whose filter admits every 4-gram of the phrase, then checks the
+phrase itself on those rows: the index only skips, the ``LIKE`` decides, so results equal a
+full scan's. A phrase of fewer than 4 characters has no 4-gram and scans the spans.
 """
 
 from __future__ import annotations
