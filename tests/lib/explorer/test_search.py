@@ -103,8 +103,10 @@ def test_search_pages_and_streams(svc: MantaService) -> None:
     expected = sorted(trace_id for _, trace_id in matching_traces(svc, "equivalent"))
     assert len(expected) > 40
     pages = [
-        [t.trace_id for t in svc.get_traces(text="equivalent", order_by="trace_id", limit=20,
-                                            offset=start)]  # fmt: skip
+        [
+            t.trace_id
+            for t in svc.get_traces(text="equivalent", order_by="trace_id", limit=20, offset=start)
+        ]  # fmt: skip
         for start in range(0, len(expected), 20)
     ]
     assert all(len(page) <= 20 for page in pages)
@@ -159,8 +161,11 @@ def test_an_older_store_gets_the_index_by_migration(explorer_data: ExplorerData)
         ensure_schema(store)
         # Make it a schema-3 store: spans without the index, version 3 recorded.
         store.command("DROP TABLE {db}.spans")
-        store.command(SPANS_DDL.split("    INDEX span_text")[0].rstrip(", \n") + "\n"
-                      ") ENGINE = ReplacingMergeTree ORDER BY (run_id, trace_id, seq, span_id)")  # fmt: skip
+        without_index = SPANS_DDL.split("    INDEX span_text")[0].rstrip(", \n")
+        store.command(
+            f"{without_index}\n) ENGINE = ReplacingMergeTree "
+            "ORDER BY (run_id, trace_id, seq, span_id)"
+        )
         store.command("TRUNCATE TABLE {db}.schema_migrations")
         store.command("INSERT INTO {db}.schema_migrations (version) VALUES (3)")
         store.command(
@@ -188,10 +193,8 @@ def test_cli_search_lists_the_matching_traces_with_filters(
 ) -> None:
     if not any(command.name == "search" for command in app.registered_commands):
         _register_commands()
-    result = CliRunner().invoke(
-        app,
-        ["search", "Division By Zero", "--run", CODE_RUN, "--step", "0..6", "-f", "csv", "-n", "1000"],
-    )  # fmt: skip
+    arguments = ["search", "Division By Zero", "--run", CODE_RUN, "--step", "0..6"]
+    result = CliRunner().invoke(app, [*arguments, "-f", "csv", "-n", "1000"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line.startswith("tr_")]
     expected = matching_traces(
