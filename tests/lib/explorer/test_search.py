@@ -170,7 +170,8 @@ def test_an_older_store_gets_the_index_by_migration(explorer_data: ExplorerData)
         store.command("INSERT INTO {db}.schema_migrations (version) VALUES (3)")
         store.command(
             "INSERT INTO {db}.spans (trace_id, run_id, span_id, seq, kind, content) "
-            "VALUES ('t1', 'r1', 's1', 0, 'message', 'It said: I GIVE UP.')"
+            "VALUES ('t1', 'r1', 's1', 0, 'message', 'It said: I GIVE UP.'), "
+            "('t1', 'r1', 's2', 1, 'message', 'ÉCHEC du test')"
         )
         indexes = "SELECT count() FROM system.data_skipping_indices WHERE database = {d:String} "
         indexes += "AND table = 'spans' AND name = 'span_text'"
@@ -182,6 +183,8 @@ def test_an_older_store_gets_the_index_by_migration(explorer_data: ExplorerData)
             {"p": "%i give up%"},
         )
         assert rows == [("s1",)]
+        with MantaService(store) as migrated:
+            assert migrated.count_traces(text="échec") == 1  # any case, beyond ASCII
         store.command("DROP DATABASE {db}")
 
 
