@@ -183,6 +183,7 @@ def test_an_older_store_gets_the_index_by_migration(explorer_data: ExplorerData)
             {"p": "%i give up%"},
         )
         assert rows == [("s1",)]
+        store.command("INSERT INTO {db}.traces (trace_id, run_id) VALUES ('t1', 'r1')")
         with MantaService(store) as migrated:
             assert migrated.count_traces(text="échec") == 1  # any case, beyond ASCII
         store.command("DROP DATABASE {db}")
