@@ -46,9 +46,9 @@ _NOISE = f"arrayStringConcat(arrayMap(i -> {_WORD}, range(10 + rand() % 50)), ' 
 
 def seed(store: Store, spans_wanted: int) -> tuple[int, int]:
     """(traces, spans) of the bench run, seeding it first when it has fewer spans."""
-    have = store.rows(
-        "SELECT count() FROM {db}.spans WHERE run_id = {r:String}", {"r": BENCH_RUN}
-    )[0][0]
+    have = store.rows("SELECT count() FROM {db}.spans WHERE run_id = {r:String}", {"r": BENCH_RUN})[
+        0
+    ][0]
     if have < spans_wanted:
         started = time.perf_counter()
         for table in ("traces", "spans"):
@@ -126,8 +126,9 @@ def scan_count(store: Store, phrase: str) -> int:
     )
     return int(
         store.rows(
-            "SELECT count() FROM {db}.traces WHERE run_id = {r:String} AND (run_id, trace_id) IN "
-            f"(SELECT run_id, trace_id FROM {{db}}.spans WHERE run_id = {{r:String}} AND ({found}))",
+            "SELECT count() FROM {db}.traces WHERE run_id = {r:String} "
+            "AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {db}.spans "
+            f"WHERE run_id = {{r:String}} AND ({found}))",
             {"r": BENCH_RUN, "q": phrase},
         )[0][0]
     )
