@@ -213,7 +213,9 @@ class MantaService:
     (one number or an inclusive ``(first, last)`` range), ``datapoint_id``, ``status``,
     ``model_name``, ``env_name``, ``min_score``/``max_score``, ``meta`` (``{key: value}``
     on top-level meta keys), ``trace_ids``, ``results`` (a condition on stored results such as
-    ``"tool_errors.tool_errors > 0"``, see docs/results.md). String filters also accept a list.
+    ``"tool_errors.tool_errors > 0"``, see docs/results.md), ``text`` (a phrase that the
+    traces' messages, tool calls or grader feedback contain, any case, see docs/search.md).
+    String filters also accept a list.
     Every argument is checked before a query runs: a wrong type or value raises
     :class:`QueryError` naming it, and a ``run_id`` the store does not hold raises
     :class:`QueryError` listing the closest run ids, in every method.

@@ -37,6 +37,7 @@ def _register_commands() -> None:
         llm_commands,
         results_commands,
         runs_commands,
+        search_commands,
         trace_commands,
     )
 
@@ -47,6 +48,7 @@ def _register_commands() -> None:
     results_commands.register(app)
     trace_commands.register(app)
     llm_commands.register(app)
+    search_commands.register(app)
     # Optional command groups (``manta dagster ...``) come from the ``manta.cli`` entry points
     # of installed packages, so the library never imports them itself.
     for entry_point in importlib.metadata.entry_points(group="manta.cli"):

@@ -11,6 +11,7 @@ from manta_lib.errors import QueryError
 from manta_lib.explorer.links import trace_url
 from manta_lib.explorer.pages_live import live_context
 from manta_lib.explorer.pages_results import RESULT_TABLES, cached_judges
+from manta_lib.explorer.search_marks import Highlighter, trace_link_suffix
 from manta_lib.explorer.trace_results import trace_results
 from manta_lib.explorer.trace_view import build_trace_view
 from manta_lib.explorer.web import (
@@ -37,6 +38,7 @@ from manta_lib.results.trace_columns import (
 )
 from manta_lib.service import MantaService
 from manta_lib.store.explorer_queries import trace_facets, trace_keys
+from manta_lib.store.text_search import SEARCHED_COLUMNS, first_hits
 from manta_lib.store.trace_queries import ORDERABLE_COLUMNS
 
 PAGE_SIZES = (20, 50, 100, 200)
@@ -77,6 +79,9 @@ def trace_filters(request: Request) -> dict[str, Any]:
     condition = text_param(request, "results")
     if condition is not None:
         filters["results"] = condition  # a semi-join on stored results, run by the service
+    phrase = text_param(request, "text")
+    if phrase is not None:
+        filters["text"] = phrase  # full-text search over the traces' spans
     shard = int_param(request, "shard", minimum=0)
     if shard is not None:
         if shard >= 64:
@@ -195,6 +200,12 @@ def traces_page(request: Request) -> Response:
             j.judge for j in cached_judges(state, svc, selected[0] if len(selected) == 1 else None)
         ]
         live = live_context(svc.store, selected)
+        phrase = filters.get("text")
+        hits = (
+            first_hits(svc.store, phrase, [(t.run_id, t.trace_id) for t in traces], 50)
+            if phrase
+            else {}
+        )
     pages = max((total + per_page - 1) // per_page, 1)
     return render(
         request,
@@ -215,6 +226,9 @@ def traces_page(request: Request) -> Response:
             "result_cols": columns,
             "col_names": names,
             "live": live,
+            "hits": {key[1]: hit for key, hit in hits.items()},
+            "search": Highlighter(phrase) if phrase else None,
+            "trace_link_suffix": trace_link_suffix(phrase),
             "prev_url": url_with(request, page=page - 1) if page > 1 else None,
             "next_url": url_with(request, page=page + 1) if page < pages else None,
             "sort_url": lambda column: url_with(
@@ -244,7 +258,25 @@ def trace_page(request: Request) -> Response:
         context = svc.load_contexts(found)[0]
         results = trace_results(svc, context)
     view = build_trace_view(context)
-    return render(request, "trace.html", {"view": view, "t": context.trace, "results": results})
+    phrase = text_param(request, "text")
+    search = Highlighter(phrase) if phrase else None
+    search_spans = 0
+    if search is not None:
+        search_spans = sum(
+            any(search.found(getattr(span, column)) for column in SEARCHED_COLUMNS)
+            for span in context.spans()
+        )
+    return render(
+        request,
+        "trace.html",
+        {
+            "view": view,
+            "t": context.trace,
+            "results": results,
+            "search": search,
+            "search_spans": search_spans,
+        },
+    )
 
 
 _SPAN_TEXT_FIELDS = ("content", "tool_arguments", "tool_result")

@@ -142,6 +142,7 @@ def template_environment(dagster_url: str = links.DEFAULT_DAGSTER_URL) -> jinja2
     env.filters["when"] = _when
     env.filters["cell"] = _cell
     env.globals.update(
+        search=None,  # the trace page's search_marks.Highlighter when it marks a phrase
         run_url=lambda run_id: links.run_url(run_id, base=""),
         dagster_asset_url=lambda judge, level, partition=None: links.dagster_asset_url(
             judge, level, partition=partition, base=dagster_url

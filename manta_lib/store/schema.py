@@ -36,7 +36,26 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+
+#: What a text search looks in (``manta_lib.store.text_search``): a span's content, tool
+#: arguments and tool result, lower-cased, joined by a NUL (which no search phrase contains,
+#: so a phrase never matches across two columns). The index is built on exactly this
+#: expression, and a search must spell it the same way for ClickHouse to use the index (a
+#: ``char(0)`` instead of the literal is already another expression).
+SPAN_TEXT_EXPR = "lowerUTF8(concat(content, '\\0', tool_arguments, '\\0', tool_result))"
+
+#: Phrases shorter than this many characters cannot use the index (they scan the spans).
+NGRAM = 4
+
+#: The spans' search index: a bloom filter of the 4-grams of :data:`SPAN_TEXT_EXPR` per
+#: granule (8,192 spans, 256 KiB, 3 hashes). A ``LIKE '%phrase%'`` reads only the granules
+#: whose filter admits every 4-gram of the phrase. Chosen by measurement on chDB: a token
+#: bloom filter cannot serve substring phrases (their first and last words may be parts of
+#: words), and the inverted ``text`` index took many times longer to build.
+SPAN_TEXT_INDEX = (
+    f"INDEX span_text {SPAN_TEXT_EXPR} TYPE ngrambf_v1({NGRAM}, 262144, 3, 0) GRANULARITY 1"
+)
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -82,10 +101,11 @@ CREATE TABLE IF NOT EXISTS {db}.spans (
     cost_usd       Nullable(Float64),
     started_at     Nullable(DateTime64(3, 'UTC')),
     ended_at       Nullable(DateTime64(3, 'UTC')),
-    attributes     String
+    attributes     String,
+    {text_index}
 ) ENGINE = ReplacingMergeTree
 ORDER BY (run_id, trace_id, seq, span_id)
-"""
+""".replace("{text_index}", SPAN_TEXT_INDEX)
 
 ENTITY_METADATA_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.{table} (
@@ -360,12 +380,33 @@ def _migrate_to_5(store: Store) -> None:
         )
 
 
-#: version -> the function that brings a store from an earlier version to version (in order).
+def _migrate_to_6(store: Store) -> None:
+    """Add the spans' text index (full-text search) and build it for the stored spans.
+
+    The build runs as a mutation and this waits for it, so a search right after the upgrade
+    already skips granules; parts without the index would still be searched correctly, by a
+    scan.
+    """
+    spans = store.rows("SELECT count() FROM {db}.spans")[0][0]
+    if spans:
+        log.warning(
+            "store %s upgraded to schema 6: building the full-text index over %d stored spans "
+            "(once; large stores take minutes)",
+            store.database,
+            spans,
+        )
+    add_index = SPAN_TEXT_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1)
+    store.command(f"ALTER TABLE {{db}}.spans ADD {add_index}")
+    store.command("ALTER TABLE {db}.spans MATERIALIZE INDEX span_text SETTINGS mutations_sync = 2")
+
+
+#: version -> the function that brings a store from the previous version to version.
 MIGRATIONS: dict[int, Callable[[Store], None]] = {
     2: _migrate_to_2,
     3: _migrate_to_3,
     4: _migrate_to_4,
     5: _migrate_to_5,
+    6: _migrate_to_6,
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from manta_lib.errors import QueryError
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanKind
 from manta_lib.store import query_args as args
+from manta_lib.store import text_search
 from manta_lib.store.client import Store
 
 ORDERABLE_COLUMNS = (
@@ -104,8 +105,10 @@ class TraceFilter:
     ``step`` is one step number or an inclusive ``(first, last)`` range; ``meta`` matches
     top-level keys of the trace's meta object (see :func:`meta_clause` for the rule);
     ``shards`` keeps the traces whose ``datapoint_id`` hashes into the given shards out of
-    ``shard_count`` (the Dagster layout). Every value is checked when the filter is built:
-    a wrong type or an out-of-range value raises :class:`QueryError` naming it.
+    ``shard_count`` (the Dagster layout); ``text`` is a phrase, or phrases that must all
+    occur, searched in the traces' span texts (see :mod:`manta_lib.store.text_search`).
+    Every value is checked when the filter is built: a wrong type or an out-of-range value
+    raises :class:`QueryError` naming it.
 
     :meth:`where` is the one place that turns a filter into SQL; a new filter adds a field
     here, a check in ``__post_init__`` and a clause in :meth:`where`.
@@ -129,6 +132,7 @@ class TraceFilter:
     results: Any = None
     # Only the traces a computation has not stored yet (needs run_id).
     unmapped: Unmapped | None = None
+    text: str | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         self.run_id = args.optional_strings("run_id", self.run_id)
@@ -163,6 +167,7 @@ class TraceFilter:
             self.shard_count = args.integer("shard_count", self.shard_count, low=1, high=2**32 - 1)
         if self.unmapped is not None and self.run_id is None:
             raise QueryError("the unmapped-traces filter needs run_id")
+        self.text = text_search.phrases(self.text)
 
     def where(self) -> tuple[str, dict[str, Any]]:  # noqa: C901 - one flat clause per filter
         """The WHERE clause (``1`` when empty) and its parameters."""
@@ -174,6 +179,7 @@ class TraceFilter:
                 clauses.append(in_strings(column, param, _as_list(values), params))
 
         add_in("run_id", self.run_id, "f_run")
+        run_clause = clauses[0] if clauses else None
         add_in("phase", self.phase, "f_phase")
         if isinstance(self.step, tuple):
             params.update(f_step_lo=self.step[0], f_step_hi=self.step[1])
@@ -211,6 +217,8 @@ class TraceFilter:
             params.update(self.results.params)
         if self.unmapped is not None:
             clauses.append(self.unmapped.clause(params))
+        if self.text is not None:
+            clauses.append(text_search.trace_clause(_as_list(self.text), run_clause, params))
         return (" AND ".join(clauses) or "1"), params
 
     @property
