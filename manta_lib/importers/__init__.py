@@ -143,10 +143,19 @@ def import_files(
         raise ValidationError("standard input (-) can be given only once")
     show = sys.stderr.isatty() if progress is None else progress
 
+    # OTLP files are read together: a trace's spans may be spread over several of them
+    from manta_lib.importers.otlp import JoinCounts, read_joined
+
+    otlp_paths = [path for path, importer in plan if importer.name == "otlp"]
+    joins = JoinCounts()
+
     def records() -> Iterator[SourceRecord]:
         if not show:
             for path, importer in plan:
-                yield from importer.read_file(path, hierarchy)
+                if importer.name != "otlp":
+                    yield from importer.read_file(path, hierarchy)
+            if otlp_paths:
+                yield from read_joined(otlp_paths, hierarchy, store, joins)
             return
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -156,10 +165,17 @@ def import_files(
             transient=True,
         ) as bar:
             for path, importer in plan:
+                if importer.name == "otlp":
+                    continue
                 task = bar.add_task(f"{importer.name} {path.name}", total=None)
                 for record in importer.read_file(path, hierarchy):
                     bar.advance(task)
                     yield record
+            if otlp_paths:
+                task = bar.add_task("otlp files", total=len(otlp_paths))
+                yield from read_joined(
+                    otlp_paths, hierarchy, store, joins, lambda _: bar.advance(task)
+                )
 
     try:
         report = load_records(
@@ -175,6 +191,7 @@ def import_files(
         interrupted.report.files = len(files)
         raise
     report.files = len(files)  # a file may hold no record
+    report.traces_already_present += joins.present
     return report
 
 

@@ -36,7 +36,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 7
 
 TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.traces (
@@ -173,6 +173,17 @@ CATALOG_VIEW_DDL = (
     "TO {db}.entity_metadata_catalog AS " + catalog_select()
 )
 
+OTEL_SPANS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.otel_spans (
+    otel_trace_id String,
+    span_id       String,
+    run_id        String,
+    trace_id      String,
+    payload       String CODEC(ZSTD(3))
+) ENGINE = ReplacingMergeTree
+ORDER BY (otel_trace_id, span_id)
+"""
+
 MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version    UInt32,
@@ -187,6 +198,7 @@ TABLES_DDL: dict[str, str] = {
     "entity_metadata": ENTITY_METADATA_DDL.replace("{table}", "entity_metadata"),
     "judges": JUDGES_DDL,
     "llm_cache": LLM_CACHE_DDL,
+    "otel_spans": OTEL_SPANS_DDL,
 }
 
 _METADATA_V2_COPY = """
@@ -250,8 +262,18 @@ def _migrate_to_3(store: Store) -> None:
     create_catalog(store)
 
 
+def _migrate_to_7(store: Store) -> None:
+    """Keep the OpenTelemetry spans a trace was built from (``otel_spans``), so a later part
+    of an OTLP trace joins it. The table itself is created with the others."""
+    store.command(OTEL_SPANS_DDL)
+
+
 #: version -> the function that brings a store from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Store], None]] = {2: _migrate_to_2, 3: _migrate_to_3}
+MIGRATIONS: dict[int, Callable[[Store], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+    7: _migrate_to_7,
+}
 
 
 def ensure_schema(store: Store) -> None:
@@ -269,7 +291,9 @@ def ensure_schema(store: Store) -> None:
         _record_version(store, SCHEMA_VERSION)
         return
     for version in range(max(current, 1) + 1, SCHEMA_VERSION + 1):
-        MIGRATIONS[version](store)
+        migrate = MIGRATIONS.get(version)
+        if migrate is not None:  # a number without a migration changed nothing
+            migrate(store)
         _record_version(store, version)
 
 
