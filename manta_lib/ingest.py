@@ -661,6 +661,19 @@ class _Import:
 # ---- parsing and validation ---------------------------------------------------------------
 
 
+def trace_problems(obj: Any, project_id: str = "") -> list[tuple[str, str]]:
+    """The ``(field, reason)`` problems that would keep a trace object out of the store (the
+    checks of :func:`load_records`, without a store): empty when it would load."""
+    problems = unstorable_values(obj)
+    if problems:
+        return problems
+    try:
+        _parse_trace(obj, project_id, 0)
+    except LineProblems as exc:
+        return list(exc.problems)
+    return []
+
+
 def _parse_trace(
     obj: Any, project_id: str, now_ms: int
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[str]]:

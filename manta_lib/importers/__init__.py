@@ -143,43 +143,13 @@ def import_files(
         raise ValidationError("standard input (-) can be given only once")
     show = sys.stderr.isatty() if progress is None else progress
 
-    # OTLP files are read together: a trace's spans may be spread over several of them
-    from manta_lib.importers.otlp import JoinCounts, read_joined
+    from manta_lib.importers.otlp import JoinCounts
 
-    otlp_paths = [path for path, importer in plan if importer.name == "otlp"]
     joins = JoinCounts()
-
-    def records() -> Iterator[SourceRecord]:
-        if not show:
-            for path, importer in plan:
-                if importer.name != "otlp":
-                    yield from importer.read_file(path, hierarchy)
-            if otlp_paths:
-                yield from read_joined(otlp_paths, hierarchy, store, joins)
-            return
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as bar:
-            for path, importer in plan:
-                if importer.name == "otlp":
-                    continue
-                task = bar.add_task(f"{importer.name} {path.name}", total=None)
-                for record in importer.read_file(path, hierarchy):
-                    bar.advance(task)
-                    yield record
-            if otlp_paths:
-                task = bar.add_task("otlp files", total=len(otlp_paths))
-                yield from read_joined(
-                    otlp_paths, hierarchy, store, joins, lambda _: bar.advance(task)
-                )
-
+    records = _plan_records(plan, hierarchy, store, show, joins)
     try:
         report = load_records(
-            records(),
+            records,
             source=str(files[0]) if files else "<files>",
             store=store,
             strict=strict,
@@ -193,6 +163,46 @@ def import_files(
     report.files = len(files)  # a file may hold no record
     report.traces_already_present += joins.present
     return report
+
+
+def _plan_records(
+    plan: list[tuple[Path, Importer]],
+    hierarchy: Hierarchy,
+    store: Store,
+    show: bool,
+    joins: Any,
+) -> Iterator[SourceRecord]:
+    """The records of every planned file; OTLP files are read together (a trace's spans may
+    be spread over several of them) after the others."""
+    from manta_lib.importers.otlp import read_joined
+
+    otlp_paths = [path for path, importer in plan if importer.name == "otlp"]
+    if not show:
+        for path, importer in plan:
+            if importer.name != "otlp":
+                yield from importer.read_file(path, hierarchy)
+        if otlp_paths:
+            yield from read_joined(otlp_paths, hierarchy, store, joins)
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        for path, importer in plan:
+            if importer.name == "otlp":
+                continue
+            task = bar.add_task(f"{importer.name} {path.name}", total=None)
+            for record in importer.read_file(path, hierarchy):
+                bar.advance(task)
+                yield record
+        if otlp_paths:
+            files = bar.add_task("otlp files", total=len(otlp_paths))
+            yield from read_joined(
+                otlp_paths, hierarchy, store, joins, lambda _: bar.advance(files)
+            )
 
 
 def format_of(path: Path, format: str) -> str:
