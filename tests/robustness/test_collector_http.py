@@ -5,6 +5,7 @@ token is warned about."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -38,10 +39,8 @@ def raw_exchange(collector: Collector, data: bytes, timeout: float = 10.0) -> by
     """Send ``data`` on a new connection; the answer's head and body (up to its length), or
     what came before the server closed the connection (b"" for no answer)."""
     with socket.create_connection(collector.address, timeout=timeout) as conn:
-        try:
+        with contextlib.suppress(OSError):  # the server may answer and close before the end
             conn.sendall(data)
-        except OSError:  # the server answered and closed before taking all of it
-            pass
         received = b""
         while True:
             try:
