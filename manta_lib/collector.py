@@ -333,7 +333,7 @@ class Collector:
                     written = self._write(taken, final)
             spool = self._spool
             if spool is not None:
-                spool.rotate_if_due(_SEGMENT_AGE_S)
+                spool.rotate_if_due(0.0 if final else _SEGMENT_AGE_S)
                 spool.release(self._buffer.oldest_segment())
             return written
 
@@ -419,9 +419,16 @@ class Collector:
             if result is None:
                 raise BufferError("the collector's buffer is full")
             accepted, rejected, late = result
-            number = spool.append(_KINDS[content_type], body) if accepted else 0
+            try:
+                number = spool.append(_KINDS[content_type], body) if accepted else 0
+            except OSError as exc:  # a full disk: not acknowledged (the exporter retries;
+                # the spans buffered meanwhile are stored once, see otel_join)
+                raise BufferError(f"cannot write the spool {self.spool_dir} ({exc})") from None
         if number:
-            spool.sync(number)
+            try:
+                spool.sync(number)
+            except OSError as exc:
+                raise BufferError(f"cannot write the spool {self.spool_dir} ({exc})") from None
         with self._stats_lock:
             self.stats.spans_received += accepted
             self.stats.spans_rejected += rejected

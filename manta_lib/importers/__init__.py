@@ -146,7 +146,7 @@ def import_files(
     from manta_lib.importers.otlp import JoinCounts
 
     joins = JoinCounts()
-    records = _plan_records(plan, hierarchy, store, show, joins)
+    records = _plan_records(plan, hierarchy, store, show, joins, strict)
     try:
         report = load_records(
             records,
@@ -162,6 +162,10 @@ def import_files(
         raise
     report.files = len(files)  # a file may hold no record
     report.traces_already_present += joins.present
+    if joins.raw_rows and report.traces_loaded:  # strict and all good: now keep the raw spans
+        from manta_lib.importers.otel_join import write_otel_spans
+
+        write_otel_spans(store, joins.raw_rows)
     return report
 
 
@@ -171,6 +175,7 @@ def _plan_records(
     store: Store,
     show: bool,
     joins: Any,
+    strict: bool,
 ) -> Iterator[SourceRecord]:
     """The records of every planned file; OTLP files are read together (a trace's spans may
     be spread over several of them) after the others."""
@@ -182,7 +187,7 @@ def _plan_records(
             if importer.name != "otlp":
                 yield from importer.read_file(path, hierarchy)
         if otlp_paths:
-            yield from read_joined(otlp_paths, hierarchy, store, joins)
+            yield from read_joined(otlp_paths, hierarchy, store, joins, strict=strict)
         return
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -201,7 +206,7 @@ def _plan_records(
         if otlp_paths:
             files = bar.add_task("otlp files", total=len(otlp_paths))
             yield from read_joined(
-                otlp_paths, hierarchy, store, joins, lambda _: bar.advance(files)
+                otlp_paths, hierarchy, store, joins, lambda _: bar.advance(files), strict=strict
             )
 
 

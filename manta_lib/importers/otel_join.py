@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import OtelSpan
@@ -29,7 +29,14 @@ from manta_lib.store import Store
 from manta_lib.store.otel_spans import stored_otel_traces, write_otel_spans
 from manta_lib.store.trace_writes import delete_written
 
-__all__ = ["OtelPart", "JoinedParts", "join_parts", "span_payload", "span_from_payload"]
+__all__ = [
+    "JoinedParts",
+    "OtelPart",
+    "join_parts",
+    "span_from_payload",
+    "span_payload",
+    "write_otel_spans",
+]
 
 
 def span_payload(span: OtelSpan) -> str:
@@ -57,11 +64,19 @@ class JoinedParts:
     records: list[SourceRecord]  # to load (new traces, and stored ones joined by new spans)
     present: int = 0  # traces whose every span was stored already
     joined: int = 0  # stored traces replaced by a bigger version
+    raw_rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # not written
 
 
-def join_parts(store: Store, parts: Sequence[OtelPart], hierarchy: Hierarchy) -> JoinedParts:
+def join_parts(
+    store: Store, parts: Sequence[OtelPart], hierarchy: Hierarchy, *, replace: bool = True
+) -> JoinedParts:
     """Map each part together with what the store holds of its trace; write the new raw spans
-    and delete the stored traces that the returned records replace (see the module doc)."""
+    and delete the stored traces that the returned records replace (see the module doc).
+
+    ``replace=False`` (a strict import, which must not change the store unless every record
+    is good) refuses a part that would replace a stored trace, with a problem saying so, and
+    leaves the raw spans in :attr:`JoinedParts.raw_rows` for the caller to write (with
+    :func:`write_otel_spans`) once the records are stored."""
     stored = stored_otel_traces(store, [part.spans[0].trace_id for part in parts if part.spans])
     out = JoinedParts([])
     raw_rows: list[tuple[str, str, str, str, str]] = []
@@ -80,6 +95,14 @@ def join_parts(store: Store, parts: Sequence[OtelPart], hierarchy: Hierarchy) ->
                 continue
         else:
             whole = spans
+        if entry is not None and entry.built_from is not None and not replace:
+            problem = (
+                f"trace {otel_trace_id}",
+                f"has {len(spans)} spans the stored trace {entry.trace_id!r} lacks; a strict "
+                "import does not replace stored traces: import without --strict to join them",
+            )
+            out.records.append(SourceRecord(part.source, part.line, None, (problem,)))
+            continue
         try:
             trace = trace_from_spans(whole, hierarchy)
         except Problems as exc:
@@ -97,6 +120,9 @@ def join_parts(store: Store, parts: Sequence[OtelPart], hierarchy: Hierarchy) ->
             replaced.append((entry.run_id, entry.trace_id))
             out.joined += 1
         out.records.append(SourceRecord(part.source, part.line, trace))
+    if not replace:
+        out.raw_rows = raw_rows
+        return out
     write_otel_spans(store, raw_rows)
     if replaced:
         delete_written(store, replaced)

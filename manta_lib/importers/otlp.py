@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +121,12 @@ def read_spans(path: Path) -> Iterator[SourceRecord | tuple[int, OtelSpan]]:
 
 @dataclass
 class JoinCounts:
-    """What :func:`read_joined` found stored already."""
+    """What :func:`read_joined` found stored already (and, strict, the raw spans to write
+    once the import has stored its traces)."""
 
     present: int = 0
     joined: int = 0
+    raw_rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # strict: later
 
 
 def read_joined(
@@ -134,6 +136,7 @@ def read_joined(
     counts: JoinCounts,
     advance: Callable[[Path], object] | None = None,
     batch: int = 5000,
+    strict: bool = False,
 ) -> Iterator[SourceRecord]:
     """The traces of several OTLP files, a trace's spans gathered across all of them (each
     span once) and joined with what the store holds of it (:mod:`otel_join`)."""
@@ -153,7 +156,8 @@ def read_joined(
     parts = list(spans.values())
     spans.clear()
     for start in range(0, len(parts), batch):
-        joined = join_parts(store, parts[start : start + batch], hierarchy)
+        joined = join_parts(store, parts[start : start + batch], hierarchy, replace=not strict)
         counts.present += joined.present
         counts.joined += joined.joined
+        counts.raw_rows.extend(joined.raw_rows)
         yield from joined.records

@@ -89,3 +89,18 @@ def test_the_collector_stores_a_retry_once_and_joins_a_late_part(
         _wait(lambda: c.stats.traces_joined == 1)
     with Store.open(settings) as store:
         assert snapshot(store) == reference(store, [_doc(retried), _doc(split)], tmp_path)
+
+
+def test_a_strict_import_refuses_to_replace_a_stored_trace(store: Store, tmp_path: Path) -> None:
+    spans = genai_agent_trace(7)
+    first = _write(tmp_path / "a.jsonl", _doc(spans[:2]))
+    second = _write(tmp_path / "b.jsonl", _doc(spans[2:]))
+    assert import_files([first], store=store, format="otlp", strict=True).traces_loaded == 1
+    before = snapshot(store)
+    report = import_files([second], store=store, format="otlp", strict=True)
+    assert report.traces_loaded == 0
+    (error,) = report.errors
+    assert "strict import does not replace stored traces" in error.reason
+    assert snapshot(store) == before
+    assert import_files([second], store=store, format="otlp").traces_loaded == 1
+    assert snapshot(store) == reference(store, [_doc(spans)], tmp_path)
