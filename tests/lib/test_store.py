@@ -149,7 +149,7 @@ def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store:
 
     ensure_schema(store)
 
-    assert current_version(store) == SCHEMA_VERSION == 3
+    assert current_version(store) == SCHEMA_VERSION
     catalog = (
         "SELECT run_id, column, arraySort(groupUniqArrayArray(value_types)), "
         "max(last_computed_at) FROM {db}.entity_metadata_catalog GROUP BY run_id, column "
@@ -162,3 +162,14 @@ def test_a_version_2_store_gets_a_results_catalog_filled_from_its_results(store:
     # From now on every write reaches the catalog through its materialized view.
     store.command(insert, {"run": "r_new", "column": "n", "kind": "number", "at": at})
     assert ("r_new", "n", ["number"], at.replace(tzinfo=None)) in store.rows(catalog)
+
+
+def test_a_version_3_store_gains_the_otel_spans_table(store: Store) -> None:
+    store.command("DROP TABLE {db}.otel_spans")
+    store.command("TRUNCATE TABLE {db}.schema_migrations")
+    store.command("INSERT INTO {db}.schema_migrations (version) VALUES (3)")
+
+    ensure_schema(store)
+
+    assert current_version(store) == SCHEMA_VERSION
+    assert "otel_spans" in {row[0] for row in store.rows("SHOW TABLES FROM {db}")}
