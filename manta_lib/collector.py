@@ -97,6 +97,7 @@ class _Pending:
     last_seen: float = 0.0
     has_run: bool = False
     segment: int = 0  # the oldest spool segment holding a span of it
+    trace: dict[str, Any] | None = None  # the spans mapped at receipt (while nothing joined)
 
 
 class _Buffer:
@@ -110,9 +111,14 @@ class _Buffer:
         self.flushed: OrderedDict[str, None] = OrderedDict()
 
     def add(
-        self, by_trace: dict[str, list[OtelSpan]], default_run: bool, segment: int
+        self,
+        by_trace: dict[str, list[OtelSpan]],
+        default_run: bool,
+        segment: int,
+        mapped: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[int, int, int] | None:
-        """Buffer spans; ``(accepted, rejected for want of a run id, late)`` or None if full."""
+        """Buffer spans; ``(accepted, rejected for want of a run id, late)`` or None if full.
+        ``mapped``: traces of this request mapped already (kept while no other span joins)."""
         now = time.monotonic()
         accepted = rejected = late = 0
         with self.lock:
@@ -128,6 +134,9 @@ class _Buffer:
                     late += len(members)
                 if pending is None:
                     pending = self.traces[trace_id] = _Pending(segment=segment)
+                    pending.trace = mapped.get(trace_id) if mapped else None
+                else:
+                    pending.trace = None
                 pending.spans.extend(members)
                 pending.last_seen = now
                 pending.has_run = pending.has_run or has_run
@@ -157,9 +166,12 @@ class _Buffer:
         with self.lock:
             for old in taken:
                 trace_id = old.spans[0].trace_id
-                pending = self.traces.setdefault(trace_id, _Pending(has_run=True))
+                pending = self.traces.get(trace_id)
+                if pending is None:
+                    pending = self.traces[trace_id] = _Pending(has_run=True, segment=old.segment)
+                pending.trace = None  # mapped again when written (a failed write may have used it)
                 pending.spans[:0] = old.spans
-                pending.segment = min(pending.segment or old.segment, old.segment)
+                pending.segment = min(pending.segment, old.segment)
                 pending.last_seen = 0.0
                 self.count += len(old.spans)
                 self.flushed.pop(trace_id, None)
@@ -339,7 +351,7 @@ class Collector:
 
     def _write(self, taken: list[_Pending], final: bool) -> int:
         """Join, map, validate and store the traces ``taken``; keep any that cannot be stored."""
-        parts = [OtelPart("collector", n, p.spans) for n, p in enumerate(taken, start=1)]
+        parts = [OtelPart("collector", n, p.spans, p.trace) for n, p in enumerate(taken, start=1)]
         try:
             store = self._store or Store.open(self.settings)
             self._store = store
@@ -408,14 +420,12 @@ class Collector:
         Raises :class:`Problems` for an invalid body and :class:`BufferError` when full.
         """
         by_trace = _decode(body, content_type)
-        self._check(by_trace)
+        mapped = self._check(by_trace)
         spool = self._spool
         if spool is None:
             raise BufferError("the collector is not running")
         with spool.lock:
-            result = self._buffer.add(
-                by_trace, default_run=bool(self.hierarchy.run_id), segment=spool.segment
-            )
+            result = self._buffer.add(by_trace, bool(self.hierarchy.run_id), spool.segment, mapped)
             if result is None:
                 raise BufferError("the collector's buffer is full")
             accepted, rejected, late = result
@@ -443,18 +453,23 @@ class Collector:
             )
         return rejected, message
 
-    def _check(self, by_trace: dict[str, list[OtelSpan]]) -> None:
+    def _check(self, by_trace: dict[str, list[OtelSpan]]) -> dict[str, dict[str, Any]]:
         """Map and check each trace of the request as it would be stored: a request that
         holds a trace the store would refuse is refused whole (a 400, not a 200 whose trace
-        later fails)."""
+        later fails). Returns the traces mapped (a trace whole in one request is not mapped
+        again when written)."""
         problems: list[tuple[str, str]] = []
+        mapped: dict[str, dict[str, Any]] = {}
         for trace_id, members in by_trace.items():
             hierarchy = self.hierarchy
             if not hierarchy.run_id and not _has_run(members):
                 # a later part without the run id: checked as part of a run
                 hierarchy = dataclasses.replace(hierarchy, run_id="-")
             try:
-                found = trace_problems(trace_from_spans(members, hierarchy))
+                trace = trace_from_spans(members, hierarchy)
+                found = trace_problems(trace)
+                if hierarchy is self.hierarchy and not found:
+                    mapped[trace_id] = trace
             except Problems as exc:
                 found = list(exc.problems)
             problems.extend(
@@ -462,6 +477,7 @@ class Collector:
             )
         if problems:
             raise Problems(problems)
+        return mapped
 
     def _replay(self) -> None:
         """Buffer what an earlier process spooled (acknowledged, perhaps not yet written)."""

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import OtelSpan
@@ -40,8 +41,26 @@ __all__ = [
 
 
 def span_payload(span: OtelSpan) -> str:
-    """One span as a JSON array of its fields (for the ``otel_spans`` table)."""
-    return json.dumps(astuple(span), separators=(",", ":"))
+    """One span as a JSON array of its fields in declaration order (for ``otel_spans``)."""
+    return _dumps(
+        [
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.name,
+            span.start_ns,
+            span.end_ns,
+            span.attributes,
+            span.resource,
+            span.events,
+            span.status_code,
+            span.status_message,
+            span.scope,
+        ]
+    )
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def span_from_payload(payload: str) -> OtelSpan:
@@ -57,6 +76,7 @@ class OtelPart:
     source: str
     line: int
     spans: list[OtelSpan]
+    trace: dict[str, Any] | None = None  # these very spans mapped already, if the caller has
 
 
 @dataclass
@@ -104,7 +124,9 @@ def join_parts(
             out.records.append(SourceRecord(part.source, part.line, None, (problem,)))
             continue
         try:
-            trace = trace_from_spans(whole, hierarchy)
+            trace = (
+                part.trace if entry is None and part.trace else trace_from_spans(whole, hierarchy)
+            )
         except Problems as exc:
             problems = tuple(
                 (f"trace {otel_trace_id}: {f}" if f else f"trace {otel_trace_id}", r)
