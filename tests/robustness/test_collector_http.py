@@ -21,7 +21,13 @@ from manta_lib import MantaService
 from manta_lib.collector import Collector
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
-from tests.lib.importers.otlp_builders import genai_agent_trace, request, span, to_protobuf
+from tests.lib.importers.otlp_builders import (
+    attrs,
+    genai_agent_trace,
+    request,
+    span,
+    to_protobuf,
+)
 
 RESOURCE = {"service.name": "agent", "manta.run_id": "hostile"}
 JSON_TYPE = {"Content-Type": "application/json"}
@@ -171,7 +177,10 @@ def test_nothing_answered_200_goes_to_the_dead_letter_file(
     answers = {}
     for number, (name, extra) in enumerate(REFUSED_TRACES.items(), start=10):
         spans = genai_agent_trace(number)
-        body = _json(request(spans, {**RESOURCE, **extra}))
+        root = spans[0]  # the root span's attributes come first
+        kept = [a for a in root["attributes"] if a["key"] not in extra]
+        spans[0] = {**root, "attributes": kept + attrs(extra)}
+        body = _json(request(spans, RESOURCE))
         answers[name] = httpx.post(collector.endpoint, content=body, headers=JSON_TYPE)
     time.sleep(0.5)  # idle timeout passes: anything buffered is written
     collector.flush(everything=True)
