@@ -58,7 +58,7 @@ from manta_lib.importers.otel_decode import (
 )
 from manta_lib.importers.otel_join import OtelPart, join_parts
 from manta_lib.importers.otel_map import trace_from_spans
-from manta_lib.ingest import load_records, trace_problems
+from manta_lib.ingest import CheckedTrace, check_trace, load_records
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 
@@ -97,7 +97,7 @@ class _Pending:
     last_seen: float = 0.0
     has_run: bool = False
     segment: int = 0  # the oldest spool segment holding a span of it
-    trace: dict[str, Any] | None = None  # the spans mapped at receipt (while nothing joined)
+    checked: CheckedTrace | None = None  # mapped and checked at receipt (while no span joined)
 
 
 class _Buffer:
@@ -115,7 +115,7 @@ class _Buffer:
         by_trace: dict[str, list[OtelSpan]],
         default_run: bool,
         segment: int,
-        mapped: dict[str, dict[str, Any]] | None = None,
+        mapped: dict[str, CheckedTrace] | None = None,
     ) -> tuple[int, int, int] | None:
         """Buffer spans; ``(accepted, rejected for want of a run id, late)`` or None if full.
         ``mapped``: traces of this request mapped already (kept while no other span joins)."""
@@ -134,9 +134,9 @@ class _Buffer:
                     late += len(members)
                 if pending is None:
                     pending = self.traces[trace_id] = _Pending(segment=segment)
-                    pending.trace = mapped.get(trace_id) if mapped else None
+                    pending.checked = mapped.get(trace_id) if mapped else None
                 else:
-                    pending.trace = None
+                    pending.checked = None
                 pending.spans.extend(members)
                 pending.last_seen = now
                 pending.has_run = pending.has_run or has_run
@@ -169,7 +169,7 @@ class _Buffer:
                 pending = self.traces.get(trace_id)
                 if pending is None:
                     pending = self.traces[trace_id] = _Pending(has_run=True, segment=old.segment)
-                pending.trace = None  # mapped again when written (a failed write may have used it)
+                pending.checked = None  # mapped again when written
                 pending.spans[:0] = old.spans
                 pending.segment = min(pending.segment, old.segment)
                 pending.last_seen = 0.0
@@ -351,7 +351,7 @@ class Collector:
 
     def _write(self, taken: list[_Pending], final: bool) -> int:
         """Join, map, validate and store the traces ``taken``; keep any that cannot be stored."""
-        parts = [OtelPart("collector", n, p.spans, p.trace) for n, p in enumerate(taken, start=1)]
+        parts = [OtelPart("collector", n, p.spans, p.checked) for n, p in enumerate(taken, start=1)]
         try:
             store = self._store or Store.open(self.settings)
             self._store = store
@@ -453,25 +453,27 @@ class Collector:
             )
         return rejected, message
 
-    def _check(self, by_trace: dict[str, list[OtelSpan]]) -> dict[str, dict[str, Any]]:
+    def _check(self, by_trace: dict[str, list[OtelSpan]]) -> dict[str, CheckedTrace]:
         """Map and check each trace of the request as it would be stored: a request that
         holds a trace the store would refuse is refused whole (a 400, not a 200 whose trace
         later fails). Returns the traces mapped (a trace whole in one request is not mapped
         again when written)."""
         problems: list[tuple[str, str]] = []
-        mapped: dict[str, dict[str, Any]] = {}
+        mapped: dict[str, CheckedTrace] = {}
         for trace_id, members in by_trace.items():
             hierarchy = self.hierarchy
             if not hierarchy.run_id and not _has_run(members):
                 # a later part without the run id: checked as part of a run
                 hierarchy = dataclasses.replace(hierarchy, run_id="-")
             try:
-                trace = trace_from_spans(members, hierarchy)
-                found = trace_problems(trace)
-                if hierarchy is self.hierarchy and not found:
-                    mapped[trace_id] = trace
+                checked = check_trace(trace_from_spans(members, hierarchy))
             except Problems as exc:
-                found = list(exc.problems)
+                checked = list(exc.problems)
+            if isinstance(checked, CheckedTrace):
+                if hierarchy is self.hierarchy:
+                    mapped[trace_id] = checked
+                continue
+            found = checked
             problems.extend(
                 (f"trace {trace_id}: {f}" if f else f"trace {trace_id}", r) for f, r in found
             )

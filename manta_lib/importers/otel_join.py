@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import OtelSpan
 from manta_lib.importers.otel_map import trace_from_spans, unique_spans
-from manta_lib.ingest import SourceRecord
+from manta_lib.ingest import CheckedTrace, SourceRecord
 from manta_lib.store import Store
 from manta_lib.store.otel_spans import stored_otel_traces, write_otel_spans
 from manta_lib.store.trace_writes import delete_written
@@ -76,7 +75,7 @@ class OtelPart:
     source: str
     line: int
     spans: list[OtelSpan]
-    trace: dict[str, Any] | None = None  # these very spans mapped already, if the caller has
+    checked: CheckedTrace | None = None  # these very spans mapped and checked already
 
 
 @dataclass
@@ -123,10 +122,16 @@ def join_parts(
             )
             out.records.append(SourceRecord(part.source, part.line, None, (problem,)))
             continue
-        try:
-            trace = (
-                part.trace if entry is None and part.trace else trace_from_spans(whole, hierarchy)
+        if entry is None and part.checked is not None:
+            checked = part.checked
+            raw_rows.extend(
+                (otel_trace_id, s.span_id, checked.run_id, checked.trace_id, span_payload(s))
+                for s in spans
             )
+            out.records.append(SourceRecord(part.source, part.line, checked))
+            continue
+        try:
+            trace = trace_from_spans(whole, hierarchy)
         except Problems as exc:
             problems = tuple(
                 (f"trace {otel_trace_id}: {f}" if f else f"trace {otel_trace_id}", r)
