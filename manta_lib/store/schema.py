@@ -179,7 +179,7 @@ CREATE TABLE IF NOT EXISTS {db}.otel_spans (
     span_id       String,
     run_id        String,
     trace_id      String,
-    payload       String CODEC(ZSTD(3))
+    payload       String
 ) ENGINE = ReplacingMergeTree
 ORDER BY (otel_trace_id, span_id)
 """
