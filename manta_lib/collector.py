@@ -2,55 +2,63 @@
 
 ``manta collect`` (or :class:`Collector` in a process of your own) accepts
 ``ExportTraceServiceRequest`` bodies as protobuf (``application/x-protobuf``) or JSON
-(``application/json``), optionally gzip-compressed, and answers as the OTLP specification
-says: ``200`` with an ``ExportTraceServiceResponse`` (``partial_success`` counts the spans it
-refused and says why), ``400`` for a body that does not decode or holds invalid ids (nothing
-of such a request is kept), ``401`` without the bearer token, ``413`` past the body limit,
-``415`` for another content type or encoding, ``503`` with ``Retry-After`` while its buffer is
-full. A request is validated whole before any span is buffered.
+(``application/json``), optionally gzip-compressed (every gzip member), and answers as the
+OTLP specification says: ``200`` with an ``ExportTraceServiceResponse`` (``partial_success``
+counts the spans it refused and says why), ``400`` for a body that does not decode, holds
+invalid ids or a trace that could not be stored (nothing of such a request is kept), ``401``
+without the bearer token, ``408`` when the body does not arrive within ``body_timeout``,
+``413`` past the body limit, ``415`` for another content type or encoding, ``503`` with
+``Retry-After`` while its buffer is full. A request is validated whole (decoded, and each of
+its traces mapped and checked like an import) before any span is kept.
+
+**A 2xx means kept.** An accepted request is appended to a spool on disk and ``fsync``'d
+before the answer (:mod:`manta_lib.collector_spool`; concurrent requests share an ``fsync``).
+The spool is replayed when the collector starts, so a collector killed at any moment loses
+no acknowledged span; a segment of it is deleted once its traces are in the store.
 
 Spans are buffered per trace; a trace is complete when no span of it arrived for
 ``idle_timeout`` seconds, then it is mapped (:mod:`manta_lib.importers.otel_map`) and
-written with the other complete traces in one batch through the validated loader. The store
-is opened when traces arrive and closed again as soon as a flush finds nothing to write (so
-the embedded store is usable by other processes whenever the collector is quiet); a batch
-that cannot be written stays buffered and is retried. On
-shutdown (SIGTERM, SIGINT, :meth:`Collector.stop`) every buffered trace is written; traces
-that still cannot be written, or that cannot be mapped, go to a JSON Lines file under
-``$MANTA_DATA_DIR/collector/`` so nothing is lost.
+written with the other complete traces in one batch through the validated loader. Each
+``(trace_id, span_id)`` is stored once, and spans of a trace that arrive after it was written
+join it (:mod:`manta_lib.importers.otel_join`: the trace is mapped again from all its spans).
+The store is opened when traces arrive and closed again as soon as a flush finds nothing to
+write (so the embedded store is usable by other processes whenever the collector is quiet); a
+batch that cannot be written stays buffered (and spooled) and is retried, also by the next
+start if the store is still unavailable at shutdown (SIGTERM, SIGINT, :meth:`Collector.stop`).
+A trace that cannot be mapped at all goes to a JSON Lines file under
+``$MANTA_DATA_DIR/collector/``.
 
-The HTTP server is the standard library's ``ThreadingHTTPServer``: one thread per connection
-is plenty for a handful of exporters sending batches, it adds no dependency, and the work per
-request (protobuf decoding in C, a dict insert) is small next to the batched store write,
-which runs on its own thread.
+The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector_http`,
+the ``otlp`` extra); decoding and the spool's ``fsync`` run on worker threads, the batched
+store write on its own thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
-import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+from manta_lib.errors import ConfigError
 from manta_lib.gc_pacing import relaxed_gc
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import (
     OtelSpan,
     parse_protobuf,
-    proto_module,
     spans_from_json,
     spans_from_proto,
 )
-from manta_lib.importers.otlp import group_traces
-from manta_lib.ingest import SourceRecord, load_records
+from manta_lib.importers.otel_join import OtelPart, join_parts
+from manta_lib.importers.otel_map import trace_from_spans
+from manta_lib.ingest import CheckedTrace, check_trace, load_records
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 
@@ -59,10 +67,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Collector", "CollectorStats"]
 
 _PROTOBUF = "application/x-protobuf"
-_JSON = "application/json"
+_KINDS = {_PROTOBUF: 1, "application/json": 2}  # content type <-> spool record kind
 _RUN_KEY = "manta.run_id"
-_MAX_DRAIN_BYTES = 128 << 20  # a refused body up to this size is read so the client sees 4xx
 _FLUSHED_MEMORY = 200_000  # trace ids remembered to recognise late spans
+_BACKLOG = 2048
+_SEGMENT_AGE_S = 5.0  # a spool segment older than this is closed (then deleted once written)
 
 
 @dataclass
@@ -73,7 +82,9 @@ class CollectorStats:
     bad_requests: int = 0
     spans_received: int = 0
     spans_rejected: int = 0
+    spans_replayed: int = 0
     traces_stored: int = 0
+    traces_joined: int = 0
     spans_stored: int = 0
     traces_failed: int = 0
     late_spans: int = 0
@@ -85,6 +96,8 @@ class _Pending:
     spans: list[OtelSpan] = field(default_factory=list)
     last_seen: float = 0.0
     has_run: bool = False
+    segment: int = 0  # the oldest spool segment holding a span of it
+    checked: CheckedTrace | None = None  # mapped and checked at receipt (while no span joined)
 
 
 class _Buffer:
@@ -97,36 +110,42 @@ class _Buffer:
         self.max_spans = max_spans
         self.flushed: OrderedDict[str, None] = OrderedDict()
 
-    def add(self, spans: list[OtelSpan], default_run: bool) -> tuple[int, int, int] | None:
-        """Buffer spans; ``(accepted, rejected for want of a run id, late)`` or None if full."""
-        by_trace: dict[str, list[OtelSpan]] = {}
-        for span in spans:
-            by_trace.setdefault(span.trace_id, []).append(span)
+    def add(
+        self,
+        by_trace: dict[str, list[OtelSpan]],
+        default_run: bool,
+        segment: int,
+        mapped: dict[str, CheckedTrace] | None = None,
+    ) -> tuple[int, int, int] | None:
+        """Buffer spans; ``(accepted, rejected for want of a run id, late)`` or None if full.
+        ``mapped``: traces of this request mapped already (kept while no other span joins)."""
         now = time.monotonic()
         accepted = rejected = late = 0
         with self.lock:
-            if self.count + len(spans) > self.max_spans:
+            if self.count + sum(len(m) for m in by_trace.values()) > self.max_spans:
                 return None
             for trace_id, members in by_trace.items():
                 pending = self.traces.get(trace_id)
-                has_run = default_run or any(
-                    _RUN_KEY in s.attributes or _RUN_KEY in s.resource for s in members
-                )
+                has_run = default_run or _has_run(members)
                 if pending is None and not has_run:
                     rejected += len(members)
                     continue
                 if trace_id in self.flushed:
                     late += len(members)
                 if pending is None:
-                    pending = self.traces[trace_id] = _Pending()
+                    pending = self.traces[trace_id] = _Pending(segment=segment)
+                    pending.checked = mapped.get(trace_id) if mapped else None
+                else:
+                    pending.checked = None
                 pending.spans.extend(members)
                 pending.last_seen = now
                 pending.has_run = pending.has_run or has_run
+                pending.segment = min(pending.segment, segment)
                 accepted += len(members)
                 self.count += len(members)
         return accepted, rejected, late
 
-    def take(self, idle_seconds: float | None) -> list[list[OtelSpan]]:
+    def take(self, idle_seconds: float | None) -> list[_Pending]:
         """Remove and return the traces idle for ``idle_seconds`` (all with None)."""
         now = time.monotonic()
         with self.lock:
@@ -135,22 +154,44 @@ class _Buffer:
                 for trace_id, pending in self.traces.items()
                 if idle_seconds is None or now - pending.last_seen >= idle_seconds
             ]
-            groups = [self.traces.pop(trace_id).spans for trace_id in done]
-            self.count -= sum(len(group) for group in groups)
+            taken = [self.traces.pop(trace_id) for trace_id in done]
+            self.count -= sum(len(p.spans) for p in taken)
             for trace_id in done:
                 self.flushed[trace_id] = None
             while len(self.flushed) > _FLUSHED_MEMORY:
                 self.flushed.popitem(last=False)
-        return groups
+        return taken
 
-    def put_back(self, groups: list[list[OtelSpan]]) -> None:
+    def put_back(self, taken: list[_Pending]) -> None:
         with self.lock:
-            for group in groups:
-                pending = self.traces.setdefault(group[0].trace_id, _Pending(has_run=True))
-                pending.spans[:0] = group
+            for old in taken:
+                trace_id = old.spans[0].trace_id
+                pending = self.traces.get(trace_id)
+                if pending is None:
+                    pending = self.traces[trace_id] = _Pending(has_run=True, segment=old.segment)
+                pending.checked = None  # mapped again when written
+                pending.spans[:0] = old.spans
+                pending.segment = min(pending.segment, old.segment)
                 pending.last_seen = 0.0
-                self.count += len(group)
-                self.flushed.pop(group[0].trace_id, None)
+                self.count += len(old.spans)
+                self.flushed.pop(trace_id, None)
+
+    def oldest_segment(self) -> int | None:
+        with self.lock:
+            return min((p.segment for p in self.traces.values()), default=None)
+
+
+def _has_run(spans: list[OtelSpan]) -> bool:
+    return any(_RUN_KEY in s.attributes or _RUN_KEY in s.resource for s in spans)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Collector:
@@ -176,6 +217,8 @@ class Collector:
         hierarchy: Hierarchy | None = None,
         settings: MantaSettings | None = None,
         batch_size: int = 5000,
+        body_timeout: float = 30.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.hierarchy = hierarchy or Hierarchy()
@@ -183,6 +226,7 @@ class Collector:
         self.idle_timeout = idle_timeout
         self.flush_interval = flush_interval
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.batch_size = batch_size
         self.stats = CollectorStats()
         self._stats_lock = threading.Lock()
@@ -190,15 +234,24 @@ class Collector:
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
         self._store: Store | None = None  # open while traces keep coming, closed when quiet
-        self._server = ThreadingHTTPServer((host, port), _handler_class(self))
-        self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
         self.dead_letter = self.settings.data_dir / "collector" / "unwritten.jsonl"
+        self.spool_dir = spool_dir or self.settings.data_dir / "collector" / "spool"
+        self._socket = _listen(host, port)
+        self._server: Any = None
+        self._app: Any = None
+        self._spool: Any = None
+        if not self.token and not _is_loopback(host):
+            log.warning(
+                "collecting on %s without a token: anyone who can reach this address can write "
+                "traces to the store; set --token (or MANTA_COLLECT_TOKEN)",
+                host,
+            )
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound ``(host, port)`` (port 0 asks the system for a free one)."""
-        host, port = self._server.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
 
     @property
@@ -207,23 +260,56 @@ class Collector:
         return f"http://{host}:{port}/v1/traces"
 
     def start(self) -> Collector:
-        """Serve and flush on background threads; returns at once."""
-        serve = threading.Thread(target=self._server.serve_forever, name="otlp-http", daemon=True)
+        """Replay the spool, then serve and flush on background threads; returns at once."""
+        import uvicorn
+
+        from manta_lib.collector_http import CollectorApp
+        from manta_lib.collector_spool import Spool
+
+        self._spool = Spool(self.spool_dir)
+        self._replay()
+        self._app = CollectorApp(self, body_timeout=self.body_timeout)
+        config = uvicorn.Config(
+            self._app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            backlog=_BACKLOG,
+            timeout_keep_alive=max(5, int(self.body_timeout)),
+            timeout_graceful_shutdown=max(1, int(self.body_timeout)),
+        )
+        self._server = uvicorn.Server(config)
+        sock = self._socket
+        serve = threading.Thread(
+            target=lambda: self._server.run(sockets=[sock]), name="otlp-http", daemon=True
+        )
         flush = threading.Thread(target=self._flush_loop, name="otlp-flush", daemon=True)
         self._threads = [serve, flush]
         for thread in self._threads:
             thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started and serve.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            raise ConfigError(f"the collector could not start serving on {self.endpoint}")
         log.info("collecting OTLP/HTTP traces on %s", self.endpoint)
         return self
 
     def stop(self) -> None:
         """Stop accepting requests, write every buffered trace, release the port."""
-        self._server.shutdown()
-        self._server.server_close()
+        if self._server is not None:
+            self._server.should_exit = True
         self._stop.set()
         for thread in self._threads:
             thread.join()
-        self.flush(everything=True, final=True)
+        self._socket.close()
+        if self._app is not None:
+            self._app.executor.shutdown(wait=True)
+        if self._spool is not None:
+            self.flush(everything=True, final=True)
+            self._spool.close()
+            self._spool = None
         self._release_store()
         log.info("collector stopped: %s", dataclasses.asdict(self.stats))
 
@@ -232,6 +318,10 @@ class Collector:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def count(self, name: str, number: int = 1) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + number)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -245,69 +335,61 @@ class Collector:
     def flush(self, *, everything: bool = False, final: bool = False) -> int:
         """Write complete traces (all buffered ones with ``everything``); returns how many."""
         with self._write_lock:
-            groups = self._buffer.take(None if everything else self.idle_timeout)
-            if not groups:
+            taken = self._buffer.take(None if everything else self.idle_timeout)
+            if not taken:
                 # quiet: release the store (the embedded one is then free for other processes)
                 self._release_store()
-                return 0
-            with relaxed_gc():  # the batch's objects are freed before collection resumes
-                return self._write(groups, final)
+                written = 0
+            else:
+                with relaxed_gc():  # the batch's objects are freed before collection resumes
+                    written = self._write(taken, final)
+            spool = self._spool
+            if spool is not None:
+                spool.rotate_if_due(0.0 if final else _SEGMENT_AGE_S)
+                spool.release(self._buffer.oldest_segment())
+            return written
 
-    def _write(self, groups: list[list[OtelSpan]], final: bool) -> int:
-        """Map, validate and store the traces ``groups``; keep any that cannot be stored."""
-        unmapped: list[SourceRecord] = []
-
-        def mapped() -> Iterator[SourceRecord]:  # one trace at a time: bounded memory
-            for number, group in enumerate(groups, start=1):
-                record = self._map(number, group)
-                if record.problems:
-                    unmapped.append(record)
-                else:
-                    yield record
-
+    def _write(self, taken: list[_Pending], final: bool) -> int:
+        """Join, map, validate and store the traces ``taken``; keep any that cannot be stored."""
+        parts = [OtelPart("collector", n, p.spans, p.checked) for n, p in enumerate(taken, start=1)]
         try:
             store = self._store or Store.open(self.settings)
             self._store = store
+            joined = join_parts(store, parts, self.hierarchy)
+            records = [r for r in joined.records if not r.problems]
             report = load_records(
-                mapped(),
-                source="collector",
-                store=store,
-                batch_size=self.batch_size,
-                progress=False,
+                records, source="collector", store=store, batch_size=self.batch_size, progress=False
             )
         except Exception as exc:  # any store failure: keep the traces (written ones are
             # found present on the retry, so a retry never duplicates)
             self._release_store()
-            if not final:
-                log.warning("cannot write %d traces yet (%s); will retry", len(groups), exc)
-                self._buffer.put_back(groups)
-                return 0
-            self._dead_letter(groups, f"store unavailable: {exc}")
+            self._buffer.put_back(taken)
+            if final:
+                log.error(
+                    "cannot write %d traces (%s): they stay in the spool %s and are written "
+                    "when the collector starts again",
+                    len(taken),
+                    exc,
+                    self.spool_dir,
+                )
+            else:
+                log.warning("cannot write %d traces yet (%s); will retry", len(taken), exc)
             return 0
+        unmapped = [r for r in joined.records if r.problems]
         problems = [(r.line, f, why) for r in unmapped for f, why in r.problems]
-        problems += [(e.line, e.field, e.reason) for e in report.errors]
+        problems += [(records[e.line - 1].line, e.field, e.reason) for e in report.errors]
         failed = sorted({line for line, _, _ in problems})
         with self._stats_lock:
             self.stats.traces_stored += report.traces_loaded
+            self.stats.traces_joined += joined.joined
             self.stats.spans_stored += report.spans_loaded
             self.stats.traces_failed += len(failed)
             self.stats.batches += 1
         if failed:
             reasons = "; ".join(f"{f}: {why}" if f else why for _, f, why in problems)
             log.error("%d traces could not be stored: %s", len(failed), reasons[:2000])
-            self._dead_letter([groups[line - 1] for line in failed], reasons)
+            self._dead_letter([taken[line - 1].spans for line in failed], reasons)
         return report.traces_loaded
-
-    def _map(self, number: int, group: list[OtelSpan]) -> SourceRecord:
-        """One buffered trace as a record; a mapping failure becomes the record's problem."""
-        try:
-            (record,) = group_traces([(number, s) for s in group], self.hierarchy, "collector")
-        except Exception as exc:  # an unexpected shape must not lose the other traces
-            log.debug("mapping trace %s failed", group[0].trace_id, exc_info=True)
-            return SourceRecord(
-                "collector", number, None, (("", f"cannot map the trace ({exc!r})"),)
-            )
-        return record
 
     def _release_store(self) -> None:
         if self._store is not None:
@@ -326,208 +408,127 @@ class Collector:
                     "spans": [dataclasses.asdict(s) for s in group],
                 }
                 handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
         log.error("kept %d unwritten traces in %s", len(groups), self.dead_letter)
 
     # ---- receiving (called by the request handler threads) --------------------------------
 
-    def receive(self, body: bytes, content_type: str) -> tuple[int, int, str]:
-        """Validate and buffer one request body; ``(accepted, rejected, message)``.
+    def receive(self, body: bytes, content_type: str) -> tuple[int, str]:
+        """Validate one request body and keep it (buffered and spooled durably) before
+        returning ``(spans rejected, message)``.
 
         Raises :class:`Problems` for an invalid body and :class:`BufferError` when full.
         """
-        if content_type == _PROTOBUF:
-            spans = spans_from_proto(parse_protobuf(body))
-        else:
+        by_trace = _decode(body, content_type)
+        mapped = self._check(by_trace)
+        spool = self._spool
+        if spool is None:
+            raise BufferError("the collector is not running")
+        with spool.lock:
+            result = self._buffer.add(by_trace, bool(self.hierarchy.run_id), spool.segment, mapped)
+            if result is None:
+                raise BufferError("the collector's buffer is full")
+            accepted, rejected, late = result
             try:
-                doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise Problems([("", f"invalid JSON ({exc})")]) from None
-            spans = spans_from_json(doc)
-        result = self._buffer.add(spans, default_run=bool(self.hierarchy.run_id))
-        if result is None:
-            raise BufferError("the collector's buffer is full")
-        accepted, rejected, late = result
+                number = spool.append(_KINDS[content_type], body) if accepted else 0
+            except OSError as exc:  # a full disk: not acknowledged (the exporter retries;
+                # the spans buffered meanwhile are stored once, see otel_join)
+                raise BufferError(f"cannot write the spool {self.spool_dir} ({exc})") from None
+        if number:
+            try:
+                spool.sync(number)
+            except OSError as exc:
+                raise BufferError(f"cannot write the spool {self.spool_dir} ({exc})") from None
         with self._stats_lock:
             self.stats.spans_received += accepted
             self.stats.spans_rejected += rejected
             self.stats.late_spans += late
         if late:
-            log.warning(
-                "%d spans arrived after their trace was written (raise --idle-timeout)", late
-            )
+            log.info("%d spans arrived after their trace was written: joining it", late)
         message = ""
         if rejected:
             message = (
                 f"{rejected} spans have no run id: set the resource attribute {_RUN_KEY} "
                 f"(OTEL_RESOURCE_ATTRIBUTES={_RUN_KEY}=RUN) or start the collector with --run-id"
             )
-        return accepted, rejected, message
+        return rejected, message
 
-
-def _handler_class(collector: Collector) -> type[BaseHTTPRequestHandler]:
-    class Handler(_OTLPHandler):
-        owner = collector
-
-    return Handler
-
-
-class _OTLPHandler(BaseHTTPRequestHandler):
-    owner: Collector
-    protocol_version = "HTTP/1.1"
-    server_version = "manta-collect"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] in ("/", "/health"):
-            self._reply(200, b"ok\n", "text/plain")
-        else:
-            self._reply(405 if self.path.startswith("/v1/traces") else 404, b"", "text/plain")
-
-    def do_POST(self) -> None:
-        owner = self.owner
-        with owner._stats_lock:
-            owner.stats.requests += 1
-        if self.path.split("?")[0] != "/v1/traces":
-            self._drain_or_close()
-            self._error(404, "only POST /v1/traces is served", _JSON)
-            return
-        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        reply_type = _PROTOBUF if content_type == _PROTOBUF else _JSON
-        if owner.token and not hmac.compare_digest(
-            (self.headers.get("Authorization") or "").encode(), f"Bearer {owner.token}".encode()
-        ):
-            self._drain_or_close()
-            self._error(401, "missing or wrong bearer token", reply_type)
-            return
-        if content_type not in (_PROTOBUF, _JSON):
-            self._drain_or_close()
-            self._error(
-                415,
-                f"unsupported content type {content_type!r}; send {_PROTOBUF} or {_JSON}",
-                _JSON,
-            )
-            return
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            self.close_connection = True
-            self._error(411, "a Content-Length header is required", reply_type)
-            return
-        length = int(length_text)
-        if length > owner.max_body_bytes:
-            self._drain_or_close()
-            self._error(
-                413,
-                f"body of {length} bytes exceeds the limit of {owner.max_body_bytes}",
-                reply_type,
-            )
-            return
-        body = self.rfile.read(length)
-        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        if encoding == "gzip":
+    def _check(self, by_trace: dict[str, list[OtelSpan]]) -> dict[str, CheckedTrace]:
+        """Map and check each trace of the request as it would be stored: a request that
+        holds a trace the store would refuse is refused whole (a 400, not a 200 whose trace
+        later fails). Returns the traces mapped (a trace whole in one request is not mapped
+        again when written)."""
+        problems: list[tuple[str, str]] = []
+        mapped: dict[str, CheckedTrace] = {}
+        for trace_id, members in by_trace.items():
+            hierarchy = self.hierarchy
+            if not hierarchy.run_id and not _has_run(members):
+                # a later part without the run id: checked as part of a run
+                hierarchy = dataclasses.replace(hierarchy, run_id="-")
             try:
-                body = _gunzip(body, owner.max_body_bytes)
-            except ValueError as exc:
-                self._error(413 if "limit" in str(exc) else 400, str(exc), reply_type)
-                return
-        elif encoding != "identity":
-            self._error(415, f"unsupported Content-Encoding {encoding!r} (use gzip)", reply_type)
-            return
+                checked = check_trace(trace_from_spans(members, hierarchy))
+            except Problems as exc:
+                checked = list(exc.problems)
+            if isinstance(checked, CheckedTrace):
+                if hierarchy is self.hierarchy:
+                    mapped[trace_id] = checked
+                continue
+            found = checked
+            problems.extend(
+                (f"trace {trace_id}: {f}" if f else f"trace {trace_id}", r) for f, r in found
+            )
+        if problems:
+            raise Problems(problems)
+        return mapped
+
+    def _replay(self) -> None:
+        """Buffer what an earlier process spooled (acknowledged, perhaps not yet written)."""
+        kinds = {number: name for name, number in _KINDS.items()}
+        replayed = 0
+        for segment, kind, body in self._spool.replay():
+            try:
+                by_trace = _decode(body, kinds[kind])
+            except (Problems, KeyError, ValueError) as exc:  # it was valid when it came
+                log.error("spool segment %d: a record does not decode (%s)", segment, exc)
+                continue
+            result = self._buffer.add(
+                by_trace, default_run=bool(self.hierarchy.run_id), segment=segment
+            )
+            replayed += result[0] if result else 0
+        if replayed:
+            self.count("spans_replayed", replayed)
+            log.info("replayed %d spooled spans from %s", replayed, self.spool_dir)
+
+
+def _decode(body: bytes, content_type: str) -> dict[str, list[OtelSpan]]:
+    if content_type == _PROTOBUF:
+        spans = spans_from_proto(parse_protobuf(body))
+    else:
         try:
-            accepted, rejected, message = owner.receive(body, content_type)
-        except (RecursionError, ValueError, TypeError, AttributeError) as exc:
-            # shapes the decoders did not foresee: refused whole like any bad payload
-            log.debug("unreadable OTLP request", exc_info=True)
-            with owner._stats_lock:
-                owner.stats.bad_requests += 1
-            self._error(400, f"cannot read the request ({type(exc).__name__}: {exc})", reply_type)
-            return
-        except Problems as exc:
-            with owner._stats_lock:
-                owner.stats.bad_requests += 1
-            shown = "; ".join(f"{f}: {r}" if f else r for f, r in exc.problems[:5])
-            more = len(exc.problems) - 5
-            self._error(400, shown + (f" (and {more} more)" if more > 0 else ""), reply_type)
-            return
-        except BufferError as exc:
-            self._error(503, f"{exc}; retry later", reply_type, retry_after=2)
-            return
-        self._success(rejected, message, reply_type)
-
-    def _drain_or_close(self) -> None:
-        """Read and drop the body of a refused request (so the client reads our answer), or
-        close the connection after answering when the body is too big to bother."""
-        length_text = self.headers.get("Content-Length") or ""
-        if not length_text.isdigit() or int(length_text) > _MAX_DRAIN_BYTES:
-            self.close_connection = True
-            return
-        remaining = int(length_text)
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                self.close_connection = True
-                return
-            remaining -= len(chunk)
-
-    def _success(self, rejected: int, message: str, reply_type: str) -> None:
-        if reply_type == _PROTOBUF:
-            response = proto_module().ExportTraceServiceResponse()
-            if rejected:
-                response.partial_success.rejected_spans = rejected
-                response.partial_success.error_message = message
-            self._reply(200, response.SerializeToString(), _PROTOBUF)
-            return
-        payload: dict[str, Any] = {}
-        if rejected:
-            payload["partialSuccess"] = {"rejectedSpans": str(rejected), "errorMessage": message}
-        self._reply(200, json.dumps(payload).encode(), _JSON)
-
-    def _error(
-        self, code: int, message: str, reply_type: str, retry_after: int | None = None
-    ) -> None:
-        body, kind = _status_body(code, message, reply_type)
-        headers = {"Retry-After": str(retry_after)} if retry_after else {}
-        self._reply(code, body, kind, headers)
-
-    def _reply(
-        self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Problems([("", f"invalid JSON ({exc})")]) from None
+        spans = spans_from_json(doc)
+    by_trace: dict[str, list[OtelSpan]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    return by_trace
 
 
-_GRPC_CODES = {400: 3, 401: 16, 404: 5, 411: 3, 413: 8, 415: 3, 503: 14}
-
-
-def _status_body(code: int, message: str, reply_type: str) -> tuple[bytes, str]:
-    """A ``google.rpc.Status`` body, protobuf when the request was protobuf (if available)."""
-    if reply_type == _PROTOBUF:
-        try:
-            from google.rpc import status_pb2
-
-            status = status_pb2.Status(code=_GRPC_CODES.get(code, 2), message=message)
-            return status.SerializeToString(), _PROTOBUF
-        except ImportError:
-            pass
-    return json.dumps({"code": _GRPC_CODES.get(code, 2), "message": message}).encode(), _JSON
-
-
-def _gunzip(body: bytes, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket (bound now, so the port is known and a bad address fails early)."""
     try:
-        out = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ValueError(f"body is not valid gzip ({exc})") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise ValueError(f"decompressed body exceeds the limit of {limit} bytes")
-    if not decompressor.eof:
-        raise ValueError("gzip body is truncated")
-    return out
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OverflowError) as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

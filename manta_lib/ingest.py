@@ -333,6 +333,9 @@ def _record_items(
                 name, (number, record) = source, item
             else:
                 name, number, record = source, position, item
+            if isinstance(record, CheckedTrace):
+                yield name, number, record
+                continue
             problems = unstorable_values(record)
             yield name, number, LineProblems(problems) if problems else record
 
@@ -520,7 +523,10 @@ class _Import:
             self.rejected.add(trace_id)
 
     def _trace_line(self, obj: Any, path: str, number: int) -> None:
-        trace, spans, unmapped = _parse_trace(obj, self.project_id, self.now_ms)
+        if isinstance(obj, CheckedTrace):
+            trace, spans, unmapped = obj.row, obj.spans, obj.unmapped
+        else:
+            trace, spans, unmapped = _parse_trace(obj, self.project_id, self.now_ms)
         trace_id = trace[1]
         first = self.seen.get(trace_id)
         if first is not None:
@@ -659,6 +665,37 @@ class _Import:
 
 
 # ---- parsing and validation ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedTrace:
+    """A trace object validated ahead of loading (:func:`check_trace`): given to
+    :func:`load_records` as a record, it is loaded without being validated again."""
+
+    row: tuple[Any, ...]
+    spans: list[tuple[Any, ...]]
+    unmapped: list[str]
+
+    @property
+    def trace_id(self) -> str:
+        return str(self.row[1])
+
+    @property
+    def run_id(self) -> str:
+        return str(self.row[2])
+
+
+def check_trace(obj: Any, project_id: str = "") -> CheckedTrace | list[tuple[str, str]]:
+    """Validate a trace object as :func:`load_records` would (without a store): the
+    validated trace, or the ``(field, reason)`` problems that would keep it out."""
+    problems = unstorable_values(obj)
+    if problems:
+        return problems
+    try:
+        row, spans, unmapped = _parse_trace(obj, project_id, _to_ms(datetime.now(UTC)))
+    except LineProblems as exc:
+        return list(exc.problems)
+    return CheckedTrace(row, spans, unmapped)
 
 
 def _parse_trace(

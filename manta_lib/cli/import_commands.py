@@ -187,6 +187,12 @@ def collect_command(
         float,
         typer.Option("--max-body-mb", min=0.001, max=4096.0, help="Largest request body accepted."),
     ] = 16.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout", min=0.1, max=3600.0, help="Seconds a request body may take to arrive."
+        ),
+    ] = 30.0,
     run_id: Annotated[
         str | None,
         typer.Option("--run-id", help="Run of every trace (else its manta.run_id attribute)."),
@@ -207,7 +213,9 @@ def collect_command(
 ) -> None:
     """Receive OTLP/HTTP traces (POST /v1/traces, protobuf or JSON, gzip) into the store.
 
-    Runs until SIGTERM or Ctrl-C, then writes every buffered trace before exiting.
+    A 200 means kept: each accepted request is on disk (a spool replayed at the next start)
+    before the answer. Runs until SIGTERM or Ctrl-C, then writes every buffered trace before
+    exiting.
     """
     from manta_lib.collector import Collector
     from manta_lib.importers import Hierarchy
@@ -223,6 +231,7 @@ def collect_command(
         token=token,
         idle_timeout=idle_timeout,
         max_body_bytes=int(max_body_mb * (1 << 20)),
+        body_timeout=body_timeout,
         hierarchy=hierarchy,
     )
     stop = threading.Event()

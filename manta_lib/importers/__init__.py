@@ -160,27 +160,13 @@ def import_files(
         raise ValidationError("standard input (-) can be given only once")
     show = sys.stderr.isatty() if progress is None else progress
 
-    def records() -> Iterator[SourceRecord]:
-        if not show:
-            for path, importer in plan:
-                yield from importer.read_file(path, hierarchy)
-            return
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as bar:
-            for path, importer in plan:
-                task = bar.add_task(f"{importer.name} {path.name}", total=None)
-                for record in importer.read_file(path, hierarchy):
-                    bar.advance(task)
-                    yield record
+    from manta_lib.importers.otlp import JoinCounts
 
+    joins = JoinCounts()
+    records = _plan_records(plan, hierarchy, store, show, joins, strict)
     try:
         report = load_records(
-            records(),
+            records,
             source=str(files[0]) if files else "<files>",
             store=store,
             strict=strict,
@@ -192,7 +178,53 @@ def import_files(
         interrupted.report.files = len(files)
         raise
     report.files = len(files)  # a file may hold no record
+    report.traces_already_present += joins.present
+    if joins.raw_rows and report.traces_loaded:  # strict and all good: now keep the raw spans
+        from manta_lib.importers.otel_join import write_otel_spans
+
+        write_otel_spans(store, joins.raw_rows)
     return report
+
+
+def _plan_records(
+    plan: list[tuple[Path, Importer]],
+    hierarchy: Hierarchy,
+    store: Store,
+    show: bool,
+    joins: Any,
+    strict: bool,
+) -> Iterator[SourceRecord]:
+    """The records of every planned file; OTLP files are read together (a trace's spans may
+    be spread over several of them) after the others."""
+    from manta_lib.importers.otlp import read_joined
+
+    otlp_paths = [path for path, importer in plan if importer.name == "otlp"]
+    if not show:
+        for path, importer in plan:
+            if importer.name != "otlp":
+                yield from importer.read_file(path, hierarchy)
+        if otlp_paths:
+            yield from read_joined(otlp_paths, hierarchy, store, joins, strict=strict)
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        for path, importer in plan:
+            if importer.name == "otlp":
+                continue
+            task = bar.add_task(f"{importer.name} {path.name}", total=None)
+            for record in importer.read_file(path, hierarchy):
+                bar.advance(task)
+                yield record
+        if otlp_paths:
+            files = bar.add_task("otlp files", total=len(otlp_paths))
+            yield from read_joined(
+                otlp_paths, hierarchy, store, joins, lambda _: bar.advance(files), strict=strict
+            )
 
 
 def format_of(path: Path, format: str) -> str:

@@ -68,6 +68,18 @@ _INDEXED = re.compile(r"^(\d+)(?:\.(.*))?$")
 # ---- attribute helpers ---------------------------------------------------------------------
 
 
+def unique_spans(spans: Iterable[OtelSpan]) -> list[OtelSpan]:
+    """``spans`` without repeats of a ``(trace_id, span_id)`` (the first copy is kept)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[OtelSpan] = []
+    for span in spans:
+        key = (span.trace_id, span.span_id)
+        if key not in seen:
+            seen.add(key)
+            out.append(span)
+    return out
+
+
 def _json(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
@@ -335,8 +347,11 @@ def _lookup(context: dict[str, Any], key: str) -> Any:
 
 
 def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[str, Any]:  # noqa: C901 - one branch per span kind and hierarchy source
-    """The trace object of one OTel trace's spans; raises :class:`Problems`."""
-    ordered = sorted(spans, key=lambda s: (s.start_ns, s.end_ns, s.span_id))
+    """The trace object of one OTel trace's spans; raises :class:`Problems`.
+
+    A span id seen twice (an exporter's retry, an export repeated in a file) counts once: the
+    first copy is kept."""
+    ordered = sorted(unique_spans(spans), key=lambda s: (s.start_ns, s.end_ns, s.span_id))
     context = _context(ordered)
     otel_trace_id = ordered[0].trace_id
     trace_id = str(_lookup(context, "manta.trace_id") or otel_trace_id)
@@ -517,6 +532,7 @@ def trace_from_spans(spans: Iterable[OtelSpan], hierarchy: Hierarchy) -> dict[st
         "meta": {
             "otel_trace_id": otel_trace_id,
             "resource": resource,
+            "otel_spans": len(ordered),
             **({"cost_estimated": True} if cost_estimated else {}),
         },
         "spans": spans_out,

@@ -36,7 +36,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: What a text search looks in (``manta_lib.store.text_search``): a span's content, tool
 #: arguments and tool result, lower-cased, joined by a NUL (which no search phrase contains,
@@ -194,6 +194,17 @@ CATALOG_VIEW_DDL = (
     "TO {db}.entity_metadata_catalog AS " + catalog_select()
 )
 
+OTEL_SPANS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.otel_spans (
+    otel_trace_id String,
+    span_id       String,
+    run_id        String,
+    trace_id      String,
+    payload       String
+) ENGINE = ReplacingMergeTree
+ORDER BY (otel_trace_id, span_id)
+"""
+
 MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version    UInt32,
@@ -221,6 +232,7 @@ TABLES_DDL: dict[str, str] = {
     "entity_metadata": ENTITY_METADATA_DDL.replace("{table}", "entity_metadata"),
     "judges": JUDGES_DDL,
     "llm_cache": LLM_CACHE_DDL,
+    "otel_spans": OTEL_SPANS_DDL,
 }
 
 _METADATA_V2_COPY = """
@@ -400,6 +412,12 @@ def _migrate_to_6(store: Store) -> None:
     store.command("ALTER TABLE {db}.spans MATERIALIZE INDEX span_text SETTINGS mutations_sync = 2")
 
 
+def _migrate_to_7(store: Store) -> None:
+    """Keep the OpenTelemetry spans a trace was built from (``otel_spans``), so a later part
+    of an OTLP trace joins it. The table itself is created with the others."""
+    store.command(OTEL_SPANS_DDL)
+
+
 #: version -> the function that brings a store from the previous version to version.
 MIGRATIONS: dict[int, Callable[[Store], None]] = {
     2: _migrate_to_2,
@@ -407,6 +425,7 @@ MIGRATIONS: dict[int, Callable[[Store], None]] = {
     4: _migrate_to_4,
     5: _migrate_to_5,
     6: _migrate_to_6,
+    7: _migrate_to_7,
 }
 
 

@@ -281,7 +281,7 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
     traces, spans, results = run_row_counts(store, run_id)
     parameters = {"run": run_id}
     with hold_sigint():
-        for table in (CATALOG_TABLE, "entity_metadata", "spans", "traces"):
+        for table in (CATALOG_TABLE, "entity_metadata", "otel_spans", "spans", "traces"):
             store.command(f"DELETE FROM {{db}}.{table} WHERE run_id = {{run:String}}", parameters)
     log.info("deleted run %s: %d traces, %d spans, %d results", run_id, traces, spans, results)
     return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)

@@ -327,3 +327,14 @@ def test_a_version_3_store_keeps_one_phase_results_and_drops_mixed_ones(
     ]
     with pytest.raises(QueryError, match="step"):
         results_frame(store, "j", "r_mixed", level="step")
+
+
+def test_a_version_3_store_gains_the_otel_spans_table(store: Store) -> None:
+    store.command("DROP TABLE {db}.otel_spans")
+    store.command("TRUNCATE TABLE {db}.schema_migrations")
+    store.command("INSERT INTO {db}.schema_migrations (version) VALUES (3)")
+
+    ensure_schema(store)
+
+    assert current_version(store) == SCHEMA_VERSION
+    assert "otel_spans" in {row[0] for row in store.rows("SHOW TABLES FROM {db}")}

@@ -145,7 +145,7 @@ def test_hostile_input_gets_4xx_and_the_collector_keeps_serving(
     )
 
     collector.stop()
-    assert collector.stats.bad_requests == 6
+    assert collector.stats.bad_requests == 7  # the gzip bomb too
     stored = _stored_trace_ids(settings)
     expected = {f"{n:032x}" for n in (1, 5)} | {f"{100 + t:032x}" for t in range(100)}
     assert stored == expected  # nothing of traces 2, 3 (bad request) or 4 (no run id)
@@ -298,8 +298,8 @@ def test_real_openai_agent_through_manta_collect(
         assert (trace.tokens_input, trace.model_name) == (100, "fake-model-2024")
 
 
-def test_unwritable_store_keeps_traces_in_the_dead_letter_file(
-    manta_env: dict[str, str], tmp_path: Path
+def test_unwritable_store_keeps_traces_in_the_spool_until_the_next_start(
+    manta_env: dict[str, str], settings: MantaSettings
 ) -> None:
     from manta_lib.settings import load_settings
 
@@ -309,6 +309,10 @@ def test_unwritable_store_keeps_traces_in_the_dead_letter_file(
     assert _post(collector, body, PROTOBUF).status_code == 200
     collector.stop()
     assert collector.stats.traces_stored == 0
-    (row,) = [json.loads(line) for line in collector.dead_letter.read_text().splitlines()]
-    assert row["trace_id"] == f"{21:032x}" and len(row["spans"]) == 4
-    assert "store unavailable" in row["reason"]
+    assert not collector.dead_letter.exists()  # not a mapping problem: kept for a retry
+    assert list(collector.spool_dir.glob("*.spool"))
+    # the store is back: the next start writes what was acknowledged, and empties the spool
+    with Collector(port=0, idle_timeout=0.05, flush_interval=0.05, settings=settings) as again:
+        assert again.stats.spans_replayed == 4
+    assert _stored_trace_ids(settings) == {f"{21:032x}"}
+    assert not list(again.spool_dir.glob("*.spool"))
