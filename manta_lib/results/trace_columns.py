@@ -33,8 +33,8 @@ _LEVEL_KEYS: dict[str, tuple[str, ...]] = {
     "trace": ("trace_id",),
     "datapoint": ("run_id", "datapoint_id", "step_number"),
     "datapoint_across_steps": ("run_id", "datapoint_id"),
-    "step": ("run_id", "step_number"),
-    "run": ("run_id",),
+    "step": ("run_id", "step_number", "phase"),  # a step or run value is one phase's
+    "run": ("run_id", "phase"),
 }
 
 
@@ -47,6 +47,8 @@ class _TraceKeys(Protocol):
     def datapoint_id(self) -> str: ...
     @property
     def step_number(self) -> int: ...
+    @property
+    def phase(self) -> str: ...
 
 
 class TraceKey(NamedTuple):
@@ -56,6 +58,7 @@ class TraceKey(NamedTuple):
     run_id: str
     datapoint_id: str
     step_number: int
+    phase: str
 
 
 @dataclass(frozen=True)

@@ -214,13 +214,14 @@ def trace_count(store: Store, run_ids: Sequence[str] = ()) -> int:
     return int(store.rows(f"SELECT count() FROM {{db}}.traces WHERE {where}", params)[0][0])
 
 
-def trace_keys(store: Store, flt: TraceFilter) -> list[tuple[str, str, str, int]]:
-    """``(trace_id, run_id, datapoint_id, step_number)`` of every trace ``flt`` selects: what
-    a sort by a stored result column needs to page (four short columns per trace)."""
+def trace_keys(store: Store, flt: TraceFilter) -> list[tuple[str, str, str, int, str]]:
+    """``(trace_id, run_id, datapoint_id, step_number, phase)`` of every trace ``flt``
+    selects: what a sort by a stored result column needs to page (five short columns per
+    trace)."""
     where, params = flt.where()
     rows = store.rows(
-        f"SELECT trace_id, run_id, datapoint_id, step_number FROM {{db}}.traces "
-        f"WHERE {where} ORDER BY run_id, trace_id",
+        f"SELECT trace_id, run_id, datapoint_id, step_number, toString(phase) "
+        f"FROM {{db}}.traces WHERE {where} ORDER BY run_id, trace_id",
         params,
     )
-    return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+    return [(r[0], r[1], r[2], int(r[3]), str(r[4])) for r in rows]

@@ -148,14 +148,16 @@ def test_chosen_result_columns_equal_svc_results(explorer_data: ExplorerData) ->
         per_dp = svc.results("tool_errors", RESULTS_RUN, level="datapoint").set_index(
             ["datapoint_id", "step_number"]
         )
-        per_step = svc.results("tool_errors", RESULTS_RUN, level="step").set_index("step_number")
+        per_step = svc.results("tool_errors", RESULTS_RUN, level="step").set_index(
+            ["step_number", "phase"]
+        )
         traces = {t.trace_id: t for t in svc.get_traces(trace_ids=list(rows))}
     for trace_id, cells in rows.items():
         t = traces[trace_id]
         expected = [
             per_trace.loc[trace_id, "tool_errors"],
             per_dp.loc[(t.datapoint_id, t.step_number), "error_rate"],
-            per_step.loc[t.step_number, "mean_score"],
+            per_step.loc[(t.step_number, str(t.phase)), "mean_score"],
         ]
         assert cells == [_cell(_plain(v)) for v in expected], trace_id
 
@@ -374,7 +376,7 @@ def test_order_by_column_puts_missing_values_last_and_survives_mixed_types() -> 
         order_by_column,
     )
 
-    keys = [TraceKey(f"t{i}", "r", "dp", 0) for i in range(5)]
+    keys = [TraceKey(f"t{i}", "r", "dp", 0, "train") for i in range(5)]
     numbers = ColumnValues(ResultColumn("j.c", "j", "trace", "c"))
     numbers.by_entity.update({"t0": 2, "t1": None, "t2": 5.5, "t3": 2})
     assert order_by_column(keys, numbers) == ["t0", "t3", "t2", "t1", "t4"]
