@@ -176,14 +176,16 @@ def test_a_table_fits_80_columns_and_rounds_numbers_for_people(
 
     monkeypatch.setattr(results_commands, "console", Console(width=80, force_terminal=False))
     with MantaService() as svc:
-        frame = svc.results("typed_results", TRAIN_RUN, level="step", limit=5)
+        frame = svc.results("typed_results", TRAIN_RUN, level="step")
     code, out, _ = cli("results", "typed_results", "-r", TRAIN_RUN, "-l", "step", "-f", "table")
     assert code == 0
     lines = out.splitlines()
     assert max(map(len, lines)) <= 80
     # one line per row (no cell wrapped over several lines): each step's row holds its mean
-    for step, mean in zip(frame.step_number, frame.mean_errors, strict=True):
-        [row] = [line for line in lines if line.split()[:1] == [str(step)]]
+    for step, phase, mean in zip(frame.step_number, frame.phase, frame.mean_errors, strict=True):
+        [row] = [
+            line for line in lines if line.split()[:1] == [str(step)] and phase in line.split()
+        ]
         assert human_number(float(mean)) in row.split()
     assert f"run_id {TRAIN_RUN}" in lines[0]  # the one run moves above the table
     assert len([line for line in lines if line.strip()]) == 3 + len(frame)  # a line per row
