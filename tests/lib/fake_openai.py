@@ -125,9 +125,19 @@ class FakeOpenAIServer(LoopbackServer):
         self._window: deque[float] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        # The listen backlog is taken when the socket starts listening: set it before that
+        # (the default of 5 refuses connections of a busy pool on a loaded machine).
+        self._server = ThreadingHTTPServer(
+            ("127.0.0.1", port), self._handler_class(), bind_and_activate=False
+        )
         self._server.daemon_threads = True
         self._server.request_queue_size = 512
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
