@@ -65,6 +65,12 @@ def test_browse_from_runs_to_a_tool_error(server: str, explorer_data: ExplorerDa
         pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
     from playwright.sync_api import expect, sync_playwright
 
+    from manta_lib.store import Store
+
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        [(phases,)] = store.rows(
+            "SELECT uniqExact(phase) FROM {db}.traces WHERE run_id = {r:String}", {"r": RUN}
+        )
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -80,7 +86,8 @@ def test_browse_from_runs_to_a_tool_error(server: str, explorer_data: ExplorerDa
 
             page.get_by_role("link", name=RUN, exact=True).click()
             expect(page.locator("h1")).to_have_text(RUN)
-            expect(page.locator("figure.chart polyline")).to_have_count(1)
+            # the score by step: one line per phase of the run (train and eval apart)
+            expect(page.locator("figure.chart polyline")).to_have_count(phases)
 
             page.get_by_role("link", name="Curves", exact=True).last.click()
             page.locator("select[name=metric]").select_option("error_rate")
