@@ -13,7 +13,7 @@ import codecs
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from manta_lib.errors import ValidationError
 from manta_lib.ingest import SourceRecord
-from manta_lib.ingest_lines import LineProblems, decode_line
+from manta_lib.ingest_lines import LineProblems, decode_line, read_lines, source_of
 from manta_lib.llm.prices import estimate_cost
 from manta_lib.models import Phase
 
@@ -237,3 +237,25 @@ def total_cost(spans: list[dict[str, Any]]) -> tuple[float | None, bool]:
         return None, False
     estimated = any(span.get("attributes", {}).get("cost_estimated") for span in spans)
     return float(sum(float(cost) for cost in costs)), estimated
+
+
+def json_line_records(path: Path, convert: Callable[[Any, bytes], Any]) -> Iterator[SourceRecord]:
+    """The records of a JSON Lines file, each line decoded and passed to ``convert``.
+
+    The reader of ``import_jsonl``: stdin and pipes, byte-order marks, over-long lines and
+    hostile lines (deep nesting, lone surrogates, NaN) are that line's errors, and so is a
+    :class:`Problems` raised by ``convert(obj, raw_line)``.
+    """
+    source = source_of(path)
+    for number, raw in read_lines(source, lambda _n: None):
+        try:
+            if isinstance(raw, LineProblems):
+                raise raw
+            obj = decode_line(raw)
+        except LineProblems as exc:
+            yield SourceRecord(source.name, number, None, tuple(exc.problems))
+            continue
+        try:
+            yield SourceRecord(source.name, number, convert(obj, raw))
+        except Problems as exc:
+            yield SourceRecord(source.name, number, None, tuple(exc.problems))

@@ -11,9 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from manta_lib.importers.base import Hierarchy, Problems, first_json_line, plain, score_number
+from manta_lib.importers.base import (
+    Hierarchy,
+    Problems,
+    first_json_line,
+    json_line_records,
+    plain,
+    score_number,
+)
 from manta_lib.ingest import SourceRecord
-from manta_lib.ingest_lines import LineProblems, decode_line, read_lines, source_of
 
 
 class NativeImporter:
@@ -26,21 +32,7 @@ class NativeImporter:
         return isinstance(first, dict) and "trace_id" in first and "messages" not in first
 
     def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
-        # The JSON Lines reader of import_jsonl: stdin and pipes, byte-order marks, and
-        # hostile lines (deep nesting, lone surrogates, NaN) as per-line errors.
-        source = source_of(path)
-        for number, raw in read_lines(source, lambda _n: None):
-            try:
-                if isinstance(raw, LineProblems):
-                    raise raw
-                obj = decode_line(raw)
-            except LineProblems as exc:
-                yield SourceRecord(source.name, number, None, tuple(exc.problems))
-                continue
-            try:
-                yield SourceRecord(source.name, number, override(obj, hierarchy))
-            except Problems as exc:
-                yield SourceRecord(source.name, number, None, tuple(exc.problems))
+        return json_line_records(path, lambda obj, _raw: override(obj, hierarchy))
 
     def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
         """A trace dict or object with ``spans``; spans may be ``SpanRecord`` objects, whose

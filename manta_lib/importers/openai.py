@@ -34,6 +34,7 @@ from manta_lib.importers.base import (
     canonical_json,
     field_path,
     first_json_line,
+    json_line_records,
     no_run_id,
     plain,
     score_number,
@@ -41,7 +42,6 @@ from manta_lib.importers.base import (
 )
 from manta_lib.importers.chat import chat_spans
 from manta_lib.ingest import SourceRecord
-from manta_lib.ingest_lines import LineProblems, decode_line, read_lines, source_of
 
 _TRACE_KEYS = frozenset(
     {
@@ -77,21 +77,7 @@ class OpenAIImporter:
         return isinstance(first, dict) and isinstance(first.get("messages"), list)
 
     def read_file(self, path: Path, hierarchy: Hierarchy) -> Iterator[SourceRecord]:
-        # The JSON Lines reader of import_jsonl: byte-order marks, over-long lines, and
-        # hostile lines (deep nesting, lone surrogates, NaN) as per-line errors.
-        source = source_of(path)
-        for number, raw in read_lines(source, lambda _n: None):
-            try:
-                if isinstance(raw, LineProblems):
-                    raise raw
-                obj = decode_line(raw)
-            except LineProblems as exc:
-                yield SourceRecord(source.name, number, None, tuple(exc.problems))
-                continue
-            try:
-                yield SourceRecord(source.name, number, rollout_trace(obj, hierarchy, raw.strip()))
-            except Problems as exc:
-                yield SourceRecord(source.name, number, None, tuple(exc.problems))
+        return json_line_records(path, lambda obj, raw: rollout_trace(obj, hierarchy, raw.strip()))
 
     def map_record(self, record: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
         obj = plain(record)
