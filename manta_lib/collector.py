@@ -36,7 +36,6 @@ store write on its own thread.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 import socket
@@ -59,7 +58,7 @@ from manta_lib.importers.otel_decode import (
 from manta_lib.importers.otel_join import OtelPart, join_parts
 from manta_lib.importers.otel_map import trace_from_spans
 from manta_lib.ingest import CheckedTrace, check_trace, load_records
-from manta_lib.settings import MantaSettings, load_settings
+from manta_lib.settings import MantaSettings, is_loopback_host, load_settings
 from manta_lib.store import Store
 
 log = logging.getLogger(__name__)
@@ -185,15 +184,6 @@ def _has_run(spans: list[OtelSpan]) -> bool:
     return any(_RUN_KEY in s.attributes or _RUN_KEY in s.resource for s in spans)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Collector:
     """An OTLP/HTTP trace receiver writing complete traces to the store in batches.
 
@@ -241,7 +231,7 @@ class Collector:
         self._server: Any = None
         self._app: Any = None
         self._spool: Any = None
-        if not self.token and not _is_loopback(host):
+        if not self.token and not is_loopback_host(host):
             log.warning(
                 "collecting on %s without a token: anyone who can reach this address can write "
                 "traces to the store; set --token (or MANTA_COLLECT_TOKEN)",

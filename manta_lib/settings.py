@@ -7,6 +7,7 @@ platformdirs), so every process of a user finds the same store whatever its work
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -207,3 +208,13 @@ _ENV_NAMES = {
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
 }
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address to listen on) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from typing import Annotated
@@ -11,19 +10,10 @@ import typer
 from rich.console import Console
 
 from manta_lib.errors import ConfigError
-from manta_lib.settings import load_settings
+from manta_lib.settings import is_loopback_host, load_settings
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def explore_command(
@@ -62,7 +52,7 @@ def explore_command(
             f"the explorer needs the 'explorer' extra ({exc.name} is missing): "
             f"pip install 'manta[explorer]'"
         ) from None
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         if not allow_remote:
             raise ConfigError(
                 f"--host {host} is not a loopback address and the explorer has no "

@@ -45,6 +45,10 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Write to this file instead of stdout.", dir_okay=False),
 ]
+LimitOption = Annotated[
+    int | None,
+    typer.Option("--limit", "-n", min=0, help=f"At most N rows (a table shows {_TABLE_ROWS})."),
+]
 ProjectOption = Annotated[
     str | None, typer.Option("--project-id", help="Only this project.", show_default=False)
 ]
@@ -74,17 +78,14 @@ def results_command(
     columns: Annotated[
         str | None, typer.Option("--columns", "-c", help="Comma-separated output columns.")
     ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", "-n", min=0, help=f"At most N rows (a table shows {_TABLE_ROWS})."),
-    ] = None,
+    limit: LimitOption = None,
     fmt: FormatOption = None,
     output: OutputOption = None,
     project_id: ProjectOption = None,
 ) -> None:
     """Stored results of JUDGE: one row per entity, one column per output field."""
     out_format = _output_format(fmt, output)
-    shown = limit if limit is not None or out_format != "table" else _TABLE_ROWS
+    shown = shown_rows(limit, out_format)
     arguments: dict[str, Any] = {
         "level": level,
         "version": version,
@@ -531,3 +532,9 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
     app.command("compare")(compare_command)
     app.command("plot")(plot_command)
+
+
+def shown_rows(limit: int | None, out_format: str, table_rows: int = _TABLE_ROWS) -> int | None:
+    """How many rows to print: ``limit`` when given or when writing a file format, else a
+    table's first ``table_rows``."""
+    return limit if limit is not None or out_format != "table" else table_rows

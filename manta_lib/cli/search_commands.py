@@ -8,7 +8,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from manta_lib.cli.results_commands import FormatOption, OutputOption, ProjectOption, RunOption
+from manta_lib.cli.results_commands import (
+    FormatOption,
+    OutputOption,
+    ProjectOption,
+    RunOption,
+    shown_rows,
+)
 from manta_lib.errors import QueryError
 from manta_lib.results.output import Format, resolve_format, write_frame
 from manta_lib.service import MantaService
@@ -89,7 +95,7 @@ def search_command(
     import pandas as pd
 
     out_format = _output_format(fmt, output)
-    shown = limit if limit is not None or out_format != "table" else _TABLE_ROWS
+    shown = shown_rows(limit, out_format, _TABLE_ROWS)
     filters: dict[str, Any] = {"text": text}
     for name, value in (
         ("step", None if step is None else parse_step(step)),

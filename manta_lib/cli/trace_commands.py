@@ -15,10 +15,12 @@ import typer
 
 from manta_lib.cli.results_commands import (
     FormatOption,
+    LimitOption,
     OutputOption,
     RunOption,
     _output_format,
     console,
+    shown_rows,
 )
 from manta_lib.results.output import write_frame
 from manta_lib.results.trace_columns import (
@@ -31,7 +33,6 @@ from manta_lib.service import MantaService
 from manta_lib.store.explorer_queries import trace_keys
 from manta_lib.store.trace_queries import ORDERABLE_COLUMNS
 
-_TABLE_ROWS = 50
 _TRACE_FIELDS = (
     "trace_id",
     "run_id",
@@ -77,10 +78,7 @@ def traces_command(
         ),
     ] = "step_number",
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", "-n", min=0, help=f"At most N rows (a table shows {_TABLE_ROWS})."),
-    ] = None,
+    limit: LimitOption = None,
     fmt: FormatOption = None,
     output: OutputOption = None,
 ) -> None:
@@ -88,7 +86,7 @@ def traces_command(
     import pandas as pd
 
     out_format = _output_format(fmt, output)
-    shown = limit if limit is not None or out_format != "table" else _TABLE_ROWS
+    shown = shown_rows(limit, out_format)
     filters: dict[str, Any] = {
         "step": None if not step else (step[0] if len(step) == 1 else (min(step), max(step))),
         "datapoint_id": datapoint or None,
