@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydantic import BaseModel  # noqa: E402
 
 from manta_lib.errors import LLMError  # noqa: E402
-from manta_lib.llm import LLMJudge, LLMSettings, registry  # noqa: E402
+from manta_lib.llm import LLMJudge, LLMSettings, shared  # noqa: E402
 from manta_lib.settings import load_settings  # noqa: E402
 
 MODES = ("aimd", "headers", "rpm")
@@ -147,12 +147,12 @@ def bench_mode(mode: str, args: argparse.Namespace, data_dir: Path) -> None:
         )
         first = run_once(first_judge, prompts, args.workers, url)
         cost = first_judge.usage.snapshot().cost_usd
-        registry.close_all()  # flush; the second judge loads its answers from ClickHouse
+        shared.close_all()  # flush; the second judge loads its answers from ClickHouse
         second_judge = LLMJudge(
             "gpt-4o-mini", FailureMode, system=system, settings=llm, manta_settings=manta
         )
         second = run_once(second_judge, prompts, args.workers, url)
-        registry.close_all()
+        shared.close_all()
     finally:
         process.terminate()
         process.wait(timeout=10)

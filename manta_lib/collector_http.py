@@ -16,13 +16,22 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from manta_lib.importers.base import Problems
 from manta_lib.importers.otel_decode import proto_module
 
-if TYPE_CHECKING:
-    from manta_lib.collector import Collector
+
+
+class SpanReceiver(Protocol):
+    """What the HTTP side needs of the collector (:class:`manta_lib.collector.Collector`)."""
+
+    token: str | None
+    max_body_bytes: int
+
+    def count(self, name: str, number: int = 1) -> None: ...
+
+    def receive(self, body: bytes, content_type: str) -> tuple[int, str]: ...
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +62,7 @@ class _Gone(Exception):
 class CollectorApp:
     """``POST /v1/traces`` (and ``GET /health``) for one :class:`Collector`."""
 
-    def __init__(self, collector: Collector, *, body_timeout: float, workers: int = 8) -> None:
+    def __init__(self, collector: SpanReceiver, *, body_timeout: float, workers: int = 8) -> None:
         self.collector = collector
         self.body_timeout = body_timeout
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="otlp-receive")

@@ -60,7 +60,7 @@ def llm_estimate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Emit JSON.")] = False,
 ) -> None:
     """Run the judge on a sample of a run and project calls, tokens, dollars and wall time."""
-    from manta_lib.llm.pipeline_estimate import estimate_pipeline
+    from manta_lib.pipeline.estimate import estimate_pipeline
 
     filters: dict[str, Any] = {"phase": phase} if phase else {}
     result = estimate_pipeline(

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -36,7 +38,7 @@ from tenacity import (
 )
 
 from manta_lib.errors import ConfigError, LLMBudgetExceeded, LLMError
-from manta_lib.llm import registry
+from manta_lib.llm import shared
 from manta_lib.llm.budget import active_budget
 from manta_lib.llm.cache import ResponseCache, key_of, namespace_of
 from manta_lib.llm.concurrency import AdaptiveLimiter, Permit
@@ -152,6 +154,16 @@ class LLMJudge(Generic[T]):
             the judge, else Manta's settings from the environment when first used).
     """
 
+    # every judge of this process not yet garbage-collected (see :mod:`manta_lib.llm.registry`)
+    _live: ClassVar[weakref.WeakSet[LLMJudge[Any]]] = weakref.WeakSet()
+    _live_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def live(cls) -> list[LLMJudge[Any]]:
+        """Every judge created in this process and not yet garbage-collected."""
+        with cls._live_lock:
+            return list(cls._live)
+
     def __init__(
         self,
         model: str,
@@ -195,7 +207,7 @@ class LLMJudge(Generic[T]):
         self._manta_settings = manta_settings
         self._cache_store = cache_store
         self.usage = LLMUsage(parent=PROCESS_USAGE)
-        self.limiter: AdaptiveLimiter = registry.shared_limiter(self.base_url, self.settings)
+        self.limiter: AdaptiveLimiter = shared.shared_limiter(self.base_url, self.settings)
         from openai import OpenAI  # deferred: importing openai takes ~0.5 s
 
         _quiet_http_logs()
@@ -206,7 +218,8 @@ class LLMJudge(Generic[T]):
             timeout=self.settings.timeout_s,
         )
         self._longest_output = 0
-        registry.register(self)
+        with LLMJudge._live_lock:
+            LLMJudge._live.add(self)
 
     def _api_key(self) -> str:
         if self.settings.api_key is not None:
@@ -219,7 +232,7 @@ class LLMJudge(Generic[T]):
         """The response cache this judge uses now (None when caching is off)."""
         if not self.use_cache:
             return None
-        return registry.shared_cache(self._manta_settings, self._cache_store, self.settings)
+        return shared.shared_cache(self._manta_settings, self._cache_store, self.settings)
 
     @property
     def context_window(self) -> int | None:

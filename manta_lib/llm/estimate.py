@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from manta_lib.llm import registry
+from manta_lib.llm import registry, shared
 from manta_lib.llm.concurrency import AdaptiveLimiter
 from manta_lib.llm.usage import CallAccount, call_accounting
 
@@ -84,7 +84,7 @@ def estimate(
         est = estimate(map_fn, traces[:50], scope_size=100_000)
         print("\\n".join(est.lines()))
     """
-    before = registry.total_usage()
+    before = shared.total_usage()
     failures = 0
     item_costs: list[float] = []
     if sample:
@@ -92,7 +92,7 @@ def estimate(
             for account, failed in pool.map(lambda item: _accounted(fn, item), sample):
                 failures += failed
                 item_costs.append(account.cost_usd + account.cached_cost_usd)
-    used = registry.total_usage().minus(before)
+    used = shared.total_usage().minus(before)
     n = max(len(sample), 1)
     scale = scope_size / n
     requests = used.calls + used.cache_hits

@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from manta_lib.errors import ConfigError, LLMBudgetExceeded
-from manta_lib.llm import registry
+from manta_lib.llm import registry, shared
 from manta_lib.llm.budget import Budget, set_active_budget
 from manta_lib.llm.usage import UsageSnapshot
 from manta_lib.settings import MantaSettings
@@ -78,17 +78,17 @@ class LLMRunScope:
                     f"{', '.join(map(repr, unpriced))}. Pass price=ModelPrice(input_per_mtok=..., "
                     f"output_per_mtok=...) to the judge or set MANTA_LLM_PRICES."
                 )
-        self._start = registry.total_usage()
+        self._start = shared.total_usage()
         self._previous_budget = set_active_budget(self.budget)
         if self.settings is not None:
-            self._previous_settings = registry.bind_store_settings(self.settings)
+            self._previous_settings = shared.bind_store_settings(self.settings)
         return self
 
     def __exit__(self, *exc: object) -> None:
         set_active_budget(self._previous_budget)
-        registry.flush_all()
+        shared.flush_all()
         if self.settings is not None:
-            registry.bind_store_settings(self._previous_settings)
+            shared.bind_store_settings(self._previous_settings)
 
     @property
     def stopped(self) -> bool:
@@ -97,7 +97,7 @@ class LLMRunScope:
 
     def usage(self) -> UsageSnapshot:
         """Usage of every judge since the scope began (concurrency: the current limit)."""
-        return registry.total_usage().minus(self._start)
+        return shared.total_usage().minus(self._start)
 
     def stop_error(self, done: int, total: int) -> LLMBudgetExceeded:
         """The clean-stop error to raise once finished work is kept (says how to continue)."""

@@ -162,7 +162,7 @@ class MapReduceComputation(PipelineDefinition):
 
             print("\n".join(pipeline.estimate("run_grpo_math_v1", sample=50).lines()))
         """
-        from manta_lib.llm.pipeline_estimate import estimate_pipeline
+        from manta_lib.pipeline.estimate import estimate_pipeline
 
         self.require_levels()
         return estimate_pipeline(

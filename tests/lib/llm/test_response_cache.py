@@ -128,7 +128,7 @@ def test_the_cache_holds_no_embedded_store_between_loads_and_flushes(
     fake: FakeOpenAIServer, make_judge: Any, settings: Any
 ) -> None:
     """An embedded store admits one process: a process that judged once must not keep it."""
-    from manta_lib.llm import registry
+    from manta_lib.llm import shared
 
     def holds_store() -> bool:
         fds = Path("/proc/self/fd")
@@ -142,5 +142,5 @@ def test_the_cache_holds_no_embedded_store_between_loads_and_flushes(
 
     judge = make_judge()
     judge("a trajectory that fails")  # loads the namespace, buffers the answer
-    registry.flush_all()  # writes it
+    shared.flush_all()  # writes it
     assert not holds_store()
