@@ -21,7 +21,7 @@ import uvicorn
 from manta_lib.explorer import create_app, results_url
 from tests.lib.explorer.conftest import ExplorerData
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.serial, pytest.mark.slow, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[3]
 SHOTS = REPO / "artifacts" / "explorer"
@@ -186,6 +186,72 @@ def test_read_a_group_then_list_with_a_result_column(
             page.screenshot(path=str(SHOTS / "9_list_result_column.png"))
         except Exception:
             page.screenshot(path=str(SHOTS / "failure_group.png"))
+            raise
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+def test_search_then_read_the_hit_and_its_group(server: str, explorer_data: ExplorerData) -> None:
+    """The search box → the matching traces (the set SQL finds) → a trace page that marks the
+    phrase and opens at it → the hit's group."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    from manta_lib.store import Store
+
+    with Store.open(explorer_data.settings, ensure_schema=False) as store:
+        [(result,)] = store.rows(
+            "SELECT tool_result FROM {db}.spans WHERE trace_id = {t:String} AND is_error "
+            "ORDER BY seq LIMIT 1",
+            {"t": explorer_data.error_trace},
+        )
+        phrase = result.strip()[:24].upper()  # another case than stored: search ignores case
+        expected = {
+            trace_id
+            for (trace_id,) in store.rows(
+                "SELECT DISTINCT trace_id FROM {db}.spans WHERE run_id = {r:String} AND ("
+                "positionCaseInsensitiveUTF8(content, {p:String}) > 0 OR "
+                "positionCaseInsensitiveUTF8(tool_arguments, {p:String}) > 0 OR "
+                "positionCaseInsensitiveUTF8(tool_result, {p:String}) > 0)",
+                {"r": RUN, "p": phrase},
+            )
+        }
+    assert explorer_data.error_trace in expected
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        try:
+            page.goto(f"{server}/traces?run={RUN}&per=200")
+            page.locator("input[name=text]").fill(phrase)
+            page.locator("input[name=text]").press("Enter")
+            expect(page).to_have_url(re.compile(r"[?&]text="))
+            expect(page.locator("h1 .muted")).to_contain_text(f"{len(expected):,}")
+            links = page.locator("#trace-table tbody tr td:first-child a")
+            shown = set(links.all_inner_texts())
+            assert shown and shown <= expected, shown - expected
+            page.screenshot(path=str(SHOTS / "10_search.png"))
+
+            page.locator("#trace-table").get_by_role(
+                "link", name=sorted(shown)[0], exact=True
+            ).click()
+            hit = page.locator("mark.hit").first
+            expect(hit).to_be_visible()
+            assert hit.inner_text().lower() == phrase.lower()
+            expect(page).to_have_url(re.compile(r"#"))  # opened at the first occurrence
+            page.screenshot(path=str(SHOTS / "11_search_hit.png"))
+
+            page.get_by_role("link", name=re.compile(r"^its group at step")).click()
+            expect(page.locator("h1")).to_contain_text("Group")
+            expect(page.locator("table.group-summary").first).to_contain_text(sorted(shown)[0])
+        except Exception:
+            page.screenshot(path=str(SHOTS / "failure_search.png"))
             raise
         finally:
             browser.close()
