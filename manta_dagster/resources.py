@@ -36,7 +36,11 @@ class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # 
         "the embedded store under MANTA_DATA_DIR.",
     )
     database: str | None = Field(default=None, description="Default: MANTA_DATABASE or manta.")
-    data_dir: str | None = Field(default=None, description="Default: MANTA_DATA_DIR or .manta.")
+    data_dir: str | None = Field(
+        default=None,
+        description="Default: MANTA_DATA_DIR, else the per-user data directory "
+        "(~/.local/share/manta on Linux).",
+    )
 
     def settings(self) -> MantaSettings:
         """The library settings: the environment, overridden by the fields that are set."""
