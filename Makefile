@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# parallel pytest workers (pytest-xdist) of `make check` and `make test`
+WORKERS ?= 2
 
 .PHONY: install demo check test lint ui browser clean
 
@@ -35,15 +37,16 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(WORKERS) -m "not slow and not serial"
+	$(BIN)/pytest -q -m "serial and not slow"
 
-# The whole suite, a pytest process per group: one long process accumulates chDB's idle
-# server threads (thousands by the end) and slows every later test. Every group runs even
-# when one fails; the exit code says whether all passed.
+# The whole suite: each group in two parallel workers (pytest-xdist; fresh processes per group,
+# since one long process accumulates chDB's idle server threads and slows every later test),
+# then the timing-sensitive tests (marked `serial`) one at a time. Every group runs even when
+# one fails; the exit code says whether all passed.
 TEST_GROUPS := tests/dagster tests/lib/explorer tests/lib/importers \
 	"tests/lib/integrations tests/lib/llm" tests/lib/results tests/lib/runs_log \
 	"tests/lib/test_*.py" tests/robustness
-
 ## Lint, type-check and run the whole test suite (this is what CI runs).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
@@ -51,8 +54,12 @@ test: $(STAMP) browser
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	@status=0; for group in $(TEST_GROUPS); do \
-	    echo "== pytest $$group"; $(BIN)/pytest --durations=10 $$group || status=1; \
-	done; exit $$status
+	    echo "== pytest $$group"; \
+	    $(BIN)/pytest -n $(WORKERS) -m "not serial" --durations=20 $$group || status=1; \
+	done; \
+	echo "== pytest: timing-sensitive tests, one at a time"; \
+	$(BIN)/pytest -m serial --durations=20 tests || status=1; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

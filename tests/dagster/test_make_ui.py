@@ -22,7 +22,7 @@ from manta_lib.store import Store
 from tests.dagster.cli_helpers import BIN, JUDGE, REPO, RUN, SHARDS, make_dagster_env
 from tests.dagster.test_ui_browser import DagsterDev, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.serial, pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The target is a minute on an idle 2-core machine (Dagster writes each reported partition to
 # its SQLite event log one by one); a shared, loaded machine gets more room. The time taken is

@@ -40,7 +40,7 @@ from tests.dagster.cli_helpers import (
     stored,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.serial, pytest.mark.slow, pytest.mark.timeout(420)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

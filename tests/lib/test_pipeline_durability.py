@@ -22,6 +22,9 @@ from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
 
+# timing-sensitive: run one at a time, after the parallel pass
+pytestmark = pytest.mark.serial
+
 REPO = Path(__file__).resolve().parents[2]
 TRACES = 160
 MAP_S = 0.4

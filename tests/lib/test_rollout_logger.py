@@ -19,6 +19,9 @@ from manta_lib.rollout_spool import REJECTED, claimed, shards, ship_once
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 
+# timing-sensitive: run one at a time, after the parallel pass
+pytestmark = pytest.mark.serial
+
 CHILD = [sys.executable, "-m", "tests.lib.rollout_child"]
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -25,10 +25,14 @@ RUN = "durable"
 RESOURCE = {"service.name": "agent", "manta.run_id": RUN}
 TRACES_PER_REQUEST = 5
 
+# timing-sensitive: run one at a time, after the parallel pass
+pytestmark = pytest.mark.serial
+
 _STORED = """
 import json
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
+
 with Store.open(load_settings()) as store:
     rows = store.rows(
         "SELECT t.trace_id, t.tokens_input, t.turn_count, count(s.span_id) FROM {db}.traces t "

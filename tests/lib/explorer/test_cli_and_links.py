@@ -21,6 +21,9 @@ from manta_lib.explorer import links
 from manta_lib.explorer.charts import Series, SeriesPoint, line_chart, nice_ticks
 from manta_lib.explorer.pages_results import _row
 
+# timing-sensitive: run one at a time, after the parallel pass
+pytestmark = pytest.mark.serial
+
 REPO = Path(__file__).resolve().parents[3]
 MANTA = Path(sys.executable).parent / "manta"
 

@@ -10,8 +10,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from manta_lib.llm import AdaptiveLimiter, LLMJudge
 from tests.lib.fake_openai import FakeOpenAIServer, Fault
+
+# timing-sensitive: run one at a time, after the parallel pass
+pytestmark = pytest.mark.serial
 
 Judge = Callable[..., LLMJudge[Any]]
 
