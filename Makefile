@@ -46,7 +46,7 @@ check: $(STAMP)
 # one fails; the exit code says whether all passed.
 TEST_GROUPS := tests/dagster tests/lib/explorer tests/lib/importers \
 	"tests/lib/integrations tests/lib/llm" tests/lib/results tests/lib/runs_log \
-	"tests/lib/test_*.py" tests/robustness
+	"tests/lib/test_*.py manta_lib manta_dagster" tests/robustness
 ## Lint, type-check and run the whole test suite (this is what CI runs).
 test: $(STAMP) browser
 	$(BIN)/ruff check .

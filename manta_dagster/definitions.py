@@ -70,7 +70,7 @@ def _pipelines_of(value: object, entry: str) -> list[PipelineDefinition]:
 def load_pipelines(spec: str | None = None) -> list[PipelineDefinition]:
     """The pipelines named by ``spec`` (default: ``$MANTA_PIPELINES``, else ``examples``).
 
-    >>> [p.judge for p in load_pipelines("examples")]  # doctest: +SKIP
+    >>> [p.judge for p in load_pipelines("examples")]
     ['tool_errors', 'pass_at_k', 'run_summary']
     """
     spec = os.environ.get(PIPELINES_ENV, "") if spec is None else spec

@@ -573,8 +573,8 @@ class Conversation:
 
         Example::
 
-            >>> conv.to_text()
-            '[user] What is 2+2?\\n[tool calc(expr="2+2")] 4\\n[assistant] 4'
+            conv.to_text()
+            # '[user] What is 2+2?\\n[tool calc(expr="2+2")] 4\\n[assistant] 4'
         """
         if max_chars is not None and (isinstance(max_chars, bool) or max_chars < 0):
             raise ValidationError(f"max_chars must be None or >= 0, got {max_chars!r}")

@@ -191,8 +191,10 @@ def compact(log_dir: Path | str, *, now: datetime | None = None) -> list[Compact
 
     Idempotent: a month is only rewritten when it has new JSONL. Returns what was written.
 
-    >>> [m.month for m in compact("runs_log")]  # doctest: +SKIP
-    ['2026-03', '2026-04']
+    Example::
+
+        [m.month for m in compact("runs_log")]
+        # ['2026-03', '2026-04']
     """
     import time
 

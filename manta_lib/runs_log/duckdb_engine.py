@@ -407,8 +407,10 @@ def workflow_bucket_percentiles(
     (workflow, bucket) with keys ``workflow_id, bucket, run_count, count, p50, p95, p99``,
     ordered by workflow, then p50 descending, ``total_time_s`` last.
 
-    >>> import duckdb
-    >>> rows = workflow_bucket_percentiles(duckdb.connect(), "runs_log")  # doctest: +SKIP
+    Example::
+
+        import duckdb
+        rows = workflow_bucket_percentiles(duckdb.connect(), "runs_log")
     """
     cutoff = resolve_since(since)
     shards = list_shards(log_dir, since=cutoff)

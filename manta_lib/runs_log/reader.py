@@ -266,8 +266,10 @@ def iter_rows(
     """Yield every usable row of the shards that may hold ``since <= finished_at < until``,
     newest shard first (rows inside a shard come in file order, not re-filtered by time).
 
-    >>> for row in iter_rows("runs_log"):  # doctest: +SKIP
-    ...     print(row["run_id"])
+    Example::
+
+        for row in iter_rows("runs_log"):
+            print(row["run_id"])
     """
     report = report if report is not None else ReadReport()
     for shard in list_shards(log_dir, since=since, until=until):

@@ -27,12 +27,14 @@ def status_label(status: str) -> str:
 def stats_table(result: StatsResult) -> str:
     """The bucket × percentile table, p50 descending, ``total_time_s`` under a rule.
 
-    >>> print(stats_table(result))  # doctest: +SKIP
-    Across last 100 succeeded runs of default__marketplace-listings-v1:
-      bucket                     p50       p95       p99
-      ──────────────────────────────────────────────────
-      think                    92.0s    145.0s    201.0s
-    ...
+    Example::
+
+        print(stats_table(result))
+        # Across last 100 succeeded runs of default__marketplace-listings-v1:
+        #   bucket                     p50       p95       p99
+        #   ──────────────────────────────────────────────────
+        #   think                    92.0s    145.0s    201.0s
+        # ...
     """
     width = max([_MIN_NAME_WIDTH, *(len(name) + 2 for name in result.buckets)])
     rule = _INDENT + RULE * (width + 3 * _NUMBER_WIDTH)

@@ -226,8 +226,10 @@ def select(shards: Sequence[Shard], flt: RunFilter, last: int, engine: str) -> S
 def list_workflows(log_dir: Path | str, *, engine: str = "auto") -> list[WorkflowSummary]:
     """Every workflow id in the log with its run counts and newest ``finished_at``.
 
-    >>> [w.workflow_id for w in list_workflows("runs_log")]  # doctest: +SKIP
-    ['default__marketplace-listings-v1']
+    Example::
+
+        [w.workflow_id for w in list_workflows("runs_log")]
+        # ['default__marketplace-listings-v1']
     """
     shards = list_shards(log_dir)
     if choose_engine(engine, shards) == "duckdb":
@@ -263,9 +265,11 @@ def compute_stats(
     no run matches, naming the closest workflow ids, and
     :class:`~manta_lib.errors.ConfigError` when the log directory is missing.
 
-    >>> result = compute_stats("runs_log", "default__marketplace-listings-v1")  # doctest: +SKIP
-    >>> result.buckets["total_time_s"].p95  # doctest: +SKIP
-    383.0
+    Example::
+
+        result = compute_stats("runs_log", "default__marketplace-listings-v1")
+        result.buckets["total_time_s"].p95
+        # 383.0
     """
     if last < 0:
         raise QueryError(f"--last {last} must be 0 (no cap) or a positive number of runs")
@@ -424,9 +428,11 @@ def compare_windows(
     < now - recent``; no ``--last`` cap in either. A bucket regressed when its p50 or p95 grew
     by more than ``threshold_pct`` percent. Raises :class:`QueryError` when a window is empty.
 
-    >>> result = compare_windows("runs_log", "wf", recent="7d", baseline="30d")  # doctest: +SKIP
-    >>> [c.bucket for c in result.regressions]  # doctest: +SKIP
-    ['think']
+    Example::
+
+        result = compare_windows("runs_log", "wf", recent="7d", baseline="30d")
+        [c.bucket for c in result.regressions]
+        # ['think']
     """
     now = as_utc(now or datetime.now(UTC))
     recent_td = parse_duration(recent, "--recent") if isinstance(recent, str) else recent

@@ -210,9 +210,11 @@ class RunsLogWriter:
     issues one ``write()`` and one ``fsync`` and closes it, so a writer object is safe to share
     between threads and processes.
 
-    >>> writer = RunsLogWriter("/tmp/runs_log")  # doctest: +SKIP
-    >>> writer.append(make_run_row(...))  # doctest: +SKIP
-    True
+    Example::
+
+        writer = RunsLogWriter("/tmp/runs_log")
+        writer.append(make_run_row(...))
+        # True
     """
 
     def __init__(self, log_dir: Path | str) -> None:
@@ -297,10 +299,12 @@ def append_run(row: Mapping[str, Any], log_dir: Path | str | None = None) -> boo
     ``log_dir`` defaults to ``MANTA_RUNS_LOG_DIR`` (else ``<MANTA_DATA_DIR>/runs_log``). Never
     raises: every failure is logged at ERROR level with the run it dropped.
 
-    >>> append_run(make_run_row(run_id="r1", workflow_id="wf", status="failed",
-    ...     created_at="2026-05-13T18:05:27Z", finished_at="2026-05-13T18:06:00Z",
-    ...     wall_time_breakdown={"load": 3.0}), log_dir="/tmp/runs_log")  # doctest: +SKIP
-    True
+    Example::
+
+        append_run(make_run_row(run_id="r1", workflow_id="wf", status="failed",
+            created_at="2026-05-13T18:05:27Z", finished_at="2026-05-13T18:06:00Z",
+            wall_time_breakdown={"load": 3.0}), log_dir="/tmp/runs_log")
+        # True
     """
     try:
         if log_dir is None:
