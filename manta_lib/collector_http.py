@@ -22,7 +22,6 @@ from manta_lib.importers.base import Problems
 from manta_lib.importers.otel_decode import proto_module
 
 
-
 class SpanReceiver(Protocol):
     """What the HTTP side needs of the collector (:class:`manta_lib.collector.Collector`)."""
 
@@ -32,6 +31,7 @@ class SpanReceiver(Protocol):
     def count(self, name: str, number: int = 1) -> None: ...
 
     def receive(self, body: bytes, content_type: str) -> tuple[int, str]: ...
+
 
 log = logging.getLogger(__name__)
 
