@@ -194,7 +194,8 @@ def test_read_a_group_then_list_with_a_result_column(
 
 def test_search_then_read_the_hit_and_its_group(server: str, explorer_data: ExplorerData) -> None:
     """The search box → the matching traces (the set SQL finds) → a trace page that marks the
-    phrase and opens at it → the hit's group."""
+    phrase and opens at it → the hit's group → a diff of two rollouts → the group as a trace
+    list with a result column."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
     from playwright.sync_api import expect, sync_playwright
@@ -250,6 +251,19 @@ def test_search_then_read_the_hit_and_its_group(server: str, explorer_data: Expl
             page.get_by_role("link", name=re.compile(r"^its group at step")).click()
             expect(page.locator("h1")).to_contain_text("Group")
             expect(page.locator("table.group-summary").first).to_contain_text(sorted(shown)[0])
+
+            # diff two of its rollouts, then back to the list with a result column
+            second = page.locator("select[name=a] option").nth(1).get_attribute("value")
+            page.locator("select[name=a]").select_option(index=0)
+            page.locator("select[name=b]").select_option(index=1)
+            page.get_by_role("button", name="Show").click()
+            expect(page.locator("section[aria-label=diff]")).to_contain_text(f"→ {second}")
+            page.get_by_role("link", name="as a trace list").click()
+            page.locator("input[name=cols]").fill("tool_errors.tool_errors")
+            page.locator("input[name=cols]").press("Enter")
+            expect(page.locator("#trace-table thead")).to_contain_text("tool_errors.tool_errors")
+            expect(page.locator("#trace-table td.result-col").first).to_be_visible()
+            page.screenshot(path=str(SHOTS / "12_search_group_list.png"))
         except Exception:
             page.screenshot(path=str(SHOTS / "failure_search.png"))
             raise
