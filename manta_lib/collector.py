@@ -28,6 +28,13 @@ start if the store is still unavailable at shutdown (SIGTERM, SIGINT, :meth:`Col
 A trace that cannot be mapped at all goes to a JSON Lines file under
 ``$MANTA_DATA_DIR/collector/``.
 
+``POST /v1/rollouts`` takes rollout-spool JSON Lines (:mod:`manta_lib.rollout_spool`, what a
+:class:`~manta_lib.RolloutLogger`'s shipper sends while another process holds the store): each
+line is mapped and checked, the valid ones written as an ``fsync``'d rollout shard before the
+``200`` (which lists the refused lines with their reasons), and the flush thread imports the
+shards into the store like the shipper would (trace ids are fixed, so a resent shard is
+stored once).
+
 The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector_http`,
 the ``otlp`` extra); decoding and the spool's ``fsync`` run on worker threads, the batched
 store write on its own thread.
@@ -60,7 +67,7 @@ from manta_lib.importers.otel_decode import (
 from manta_lib.importers.otel_join import OtelPart, join_parts
 from manta_lib.importers.otel_map import trace_from_spans
 from manta_lib.ingest import CheckedTrace, check_trace, load_records
-from manta_lib.rollout_spool import SHARD_SUFFIX, parse_lines, ship_once, shards, spool_traces
+from manta_lib.rollout_spool import SHARD_SUFFIX, parse_lines, shards, ship_once, spool_traces
 from manta_lib.settings import MantaSettings, is_loopback_host, load_settings
 from manta_lib.store import Store
 

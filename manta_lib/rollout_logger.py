@@ -19,9 +19,10 @@ loses only what it logged in the last ``flush_interval`` seconds; the shards it 
 shipped by its shipper, which outlives it, or by the next logger that starts on the same
 spool. When another process holds the embedded store (``manta collect``, the explorer), the
 shipper sends the shards to the ``manta collect`` at ``collector_url`` (or
-``MANTA_COLLECTOR_URL``), which stores them; without one, or when the store cannot be written
-at all (the server is down), the shards wait in the spool. Nothing here raises into the training loop:
-a rollout that cannot be serialized is counted in :attr:`RolloutLogger.dropped` and logged.
+``MANTA_COLLECTOR_URL``), which stores them; without one, or when the store cannot be
+written at all (the server is down), the shards wait in the spool. Nothing here raises into
+the training loop: a rollout that cannot be serialized is counted in
+:attr:`RolloutLogger.dropped` and logged.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ killed between the insert and the delete) is stored once.
 ``python -m manta_lib.rollout_shipper SPOOL`` is the shipper: it ships shards as they are
 completed until its standard input closes (the logger closed, or its process died), then ships
 what is left and exits. Records the importer refuses are appended to ``<spool>/rejected.jsonl``
-with the reason; when the store cannot be opened (another process holds the embedded store),
-shards stay and are sent by the next shipper.
+with the reason. When the store cannot be opened (another process holds the embedded store)
+and ``MANTA_COLLECTOR_URL`` is set, the shipper posts the shards to that ``manta collect``'s
+``/v1/rollouts`` (:func:`post_once`) instead; otherwise they stay and are sent by the next
+shipper.
 """
 
 from __future__ import annotations
@@ -365,7 +367,12 @@ def ship(spool: Path, stop: threading.Event) -> None:
             warned = False
         except Exception as exc:  # the store is busy or down: the spool keeps the rollouts
             if not warned:
-                log.warning("rollouts stay in %s until the store can be written: %s", spool, exc)
+                log.warning(
+                    "rollouts stay in %s until the store%s can take them: %s",
+                    spool,
+                    " or the collector" if url else "",
+                    exc,
+                )
                 warned = True
             if stopping:
                 return
