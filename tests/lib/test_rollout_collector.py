@@ -103,15 +103,23 @@ def test_held_store_sends_rollouts_through_the_collector(
 ) -> None:
     spool = tmp_path / "spool"
     count = 300
-    env = _env(manta_env, MANTA_COLLECTOR_URL=collect.base, MANTA_COLLECTOR_TOKEN=TOKEN)
-    with Store.open(settings):  # another process holds the embedded store
-        trainer = subprocess.run(
+
+    def train(token: str) -> subprocess.CompletedProcess[str]:
+        env = _env(manta_env, MANTA_COLLECTOR_URL=collect.base, MANTA_COLLECTOR_TOKEN=token)
+        return subprocess.run(
             [*CHILD, "finish", "held", str(spool), str(count)],
             capture_output=True,
             text=True,
             cwd=ROOT,
             env=env,
         )
+
+    with Store.open(settings):  # another process holds the embedded store
+        refused = train("wrong")  # the collector refuses the token: the shards stay
+        assert refused.returncode == 0, refused.stderr
+        assert shards(spool)
+        assert "401" in refused.stderr
+        trainer = train(TOKEN)  # ships its own rollouts and those the first one left
         assert trainer.returncode == 0, trainer.stderr
         # every shard was acknowledged by the collector: none is left, none refused
         assert not shards(spool), trainer.stderr
@@ -119,7 +127,7 @@ def test_held_store_sends_rollouts_through_the_collector(
     collect.stop()  # the store is free again: the collector writes what it accepted
     rows, distinct, indexes = _stored(settings, "held")
     assert indexes == set(range(10**6, 10**6 + count))
-    assert rows == distinct == count
+    assert rows == distinct == 2 * count  # both trainers' rollouts (their own trace ids), once
 
 
 @pytest.mark.slow
@@ -221,6 +229,26 @@ def test_rollout_endpoint_answers(settings: MantaSettings, tmp_path: Path) -> No
     assert not shards(collector.rollout_dir)  # stopping stored them
     with Store.open(settings) as store:
         assert store.rows("SELECT count() FROM {db}.traces WHERE run_id = 'answers'")[0][0] == 1
+
+
+def test_a_body_over_the_limit_is_sent_in_parts(settings: MantaSettings, tmp_path: Path) -> None:
+    """Past the collector's body limit the shipper halves its request; a single rollout over
+    the limit is refused with the collector's reason, the others are stored."""
+    spool = tmp_path / "spool"
+    with RolloutLogger(run_id="parts", spool_dir=spool, ship=False) as log:
+        for i in range(12):
+            size = 6000 if i == 5 else 900
+            text = os.urandom(size // 2).hex()  # incompressible: gzip does not hide the size
+            log.rollout(step=0, messages=[{"role": "user", "content": text}], meta={"i": i})
+    with Collector(port=0, settings=settings, max_body_bytes=4096) as collector:
+        url = collector.endpoint.replace("/v1/traces", "/v1/rollouts")
+        assert post_once(spool, url) == 11
+    [rejected] = [json.loads(line) for line in (spool / REJECTED).read_text().splitlines()]
+    assert rejected["record"]["metadata"] == {"i": 5}
+    assert "limit" in rejected["reasons"][0]
+    rows, distinct, indexes = _stored(settings, "parts")
+    assert indexes == set(range(12)) - {5}
+    assert rows == distinct == 11
 
 
 def test_logger_refuses_a_collector_url_that_is_not_http(tmp_path: Path) -> None:
