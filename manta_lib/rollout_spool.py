@@ -299,7 +299,13 @@ def _post_chunk(
         )
     answer = response.json()
     reasons = {chunk[int(r["line"]) - 1]: list(r["reasons"]) for r in answer.get("rejections", [])}
-    return int(answer.get("accepted", 0)), reasons
+    accepted = int(answer.get("accepted", 0))
+    if accepted + len(reasons) != len(chunk):  # the shard is deleted only if all are answered
+        raise CollectorRefusedError(
+            f"the collector at {url} answered for {accepted + len(reasons)} of {len(chunk)} "
+            "rollouts sent; is it a manta collect?"
+        )
+    return accepted, reasons
 
 
 def _send(client: Any, url: str, body: bytes) -> Any:
@@ -344,16 +350,17 @@ def ship(spool: Path, stop: threading.Event) -> None:
 
     url: str | None = None
     token: str | None = None
+    lock_timeout: float | None = None
     try:
         settings = load_settings()
         if settings.collector_url:
             url = rollouts_url(settings.collector_url)
             secret = settings.collector_token
             token = secret.get_secret_value() if secret is not None else None
+            # with a collector to fall back on, a held store is not worth a long wait
+            lock_timeout = min(settings.lock_timeout_s, _LOCK_WAIT_WITH_COLLECTOR)
     except Exception as exc:  # a bad setting: ship to the store only, and say why
         log.error("no collector fallback: %s", exc)
-    # with a collector to fall back on, a held store is not worth a long wait
-    lock_timeout = _LOCK_WAIT_WITH_COLLECTOR if url else None
     warned = False
     while True:
         stopping = stop.wait(_POLL_SECONDS)
