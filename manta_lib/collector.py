@@ -100,7 +100,7 @@ class CollectorStats:
     batches: int = 0
     rollouts_received: int = 0
     rollouts_rejected: int = 0
-    rollouts_stored: int = 0
+    rollouts_stored: int = 0  # in the store after a flush (stored then, or already there)
 
 
 @dataclass

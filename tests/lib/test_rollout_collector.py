@@ -50,30 +50,36 @@ class Collect:
 
     base: str
     process: subprocess.Popen[bytes]
+    output: Path
 
-    def stop(self) -> None:
-        """SIGTERM: it writes everything it accepted, then exits 0."""
+    def stop(self) -> str:
+        """SIGTERM: it writes everything it accepted, then exits 0; its summary line."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        stderr = self.process.stderr
-        assert self.process.wait(120) == 0, stderr.read() if stderr else b""
+        code = self.process.wait(120)
+        text = self.output.read_text(errors="replace")
+        assert code == 0, text
+        return text
 
 
 @pytest.fixture
-def collect(manta_env: dict[str, str]) -> Iterator[Collect]:
+def collect(manta_env: dict[str, str], tmp_path: Path) -> Iterator[Collect]:
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "manta_lib.cli", "collect", "--port", str(port), "--token", TOKEN],
-        env=_env(manta_env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    running = Collect(f"http://127.0.0.1:{port}", process)
+    output = tmp_path / "collect.log"
+    with output.open("wb") as sink:  # a file, not a pipe: nothing blocks on a full pipe
+        process = subprocess.Popen(
+            [sys.executable, "-m", "manta_lib.cli", "collect", "--port", str(port)]
+            + ["--token", TOKEN],
+            env=_env(manta_env, COLUMNS="200"),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    running = Collect(f"http://127.0.0.1:{port}", process, output)
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else b""
+            assert process.poll() is None, output.read_text(errors="replace")
             try:
                 if httpx.get(f"{running.base}/health", timeout=1).status_code == 200:
                     break
@@ -124,7 +130,9 @@ def test_held_store_sends_rollouts_through_the_collector(
         # every shard was acknowledged by the collector: none is left, none refused
         assert not shards(spool), trainer.stderr
         assert not (spool / REJECTED).exists()
-    collect.stop()  # the store is free again: the collector writes what it accepted
+    # the store is free again: the collector writes what it accepted, and says so
+    summary = collect.stop()
+    assert f"{2 * count:,} rollouts received, {2 * count:,} in the store, 0 refused" in summary
     rows, distinct, indexes = _stored(settings, "held")
     assert indexes == set(range(10**6, 10**6 + count))
     assert rows == distinct == 2 * count  # both trainers' rollouts (their own trace ids), once
@@ -182,7 +190,8 @@ def test_resent_shard_is_stored_once_refusals_and_wrong_token(
     assert post_once(spool, url, TOKEN) == 20
     assert not shards(spool)
 
-    collect.stop()
+    # both sends counted; the collector refused the 2 bad records that are JSON, each time
+    assert "40 rollouts received, 40 in the store, 4 refused" in collect.stop()
     rows, distinct, indexes = _stored(settings, "resent")
     assert indexes == set(range(20))
     assert rows == distinct == 20  # each once
