@@ -1,7 +1,7 @@
 """Rollouts through ``manta collect``: while another process holds the embedded store, a
 RolloutLogger's shipper sends its shards to the collector's ``/v1/rollouts``, which keeps them
-durably and stores them, each once; refused lines come back with reasons into
-``rejected.jsonl``; a wrong token keeps the shards."""
+durably (a collector killed after its 2xx loses none) and stores them, each once; refused
+lines come back with reasons into ``rejected.jsonl``; a wrong token keeps the shards."""
 
 from __future__ import annotations
 
@@ -62,10 +62,8 @@ class Collect:
         return text
 
 
-@pytest.fixture
-def collect(manta_env: dict[str, str], tmp_path: Path) -> Iterator[Collect]:
+def _start_collect(manta_env: dict[str, str], output: Path) -> Collect:
     port = _free_port()
-    output = tmp_path / "collect.log"
     with output.open("wb") as sink:  # a file, not a pipe: nothing blocks on a full pipe
         process = subprocess.Popen(
             [sys.executable, "-m", "manta_lib.cli", "collect", "--port", str(port)]
@@ -76,22 +74,28 @@ def collect(manta_env: dict[str, str], tmp_path: Path) -> Iterator[Collect]:
             cwd=ROOT,
         )
     running = Collect(f"http://127.0.0.1:{port}", process, output)
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the collector did not start: {output.read_text()}")
+        try:
+            if httpx.get(f"{running.base}/health", timeout=1).status_code == 200:
+                return running
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def collect(manta_env: dict[str, str], tmp_path: Path) -> Iterator[Collect]:
+    running = _start_collect(manta_env, tmp_path / "collect.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, output.read_text(errors="replace")
-            try:
-                if httpx.get(f"{running.base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the collector did not start"
-            time.sleep(0.1)
         yield running
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
 
 
 def _stored(settings: MantaSettings, run_id: str) -> tuple[int, int, set[int]]:
@@ -107,6 +111,8 @@ def _stored(settings: MantaSettings, run_id: str) -> tuple[int, int, set[int]]:
 def test_held_store_sends_rollouts_through_the_collector(
     settings: MantaSettings, manta_env: dict[str, str], collect: Collect, tmp_path: Path
 ) -> None:
+    """The trainer's shipper posts to the collector while the store is held; the collector,
+    killed before it could store them, keeps what it acknowledged for its next start."""
     spool = tmp_path / "spool"
     count = 300
 
@@ -130,9 +136,15 @@ def test_held_store_sends_rollouts_through_the_collector(
         # every shard was acknowledged by the collector: none is left, none refused
         assert not shards(spool), trainer.stderr
         assert not (spool / REJECTED).exists()
-    # the store is free again: the collector writes what it accepted, and says so
-    summary = collect.stop()
-    assert f"{2 * count:,} rollouts received, {2 * count:,} in the store, 0 refused" in summary
+        # a 2xx means on the collector's disk: killed now, it has stored nothing yet
+        collect.process.kill()
+        collect.process.wait()
+        kept = Path(manta_env["MANTA_DATA_DIR"]) / "collector" / "spool" / "rollouts"
+        assert shards(kept)
+    # the store is free again: the next collector stores what the killed one acknowledged
+    summary = _start_collect(manta_env, tmp_path / "restart.log").stop()
+    assert f"0 rollouts received, {2 * count:,} in the store, 0 refused" in summary
+    assert not shards(kept)
     rows, distinct, indexes = _stored(settings, "held")
     assert indexes == set(range(10**6, 10**6 + count))
     assert rows == distinct == 2 * count  # both trainers' rollouts (their own trace ids), once
