@@ -22,9 +22,9 @@ import pytest
 
 from manta_lib import RolloutLogger
 from manta_lib.collector import Collector
-from manta_lib.errors import ValidationError
+from manta_lib.errors import ConfigError, ValidationError
 from manta_lib.rollout_spool import REJECTED, CollectorRefusedError, post_once, shards
-from manta_lib.settings import MantaSettings
+from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 
 CHILD = [sys.executable, "-m", "tests.lib.rollout_child"]
@@ -275,3 +275,13 @@ def test_a_body_over_the_limit_is_sent_in_parts(settings: MantaSettings, tmp_pat
 def test_logger_refuses_a_collector_url_that_is_not_http(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="collector_url"):
         RolloutLogger(run_id="r", spool_dir=tmp_path, collector_url="127.0.0.1:4318")
+
+
+def test_a_collector_url_setting_that_is_not_http_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MANTA_COLLECTOR_URL", "localhost:4318")
+    with pytest.raises(ConfigError, match="MANTA_COLLECTOR_URL: 'localhost:4318' is not an http"):
+        load_settings()
+    monkeypatch.setenv("MANTA_COLLECTOR_URL", " ")
+    assert load_settings().collector_url is None
