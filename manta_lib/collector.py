@@ -28,6 +28,13 @@ start if the store is still unavailable at shutdown (SIGTERM, SIGINT, :meth:`Col
 A trace that cannot be mapped at all goes to a JSON Lines file under
 ``$MANTA_DATA_DIR/collector/``.
 
+``POST /v1/rollouts`` takes rollout-spool JSON Lines (:mod:`manta_lib.rollout_spool`, what a
+:class:`~manta_lib.RolloutLogger`'s shipper sends while another process holds the store): each
+line is mapped and checked, the valid ones written as an ``fsync``'d rollout shard before the
+``200`` (which lists the refused lines with their reasons), and the flush thread imports the
+shards into the store like the shipper would (trace ids are fixed, so a resent shard is
+stored once).
+
 The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector_http`,
 the ``otlp`` extra); decoding and the spool's ``fsync`` run on worker threads, the batched
 store write on its own thread.
@@ -38,9 +45,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import socket
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +67,7 @@ from manta_lib.importers.otel_decode import (
 from manta_lib.importers.otel_join import OtelPart, join_parts
 from manta_lib.importers.otel_map import trace_from_spans
 from manta_lib.ingest import CheckedTrace, check_trace, load_records
+from manta_lib.rollout_spool import SHARD_SUFFIX, parse_lines, shards, ship_once, spool_traces
 from manta_lib.settings import MantaSettings, is_loopback_host, load_settings
 from manta_lib.store import Store
 
@@ -88,6 +98,9 @@ class CollectorStats:
     traces_failed: int = 0
     late_spans: int = 0
     batches: int = 0
+    rollouts_received: int = 0
+    rollouts_rejected: int = 0
+    rollouts_stored: int = 0  # in the store after a flush (stored then, or already there)
 
 
 @dataclass
@@ -227,6 +240,8 @@ class Collector:
         self._threads: list[threading.Thread] = []
         self.dead_letter = self.settings.data_dir / "collector" / "unwritten.jsonl"
         self.spool_dir = spool_dir or self.settings.data_dir / "collector" / "spool"
+        # rollouts accepted on /v1/rollouts, as rollout-spool shards until they are stored
+        self.rollout_dir = self.spool_dir / "rollouts"
         self._socket = _listen(host, port)
         self._server: Any = None
         self._app: Any = None
@@ -257,6 +272,9 @@ class Collector:
         from manta_lib.collector_spool import Spool
 
         self._spool = Spool(self.spool_dir)
+        self.rollout_dir.mkdir(exist_ok=True)
+        for staging in self.rollout_dir.glob("*.new"):  # cut short by a crash, never answered
+            staging.unlink()
         self._replay()
         self._app = CollectorApp(self, body_timeout=self.body_timeout)
         config = uvicorn.Config(
@@ -325,10 +343,12 @@ class Collector:
     def flush(self, *, everything: bool = False, final: bool = False) -> int:
         """Write complete traces (all buffered ones with ``everything``); returns how many."""
         with self._write_lock:
+            rollouts = self._ship_rollouts(final)
             taken = self._buffer.take(None if everything else self.idle_timeout)
             if not taken:
-                # quiet: release the store (the embedded one is then free for other processes)
-                self._release_store()
+                if not rollouts:
+                    # quiet: release the store (the embedded one is then free for others)
+                    self._release_store()
                 written = 0
             else:
                 with relaxed_gc():  # the batch's objects are freed before collection resumes
@@ -338,6 +358,23 @@ class Collector:
                 spool.rotate_if_due(0.0 if final else _SEGMENT_AGE_S)
                 spool.release(self._buffer.oldest_segment())
             return written
+
+    def _ship_rollouts(self, final: bool) -> int:
+        """Import the rollout shards accepted on ``/v1/rollouts``; how many rollouts."""
+        if not shards(self.rollout_dir):
+            return 0
+        try:
+            store = self._store or Store.open(self.settings)
+            self._store = store
+            shipped = ship_once(self.rollout_dir, store)
+        except Exception as exc:  # any store failure: the shards stay and are sent again
+            # (trace ids are fixed, so a rollout stored before the failure is stored once)
+            self._release_store()
+            level = logging.ERROR if final else logging.WARNING
+            log.log(level, "cannot store rollouts yet (%s); they stay in %s", exc, self.rollout_dir)
+            return 0
+        self.count("rollouts_stored", shipped)
+        return shipped
 
     def _write(self, taken: list[_Pending], final: bool) -> int:
         """Join, map, validate and store the traces ``taken``; keep any that cannot be stored."""
@@ -442,6 +479,48 @@ class Collector:
                 f"(OTEL_RESOURCE_ATTRIBUTES={_RUN_KEY}=RUN) or start the collector with --run-id"
             )
         return rejected, message
+
+    def receive_rollouts(self, body: bytes) -> tuple[int, list[tuple[int, list[str]]]]:
+        """Validate a JSON Lines body of rollout-spool records and keep the valid ones (a
+        rollout-spool shard, ``fsync``'d) before returning ``(accepted, [(line, reasons)])``
+        (lines numbered from 1, blank lines counted).
+
+        Raises :class:`BufferError` when the shard cannot be written.
+        """
+        if self._spool is None:
+            raise BufferError("the collector is not running")
+        numbered = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+        records, refused = parse_lines([line for _, line in numbered])
+        traces, unmapped = spool_traces(records)
+        refused.update(unmapped)
+        for index, trace in traces:
+            checked = check_trace(trace)
+            if not isinstance(checked, CheckedTrace):
+                refused[index] = [f"{f}: {why}" if f else why for f, why in checked]
+        kept = [line for index, (_, line) in enumerate(numbered) if index not in refused]
+        if kept:
+            try:
+                self._write_rollout_shard(kept)
+            except OSError as exc:  # a full disk: not acknowledged (the shipper retries)
+                raise BufferError(f"cannot write the spool {self.rollout_dir} ({exc})") from None
+        with self._stats_lock:
+            self.stats.rollouts_received += len(kept)
+            self.stats.rollouts_rejected += len(refused)
+        return len(kept), [(numbered[i][0], why) for i, why in sorted(refused.items())]
+
+    def _write_rollout_shard(self, lines: list[bytes]) -> None:
+        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = self.rollout_dir / f"{name}.new"
+        with staging.open("xb") as handle:
+            handle.write(b"".join(line + b"\n" for line in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(staging, self.rollout_dir / f"{name}{SHARD_SUFFIX}")
+        dir_fd = os.open(self.rollout_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the shard's name is durable too
+        finally:
+            os.close(dir_fd)
 
     def _check(self, by_trace: dict[str, list[OtelSpan]]) -> dict[str, CheckedTrace]:
         """Map and check each trace of the request as it would be stored: a request that

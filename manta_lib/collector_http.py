@@ -32,11 +32,15 @@ class SpanReceiver(Protocol):
 
     def receive(self, body: bytes, content_type: str) -> tuple[int, str]: ...
 
+    def receive_rollouts(self, body: bytes) -> tuple[int, list[tuple[int, list[str]]]]: ...
+
 
 log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+NDJSON = ("application/x-ndjson", "application/jsonl", "application/jsonlines")
+ROLLOUTS = "/v1/rollouts"
 _GRPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 408: 4, 413: 8, 415: 3, 500: 13, 503: 14}
 
 Scope = MutableMapping[str, Any]
@@ -60,7 +64,8 @@ class _Gone(Exception):
 
 
 class CollectorApp:
-    """``POST /v1/traces`` (and ``GET /health``) for one :class:`Collector`."""
+    """``POST /v1/traces``, ``POST /v1/rollouts`` (and ``GET /health``) for one
+    :class:`Collector`."""
 
     def __init__(self, collector: SpanReceiver, *, body_timeout: float, workers: int = 8) -> None:
         self.collector = collector
@@ -116,16 +121,23 @@ class CollectorApp:
             if method in ("GET", "HEAD"):
                 return 200, b"ok\n", "text/plain"
             raise _Reply(405, f"{method} {path} is not served; GET it")
-        if path != "/v1/traces":
-            raise _Reply(404, "only POST /v1/traces is served")
+        if path not in ("/v1/traces", ROLLOUTS):
+            raise _Reply(404, f"only POST /v1/traces and POST {ROLLOUTS} are served")
         if method != "POST":
-            raise _Reply(405, "POST OTLP trace requests to /v1/traces")
+            raise _Reply(405, f"POST OTLP trace requests to /v1/traces, rollouts to {ROLLOUTS}")
         owner.count("requests")
         if owner.token and not hmac.compare_digest(
             headers.get("authorization", "").encode(), f"Bearer {owner.token}".encode()
         ):
             raise _Reply(401, "missing or wrong bearer token")
-        if content_type not in (PROTOBUF, JSON):
+        rollouts = path == ROLLOUTS
+        if rollouts and content_type not in NDJSON:
+            raise _Reply(
+                415,
+                f"unsupported content type {content_type!r}; send rollout-spool JSON Lines "
+                f"as {NDJSON[0]}",
+            )
+        if not rollouts and content_type not in (PROTOBUF, JSON):
             raise _Reply(
                 415, f"unsupported content type {content_type!r}; send {PROTOBUF} or {JSON}"
             )
@@ -138,6 +150,8 @@ class CollectorApp:
             raise _Reply(413, f"body of {length} bytes exceeds the limit of {limit}")
         body = await self._read_body(receive, limit)
         loop = asyncio.get_running_loop()
+        if rollouts:
+            return await loop.run_in_executor(self.executor, self._accept_rollouts, body, encoding)
         return await loop.run_in_executor(self.executor, self._accept, body, content_type, encoding)
 
     async def _read_body(self, receive: Receive, limit: int) -> bytes:
@@ -162,15 +176,34 @@ class CollectorApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    def _decompress(self, body: bytes, encoding: str) -> bytes:
+        if encoding != "gzip":
+            return body
+        try:
+            return gunzip(body, self.collector.max_body_bytes)
+        except ValueError as exc:
+            self.collector.count("bad_requests")
+            raise _Reply(413 if "limit" in str(exc) else 400, str(exc)) from None
+
+    def _accept_rollouts(self, body: bytes, encoding: str) -> tuple[int, bytes, str]:
+        """Validate and keep one body of rollout lines (on a worker thread): ``200`` with
+        ``{"accepted", "rejected", "rejections": [{"line", "reasons"}]}``."""
+        body = self._decompress(body, encoding)
+        try:
+            accepted, rejections = self.collector.receive_rollouts(body)
+        except BufferError as exc:
+            raise _Reply(503, f"{exc}; retry later", retry_after=2) from None
+        payload = {
+            "accepted": accepted,
+            "rejected": len(rejections),
+            "rejections": [{"line": line, "reasons": why} for line, why in rejections],
+        }
+        return 200, json.dumps(payload).encode(), JSON
+
     def _accept(self, body: bytes, content_type: str, encoding: str) -> tuple[int, bytes, str]:
         """Decode, validate and keep one request (on a worker thread)."""
         owner = self.collector
-        if encoding == "gzip":
-            try:
-                body = gunzip(body, owner.max_body_bytes)
-            except ValueError as exc:
-                owner.count("bad_requests")
-                raise _Reply(413 if "limit" in str(exc) else 400, str(exc)) from None
+        body = self._decompress(body, encoding)
         try:
             rejected, message = owner.receive(body, content_type)
         except (RecursionError, ValueError, TypeError, AttributeError, OverflowError) as exc:

@@ -17,9 +17,12 @@ new shard every ``shard_seconds``; a shipper process (``python -m manta_lib.roll
 imports finished shards into the store and deletes them. So a trainer killed at any moment
 loses only what it logged in the last ``flush_interval`` seconds; the shards it left are
 shipped by its shipper, which outlives it, or by the next logger that starts on the same
-spool. When the store cannot be written (another process holds the embedded store, the
-server is down) the shards wait in the spool. Nothing here raises into the training loop:
-a rollout that cannot be serialized is counted in :attr:`RolloutLogger.dropped` and logged.
+spool. When another process holds the embedded store (``manta collect``, the explorer), the
+shipper sends the shards to the ``manta collect`` at ``collector_url`` (or
+``MANTA_COLLECTOR_URL``), which stores them; without one, or when the store cannot be
+written at all (the server is down), the shards wait in the spool. Nothing here raises into
+the training loop: a rollout that cannot be serialized is counted in
+:attr:`RolloutLogger.dropped` and logged.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlparse
 
 from manta_lib.errors import ValidationError
 from manta_lib.rollout_spool import PART_SUFFIX, SHARD_SUFFIX
@@ -59,7 +63,9 @@ class RolloutLogger:
     (``train``). ``spool_dir`` defaults to ``$MANTA_DATA_DIR/rollout_spool``. ``ship=False``
     only writes the spool (import it later with ``manta import --format openai``).
     ``close_timeout`` bounds how long leaving the ``with`` block waits for the shipper to
-    store the last rollouts (it goes on in the background after that).
+    store the last rollouts (it goes on in the background after that). ``collector_url``
+    (default ``MANTA_COLLECTOR_URL``) and ``collector_token`` (``MANTA_COLLECTOR_TOKEN``): the
+    ``manta collect`` the shipper sends to while another process holds the store.
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class RolloutLogger:
         flush_interval: float = 0.2,
         shard_seconds: float = 1.0,
         close_timeout: float = 60.0,
+        collector_url: str | None = None,
+        collector_token: str | None = None,
     ) -> None:
         if not isinstance(run_id, str) or not run_id:
             raise ValidationError(
@@ -94,6 +102,17 @@ class RolloutLogger:
         self.flush_interval = flush_interval
         self.shard_seconds = shard_seconds
         self.close_timeout = close_timeout
+        self._shipper_env: dict[str, str] = {}
+        if collector_url is not None:
+            parsed = urlparse(collector_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValidationError(
+                    f"RolloutLogger: collector_url must be the http(s):// address `manta "
+                    f"collect` serves (e.g. http://127.0.0.1:4318), got {collector_url!r}"
+                )
+            self._shipper_env["MANTA_COLLECTOR_URL"] = collector_url
+        if collector_token is not None:
+            self._shipper_env["MANTA_COLLECTOR_TOKEN"] = collector_token
         self.dropped = 0
         """Rollouts that could not be serialized (each logged as an error)."""
         self._prefix = f"rl_{uuid.uuid4().hex[:12]}_"
@@ -170,6 +189,7 @@ class RolloutLogger:
                 [sys.executable, "-m", "manta_lib.rollout_shipper", str(self.spool_dir)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
+                env={**os.environ, **self._shipper_env},  # a token stays out of the argv
                 start_new_session=True,  # Ctrl-C on the trainer leaves it to drain the spool
             )
         self._thread = threading.Thread(target=self._run, name="manta-rollout-writer", daemon=True)

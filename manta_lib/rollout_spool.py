@@ -15,8 +15,10 @@ killed between the insert and the delete) is stored once.
 ``python -m manta_lib.rollout_shipper SPOOL`` is the shipper: it ships shards as they are
 completed until its standard input closes (the logger closed, or its process died), then ships
 what is left and exits. Records the importer refuses are appended to ``<spool>/rejected.jsonl``
-with the reason; when the store cannot be opened (another process holds the embedded store),
-shards stay and are sent by the next shipper.
+with the reason. When the store cannot be opened (another process holds the embedded store)
+and ``MANTA_COLLECTOR_URL`` is set, the shipper posts the shards to that ``manta collect``'s
+``/v1/rollouts`` (:func:`post_once`) instead; otherwise they stay and are sent by the next
+shipper.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from manta_lib.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ SHARD_SUFFIX = ".jsonl"
 PART_SUFFIX = ".jsonl.part"
 REJECTED = "rejected.jsonl"
 _POLL_SECONDS = 0.5
+_LOCK_WAIT_WITH_COLLECTOR = 1.0
 
 
 def shards(spool: Path) -> list[Path]:
@@ -73,17 +79,20 @@ def claimed(path: Path) -> Iterator[int | None]:
         os.close(fd)
 
 
-def complete_records(fd: int) -> tuple[list[Any], dict[int, list[str]]]:
-    """The records of a shard's complete lines (a line cut by a crash is left out), and the
-    reasons of lines that are not JSON (by record index; the record is the line's text)."""
+def complete_lines(fd: int) -> list[bytes]:
+    """The non-blank complete lines of a shard (a line cut by a crash is left out)."""
     with os.fdopen(os.dup(fd), "rb") as handle:
         data = handle.read()
     end = data.rfind(b"\n")
+    return [line for line in data[: end + 1].splitlines() if line.strip()]
+
+
+def parse_lines(lines: list[bytes]) -> tuple[list[Any], dict[int, list[str]]]:
+    """The records of spool lines, and the reasons of lines that are not JSON (by record
+    index; the record is then the line's text)."""
     records: list[Any] = []
     bad: dict[int, list[str]] = {}
-    for line in data[: end + 1].splitlines():
-        if not line.strip():
-            continue
+    for line in lines:
         try:
             records.append(json.loads(line))
         except ValueError as exc:
@@ -92,9 +101,17 @@ def complete_records(fd: int) -> tuple[list[Any], dict[int, list[str]]]:
     return records, bad
 
 
-def ship_once(spool: Path) -> int:
+def complete_records(fd: int) -> tuple[list[Any], dict[int, list[str]]]:
+    """:func:`parse_lines` of :func:`complete_lines`."""
+    return parse_lines(complete_lines(fd))
+
+
+def ship_once(spool: Path, store: Store | None = None, *, lock_timeout: float | None = None) -> int:
     """Import every complete shard into the store and delete it; the number of rollouts sent.
 
+    ``store``: an open store to write to (kept open); else the store of the settings is opened
+    when a shard needs it (waiting at most ``lock_timeout`` seconds for an embedded store
+    another process holds, ``MANTA_LOCK_TIMEOUT_S`` by default) and closed at the end.
     Raises :class:`~manta_lib.errors.StoreUnavailableError` when the store cannot be opened
     (the shards stay).
     """
@@ -106,7 +123,7 @@ def ship_once(spool: Path) -> int:
     if not ready:
         return 0
     sent = 0
-    store: Store | None = None
+    opened: Store | None = None
     try:
         for path in ready:
             with claimed(path) as fd:
@@ -117,7 +134,8 @@ def ship_once(spool: Path) -> int:
                 refused.update(bad)
                 if traces:
                     if store is None:
-                        store = Store.open(load_settings())
+                        overrides = {} if lock_timeout is None else {"lock_timeout_s": lock_timeout}
+                        store = opened = Store.open(load_settings(**overrides))
                     report = import_records(
                         [trace for _, trace in traces], store=store, format="manta"
                     )
@@ -129,8 +147,8 @@ def ship_once(spool: Path) -> int:
                     _reject(spool, records, refused)
                 path.unlink()
     finally:
-        if store is not None:
-            store.close()
+        if opened is not None:
+            opened.close()
     return sent
 
 
@@ -191,17 +209,177 @@ def _reject(spool: Path, records: list[Any], reasons: dict[int, list[str]]) -> N
     )
 
 
+ROLLOUTS_PATH = "/v1/rollouts"
+_CHUNK_BYTES = 4 << 20  # lines per request (the collector refuses bodies past its limit)
+
+
+class CollectorRefusedError(Exception):
+    """The collector answered a shard with a status that retrying will not change (a wrong
+    token, no rollout endpoint, a body it cannot read): the shards stay."""
+
+
+class _Transient(Exception):
+    """A ``5xx`` or ``429``: worth retrying."""
+
+
+def rollouts_url(base: str) -> str:
+    """The collector's rollout endpoint for ``MANTA_COLLECTOR_URL`` (its base address)."""
+    base = base.rstrip("/")
+    return base if base.endswith(ROLLOUTS_PATH) else base + ROLLOUTS_PATH
+
+
+def post_once(spool: Path, url: str, token: str | None = None) -> int:
+    """Send every complete shard to a ``manta collect`` rollout endpoint; the number of
+    rollouts it accepted.
+
+    A shard is deleted once each of its lines got a ``2xx``; the lines the collector refused
+    go to ``rejected.jsonl`` with its reasons. Connection errors, ``5xx`` and ``429`` are
+    retried a few times (a bounded wait), then raised with the shard kept; other statuses
+    raise :class:`CollectorRefusedError` (shards kept).
+    """
+    import httpx
+
+    ready = shards(spool)
+    if not ready:
+        return 0
+    headers = {"content-type": "application/x-ndjson", "content-encoding": "gzip"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    sent = 0
+    with httpx.Client(headers=headers, timeout=httpx.Timeout(60.0, connect=5.0)) as client:
+        for path in ready:
+            with claimed(path) as fd:
+                if fd is None:
+                    continue
+                lines = complete_lines(fd)
+                records, refused = parse_lines(lines)
+                good = [n for n in range(len(lines)) if n not in refused]
+                for chunk in _chunks(good, lines):
+                    accepted, reasons = _post_chunk(client, url, chunk, lines)
+                    sent += accepted
+                    refused.update(reasons)
+                if refused:
+                    _reject(spool, records, refused)
+                path.unlink()
+    return sent
+
+
+def _chunks(indexes: list[int], lines: list[bytes]) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    size = 0
+    for index in indexes:
+        if chunk and size + len(lines[index]) + 1 > _CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(index)
+        size += len(lines[index]) + 1
+    if chunk:
+        yield chunk
+
+
+def _post_chunk(
+    client: Any, url: str, chunk: list[int], lines: list[bytes]
+) -> tuple[int, dict[int, list[str]]]:
+    """POST the lines ``chunk`` (indexes into ``lines``); ``(accepted, reasons by index)``.
+    A body over the collector's limit is sent in halves; a single line over it is refused."""
+    import gzip
+
+    body = gzip.compress(b"".join(lines[n] + b"\n" for n in chunk), compresslevel=1)
+    response = _send(client, url, body)
+    if response.status_code == 413:
+        if len(chunk) == 1:
+            return 0, {chunk[0]: [f"refused by the collector: {_message(response)}"]}
+        half = len(chunk) // 2
+        first = _post_chunk(client, url, chunk[:half], lines)
+        second = _post_chunk(client, url, chunk[half:], lines)
+        return first[0] + second[0], {**first[1], **second[1]}
+    if not 200 <= response.status_code < 300:
+        raise CollectorRefusedError(
+            f"the collector at {url} answered {response.status_code}: {_message(response)}"
+        )
+    answer = response.json()
+    reasons = {chunk[int(r["line"]) - 1]: list(r["reasons"]) for r in answer.get("rejections", [])}
+    accepted = int(answer.get("accepted", 0))
+    if accepted + len(reasons) != len(chunk):  # the shard is deleted only if all are answered
+        raise CollectorRefusedError(
+            f"the collector at {url} answered for {accepted + len(reasons)} of {len(chunk)} "
+            "rollouts sent; is it a manta collect?"
+        )
+    return accepted, reasons
+
+
+def _send(client: Any, url: str, body: bytes) -> Any:
+    import httpx
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_exponential,
+    )
+
+    for attempt in Retrying(
+        retry=retry_if_exception_type((httpx.TransportError, _Transient)),
+        stop=stop_after_attempt(4),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        reraise=True,
+    ):
+        with attempt:
+            response = client.post(url, content=body)
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Transient(
+                    f"the collector at {url} answered {response.status_code}: {_message(response)}"
+                )
+            return response
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _message(response: Any) -> str:
+    try:
+        return str(response.json().get("message", response.text))
+    except ValueError:
+        return str(response.text[:500])
+
+
 def ship(spool: Path, stop: threading.Event) -> None:
-    """Ship completed shards every half second until ``stop`` is set, then once more."""
+    """Ship completed shards every half second until ``stop`` is set, then once more.
+
+    When the store cannot be opened (another process holds the embedded store) and
+    ``MANTA_COLLECTOR_URL`` is set, the shards go to that ``manta collect`` instead."""
+    from manta_lib.errors import StoreUnavailableError
+    from manta_lib.settings import load_settings
+
+    url: str | None = None
+    token: str | None = None
+    lock_timeout: float | None = None
+    try:
+        settings = load_settings()
+        if settings.collector_url:
+            url = rollouts_url(settings.collector_url)
+            secret = settings.collector_token
+            token = secret.get_secret_value() if secret is not None else None
+            # with a collector to fall back on, a held store is not worth a long wait
+            lock_timeout = min(settings.lock_timeout_s, _LOCK_WAIT_WITH_COLLECTOR)
+    except Exception as exc:  # a bad setting: ship to the store only, and say why
+        log.error("no collector fallback: %s", exc)
     warned = False
     while True:
         stopping = stop.wait(_POLL_SECONDS)
         try:
-            ship_once(spool)
+            try:
+                ship_once(spool, lock_timeout=lock_timeout)
+            except StoreUnavailableError:
+                if url is None:
+                    raise
+                post_once(spool, url, token)
             warned = False
         except Exception as exc:  # the store is busy or down: the spool keeps the rollouts
             if not warned:
-                log.warning("rollouts stay in %s until the store can be written: %s", spool, exc)
+                log.warning(
+                    "rollouts stay in %s until the store%s can take them: %s",
+                    spool,
+                    " or the collector" if url else "",
+                    exc,
+                )
                 warned = True
             if stopping:
                 return

@@ -67,6 +67,11 @@ class MantaSettings(BaseSettings):
     import_max_record_mb: float = Field(
         default=256.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_IMPORT_MAX_RECORD_MB"
     )
+    # where a rollout shipper sends its spool when another process holds the store
+    collector_url: str | None = Field(default=None, validation_alias="MANTA_COLLECTOR_URL")
+    collector_token: SecretStr | None = Field(
+        default=None, validation_alias="MANTA_COLLECTOR_TOKEN"
+    )
 
     @field_validator("data_dir", "runs_log_dir_override")
     @classmethod
@@ -84,7 +89,7 @@ class MantaSettings(BaseSettings):
                 break
         return path
 
-    @field_validator("clickhouse_url", "kestrel_api_url", mode="before")
+    @field_validator("clickhouse_url", "kestrel_api_url", "collector_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -111,6 +116,19 @@ class MantaSettings(BaseSettings):
             parsed.port  # noqa: B018 - raises on a non-numeric port
         except ValueError as exc:
             raise ValueError(f"{value!r} has an invalid port ({exc}); {_URL_HELP}") from exc
+        return value
+
+    @field_validator("collector_url")
+    @classmethod
+    def _check_collector_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s):// URL; set it to the address `manta collect` "
+                "serves, e.g. http://127.0.0.1:4318"
+            )
         return value
 
     @field_validator("database")
@@ -207,6 +225,8 @@ _ENV_NAMES = {
     "import_max_record_mb": "MANTA_IMPORT_MAX_RECORD_MB",
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
+    "MANTA_COLLECTOR_URL": "MANTA_COLLECTOR_URL",
+    "collector_url": "MANTA_COLLECTOR_URL",
 }
 
 

@@ -248,7 +248,13 @@ def collect_command(
     console.print(
         f"{stats.spans_received:,} spans received in {stats.requests:,} requests; "
         f"{stats.traces_stored:,} traces and {stats.spans_stored:,} spans stored"
-        + (f"; {stats.traces_failed:,} traces not stored" if stats.traces_failed else ""),
+        + (f"; {stats.traces_failed:,} traces not stored" if stats.traces_failed else "")
+        + (
+            f"; {stats.rollouts_received:,} rollouts received, "
+            f"{stats.rollouts_stored:,} in the store, {stats.rollouts_rejected:,} refused"
+            if stats.rollouts_received or stats.rollouts_rejected or stats.rollouts_stored
+            else ""
+        ),
         highlight=False,
     )
     if stats.traces_failed:
