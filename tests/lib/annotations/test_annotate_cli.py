@@ -67,11 +67,21 @@ def test_annotate_from_the_command_line(
     good = tmp_path / "labels.jsonl"
     good.write_text(
         "".join(
-            json.dumps({"run_id": demo_run, "trace_id": i.trace_id, "annotator": who,
-                        "category": category, "note": "imported"}) + "\n"
+            json.dumps(
+                {
+                    "run_id": demo_run,
+                    "trace_id": i.trace_id,
+                    "annotator": who,
+                    "category": category,
+                    "note": "imported",
+                }
+            )
+            + "\n"
             for i, who, category in (
-                (items[0], "ana", "looping"), (items[1], "ana", "passed"),
-                (items[0], "bo", "wrong_tool"), (items[0], "ana", "wrong_tool"),
+                (items[0], "ana", "looping"),
+                (items[1], "ana", "passed"),
+                (items[0], "bo", "wrong_tool"),
+                (items[0], "ana", "wrong_tool"),
             )
         )  # fmt: skip
     )
@@ -79,7 +89,8 @@ def test_annotate_from_the_command_line(
     _run(manta, "annotate", "import", str(good), "--task", "failure_modes_human")  # idempotent
 
     status = _run(manta, "annotate", "status")
-    assert queue_id in status and "failure_modes_human-import-" in status and "ana: 2" in status and "bo: 1" in status
+    assert queue_id in status and "failure_modes_human-import-" in status
+    assert "ana: 2" in status and "bo: 1" in status
 
     # The labels are results: `manta results`, the trace filter, `manta export`.
     table = _run(manta, "results", "failure_modes_human", "-r", demo_run, "-f", "csv")
@@ -112,9 +123,7 @@ def test_unknown_task_and_queue_are_clear_errors(
     manta: CliRunner, store: Store, demo_run: str
 ) -> None:
     store.close()
-    result = manta.invoke(
-        app, ["annotate", "create", "nope", "--run", demo_run, "--sample", "3"]
-    )
+    result = manta.invoke(app, ["annotate", "create", "nope", "--run", demo_run, "--sample", "3"])
     assert result.exit_code == 1 and "no label task 'nope'" in str(result.exception)
     result = manta.invoke(app, ["annotate", "status", "missing-queue"])
     assert "no annotation queue 'missing-queue'" in str(result.exception)
