@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -254,12 +254,24 @@ class Annotations:
         where: str | None = None,
         seed: int = 0,
         overlap: float = 0.0,
+        traces: Mapping[str, Any] | None = None,
     ) -> QueueSummary:
         """Sample ``sample`` entities of ``run_id`` (those whose traces match the results
-        condition ``where``, e.g. ``"failure_modes.category != 'passed'"``), stratified by
+        condition ``where``, e.g. ``"failure_modes.category != 'passed'"``, and the trace
+        filters ``traces``, e.g. ``{"phase": "train", "max_score": 0.4}``), stratified by
         ``step`` or ``phase``, and store them as a queue. The same arguments over the same
         traces give the same queue (same id, same items in the same order): creating it again
         returns the stored one."""
+        filters = dict(traces or {})
+        reserved = {"run_id", "results", "shards", "shard_count", "unmapped"}
+        unknown = sorted(
+            (set(filters) - set(TraceFilter.__dataclass_fields__)) | (set(filters) & reserved)
+        )
+        if unknown:
+            raise AnnotationError(
+                f"unknown trace filter(s) {', '.join(unknown)} for a queue (e.g. phase, step, "
+                f"status, min_score, max_score, datapoint_id, model_name, meta)"
+            )
         if isinstance(task, str):
             task = self.get_task(task)
         self.register_task(task)
@@ -269,6 +281,12 @@ class Annotations:
             raise AnnotationError(f"run {run_id!r} has no traces in {self.store.describe()}")
         definition = json.dumps(
             [task.name, task.version, run_id, sample, strata, where or "", seed, overlap]
+            + ([filters] if filters else []),
+            sort_keys=True,
+            default=str,
+        )
+        condition = "; ".join(
+            [where] * bool(where) + [f"{k}={v!r}" for k, v in sorted(filters.items())]
         )
         queue_id = f"{task.name}-{hashlib.sha256(definition.encode()).hexdigest()[:8]}"
         with self._lock:
@@ -276,19 +294,16 @@ class Annotations:
             if existing:
                 log.info("queue %s exists already (same definition): reusing it", queue_id)
                 return self._summary(existing[0])
-            flt = TraceFilter(run_id=run_id)
-            if where:
-                flt = TraceFilter(
-                    run_id=run_id,
-                    results=compile_trace_condition(self.store, where, run_ids=(run_id,)),
-                )
+            results = (
+                compile_trace_condition(self.store, where, run_ids=(run_id,)) if where else None
+            )
+            flt = TraceFilter(run_id=run_id, results=results, **filters)
             rows = sql.candidates(self.store, flt, task.level)
             if not rows:
                 raise AnnotationError(
-                    f"no {task.level.value} of run {run_id!r} matches "
-                    f"{where!r}: nothing to label (check the condition with "
-                    f'`manta traces --run {run_id} --results "{where}"`)'
-                    if where
+                    f"no {task.level.value} of run {run_id!r} matches {condition!r}: nothing "
+                    f"to label"
+                    if condition
                     else f"run {run_id!r} has no traces to label"
                 )
             drawn = stratified_sample(
@@ -302,7 +317,7 @@ class Annotations:
             ]  # fmt: skip
             queue = sql.QueueRow(
                 queue_id, project, task.name, task.version, run_id, task.level.value,
-                sample, strata, where or "", seed, overlap, _now(),
+                sample, strata, condition, seed, overlap, _now(),
             )  # fmt: skip
             sql.save_queue(self.store, queue, items)
             if len(items) < sample:

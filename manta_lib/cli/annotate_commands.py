@@ -102,6 +102,12 @@ def create_command(
     overlap: Annotated[
         float, typer.Option("--overlap", help="Share of items labelled by two annotators.")
     ] = 0.0,
+    phase: Annotated[
+        str | None, typer.Option("--phase", help="Only traces of this phase (train, eval).")
+    ] = None,
+    max_score: Annotated[
+        float | None, typer.Option("--max-score", help="Only traces scored at most this.")
+    ] = None,
     category: CategoryOption = None,
     booleans: BoolOption = None,
     numbers: NumberOption = None,
@@ -115,6 +121,7 @@ def create_command(
         queue = ann.create_queue(
             declared or task_name, run, sample=sample, stratify=stratify, where=where,
             seed=seed, overlap=overlap,
+            traces={k: v for k, v in (("phase", phase), ("max_score", max_score)) if v is not None},
         )  # fmt: skip
     console.print(
         f"queue {queue.queue_id}: {queue.progress.total} {queue.level}(s) of {run} "
