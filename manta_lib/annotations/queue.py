@@ -443,20 +443,20 @@ class Annotations:
             now = _now()
             fresh = now - timedelta(seconds=LEASE_SECONDS)
 
-            def holders(position: int) -> set[str]:
-                return {
-                    who
-                    for (pos, who), mark in state.marks.items()
-                    if pos == position
-                    and (mark.action == "label" or (mark.action == "lease" and mark.at > fresh))
-                }
+            held: dict[int, int] = {}  # position -> annotators holding it (one pass)
+            for (pos, _), mark in state.marks.items():
+                if mark.action == "label" or (mark.action == "lease" and mark.at > fresh):
+                    held[pos] = held.get(pos, 0) + 1
+
+            def holders(position: int) -> int:
+                return held.get(position, 0)
 
             for row in rows:
                 mark = state.marks.get((row.position, annotator))
                 if (
                     mark is not None
                     and mark.action == "lease"
-                    and (mark.at > fresh or len(holders(row.position)) < row.copies)
+                    and (mark.at > fresh or holders(row.position) < row.copies)
                 ):
                     if mark.at <= fresh:  # expired but still free: renew it
                         self._append(state, queue_id, row.position, annotator, "lease")
@@ -464,7 +464,7 @@ class Annotations:
             for row in rows:
                 if (row.position, annotator) in state.marks:
                     continue
-                if len(holders(row.position)) < row.copies:
+                if holders(row.position) < row.copies:
                     self._append(state, queue_id, row.position, annotator, "lease")
                     return _item(row, queue.level)
         return None

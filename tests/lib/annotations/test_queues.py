@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel
 
 from manta_lib import MantaService
 from manta_lib.annotations import Annotations, AnnotationTask
 from manta_lib.errors import AnnotationError
+from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 
 
@@ -179,3 +182,39 @@ def test_two_clients_never_share_a_non_overlap_item_and_lose_no_label(
     progress = Annotations(store).progress(queue.queue_id)
     assert progress.labelled == 30
     assert sum(progress.per_annotator.values()) == 30 + len(overlap)  # no label lost
+
+
+class GroupLabel(BaseModel):
+    diverse: bool
+    verdict: Literal["useful", "degenerate"]
+
+
+def test_a_datapoint_task_labels_groups_stored_at_the_datapoint_level(
+    ann: Annotations, demo_run: str, store: Store
+) -> None:
+    task = AnnotationTask("groups_human", GroupLabel, level=EntityLevel.DATAPOINT)
+    queue = ann.create_queue(task, demo_run, sample=5, stratify="phase", seed=2)
+    groups = set(
+        store.rows(
+            "SELECT datapoint_id, step_number, toString(phase) FROM {db}.traces FINAL "
+            "WHERE run_id = {r:String} GROUP BY ALL",
+            {"r": demo_run},
+        )
+    )
+    items = ann.items(queue.queue_id)
+    assert len(items) == 5 and all(i.trace_id is None for i in items)
+    assert all((i.datapoint_id, i.step_number, i.phase) in groups for i in items)
+    assert all(i.entity_id == f"{i.datapoint_id}@{i.step_number}" for i in items)
+    item = ann.next_item(queue.queue_id, "ana")
+    assert item is not None
+    ann.save_label(
+        queue.queue_id, item.position, "ana", {"diverse": False, "verdict": "degenerate"}
+    )
+    with MantaService(store) as svc:
+        frame = svc.results("groups_human", demo_run, level="datapoint")
+    assert frame[["datapoint_id", "step_number", "verdict", "diverse", "annotator"]].to_dict(
+        "records"
+    ) == [
+        {"datapoint_id": item.datapoint_id, "step_number": item.step_number,
+         "verdict": "degenerate", "diverse": False, "annotator": "ana"}
+    ]  # fmt: skip
