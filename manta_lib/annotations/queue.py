@@ -53,12 +53,22 @@ LEASE_SECONDS = 30 * 60
 
 _LOCKS: dict[tuple[str, str], threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
+# A queue's definition and items, and a task version's fields, never change once stored:
+# they are read once per process (a label then costs two reads and two writes, not seven).
+_QUEUES: dict[tuple[str, str, str], tuple[sql.QueueRow, list[sql.ItemRow]]] = {}
+_TASKS: dict[tuple[str, str, str, str], AnnotationTask] = {}
+# Each queue's state, folded from its history and brought up to date with the events appended
+# since (one small read); only ever used under the store's lock.
+_STATES: dict[tuple[str, str, str], _State] = {}
+
+
+def _store_key(store: Store) -> tuple[str, str]:
+    return (str(store.settings.clickhouse_dsn), store.database)
 
 
 def _store_lock(store: Store) -> threading.RLock:
-    key = (str(store.settings.clickhouse_dsn), store.database)
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.RLock())
+        return _LOCKS.setdefault(_store_key(store), threading.RLock())
 
 
 @dataclass(frozen=True)
@@ -146,39 +156,36 @@ class _State:
     revisions: dict[tuple[int, str], list[dict[str, Any]]] = field(default_factory=dict)
     last_seq: int = 0
     last_at: datetime | None = None
-    events: list[sql.EventRow] = field(default_factory=list)
 
 
-def _fold(events: Sequence[sql.EventRow]) -> _State:
-    state = _State(events=list(events))
-    for event in events:
-        key = (event.position, event.annotator)
-        state.last_seq = max(state.last_seq, event.seq)
-        state.last_at = event.at if state.last_at is None else max(state.last_at, event.at)
-        mark = state.marks.get(key)
-        if event.action == "lease":
-            if mark is None or mark.action == "lease":
-                state.marks[key] = _Mark("lease", event.at, event.seq)
-        elif event.action in ("label", "skip"):
-            state.stacks.setdefault(event.annotator, []).append((event.position, mark))
-            values = json.loads(event.label) if event.action == "label" else None
-            if values is not None:
-                state.revisions.setdefault(key, []).append(values)
-            state.marks[key] = _Mark(event.action, event.at, event.seq, values)
-        elif event.action == "undo":
-            stack = state.stacks.get(event.annotator)
-            if not stack:
-                continue
-            position, previous = stack.pop()
-            undone_key = (position, event.annotator)
-            undone = state.marks.get(undone_key)
-            if undone is not None and undone.action == "label" and state.revisions.get(undone_key):
-                state.revisions[undone_key].pop()
-            if previous is None or previous.action == "lease":
-                state.marks[undone_key] = _Mark("lease", event.at, event.seq)
-            else:
-                state.marks[undone_key] = previous
-    return state
+def _apply(state: _State, event: sql.EventRow) -> None:
+    """Fold one more event (the next ``seq``) into ``state``."""
+    key = (event.position, event.annotator)
+    state.last_seq = max(state.last_seq, event.seq)
+    state.last_at = event.at if state.last_at is None else max(state.last_at, event.at)
+    mark = state.marks.get(key)
+    if event.action == "lease":
+        if mark is None or mark.action == "lease":
+            state.marks[key] = _Mark("lease", event.at, event.seq)
+    elif event.action in ("label", "skip"):
+        state.stacks.setdefault(event.annotator, []).append((event.position, mark))
+        values = json.loads(event.label) if event.action == "label" else None
+        if values is not None:
+            state.revisions.setdefault(key, []).append(values)
+        state.marks[key] = _Mark(event.action, event.at, event.seq, values)
+    elif event.action == "undo":
+        stack = state.stacks.get(event.annotator)
+        if not stack:
+            return
+        position, previous = stack.pop()
+        undone_key = (position, event.annotator)
+        undone = state.marks.get(undone_key)
+        if undone is not None and undone.action == "label" and state.revisions.get(undone_key):
+            state.revisions[undone_key].pop()
+        if previous is None or previous.action == "lease":
+            state.marks[undone_key] = _Mark("lease", event.at, event.seq)
+        else:
+            state.marks[undone_key] = previous
 
 
 class Annotations:
@@ -240,7 +247,10 @@ class Annotations:
     def task(self, queue_id: str) -> AnnotationTask:
         """The task of ``queue_id``, rebuilt from the stored schema."""
         queue = self._queue(queue_id)
-        return self.get_task(queue.task, queue.task_version)
+        key = (*_store_key(self.store), queue.task, queue.task_version)
+        if key not in _TASKS:
+            _TASKS[key] = self.get_task(queue.task, queue.task_version)
+        return _TASKS[key]
 
     # ---- queues --------------------------------------------------------------------------
 
@@ -406,7 +416,7 @@ class Annotations:
                 for seq, (entity, name, values) in enumerate(checked, start=1)
             ]
             sql.append_events(self.store, events)  # one insert, however many labels
-            state = _fold(events)
+            state = self._state(queue_id)
             self._write_current(task, items, state)
             return self._summary(queue)
 
@@ -420,7 +430,7 @@ class Annotations:
     def items(self, queue_id: str) -> list[QueueItem]:
         """The queue's items in hand-out order."""
         queue = self._queue(queue_id)
-        return [_item(row, queue.level) for row in sql.items(self.store, queue_id)]
+        return [_item(row, queue.level) for row in self._queue_items(queue_id)]
 
     def item(self, queue_id: str, position: int) -> QueueItem:
         queue = self._queue(queue_id)
@@ -438,8 +448,8 @@ class Annotations:
         annotator = _annotator(annotator)
         queue = self._queue(queue_id)
         with self._lock:
-            rows = sql.items(self.store, queue_id)
-            state = _fold(sql.events(self.store, [queue_id]))
+            rows = self._queue_items(queue_id)
+            state = self._state(queue_id)
             now = _now()
             fresh = now - timedelta(seconds=LEASE_SECONDS)
 
@@ -482,7 +492,7 @@ class Annotations:
         row = self._item_row(queue_id, position)
         stored = model.model_dump(mode="json")
         with self._lock:
-            state = _fold(sql.events(self.store, [queue_id]))
+            state = self._state(queue_id)
             event = self._append(state, queue_id, position, annotator, "label", stored)
             self._write_current(task, row, state)
         return StoredLabel(
@@ -496,7 +506,7 @@ class Annotations:
         task = self.task(queue_id)
         row = self._item_row(queue_id, position)
         with self._lock:
-            state = _fold(sql.events(self.store, [queue_id]))
+            state = self._state(queue_id)
             self._append(state, queue_id, position, annotator, "skip")
             self._write_current(task, row, state)
 
@@ -505,9 +515,9 @@ class Annotations:
         theirs to label again); None when they have nothing to undo."""
         annotator = _annotator(annotator)
         queue = self._queue(queue_id)
-        task = self.get_task(queue.task, queue.task_version)
+        task = self.task(queue_id)
         with self._lock:
-            state = _fold(sql.events(self.store, [queue_id]))
+            state = self._state(queue_id)
             stack = state.stacks.get(annotator)
             if not stack:
                 return None
@@ -520,9 +530,9 @@ class Annotations:
     def labels(self, queue_id: str) -> list[StoredLabel]:
         """Every annotator's current label of every item of the queue."""
         queue = self._queue(queue_id)
-        rows = {r.position: r for r in sql.items(self.store, queue_id)}
-        state = _fold(sql.events(self.store, [queue_id]))
-        return _labels(queue, rows, state)
+        rows = {r.position: r for r in self._queue_items(queue_id)}
+        with self._lock:
+            return _labels(queue, rows, self._state(queue_id))
 
     def labels_for(self, run_id: str, entity_id: str) -> list[StoredLabel]:
         """Every current label of one entity (a trace id, or ``datapoint@step``), over all
@@ -534,8 +544,8 @@ class Annotations:
         labels: list[StoredLabel] = []
         for queue_id, rows in by_queue.items():
             queue = self._queue(queue_id)
-            state = _fold(sql.events(self.store, [queue_id]))
-            labels += _labels(queue, {r.position: r for r in rows}, state)
+            with self._lock:
+                labels += _labels(queue, {r.position: r for r in rows}, self._state(queue_id))
         return sorted(labels, key=lambda label: label.labelled_at)
 
     def annotator_labels(self, task: str, run_id: str) -> list[StoredLabel]:
@@ -550,6 +560,16 @@ class Annotations:
     # ---- internals -----------------------------------------------------------------------
 
     def _queue(self, queue_id: str) -> sql.QueueRow:
+        return self._stored_queue(queue_id)[0]
+
+    def _queue_items(self, queue_id: str) -> list[sql.ItemRow]:
+        return self._stored_queue(queue_id)[1]
+
+    def _stored_queue(self, queue_id: str) -> tuple[sql.QueueRow, list[sql.ItemRow]]:
+        key = (*_store_key(self.store), queue_id)
+        cached = _QUEUES.get(key)
+        if cached is not None:
+            return cached
         found = sql.queues(self.store, queue_id)
         if not found:
             known = [q.queue_id for q in sql.queues(self.store)]
@@ -557,13 +577,14 @@ class Annotations:
                 f"no annotation queue {queue_id!r}{closest(queue_id, known, 'queues')} "
                 f"(`manta annotate status` lists them)"
             )
-        return found[0]
+        stored = (found[0], sql.items(self.store, queue_id))  # the queue row follows its items
+        _QUEUES[key] = stored
+        return stored
 
     def _item_row(self, queue_id: str, position: int) -> sql.ItemRow:
-        rows = sql.items(self.store, queue_id)
-        for row in rows:
-            if row.position == position:
-                return row
+        rows = self._queue_items(queue_id)
+        if 0 <= position < len(rows) and rows[position].position == position:
+            return rows[position]
         raise AnnotationError(
             f"queue {queue_id!r} has no item at position {position} (positions 0 to "
             f"{len(rows) - 1})"
@@ -577,12 +598,13 @@ class Annotations:
         )  # fmt: skip
 
     def _progress(self, queue_id: str) -> QueueProgress:
-        rows = sql.items(self.store, queue_id)
-        state = _fold(sql.events(self.store, [queue_id]))
+        rows = self._queue_items(queue_id)
+        with self._lock:
+            marks = list(self._state(queue_id).marks.items())
         labelled: dict[int, set[str]] = {}
         skipped: set[int] = set()
         per_annotator: dict[str, int] = {}
-        for (position, who), mark in state.marks.items():
+        for (position, who), mark in marks:
             if mark.action == "label":
                 labelled.setdefault(position, set()).add(who)
                 per_annotator[who] = per_annotator.get(who, 0) + 1
@@ -597,6 +619,15 @@ class Annotations:
             overlap_total=len(overlap),
             double_labelled=sum(len(labelled.get(p, ())) >= 2 for p in overlap),
         )
+
+    def _state(self, queue_id: str) -> _State:
+        """The queue's state, up to date (caller holds the lock): the cached fold plus the
+        events appended since, by this process or another (one read of the tail)."""
+        key = (*_store_key(self.store), queue_id)
+        state = _STATES.setdefault(key, _State())
+        for event in sql.events(self.store, [queue_id], after=state.last_seq):
+            _apply(state, event)
+        return state
 
     def _append(
         self,
@@ -616,10 +647,7 @@ class Annotations:
             "" if values is None else json.dumps(values, sort_keys=True), at,
         )  # fmt: skip
         sql.append_events(self.store, [event])
-        state.events.append(event)
-        folded = _fold(state.events)
-        state.marks, state.stacks, state.revisions = folded.marks, folded.stacks, folded.revisions
-        state.last_seq, state.last_at = folded.last_seq, folded.last_at
+        _apply(state, event)
         return event
 
     def _write_current(

@@ -536,7 +536,7 @@ def _print_calibration(report: dict[str, Any]) -> None:
         console.print(slices)
         if column["disagreeing"]:
             shown = ", ".join(
-                f"{d['entity_id']} ({d['reference_value']} vs {d['judge_value']})"
+                f"{d['entity_id']} (A {d['judge_value']}, B {d['reference_value']})"
                 for d in column["disagreeing"][:10]
             )
             more = len(column["disagreeing"]) - 10

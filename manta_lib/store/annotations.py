@@ -175,14 +175,15 @@ def _item(row: tuple[Any, ...]) -> ItemRow:
                    str(d), str(t), int(c))  # fmt: skip
 
 
-def events(store: Store, queue_ids: Sequence[str]) -> list[EventRow]:
-    """The history of ``queue_ids``, in order (by queue, then ``seq``)."""
+def events(store: Store, queue_ids: Sequence[str], *, after: int = 0) -> list[EventRow]:
+    """The history of ``queue_ids`` (its events numbered above ``after``), in order (by queue,
+    then ``seq``)."""
     if not queue_ids:
         return []
     rows = store.rows(
         f"SELECT {_EVENT_COLUMNS} FROM {{db}}.annotation_events "
-        "WHERE queue_id IN {queues:Array(String)} ORDER BY queue_id, seq",
-        {"queues": list(queue_ids)},
+        "WHERE queue_id IN {queues:Array(String)} AND seq > {after:UInt64} ORDER BY queue_id, seq",
+        {"queues": list(queue_ids), "after": after},
     )
     return [
         EventRow(str(q), int(s), int(p), str(a), str(act), str(lb), _utc(at))
