@@ -71,5 +71,6 @@ def main() -> None:
         print(f"{name:<42} {seconds * 1000:8.1f} ms/label")
     print(f"b/a = {large_late / large_start:.2f}   a/c = {large_start / small_start:.2f}")
 
+
 if __name__ == "__main__":
     main()
