@@ -454,8 +454,8 @@ class Annotations:
             fresh = now - timedelta(seconds=LEASE_SECONDS)
 
             held: dict[int, int] = {}  # position -> annotators holding it (one pass)
-            for (pos, _), mark in state.marks.items():
-                if mark.action == "label" or (mark.action == "lease" and mark.at > fresh):
+            for (pos, _), holding in state.marks.items():
+                if holding.action == "label" or (holding.action == "lease" and holding.at > fresh):
                     held[pos] = held.get(pos, 0) + 1
 
             def holders(position: int) -> int:
