@@ -127,3 +127,20 @@ def test_unknown_task_and_queue_are_clear_errors(
     assert result.exit_code == 1 and "no label task 'nope'" in str(result.exception)
     result = manta.invoke(app, ["annotate", "status", "missing-queue"])
     assert "no annotation queue 'missing-queue'" in str(result.exception)
+
+
+def test_annotate_task_declares_a_task_the_store_rebuilds(manta: CliRunner, store: Store) -> None:
+    store.close()
+    out = _run(
+        manta, "annotate", "task", "groups_human", "--bool", "diverse", "--number", "quality",
+        "--note", "--level", "datapoint",
+    )  # fmt: skip
+    assert "groups_human version" in out
+    with MantaService() as svc:
+        task = Annotations(svc.store).get_task("groups_human")
+    assert task.level.value == "datapoint"
+    assert [(f.name, f.kind, f.required) for f in task.fields()] == [
+        ("diverse", "bool", False), ("quality", "number", False), ("note", "text", False),
+    ]  # fmt: skip
+    result = manta.invoke(app, ["annotate", "task", "empty"])
+    assert result.exit_code == 2  # no fields: a usage error

@@ -218,3 +218,16 @@ def test_a_datapoint_task_labels_groups_stored_at_the_datapoint_level(
         {"datapoint_id": item.datapoint_id, "step_number": item.step_number,
          "verdict": "degenerate", "diverse": False, "annotator": "ana"}
     ]  # fmt: skip
+
+
+def test_an_unfinished_lease_frees_the_item_after_the_lease_time(
+    ann: Annotations, task: AnnotationTask, demo_run: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = ann.create_queue(task, demo_run, sample=3, seed=4)
+    first = ann.next_item(queue.queue_id, "ana")
+    assert first is not None
+    other = ann.next_item(queue.queue_id, "bo")
+    assert other is not None and other.position != first.position  # held by ana
+    monkeypatch.setattr("manta_lib.annotations.queue.LEASE_SECONDS", 0)
+    late = ann.next_item(queue.queue_id, "cy")
+    assert late is not None and late.position == first.position  # ana's lease ran out
