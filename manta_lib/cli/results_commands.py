@@ -544,6 +544,8 @@ def _print_calibration(report: dict[str, Any]) -> None:
                 f"disagreeing: {escape(shown)}" + (f" … and {more} more" if more > 0 else ""),
                 highlight=False,
             )
+    for name, why in report["skipped"].items():
+        console.print(f"{escape(name)}: not calibrated, {why}", highlight=False)
     for agreement in report["inter_annotator"]:
         console.print(
             f"inter-annotator agreement on {agreement['column']} ({agreement['n']} items "

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+#: A column with more distinct values than this is free text, not a category: it gets no
+#: confusion matrix (its size is the square of the number of values).
+MAX_CATEGORIES = 200
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -127,6 +131,8 @@ class Calibration:
     only_reference: int
     columns: list[ColumnCalibration]
     inter_annotator: list[AnnotatorAgreement] = field(default_factory=list)
+    #: Columns left out, with why (more distinct values than :data:`MAX_CATEGORIES`).
+    skipped: dict[str, str] = field(default_factory=dict)
     resamples: int = 1000
     confidence: float = 0.95
 
@@ -206,6 +212,15 @@ def calibrate(
         len(frame_b) - len(joined), [], resamples=resamples, confidence=confidence,
     )  # fmt: skip
     for name_a, name_b in columns:
+        values = set(joined[f"{name_a}__judge"].dropna().map(_label)) | set(
+            joined[f"{name_b}__reference"].dropna().map(_label)
+        )
+        if len(values) > MAX_CATEGORIES:  # free text, not a category: no confusion matrix
+            report.skipped[name_a if name_a == name_b else f"{name_a} / {name_b}"] = (
+                f"{len(values)} distinct values (more than {MAX_CATEGORIES}: free text, not a "
+                f"category)"
+            )
+            continue
         report.columns.append(
             _column(joined, ids, name_a, name_b, _kind(frame_b[name_b]), resamples,
                     confidence, seed)
@@ -352,6 +367,8 @@ def annotator_agreement(
         if not rows:
             continue
         names = sorted({x for _, a, b in rows for x in (a, b)})
+        if len(names) > MAX_CATEGORIES:
+            continue
         index = {name: i for i, name in enumerate(names)}
         first = np.array([index[a] for _, a, _ in rows], dtype=np.int64)
         second = np.array([index[b] for _, _, b in rows], dtype=np.int64)

@@ -177,3 +177,24 @@ def test_manta_compare_against_human_labels(
     assert text.exit_code == 0, text.output
     assert "kappa" in text.output and "per step" in text.output
     assert "inter-annotator" in text.output
+
+
+def test_free_text_gets_no_confusion_matrix() -> None:
+    import pandas as pd
+
+    from manta_lib.results.calibration import MAX_CATEGORIES, calibrate
+
+    n = MAX_CATEGORIES + 50
+    base = {"run_id": "r", "trace_id": [f"t{i}" for i in range(n)], "status": "ok",
+            "step_number": [i % 3 for i in range(n)], "phase": "train"}  # fmt: skip
+    judged = pd.DataFrame({**base, "why": [f"reason {i}" for i in range(n)],
+                           "ok": [i % 2 == 0 for i in range(n)]})  # fmt: skip
+    labels = pd.DataFrame({**base, "why": [f"because {i}" for i in range(n)],
+                           "ok": [i % 4 == 0 for i in range(n)]})  # fmt: skip
+    report = calibrate(judged, labels, judge="a", reference="b", run_id="r", resamples=50)
+    assert [c.column for c in report.columns] == ["ok"]
+    assert "why" in report.skipped and "free text" in report.skipped["why"]
+    [ok] = report.columns
+    assert ok.accuracy.value == pytest.approx(
+        sum((i % 2 == 0) == (i % 4 == 0) for i in range(n)) / n
+    )
