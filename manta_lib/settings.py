@@ -67,6 +67,12 @@ class MantaSettings(BaseSettings):
     import_max_record_mb: float = Field(
         default=256.0, gt=0, allow_inf_nan=False, validation_alias="MANTA_IMPORT_MAX_RECORD_MB"
     )
+    explorer_token: SecretStr | None = Field(default=None, validation_alias="MANTA_EXPLORER_TOKEN")
+    """One token for every explorer user (each then gives a name to annotate)."""
+    explorer_tokens_file: Path | None = Field(
+        default=None, validation_alias="MANTA_EXPLORER_TOKENS_FILE"
+    )
+    """A JSON object mapping each token to the annotator name it stands for."""
 
     @field_validator("data_dir", "runs_log_dir_override")
     @classmethod
@@ -84,7 +90,13 @@ class MantaSettings(BaseSettings):
                 break
         return path
 
-    @field_validator("clickhouse_url", "kestrel_api_url", mode="before")
+    @field_validator(
+        "clickhouse_url",
+        "kestrel_api_url",
+        "explorer_token",
+        "explorer_tokens_file",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -207,6 +219,8 @@ _ENV_NAMES = {
     "import_max_record_mb": "MANTA_IMPORT_MAX_RECORD_MB",
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
+    "explorer_token": "MANTA_EXPLORER_TOKEN",
+    "explorer_tokens_file": "MANTA_EXPLORER_TOKENS_FILE",
 }
 
 

@@ -242,7 +242,13 @@ def traces_page(request: Request) -> Response:
 
 
 def trace_page(request: Request) -> Response:
-    trace_id = request.path_params["trace_id"]
+    return render(
+        request, "trace.html", trace_page_values(request, request.path_params["trace_id"])
+    )
+
+
+def trace_page_values(request: Request, trace_id: str) -> dict[str, Any]:
+    """What ``trace.html`` renders for ``trace_id`` (the trace page, or an item to label)."""
     with explorer(request).service() as svc:
         found = svc.get_traces(trace_ids=[trace_id], limit=1)
         if not found:
@@ -266,17 +272,14 @@ def trace_page(request: Request) -> Response:
             any(search.found(getattr(span, column)) for column in SEARCHED_COLUMNS)
             for span in context.spans()
         )
-    return render(
-        request,
-        "trace.html",
-        {
-            "view": view,
-            "t": context.trace,
-            "results": results,
-            "search": search,
-            "search_spans": search_spans,
-        },
-    )
+    return {
+        "view": view,
+        "t": context.trace,
+        "results": results,
+        "search": search,
+        "search_spans": search_spans,
+        "labels": [],
+    }
 
 
 _SPAN_TEXT_FIELDS = ("content", "tool_arguments", "tool_result")
