@@ -43,6 +43,11 @@ class ComputationAborted(MantaError):
     """A computation stopped early (``max_failures`` exceeded); finished work was kept."""
 
 
+class AnnotationError(MantaError):
+    """A label, a label task or an annotation queue is invalid or unknown (names the field, the
+    value and the fix); nothing was stored."""
+
+
 class LLMError(MantaError):
     """An LLM judge call failed for one input (refused request, invalid answer, prompt too long).
 

@@ -36,7 +36,7 @@ class Store(Protocol):
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: What a text search looks in (``manta_lib.store.text_search``): a span's content, tool
 #: arguments and tool result, lower-cased, joined by a NUL (which no search phrase contains,
@@ -225,6 +225,73 @@ CREATE TABLE IF NOT EXISTS {db}.judge_versions (
 ORDER BY (project_id, judge, version)
 """
 
+# Human annotation (manta_lib.annotations): label tasks, queues of sampled entities, and the
+# append-only log of every hand-out, label, skip and undo (the labels' history). The current
+# label of an entity is also written to entity_metadata (judge = the task), like any result.
+ANNOTATION_TASKS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.annotation_tasks (
+    task       String,
+    version    String,
+    level      LowCardinality(String),
+    spec       String,
+    created_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(created_at)
+ORDER BY (task, version)
+"""
+
+ANNOTATION_QUEUES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.annotation_queues (
+    queue_id     String,
+    project_id   LowCardinality(String),
+    task         String,
+    task_version String,
+    run_id       String,
+    level        LowCardinality(String),
+    sample       UInt32,
+    stratify     String,
+    condition    String,
+    seed         Int64,
+    overlap      Float64,
+    created_at   DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(created_at)
+ORDER BY queue_id
+"""
+
+ANNOTATION_ITEMS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.annotation_items (
+    queue_id     String,
+    position     UInt32,
+    entity_id    String,
+    run_id       String,
+    step_number  Nullable(Int64),
+    phase        LowCardinality(String),
+    datapoint_id String,
+    trace_id     String,
+    copies       UInt8
+) ENGINE = ReplacingMergeTree
+ORDER BY (queue_id, position)
+"""
+
+ANNOTATION_EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.annotation_events (
+    queue_id  String,
+    seq       UInt64,
+    position  UInt32,
+    annotator String,
+    action    LowCardinality(String),
+    label     String,
+    at        DateTime64(6, 'UTC')
+) ENGINE = MergeTree
+ORDER BY (queue_id, seq)
+"""
+
+ANNOTATION_DDL = (
+    ANNOTATION_TASKS_DDL,
+    ANNOTATION_QUEUES_DDL,
+    ANNOTATION_ITEMS_DDL,
+    ANNOTATION_EVENTS_DDL,
+)
+
 TABLES_DDL: dict[str, str] = {
     "judge_versions": JUDGE_VERSIONS_DDL,
     "traces": TRACES_DDL,
@@ -233,6 +300,10 @@ TABLES_DDL: dict[str, str] = {
     "judges": JUDGES_DDL,
     "llm_cache": LLM_CACHE_DDL,
     "otel_spans": OTEL_SPANS_DDL,
+    "annotation_tasks": ANNOTATION_TASKS_DDL,
+    "annotation_queues": ANNOTATION_QUEUES_DDL,
+    "annotation_items": ANNOTATION_ITEMS_DDL,
+    "annotation_events": ANNOTATION_EVENTS_DDL,
 }
 
 _METADATA_V2_COPY = """
@@ -418,6 +489,13 @@ def _migrate_to_7(store: Store) -> None:
     store.command(OTEL_SPANS_DDL)
 
 
+def _migrate_to_8(store: Store) -> None:
+    """Add human annotation: label tasks, queues, their items and the label history (the
+    tables themselves are created with the others; stored results are untouched)."""
+    for ddl in ANNOTATION_DDL:
+        store.command(ddl)
+
+
 #: version -> the function that brings a store from the previous version to version.
 MIGRATIONS: dict[int, Callable[[Store], None]] = {
     2: _migrate_to_2,
@@ -426,6 +504,7 @@ MIGRATIONS: dict[int, Callable[[Store], None]] = {
     5: _migrate_to_5,
     6: _migrate_to_6,
     7: _migrate_to_7,
+    8: _migrate_to_8,
 }
 
 
