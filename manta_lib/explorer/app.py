@@ -40,6 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
+from manta_lib.explorer.pages_annotate import annotate_routes
 from manta_lib.explorer.pages_compare import compare_page
 from manta_lib.explorer.pages_curves import curves_page
 from manta_lib.explorer.pages_group import group_page
@@ -172,8 +173,6 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if policy.annotate:
-        from manta_lib.explorer.pages_annotate import annotate_routes
-
         routes[:0] = annotate_routes()
     app = Starlette(
         routes=routes,

@@ -31,6 +31,7 @@ from manta_lib.explorer.write_guard import (
     ANNOTATOR_COOKIE,
     annotator,
     name_is_fixed,
+    read_form,
     safe_next,
     set_cookie,
     valid_annotator,
@@ -107,7 +108,7 @@ def item_page(request: Request) -> Response:
 
 async def set_name(request: Request) -> Response:
     """Remember the annotator's name (a cookie), then go back to ``next``."""
-    form = await request.form()
+    form = await read_form(request)
     target = safe_next(str(form.get("next", "")), "/annotate")
     if name_is_fixed(request):
         return RedirectResponse(target, 303)
@@ -139,7 +140,7 @@ async def save_label(request: Request) -> Response:
     who = _require_annotator(request, item_url(queue_id, position))
     if isinstance(who, Response):
         return who
-    form = await request.form()
+    form = await read_form(request)
     return await run_in_threadpool(_save, request, queue_id, position, who, form)
 
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from manta_lib.explorer.web import explorer, render
-from manta_lib.explorer.write_guard import TOKEN_COOKIE, safe_next, set_cookie
+from manta_lib.explorer.write_guard import TOKEN_COOKIE, read_form, safe_next, set_cookie
 
 
 async def login_page(request: Request) -> Response:
@@ -21,7 +21,7 @@ async def login_page(request: Request) -> Response:
         if not policy.needs_token:
             return RedirectResponse(target, 303)
         return render(request, "login.html", {"next": target, "error": None})
-    form = await request.form()
+    form = await read_form(request)
     target = safe_next(str(form.get("next", "")))
     known, _ = policy.token_name(str(form.get("token", "")).strip())
     if not known:

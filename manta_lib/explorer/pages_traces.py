@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from manta_lib.annotations import Annotations
 from manta_lib.errors import QueryError
 from manta_lib.explorer.links import trace_url
 from manta_lib.explorer.pages_live import live_context
@@ -263,6 +264,7 @@ def trace_page_values(request: Request, trace_id: str) -> dict[str, Any]:
             )
         context = svc.load_contexts(found)[0]
         results = trace_results(svc, context)
+        labels = Annotations(svc.store).labels_for(context.trace.run_id, trace_id)
     view = build_trace_view(context)
     phrase = text_param(request, "text")
     search = Highlighter(phrase) if phrase else None
@@ -278,7 +280,7 @@ def trace_page_values(request: Request, trace_id: str) -> dict[str, Any]:
         "results": results,
         "search": search,
         "search_spans": search_spans,
-        "labels": [],
+        "labels": labels,
     }
 
 

@@ -119,7 +119,9 @@ def test_a_write_without_the_csrf_token_is_refused(annotate_data: AnnotateData) 
         other = annotate_data.client()
         other_csrf = csrf_of(other.get("/annotate").text)
         answer = client.post(
-            f"{item}/label", data={"f.category": "looping", "csrf_token": other_csrf}, headers=ORIGIN
+            f"{item}/label",
+            data={"f.category": "looping", "csrf_token": other_csrf},
+            headers=ORIGIN,
         )
         assert answer.status_code == 403
     assert annotate_data.labels() == before
@@ -179,7 +181,9 @@ def test_a_token_guards_reads_and_writes(annotate_data: AnnotateData) -> None:
         assert client.get("/static/explorer.css").status_code == 200
         wrong = client.get("/traces", headers={"Authorization": "Bearer not-the-token"})
         assert wrong.status_code == 401
-        assert client.get("/traces", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert (
+            client.get("/traces", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        )
         login = client.get("/login?next=/annotate")
         csrf = csrf_of(login.text)
         path = f"/annotate/{annotate_data.queue_id}/items/0/label"
@@ -189,7 +193,9 @@ def test_a_token_guards_reads_and_writes(annotate_data: AnnotateData) -> None:
         wrong = client.post(path, data=form, headers={**ORIGIN, "Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         refused = client.post(
-            "/login", data={"token": "wrong", "next": "/annotate", "csrf_token": csrf}, headers=ORIGIN
+            "/login",
+            data={"token": "wrong", "next": "/annotate", "csrf_token": csrf},
+            headers=ORIGIN,
         )
         assert refused.status_code == 401 and "not valid" in refused.text
         assert client.get("/annotate", follow_redirects=False).status_code == 303
@@ -230,10 +236,12 @@ def test_a_tokens_file_names_the_annotator(annotate_data: AnnotateData, tmp_path
     with annotate_data.client(policy=policy) as client:
         page = client.get("/annotate", headers=auth)
         assert "ana_from_token" in page.text and 'action="/annotate/name"' not in page.text
-        csrf = csrf_of(page.text)
+        csrf = csrf_of(client.get(f"/annotate/{annotate_data.queue_id}", headers=auth).text)
         # a name given in a form does not override the token's
         client.post(
-            "/annotate/name", data={"name": "mallory", "csrf_token": csrf}, headers={**ORIGIN, **auth}
+            "/annotate/name",
+            data={"name": "mallory", "csrf_token": csrf},
+            headers={**ORIGIN, **auth},
         )
         taken = client.post(
             f"/annotate/{annotate_data.queue_id}/next",
