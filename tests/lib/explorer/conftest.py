@@ -9,13 +9,18 @@ queues, for the annotation pages (the explorer's only writes).
 from __future__ import annotations
 
 import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import uvicorn
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
@@ -120,6 +125,7 @@ class AnnotateData:
     settings: MantaSettings
     queue_id: str
     overlap_queue_id: str
+    group_queue_id: str
     task: AnnotationTask
 
     def labels(self, queue_id: str | None = None) -> list[StoredLabel]:
@@ -143,8 +149,8 @@ def csrf_of(html: str) -> str:
 def annotate_data(
     chdb_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AnnotateData]:
-    """A demo store (a few hundred traces) with a queue of 12 traces stratified by step, and a
-    queue of 10 with a 30% overlap share."""
+    """A demo store (a few hundred traces) with a queue of 12 traces stratified by step, a
+    queue of 10 with a 30% overlap share and a queue of 3 datapoint groups."""
     with pytest.MonkeyPatch.context() as patch:
         for name in (
             "CLICKHOUSE_URL",
@@ -168,4 +174,30 @@ def annotate_data(
             overlap = notes.create_queue(
                 task, ANNOTATE_RUN, sample=10, stratify="step", seed=8, overlap=0.3
             )
-        yield AnnotateData(settings, queue.queue_id, overlap.queue_id, task)
+            groups = AnnotationTask("group_human", Verdict, level=EntityLevel.DATAPOINT)
+            group_queue = notes.create_queue(groups, ANNOTATE_RUN, sample=3, seed=7)
+        yield AnnotateData(settings, queue.queue_id, overlap.queue_id, group_queue.queue_id, task)
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn in a thread of this process (the embedded store allows one
+    process per path), on a free loopback port: yields its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

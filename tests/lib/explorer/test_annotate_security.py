@@ -71,11 +71,8 @@ def test_a_valid_label_post_is_stored(annotate_data: AnnotateData) -> None:
 def test_the_read_only_explorer_answers_405_to_every_write(annotate_data: AnnotateData) -> None:
     before = annotate_data.labels()
     with annotate_data.client(annotate=False) as client:
-        csrf = csrf_of(
-            client.get("/annotate/whatever").text.replace(
-                "<main", '<input name="csrf_token" value="x"><main', 1
-            )
-        )
+        csrf = client.get("/").cookies.get("manta_csrf") or ""
+        assert len(csrf) >= 32  # the session has a CSRF cookie, but writes stay off
         for path in (
             f"/annotate/{annotate_data.queue_id}/next",
             f"/annotate/{annotate_data.queue_id}/items/0/label",
