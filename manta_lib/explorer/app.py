@@ -41,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
 from manta_lib.explorer.pages_annotate import annotate_routes
+from manta_lib.explorer.pages_calibration import calibration_page
 from manta_lib.explorer.pages_compare import compare_page
 from manta_lib.explorer.pages_curves import curves_page
 from manta_lib.explorer.pages_group import group_page
@@ -169,6 +170,7 @@ def create_app(
         Route("/live", live_page, name="live"),
         Route("/results/{judge}", results_page, name="results"),
         Route("/compare/{judge}", compare_page, name="compare"),
+        Route("/calibration", calibration_page, name="calibration"),
         Route("/login", login_page, methods=["GET", "POST"], name="login"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
