@@ -718,12 +718,43 @@ class MantaService:
         *,
         level: EntityLevel | str = "trace",
         columns: Sequence[tuple[str, str]] | None = None,
+        resamples: int = 1000,
+        seed: int = 0,
     ) -> Agreement:
-        """Agreement of two judges on one run (same figures as :meth:`compare_versions`)."""
+        """Agreement of two judges on one run (same figures as :meth:`compare_versions`),
+        with ``.calibration``: ``judge_a`` measured against ``judge_b`` as the reference
+        (e.g. an LLM judge against human labels) for the categorical and boolean columns:
+        confusion matrix, accuracy, Cohen's kappa, per-category precision and recall (TPR/TNR
+        for booleans), each with a bootstrap interval, overall, per step and per phase, the
+        disagreeing entities, and, when ``judge_b`` is a label task, the agreement of two
+        annotators on the items both labelled.
+
+        Example::
+
+            report = svc.compare_judges("failure_modes", "failure_modes_human", "run_a")
+            for column in report.calibration.columns:
+                print(column.column, column.kappa.value, column.kappa.low, column.kappa.high)
+        """
+        from manta_lib.annotations.queue import Annotations
+        from manta_lib.results.calibration import calibrate_judges
+
         with self._open() as store:
-            return compare.compare_judges(
+            result = compare.compare_judges(
                 store, judge_a, judge_b, run_id, level=str(level), columns=columns
             )
+            labels = Annotations(store).annotator_labels(judge_b, run_id)
+            result.calibration = calibrate_judges(
+                store,
+                judge_a,
+                judge_b,
+                run_id,
+                level=str(level),
+                columns=columns,
+                annotator_labels=[(x.entity_id, x.annotator, x.values) for x in labels],
+                resamples=resamples,
+                seed=seed,
+            )
+            return result
 
     def compare_with_grader(
         self, judge: str, run_id: str, column: str, *, version: str | None = None

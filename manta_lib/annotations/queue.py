@@ -355,11 +355,14 @@ class Annotations:
 
             for row in rows:
                 mark = state.marks.get((row.position, annotator))
-                if mark is not None and mark.action == "lease":
-                    if mark.at > fresh or len(holders(row.position)) < row.copies:
-                        if mark.at <= fresh:
-                            self._append(state, queue_id, row.position, annotator, "lease")
-                        return _item(row, queue.level)
+                if (
+                    mark is not None
+                    and mark.action == "lease"
+                    and (mark.at > fresh or len(holders(row.position)) < row.copies)
+                ):
+                    if mark.at <= fresh:  # expired but still free: renew it
+                        self._append(state, queue_id, row.position, annotator, "lease")
+                    return _item(row, queue.level)
             for row in rows:
                 if (row.position, annotator) in state.marks:
                     continue
@@ -438,13 +441,13 @@ class Annotations:
         return sorted(labels, key=lambda label: label.labelled_at)
 
     def annotator_labels(self, task: str, run_id: str) -> list[StoredLabel]:
-        """Every annotator's current label of ``task`` on ``run_id`` (all queues): what
-        inter-annotator agreement is computed on."""
+        """Every annotator's current label of ``task`` on ``run_id`` (all queues), in order
+        of labelling: what inter-annotator agreement is computed on."""
         labels: list[StoredLabel] = []
         for queue in sql.queues(self.store):
             if queue.task == task and queue.run_id == run_id:
                 labels += self.labels(queue.queue_id)
-        return labels
+        return sorted(labels, key=lambda label: label.labelled_at)
 
     # ---- internals -----------------------------------------------------------------------
 

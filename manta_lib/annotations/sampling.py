@@ -66,8 +66,10 @@ def stratified_sample(
     chosen: list[Candidate] = []
     for key, count in zip(keys, counts, strict=True):
         members = strata[key]
-        picks = rng.choice(len(members), size=count, replace=False) if count else []
-        chosen.extend(members[int(i)] for i in sorted(picks))
+        picks: list[int] = (
+            [int(i) for i in rng.choice(len(members), size=count, replace=False)] if count else []
+        )
+        chosen.extend(members[i] for i in sorted(picks))
     order = rng.permutation(len(chosen))
     shared = round(overlap * len(chosen))
     return [(chosen[int(i)], 2 if rank < shared else 1) for rank, i in enumerate(order)]

@@ -48,7 +48,7 @@ class LabelField:
 
 
 class AnnotationTask:
-    """A label task: ``AnnotationTask("failure_modes_human", FailureLabel, level=EntityLevel.TRACE)``.
+    """A label task, e.g. ``AnnotationTask("failure_modes_human", FailureLabel)``.
 
     Args:
         name: the task's name, also the judge its labels are stored under (``svc.results(name)``).
@@ -232,7 +232,7 @@ def model_from_fields(name: str, fields: list[LabelField]) -> type[BaseModel]:
     for f in fields:
         kind: Any
         if f.kind == "category":
-            kind = Literal[tuple(f.choices)]  # type: ignore[valid-type]
+            kind = Literal[tuple(f.choices)]
         elif f.kind == "bool":
             kind = bool
         elif f.kind == "number":
@@ -244,6 +244,4 @@ def model_from_fields(name: str, fields: list[LabelField]) -> type[BaseModel]:
         else:
             definitions[f.name] = (kind | None, Field(f.default, description=f.description or None))
     model_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        model_name or "Label", __config__=ConfigDict(extra="forbid"), **definitions
-    )
+    return create_model(model_name or "Label", __config__=ConfigDict(extra="forbid"), **definitions)

@@ -408,6 +408,7 @@ def _agreement_summary(result: Any) -> dict[str, Any]:
         "only_a": result.only_a,
         "only_b": result.only_b,
         "columns": [asdict(c) | {"disagreeing": list(c.disagreeing)} for c in result.columns],
+        **({"calibration": asdict(result.calibration)} if result.calibration is not None else {}),
     }
 
 
@@ -482,6 +483,74 @@ def _print_comparison(summary: dict[str, Any]) -> None:
             ", ".join(c["disagreeing"][:3]),
         )  # fmt: skip
     console.print(table)
+    if summary.get("calibration"):
+        _print_calibration(summary["calibration"])
+
+
+def _interval(estimate: dict[str, Any]) -> str:
+    if estimate["value"] is None:
+        return "-"
+    if estimate["low"] is None:
+        return f"{estimate['value']:.3f}"
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
+def _print_calibration(report: dict[str, Any]) -> None:
+    """The calibration of A against B as the reference (e.g. human labels)."""
+    from rich.table import Table
+
+    level = round(report["confidence"] * 100)
+    for column in report["columns"]:
+        console.print(
+            f"\n[bold]{escape(column['column'])}[/]: {report['judge']} against "
+            f"{report['reference']} on {column['n']} entities · accuracy "
+            f"{_interval(column['accuracy'])} · kappa {_interval(column['kappa'])} "
+            f"({level}% bootstrap intervals)",
+            highlight=False,
+        )
+        matrix = Table(title=f"confusion ({report['reference']} ↓ / {report['judge']} →)",
+                       box=None, padding=(0, 1))  # fmt: skip
+        matrix.add_column("")
+        for label in column["labels"]:
+            matrix.add_column(escape(label), justify="right")
+        matrix.add_column("recall", justify="right")
+        for label, row, score in zip(
+            column["labels"], column["confusion"], column["per_category"], strict=True
+        ):
+            matrix.add_row(escape(label), *map(str, row), _interval(score["recall"]))
+        matrix.add_row(
+            "precision", *(_interval(s["precision"]) for s in column["per_category"]), ""
+        )
+        console.print(matrix)
+        if column["tpr"] is not None:
+            console.print(f"TPR {_interval(column['tpr'])} · TNR {_interval(column['tnr'])}")
+        slices = Table(title="per step", box=None, padding=(0, 1))
+        for name in ("phase", "step", "n", "accuracy", "kappa", "disagree"):
+            slices.add_column(name, justify="left" if name == "phase" else "right")
+        for part in column["by_step"] + column["by_phase"]:
+            slices.add_row(
+                part["phase"], "all" if part["step_number"] is None else str(part["step_number"]),
+                str(part["n"]), _interval(part["accuracy"]), _interval(part["kappa"]),
+                str(part["disagreeing"]),
+            )  # fmt: skip
+        console.print(slices)
+        if column["disagreeing"]:
+            shown = ", ".join(
+                f"{d['entity_id']} ({d['reference_value']} vs {d['judge_value']})"
+                for d in column["disagreeing"][:10]
+            )
+            more = len(column["disagreeing"]) - 10
+            console.print(
+                f"disagreeing: {escape(shown)}" + (f" … and {more} more" if more > 0 else ""),
+                highlight=False,
+            )
+    for agreement in report["inter_annotator"]:
+        console.print(
+            f"inter-annotator agreement on {agreement['column']} ({agreement['n']} items "
+            f"labelled twice): accuracy {_interval(agreement['accuracy'])} · kappa "
+            f"{_interval(agreement['kappa'])}",
+            highlight=False,
+        )
 
 
 def plot_command(

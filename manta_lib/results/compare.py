@@ -33,6 +33,8 @@ from manta_lib.store.judge_versions import version_records
 if TYPE_CHECKING:
     import pandas as pd
 
+    from manta_lib.results.calibration import Calibration
+
 # Every level but the trace is matched per phase too: run A's eval step 4 against run B's.
 _KEYS_BY_LEVEL = {
     "trace": ("trace_id",),
@@ -139,6 +141,9 @@ class Agreement:
     only_b: int
     columns: list[ColumnAgreement]
     joined: pd.DataFrame
+    #: Two judges (``compare_judges``): the calibration report of a against b as reference
+    #: (``manta_lib.results.calibration.Calibration``); None for the other comparisons.
+    calibration: Calibration | None = None
 
 
 # ------------------------------------------------------------------------- statistics
