@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from manta_lib.annotations import Annotations
 from manta_lib.context import TraceContext
 from manta_lib.explorer import links
 from manta_lib.explorer.group_view import build_group_view, diff_rollouts
@@ -69,6 +70,7 @@ def group_page_values(
                     ],
                 )
         contexts = _group(svc, run_id, datapoint_id, step)
+        labels = Annotations(svc.store).labels_for(run_id, f"{datapoint_id}@{step}")
         other_contexts = (
             _group(svc, run_id, datapoint_id, other) if other is not None and other != step else []
         )
@@ -99,4 +101,5 @@ def group_page_values(
         "choices": [*view.rollouts, *(other_view.rollouts if other_view else [])],
         "a": a or (view.rollouts[0].trace_id if view.rollouts else ""),
         "b": b or (view.rollouts[1].trace_id if len(view.rollouts) > 1 else ""),
+        "labels": labels,
     }

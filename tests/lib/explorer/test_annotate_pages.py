@@ -172,6 +172,13 @@ def test_a_group_task_labels_on_the_group_page_until_the_queue_is_done(
             url = saved.headers["location"]
         assert url == f"/annotate/{queue_id}?done=1"
         assert "Nothing left for you" in client.get(url).text
+        with Store.open(annotate_data.settings, ensure_schema=False) as store:
+            item = Annotations(store).item(queue_id, 0)
+        group = client.get(
+            f"/group?run={item.run_id}&datapoint={item.datapoint_id}&step={item.step_number}"
+        ).text
+        shown = group.split('aria-label="labels"', 1)[1].split("</section>", 1)[0]
+        assert "grouper" in shown and "looping" in shown and 'id="label-form"' not in group
     labels = annotate_data.labels(queue_id)
     assert sorted(label.position for label in labels) == sorted(seen) == [0, 1, 2]
 
