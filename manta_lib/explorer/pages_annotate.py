@@ -43,7 +43,7 @@ FIELD_PREFIX = "f."
 
 
 @contextmanager
-def annotations(request: Request) -> Iterator[Annotations]:
+def open_annotations(request: Request) -> Iterator[Annotations]:
     """The annotation backend over the shared store, held for the block only."""
     with explorer(request).lease.acquire() as store:
         yield Annotations(store)
@@ -62,7 +62,7 @@ def item_url(queue_id: str, position: int) -> str:
 
 def queues_page(request: Request) -> Response:
     """Every queue with its progress, and the form that sets the annotator's name."""
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         queues = notes.queues()
     return render(
         request,
@@ -79,7 +79,7 @@ def queues_page(request: Request) -> Response:
 def queue_page(request: Request) -> Response:
     """One queue: its task, progress per annotator, and the button that starts labelling."""
     queue_id = request.path_params["queue_id"]
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         task = _task(notes, queue_id)
         summary = notes.queue(queue_id)
     return render(
@@ -145,7 +145,7 @@ async def save_label(request: Request) -> Response:
 
 
 def _save(request: Request, queue_id: str, position: int, who: str, form: FormData) -> Response:
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         task = _task(notes, queue_id)
         values = form_values(task, form)
         try:
@@ -170,7 +170,7 @@ async def skip_item(request: Request) -> Response:
 
 
 def _skip(request: Request, queue_id: str, position: int, who: str) -> Response:
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         _task(notes, queue_id)
         notes.skip(queue_id, position, who)
     return _go_next(request, queue_id, who)
@@ -186,7 +186,7 @@ async def undo(request: Request) -> Response:
 
 
 def _undo(request: Request, queue_id: str, who: str) -> Response:
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         _task(notes, queue_id)
         item = notes.undo(queue_id, who)
     if item is None:
@@ -243,7 +243,7 @@ def _require_annotator(request: Request, back: str) -> str | Response:
 
 
 def _go_next(request: Request, queue_id: str, who: str) -> Response:
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         _task(notes, queue_id)
         item = notes.next_item(queue_id, who)
     if item is None:
@@ -260,7 +260,7 @@ def _item_response(
     error: str | None,
     status: int = 200,
 ) -> Response:
-    with annotations(request) as notes:
+    with open_annotations(request) as notes:
         task = _task(notes, queue_id)
         try:
             item: QueueItem = notes.item(queue_id, position)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, quote, urlparse
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -147,7 +147,9 @@ def valid_annotator(name: str) -> bool:
 async def read_form(request: Request) -> FormData:
     """The posted form (URL-encoded: :class:`AccessGuard` lets no other write through)."""
     body = await request.body()
-    return FormData(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    fields: list[tuple[str, str | UploadFile]] = []
+    fields.extend(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    return FormData(fields)
 
 
 def csrf_token(request: Request) -> str:
