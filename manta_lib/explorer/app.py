@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
+from manta_lib.errors import AnnotationError, MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
 from manta_lib.explorer.pages_annotate import annotate_routes
 from manta_lib.explorer.pages_calibration import calibration_page
@@ -77,6 +77,8 @@ def _manta_error(request: Request, exc: Exception) -> Response:
         return response
     if isinstance(exc, QueryError):
         return _error_page(request, 400, "Invalid query", str(exc), [])
+    if isinstance(exc, AnnotationError):  # nothing was stored
+        return _error_page(request, 400, "Not stored", str(exc), [("/annotate", "queues")])
     log.warning("explorer request %s failed: %s", request.url.path, exc)
     return _error_page(request, 500, "Error", str(exc), [])
 

@@ -154,6 +154,18 @@ def test_skip_gives_another_item_and_undo_brings_it_back(annotate_data: Annotate
         assert not any(label.annotator == "skipper" for label in annotate_data.labels())
 
 
+def test_an_item_the_queue_does_not_have_is_an_error_page(annotate_data: AnnotateData) -> None:
+    before = annotate_data.labels()
+    with annotate_data.client() as client:
+        ana = Annotator(client, "lost", "http://127.0.0.1")
+        item = f"/annotate/{annotate_data.queue_id}/items/999"
+        assert client.get(item).status_code == 404
+        assert ana.post(f"{item}/label", {"f.category": "passed"}).status_code == 404
+        skipped = ana.post(f"{item}/skip")
+        assert skipped.status_code == 400 and "999" in skipped.text
+    assert annotate_data.labels() == before
+
+
 def test_a_group_task_labels_on_the_group_page_until_the_queue_is_done(
     annotate_data: AnnotateData,
 ) -> None:
