@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -254,12 +254,24 @@ class Annotations:
         where: str | None = None,
         seed: int = 0,
         overlap: float = 0.0,
+        traces: Mapping[str, Any] | None = None,
     ) -> QueueSummary:
         """Sample ``sample`` entities of ``run_id`` (those whose traces match the results
-        condition ``where``, e.g. ``"failure_modes.category != 'passed'"``), stratified by
+        condition ``where``, e.g. ``"failure_modes.category != 'passed'"``, and the trace
+        filters ``traces``, e.g. ``{"phase": "train", "max_score": 0.4}``), stratified by
         ``step`` or ``phase``, and store them as a queue. The same arguments over the same
         traces give the same queue (same id, same items in the same order): creating it again
         returns the stored one."""
+        filters = dict(traces or {})
+        reserved = {"run_id", "results", "shards", "shard_count", "unmapped"}
+        unknown = sorted(
+            (set(filters) - set(TraceFilter.__dataclass_fields__)) | (set(filters) & reserved)
+        )
+        if unknown:
+            raise AnnotationError(
+                f"unknown trace filter(s) {', '.join(unknown)} for a queue (e.g. phase, step, "
+                f"status, min_score, max_score, datapoint_id, model_name, meta)"
+            )
         if isinstance(task, str):
             task = self.get_task(task)
         self.register_task(task)
@@ -269,6 +281,12 @@ class Annotations:
             raise AnnotationError(f"run {run_id!r} has no traces in {self.store.describe()}")
         definition = json.dumps(
             [task.name, task.version, run_id, sample, strata, where or "", seed, overlap]
+            + ([filters] if filters else []),
+            sort_keys=True,
+            default=str,
+        )
+        condition = "; ".join(
+            [where] * bool(where) + [f"{k}={v!r}" for k, v in sorted(filters.items())]
         )
         queue_id = f"{task.name}-{hashlib.sha256(definition.encode()).hexdigest()[:8]}"
         with self._lock:
@@ -276,19 +294,16 @@ class Annotations:
             if existing:
                 log.info("queue %s exists already (same definition): reusing it", queue_id)
                 return self._summary(existing[0])
-            flt = TraceFilter(run_id=run_id)
-            if where:
-                flt = TraceFilter(
-                    run_id=run_id,
-                    results=compile_trace_condition(self.store, where, run_ids=(run_id,)),
-                )
+            results = (
+                compile_trace_condition(self.store, where, run_ids=(run_id,)) if where else None
+            )
+            flt = TraceFilter(run_id=run_id, results=results, **filters)
             rows = sql.candidates(self.store, flt, task.level)
             if not rows:
                 raise AnnotationError(
-                    f"no {task.level.value} of run {run_id!r} matches "
-                    f"{where!r}: nothing to label (check the condition with "
-                    f'`manta traces --run {run_id} --results "{where}"`)'
-                    if where
+                    f"no {task.level.value} of run {run_id!r} matches {condition!r}: nothing "
+                    f"to label"
+                    if condition
                     else f"run {run_id!r} has no traces to label"
                 )
             drawn = stratified_sample(
@@ -302,7 +317,7 @@ class Annotations:
             ]  # fmt: skip
             queue = sql.QueueRow(
                 queue_id, project, task.name, task.version, run_id, task.level.value,
-                sample, strata, where or "", seed, overlap, _now(),
+                sample, strata, condition, seed, overlap, _now(),
             )  # fmt: skip
             sql.save_queue(self.store, queue, items)
             if len(items) < sample:
@@ -310,6 +325,89 @@ class Annotations:
                     "queue %s: only %d %s(s) match, fewer than --sample %d: all are in the queue",
                     queue_id, len(items), task.level.value, sample,
                 )  # fmt: skip
+            return self._summary(queue)
+
+    def import_labels(
+        self,
+        task: AnnotationTask | str,
+        run_id: str,
+        labels: Sequence[tuple[str, str, dict[str, Any]]],
+        *,
+        source: str,
+    ) -> QueueSummary:
+        """Store labels made elsewhere: ``(entity_id, annotator, values)`` in the order they
+        were made (a trace id, or ``datapoint@step`` for a datapoint task). All are validated
+        first; one bad label stores nothing. They form a queue of their own (id derived from
+        ``source`` and the labels, so importing the same labels again changes nothing) and
+        are stored like labels given in a queue, history included."""
+        if isinstance(task, str):
+            task = self.get_task(task)
+        if not labels:
+            raise AnnotationError(f"{source}: no labels to import")
+        checked = []
+        for number, (entity, annotator, values) in enumerate(labels, start=1):
+            try:
+                name = _annotator(annotator)
+                model = task.validate(dict(values))
+            except AnnotationError as exc:
+                raise AnnotationError(f"{source}, label {number} ({entity}): {exc}") from None
+            checked.append((entity, name, model.model_dump(mode="json")))
+        self.register_task(task)
+        project = sql.run_project(self.store, run_id)
+        if project is None:
+            raise AnnotationError(f"{source}: run {run_id!r} has no traces in this store")
+        entities = list(dict.fromkeys(entity for entity, _, _ in checked))
+        wanted = set(entities)
+        if task.level == EntityLevel.TRACE:
+            flt = TraceFilter(run_id=run_id, trace_ids=entities)
+        else:
+            flt = TraceFilter(run_id=run_id, datapoint_id=sorted({e.split("@")[0] for e in wanted}))
+        found = {row[0]: Candidate(*row) for row in sql.candidates(self.store, flt, task.level)}
+        missing = [e for e in entities if e not in found]
+        if missing:
+            raise AnnotationError(
+                f"{source}: {len(missing)} {task.level.value}(s) are not in run {run_id!r}: "
+                f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}"
+            )
+        digest = hashlib.sha256(
+            json.dumps([task.version, run_id, checked], sort_keys=True).encode()
+        ).hexdigest()[:8]
+        queue_id = f"{task.name}-import-{digest}"
+        with self._lock:
+            existing = sql.queues(self.store, queue_id)
+            if existing:
+                log.info("%s: these labels were imported already (queue %s)", source, queue_id)
+                return self._summary(existing[0])
+            annotators: dict[str, set[str]] = {}
+            for entity, name, _ in checked:
+                annotators.setdefault(entity, set()).add(name)
+            items = [
+                sql.ItemRow(queue_id, position, e, run_id, found[e].step_number, found[e].phase,
+                            found[e].datapoint_id, found[e].trace_id, len(annotators[e]))
+                for position, e in enumerate(entities)
+            ]  # fmt: skip
+            queue = sql.QueueRow(
+                queue_id, project, task.name, task.version, run_id, task.level.value,
+                len(items), "none", f"imported from {source}", 0, 0.0, _now(),
+            )  # fmt: skip
+            sql.save_queue(self.store, queue, items)
+            positions = {e: i for i, e in enumerate(entities)}
+            start = _now()
+            events = [
+                sql.EventRow(
+                    queue_id,
+                    seq,
+                    positions[entity],
+                    name,
+                    "label",
+                    json.dumps(values, sort_keys=True),
+                    start + timedelta(microseconds=seq),
+                )  # fmt: skip
+                for seq, (entity, name, values) in enumerate(checked, start=1)
+            ]
+            sql.append_events(self.store, events)  # one insert, however many labels
+            state = _fold(events)
+            self._write_current(task, items, state)
             return self._summary(queue)
 
     def queues(self) -> list[QueueSummary]:
@@ -524,28 +622,43 @@ class Annotations:
         state.last_seq, state.last_at = folded.last_seq, folded.last_at
         return event
 
-    def _write_current(self, task: AnnotationTask, row: sql.ItemRow, state: _State) -> None:
-        """Write the item's current label (the latest of any annotator) to entity_metadata,
-        or remove the stored one when no label remains."""
-        marks = [
-            (mark, who)
-            for (position, who), mark in state.marks.items()
-            if position == row.position and mark.action == "label"
-        ]
-        queue = self._queue(row.queue_id)
-        if not marks:
-            sql.delete_label(
-                self.store, project_id=queue.project_id, run_id=row.run_id, judge=task.name,
-                version=task.version, level=task.level.value, entity_id=row.entity_id,
-            )  # fmt: skip
+    def _write_current(
+        self, task: AnnotationTask, rows: sql.ItemRow | Sequence[sql.ItemRow], state: _State
+    ) -> None:
+        """Write the items' current labels (each the latest of any annotator) to
+        entity_metadata in one insert; remove the stored label of an item with none left."""
+        items = [rows] if isinstance(rows, sql.ItemRow) else list(rows)
+        if not items:
             return
-        mark, who = max(marks, key=lambda pair: pair[0].seq)
-        model = self._stored_model(task)(**(mark.values or {}), **{ANNOTATOR_COLUMN: who})
+        queue = self._queue(items[0].queue_id)
+        latest: dict[int, tuple[_Mark, str]] = {}
+        for (position, who), mark in state.marks.items():
+            if mark.action == "label" and (
+                position not in latest or mark.seq > latest[position][0].seq
+            ):
+                latest[position] = (mark, who)
+        model = self._stored_model(task)
+        results = []
+        for row in items:
+            if row.position not in latest:
+                sql.delete_label(
+                    self.store, project_id=queue.project_id, run_id=row.run_id,
+                    judge=task.name, version=task.version, level=task.level.value,
+                    entity_id=row.entity_id,
+                )  # fmt: skip
+                continue
+            mark, who = latest[row.position]
+            output = model(**(mark.values or {}), **{ANNOTATOR_COLUMN: who})
+            results.append(
+                (row.entity_id, output, None, None, row.datapoint_id, row.step_number, row.phase)
+            )
+        if not results:
+            return
         writer = MetadataWriter(self.store, project_id=queue.project_id, judge=task.name)
         writer.add_results(
-            [(row.entity_id, model, None, None, row.datapoint_id, row.step_number, row.phase)],
+            results,
             level=task.level,
-            run_id=row.run_id,
+            run_id=queue.run_id,
             judge_version=task.version,
             computed_at=_now() if state.last_at is None else max(_now(), state.last_at),
         )

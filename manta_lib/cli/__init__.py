@@ -31,6 +31,7 @@ err_console = Console(stderr=True)
 def _register_commands() -> None:
     # Imported here so that each module can import `app` from this package.
     from manta_lib.cli import (
+        annotate_commands,
         data_commands,
         explore_commands,
         import_commands,
@@ -49,6 +50,7 @@ def _register_commands() -> None:
     trace_commands.register(app)
     llm_commands.register(app)
     search_commands.register(app)
+    annotate_commands.register(app)
     # Optional command groups (``manta dagster ...``) come from the ``manta.cli`` entry points
     # of installed packages, so the library never imports them itself.
     for entry_point in importlib.metadata.entry_points(group="manta.cli"):

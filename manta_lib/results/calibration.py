@@ -151,8 +151,32 @@ def calibrate_judges(
     every annotator's label, in labelling order, for inter-annotator agreement.
     """
     level = catalog.parse_level(level).value
-    frame_a = _ok(results_frame(store, judge, run_id, level=level))
-    frame_b = _ok(results_frame(store, reference, run_id, level=level))
+    return calibrate(
+        results_frame(store, judge, run_id, level=level),
+        results_frame(store, reference, run_id, level=level),
+        judge=judge, reference=reference, run_id=run_id, level=level, columns=columns,
+        annotator_labels=annotator_labels, resamples=resamples, confidence=confidence, seed=seed,
+    )  # fmt: skip
+
+
+def calibrate(
+    judged: pd.DataFrame,
+    reference_frame: pd.DataFrame,
+    *,
+    judge: str,
+    reference: str,
+    run_id: str,
+    level: str = "trace",
+    columns: Sequence[tuple[str, str]] | None = None,
+    annotator_labels: Sequence[tuple[str, str, dict[str, Any]]] = (),
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Calibration:
+    """:func:`calibrate_judges` over two results frames (``svc.results`` shape: ``run_id``,
+    the level's keys, ``status`` and the value columns), e.g. the outputs of a judge's trial
+    run on the labelled traces only, which stores nothing."""
+    frame_a, frame_b = _ok(judged), _ok(reference_frame)
     keys = ("run_id", *_keys(level, frame_a))
     if columns is None:
         columns = [
