@@ -286,7 +286,7 @@ class Annotations:
             default=str,
         )
         condition = "; ".join(
-            [where] * bool(where) + [f"{k}={v!r}" for k, v in sorted(filters.items())]
+            ([where] if where else []) + [f"{k}={v!r}" for k, v in sorted(filters.items())]
         )
         queue_id = f"{task.name}-{hashlib.sha256(definition.encode()).hexdigest()[:8]}"
         with self._lock:
