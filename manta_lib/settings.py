@@ -72,6 +72,12 @@ class MantaSettings(BaseSettings):
     collector_token: SecretStr | None = Field(
         default=None, validation_alias="MANTA_COLLECTOR_TOKEN"
     )
+    explorer_token: SecretStr | None = Field(default=None, validation_alias="MANTA_EXPLORER_TOKEN")
+    """One token for every explorer user (each then gives a name to annotate)."""
+    explorer_tokens_file: Path | None = Field(
+        default=None, validation_alias="MANTA_EXPLORER_TOKENS_FILE"
+    )
+    """A JSON object mapping each token to the annotator name it stands for."""
 
     @field_validator("data_dir", "runs_log_dir_override")
     @classmethod
@@ -89,7 +95,14 @@ class MantaSettings(BaseSettings):
                 break
         return path
 
-    @field_validator("clickhouse_url", "kestrel_api_url", "collector_url", mode="before")
+    @field_validator(
+        "clickhouse_url",
+        "kestrel_api_url",
+        "collector_url",
+        "explorer_token",
+        "explorer_tokens_file",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -227,6 +240,8 @@ _ENV_NAMES = {
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
     "MANTA_COLLECTOR_URL": "MANTA_COLLECTOR_URL",
     "collector_url": "MANTA_COLLECTOR_URL",
+    "explorer_token": "MANTA_EXPLORER_TOKEN",
+    "explorer_tokens_file": "MANTA_EXPLORER_TOKENS_FILE",
 }
 
 

@@ -1,4 +1,5 @@
-"""``manta explore``: serve the explorer web app (read-only) on 127.0.0.1:8050 by default."""
+"""``manta explore``: serve the explorer web app on 127.0.0.1:8050 by default (read-only;
+``--annotate`` turns on the annotation endpoints)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,17 @@ def explore_command(
         bool,
         typer.Option(
             "--allow-remote",
-            help="Allow a non-loopback --host. The explorer has no authentication: anyone who "
-            "can reach the address can read every trace.",
+            help="Allow a non-loopback --host. Without MANTA_EXPLORER_TOKEN or "
+            "MANTA_EXPLORER_TOKENS_FILE anyone who can reach the address can read every trace; "
+            "with --annotate a token is required.",
+        ),
+    ] = False,
+    annotate: Annotated[
+        bool,
+        typer.Option(
+            "--annotate",
+            help="Turn on the write side: annotation queues and label forms (the only writes; "
+            "each checked for its origin and CSRF token).",
         ),
     ] = False,
     dagster_url: Annotated[
@@ -41,37 +51,56 @@ def explore_command(
         ),
     ] = None,
 ) -> None:
-    """Browse runs, traces, curves and stored results in a web browser (read-only)."""
+    """Browse runs, traces, curves and stored results in a web browser (read-only unless
+    --annotate)."""
     try:
         import uvicorn
 
         from manta_lib.explorer import create_app
         from manta_lib.explorer.app import default_allowed_hosts
+        from manta_lib.explorer.write_guard import access_policy
     except ImportError as exc:
         raise ConfigError(
             f"the explorer needs the 'explorer' extra ({exc.name} is missing): "
             f"pip install 'manta[explorer]'"
         ) from None
+    settings = load_settings()
+    policy = access_policy(settings, annotate=annotate)
     if not is_loopback_host(host):
         if not allow_remote:
             raise ConfigError(
                 f"--host {host} is not a loopback address and the explorer has no "
-                f"authentication; add --allow-remote to bind it anyway, or use 127.0.0.1"
+                f"authentication unless MANTA_EXPLORER_TOKEN is set; add --allow-remote to bind "
+                f"it anyway, or use 127.0.0.1"
             )
-        console.print(
-            f"[bold yellow]warning:[/] binding {host}:{port} with NO authentication: anyone "
-            f"who can reach this address can read every trace in the store.",
-            highlight=False,
-        )
-    settings = load_settings()
+        if annotate and not policy.needs_token:
+            raise ConfigError(
+                f"--annotate with --allow-remote needs a token, or anyone who can reach "
+                f"{host} could label: set MANTA_EXPLORER_TOKEN (one token, each annotator "
+                f"gives a name) or MANTA_EXPLORER_TOKENS_FILE (a JSON object token -> name)"
+            )
+        if not policy.needs_token:
+            console.print(
+                f"[bold yellow]warning:[/] binding {host}:{port} with NO authentication: anyone "
+                f"who can reach this address can read every trace in the store (set "
+                f"MANTA_EXPLORER_TOKEN to require a token).",
+                highlight=False,
+            )
     hosts = default_allowed_hosts()
     if host in ("0.0.0.0", "::", ""):  # every interface: the machine's own names
         hosts += [socket.gethostname(), socket.getfqdn()]
     else:
         hosts.append(host)
-    app = create_app(settings, dagster_url=dagster_url, allowed_hosts=hosts)
+    app = create_app(settings, dagster_url=dagster_url, allowed_hosts=hosts, policy=policy)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"Manta explorer on http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
+    notes = [
+        "annotation on" if annotate else "read-only",
+        "token required" if policy.needs_token else "no token",
+    ]
+    console.print(
+        f"Manta explorer on http://{shown}:{port}/ ({', '.join(notes)}; Ctrl-C to stop)",
+        highlight=False,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

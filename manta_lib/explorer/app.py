@@ -1,6 +1,9 @@
 """The explorer web app: Starlette routes, Jinja templates, static files served by the app.
 
-Read-only: every route is a GET (a POST, PUT or DELETE gets 405 before any handler runs).
+Read-only unless created with ``annotate=True`` (``manta explore --annotate``): then the
+annotation endpoints accept form posts, each checked for its Origin and CSRF token; any other
+write gets 405 before a handler runs. Once a token is configured every request needs it
+(:mod:`manta_lib.explorer.write_guard`).
 Only the host names it serves are answered (loopback names, ``MANTA_EXPLORER_HOSTS``, the host
 of ``MANTA_EXPLORER_URL``; ``manta explore --allow-remote`` adds its address): any other
 ``Host`` header gets 400, so a page of another site that rebinds its DNS name to 127.0.0.1
@@ -23,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,70 +37,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from manta_lib.errors import MantaError, QueryError, StoreUnavailableError
+from manta_lib.errors import AnnotationError, MantaError, QueryError, StoreUnavailableError
 from manta_lib.explorer import links
+from manta_lib.explorer.pages_annotate import annotate_routes
+from manta_lib.explorer.pages_calibration import calibration_page
 from manta_lib.explorer.pages_compare import compare_page
 from manta_lib.explorer.pages_curves import curves_page
 from manta_lib.explorer.pages_group import group_page
 from manta_lib.explorer.pages_live import live_page
+from manta_lib.explorer.pages_login import login_page
 from manta_lib.explorer.pages_results import results_page
 from manta_lib.explorer.pages_runs import run_page, runs_page
 from manta_lib.explorer.pages_traces import span_text, trace_page, traces_page
 from manta_lib.explorer.store_lease import StoreLease
 from manta_lib.explorer.web import Explorer, PageError, render, template_environment
+from manta_lib.explorer.write_guard import AccessGuard, AccessPolicy, access_policy
 from manta_lib.settings import MantaSettings, load_settings
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-_READ_METHODS = {"GET", "HEAD"}
 STORE_RETRY_S = 5
 """How soon a 503 page (another process holds the embedded store) reloads itself."""
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
-_SECURITY_HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
-    ),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-]
-
-
-class ReadOnlyHeaders:
-    """Refuse every method but GET/HEAD; add the security headers and a ``Server-Timing``
-    header (milliseconds spent in the app until the response started) to each response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] not in _READ_METHODS:
-            response = Response(
-                "The explorer is read-only: only GET and HEAD are served.\n",
-                status_code=405,
-                headers={"Allow": "GET, HEAD"},
-                media_type="text/plain",
-            )
-            await response(scope, receive, send)
-            return
-
-        started = time.perf_counter()
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                timing = (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode())
-                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS, timing]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def _page_error(request: Request, exc: Exception) -> Response:
@@ -115,6 +77,8 @@ def _manta_error(request: Request, exc: Exception) -> Response:
         return response
     if isinstance(exc, QueryError):
         return _error_page(request, 400, "Invalid query", str(exc), [])
+    if isinstance(exc, AnnotationError):  # nothing was stored
+        return _error_page(request, 400, "Not stored", str(exc), [("/annotate", "queues")])
     log.warning("explorer request %s failed: %s", request.url.path, exc)
     return _error_page(request, 500, "Error", str(exc), [])
 
@@ -170,6 +134,8 @@ def create_app(
     dagster_url: str | None = None,
     keep_store_open: bool | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    annotate: bool = False,
+    policy: AccessPolicy | None = None,
 ) -> Starlette:
     """The explorer app over the store ``settings`` name (default: the environment).
 
@@ -179,8 +145,12 @@ def create_app(
     ClickHouse server, where no lock is involved). ``dagster_url`` defaults to
     ``MANTA_DAGSTER_URL`` (or ``http://127.0.0.1:3000``). ``allowed_hosts``: the ``Host``
     names answered (default :func:`default_allowed_hosts`); any other gets 400.
+    ``annotate`` turns on the annotation endpoints (the only writes); ``policy`` replaces the
+    access policy built from ``settings`` (its tokens) and ``annotate``.
     """
-    lease = StoreLease(settings or load_settings(), keep_open=keep_store_open)
+    settings = settings or load_settings()
+    policy = policy or access_policy(settings, annotate=annotate)
+    lease = StoreLease(settings, keep_open=keep_store_open)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -188,7 +158,9 @@ def create_app(
         lease.close()
 
     dagster = (dagster_url or links.dagster_base_url()).rstrip("/")
-    state = Explorer(lease=lease, templates=template_environment(dagster), dagster_url=dagster)
+    state = Explorer(
+        lease=lease, templates=template_environment(dagster), dagster_url=dagster, policy=policy
+    )
     routes = [
         Route("/", runs_page, name="runs"),
         Route("/runs/{run_id:path}", run_page, name="run"),
@@ -200,8 +172,12 @@ def create_app(
         Route("/live", live_page, name="live"),
         Route("/results/{judge}", results_page, name="results"),
         Route("/compare/{judge}", compare_page, name="compare"),
+        Route("/calibration", calibration_page, name="calibration"),
+        Route("/login", login_page, methods=["GET", "POST"], name="login"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    if policy.annotate:
+        routes[:0] = annotate_routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -211,7 +187,7 @@ def create_app(
                 allowed_hosts=list(allowed_hosts or default_allowed_hosts()),
                 www_redirect=False,
             ),
-            Middleware(ReadOnlyHeaders),
+            Middleware(AccessGuard, policy=policy),
         ],
         exception_handlers={
             PageError: _page_error,

@@ -7,9 +7,12 @@ their spans (and the same two again for a second step).
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
+from manta_lib.annotations import Annotations
 from manta_lib.context import TraceContext
 from manta_lib.explorer import links
 from manta_lib.explorer.group_view import build_group_view, diff_rollouts
@@ -33,7 +36,15 @@ def group_page(request: Request) -> Response:
             "(and &step=N; the datapoint's last step otherwise).",
             [("/", "runs")],
         )
-    step = int_param(request, "step")
+    values = group_page_values(request, run_id, datapoint_id, int_param(request, "step"))
+    return render(request, "group.html", values)
+
+
+def group_page_values(
+    request: Request, run_id: str, datapoint_id: str, step: int | None
+) -> dict[str, Any]:
+    """What ``group.html`` renders for one datapoint's group (the group page, or an item to
+    label); ``step`` None: the datapoint's last step."""
     other = int_param(request, "vs")
     with explorer(request).service() as svc:
         svc.require_run(run_id)
@@ -59,6 +70,7 @@ def group_page(request: Request) -> Response:
                     ],
                 )
         contexts = _group(svc, run_id, datapoint_id, step)
+        labels = Annotations(svc.store).labels_for(run_id, f"{datapoint_id}@{step}")
         other_contexts = (
             _group(svc, run_id, datapoint_id, other) if other is not None and other != step else []
         )
@@ -81,16 +93,13 @@ def group_page(request: Request) -> Response:
                     [(links.group_url(run_id, datapoint_id, step, base=""), "the group")],
                 )
         diff = diff_rollouts(by_id[a], by_id[b])
-    return render(
-        request,
-        "group.html",
-        {
-            "view": view,
-            "other": other_view,
-            "steps": steps,
-            "diff": diff,
-            "choices": [*view.rollouts, *(other_view.rollouts if other_view else [])],
-            "a": a or (view.rollouts[0].trace_id if view.rollouts else ""),
-            "b": b or (view.rollouts[1].trace_id if len(view.rollouts) > 1 else ""),
-        },
-    )
+    return {
+        "view": view,
+        "other": other_view,
+        "steps": steps,
+        "diff": diff,
+        "choices": [*view.rollouts, *(other_view.rollouts if other_view else [])],
+        "a": a or (view.rollouts[0].trace_id if view.rollouts else ""),
+        "b": b or (view.rollouts[1].trace_id if len(view.rollouts) > 1 else ""),
+        "labels": labels,
+    }

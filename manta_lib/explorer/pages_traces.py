@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from manta_lib.annotations import Annotations
 from manta_lib.errors import QueryError
 from manta_lib.explorer.links import trace_url
 from manta_lib.explorer.pages_live import live_context
@@ -242,7 +243,13 @@ def traces_page(request: Request) -> Response:
 
 
 def trace_page(request: Request) -> Response:
-    trace_id = request.path_params["trace_id"]
+    return render(
+        request, "trace.html", trace_page_values(request, request.path_params["trace_id"])
+    )
+
+
+def trace_page_values(request: Request, trace_id: str) -> dict[str, Any]:
+    """What ``trace.html`` renders for ``trace_id`` (the trace page, or an item to label)."""
     with explorer(request).service() as svc:
         found = svc.get_traces(trace_ids=[trace_id], limit=1)
         if not found:
@@ -257,6 +264,7 @@ def trace_page(request: Request) -> Response:
             )
         context = svc.load_contexts(found)[0]
         results = trace_results(svc, context)
+        labels = Annotations(svc.store).labels_for(context.trace.run_id, trace_id)
     view = build_trace_view(context)
     phrase = text_param(request, "text")
     search = Highlighter(phrase) if phrase else None
@@ -266,17 +274,14 @@ def trace_page(request: Request) -> Response:
             any(search.found(getattr(span, column)) for column in SEARCHED_COLUMNS)
             for span in context.spans()
         )
-    return render(
-        request,
-        "trace.html",
-        {
-            "view": view,
-            "t": context.trace,
-            "results": results,
-            "search": search,
-            "search_spans": search_spans,
-        },
-    )
+    return {
+        "view": view,
+        "t": context.trace,
+        "results": results,
+        "search": search,
+        "search_spans": search_spans,
+        "labels": labels,
+    }
 
 
 _SPAN_TEXT_FIELDS = ("content", "tool_arguments", "tool_result")

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse
 from manta_lib.explorer import links
 from manta_lib.explorer.charts import format_number
 from manta_lib.explorer.store_lease import StoreLease
+from manta_lib.explorer.write_guard import AccessPolicy, annotator, csrf_token
 from manta_lib.service import MantaService
 from manta_lib.store.explorer_queries import table_fingerprint
 
@@ -105,6 +106,7 @@ class Explorer:
     cache: AggregateCache = field(default_factory=AggregateCache)
     # Results tables and comparisons can hold a row per trace: keep only a few of them.
     large_cache: AggregateCache = field(default_factory=lambda: AggregateCache(max_entries=8))
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
 
     @contextmanager
     def service(self) -> Iterator[MantaService]:
@@ -177,6 +179,9 @@ def render(
         "request": request,
         "dagster_url": state.dagster_url,
         "query": request.query_params,
+        "csrf_token": csrf_token(request),
+        "annotating": state.policy.annotate,
+        "annotator": annotator(request) if state.policy.annotate else None,
         **context,
     }
     fragment = (

@@ -2,22 +2,33 @@
 
 Seeding is the slow part, so the database is built once per module (its own
 ``MANTA_DATABASE`` on the process's shared chDB path) and every test reads it through the
-app's test client; the explorer never writes.
+app's test client; the explorer never writes. ``annotate_data`` is a smaller store with label
+queues, for the annotation pages (the explorer's only writes).
 """
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
+import uvicorn
+from pydantic import BaseModel
 from starlette.testclient import TestClient
 
 from examples.tool_errors import pipeline as tool_errors
+from manta_lib.annotations import Annotations, AnnotationTask, StoredLabel
 from manta_lib.demo import seed_demo
 from manta_lib.explorer import create_app
+from manta_lib.models import EntityLevel
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
@@ -94,3 +105,99 @@ def explorer_data(
         app = create_app(settings, dagster_url="http://dagster.test:3000")
         with TestClient(app, base_url="http://127.0.0.1") as client:
             yield ExplorerData(client, settings, runs, "t_evil", error_trace)
+
+
+# ---- annotation: a small demo store with one label queue -----------------------------------
+
+ANNOTATE_RUN = "run_grpo_math_v1"
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class Verdict(BaseModel):
+    """The label task of the annotation tests: a category and a free-text note."""
+
+    category: Literal["passed", "looping", "wrong_answer", "tool_misuse"]
+    note: str = ""
+
+
+@dataclass
+class AnnotateData:
+    settings: MantaSettings
+    queue_id: str
+    overlap_queue_id: str
+    group_queue_id: str
+    task: AnnotationTask
+
+    def labels(self, queue_id: str | None = None) -> list[StoredLabel]:
+        with Store.open(self.settings, ensure_schema=False) as store:
+            return Annotations(store).labels(queue_id or self.queue_id)
+
+    def client(self, **app_options: Any) -> TestClient:
+        """A test client of an explorer over this store (annotation on unless told)."""
+        app_options.setdefault("annotate", True)
+        return TestClient(create_app(self.settings, **app_options), base_url="http://127.0.0.1")
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    found = CSRF_INPUT.search(html)
+    assert found is not None, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def annotate_data(
+    chdb_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AnnotateData]:
+    """A demo store (a few hundred traces) with a queue of 12 traces stratified by step, a
+    queue of 10 with a 30% overlap share and a queue of 3 datapoint groups."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (
+            "CLICKHOUSE_URL",
+            "MANTA_DATABASE",
+            "MANTA_EXPLORER_TOKEN",
+            "MANTA_EXPLORER_TOKENS_FILE",
+            "MANTA_EXPLORER_URL",
+        ):
+            patch.delenv(name, raising=False)
+        tmp = tmp_path_factory.mktemp("annotate")
+        patch.setenv("CLICKHOUSE_URL", f"chdb://{chdb_path}")
+        patch.setenv("MANTA_DATABASE", f"t_{uuid.uuid4().hex[:12]}")
+        patch.setenv("MANTA_DATA_DIR", str(tmp / "data"))
+        patch.setenv("MANTA_RUNS_LOG_DIR", str(tmp / "runs_log"))
+        settings = load_settings()
+        task = AnnotationTask("failure_human", Verdict, level=EntityLevel.TRACE)
+        with Store.open(settings) as store:
+            seed_demo(store, traces=300)
+            notes = Annotations(store)
+            queue = notes.create_queue(task, ANNOTATE_RUN, sample=12, stratify="step", seed=7)
+            overlap = notes.create_queue(
+                task, ANNOTATE_RUN, sample=10, stratify="step", seed=8, overlap=0.3
+            )
+            groups = AnnotationTask("group_human", Verdict, level=EntityLevel.DATAPOINT)
+            group_queue = notes.create_queue(groups, ANNOTATE_RUN, sample=3, seed=7)
+        yield AnnotateData(settings, queue.queue_id, overlap.queue_id, group_queue.queue_id, task)
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn in a thread of this process (the embedded store allows one
+    process per path), on a free loopback port: yields its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
