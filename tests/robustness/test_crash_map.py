@@ -29,6 +29,7 @@ from manta_lib.pipeline import MapReduceComputation
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
+from manta_lib.store.metadata import StoredEntity, load_entities
 from tests.lib.builders import load_traces, trace_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,22 +106,19 @@ def _done(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _statuses() -> dict[str, tuple[str, str]]:
-    """``{trace id: (status, error)}`` stored for the crashing pipeline; opening the store
-    without waiting also proves that no process holds it."""
+def _stored(level: EntityLevel = EntityLevel.TRACE) -> dict[str, StoredEntity]:
+    """The crashing pipeline's stored entities of ``level``; opening the store without
+    waiting also proves that no process holds it."""
     with Store.open(load_settings(MANTA_LOCK_TIMEOUT_S=0)) as store:
-        rows = store.rows(
-            "SELECT entity_id, column, value FROM {db}.entity_metadata FINAL "
-            "WHERE entity_level = 'trace' AND judge = {j:String} "
-            "AND column IN ('__status__', '__error__')",
-            {"j": crashing.judge},
+        entities = load_entities(
+            store,
+            project_id=crashing.project_id,
+            run_id=RUN,
+            judge=crashing.judge,
+            level=level,
+            judge_version=None,
         )
-    found: dict[str, dict[str, str]] = {}
-    for entity_id, column, value in rows:
-        found.setdefault(entity_id, {})[column] = value
-    return {
-        tid: (cols.get("__status__", ""), cols.get("__error__", "")) for tid, cols in found.items()
-    }
+    return {e.entity_id: e for e in entities}
 
 
 @pytest.mark.slow
@@ -131,10 +129,10 @@ def test_a_segfault_ends_the_run_names_the_trace_keeps_finished_work(crash_run: 
     assert f"on trace {CRASH_ON!r}" in first.stderr and "SIGSEGV" in first.stderr
     finished = _done(crash_run)
     assert len(finished) == int(CRASH_ON[1:]), "the traces before the crashing one finished"
-    stored = _statuses()  # the store is free at once
+    stored = _stored()  # the store is free at once
     # Nothing was flushed by the timer (60 s): the crash handler wrote every finished trace.
     assert set(stored) == set(finished)
-    assert all(status == "ok" for status, _ in stored.values())
+    assert all(e.ok for e in stored.values())
 
     # The next run maps the crashing trace alone, first: it crashes again before any other.
     crash_run.unlink()
@@ -146,11 +144,11 @@ def test_a_segfault_ends_the_run_names_the_trace_keeps_finished_work(crash_run: 
     # Twice is enough: the third run records the trace's error and completes the rest.
     third = _child(crash_run, "segv", workers=4)
     assert third.returncode == 0, third.stderr[-2000:]
-    stored = _statuses()
+    stored = _stored()
     assert len(stored) == TRACES
-    status, error = stored[CRASH_ON]
-    assert status == "error" and "ProcessCrash" in error and "SIGSEGV" in error
-    assert all(s == "ok" for tid, (s, _) in stored.items() if tid != CRASH_ON)
+    error = stored[CRASH_ON].error or ""
+    assert "ProcessCrash" in error and "died 2 times" in error and "SIGSEGV" in error
+    assert [tid for tid, e in stored.items() if not e.ok] == [CRASH_ON]
     assert not set(_done(crash_run)) & set(finished), "a stored trace was mapped again"
 
 
@@ -166,18 +164,13 @@ def test_os_exit_twice_in_one_trace_is_recorded_as_its_error(crash_run: Path) ->
 
     third = _child(crash_run, "exit", workers=4, flush_s=0.2)
     assert third.returncode == 0, third.stderr[-2000:]
-    stored = _statuses()
+    stored = _stored()
     assert len(stored) == TRACES
-    failed = {tid: error for tid, (status, error) in stored.items() if status != "ok"}
+    failed = {tid: e.error or "" for tid, e in stored.items() if not e.ok}
     assert list(failed) == [CRASH_ON]
     assert "died 2 times" in failed[CRASH_ON] and "os._exit" in failed[CRASH_ON]
-    with Store.open(load_settings()) as store:
-        (run_failed,) = store.rows(
-            "SELECT value FROM {db}.entity_metadata FINAL WHERE entity_level = 'run' "
-            "AND judge = {j:String} AND column = 'failed'",
-            {"j": crashing.judge},
-        )[0]
-    assert run_failed == "1"
+    (run,) = _stored(EntityLevel.RUN).values()
+    assert run.values["failed"] == 1 and run.values["traces"] == TRACES
 
 
 def test_timed_out_calls_left_running_are_bounded() -> None:
