@@ -99,8 +99,8 @@ class Suspect:
         return (
             f"ProcessCrash: the process died {self.deaths} times while this trace was being "
             f"mapped (last: {self.cause}); it is recorded as this trace's error so the rest of "
-            f"the run completes. Fix the map function, then run with retry_errors=True to map "
-            f"it again"
+            f"the run completes. retry_errors=True maps it again (a changed map function is a "
+            f"new judge version, which maps every trace)"
         )
 
 

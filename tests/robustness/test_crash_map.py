@@ -65,6 +65,8 @@ def map_trace(trace: TraceContext) -> Out:
 
 
 def reduce_run(entity: EntityRef, children: list[Out]) -> RunOut:
+    if os.environ.get("MANTA_TEST_CRASH_HOW") == "segv-reduce":
+        ctypes.string_at(0)
     return RunOut(traces=len(children) + entity.failed_children, failed=entity.failed_children)
 
 
@@ -96,6 +98,8 @@ def _child(
     }
     if how:
         env.update(MANTA_TEST_CRASH_ON=CRASH_ON, MANTA_TEST_CRASH_HOW=how)
+    else:
+        env.pop("MANTA_TEST_CRASH_HOW", None)
     command = [sys.executable, "-m", "tests.robustness.test_crash_map", RUN, str(workers)]
     return subprocess.run(
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=ENDS_WITHIN_S
@@ -171,6 +175,22 @@ def test_os_exit_twice_in_one_trace_is_recorded_as_its_error(crash_run: Path) ->
     assert "died 2 times" in failed[CRASH_ON] and "os._exit" in failed[CRASH_ON]
     (run,) = _stored(EntityLevel.RUN).values()
     assert run.values["failed"] == 1 and run.values["traces"] == TRACES
+
+
+@pytest.mark.slow
+def test_a_segfault_in_a_reduce_ends_the_run_and_names_the_entity(crash_run: Path) -> None:
+    crashed = _child(crash_run, "segv-reduce", workers=2)
+    assert crashed.returncode == -11, crashed.stderr[-2000:]
+    assert "the run reduce of judge 'test_crashing_map'" in crashed.stderr
+    assert "on run 'train/run_crash'" in crashed.stderr
+    stored = _stored()  # the store is free at once, and the map's traces were all written
+    assert len(stored) == TRACES and all(e.ok for e in stored.values())
+
+    fixed = _child(crash_run, None, workers=2)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert sorted(_done(crash_run)) == sorted(stored), "the traces were mapped once"
+    (run,) = _stored(EntityLevel.RUN).values()
+    assert run.values == {"traces": TRACES, "failed": 0}
 
 
 def test_timed_out_calls_left_running_are_bounded() -> None:
