@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +36,10 @@ def trivial(item: Item) -> int:
     return len(item.trace_id)
 
 
-def per_call_ns(fn: object, items: list[Item]) -> float:
-    call = fn  # type: ignore[assignment]
+def per_call_ns(fn: Callable[[Item], object], items: list[Item]) -> float:
     started = time.perf_counter()
     for item in items:
-        call(item)  # type: ignore[operator]
+        fn(item)
     return (time.perf_counter() - started) / len(items) * 1e9
 
 
@@ -53,7 +53,7 @@ def main() -> None:
         key = JournalKey("bench", "prj", "judge", "v1", "run", None, 64)
         journal = CrashJournal.open(settings, key, capacity=16)
         assert journal is not None
-        variants = {
+        variants: dict[str, Callable[[Item], object]] = {
             "direct call": trivial,
             "watched, no journal": Watched(trivial, None, "bench"),
             "watched + journal": Watched(trivial, journal, "bench"),
