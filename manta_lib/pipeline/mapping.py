@@ -10,6 +10,7 @@ keeps the progress bar and the ``max_failures`` budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -23,6 +24,8 @@ from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import ComputationAborted
 from manta_lib.llm.scope import is_budget_refusal
 from manta_lib.models import EntityLevel
+from manta_lib.pipeline import crash_guard
+from manta_lib.pipeline.crash_journal import map_suspects
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.options import RunOptions, failure_budget
 from manta_lib.pipeline.planner import Scope, split
@@ -227,6 +230,7 @@ class ThreadMapper:
         )
         judge, version, run_id = job.pipeline.judge, job.judge_version, job.scope.run_id
         finished: deque[ItemResult[TraceContext]] = deque()
+        handing = threading.Lock()  # the mapping thread, or a crash handler's last flush
 
         def on_result(result: ItemResult[TraceContext]) -> None:
             # In the pool thread: a thread-safe append; failures count at once (the budget).
@@ -240,6 +244,10 @@ class ThreadMapper:
                 job.tally.add(0, 1, (result.item.trace_id, result.error))
 
         def hand_on() -> None:
+            with handing:
+                _hand_on()
+
+        def _hand_on() -> None:
             """Outputs of the traces finished so far, to the writer in one group."""
             count = len(finished)
             if not count:
@@ -290,12 +298,21 @@ class ThreadMapper:
             job.tally.add(count)
 
         assert job.store is not None
+        label = f"judge {judge!r} on run {run_id!r}"
+        # On a native crash: start no new trace, write the finished ones (crash_guard).
+        on_crash = (job.tally.stop.set, hand_on, writer.flush if writer is not None else None)
         reader_store = job.store.sibling()
+        guards = contextlib.ExitStack()
         try:
-            for contexts in _prefetched(self._batches(job, MantaService(reader_store)), job):
+            fn = guards.enter_context(crash_guard.guarded_map(job, pool, spec.fn, label, on_crash))
+            service = MantaService(reader_store)
+            handled = map_suspects(job, fn, service, on_result, hand_on, writer)
+            for contexts in _prefetched(self._batches(job, service), job):
+                if handled:  # mapped one at a time already
+                    contexts = [c for c in contexts if c.trace_id not in handled]
                 with job.clock(job.map_bucket):
                     pool.run(
-                        spec.fn,
+                        fn,
                         contexts,
                         spec.schema,
                         on_result,
@@ -308,6 +325,7 @@ class ThreadMapper:
         finally:
             hand_on()  # what finished before an interruption is written too
             reader_store.close()
+            guards.close()
 
     @staticmethod
     def _batches(job: MapJob, service: MantaService) -> Iterator[list[TraceContext]]:

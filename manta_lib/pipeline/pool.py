@@ -19,7 +19,13 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
+from manta_lib.errors import ComputationAborted
+
 T = TypeVar("T")
+
+#: Timed-out calls that may still run on abandoned threads (Python cannot stop a thread)
+#: before the pool stops: ``max(max_workers, ABANDONED_MIN)``.
+ABANDONED_MIN = 8
 
 
 @dataclass(slots=True)
@@ -70,13 +76,25 @@ class IsolatedPool:
       chunks (a hand-off per item costs more than a trivial map function).
     - otherwise (LLM calls, or ``timeout_s`` set): each item runs on its own thread, at most
       ``max_workers`` at a time; an item past ``timeout_s`` is reported as a ``TimeoutError``
-      and its slot goes to the next item at once (the stuck thread is abandoned).
+      and its slot goes to the next item at once (the stuck thread is abandoned). Python cannot
+      stop a thread: an abandoned one runs until its call returns. Once more than
+      ``abandoned_limit`` of them are still running, the pool starts no new item and raises
+      :class:`~manta_lib.errors.ComputationAborted`: its threads never number more than
+      ``max_workers + abandoned_limit``.
     """
 
     def __init__(self, max_workers: int, *, timeout_s: float | None = None, chunked: bool) -> None:
         self.max_workers = max(1, max_workers)
         self.timeout_s = timeout_s
         self.chunked = chunked and timeout_s is None
+        self.abandoned_limit = max(self.max_workers, ABANDONED_MIN)
+        self.abandoned = 0  # timed-out calls still running, over every run() of this pool
+        self._abandoned_lock = threading.Lock()
+
+    def _abandon(self, change: int) -> int:
+        with self._abandoned_lock:
+            self.abandoned += change
+            return self.abandoned
 
     def run(
         self,
@@ -234,6 +252,8 @@ class _PerItemRun(Generic[T]):
         if self._settle(index):
             self.slots.release()
             self._deliver(result)
+        else:  # timed out earlier: this abandoned thread ends now
+            self.pool._abandon(-1)
 
     def _expire(self) -> None:
         self.tick()
@@ -245,6 +265,7 @@ class _PerItemRun(Generic[T]):
             late = [(i, began) for i, began in self.running.items() if now - began > timeout]
         for index, began in late:
             if self._settle(index):
+                abandoned = self.pool._abandon(1)
                 self.slots.release()  # a fresh thread takes the slot; the stuck one is dropped
                 self._deliver(
                     ItemResult(
@@ -254,6 +275,18 @@ class _PerItemRun(Generic[T]):
                         now - began,
                     )
                 )
+                if abandoned > self.pool.abandoned_limit and not self.stop.is_set():
+                    self.failures.append(self._too_many_abandoned(abandoned, timeout))
+                    self.stop.set()
+
+    def _too_many_abandoned(self, abandoned: int, timeout: float) -> ComputationAborted:
+        return ComputationAborted(
+            f"{abandoned} calls that passed timeout_s={timeout:g} are still running on "
+            f"abandoned threads (Python cannot stop a thread), more than the "
+            f"{self.pool.abandoned_limit} allowed (max(max_workers, {ABANDONED_MIN})), so the "
+            f"run stopped; results written so far are kept. The function ignores its timeout: give "
+            f"its blocking calls (network, subprocess, locks) a timeout of their own"
+        )
 
 
 def _nothing() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from manta_lib.entities import EntityRef, MetadataOutput, new_output
 from manta_lib.models import EntityLevel
+from manta_lib.pipeline import crash_guard
 from manta_lib.pipeline.definition import LevelSpec
 from manta_lib.pipeline.planner import TraceRef, group_children
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
@@ -104,7 +105,8 @@ def reduce_groups(
         with lock:
             outputs.append(output)
 
-    pool.run(call, entities, spec.schema, on_result)
+    with crash_guard.guarding(f"the {spec.level.value} reduce of judge {judge!r} on {run_id!r}"):
+        pool.run(call, entities, spec.schema, on_result)
     order = {ref.entity_id: i for i, (ref, _) in enumerate(entities)}
     outputs.sort(key=lambda o: order[o.entity_id])
     return outputs
