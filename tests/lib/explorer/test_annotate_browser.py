@@ -21,7 +21,7 @@ from manta_lib.explorer import create_app
 from manta_lib.store import Store
 from tests.lib.explorer.conftest import ANNOTATE_RUN, AnnotateData, serve
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.serial, pytest.mark.slow, pytest.mark.timeout(240)]
 
 REPO = Path(__file__).resolve().parents[3]
 SHOTS = REPO / "artifacts" / "explorer"
