@@ -1,6 +1,7 @@
 """examples/label_then_judge.py end to end: a queue of 30 failed demo rollouts, labelled
-through the API by two annotators, the LLM judge (the loopback server) tried on them, and the
-agreement per step it prints checked against scikit-learn over the same labels and answers."""
+over HTTP by two annotators, the LLM judge (the loopback server) tried on them, and the
+agreement per step it prints checked against scikit-learn over the same labels and answers.
+The labels are given through the explorer's annotation endpoints, as its pages post them."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from types import ModuleType
 import pytest
 from rich.console import Console
 from sklearn.metrics import cohen_kappa_score
+from starlette.testclient import TestClient
 
 from manta_lib import MantaService
 from manta_lib.annotations import Annotations
 from manta_lib.demo import seed_demo
+from manta_lib.explorer import create_app
 from manta_lib.models import EntityLevel
 from manta_lib.store import Store
+from tests.lib.explorer.annotators import Annotator, position_of
 from tests.lib.fake_openai import FakeOpenAIServer
 
 
@@ -62,10 +66,22 @@ def test_label_then_judge(store: Store, judge_env: tuple[FakeOpenAIServer, Modul
         assert all(scores[i.trace_id] is not None and scores[i.trace_id] < 0.5 for i in items)
         assert len({i.step_number for i in items}) > 1  # stratified over the steps
         choices = [f.choices for f in example.TASK.fields() if f.name == "category"][0]
-        for who in ("ana", "bo"):  # two people label through the API, one item at a time
-            while (item := ann.next_item(queue.queue_id, who)) is not None:
-                pick = choices[(zlib.crc32(item.entity_id.encode()) + len(who)) % len(choices)]
-                ann.save_label(queue.queue_id, item.position, who, {"category": pick})
+        by_position = {i.position: i for i in items}
+        # Two people label through the HTTP endpoints the explorer's pages post, one item at
+        # a time (next → label → next), each in a client of their own (cookies, CSRF token).
+        app = create_app(store.settings, annotate=True)
+        for who in ("ana", "bo"):
+            with TestClient(app, base_url="http://127.0.0.1") as client:
+                person = Annotator(client, who, "http://127.0.0.1")
+                url = person.take(queue.queue_id)
+                while (position := position_of(url)) is not None:
+                    item = by_position[position]
+                    pick = choices[(zlib.crc32(item.entity_id.encode()) + len(who)) % len(choices)]
+                    saved = person.post(f"{url}/label", {"f.category": pick})
+                    assert saved.status_code == 303, saved.text
+                    url = str(saved.headers["location"])
+        progress = ann.progress(queue.queue_id)
+        assert progress.labelled == 30 and progress.double_labelled == 6
 
         report = example.judge_labelled(svc, run_id)
         labels = svc.results(example.TASK_NAME, run_id)
