@@ -271,7 +271,7 @@ def run_row_counts(store: Store, run_id: str) -> tuple[int, int, int]:
 
 
 def delete_run(store: Store, run_id: str) -> RunDeletion:
-    """Delete a run's traces, spans and computed results.
+    """Delete a run's traces, spans, computed results and label queues (with their labels).
 
     Spans go first and traces last, so an interrupted deletion leaves a run that is still
     listed and can be deleted again (never traces whose spans silently vanished). The results
@@ -281,7 +281,21 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
     traces, spans, results = run_row_counts(store, run_id)
     parameters = {"run": run_id}
     with hold_sigint():
-        for table in (CATALOG_TABLE, "entity_metadata", "otel_spans", "spans", "traces"):
+        # the run's label queues: their events and items first, the queues (which name the
+        # run) last, so an interrupted deletion can be run again
+        of_run = (
+            "queue_id IN (SELECT queue_id FROM {db}.annotation_queues WHERE run_id = {run:String})"
+        )
+        for table in ("annotation_events", "annotation_items"):
+            store.command(f"DELETE FROM {{db}}.{table} WHERE {of_run}", parameters)
+        for table in (
+            "annotation_queues",
+            CATALOG_TABLE,
+            "entity_metadata",
+            "otel_spans",
+            "spans",
+            "traces",
+        ):
             store.command(f"DELETE FROM {{db}}.{table} WHERE run_id = {{run:String}}", parameters)
     log.info("deleted run %s: %d traces, %d spans, %d results", run_id, traces, spans, results)
     return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)

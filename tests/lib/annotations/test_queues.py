@@ -231,3 +231,34 @@ def test_an_unfinished_lease_frees_the_item_after_the_lease_time(
     monkeypatch.setattr("manta_lib.annotations.queue.LEASE_SECONDS", 0)
     late = ann.next_item(queue.queue_id, "cy")
     assert late is not None and late.position == first.position  # ana's lease ran out
+
+
+def test_deleting_a_run_deletes_its_queues_and_labels(
+    ann: Annotations, task: AnnotationTask, demo_run: str, store: Store
+) -> None:
+    from manta_lib.store.trace_writes import delete_run
+
+    queue = ann.create_queue(task, demo_run, sample=5, seed=1)
+    item = ann.next_item(queue.queue_id, "ana")
+    assert item is not None
+    ann.save_label(queue.queue_id, item.position, "ana", {"category": "looping"})
+    other_run = str(
+        store.rows(
+            "SELECT run_id FROM {db}.traces WHERE run_id != {r:String} LIMIT 1", {"r": demo_run}
+        )[0][0]
+    )
+    kept = ann.create_queue(task, other_run, sample=3, seed=1)
+
+    def rows(table: str, queue_id: str) -> int:
+        return int(
+            store.rows(
+                f"SELECT count() FROM {{db}}.{table} WHERE queue_id = {{q:String}}",
+                {"q": queue_id},
+            )[0][0]
+        )
+
+    assert rows("annotation_events", queue.queue_id) > 0
+    delete_run(store, demo_run)
+    for table in ("annotation_queues", "annotation_items", "annotation_events"):
+        assert rows(table, queue.queue_id) == 0, table
+    assert rows("annotation_items", kept.queue_id) == 3  # another run's queue stays
