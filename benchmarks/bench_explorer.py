@@ -1,5 +1,6 @@
 """Explorer page times on a large store: runs page, a 50-row trace list (plain, with two stored
-result columns, sorted by one), a 20-span and a 500-span trace page, a group page of 16
+result columns, sorted by one, and searched for a phrase no trace holds and for a common one),
+a 20-span and a 500-span trace page, a group page of 16
 rollouts x 20 spans and a live page's poll, requested in a loop; server time (the app's
 ``Server-Timing``) p50/p95.
 
@@ -189,6 +190,8 @@ def main() -> None:
         "runs page": "/",
         "trace list, 50 rows": f"/traces?run={run_id}&per=50&page=3",
         "list + 2 result cols": f"/traces?run={run_id}&per=50&page=3&{COLS}",
+        "search, rare phrase": f"/traces?run={run_id}&per=50&text=Flux+Capacitor",
+        "search, common phrase": f"/traces?run={run_id}&per=50&page=3&text=division+by+zero",
         "list sorted by a col": f"/traces?run={run_id}&per=50&page=3&{COLS}"
         "&sort=tool_errors.tool_errors&desc=1",
         "trace page, 20 spans": f"/traces/{twenty}",
