@@ -34,7 +34,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from examples import tool_errors  # noqa: E402
 from manta_lib.demo import seed_demo  # noqa: E402
 from manta_lib.explorer import create_app  # noqa: E402
-from manta_lib.ingest import import_jsonl  # noqa: E402
+from manta_lib.ingest.loader import import_jsonl  # noqa: E402
 from manta_lib.settings import MantaSettings, load_settings  # noqa: E402
 from manta_lib.store import Store  # noqa: E402
 

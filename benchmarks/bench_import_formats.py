@@ -27,10 +27,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._data import DATA_ROOT, bench_settings  # noqa: E402
-from manta_lib.collector import Collector  # noqa: E402
+from manta_lib.collector.server import Collector  # noqa: E402
 from manta_lib.importers import Hierarchy, import_files  # noqa: E402
 from manta_lib.importers.openai import rollout_trace  # noqa: E402
-from manta_lib.ingest import import_jsonl  # noqa: E402
+from manta_lib.ingest.loader import import_jsonl  # noqa: E402
 from manta_lib.store import Store  # noqa: E402
 
 RUN = "bench_import"

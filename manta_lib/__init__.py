@@ -3,7 +3,7 @@
 Public API; ``from manta import ...`` re-exports exactly this.
 """
 
-from manta_lib.collector import Collector
+from manta_lib.collector.server import Collector
 from manta_lib.context import Conversation, TraceContext
 from manta_lib.demo import seed_demo
 from manta_lib.entities import EntityRef, MetadataOutput
@@ -21,7 +21,7 @@ from manta_lib.errors import (
     ValidationError,
 )
 from manta_lib.importers import import_files, import_records
-from manta_lib.ingest import (
+from manta_lib.ingest.loader import (
     ImportInterrupted,
     ImportReport,
     SourceRecord,

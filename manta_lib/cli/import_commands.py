@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 
 from manta_lib.importers import FORMATS, format_of, import_files
-from manta_lib.ingest import ImportInterrupted, ImportReport, import_jsonl
-from manta_lib.ingest_lines import STDIN
+from manta_lib.ingest.lines import STDIN
+from manta_lib.ingest.loader import ImportInterrupted, ImportReport, import_jsonl
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 
@@ -217,7 +217,7 @@ def collect_command(
     before the answer. Runs until SIGTERM or Ctrl-C, then writes every buffered trace before
     exiting.
     """
-    from manta_lib.collector import Collector
+    from manta_lib.collector.server import Collector
     from manta_lib.importers import Hierarchy
 
     try:

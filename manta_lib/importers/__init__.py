@@ -30,14 +30,14 @@ from manta_lib.errors import ValidationError
 from manta_lib.importers.base import Hierarchy, Importer, Problems
 from manta_lib.importers.native import NativeImporter
 from manta_lib.importers.openai import OpenAIImporter
-from manta_lib.ingest import (
+from manta_lib.ingest.lines import source_of
+from manta_lib.ingest.loader import (
     ImportInterrupted,
     ImportReport,
     SourceRecord,
     import_jsonl,
     load_records,
 )
-from manta_lib.ingest_lines import source_of
 from manta_lib.store import Store
 
 __all__ = [

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from manta_lib.errors import ValidationError
-from manta_lib.ingest import SourceRecord
-from manta_lib.ingest_lines import LineProblems, decode_line, read_lines, source_of
+from manta_lib.ingest.lines import LineProblems, decode_line, read_lines, source_of
+from manta_lib.ingest.loader import SourceRecord
 from manta_lib.llm.prices import estimate_cost
 from manta_lib.models import Phase
 

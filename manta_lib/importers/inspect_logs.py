@@ -53,8 +53,8 @@ from manta_lib.importers.base import (
     total_cost,
 )
 from manta_lib.importers.chat import chat_spans
-from manta_lib.ingest import SourceRecord
-from manta_lib.ingest_lines import max_record_bytes, too_large
+from manta_lib.ingest.lines import max_record_bytes, too_large
+from manta_lib.ingest.loader import SourceRecord
 
 _SAMPLES_DIR = "samples/"
 _INFLATE_CHUNK = 1 << 20

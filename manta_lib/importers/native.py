@@ -19,7 +19,7 @@ from manta_lib.importers.base import (
     plain,
     score_number,
 )
-from manta_lib.ingest import SourceRecord
+from manta_lib.ingest.loader import SourceRecord
 
 
 class NativeImporter:

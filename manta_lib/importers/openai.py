@@ -41,7 +41,7 @@ from manta_lib.importers.base import (
     stable_id,
 )
 from manta_lib.importers.chat import chat_spans
-from manta_lib.ingest import SourceRecord
+from manta_lib.ingest.loader import SourceRecord
 
 _TRACE_KEYS = frozenset(
     {

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from manta_lib.importers.base import Hierarchy, Problems
 from manta_lib.importers.otel_decode import OtelSpan
 from manta_lib.importers.otel_map import trace_from_spans, unique_spans
-from manta_lib.ingest import CheckedTrace, SourceRecord
+from manta_lib.ingest.loader import CheckedTrace, SourceRecord
 from manta_lib.store import Store
 from manta_lib.store.otel_spans import stored_otel_traces, write_otel_spans
 from manta_lib.store.trace_writes import delete_written

@@ -24,7 +24,7 @@ from manta_lib.importers.otel_decode import (
 )
 from manta_lib.importers.otel_join import OtelPart, join_parts
 from manta_lib.importers.otel_map import trace_from_spans
-from manta_lib.ingest import SourceRecord
+from manta_lib.ingest.loader import SourceRecord
 from manta_lib.store import Store
 
 

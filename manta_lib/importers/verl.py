@@ -50,7 +50,7 @@ from manta_lib.importers.base import (
     score_number,
     stable_id,
 )
-from manta_lib.ingest import SourceRecord
+from manta_lib.ingest.loader import SourceRecord
 
 GRADER_NAME = "verl_reward"
 _BASE_KEYS = frozenset({"input", "output", "score", "step", "gts", "uid"})

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from manta_lib.ingest import import_jsonl
+from manta_lib.ingest.loader import import_jsonl
 from manta_lib.store import Store
 
 

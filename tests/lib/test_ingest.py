@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from manta_lib.cli import _register_commands, app
 from manta_lib.errors import ValidationError
-from manta_lib.ingest import ImportReport, LineError, import_jsonl, load_records
+from manta_lib.ingest.loader import ImportReport, LineError, import_jsonl, load_records
 from manta_lib.store import Store
 
 
@@ -595,7 +595,7 @@ def test_a_crash_between_span_and_trace_inserts_leaves_no_duplicates(
 ) -> None:
     path = write_lines(tmp_path / "t.jsonl", [trace(f"t{i}") for i in range(4)])
     # What a process killed after the span insert of the first batch leaves behind.
-    from manta_lib.ingest import _columns, _parse_trace
+    from manta_lib.ingest.loader import _columns, _parse_trace
     from manta_lib.models import SPAN_COLUMNS
 
     rows = [row for i in range(2) for row in _parse_trace(trace(f"t{i}"), "", 0)[1]]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from manta_lib.ingest import _validate_span, _validate_trace
-from manta_lib.ingest_lines import LineProblems, unstorable_values
-from manta_lib.ingest_rows import span_row, trace_row
+from manta_lib.ingest.lines import LineProblems, unstorable_values
+from manta_lib.ingest.loader import _validate_span, _validate_trace
+from manta_lib.ingest.rows import span_row, trace_row
 
 NOW_MS = 1_700_000_000_000
 WHEN = datetime(2025, 5, 12, 8, 30, 1, 123456, tzinfo=UTC)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from manta_lib import RolloutLogger
-from manta_lib.collector import Collector
+from manta_lib.collector.server import Collector
 from manta_lib.errors import ConfigError, ValidationError
 from manta_lib.rollout_spool import REJECTED, CollectorRefusedError, post_once, shards
 from manta_lib.settings import MantaSettings, load_settings

@@ -42,7 +42,7 @@ _REIMPORT = (
     _STATE
     + """
 import sys
-from manta_lib.ingest import import_jsonl
+from manta_lib.ingest.loader import import_jsonl
 with Store.open(load_settings()) as store:
     before = state(store)
     report = import_jsonl([sys.argv[1]], store=store, batch_size=int(sys.argv[2]))

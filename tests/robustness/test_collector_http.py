@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from manta_lib import MantaService
-from manta_lib.collector import Collector
+from manta_lib.collector.server import Collector
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 from tests.lib.importers.otlp_builders import (

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from manta_lib.ingest import ImportReport, import_jsonl
+from manta_lib.ingest.loader import ImportReport, import_jsonl
 from manta_lib.store import Store
 from manta_lib.store.schema import ensure_schema
 from tests.robustness.import_mutations import (

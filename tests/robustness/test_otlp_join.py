@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from manta_lib.collector import Collector
+from manta_lib.collector.server import Collector
 from manta_lib.importers import import_files
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store

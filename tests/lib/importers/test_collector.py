@@ -19,7 +19,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from manta_lib import MantaService
-from manta_lib.collector import Collector
+from manta_lib.collector.server import Collector
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 from tests.lib.http_fixtures import RecordingHTTPServer

@@ -12,7 +12,7 @@ from manta_lib import MantaService, import_files, import_records
 from manta_lib.cli import _register_commands, app
 from manta_lib.errors import ValidationError
 from manta_lib.importers import detect_format
-from manta_lib.ingest import SourceRecord, load_records
+from manta_lib.ingest.loader import SourceRecord, load_records
 from manta_lib.models import SpanRecord, TraceRecord
 from manta_lib.settings import load_settings
 from manta_lib.store import Store

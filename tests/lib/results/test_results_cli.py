@@ -150,7 +150,7 @@ def test_export_jsonl_is_the_import_format(
     with MantaService() as svc:
         batches = svc.iter_trace_batches(TRAIN_RUN, results=condition)
         originals = {trace.trace_id: trace for batch in batches for trace in batch}
-    from manta_lib.ingest import import_jsonl
+    from manta_lib.ingest.loader import import_jsonl
     from manta_lib.settings import load_settings
     from manta_lib.store import Store
 

@@ -12,7 +12,7 @@ without the bearer token, ``408`` when the body does not arrive within ``body_ti
 its traces mapped and checked like an import) before any span is kept.
 
 **A 2xx means kept.** An accepted request is appended to a spool on disk and ``fsync``'d
-before the answer (:mod:`manta_lib.collector_spool`; concurrent requests share an ``fsync``).
+before the answer (:mod:`manta_lib.collector.spool`; concurrent requests share an ``fsync``).
 The spool is replayed when the collector starts, so a collector killed at any moment loses
 no acknowledged span; a segment of it is deleted once its traces are in the store.
 
@@ -35,7 +35,7 @@ line is mapped and checked, the valid ones written as an ``fsync``'d rollout sha
 shards into the store like the shipper would (trace ids are fixed, so a resent shard is
 stored once).
 
-The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector_http`,
+The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector.http`,
 the ``otlp`` extra); decoding and the spool's ``fsync`` run on worker threads, the batched
 store write on its own thread.
 """
@@ -66,7 +66,7 @@ from manta_lib.importers.otel_decode import (
 )
 from manta_lib.importers.otel_join import OtelPart, join_parts
 from manta_lib.importers.otel_map import trace_from_spans
-from manta_lib.ingest import CheckedTrace, check_trace, load_records
+from manta_lib.ingest.loader import CheckedTrace, check_trace, load_records
 from manta_lib.rollout_spool import SHARD_SUFFIX, parse_lines, shards, ship_once, spool_traces
 from manta_lib.settings import MantaSettings, is_loopback_host, load_settings
 from manta_lib.store import Store
@@ -268,8 +268,8 @@ class Collector:
         """Replay the spool, then serve and flush on background threads; returns at once."""
         import uvicorn
 
-        from manta_lib.collector_http import CollectorApp
-        from manta_lib.collector_spool import Spool
+        from manta_lib.collector.http import CollectorApp
+        from manta_lib.collector.spool import Spool
 
         self._spool = Spool(self.spool_dir)
         self.rollout_dir.mkdir(exist_ok=True)

@@ -53,7 +53,7 @@ from rich.progress import (
 )
 
 from manta_lib.errors import ValidationError
-from manta_lib.ingest_lines import (
+from manta_lib.ingest.lines import (
     LineProblems,
     Source,
     decode_line,
@@ -61,9 +61,9 @@ from manta_lib.ingest_lines import (
     source_of,
     unstorable_values,
 )
-from manta_lib.ingest_rows import json_text as _json
-from manta_lib.ingest_rows import span_row, trace_row
-from manta_lib.ingest_rows import to_ms as _to_ms
+from manta_lib.ingest.rows import json_text as _json
+from manta_lib.ingest.rows import span_row, trace_row
+from manta_lib.ingest.rows import to_ms as _to_ms
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanInput, SpanKind, TraceInput
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
