@@ -44,9 +44,11 @@ check: $(STAMP)
 # since one long process accumulates chDB's idle server threads and slows every later test),
 # then the timing-sensitive tests (marked `serial`) one at a time. Every group runs even when
 # one fails; the exit code says whether all passed.
-TEST_GROUPS := tests/dagster tests/lib/explorer tests/lib/importers \
-	"tests/lib/integrations tests/lib/llm" tests/lib/results tests/lib/runs_log \
-	"tests/lib/test_*.py manta_lib manta_dagster" tests/robustness
+TEST_GROUPS := tests/dagster "tests/lib/explorer tests/lib/annotations" \
+	"tests/lib/importers tests/lib/collector tests/lib/ingest tests/lib/integrations tests/lib/llm" \
+	"tests/lib/results tests/lib/runs_log tests/lib/store" tests/lib/pipeline \
+	"tests/lib/test_*.py tests/test_*.py manta_lib manta_dagster" tests/robustness
+
 ## Lint, type-check and run the whole test suite (this is what CI runs).
 test: $(STAMP) browser
 	$(BIN)/ruff check .

@@ -327,7 +327,7 @@ def test_cli_import_exit_codes(cli: CliRunner, store: Store, tmp_path: Path) -> 
 
 
 def test_the_documented_example_line_imports_cleanly(store: Store, tmp_path: Path) -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "import_format.md").read_text()
+    doc = (Path(__file__).parents[3] / "docs" / "import_format.md").read_text()
     example = doc.split("```json\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "example.jsonl"
     path.write_text(example)

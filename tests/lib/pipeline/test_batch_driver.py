@@ -29,7 +29,7 @@ from tests.lib import driver_defs
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.process_pool_runner import ProcessPoolRunner
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _load(settings: MantaSettings, tmp_path: Path, count: int, run_id: str = "run_d") -> None:

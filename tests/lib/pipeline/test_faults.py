@@ -17,7 +17,7 @@ from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Out(BaseModel):
@@ -73,7 +73,7 @@ def test_exit_interrupt_or_base_exception_in_a_map_is_that_traces_error(
     result = pipeline.run("run_f", mode="local", progress=False)
     where = {o.entity_id: o.error_at for o in result[EntityLevel.TRACE] if o.error}
     assert all(
-        "tests/lib/test_pipeline_faults.py:" in w and "in _exits" in w for w in where.values()
+        "tests/lib/pipeline/test_faults.py:" in w and "in _exits" in w for w in where.values()
     )
     with Store.open(load_settings()) as store:
         stored = dict(

@@ -25,7 +25,7 @@ from tests.lib.builders import load_traces, trace_line
 # timing-sensitive: run one at a time, after the parallel pass
 pytestmark = pytest.mark.serial
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TRACES = 160
 MAP_S = 0.4
 FLUSH_S = 2.0

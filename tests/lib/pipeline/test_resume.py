@@ -16,7 +16,7 @@ from manta_lib.store import Store
 from tests.lib import pipeline_defs
 from tests.lib.builders import load_traces, trace_line
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TRACES = 120
 
 
