@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import manta_lib.context as context_module
+import manta_lib.context.columns as context_module
 from manta_lib.context import (
     UNPARSED_KEY,
     Conversation,
