@@ -29,6 +29,8 @@ import functools
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -79,6 +81,22 @@ def check_workers(workers: object) -> int:
 
 
 # ---- in a worker process --------------------------------------------------------------------
+
+#: How often a worker checks that the process that started it is still alive.
+PARENT_CHECK_S = 1.0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Pool initializer: exit when the driver is gone (killed with SIGKILL, a worker would
+    otherwise wait on its task queue forever)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="manta-parent-watch", daemon=True).start()
 
 
 @functools.cache
@@ -154,7 +172,12 @@ class ProcessRunner:
     # -- the pool ---------------------------------------------------------------------------
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_watch_parent,
+            initargs=(os.getpid(),),
+        )
 
     def _shared_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -7,6 +7,7 @@ behave as in the other modes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from manta_lib.errors import PipelineDefinitionError
@@ -185,8 +187,14 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_trace(
     deadline = time.monotonic() + 60
     while len(_calls(calls)) < 16 and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.02)
-    os.killpg(child.pid, signal.SIGKILL)  # the driver and its workers at once
+    workers = psutil.Process(child.pid).children()
+    assert len(workers) >= 2
+    child.send_signal(signal.SIGKILL)  # the driver only: its workers notice and exit
     child.wait()
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    with contextlib.suppress(ProcessLookupError):  # cleanup, whatever the assertion says
+        os.killpg(child.pid, signal.SIGKILL)
+    assert not alive, "worker processes outlived their killed driver"
     first = {tid for tid, _ in _calls(calls)}
     assert 16 <= len(first) < traces, "the driver must be killed mid-run"
     written = set(_raw_rows(settings))
