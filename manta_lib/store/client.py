@@ -72,7 +72,9 @@ def _connect_embedded(settings: MantaSettings) -> Client:
         holder = None if held_here else lock_holder(path)
         if holder is None:
             try:
-                client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+                client = clickhouse_connect.get_client(
+                    dsn=settings.clickhouse_dsn, chdb_options=chdb_startup_options(settings)
+                )
             except ClickHouseError as exc:
                 message = str(exc)
                 # Another process took the lock between our check and chDB's own.
@@ -95,6 +97,25 @@ def _connect_embedded(settings: MantaSettings) -> Client:
                 settings.lock_timeout_s,
             )
         time.sleep(_LOCK_POLL_S)
+
+
+#: The embedded engine's caches bounded by ``MANTA_CHDB_CACHE_MB`` (server settings, fixed
+#: when the engine starts in this process).
+_CHDB_CACHES = (
+    "mark_cache_size",
+    "index_mark_cache_size",
+    "primary_index_cache_size",
+    "query_condition_cache_size",
+)
+
+
+def chdb_startup_options(settings: MantaSettings) -> dict[str, str]:
+    """The embedded engine's start-up settings: its caches and memory limit, in bytes."""
+    cache = str(int(settings.chdb_cache_mb * 2**20))
+    options = dict.fromkeys(_CHDB_CACHES, cache)
+    if settings.chdb_max_memory_mb is not None:
+        options["max_server_memory_usage"] = str(int(settings.chdb_max_memory_mb * 2**20))
+    return options
 
 
 def _released_embedded(path: Path) -> None:
