@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from manta_lib.context import TraceContext
 from manta_lib.entities import new_output
 from manta_lib.errors import PipelineDefinitionError
-from manta_lib.models import EntityLevel
+from manta_lib.models import EntityLevel, TraceRecord
 from manta_lib.pipeline.batches import MAX_ATTEMPTS, BatchMapper, Outcome, Payload
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
@@ -51,6 +51,7 @@ from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import MetadataWriter, utc_now
+from manta_lib.store.native_rows import NativeRows, decode_span_rows, span_rows_native
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,13 @@ def _pipeline(ref: str) -> PipelineDefinition:
 def map_part(
     ref: str,
     judge_version: str,
-    contexts: list[TraceContext],
+    traces: list[TraceRecord],
+    spans: NativeRows,
     threads: int,
     timeout_s: float | None,
 ) -> list[TraceAnswer]:
-    """Map ``contexts`` with the pipeline ``ref`` (in a worker process); each trace's answer.
+    """Map ``traces`` (their spans as the driver read them) with the pipeline ``ref``, in a
+    worker process; each trace's answer.
 
     Raises:
         PipelineDefinitionError: the worker's pipeline is not the version the driver planned.
@@ -123,6 +126,9 @@ def map_part(
             f"but this worker's code is version {pipeline.judge_version}. The pipeline's "
             f"module changed while the run started its workers; run again"
         )
+    grouped = decode_span_rows(spans)
+    contexts = [TraceContext(trace, grouped.get(trace.trace_id, [])) for trace in traces]
+    del grouped
     spec = pipeline.level(EntityLevel.TRACE)
     pool = IsolatedPool(threads, timeout_s=timeout_s, chunked=not spec.uses_llm)
     answers: list[TraceAnswer] = []
@@ -142,8 +148,10 @@ class _Batch:
     """One payload in flight: its traces, split in parts across the workers."""
 
     payload: Payload
-    contexts: dict[str, TraceContext]
-    parts: int
+    traces: dict[str, TraceRecord]
+    #: The arguments of each part's :func:`map_part` call after the pipeline and version.
+    calls: list[tuple[list[TraceRecord], NativeRows]] = field(default_factory=list)
+    parts: int = 0
     answers: list[TraceAnswer] = field(default_factory=list)
     crashed: bool = False
     error: BaseException | None = None
@@ -200,7 +208,6 @@ class ProcessRunner:
         if not payloads:
             return
         store = self._open_store()
-        service = MantaService(store)
         writer = MetadataWriter(
             store,
             project_id=self.pipeline.project_id,
@@ -215,7 +222,7 @@ class ProcessRunner:
                     while waiting and len({id(b) for b in in_flight.values()}) < (
                         IN_FLIGHT_BATCHES
                     ):
-                        self._submit(waiting.pop(), service, in_flight)
+                        self._submit(waiting.pop(), store, in_flight)
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     touched: dict[int, _Batch] = {}
                     broken = False
@@ -246,31 +253,38 @@ class ProcessRunner:
     def _submit(
         self,
         payload: Payload,
-        service: MantaService,
+        store: Store,
         in_flight: dict[Future[list[TraceAnswer]], _Batch],
     ) -> None:
-        traces = service.get_traces(
-            payload["run_id"], trace_ids=list(payload["trace_ids"]), order_by="trace_id"
+        """Read the payload's traces and hand them to the workers, one part per worker.
+
+        Spans go undecoded (the engine's Native bytes): decoding and pickling them here would
+        cost this process more than the workers' map.
+        """
+        run_id = payload["run_id"]
+        traces = MantaService(store).get_traces(
+            run_id, trace_ids=list(payload["trace_ids"]), order_by="trace_id"
         )
-        contexts = service.load_contexts(traces)
-        batch = _Batch(payload, {c.trace_id: c for c in contexts}, 0)
-        if not contexts:
+        batch = _Batch(payload, {t.trace_id: t for t in traces})
+        if not traces:
             batch.parts = 1
             empty: Future[list[TraceAnswer]] = Future()
             empty.set_result([])
             in_flight[empty] = batch
             return
-        size = -(-len(contexts) // self.workers)
+        size = -(-len(traces) // self.workers)
         pool = self._shared_pool()
-        for start in range(0, len(contexts), size):
-            future = pool.submit(
-                map_part,
-                self.ref,
-                payload["judge_version"],
-                contexts[start : start + size],
-                int(payload.get("max_workers", 1)),
-                payload.get("timeout_s"),
-            )
+        for start in range(0, len(traces), size):
+            part = traces[start : start + size]
+            spans = span_rows_native(store, run_id, [t.trace_id for t in part])
+            batch.calls.append((part, spans))
+            future: Future[list[TraceAnswer]]
+            try:
+                future = pool.submit(map_part, self.ref, payload["judge_version"], part, spans,
+                                     *_knobs(payload))  # fmt: skip
+            except BrokenProcessPool as exc:  # a worker died since the last wait
+                future = Future()
+                future.set_exception(exc)
             in_flight[future] = batch
             batch.parts += 1
 
@@ -291,22 +305,20 @@ class ProcessRunner:
 
     def _run_alone(self, batch: _Batch, writer: MetadataWriter) -> Outcome:
         pool = self._new_pool(1)
+        answers: list[TraceAnswer] = []
         try:
-            batch.answers = pool.submit(
-                map_part,
-                self.ref,
-                batch.payload["judge_version"],
-                list(batch.contexts.values()),
-                int(batch.payload.get("max_workers", 1)),
-                batch.payload.get("timeout_s"),
-            ).result()
+            for part, spans in batch.calls:
+                answers += pool.submit(
+                    map_part, self.ref, batch.payload["judge_version"], part, spans,
+                    *_knobs(batch.payload),
+                ).result()  # fmt: skip
         except BrokenProcessPool:
             return RuntimeError(_DIED)
         except Exception as exc:  # noqa: BLE001 - the batch's outcome
             return exc
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        batch.error, batch.crashed = None, False
+        batch.answers, batch.error, batch.crashed = answers, None, False
         return self._settle(batch, writer)
 
     def _settle(self, batch: _Batch, writer: MetadataWriter) -> Outcome:
@@ -323,7 +335,7 @@ class ProcessRunner:
         failed = 0
         first_error: tuple[str, str] | None = None
         for trace_id, output, error, where in sorted(batch.answers, key=lambda a: a[0]):
-            context = batch.contexts[trace_id]
+            trace = batch.traces[trace_id]
             if error is not None:
                 failed += 1
                 if first_error is None:
@@ -334,9 +346,9 @@ class ProcessRunner:
                     output,
                     error,
                     where,
-                    context.datapoint_id,
-                    context.step_number,
-                    context.phase.value,
+                    trace.datapoint_id,
+                    trace.step_number,
+                    trace.phase.value,
                 )
             )
         report: dict[str, Any] = {
@@ -387,7 +399,16 @@ class ProcessRunner:
                 store.close()
 
 
-_DIED = "a worker process died while mapping this batch"
+def _knobs(payload: Payload) -> tuple[int, float | None]:
+    """Threads per worker and the per-trace timeout of a payload."""
+    return int(payload.get("max_workers", 1)), payload.get("timeout_s")
+
+
+_DIED = (
+    "a worker process died while mapping this batch (a crash in the map function or a "
+    "library it calls; or the worker could not start: a script that calls pipeline.run() "
+    'must do it under `if __name__ == "__main__":`, each worker imports it)'
+)
 
 
 def processes_mapper(
