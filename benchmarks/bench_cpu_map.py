@@ -36,7 +36,7 @@ from manta_lib.service import MantaService  # noqa: E402
 from manta_lib.store import Store  # noqa: E402
 
 #: Rounds of the scoring loop per trace: about 1 ms of Python on a 2020s core.
-ROUNDS = int(os.environ.get("MANTA_BENCH_CPU_ROUNDS", "6"))
+ROUNDS = int(os.environ.get("MANTA_BENCH_CPU_ROUNDS", "8"))
 
 
 class TraceScore(BaseModel):

@@ -214,3 +214,20 @@ def test_workers_is_checked_and_belongs_to_processes_mode(settings: MantaSetting
         processes_defs.pipeline.run("run_p", mode="processes", workers=0, settings=settings)
     with pytest.raises(PipelineDefinitionError, match="max_workers for the threads"):
         processes_defs.pipeline.run("run_p", mode="local", workers=2, settings=settings)
+
+
+@pytest.mark.slow
+def test_a_subset_run_returns_local_mode_s_outputs_and_writes_nothing(
+    settings: MantaSettings, tmp_path: Path, calls: Path
+) -> None:
+    _load(settings, tmp_path, 10)
+    subset = {"limit_traces": 7, "batch_size": 4}
+    got = _run(**subset)
+    local = processes_defs.pipeline.run("run_p", mode="local", progress=False, **subset)  # type: ignore[arg-type]
+    for level in (EntityLevel.TRACE, EntityLevel.DATAPOINT):
+        assert [(o.entity_id, o.output, o.error) for o in got[level]] == [  # type: ignore[index]
+            (o.entity_id, o.output, o.error) for o in local[level]
+        ]
+    assert len(got[EntityLevel.TRACE]) == 7  # type: ignore[index]
+    with Store.open(settings) as store:
+        assert store.rows("SELECT count() FROM {db}.entity_metadata") == [(0,)]
