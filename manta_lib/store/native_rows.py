@@ -13,9 +13,10 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
 from clickhouse_connect.driver.ctypes import RespBuffCls
+from clickhouse_connect.driver.query import QueryResult
 from clickhouse_connect.driver.transform import NativeTransform
 
 from manta_lib.store.client import Store
@@ -57,6 +58,9 @@ def decode_span_rows(native: NativeRows) -> dict[str, list[tuple[Any, ...]]]:
     if not native.data:
         return {}
     context = pickle.loads(native.context)  # noqa: S301 - made by this program's driver
-    result = NativeTransform().parse_response(RespBuffCls(_Source(native.data)), context)
-    rows: list[tuple[Any, ...]] = result.result_rows
+    source = RespBuffCls(_Source(native.data))  # type: ignore[no-untyped-call]
+    result = NativeTransform().parse_response(source, context)
+    if not isinstance(result, QueryResult):
+        raise TypeError(f"expected a QueryResult, got {type(result).__name__}")
+    rows = cast(list[tuple[Any, ...]], result.result_rows)
     return {tid: list(group) for tid, group in groupby(rows, key=lambda r: r[0])}
