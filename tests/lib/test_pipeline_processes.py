@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -21,8 +22,10 @@ import pytest
 
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.models import EntityLevel
+from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
+from manta_lib.store.native_rows import decode_span_rows, span_rows_native
 from tests.lib import processes_defs
 from tests.lib.builders import load_traces, trace_line
 
@@ -231,3 +234,23 @@ def test_a_subset_run_returns_local_mode_s_outputs_and_writes_nothing(
     assert len(got[EntityLevel.TRACE]) == 7  # type: ignore[index]
     with Store.open(settings) as store:
         assert store.rows("SELECT count() FROM {db}.entity_metadata") == [(0,)]
+
+
+def test_spans_shipped_undecoded_decode_to_the_rows_local_mode_reads(
+    settings: MantaSettings, tmp_path: Path
+) -> None:
+    _load(settings, tmp_path, 6)
+    with Store.open(settings) as store:
+        service = MantaService(store)
+        traces = service.get_traces("run_p", order_by="trace_id")
+        contexts = service.load_contexts(traces)
+        shipped = pickle.loads(
+            pickle.dumps(span_rows_native(store, "run_p", [t.trace_id for t in traces[1:5]]))
+        )
+        nothing = span_rows_native(store, "run_p", ["no_such_trace"])
+    decoded = decode_span_rows(shipped)
+    assert sorted(decoded) == [t.trace_id for t in traces[1:5]]
+    for context in contexts[1:5]:
+        rows = list(context._rows)
+        assert rows and decoded[context.trace_id] == rows  # values and types, timestamps too
+    assert decode_span_rows(nothing) == {}
