@@ -7,10 +7,12 @@ regular expressions) runs no faster with more threads; worker processes each tak
 It is the :class:`~manta_lib.pipeline.batches.BatchMapper` Modal mode uses (batches, rounds
 of retries, a worker's death isolated to its batch, resume from the stored status) over a
 :class:`ProcessRunner`. The embedded chDB store admits one process at a time, so this
-process keeps it: it reads each batch's traces (the same two queries per batch local mode
-makes), ships the loaded :class:`~manta_lib.context.TraceContext` objects to the workers,
-and writes the outputs they send back. Workers never open the store (with a ClickHouse server
-as well: one reader and one writer, whatever the number of workers).
+process keeps it: it reads each batch's trace rows, and their spans as the engine's undecoded
+Native bytes (:mod:`manta_lib.store.native_rows`; decoded and pickled here they would cost
+this process as much as the map), ships them to the workers, which build the same
+:class:`~manta_lib.context.TraceContext` objects local mode maps, and writes the outputs they
+send back. Workers never open the store (with a ClickHouse server as well: one reader and one
+writer, whatever the number of workers).
 
 Inside a worker, the traces of a part run on the same :class:`IsolatedPool` local mode uses:
 each trace's exception, invalid output or ``timeout_s`` becomes that trace's error. A
