@@ -57,9 +57,10 @@ from manta_lib.store.native_rows import NativeRows, decode_span_rows, span_rows_
 
 log = logging.getLogger(__name__)
 
-#: Batches loaded and in the workers' hands at once: one mapped while the next is waiting,
-#: so no worker idles while this process reads (memory: this many batches of traces).
-IN_FLIGHT_BATCHES = 2
+#: Batches loaded and in the workers' hands at once: some mapped while the next wait, so no
+#: worker idles while this process reads, even when its queries are slow on a busy machine
+#: (memory: this many batches of trace rows and undecoded spans, a few MB each).
+IN_FLIGHT_BATCHES = 4
 
 #: A worker's answer for one trace: (trace id, output, error, where the error was raised).
 TraceAnswer = tuple[str, BaseModel | None, str | None, str | None]
