@@ -10,7 +10,9 @@ and its peak RSS next to the RSS of the open store before the run (target: peak 
 the same at 3M as at 1M within 10%: a persisted run keeps no per-trace outputs).
 With ``--repeat N`` the ceiling and the pipeline alternate N times in the child and each keeps
 its best time (single timings vary by +-30% on a shared 2-core machine); peak RSS is the
-child's maximum over all repetitions.
+child's maximum over all repetitions, printed with the phase it was reached in (seed,
+ceiling, or the pipeline's plan/map/reduce/result, sampled every 50 ms from the call stack),
+and the peak sampled while the pipeline itself ran ("run peak").
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import BaseModel  # noqa: E402
 
 from benchmarks._data import BENCH_RUN, bench_settings, ensure_run  # noqa: E402
+from benchmarks._memory import PeakRss  # noqa: E402
 from manta_lib import EntityLevel, EntityRef, MapReduceComputation, TraceContext  # noqa: E402
 from manta_lib.models import SPAN_COLUMNS  # noqa: E402
 from manta_lib.store import Store  # noqa: E402
@@ -61,14 +65,27 @@ pipeline = (
 )
 
 
-def child(traces: int, repeat: int) -> dict[str, float]:
+def child(traces: int, repeat: int) -> dict[str, Any]:
+    with PeakRss() as peak:
+        figures = _measure(traces, repeat, peak)
+    return {
+        **figures,
+        "peak_sampled_mb": peak.peak_mb,
+        "peak_phase": peak.phase,
+        "pipeline_peak_mb": peak.peaks.get("pipeline", 0.0),
+    }
+
+
+def _measure(traces: int, repeat: int, peak: PeakRss) -> dict[str, Any]:
     settings = bench_settings(f"mapreduce_{traces}")
+    peak.label("seed")
     with Store.open(settings) as store:
         _, spans = ensure_run(store, traces)
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sql_cols = ", ".join(SPAN_COLUMNS)
     raw_times, pipeline_times = [], []
     for _ in range(max(1, repeat)):
+        peak.label("ceiling")
         with Store.open(settings) as store:
             store.command("TRUNCATE TABLE {db}.entity_metadata_catalog")
             store.command("TRUNCATE TABLE {db}.entity_metadata")
@@ -86,6 +103,7 @@ def child(traces: int, repeat: int) -> dict[str, float]:
                 if warm:
                     raw_times.append(time.perf_counter() - started)
             assert rows == spans
+        peak.label("pipeline")
         started = time.perf_counter()
         result = pipeline.run(BENCH_RUN, mode="local", settings=settings, progress=False)
         pipeline_times.append(time.perf_counter() - started)
@@ -111,7 +129,8 @@ def main() -> None:
         print(json.dumps(child(args.child, args.repeat)))
         return
     print(f"{'traces':>9} {'ceiling tr/s':>13} {'pipeline tr/s':>14} {'ratio':>6} "
-          f"{'pipeline s':>11} {'peak RSS':>9} {'store RSS':>10}")  # fmt: skip
+          f"{'pipeline s':>11} {'peak RSS':>9} {'store RSS':>10} {'run peak':>9}  "
+          "peak reached in")  # fmt: skip
     for traces in args.scales:
         out = (
             subprocess.run(
@@ -128,7 +147,9 @@ def main() -> None:
         rate = fig["traces"] / fig["pipeline_s"]
         print(
             f"{fig['traces']:>9,} {ceiling:>13,.0f} {rate:>14,.0f} {rate / ceiling:>6.0%} "
-            f"{fig['pipeline_s']:>11.1f} {fig['peak_rss_mb']:>7.0f}MB {fig['base_rss_mb']:>8.0f}MB"
+            f"{fig['pipeline_s']:>11.1f} {fig['peak_rss_mb']:>7.0f}MB "
+            f"{fig['base_rss_mb']:>8.0f}MB {fig['pipeline_peak_mb']:>7.0f}MB  {fig['peak_phase']} "
+            f"({fig['peak_sampled_mb']:.0f}MB sampled)"
         )
 
 

@@ -78,6 +78,16 @@ class MantaSettings(BaseSettings):
         default=None, validation_alias="MANTA_EXPLORER_TOKENS_FILE"
     )
     """A JSON object mapping each token to the annotator name it stands for."""
+    #: Each of the embedded engine's caches (marks, primary index, index marks, query
+    #: conditions), in MB: ClickHouse's defaults (5 GB each) are sized for a server.
+    chdb_cache_mb: float = Field(
+        default=64.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_CHDB_CACHE_MB"
+    )
+    #: The embedded engine's memory limit in MB (a query past it fails with a clear error);
+    #: unset: ClickHouse's default, 90% of the machine's memory.
+    chdb_max_memory_mb: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, validation_alias="MANTA_CHDB_MAX_MEMORY_MB"
+    )
 
     @field_validator("data_dir", "runs_log_dir_override")
     @classmethod
@@ -237,6 +247,10 @@ _ENV_NAMES = {
     "MANTA_IMPORT_MAX_RECORD_MB": "MANTA_IMPORT_MAX_RECORD_MB",
     "import_max_record_mb": "MANTA_IMPORT_MAX_RECORD_MB",
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
+    "MANTA_CHDB_CACHE_MB": "MANTA_CHDB_CACHE_MB",
+    "chdb_cache_mb": "MANTA_CHDB_CACHE_MB",
+    "MANTA_CHDB_MAX_MEMORY_MB": "MANTA_CHDB_MAX_MEMORY_MB",
+    "chdb_max_memory_mb": "MANTA_CHDB_MAX_MEMORY_MB",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",
     "MANTA_COLLECTOR_URL": "MANTA_COLLECTOR_URL",
     "collector_url": "MANTA_COLLECTOR_URL",

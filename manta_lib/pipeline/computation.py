@@ -40,13 +40,14 @@ from manta_lib.pipeline.mapping import Mapper, ThreadMapper
 from manta_lib.pipeline.modal import modal_mapper
 from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Limits
+from manta_lib.pipeline.processes import processes_mapper
 from manta_lib.pipeline.run import run_pipeline
 from manta_lib.settings import MantaSettings, load_settings
 
 if TYPE_CHECKING:
     from manta_lib.llm.estimate import Estimate
 
-Mode = Literal["local", "modal"]
+Mode = Literal["local", "modal", "processes"]
 
 
 class MapReduceComputation(PipelineDefinition):
@@ -83,6 +84,7 @@ class MapReduceComputation(PipelineDefinition):
         progress: bool | None = None,
         settings: MantaSettings | None = None,
         max_cost_usd: float | None = None,
+        workers: int | None = None,
     ) -> Mapping[EntityLevel, Sequence[MetadataOutput]]:
         """Run the pipeline over one run and return every level's outputs.
 
@@ -94,7 +96,9 @@ class MapReduceComputation(PipelineDefinition):
 
         Args:
             run_id: the run to analyse.
-            mode: ``"modal"`` (the default, cloud workers) or ``"local"`` (a thread pool).
+            mode: ``"modal"`` (the default, cloud workers), ``"local"`` (a thread pool) or
+                ``"processes"`` (``workers`` processes on this machine, for a map that spends
+                its time in Python: threads share one core under the GIL).
             limit_traces / limit_datapoints / limit_steps: analyse only the first N (one at a
                 time); subset mode never writes results.
             results: analyse only the traces a condition on stored results selects, the same
@@ -104,7 +108,8 @@ class MapReduceComputation(PipelineDefinition):
                 reduce levels would describe the selected traces only). A limit applies to
                 the selected traces.
             persist_results: register the judge and write entity_metadata (default True).
-            max_workers: thread pool size (default 4, or 32 when a level ``uses_llm``).
+            max_workers: thread pool size (default 4, or 32 when a level ``uses_llm``); in
+                ``"processes"`` mode, the threads of each worker process.
             batch_size: traces per batch (one trace query and one span query per batch).
             max_failures: abort once more traces failed than this count (int) or fraction
                 of the scope (float < 1); finished work is kept.
@@ -115,10 +120,18 @@ class MapReduceComputation(PipelineDefinition):
             max_cost_usd: stop cleanly before an LLM judge call could push this run's LLM
                 spending past it (``LLMBudgetExceeded``; finished work is kept, and a run
                 with a higher cap continues). Local mode.
+            workers: worker processes of ``mode="processes"`` (default: one per core).
         """
         self.require_levels()
-        if mode not in ("local", "modal"):
-            raise PipelineDefinitionError(f"mode must be 'local' or 'modal', got {mode!r}")
+        if mode not in ("local", "modal", "processes"):
+            raise PipelineDefinitionError(
+                f"mode must be 'local', 'processes' or 'modal', got {mode!r}"
+            )
+        if workers is not None and mode != "processes":
+            raise PipelineDefinitionError(
+                f"workers sets the processes of mode='processes' (got mode={mode!r}); use "
+                f"max_workers for the threads of mode='local'"
+            )
         options = RunOptions(
             limits=Limits(limit_traces, limit_datapoints, limit_steps),
             results=results,
@@ -133,13 +146,17 @@ class MapReduceComputation(PipelineDefinition):
         )
         settings = settings or load_settings()
         mapper: Mapper
-        if mode == "modal" and max_cost_usd is not None:
+        if mode in ("modal", "processes") and max_cost_usd is not None:
             raise PipelineDefinitionError(
-                "max_cost_usd is enforced in the process that calls the judges: use "
-                "mode='local' (each Modal container has its own limiter and spending)"
+                f"max_cost_usd is enforced in the process that calls the judges: use "
+                f"mode='local' (with mode={mode!r} each worker has its own limiter and "
+                f"spending)"
             )
         if mode == "modal":
             mapper = modal_mapper(self, options=options, settings=settings)
+        elif mode == "processes":
+            self.check_pip_install()
+            mapper = processes_mapper(self, settings=settings, workers=workers)
         else:
             self.check_pip_install()
             mapper = ThreadMapper()

@@ -131,7 +131,7 @@ def test_unknown_run_lists_existing_runs_closest_first(one_run: Store) -> None:
 
 def test_unknown_mode(one_run: Store) -> None:
     with pytest.raises(
-        PipelineDefinitionError, match="mode must be 'local' or 'modal', got 'cloud'"
+        PipelineDefinitionError, match="mode must be 'local', 'processes' or 'modal', got 'cloud'"
     ):
         _pipeline().run("run_a", mode="cloud")  # type: ignore[arg-type]
 
