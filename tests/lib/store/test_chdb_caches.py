@@ -12,7 +12,7 @@ import pytest
 from manta_lib.errors import ConfigError
 from manta_lib.settings import load_settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 _SHOW = """
 from manta_lib.store import Store

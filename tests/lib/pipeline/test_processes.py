@@ -29,7 +29,7 @@ from manta_lib.store.native_rows import decode_span_rows, span_rows_native
 from tests.lib import processes_defs
 from tests.lib.builders import load_traces, trace_line
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _load(settings: MantaSettings, tmp_path: Path, count: int) -> None:
