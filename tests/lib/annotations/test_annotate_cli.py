@@ -20,8 +20,13 @@ from manta_lib.store import Store
 
 
 @pytest.fixture
-def manta() -> CliRunner:
+def manta(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     _register_commands()
+    # The command's console took its width when first imported (maybe by an earlier test):
+    # give it a wide one so table cells do not wrap.
+    from manta_lib.cli import annotate_commands
+
+    monkeypatch.setattr(annotate_commands.console, "width", 160)
     return CliRunner(env={"COLUMNS": "160"})
 
 
