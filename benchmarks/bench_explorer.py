@@ -201,8 +201,12 @@ def main() -> None:
         "live poll (no change)": f"/live?run={run_id}&base={count}&seen={count}",
     }
     modes = {
-        "(a) per-request store": TestClient(create_app(settings, keep_store_open=False)),
-        "(b) store kept open": TestClient(create_app(settings, keep_store_open=True)),
+        "(a) per-request store": TestClient(
+            create_app(settings, keep_store_open=False), base_url="http://127.0.0.1"
+        ),
+        "(b) store kept open": TestClient(
+            create_app(settings, keep_store_open=True), base_url="http://127.0.0.1"
+        ),
     }
     times: dict[tuple[str, str], list[float]] = {(m, p): [] for m in modes for p in pages}
     first: dict[tuple[str, str], float] = {}

@@ -161,6 +161,16 @@ def _sorted_by_result(
     return [found[t] for t in wanted if t in found]
 
 
+def _count(state: Explorer, svc: MantaService, filters: dict[str, Any]) -> int:
+    """The number of matching traces. A search scans the spans of the whole scope, so its
+    count is kept while the traces and spans are unchanged: the next pages of the same search
+    reuse it."""
+    if not filters.get("text"):
+        return svc.count_traces(**filters)
+    key = ("search_count", repr(sorted(filters.items())))
+    return state.cached(svc, key, lambda: svc.count_traces(**filters), tables=("traces", "spans"))
+
+
 def traces_page(request: Request) -> Response:
     filters = trace_filters(request)
     names = chosen_columns(request)
@@ -172,7 +182,7 @@ def traces_page(request: Request) -> Response:
     page = int_param(request, "page", 1, minimum=1) or 1
     state = explorer(request)
     with state.service() as svc:
-        total = svc.count_traces(**filters)
+        total = _count(state, svc, filters)
         selected = tuple(filters.get("run_id", ()))
         columns = result_columns(state, svc, names, selected)
         if sort in names:

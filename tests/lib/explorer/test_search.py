@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from manta_lib.errors import QueryError
 from manta_lib.service import MantaService
 from manta_lib.store import Store
 from manta_lib.store.schema import SPAN_TEXT_EXPR, SPANS_DDL, ensure_schema
+from tests.lib.builders import load_traces, trace_line
 from tests.lib.explorer.conftest import HOSTILE_RUN, RESULTS_RUN, SCRIPT, ExplorerData
 
 CODE_RUN = "run_grpo_code_v1"
@@ -270,3 +272,30 @@ def test_explorer_search_of_a_run_without_matches(explorer_data: ExplorerData) -
     page = explorer_data.client.get(f"/traces?run={HOSTILE_RUN}&text=division+by+zero")
     assert page.status_code == 200
     assert "No trace matches these filters." in page.text
+
+
+def test_a_search_count_is_reused_only_while_the_spans_are_unchanged(
+    svc: MantaService, explorer_data: ExplorerData, tmp_path: Path
+) -> None:
+    """The trace list keeps a search's count for its next pages, and a new matching trace
+    shows at once (the count is recomputed when the traces or spans change)."""
+    run_id, phrase = "run_search_fresh", "quokka overflow"
+
+    def shown() -> str:
+        page = explorer_data.client.get(f"/traces?run={run_id}&text={quote(phrase.upper())}")
+        assert page.status_code == 200
+        found = re.search(
+            r'<h1 id="live-total">Traces <span class="muted">([^<]*)</span>', page.text
+        )
+        assert found, page.text[:500]
+        return found.group(1)
+
+    line = trace_line("t_fresh_0", run_id=run_id)
+    line["spans"][0]["content"] = f"please handle a {phrase} here"
+    load_traces(svc.store, [line], tmp_path)
+    assert shown() == "1" == str(len(matching_traces(svc, phrase, "run_id = {r:String}", r=run_id)))
+    assert shown() == "1"  # the next request (another page) reuses it
+    more = trace_line("t_fresh_1", run_id=run_id)
+    more["spans"][1]["content"] = f"the {phrase.title()} again"
+    load_traces(svc.store, [more], tmp_path)
+    assert shown() == "2" == str(len(matching_traces(svc, phrase, "run_id = {r:String}", r=run_id)))
