@@ -101,11 +101,6 @@ def parse_lines(lines: list[bytes]) -> tuple[list[Any], dict[int, list[str]]]:
     return records, bad
 
 
-def complete_records(fd: int) -> tuple[list[Any], dict[int, list[str]]]:
-    """:func:`parse_lines` of :func:`complete_lines`."""
-    return parse_lines(complete_lines(fd))
-
-
 def ship_once(spool: Path, store: Store | None = None, *, lock_timeout: float | None = None) -> int:
     """Import every complete shard into the store and delete it; the number of rollouts sent.
 
@@ -129,7 +124,7 @@ def ship_once(spool: Path, store: Store | None = None, *, lock_timeout: float | 
             with claimed(path) as fd:
                 if fd is None:
                     continue
-                records, bad = complete_records(fd)
+                records, bad = parse_lines(complete_lines(fd))
                 traces, refused = spool_traces(records)
                 refused.update(bad)
                 if traces:

@@ -736,25 +736,30 @@ class MantaService:
                 print(column.column, column.kappa.value, column.kappa.low, column.kappa.high)
         """
         from manta_lib.annotations.queue import Annotations
-        from manta_lib.results.calibration import calibrate_judges
+        from manta_lib.results.calibration import calibrate
 
         with self._open() as store:
-            result = compare.compare_judges(
-                store, judge_a, judge_b, run_id, level=str(level), columns=columns
+            # each judge's results are read once, for the agreement and the calibration
+            level_name, frame_a, frame_b = compare.judge_frames(
+                store, judge_a, judge_b, run_id, level=str(level)
             )
             labels = Annotations(store).annotator_labels(judge_b, run_id)
-            result.calibration = calibrate_judges(
-                store,
-                judge_a,
-                judge_b,
-                run_id,
-                level=str(level),
-                columns=columns,
-                annotator_labels=[(x.entity_id, x.annotator, x.values) for x in labels],
-                resamples=resamples,
-                seed=seed,
-            )
-            return result
+        result = compare.agreement(
+            frame_a, frame_b, level=level_name, label_a=judge_a, label_b=judge_b, columns=columns
+        )
+        result.calibration = calibrate(
+            frame_a,
+            frame_b,
+            judge=judge_a,
+            reference=judge_b,
+            run_id=run_id,
+            level=level_name,
+            columns=columns,
+            annotator_labels=[(x.entity_id, x.annotator, x.values) for x in labels],
+            resamples=resamples,
+            seed=seed,
+        )
+        return result
 
     def compare_with_grader(
         self, judge: str, run_id: str, column: str, *, version: str | None = None

@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -105,20 +105,9 @@ class QueueProgress:
 
 
 @dataclass(frozen=True)
-class QueueSummary:
+class QueueSummary(sql.QueueRow):
     """A stored queue: its definition and progress."""
 
-    queue_id: str
-    task: str
-    task_version: str
-    run_id: str
-    level: str
-    sample: int
-    stratify: str
-    condition: str
-    seed: int
-    overlap: float
-    created_at: datetime
     progress: QueueProgress
 
 
@@ -591,11 +580,8 @@ class Annotations:
         )
 
     def _summary(self, queue: sql.QueueRow) -> QueueSummary:
-        return QueueSummary(
-            queue.queue_id, queue.task, queue.task_version, queue.run_id, queue.level,
-            queue.sample, queue.stratify, queue.condition, queue.seed, queue.overlap,
-            queue.created_at, self._progress(queue.queue_id),
-        )  # fmt: skip
+        definition = {f.name: getattr(queue, f.name) for f in fields(queue)}
+        return QueueSummary(**definition, progress=self._progress(queue.queue_id))
 
     def _progress(self, queue_id: str) -> QueueProgress:
         rows = self._queue_items(queue_id)

@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 from manta_lib.errors import QueryError
 from manta_lib.results import catalog
 from manta_lib.results.compare import _hashable, _keys, _kind, _ok, _value_columns
-from manta_lib.results.table import results_frame
-from manta_lib.store import Store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,34 +135,6 @@ class Calibration:
     confidence: float = 0.95
 
 
-def calibrate_judges(
-    store: Store,
-    judge: str,
-    reference: str,
-    run_id: str,
-    *,
-    level: str = "trace",
-    columns: Sequence[tuple[str, str]] | None = None,
-    annotator_labels: Sequence[tuple[str, str, dict[str, Any]]] = (),
-    resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Calibration:
-    """``judge`` against ``reference`` on ``run_id`` (see module docs).
-
-    ``columns``: ``(judge column, reference column)`` pairs (default: the categorical and
-    boolean columns both have). ``annotator_labels``: ``(entity_id, annotator, values)`` of
-    every annotator's label, in labelling order, for inter-annotator agreement.
-    """
-    level = catalog.parse_level(level).value
-    return calibrate(
-        results_frame(store, judge, run_id, level=level),
-        results_frame(store, reference, run_id, level=level),
-        judge=judge, reference=reference, run_id=run_id, level=level, columns=columns,
-        annotator_labels=annotator_labels, resamples=resamples, confidence=confidence, seed=seed,
-    )  # fmt: skip
-
-
 def calibrate(
     judged: pd.DataFrame,
     reference_frame: pd.DataFrame,
@@ -179,7 +149,7 @@ def calibrate(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Calibration:
-    """:func:`calibrate_judges` over two results frames (``svc.results`` shape: ``run_id``,
+    """``judge`` against ``reference`` over their results frames (``svc.results`` shape: ``run_id``,
     the level's keys, ``status`` and the value columns), e.g. the outputs of a judge's trial
     run on the labelled traces only, which stores nothing."""
     frame_a, frame_b = _ok(judged), _ok(reference_frame)

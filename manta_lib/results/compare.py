@@ -500,12 +500,20 @@ def compare_judges(
     columns: Sequence[tuple[str, str]] | None = None,
 ) -> Agreement:
     """Agreement of two judges' columns on one run (e.g. an LLM judge against a heuristic)."""
-    level = catalog.parse_level(level).value
-    frame_a = results_frame(store, judge_a, run_id, level=level)
-    frame_b = results_frame(store, judge_b, run_id, level=level)
+    level, frame_a, frame_b = judge_frames(store, judge_a, judge_b, run_id, level=level)
     return agreement(
         frame_a, frame_b, level=level, label_a=judge_a, label_b=judge_b, columns=columns
     )
+
+
+def judge_frames(
+    store: Store, judge_a: str, judge_b: str, run_id: str, *, level: str = "trace"
+) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """The checked level name and both judges' results frames of ``run_id`` at that level."""
+    level = catalog.parse_level(level).value
+    frame_a = results_frame(store, judge_a, run_id, level=level)
+    frame_b = results_frame(store, judge_b, run_id, level=level)
+    return level, frame_a, frame_b
 
 
 def compare_with_grader(

@@ -43,7 +43,8 @@ def _record(trace_id: str) -> None:
             handle.write(trace_id + "\n")
 
 
-def _maybe_crash(trace_id: str) -> None:
+def maybe_crash(trace_id: str) -> None:
+    """Die (``os._exit``) on ``MANTA_TEST_CRASH_ON``'s trace (once with a marker file)."""
     if os.environ.get("MANTA_TEST_CRASH_ON") != trace_id:
         return
     marker = os.environ.get("MANTA_TEST_CRASH_ONCE_FILE")
@@ -57,7 +58,7 @@ def _maybe_crash(trace_id: str) -> None:
 
 def map_trace(trace: TraceContext) -> TraceOut:
     _record(trace.trace_id)
-    _maybe_crash(trace.trace_id)
+    maybe_crash(trace.trace_id)
     fail_on = os.environ.get("MANTA_TEST_FAIL_ON", "")
     if fail_on and fail_on in trace.trace_id:
         raise RuntimeError(f"cannot analyse {trace.trace_id}")

@@ -15,22 +15,10 @@ from __future__ import annotations
 import os
 import time
 
-from pydantic import BaseModel
-
 from manta_lib.context import TraceContext
-from manta_lib.entities import EntityRef
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import MapReduceComputation
-
-
-class TraceOut(BaseModel):
-    tool_errors: int
-    label: str
-
-
-class DatapointOut(BaseModel):
-    rollouts: int
-    failed: int
+from tests.lib.driver_defs import DatapointOut, TraceOut, maybe_crash, reduce_datapoint
 
 
 def map_trace(trace: TraceContext) -> TraceOut:
@@ -38,13 +26,7 @@ def map_trace(trace: TraceContext) -> TraceOut:
     if path:
         with open(path, "a") as handle:
             handle.write(f"{trace.trace_id} {os.getpid()}\n")
-    if os.environ.get("MANTA_TEST_CRASH_ON") == trace.trace_id:
-        marker = os.environ.get("MANTA_TEST_CRASH_ONCE_FILE")
-        if not marker or not os.path.exists(marker):
-            if marker:
-                with open(marker, "w") as handle:
-                    handle.write("crashed\n")
-            os._exit(17)
+    maybe_crash(trace.trace_id)
     if os.environ.get("MANTA_TEST_FAIL_ON") == trace.trace_id:
         raise RuntimeError(f"cannot analyse {trace.trace_id}")
     if os.environ.get("MANTA_TEST_SLOW_ON") == trace.trace_id:
@@ -53,10 +35,6 @@ def map_trace(trace: TraceContext) -> TraceOut:
     if delay:
         time.sleep(delay)
     return TraceOut(tool_errors=trace.tool_error_count, label=trace.datapoint_id)
-
-
-def reduce_datapoint(entity: EntityRef, children: list[TraceOut]) -> DatapointOut:
-    return DatapointOut(rollouts=len(children), failed=entity.failed_children)
 
 
 pipeline = (

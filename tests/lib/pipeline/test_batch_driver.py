@@ -26,19 +26,10 @@ from manta_lib.pipeline.batches import BatchMapper
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from tests.lib import driver_defs
-from tests.lib.builders import load_traces, trace_line
+from tests.lib.pipeline.stored import load_numbered, stored_snapshot
 from tests.lib.process_pool_runner import ProcessPoolRunner
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _load(settings: MantaSettings, tmp_path: Path, count: int, run_id: str = "run_d") -> None:
-    lines = [
-        trace_line(f"t{i:03d}", run_id=run_id, datapoint=f"dp{i // 3}", tool_errors=i % 2)
-        for i in range(count)
-    ]
-    with Store.open(settings) as store:
-        load_traces(store, lines, tmp_path)
 
 
 def _statuses(settings: MantaSettings) -> dict[str, str]:
@@ -49,17 +40,6 @@ def _statuses(settings: MantaSettings) -> dict[str, str]:
                 "SELECT entity_id, value_string FROM {db}.entity_metadata FINAL "
                 "WHERE entity_level = 'trace' AND column = '__status__'"
             )
-        )
-
-
-def _snapshot(settings: MantaSettings) -> list[tuple]:
-    with Store.open(settings) as store:
-        return store.rows(
-            """
-            SELECT entity_level, entity_id, column, value_type, value_number, value_string,
-                   value_bool, value_json, judge_version
-            FROM {db}.entity_metadata FINAL ORDER BY entity_level, entity_id, column
-            """
         )
 
 
@@ -89,13 +69,6 @@ def _drive(settings: MantaSettings, batch_size: int, **options: Any) -> dict:
     )
 
 
-@pytest.fixture
-def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "calls.txt"
-    monkeypatch.setenv("MANTA_TEST_CALLS_FILE", str(path))
-    return path
-
-
 @pytest.mark.slow
 def test_workers_match_local_mode_and_a_rerun_maps_nothing(
     settings: MantaSettings,
@@ -104,13 +77,13 @@ def test_workers_match_local_mode_and_a_rerun_maps_nothing(
     calls: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _load(settings, tmp_path, 14)
+    load_numbered(settings, tmp_path, 14, "run_d")
     result = _drive(settings, batch_size=4)
 
     assert [o.entity_id for o in result[EntityLevel.TRACE]] == [f"t{i:03d}" for i in range(14)]
     assert len(result[EntityLevel.DATAPOINT]) == 5 and len(result[EntityLevel.RUN]) == 1
     assert sorted(_calls(calls)) == [f"t{i:03d}" for i in range(14)]
-    driven = _snapshot(settings)
+    driven = stored_snapshot(settings)
 
     # Same run_id again: every trace is stored, nothing is mapped, same result.
     calls.unlink()
@@ -124,16 +97,16 @@ def test_workers_match_local_mode_and_a_rerun_maps_nothing(
     # Local mode (the same ThreadMapper, in this process) writes the same values.
     monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_local")
     local_settings = load_settings()
-    _load(local_settings, tmp_path, 14)
+    load_numbered(local_settings, tmp_path, 14, "run_d")
     driver_defs.pipeline.run("run_d", mode="local", batch_size=4, progress=False)
-    assert _snapshot(local_settings) == driven
+    assert stored_snapshot(local_settings) == driven
 
 
 @pytest.mark.slow
 def test_worker_crash_on_one_batch_is_retried_without_writing_twice(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _load(settings, tmp_path, 9)
+    load_numbered(settings, tmp_path, 9, "run_d")
     monkeypatch.setenv("MANTA_TEST_CRASH_ON", "t004")
     monkeypatch.setenv("MANTA_TEST_CRASH_ONCE_FILE", str(tmp_path / "crashed"))
 
@@ -150,7 +123,7 @@ def test_worker_crash_on_one_batch_is_retried_without_writing_twice(
 def test_a_trace_that_kills_its_worker_twice_is_recorded_as_its_error(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _load(settings, tmp_path, 6)
+    load_numbered(settings, tmp_path, 6, "run_d")
     monkeypatch.setenv("MANTA_TEST_CRASH_ON", "t001")
 
     # Attempt 1 dies on t001; attempt 2 maps the traces in flight then alone first and dies on
@@ -175,7 +148,7 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_trace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     traces, batch_size = 48, 4
-    _load(settings, tmp_path, traces)
+    load_numbered(settings, tmp_path, traces, "run_d")
     env = {
         **os.environ,
         "MANTA_TEST_MAP_DELAY_S": "0.03",
@@ -205,20 +178,20 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_trace(
     assert not persisted_before & set(second_calls), "a persisted trace was mapped again"
     assert set(first_calls) | set(second_calls) == {f"t{i:03d}" for i in range(traces)}
     assert _raw_label_rows(settings) == {f"t{i:03d}": 1 for i in range(traces)}
-    resumed = _snapshot(settings)
+    resumed = stored_snapshot(settings)
 
     monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_ref")
     reference = load_settings()
-    _load(reference, tmp_path, traces)
+    load_numbered(reference, tmp_path, traces, "run_d")
     driver_defs.pipeline.run("run_d", mode="local", batch_size=batch_size, progress=False)
-    assert _snapshot(reference) == resumed
+    assert stored_snapshot(reference) == resumed
 
 
 @pytest.mark.slow
 def test_subset_runs_through_workers_and_writes_nothing(
     settings: MantaSettings, tmp_path: Path, calls: Path
 ) -> None:
-    _load(settings, tmp_path, 8)
+    load_numbered(settings, tmp_path, 8, "run_d")
     result = _drive(settings, batch_size=2, limits=Limits(traces=5))
     outputs = result[EntityLevel.TRACE]
     assert [o.entity_id for o in outputs] == [f"t{i:03d}" for i in range(5)]
@@ -235,7 +208,7 @@ def test_subset_runs_through_workers_and_writes_nothing(
 def test_too_many_trace_errors_abort_keeping_written_traces(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _load(settings, tmp_path, 9)
+    load_numbered(settings, tmp_path, 9, "run_d")
     monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t00")
     with pytest.raises(ComputationAborted, match=r"traces failed, more than max_failures=1"):
         _drive(settings, batch_size=3, max_failures=1)

@@ -15,6 +15,7 @@ from manta_lib.store import Store
 from tests.lib import pipeline_defs
 from tests.lib.builders import hierarchy_run, load_traces
 from tests.lib.http_fixtures import RecordingHTTPServer
+from tests.lib.pipeline.stored import metadata_snapshot
 
 
 @pytest.fixture
@@ -22,17 +23,6 @@ def hierarchy(store: Store, tmp_path: Path) -> Store:
     load_traces(store, hierarchy_run(), tmp_path)
     pipeline_defs.CALLS.clear()
     return store
-
-
-def metadata_snapshot(store: Store) -> list[tuple]:
-    """Every current value (FINAL), without computed_at."""
-    return store.rows(
-        """
-        SELECT entity_level, entity_id, column, value_type, value_number, value_string,
-               value_bool, value_json, judge_version
-        FROM {db}.entity_metadata FINAL ORDER BY entity_level, entity_id, column
-        """
-    )
 
 
 def test_results_are_written_per_column_with_status(hierarchy: Store) -> None:

@@ -27,29 +27,9 @@ from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 from manta_lib.store.native_rows import decode_span_rows, span_rows_native
 from tests.lib import processes_defs
-from tests.lib.builders import load_traces, trace_line
+from tests.lib.pipeline.stored import load_numbered, stored_snapshot
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _load(settings: MantaSettings, tmp_path: Path, count: int) -> None:
-    lines = [
-        trace_line(f"t{i:03d}", run_id="run_p", datapoint=f"dp{i // 3}", tool_errors=i % 2)
-        for i in range(count)
-    ]
-    with Store.open(settings) as store:
-        load_traces(store, lines, tmp_path)
-
-
-def _snapshot(settings: MantaSettings) -> list[tuple]:
-    with Store.open(settings) as store:
-        return store.rows(
-            """
-            SELECT entity_level, entity_id, column, value_type, value_number, value_string,
-                   value_bool, value_json, judge_version
-            FROM {db}.entity_metadata FINAL ORDER BY entity_level, entity_id, column
-            """
-        )
 
 
 def _statuses(settings: MantaSettings) -> dict[str, tuple[str, str | None]]:
@@ -94,13 +74,6 @@ def _run(**options: object) -> object:
     )
 
 
-@pytest.fixture
-def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "calls.txt"
-    monkeypatch.setenv("MANTA_TEST_CALLS_FILE", str(path))
-    return path
-
-
 @pytest.mark.slow
 def test_results_equal_local_mode_from_worker_processes_and_rerun_maps_nothing(
     settings: MantaSettings,
@@ -109,7 +82,7 @@ def test_results_equal_local_mode_from_worker_processes_and_rerun_maps_nothing(
     calls: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _load(settings, tmp_path, 20)
+    load_numbered(settings, tmp_path, 20, "run_p")
     result = _run(batch_size=8)
 
     mapped = _calls(calls)
@@ -117,7 +90,7 @@ def test_results_equal_local_mode_from_worker_processes_and_rerun_maps_nothing(
     pids = {pid for _, pid in mapped}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2, "worker processes did the mapping"
     assert len(result[EntityLevel.DATAPOINT]) == 7  # type: ignore[index]
-    processed = _snapshot(settings)
+    processed = stored_snapshot(settings)
     shards = sorted(Path(manta_env["MANTA_RUNS_LOG_DIR"]).glob("*.jsonl"))
     rows = [json.loads(line) for shard in shards for line in shard.read_text().splitlines()]
     assert [(r["mode"], r["status"], r["traces_total"]) for r in rows] == [
@@ -132,16 +105,16 @@ def test_results_equal_local_mode_from_worker_processes_and_rerun_maps_nothing(
 
     monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_local")
     local = load_settings()
-    _load(local, tmp_path, 20)
+    load_numbered(local, tmp_path, 20, "run_p")
     processes_defs.pipeline.run("run_p", mode="local", batch_size=8, progress=False)
-    assert _snapshot(local) == processed
+    assert stored_snapshot(local) == processed
 
 
 @pytest.mark.slow
 def test_a_failing_trace_and_a_timeout_are_that_trace_s_error_only(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _load(settings, tmp_path, 9)
+    load_numbered(settings, tmp_path, 9, "run_p")
     monkeypatch.setenv("MANTA_TEST_FAIL_ON", "t002")
     monkeypatch.setenv("MANTA_TEST_SLOW_ON", "t007")
     started = time.monotonic()
@@ -162,7 +135,7 @@ def test_a_failing_trace_and_a_timeout_are_that_trace_s_error_only(
 def test_a_dying_worker_fails_only_its_batch_which_is_retried(
     settings: MantaSettings, tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _load(settings, tmp_path, 12)
+    load_numbered(settings, tmp_path, 12, "run_p")
     monkeypatch.setenv("MANTA_TEST_CRASH_ON", "t005")
     monkeypatch.setenv("MANTA_TEST_CRASH_ONCE_FILE", str(tmp_path / "crashed"))
     _run(batch_size=4)
@@ -178,7 +151,7 @@ def test_driver_killed_mid_run_resumes_without_losing_or_rewriting_a_trace(
     settings: MantaSettings, tmp_path: Path, calls: Path
 ) -> None:
     traces = 40
-    _load(settings, tmp_path, traces)
+    load_numbered(settings, tmp_path, traces, "run_p")
     env = {
         **os.environ,
         "MANTA_TEST_MAP_DELAY_S": "0.05",
@@ -223,7 +196,7 @@ def test_workers_is_checked_and_belongs_to_processes_mode(settings: MantaSetting
 def test_a_subset_run_returns_local_mode_s_outputs_and_writes_nothing(
     settings: MantaSettings, tmp_path: Path, calls: Path
 ) -> None:
-    _load(settings, tmp_path, 10)
+    load_numbered(settings, tmp_path, 10, "run_p")
     subset = {"limit_traces": 7, "batch_size": 4}
     got = _run(**subset)
     local = processes_defs.pipeline.run("run_p", mode="local", progress=False, **subset)  # type: ignore[arg-type]
@@ -239,7 +212,7 @@ def test_a_subset_run_returns_local_mode_s_outputs_and_writes_nothing(
 def test_spans_shipped_undecoded_decode_to_the_rows_local_mode_reads(
     settings: MantaSettings, tmp_path: Path
 ) -> None:
-    _load(settings, tmp_path, 6)
+    load_numbered(settings, tmp_path, 6, "run_p")
     with Store.open(settings) as store:
         service = MantaService(store)
         traces = service.get_traces("run_p", order_by="trace_id")

@@ -15,19 +15,10 @@ from manta_lib.settings import load_settings
 from manta_lib.store import Store
 from tests.lib import pipeline_defs
 from tests.lib.builders import load_traces, trace_line
+from tests.lib.pipeline.stored import metadata_snapshot
 
 REPO = Path(__file__).resolve().parents[3]
 TRACES = 120
-
-
-def _snapshot(store: Store) -> list[tuple]:
-    return store.rows(
-        """
-        SELECT entity_level, entity_id, column, value_type, value_number, value_string,
-               value_bool, value_json, judge_version
-        FROM {db}.entity_metadata FINAL ORDER BY entity_level, entity_id, column
-        """
-    )
 
 
 def _lines(path: Path) -> list[str]:
@@ -86,7 +77,7 @@ def test_resume_after_sigkill_recomputes_nothing_persisted(
     assert set(second_calls) | persisted == {f"t{i:03d}" for i in range(TRACES)}
 
     with Store.open(load_settings()) as store:
-        resumed = _snapshot(store)
+        resumed = metadata_snapshot(store)
 
     # An uninterrupted run into a fresh database gives the same values.
     monkeypatch.setenv("MANTA_DATABASE", manta_env["MANTA_DATABASE"] + "_ref")
@@ -94,4 +85,4 @@ def test_resume_after_sigkill_recomputes_nothing_persisted(
         load_traces(store, lines, tmp_path)
     pipeline_defs.full.run("run_big", mode="local", progress=False)
     with Store.open(load_settings()) as store:
-        assert _snapshot(store) == resumed
+        assert metadata_snapshot(store) == resumed
