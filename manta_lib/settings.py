@@ -83,6 +83,12 @@ class MantaSettings(BaseSettings):
     chdb_cache_mb: float = Field(
         default=64.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_CHDB_CACHE_MB"
     )
+    #: The embedded engine's cache of search index blocks, in MB: a text search over a store
+    #: whose spans' n-gram index fits reads it from memory instead of decompressing it again.
+    #: Filled only by searches.
+    chdb_index_cache_mb: float = Field(
+        default=256.0, ge=0, allow_inf_nan=False, validation_alias="MANTA_CHDB_INDEX_CACHE_MB"
+    )
     #: The embedded engine's memory limit in MB (a query past it fails with a clear error);
     #: unset: ClickHouse's default, 90% of the machine's memory.
     chdb_max_memory_mb: float | None = Field(
@@ -249,6 +255,8 @@ _ENV_NAMES = {
     "MANTA_RUNS_LOG_DIR": "MANTA_RUNS_LOG_DIR",
     "MANTA_CHDB_CACHE_MB": "MANTA_CHDB_CACHE_MB",
     "chdb_cache_mb": "MANTA_CHDB_CACHE_MB",
+    "MANTA_CHDB_INDEX_CACHE_MB": "MANTA_CHDB_INDEX_CACHE_MB",
+    "chdb_index_cache_mb": "MANTA_CHDB_INDEX_CACHE_MB",
     "MANTA_CHDB_MAX_MEMORY_MB": "MANTA_CHDB_MAX_MEMORY_MB",
     "chdb_max_memory_mb": "MANTA_CHDB_MAX_MEMORY_MB",
     "runs_log_dir_override": "MANTA_RUNS_LOG_DIR",

@@ -114,6 +114,9 @@ def chdb_startup_options(settings: MantaSettings) -> dict[str, str]:
     """The embedded engine's start-up settings: its caches and memory limit, in bytes."""
     cache = str(int(settings.chdb_cache_mb * 2**20))
     options = dict.fromkeys(_CHDB_CACHES, cache)
+    # Off in ClickHouse by default; without it every search decompresses the whole n-gram
+    # index again (about 3x a cached search's time at 5M spans).
+    options["index_uncompressed_cache_size"] = str(int(settings.chdb_index_cache_mb * 2**20))
     if settings.chdb_max_memory_mb is not None:
         options["max_server_memory_usage"] = str(int(settings.chdb_max_memory_mb * 2**20))
     return options

@@ -20,7 +20,7 @@ with Store.open() as store:
     for name, value in store.rows(
         "SELECT name, value FROM system.server_settings WHERE name IN ('mark_cache_size', "
         "'primary_index_cache_size', 'index_mark_cache_size', 'query_condition_cache_size', "
-        "'max_server_memory_usage') ORDER BY name"
+        "'max_server_memory_usage', 'index_uncompressed_cache_size') ORDER BY name"
     ):
         print(name, value)
 """
@@ -42,12 +42,17 @@ def test_engine_caches_are_bounded_by_default_and_follow_the_settings(tmp_path: 
     caches = ("mark_cache_size", "primary_index_cache_size", "index_mark_cache_size")
     assert {default[name] for name in caches} == {64 * 2**20}
     assert default["query_condition_cache_size"] == 64 * 2**20
+    assert default["index_uncompressed_cache_size"] == 256 * 2**20
 
     tuned = _engine_settings(
-        tmp_path / "b", MANTA_CHDB_CACHE_MB="16", MANTA_CHDB_MAX_MEMORY_MB="3000"
+        tmp_path / "b",
+        MANTA_CHDB_CACHE_MB="16",
+        MANTA_CHDB_INDEX_CACHE_MB="8",
+        MANTA_CHDB_MAX_MEMORY_MB="3000",
     )
     assert {tuned[name] for name in caches} == {16 * 2**20}
     assert tuned["max_server_memory_usage"] == 3000 * 2**20
+    assert tuned["index_uncompressed_cache_size"] == 8 * 2**20
     assert default["max_server_memory_usage"] != 3000 * 2**20
 
 
@@ -58,6 +63,10 @@ def test_bad_engine_memory_settings_name_the_variable(
     with pytest.raises(ConfigError, match="MANTA_CHDB_CACHE_MB"):
         load_settings()
     monkeypatch.delenv("MANTA_CHDB_CACHE_MB")
+    monkeypatch.setenv("MANTA_CHDB_INDEX_CACHE_MB", "lots")
+    with pytest.raises(ConfigError, match="MANTA_CHDB_INDEX_CACHE_MB"):
+        load_settings()
+    monkeypatch.delenv("MANTA_CHDB_INDEX_CACHE_MB")
     monkeypatch.setenv("MANTA_CHDB_MAX_MEMORY_MB", "0")
     with pytest.raises(ConfigError, match="MANTA_CHDB_MAX_MEMORY_MB"):
         load_settings()
