@@ -146,21 +146,30 @@ def table_price(
 def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
     """The table's dollar price of one call by model and tokens, or None for an unknown model.
 
-    The table's model is looked up once per name; a flat per-token price is applied directly
-    (the table's own calculation costs milliseconds a call, too slow for an import of many
-    calls), anything else (tiers by prompt length) goes through the table's calculation.
+    The table's model is looked up once per name (a name the table does not know is
+    remembered as unknown, so its calls cost no lookup either); a flat per-token price is
+    applied directly (the table's own calculation costs milliseconds a call, too slow for an
+    import of many calls), anything else (tiers by prompt length) goes through the table's
+    calculation.
     """
-    rates = _flat_rates(model)
+    rates = _table_rates(model)
     if rates is None:
+        return None
+    if rates is _NOT_FLAT:
         priced = table_price(model, input_tokens, output_tokens)
         return None if priced is None else float(priced.total_price)
     input_mtok, output_mtok = rates
     return float((input_mtok * input_tokens + output_mtok * output_tokens) / Decimal(1_000_000))
 
 
-@functools.lru_cache(maxsize=256)
-def _flat_rates(model: str) -> tuple[Decimal, Decimal] | None:
-    """``(input, output)`` dollars per million tokens when the model's price is flat."""
+_NOT_FLAT: tuple[Decimal, Decimal] = (Decimal(-1), Decimal(-1))  # known, priced by tiers
+
+
+@functools.lru_cache(maxsize=1024)
+def _table_rates(model: str) -> tuple[Decimal, Decimal] | None:
+    """``(input, output)`` dollars per million tokens when the model's price is flat,
+    :data:`_NOT_FLAT` when the table prices it otherwise, None when the table does not know
+    it (the lookup :func:`table_price` would fail on)."""
     from genai_prices import data_snapshot
 
     try:
@@ -171,4 +180,4 @@ def _flat_rates(model: str) -> tuple[Decimal, Decimal] | None:
     rates = (prices.input_mtok, prices.output_mtok)
     if all(isinstance(rate, Decimal) for rate in rates):
         return rates[0], rates[1]  # type: ignore[return-value]
-    return None
+    return _NOT_FLAT
