@@ -10,8 +10,9 @@ the traces end in an error and 2% in a timeout (no grader, no score). Scores ris
 step in training runs.
 
 Everything derives from the seed and counters (ids, timestamps from a fixed base date), so the
-same seed gives identical rows. Rows are generated as column batches without pydantic: a
-million traces (about 20 million spans) take minutes, not hours.
+same seed gives identical rows. Rows are generated as plain tuples without pydantic and
+written as Arrow tables, the next batch generated on a thread while the store writes the last:
+a million traces (about 20 million spans) take minutes, not hours.
 
 Example::
 
