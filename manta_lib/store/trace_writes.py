@@ -318,12 +318,12 @@ def write_new_trace_tables(store: Store, traces: pa.Table, spans: pa.Table) -> B
 def _insert(store: Store, table: str, columns: Columns | pa.Table) -> None:
     if isinstance(columns, Mapping):
         store.insert_columns(table, columns)
-        rows = len(next(iter(columns.values()), ()))
+        written = bool(columns)
     else:
         store.insert_arrow(table, columns)
-        rows = columns.num_rows
+        written = columns.num_rows > 0
     fault = os.environ.get(_KILL_AFTER_ENV)
-    if fault and rows:
+    if fault and written:
         _inserts[table] = _inserts.get(table, 0) + 1
         where, _, name = fault.partition(f"{table}:{_inserts[table]}")
         if not where and name in ("", ":INT"):
