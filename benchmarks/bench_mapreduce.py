@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_mapreduce.py [--scales 1000000 3000000]
 
-For each scale a child process seeds (or reuses) one demo run of N traces (~20 spans each),
-measures the raw clickhouse-connect span streaming ceiling (every span as a row tuple), then
+For each scale a first child process seeds (or reuses) one demo run of N traces (~20 spans
+each; seeding is not part of the measured run, so it has a process of its own), then a second
+child measures the raw clickhouse-connect span streaming ceiling (every span as a row tuple), then
 runs a trivial map with datapoint/step/run reduces, persistence on, from scratch
 (entity_metadata truncated), and reports traces/s, the ratio to the ceiling (target >= 50%),
 and its peak RSS next to the RSS of the open store before the run (target: peak < 1 GB, and
@@ -124,14 +125,21 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--repeat", type=int, default=1, help="alternations, best time kept")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seed-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.repeat)))
+        return
+    if args.seed_child:
+        with Store.open(bench_settings(f"mapreduce_{args.seed_child}")) as store:
+            ensure_run(store, args.seed_child)
         return
     print(f"{'traces':>9} {'ceiling tr/s':>13} {'pipeline tr/s':>14} {'ratio':>6} "
           f"{'pipeline s':>11} {'peak RSS':>9} {'store RSS':>10} {'run peak':>9}  "
           "peak reached in")  # fmt: skip
     for traces in args.scales:
+        seeding = [sys.executable, __file__, "--seed-child", str(traces)]
+        print(subprocess.run(seeding, capture_output=True, text=True, check=True).stdout, end="")
         out = (
             subprocess.run(
                 [sys.executable, __file__, "--child", str(traces), "--repeat", str(args.repeat)],

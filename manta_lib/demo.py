@@ -10,8 +10,9 @@ the traces end in an error and 2% in a timeout (no grader, no score). Scores ris
 step in training runs.
 
 Everything derives from the seed and counters (ids, timestamps from a fixed base date), so the
-same seed gives identical rows. Rows are generated as column batches without pydantic: a
-million traces (about 20 million spans) take minutes, not hours.
+same seed gives identical rows. Rows are generated as plain tuples without pydantic and
+written as Arrow tables, the next batch generated on a thread while the store writes the last:
+a million traces (about 20 million spans) take minutes, not hours.
 
 Example::
 
@@ -23,30 +24,38 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import queue
 import random
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from manta_lib.errors import MantaError
+from manta_lib.gc_pacing import relaxed_gc
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
     demo_trace_counts,
     hold_sigint,
     stored_trace_summaries,
+    write_new_trace_tables,
     write_trace_batch,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,7 @@ __all__ = [
     "DemoSummary",
     "MAX_DEMO_TRACES",
     "generate_demo",
+    "generate_demo_tables",
     "seed_demo",
 ]
 
@@ -153,6 +163,52 @@ def generate_demo(
             store.insert_columns("spans", batch.spans)
             store.insert_columns("traces", batch.traces)
     """
+    for rows in _row_batches(traces, seed, runs, batch_traces):
+        yield rows.columns()
+
+
+def generate_demo_tables(
+    *,
+    traces: int = 10_000,
+    seed: int = 7,
+    runs: Sequence[str] | None = None,
+    batch_traces: int = 5_000,
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """The rows of :func:`generate_demo` as Arrow tables ``(traces, spans)`` for
+    ``Store.insert_arrow``: the next batch is generated in a background thread while the
+    caller inserts this one (an insert runs in the store's C++ code, without the GIL), and
+    rows become columns in C rather than value by value in Python.
+
+    Example::
+
+        for trace_table, span_table in generate_demo_tables(traces=100_000, seed=1):
+            store.insert_arrow("spans", span_table)
+            store.insert_arrow("traces", trace_table)
+    """
+    with closing(_ready_batches(traces, seed, runs, batch_traces)) as batches:
+        for _, tables in batches:
+            yield tables
+
+
+@dataclass
+class _Rows:
+    """One batch as generated: row tuples in TRACE/SPAN_COLUMNS order."""
+
+    trace_rows: list[tuple[Any, ...]]
+    span_rows: list[tuple[Any, ...]]
+
+    def columns(self) -> DemoBatch:
+        return DemoBatch(
+            _columns(TRACE_COLUMNS, self.trace_rows), _columns(SPAN_COLUMNS, self.span_rows)
+        )
+
+    def tables(self) -> tuple[pa.Table, pa.Table]:
+        return _table(self.trace_rows, _trace_schema()), _table(self.span_rows, _span_schema())
+
+
+def _row_batches(
+    traces: int, seed: int, runs: Sequence[str] | None, batch_traces: int
+) -> Iterator[_Rows]:
     if traces < 1:
         raise MantaError(f"the demo needs at least 1 trace, got traces={traces}")
     specs = _select_runs(runs)
@@ -170,6 +226,56 @@ def generate_demo(
                 yield gen.take()
     if gen.trace_rows:
         yield gen.take()
+
+
+def _ready_batches(
+    traces: int, seed: int, runs: Sequence[str] | None, batch_traces: int
+) -> Generator[tuple[_Rows, tuple[pa.Table, pa.Table]]]:
+    """Each batch's rows with their Arrow tables, both made in a background thread."""
+    batches = _row_batches(traces, seed, runs, batch_traces)
+    return _ahead((rows, rows.tables()) for rows in batches)
+
+
+_DONE = object()
+_T = TypeVar("_T")
+
+
+def _ahead(items: Iterator[_T]) -> Generator[_T]:
+    """Yield ``items`` computed one item ahead in a background thread (errors re-raised
+    here); the thread stops when the consumer stops early."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        """Hand ``item`` over; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="manta-demo-rows", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        if not sys.is_finalizing():  # at exit the (daemon) thread may never run again
+            worker.join()
 
 
 def seed_demo(
@@ -227,20 +333,26 @@ def seed_demo(
     resume = same_seed > 0  # a partial (or complete) seed with these arguments
     run_ids: set[str] = set()
     try:
-        with _progress(progress, traces) as advance:
-            for batch in generate_demo(traces=traces, seed=seed, batch_traces=batch_traces):
-                if resume and not _matches_store(store, batch):
+        with _progress(progress, traces) as advance, relaxed_gc(), ExitStack() as stack:
+            # Closed here, not when collected: its thread must stop before Python exits.
+            batches = stack.enter_context(closing(_ready_batches(traces, seed, None, batch_traces)))
+            for rows, (trace_table, span_table) in batches:
+                batch = rows.columns() if resume else None
+                if batch is not None and not _matches_store(store, batch):
                     return _conflict(conflict, if_empty, started)
                 with hold_sigint():  # a Ctrl-C during the write is raised once counted
-                    done = write_trace_batch(store, batch.traces, batch.spans, check_stored=resume)
+                    if batch is not None:
+                        done = write_trace_batch(store, batch.traces, batch.spans)
+                    else:
+                        done = write_new_trace_tables(store, trace_table, span_table)
                     summary.traces += done.traces_written
                     summary.spans += done.spans_written
                     summary.already_stored += done.traces_present
                 # Batches are written in order: after one whose traces were all new, so are
                 # the following ones (no need to look them up).
                 resume = resume and done.traces_present > 0
-                run_ids.update(batch.traces["run_id"])
-                advance(batch.trace_count)
+                run_ids.update(trace_table.column("run_id").unique().to_pylist())
+                advance(trace_table.num_rows)
     except KeyboardInterrupt:
         summary.seconds = time.perf_counter() - started
         raise DemoInterrupted(summary) from None
@@ -454,10 +566,8 @@ class _Generator:
         self.trace_rows: list[tuple[Any, ...]] = []
         self.span_rows: list[tuple[Any, ...]] = []
 
-    def take(self) -> DemoBatch:
-        batch = DemoBatch(
-            _columns(TRACE_COLUMNS, self.trace_rows), _columns(SPAN_COLUMNS, self.span_rows)
-        )
+    def take(self) -> _Rows:
+        batch = _Rows(self.trace_rows, self.span_rows)
         self.trace_rows, self.span_rows = [], []
         return batch
 
@@ -692,6 +802,50 @@ def _columns(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict[str, S
     if not rows:
         return {}
     return dict(zip(names, zip(*rows, strict=True), strict=True))
+
+
+def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Row tuples -> an Arrow table in one pass in C (the tuples as a struct array)."""
+    import pyarrow as pa
+
+    return pa.Table.from_struct_array(pa.array(rows, type=pa.struct(schema)))
+
+
+def _arrow_schema(names: tuple[str, ...], types: dict[str, str]) -> pa.Schema:
+    """Strings unless ``types`` says otherwise (the types the store's columns take)."""
+    import pyarrow as pa
+
+    kinds = {
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "ms": pa.timestamp("ms", tz="UTC"),
+    }
+    return pa.schema(
+        [(name, kinds[types[name]] if name in types else pa.string()) for name in names]
+    )
+
+
+@functools.cache
+def _trace_schema() -> pa.Schema:
+    ints = ("step_number", "duration_ms", "turn_count", "tokens_input", "tokens_output")
+    types = {name: "int" for name in ints} | {
+        "score": "float",
+        "cost_usd": "float",
+        "created_at": "ms",
+    }
+    return _arrow_schema(TRACE_COLUMNS, types)
+
+
+@functools.cache
+def _span_schema() -> pa.Schema:
+    types = {name: "int" for name in ("seq", "tokens_input", "tokens_output")} | {
+        "is_error": "bool",
+        "cost_usd": "float",
+        "started_at": "ms",
+        "ended_at": "ms",
+    }
+    return _arrow_schema(SPAN_COLUMNS, types)
 
 
 # ---- the environments: text pools, tools and their failures -------------------------------

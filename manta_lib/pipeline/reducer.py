@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from manta_lib.entities import EntityRef, MetadataOutput, new_output
 from manta_lib.models import EntityLevel
@@ -50,11 +52,21 @@ def reduce_level(
     )
 
 
+class Child(Protocol):
+    """What a reduce reads of a child: a stored or just computed output, or its error."""
+
+    @property
+    def output(self) -> BaseModel | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
 def reduce_groups(
     spec: LevelSpec,
     run_id: str,
     groups: Iterable[tuple[str, dict[str, Any], Sequence[str]]],
-    children: Mapping[str, MetadataOutput],
+    children: Mapping[str, Child],
     *,
     judge: str,
     judge_version: str,

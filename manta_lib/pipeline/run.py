@@ -50,7 +50,7 @@ from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store import judge_versions
 from manta_lib.store.client import Store
-from manta_lib.store.entity_groups import iter_output_groups
+from manta_lib.store.entity_groups import StoredChild, iter_output_groups
 from manta_lib.store.metadata import MetadataWriter, count_entities
 from manta_lib.store.trace_queries import Unmapped, count_traces
 
@@ -475,7 +475,7 @@ def reduce_streamed(
     )
     writer = MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
     waiting: list[tuple[str, dict[str, Any], list[str]]] = []
-    children: dict[str, MetadataOutput] = {}
+    children: dict[str, StoredChild] = {}
     written = 0
 
     def reduce_waiting() -> None:

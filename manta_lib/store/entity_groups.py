@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from itertools import groupby
+from itertools import groupby, repeat
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.models import EntityLevel
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import (
-    ERROR_AT_COLUMN,
     ERROR_COLUMN,
     SHARDED_LEVELS,
     SPILL_SETTINGS,
@@ -39,6 +37,18 @@ BLOCK_ROWS = 8192
 _VALUES = ("value_type", "value_number", "value_string", "value_bool", "value_json")
 
 
+class StoredChild(NamedTuple):
+    """One stored entity as a reduce reads it: its keys, and its output (validated into the
+    level's schema) or its error."""
+
+    entity_id: str
+    datapoint_id: str | None
+    step_number: int | None
+    phase: str | None
+    output: BaseModel | None
+    error: str | None
+
+
 def iter_output_groups(
     store: Store,
     *,
@@ -51,7 +61,7 @@ def iter_output_groups(
     group_by: Sequence[str],
     shards: Sequence[int] | None = None,
     shard_count: int = 64,
-) -> Iterator[tuple[tuple[Any, ...], list[MetadataOutput]]]:
+) -> Iterator[tuple[tuple[Any, ...], list[StoredChild]]]:
     """``(key, outputs)`` per value of the ``group_by`` columns (some of ``datapoint_id``,
     ``step_number``, ``phase``), in key order: the stored ``judge_version`` outputs of ``level``,
     validated into ``schema``. An empty ``group_by`` gives one group of every entity.
@@ -64,8 +74,8 @@ def iter_output_groups(
         raise ValueError(f"entities group by {GROUP_COLUMNS}, not {unknown}")
     fields = list(schema.model_fields)
     where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
-    params.update(status_col=STATUS_COLUMN, error_col=ERROR_COLUMN, error_at_col=ERROR_AT_COLUMN)
-    params["cols"] = [STATUS_COLUMN, ERROR_COLUMN, ERROR_AT_COLUMN, *fields]
+    params.update(status_col=STATUS_COLUMN, error_col=ERROR_COLUMN)
+    params["cols"] = [STATUS_COLUMN, ERROR_COLUMN, *fields]
     if shards is not None:
         if level not in SHARDED_LEVELS:
             raise ValueError(f"the {level.value} level is not sharded")
@@ -79,10 +89,9 @@ def iter_output_groups(
     order = ", ".join(dict.fromkeys([*group_by, "step_number", "datapoint_id", "entity_id"]))
     sql = f"""
         SELECT entity_id, any(datapoint_id) AS datapoint_id, any(step_number) AS step_number,
-               toString(any(phase)) AS phase, max(computed_at),
+               toString(any(phase)) AS phase,
                anyIf(value_string, column = {{status_col:String}}) AS status,
                anyIf(value_string, column = {{error_col:String}}),
-               anyIf(value_string, column = {{error_at_col:String}}),
                {", ".join(picks) or "0"}
         FROM {{db}}.entity_metadata FINAL
         WHERE {where} AND column IN {{cols:Array(String)}}
@@ -96,11 +105,7 @@ def iter_output_groups(
     try:
         with reader.stream_columns(sql, params) as blocks:
             outputs = (
-                output
-                for block in blocks
-                for output in _block_outputs(
-                    block, fields, schema, level, run_id, judge, judge_version
-                )
+                child for block in blocks for child in _block_children(block, fields, schema)
             )
             key_of = _key_function(group_by)
             for key, group in groupby(outputs, key=key_of):
@@ -118,42 +123,32 @@ def _key_function(group_by: Sequence[str]) -> Any:
     return get
 
 
-def _block_outputs(
-    block: Sequence[Sequence[Any]],
-    fields: list[str],
-    schema: type[BaseModel],
-    level: EntityLevel,
-    run_id: str,
-    judge: str,
-    judge_version: str,
-) -> Iterator[MetadataOutput]:
-    entity_ids, datapoints, steps, phases, computed, statuses, errors, error_ats = block[:8]
-    values = [_values(block[8 + 5 * i : 13 + 5 * i]) for i in range(len(fields))]
-    for row, entity_id in enumerate(entity_ids):
-        ok = statuses[row] == "ok"
-        output = None
-        if ok:
-            payload = {}
-            for name, column in zip(fields, values, strict=True):
-                value = column[row]
-                if value is not _MISSING:
-                    payload[name] = value
-            output = schema.model_validate(payload)
-        error = errors[row] or None
-        yield new_output(
-            level=level,
-            entity_id=entity_id,
-            run_id=run_id,
-            judge=judge,
-            judge_version=judge_version,
-            output=output,
-            error=error if not ok else None,
-            computed_at=computed[row],
-            error_at=error_ats[row] if not ok else None,
-            datapoint_id=datapoints[row] or None,
-            step_number=steps[row],
-            phase=phases[row] or None,
-        )
+def _block_children(
+    block: Sequence[Sequence[Any]], fields: list[str], schema: type[BaseModel]
+) -> Iterator[StoredChild]:
+    entity_ids, datapoints, steps, phases, statuses, errors = block[:6]
+    values = [_values(block[6 + 5 * i : 11 + 5 * i]) for i in range(len(fields))]
+    # A field with no row in some entity is left out of that entity's payload.
+    gaps = any(_MISSING in column for column in values)
+    validate = schema.model_validate
+    rows = zip(*values, strict=True) if values else repeat(())
+    for entity_id, datapoint, step, phase, status, error, row in zip(
+        entity_ids, datapoints, steps, phases, statuses, errors, rows, strict=False
+    ):
+        if status == "ok":
+            payload = (
+                {
+                    name: value
+                    for name, value in zip(fields, row, strict=True)
+                    if value is not _MISSING
+                }
+                if gaps
+                else dict(zip(fields, row, strict=True))
+            )
+            output, failure = validate(payload), None
+        else:
+            output, failure = None, error or None
+        yield StoredChild(entity_id, datapoint or None, step, phase or None, output, failure)
 
 
 _MISSING = object()

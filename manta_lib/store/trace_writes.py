@@ -22,10 +22,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from manta_lib.store.client import Store
 from manta_lib.store.schema import CATALOG_TABLE
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ __all__ = [
     "stored_span_keys",
     "stored_trace_summaries",
     "stored_trace_runs",
+    "write_new_trace_tables",
     "write_span_batch",
     "write_trace_batch",
 ]
@@ -301,10 +305,25 @@ def delete_run(store: Store, run_id: str) -> RunDeletion:
     return RunDeletion(run_id=run_id, traces=traces, spans=spans, results=results)
 
 
-def _insert(store: Store, table: str, columns: Columns) -> None:
-    store.insert_columns(table, columns)
+def write_new_trace_tables(store: Store, traces: pa.Table, spans: pa.Table) -> BatchWrite:
+    """Insert a batch none of whose rows can be stored already (a fresh demo seed) from Arrow
+    tables, which the store converts in C: spans first, then traces, as
+    :func:`write_trace_batch` does."""
+    with hold_sigint():
+        _insert(store, "spans", spans)
+        _insert(store, "traces", traces)
+    return BatchWrite(traces_written=traces.num_rows, spans_written=spans.num_rows)
+
+
+def _insert(store: Store, table: str, columns: Columns | pa.Table) -> None:
+    if isinstance(columns, Mapping):
+        store.insert_columns(table, columns)
+        written = bool(columns)
+    else:
+        store.insert_arrow(table, columns)
+        written = columns.num_rows > 0
     fault = os.environ.get(_KILL_AFTER_ENV)
-    if fault and columns:
+    if fault and written:
         _inserts[table] = _inserts.get(table, 0) + 1
         where, _, name = fault.partition(f"{table}:{_inserts[table]}")
         if not where and name in ("", ":INT"):
