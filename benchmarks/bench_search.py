@@ -13,8 +13,9 @@ alternating ``--repeat`` times (each keeps its best time, as ``timeit`` does):
 (c) (a)'s query with the index switched off (``use_skip_indexes = 0``),
 (d) (a) again, with the engine's cache of index blocks emptied first (a first search),
 
-and the ratios b/a (target >= 10x, with (a) <= 1 s), c/a and b/d. Then a common phrase, paged: one page
-of 50 traces and its count, showing that the page holds 50 rows whatever the matches.
+and the ratios b/a (target >= 10x, with (a) <= 1 s), c/a and b/d. Then a common phrase,
+paged: one page of 50 traces and its count, showing that the page holds 50 rows whatever
+the matches.
 """
 
 from __future__ import annotations
