@@ -39,6 +39,16 @@ _ENV_VARS = (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With ``--dist loadgroup`` the tests of a module that share a module-scoped fixture (a
+    seeded store, a server) run in one worker, so the fixture is built once, not per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope == "module" for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def drop_database(clickhouse_url: str, database: str) -> None:
     """Drop a test's database once the test is done with it; skipped (the rows stay, nothing
     fails) when another process still holds the embedded store."""
