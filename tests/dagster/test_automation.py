@@ -41,6 +41,9 @@ from pydantic import BaseModel
 
 from manta import EntityLevel, MapReduceComputation
 
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
+
 
 class Calls(BaseModel):
     tool_calls: int

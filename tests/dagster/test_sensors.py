@@ -148,6 +148,9 @@ def test_the_run_request_materializes_every_shard_in_one_run(
 HOLD_STORE = """
 import sys
 from manta_lib.store import Store
+
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
 with Store.open():
     print("holding", flush=True)
     sys.stdin.read()
