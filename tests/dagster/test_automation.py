@@ -36,13 +36,13 @@ from tests.dagster.helpers import (
     stored_status,
 )
 
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
+
 SOURCE = '''
 from pydantic import BaseModel
 
 from manta import EntityLevel, MapReduceComputation
-
-# Real Dagster materializations over a seeded store: end to end (make test runs them).
-pytestmark = pytest.mark.slow
 
 
 class Calls(BaseModel):
