@@ -31,34 +31,35 @@ browser:
 	    $$SUDO apt-get update -qq && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-## The fast loop: lint, types, import layers and the tests not marked slow.
+## The fast loop: lint, import layers, types (incremental after the first run) and the tests
+## not marked slow or serial (unit-level: no subprocess, Dagster run, browser or timing).
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest -q -n $(WORKERS) -m "not slow and not serial"
-	$(BIN)/pytest -q -m "serial and not slow"
+	$(BIN)/mypy
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadgroup -m "not slow and not serial"
 
-# The whole suite: each group in two parallel workers (pytest-xdist; fresh processes per group,
-# since one long process accumulates chDB's idle server threads and slows every later test),
-# then the timing-sensitive tests (marked `serial`) one at a time. Every group runs even when
-# one fails; the exit code says whether all passed.
-TEST_GROUPS := tests/dagster "tests/lib/explorer tests/lib/annotations" \
-	"tests/lib/importers tests/lib/collector tests/lib/ingest tests/lib/integrations tests/lib/llm" \
-	"tests/lib/results tests/lib/runs_log tests/lib/store" tests/lib/pipeline \
-	"tests/lib/test_*.py tests/test_*.py manta_lib manta_dagster" tests/robustness
+# The whole suite: one pytest-xdist session of $(WORKERS) workers over every group of paths
+# (each test's chDB database is dropped after it, so a long worker does not slow down), with
+# mypy beside it (its output printed after), then the timing-sensitive tests (marked `serial`)
+# one at a time, alone. Every step runs even when one fails; the exit code says whether all
+# passed.
+TEST_GROUPS := "tests manta_lib manta_dagster"
 
 ## Lint, type-check and run the whole test suite (this is what CI runs).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	@status=0; for group in $(TEST_GROUPS); do \
+	@status=0; \
+	$(BIN)/mypy > $(VENV)/mypy.log 2>&1 & mypy_pid=$$!; \
+	for group in $(TEST_GROUPS); do \
 	    echo "== pytest $$group"; \
-	    $(BIN)/pytest -n $(WORKERS) -m "not serial" --durations=20 $$group || status=1; \
+	    $(BIN)/pytest -n $(WORKERS) --dist loadgroup -m "not serial" --durations=20 $$group \
+	        || status=1; \
 	done; \
+	echo "== mypy"; wait $$mypy_pid || status=1; cat $(VENV)/mypy.log; \
 	echo "== pytest: timing-sensitive tests, one at a time"; \
 	$(BIN)/pytest -m serial --durations=20 tests || status=1; \
 	exit $$status

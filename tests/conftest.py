@@ -1,7 +1,9 @@
 """Shared fixtures: a real embedded ClickHouse (chDB) per test process, one database per test.
 
 chDB allows one store path per process, so every test in a process shares one path and gets
-its own database (``MANTA_DATABASE``); tests never see each other's rows.
+its own database (``MANTA_DATABASE``); tests never see each other's rows. Each database is
+dropped after its test (or module): in one process, opening the embedded store gets slower
+with every database the store holds, so a worker running hundreds of tests would slow down.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from manta_lib.errors import MantaError
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 
@@ -33,6 +37,32 @@ _ENV_VARS = (
     "MANTA_DATABASE",
     "MANTA_RUNS_LOG_DIR",
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With ``--dist loadgroup`` the tests of a module that share a module-scoped fixture (a
+    seeded store, a server) run in one worker, so the fixture is built once, not per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope == "module" for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def drop_database(clickhouse_url: str, database: str) -> None:
+    """Drop a test's database once the test is done with it; skipped (the rows stay, nothing
+    fails) when another process still holds the embedded store."""
+    path = Path(clickhouse_url.removeprefix("chdb://"))
+    if not (path / "metadata" / f"{database}.sql").exists():
+        return  # never created: no need to start the engine in this process
+    try:
+        settings = load_settings(
+            CLICKHOUSE_URL=clickhouse_url, MANTA_DATABASE=database, MANTA_LOCK_TIMEOUT_S=0
+        )
+        with Store.open(settings, ensure_schema=False) as store:
+            store.command("DROP DATABASE IF EXISTS {db} SYNC")
+    except (MantaError, ClickHouseError):
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +87,7 @@ def manta_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     yield env
+    drop_database(env["CLICKHOUSE_URL"], env["MANTA_DATABASE"])
 
 
 @pytest.fixture

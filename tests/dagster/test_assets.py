@@ -34,6 +34,9 @@ from tests.dagster.helpers import (
     stored_status,
 )
 
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
+
 TRACE, DATAPOINT, STEP, RUN = (
     EntityLevel.TRACE,
     EntityLevel.DATAPOINT,

@@ -36,6 +36,9 @@ from tests.dagster.helpers import (
     stored_status,
 )
 
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
+
 SOURCE = '''
 from pydantic import BaseModel
 

@@ -124,6 +124,7 @@ def test_a_wrong_manta_pipelines_entry_says_what_is_wrong() -> None:
         load_pipelines("tests.dagster.judges:CALLS")
 
 
+@pytest.mark.slow  # a subprocess importing Dagster
 def test_the_definitions_load_from_outside_the_checkout(tmp_path: Path) -> None:
     """A code server started elsewhere still finds the example pipelines (no ClickHouse)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MANTA_PIPELINES")}

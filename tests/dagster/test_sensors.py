@@ -29,6 +29,9 @@ from manta_lib.store import Store
 from tests.dagster import judges
 from tests.dagster.helpers import RUN_ID, SHARDS, Demo, build, materialize, stored_status
 
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
+
 PIPELINES = (judges.pipeline, tool_errors.pipeline)
 TRACE_KEYS = {level_key(p, EntityLevel.TRACE) for p in PIPELINES}
 

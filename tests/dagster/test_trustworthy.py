@@ -49,6 +49,9 @@ from tests.dagster.helpers import (
 )
 from tests.dagster.test_sensors import HOLD_STORE
 
+# Real Dagster materializations over a seeded store: end to end (make test runs them).
+pytestmark = pytest.mark.slow
+
 TRACE, DATAPOINT, STEP = EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.STEP
 PIPELINE = tool_errors.pipeline
 

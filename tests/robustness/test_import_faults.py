@@ -21,6 +21,9 @@ from tests.robustness.import_subprocess import (
     table_state,
 )
 
+# Each test runs the CLI as a subprocess and kills or interrupts it.
+pytestmark = pytest.mark.slow
+
 TRACES = 12
 BATCH = 4  # three batches; two spans per trace
 

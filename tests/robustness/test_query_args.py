@@ -39,6 +39,7 @@ def svc(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
         ]
         load_traces(store, lines, tmp)
         yield MantaService(store)
+        store.command("DROP DATABASE IF EXISTS {db} SYNC")
 
 
 BAD_CALLS: list[tuple[str, Callable[[MantaService], Any], str]] = [

@@ -12,6 +12,9 @@ import pytest
 from manta_lib.demo import generate_demo
 from tests.robustness.import_subprocess import manta, no_duplicates, store_env, table_state
 
+# Each test runs the CLI as a subprocess and kills or interrupts it.
+pytestmark = pytest.mark.slow
+
 TRACES = 240
 BATCH = 80  # about three batches
 

@@ -10,7 +10,6 @@ from typing import Literal
 import numpy as np
 import pytest
 from pydantic import BaseModel
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
 from typer.testing import CliRunner
 
 from manta_lib import MantaService
@@ -81,6 +80,9 @@ def labelled(store: Store, demo_run: str) -> tuple[str, dict[str, Verdict]]:
 def test_calibration_matches_scikit_learn(
     store: Store, labelled: tuple[str, dict[str, Verdict]]
 ) -> None:
+    # imported here: scikit-learn takes seconds to import, in every worker collecting the file
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+
     run_id, _ = labelled
     with MantaService(store) as svc:
         result = svc.compare_judges("heuristic", "heuristic_human", run_id, resamples=500)

@@ -12,7 +12,6 @@ from types import ModuleType
 
 import pytest
 from rich.console import Console
-from sklearn.metrics import cohen_kappa_score
 from starlette.testclient import TestClient
 
 from manta_lib import MantaService
@@ -41,6 +40,8 @@ def judge_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeOpenAIServe
 
 
 def _kappa(a: list[str], b: list[str]) -> float | None:
+    from sklearn.metrics import cohen_kappa_score  # slow to import: only when used
+
     value = float(cohen_kappa_score(a, b))
     return None if value != value else value  # NaN: one label on both sides
 

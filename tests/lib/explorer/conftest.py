@@ -31,6 +31,7 @@ from manta_lib.explorer import create_app
 from manta_lib.models import EntityLevel
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
+from tests.conftest import drop_database
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.explorer.judges import echo_errors
 
@@ -105,6 +106,7 @@ def explorer_data(
         app = create_app(settings, dagster_url="http://dagster.test:3000")
         with TestClient(app, base_url="http://127.0.0.1") as client:
             yield ExplorerData(client, settings, runs, "t_evil", error_trace)
+    drop_database(settings.clickhouse_dsn, settings.database)
 
 
 # ---- annotation: a small demo store with one label queue -----------------------------------
@@ -177,6 +179,7 @@ def annotate_data(
             groups = AnnotationTask("group_human", Verdict, level=EntityLevel.DATAPOINT)
             group_queue = notes.create_queue(groups, ANNOTATE_RUN, sample=3, seed=7)
         yield AnnotateData(settings, queue.queue_id, overlap.queue_id, group_queue.queue_id, task)
+    drop_database(settings.clickhouse_dsn, settings.database)
 
 
 @contextmanager

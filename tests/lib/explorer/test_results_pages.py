@@ -178,7 +178,10 @@ def test_compare_two_runs_shows_shifts_and_links_both_sides(explorer_data: Explo
         params={"run": [RESULTS_RUN, SECOND_RUN], "level": "datapoint"},
     )
     assert page.status_code == 200
-    with MantaService(Store.open(explorer_data.settings, ensure_schema=False)) as svc:
+    with (
+        Store.open(explorer_data.settings, ensure_schema=False) as store,
+        MantaService(store) as svc,
+    ):
         a = svc.results("tool_errors", RESULTS_RUN, level="datapoint")
         b = svc.results("tool_errors", SECOND_RUN, level="datapoint")
     shifts = page.text.split('id="numeric-shifts"', 1)[1].split("</table>", 1)[0]
@@ -201,7 +204,10 @@ def test_compare_with_the_grader_and_a_version_with_itself(explorer_data: Explor
     row = grader.text.split('id="agreement"', 1)[1].split("<td>score</td>", 1)[1]
     row = row.split("</tr>", 1)[0]
     assert '<td class="num">1</td>' in row  # the column is the trace score: correlation 1
-    with MantaService(Store.open(explorer_data.settings, ensure_schema=False)) as svc:
+    with (
+        Store.open(explorer_data.settings, ensure_schema=False) as store,
+        MantaService(store) as svc,
+    ):
         version = next(j for j in svc.judges(run_id=RESULTS_RUN) if j.judge == "tool_errors")
     latest = version.versions[0].version
     same = explorer_data.client.get(

@@ -29,7 +29,10 @@ PHRASES = ("division by zero", "DIVISION BY ZERO", "tests pass", "equivalent", "
 
 @pytest.fixture(scope="module")
 def svc(explorer_data: ExplorerData) -> Iterator[MantaService]:
-    with MantaService(Store.open(explorer_data.settings, ensure_schema=False)) as service:
+    with (
+        Store.open(explorer_data.settings, ensure_schema=False) as store,
+        MantaService(store) as service,
+    ):
         yield service
 
 

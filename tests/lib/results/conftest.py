@@ -15,7 +15,7 @@ from manta_lib.demo import seed_demo
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
-from tests.conftest import _ENV_VARS
+from tests.conftest import _ENV_VARS, drop_database
 from tests.lib.results import defs
 
 EVAL_RUN = "run_eval_gpt4o_mini_math"
@@ -45,6 +45,7 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, chdb_path: Path) -> It
         defs.lenient.run(EVAL_RUN, mode="local", progress=False)
         defs.history.run(TRAIN_RUN, mode="local", progress=False)
         yield env
+    drop_database(env["CLICKHOUSE_URL"], env["MANTA_DATABASE"])
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from manta_lib.explorer import create_app
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
-from tests.conftest import _ENV_VARS
+from tests.conftest import _ENV_VARS, drop_database
 from tests.lib.results.conftest import run_main
 
 RUN_A, RUN_B = "run_grpo_math_v1", "run_grpo_math_v2"
@@ -91,6 +91,7 @@ def phases_env(tmp_path_factory: pytest.TempPathFactory, chdb_path: Path) -> Ite
         for run in (RUN_A, RUN_B):
             pass_rate.run(run, mode="local", progress=False)
         yield env
+    drop_database(env["CLICKHOUSE_URL"], env["MANTA_DATABASE"])
 
 
 @pytest.fixture
