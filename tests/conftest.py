@@ -100,3 +100,18 @@ def store(settings: MantaSettings) -> Iterator[Store]:
     """An open store on a fresh database (schema created), closed after the test."""
     with Store.open(settings) as opened:
         yield opened
+
+
+@pytest.fixture(autouse=True)
+def _forget_judges_made_by_the_test() -> Iterator[None]:
+    """Judges a test created (a reloaded example's module-level judge among them) leave the
+    process's live set when it ends: an ``LLMRunScope()`` of a later test in the same worker
+    preflights every live judge, and would reach for the earlier test's stopped fake server."""
+    from manta_lib.llm.client import LLMJudge
+
+    before = set(map(id, LLMJudge.live()))
+    yield
+    with LLMJudge._live_lock:
+        for judge in list(LLMJudge._live):
+            if id(judge) not in before:
+                LLMJudge._live.discard(judge)
