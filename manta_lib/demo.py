@@ -28,16 +28,14 @@ import functools
 import json
 import logging
 import math
-import queue
 import random
 import sys
-import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -45,6 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from manta_lib.errors import MantaError
 from manta_lib.gc_pacing import relaxed_gc
 from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS
+from manta_lib.read_ahead import read_ahead
 from manta_lib.store import Store
 from manta_lib.store.trace_writes import (
     demo_trace_counts,
@@ -233,49 +232,7 @@ def _ready_batches(
 ) -> Generator[tuple[_Rows, tuple[pa.Table, pa.Table]]]:
     """Each batch's rows with their Arrow tables, both made in a background thread."""
     batches = _row_batches(traces, seed, runs, batch_traces)
-    return _ahead((rows, rows.tables()) for rows in batches)
-
-
-_DONE = object()
-_T = TypeVar("_T")
-
-
-def _ahead(items: Iterator[_T]) -> Generator[_T]:
-    """Yield ``items`` computed one item ahead in a background thread (errors re-raised
-    here); the thread stops when the consumer stops early."""
-    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        """Hand ``item`` over; False once the consumer has stopped."""
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put(exc)
-
-    worker = threading.Thread(target=produce, name="manta-demo-rows", daemon=True)
-    worker.start()
-    try:
-        while (item := ready.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        if not sys.is_finalizing():  # at exit the (daemon) thread may never run again
-            worker.join()
+    return read_ahead(((rows, rows.tables()) for rows in batches), name="manta-demo-rows")
 
 
 def seed_demo(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from manta_lib.pipeline.options import RunOptions, failure_budget
 from manta_lib.pipeline.planner import Scope, split
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
 from manta_lib.pipeline.progress import BucketClock, TraceProgress
+from manta_lib.read_ahead import read_ahead
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
@@ -307,7 +307,14 @@ class ThreadMapper:
             fn = guards.enter_context(crash_guard.guarded_map(job, pool, spec.fn, label, on_crash))
             service = MantaService(reader_store)
             handled = map_suspects(job, fn, service, on_result, hand_on, writer)
-            for contexts in _prefetched(self._batches(job, service), job):
+            batches = read_ahead(
+                self._batches(job, service),
+                depth=PREFETCH,
+                name="manta-prefetch",
+                waiting=lambda: job.clock("load"),
+                join_timeout_s=5,
+            )
+            for contexts in batches:
                 if handled:  # mapped one at a time already
                     contexts = [c for c in contexts if c.trace_id not in handled]
                 with job.clock(job.map_bucket):
@@ -373,46 +380,6 @@ class ThreadMapper:
             contexts = [c for c in chunk if c.trace_id in wanted]
             if contexts:
                 yield contexts
-
-
-def _prefetched(batches: Iterator[list[TraceContext]], job: MapJob) -> Iterator[list[TraceContext]]:
-    """``batches`` loaded on a reader thread, at most ``PREFETCH`` ahead of the consumer."""
-    loaded: queue.Queue[list[TraceContext] | BaseException | None] = queue.Queue(PREFETCH)
-    stop = threading.Event()
-
-    def put(item: list[TraceContext] | BaseException | None) -> bool:
-        while not stop.is_set():
-            try:
-                loaded.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put(exc)
-            return
-        put(None)
-
-    reader = threading.Thread(target=read, name="manta-prefetch", daemon=True)
-    reader.start()
-    try:
-        while True:
-            with job.clock("load"):
-                item = loaded.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        reader.join(timeout=5)
 
 
 def ordered(refs_ids: Sequence[str], *groups: Sequence[MetadataOutput]) -> list[MetadataOutput]:
