@@ -180,10 +180,7 @@ def write_trace_batch(
     trace_ids = list(traces.get("trace_id", ()))
     span_count = len(spans.get("trace_id", ())) if spans else 0
     if not check_stored:
-        with hold_sigint():
-            _insert(store, "spans", spans)
-            _insert(store, "traces", traces)
-        return BatchWrite(traces_written=len(trace_ids), spans_written=span_count)
+        return _write_unchecked(store, traces, spans, len(trace_ids), span_count)
     present, stored = _stored_in_batch(store, traces.get("run_id", ()), trace_ids)
     keep_traces = [i for i, trace_id in enumerate(trace_ids) if trace_id not in present]
     keep_spans: list[int] = []
@@ -309,10 +306,21 @@ def write_new_trace_tables(store: Store, traces: pa.Table, spans: pa.Table) -> B
     """Insert a batch none of whose rows can be stored already (a fresh demo seed) from Arrow
     tables, which the store converts in C: spans first, then traces, as
     :func:`write_trace_batch` does."""
+    return _write_unchecked(store, traces, spans, traces.num_rows, spans.num_rows)
+
+
+def _write_unchecked(
+    store: Store,
+    traces: Columns | pa.Table,
+    spans: Columns | pa.Table,
+    trace_count: int,
+    span_count: int,
+) -> BatchWrite:
+    """Insert spans, then their traces (a trace row is the last thing written of a trace)."""
     with hold_sigint():
         _insert(store, "spans", spans)
         _insert(store, "traces", traces)
-    return BatchWrite(traces_written=traces.num_rows, spans_written=spans.num_rows)
+    return BatchWrite(traces_written=trace_count, spans_written=span_count)
 
 
 def _insert(store: Store, table: str, columns: Columns | pa.Table) -> None:
