@@ -496,11 +496,7 @@ def build_reduce_asset(
                     options.error_rate_threshold,
                 )
             stored = outputs_from_stored(
-                loaded,
-                schema=below.schema,
-                level=below.level,
-                run_id=scope.run_id,
-                judge=pipeline.judge,
+                loaded, pipeline.result_key(scope.run_id, below.level), below.schema
             )
             outputs = reduce_scope(
                 pipeline, store, spec.level, scope, stored, options=run_options, clock=clock
@@ -534,15 +530,7 @@ def _step_checks(
         threshold=options.error_rate_threshold,
         schema_name=spec.schema.__name__,
         outputs=outputs,
-        schema=tally_schema(
-            store,
-            schema=spec.schema,
-            level=spec.level,
-            project_id=pipeline.project_id,
-            judge=pipeline.judge,
-            judge_version=pipeline.judge_version,
-            outputs=outputs,
-        ),
+        schema=tally_schema(store, pipeline, spec.level, outputs),
         complete=complete,
     )
 

@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 import pydantic
-from pydantic import BaseModel
 
 from manta_dagster.split import PartitionSplit
 from manta_lib import EntityLevel, MetadataOutput
-from manta_lib.pipeline import Scope, plan_scope
+from manta_lib.pipeline import PipelineDefinition, Scope, plan_scope
 from manta_lib.store import Store, load_entities
 
 CHECK_COMPLETE = "complete"
@@ -175,15 +174,13 @@ class SchemaTally:
 
 def tally_schema(
     store: Store,
-    *,
-    schema: type[BaseModel],
+    pipeline: PipelineDefinition,
     level: EntityLevel,
-    project_id: str,
-    judge: str,
-    judge_version: str,
     outputs: Sequence[MetadataOutput],
 ) -> SchemaTally:
-    """Read back the successful entities of ``outputs`` and validate them against ``schema``."""
+    """Read back the successful entities of ``outputs`` (the pipeline's ``level``) and
+    validate them against the level's schema."""
+    schema = pipeline.level(level).schema
     wanted: dict[str, set[str]] = {}
     for outcome in outputs:
         if outcome.error is None:
@@ -192,15 +189,8 @@ def tally_schema(
     for run_id, ids in wanted.items():
         ordered = sorted(ids)
         for start in range(0, len(ordered), ID_CHUNK):
-            for entity in load_entities(
-                store,
-                project_id=project_id,
-                run_id=run_id,
-                judge=judge,
-                level=level,
-                judge_version=judge_version,
-                entity_ids=ordered[start : start + ID_CHUNK],
-            ):
+            chunk = ordered[start : start + ID_CHUNK]
+            for entity in load_entities(store, pipeline.result_key(run_id, level), chunk):
                 if entity.entity_id not in ids or not entity.ok:
                     continue
                 tally.checked.append((run_id, entity.entity_id))
@@ -232,31 +222,6 @@ def schema_result(
         if not invalid
         else f"{len(invalid):,} stored entities do not validate against {schema_name}",
     )
-
-
-def check_schema(
-    store: Store,
-    key: dg.AssetKey,
-    *,
-    schema: type[BaseModel],
-    level: EntityLevel,
-    project_id: str,
-    judge: str,
-    judge_version: str,
-    outputs: Sequence[MetadataOutput],
-) -> dg.AssetCheckResult:
-    """``schema``: the stored values of the computed entities validate against ``schema``."""
-    tally = tally_schema(
-        store,
-        schema=schema,
-        level=level,
-        project_id=project_id,
-        judge=judge,
-        judge_version=judge_version,
-        outputs=outputs,
-    )
-    invalid = [(eid, message) for (_, eid), message in tally.invalid.items()]
-    return schema_result(key, schema.__name__, len(tally.checked), invalid)
 
 
 def as_partition_evaluation(

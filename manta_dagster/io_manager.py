@@ -20,7 +20,7 @@ import dagster as dg
 from manta_dagster.partitions import DEFAULT_SHARD_COUNT, scopes_from_keys
 from manta_dagster.resources import ClickHouseResource
 from manta_lib import EntityLevel, MetadataOutput
-from manta_lib.store import StoredEntity, load_entities
+from manta_lib.store import ResultKey, StoredEntity, load_entities
 
 IO_MANAGER_KEY = "manta_io_manager"
 """The resource key of :class:`EntityMetadataIOManager` in the definitions."""
@@ -88,15 +88,15 @@ class EntityMetadataIOManager(dg.ConfigurableIOManager):
         by_run: dict[str, list[StoredEntity]] = {}
         with self.clickhouse.open() as store:
             for scope in scopes_from_keys(keys, shard_count):
-                by_run[scope.run_id] = load_entities(
-                    store,
+                stored = ResultKey(
                     project_id=_meta(metadata, META_PROJECT),
                     run_id=scope.run_id,
                     judge=_meta(metadata, META_JUDGE),
                     level=level,
                     judge_version=_meta(metadata, META_VERSION),
-                    shards=scope.shards,
-                    shard_count=shard_count,
+                )
+                by_run[scope.run_id] = load_entities(
+                    store, stored, shards=scope.shards, shard_count=shard_count
                 )
         context.log.debug(
             "loaded %s/%s for %d run(s): %d entities",

@@ -144,9 +144,7 @@ class BatchMapper:
         with Store.open(job.settings, ensure_schema=False) as store:
             done = completed_traces(
                 store,
-                job.pipeline,
-                job.judge_version,
-                job.scope.run_id,
+                job.result_key,
                 [tid for ids in pending for tid in ids],
                 retry_errors=job.options.retry_errors,
             )

@@ -67,12 +67,8 @@ def missing_entities(
     if present is None:
         present = load_status(
             store,
-            project_id=pipeline.project_id,
-            run_id=scope.run_id,
-            judge=pipeline.judge,
-            level=level,
-            judge_version=pipeline.judge_version,
-            entity_ids=None if len(expected) > ID_FILTER_LIMIT else expected,
+            pipeline.result_key(scope.run_id, level),
+            None if len(expected) > ID_FILTER_LIMIT else expected,
         ).keys()
     have = present if isinstance(present, set | frozenset) else set(present)
     missing = [entity_id for entity_id in expected if entity_id not in have]
@@ -98,14 +94,7 @@ def complete_shards(
     stored outcome for the pipeline's judge version; a shard without traces counts as
     complete. For a trace or datapoint level of a whole-run ``scope``: which Dagster
     partitions ``run|shard`` hold a full result."""
-    stored = load_status(
-        store,
-        project_id=pipeline.project_id,
-        run_id=scope.run_id,
-        judge=pipeline.judge,
-        level=level,
-        judge_version=pipeline.judge_version,
-    )
+    stored = load_status(store, pipeline.result_key(scope.run_id, level))
     by_shard = entities_by_shard(store, level, scope)
     return [
         shard

@@ -372,9 +372,7 @@ def map_suspects(
 
     def stored() -> set[str]:
         retry = job.options.retry_errors
-        return completed_traces(
-            check, job.pipeline, job.judge_version, run_id, ids, retry_errors=retry
-        )
+        return completed_traces(check, job.result_key, ids, retry_errors=retry)
 
     done = stored()
     journal.settle(done)

@@ -23,6 +23,7 @@ from manta_lib.pipeline.versioning import (
     git_label,
     version_source,
 )
+from manta_lib.store.result_key import ResultKey
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,23 @@ class PipelineDefinition:
         self.require_levels()
         return compute_version(
             ((s.level.value, s.fn, s.schema) for s in self.levels), self.manual_version
+        )
+
+    def result_key(
+        self,
+        run_id: str,
+        level: EntityLevel = EntityLevel.TRACE,
+        *,
+        judge_version: str | None = None,
+    ) -> ResultKey:
+        """Where this pipeline's results of ``level`` on ``run_id`` are stored: of its current
+        :attr:`judge_version` unless another is given."""
+        return ResultKey(
+            project_id=self.project_id,
+            run_id=run_id,
+            judge=self.judge,
+            level=level,
+            judge_version=judge_version or self.judge_version,
         )
 
     @property

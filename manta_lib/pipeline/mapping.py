@@ -35,6 +35,7 @@ from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import MetadataWriter, utc_now
+from manta_lib.store.result_key import ResultKey
 from manta_lib.store.trace_queries import Unmapped
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,11 @@ class MapJob:
     @property
     def persist(self) -> bool:
         return self.options.persists
+
+    @property
+    def result_key(self) -> ResultKey:
+        """Where the job's trace outputs are stored (its run and judge version)."""
+        return self.pipeline.result_key(self.scope.run_id, judge_version=self.judge_version)
 
     @property
     def map_bucket(self) -> str:
@@ -341,12 +347,7 @@ class ThreadMapper:
         if job.trace_ids is None:
             # The scope's traces without a stored result, selected in ClickHouse, in storage
             # order: one trace stream and one span stream.
-            unmapped = Unmapped(
-                job.pipeline.project_id,
-                job.pipeline.judge,
-                job.judge_version,
-                job.options.retry_errors,
-            )
+            unmapped = Unmapped(job.result_key, job.options.retry_errors)
             yield from service.iter_trace_batches(
                 job.scope.run_id,
                 batch_size=size,

@@ -147,9 +147,7 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
         done = (
             completed_traces(
                 store,
-                pipeline,
-                expected,
-                run_id,
+                pipeline.result_key(run_id, judge_version=expected),
                 set(trace_ids),
                 retry_errors=bool(payload.get("retry_errors", True)),
             )

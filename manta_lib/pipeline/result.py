@@ -31,6 +31,7 @@ from manta_lib.store.metadata import (
     iter_entities,
     outputs_from_stored,
 )
+from manta_lib.store.result_key import ResultKey
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,23 +39,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StoredRun:
-    """Where a run's outputs are: the store, the judge and version, each level's schema."""
+    """Where a run's outputs are: the store, the results' key, each level's schema."""
 
     settings: MantaSettings
-    project_id: str
-    judge: str
-    judge_version: str
-    run_id: str
+    key: ResultKey
     schemas: dict[EntityLevel, type[BaseModel]]
 
-    def identity(self, level: EntityLevel) -> dict[str, Any]:
-        return {
-            "project_id": self.project_id,
-            "run_id": self.run_id,
-            "judge": self.judge,
-            "level": level,
-            "judge_version": self.judge_version,
-        }
+    def at(self, level: EntityLevel) -> ResultKey:
+        """Where the outputs of ``level`` are stored."""
+        return self.key.at(level)
 
 
 class LevelOutputs(Sequence[MetadataOutput]):
@@ -80,22 +73,16 @@ class LevelOutputs(Sequence[MetadataOutput]):
             yield from self._loaded
             return
         with Store.open(self._run.settings, ensure_schema=False) as store:
-            for entity in iter_entities(store, **self._run.identity(self.level)):
+            for entity in iter_entities(store, self._run.at(self.level)):
                 yield from self._outputs([entity])
 
     def _outputs(self, stored: Any) -> list[MetadataOutput]:
-        return outputs_from_stored(
-            stored,
-            schema=self._run.schemas[self.level],
-            level=self.level,
-            run_id=self._run.run_id,
-            judge=self._run.judge,
-        )
+        return outputs_from_stored(stored, self._run.at(self.level), self._run.schemas[self.level])
 
     def _all(self) -> list[MetadataOutput]:
         if self._loaded is None:
             with Store.open(self._run.settings, ensure_schema=False) as store:
-                outputs = self._outputs(iter_entities(store, **self._run.identity(self.level)))
+                outputs = self._outputs(iter_entities(store, self._run.at(self.level)))
             self._loaded = outputs
         return self._loaded
 
@@ -132,11 +119,11 @@ class RunResult(Mapping[EntityLevel, LevelOutputs]):
 
     @property
     def run_id(self) -> str:
-        return self._run.run_id
+        return self._run.key.run_id
 
     @property
     def judge_version(self) -> str:
-        return self._run.judge_version
+        return self._run.key.versioned()
 
     def __getitem__(self, level: EntityLevel) -> LevelOutputs:
         return self._levels[level]
@@ -164,7 +151,7 @@ class RunResult(Mapping[EntityLevel, LevelOutputs]):
     ) -> list[tuple[str, int, str]]:
         """``(error, entities, first entity id)`` per distinct error, most frequent first."""
         with Store.open(self._run.settings, ensure_schema=False) as store:
-            return error_summary(store, **self._run.identity(level), limit=limit)
+            return error_summary(store, self._run.at(level), limit=limit)
 
     def to_pandas(
         self, level: EntityLevel | str = EntityLevel.TRACE, **kwargs: Any
@@ -176,21 +163,21 @@ class RunResult(Mapping[EntityLevel, LevelOutputs]):
         with Store.open(self._run.settings, ensure_schema=False) as store:
             return results_frame(
                 store,
-                self._run.judge,
-                self._run.run_id,
+                self._run.key.judge,
+                self._run.key.run_id,
                 level=level,
-                version=self._run.judge_version,
-                project_id=self._run.project_id,
+                version=self._run.key.versioned(),
+                project_id=self._run.key.project_id,
                 **kwargs,
             )
 
     def __repr__(self) -> str:
         body = ", ".join(f"{level.value}: {total}" for level, total in self.counts().items())
-        return f"RunResult({self._run.run_id}, {body})"
+        return f"RunResult({self._run.key.run_id}, {body})"
 
 
 def stored_counts(
     store: Store, run: StoredRun, levels: Sequence[EntityLevel]
 ) -> dict[EntityLevel, tuple[int, int]]:
     """``(entities, failed)`` of each level as stored now."""
-    return {level: count_entities(store, **run.identity(level)) for level in levels}
+    return {level: count_entities(store, run.at(level)) for level in levels}

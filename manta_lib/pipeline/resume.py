@@ -14,6 +14,7 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import load_entities, load_status, outputs_from_stored
+from manta_lib.store.result_key import ResultKey
 
 #: Above this many ids a query reads the run's rows and the ids are picked here: a long
 #: array parameter makes the query text itself slow to build and parse.
@@ -21,24 +22,12 @@ ID_FILTER_LIMIT = 1000
 
 
 def completed_traces(
-    store: Store,
-    pipeline: PipelineDefinition,
-    judge_version: str,
-    run_id: str,
-    trace_ids: Collection[str],
-    *,
-    retry_errors: bool,
+    store: Store, key: ResultKey, trace_ids: Collection[str], *, retry_errors: bool
 ) -> set[str]:
-    """The traces among ``trace_ids`` already stored for ``judge_version`` (not to redo)."""
-    status = load_status(
-        store,
-        project_id=pipeline.project_id,
-        run_id=run_id,
-        judge=pipeline.judge,
-        level=EntityLevel.TRACE,
-        judge_version=judge_version,
-        entity_ids=None if len(trace_ids) > ID_FILTER_LIMIT else list(trace_ids),
-    )
+    """The traces among ``trace_ids`` already stored for ``key`` (its run and judge version):
+    not to redo."""
+    ids = None if len(trace_ids) > ID_FILTER_LIMIT else list(trace_ids)
+    status = load_status(store, key.at(EntityLevel.TRACE), ids)
     wanted = trace_ids if isinstance(trace_ids, set | frozenset) else set(trace_ids)
     return {tid for tid, ok in status.items() if tid in wanted and (ok or not retry_errors)}
 
@@ -54,19 +43,6 @@ def load_level(
 ) -> list[MetadataOutput]:
     """The outputs of ``level`` stored for the pipeline's version (or ``judge_version``),
     validated into the level's schema; all of the run's, or those of ``entity_ids``."""
-    stored = load_entities(
-        store,
-        project_id=pipeline.project_id,
-        run_id=run_id,
-        judge=pipeline.judge,
-        level=level,
-        judge_version=judge_version or pipeline.judge_version,
-        entity_ids=entity_ids,
-    )
-    return outputs_from_stored(
-        stored,
-        schema=pipeline.level(level).schema,
-        level=level,
-        run_id=run_id,
-        judge=pipeline.judge,
-    )
+    key = pipeline.result_key(run_id, level, judge_version=judge_version)
+    stored = load_entities(store, key, entity_ids)
+    return outputs_from_stored(stored, key, pipeline.level(level).schema)

@@ -189,10 +189,7 @@ def run_pipeline(
                 with clock("load"):
                     stored = StoredRun(
                         settings=settings,
-                        project_id=pipeline.project_id,
-                        judge=pipeline.judge,
-                        judge_version=pipeline.judge_version,
-                        run_id=run_id,
+                        key=pipeline.result_key(run_id),
                         schemas={s.level: s.schema for s in pipeline.levels},
                     )
                     levels = [s.level for s in pipeline.levels]
@@ -267,9 +264,7 @@ def map_scope(
             done = (
                 completed_traces(
                     session.get(),
-                    pipeline,
-                    version,
-                    scope.run_id,
+                    pipeline.result_key(scope.run_id),
                     set(wanted),
                     retry_errors=options.retry_errors,
                 )
@@ -358,9 +353,7 @@ def _count_pending(
 ) -> tuple[int, int]:
     """``(traces in scope, traces still to map)`` for the pipeline's version, counted in
     ClickHouse."""
-    unmapped = Unmapped(
-        pipeline.project_id, pipeline.judge, pipeline.judge_version, options.retry_errors
-    )
+    unmapped = Unmapped(pipeline.result_key(scope.run_id), options.retry_errors)
     return (
         count_traces(store, scope.trace_filter()),
         count_traces(store, scope.trace_filter(unmapped=unmapped)),
@@ -411,20 +404,12 @@ def _require_stored(
     """Raise unless every trace of the scope (``expected`` of them; ``wanted`` when the ids
     are at hand) has a stored status for the judge version (counted in ClickHouse; the ids
     are compared only when the count is short)."""
-    stored, _ = count_entities(
-        store,
-        project_id=pipeline.project_id,
-        run_id=scope.run_id,
-        judge=pipeline.judge,
-        level=EntityLevel.TRACE,
-        judge_version=pipeline.judge_version,
-    )
+    key = pipeline.result_key(scope.run_id)
+    stored, _ = count_entities(store, key)
     if stored >= expected:
         return
     if wanted is None:
-        unmapped = Unmapped(
-            pipeline.project_id, pipeline.judge, pipeline.judge_version, retry_errors=False
-        )
+        unmapped = Unmapped(key, retry_errors=False)
         missing_count = count_traces(store, scope.trace_filter(unmapped=unmapped))
         if not missing_count:
             return
@@ -433,9 +418,7 @@ def _require_stored(
             f"result for version {pipeline.judge_version}; entity_metadata lost rows, run "
             f"again to recompute them"
         )
-    have = completed_traces(
-        store, pipeline, pipeline.judge_version, scope.run_id, set(wanted), retry_errors=False
-    )
+    have = completed_traces(store, key, set(wanted), retry_errors=False)
     missing = [tid for tid in wanted if tid not in have]
     if missing:
         raise PersistenceError(
@@ -501,11 +484,7 @@ def reduce_streamed(
 
     stored = iter_output_groups(
         store,
-        project_id=pipeline.project_id,
-        run_id=run_id,
-        judge=pipeline.judge,
-        level=below.level,
-        judge_version=pipeline.judge_version,
+        pipeline.result_key(run_id, below.level),
         schema=below.schema,
         group_by=group_columns(level),
         shards=scope.shards,

@@ -8,11 +8,13 @@ from manta_lib.store.metadata import (
     load_status,
     outputs_from_stored,
 )
+from manta_lib.store.result_key import ResultKey
 from manta_lib.store.schema import SCHEMA_VERSION, ensure_schema
 
 __all__ = [
     "SCHEMA_VERSION",
     "MetadataWriter",
+    "ResultKey",
     "Store",
     "StoredEntity",
     "ensure_schema",

@@ -17,15 +17,14 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from manta_lib.models import EntityLevel
 from manta_lib.store.client import Store
 from manta_lib.store.metadata import (
     ERROR_COLUMN,
     SHARDED_LEVELS,
     SPILL_SETTINGS,
     STATUS_COLUMN,
-    identity_where,
 )
+from manta_lib.store.result_key import ResultKey
 from manta_lib.store.trace_queries import SHARD_EXPR
 
 #: Key columns a level's entities can be grouped by (all rows of an entity share them).
@@ -51,20 +50,17 @@ class StoredChild(NamedTuple):
 
 def iter_output_groups(
     store: Store,
+    key: ResultKey,
     *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str,
     schema: type[BaseModel],
     group_by: Sequence[str],
     shards: Sequence[int] | None = None,
     shard_count: int = 64,
 ) -> Iterator[tuple[tuple[Any, ...], list[StoredChild]]]:
-    """``(key, outputs)`` per value of the ``group_by`` columns (some of ``datapoint_id``,
-    ``step_number``, ``phase``), in key order: the stored ``judge_version`` outputs of ``level``,
-    validated into ``schema``. An empty ``group_by`` gives one group of every entity.
+    """``(group key, outputs)`` per value of the ``group_by`` columns (some of
+    ``datapoint_id``, ``step_number``, ``phase``), in group key order: the stored outputs of
+    ``key`` (its level and judge version), validated into ``schema``. An empty ``group_by``
+    gives one group of every entity.
 
     ``shards`` keeps the entities of those datapoint hash shards (the Dagster layout). Uses
     its own connection, so the caller may write with ``store`` while iterating.
@@ -73,7 +69,9 @@ def iter_output_groups(
     if unknown:
         raise ValueError(f"entities group by {GROUP_COLUMNS}, not {unknown}")
     fields = list(schema.model_fields)
-    where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
+    key.versioned()
+    level = key.level
+    where, params = key.where()
     params.update(status_col=STATUS_COLUMN, error_col=ERROR_COLUMN)
     params["cols"] = [STATUS_COLUMN, ERROR_COLUMN, *fields]
     if shards is not None:
@@ -108,8 +106,8 @@ def iter_output_groups(
                 child for block in blocks for child in _block_children(block, fields, schema)
             )
             key_of = _key_function(group_by)
-            for key, group in groupby(outputs, key=key_of):
-                yield key, list(group)
+            for group_key, group in groupby(outputs, key=key_of):
+                yield group_key, list(group)
     finally:
         reader.close()
 

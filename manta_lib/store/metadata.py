@@ -28,6 +28,7 @@ from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import PersistenceError
 from manta_lib.models import EntityLevel
 from manta_lib.store.client import Store
+from manta_lib.store.result_key import ResultKey
 from manta_lib.store.trace_queries import TraceFilter
 
 log = logging.getLogger(__name__)
@@ -341,45 +342,12 @@ class StoredEntity:
     phase: str | None = None
 
 
-def identity_where(
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str | None,
-    entity_ids: Sequence[str] | None,
-) -> tuple[str, dict[str, Any]]:
-    params: dict[str, Any] = {
-        "project": project_id,
-        "run": run_id,
-        "judge": judge,
-        "level": level.value,
-    }
-    where = (
-        "project_id = {project:String} AND run_id = {run:String} AND judge = {judge:String} "
-        "AND entity_level = {level:String}"
-    )
-    if judge_version is not None:
-        params["version"] = judge_version
-        where += " AND judge_version = {version:String}"
-    if entity_ids is not None:
-        params["ids"] = list(entity_ids)
-        where += " AND entity_id IN {ids:Array(String)}"
-    return where, params
-
-
 def load_status(
-    store: Store,
-    *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str,
-    entity_ids: Sequence[str] | None = None,
+    store: Store, key: ResultKey, entity_ids: Sequence[str] | None = None
 ) -> dict[str, bool]:
-    """``{entity_id: ok}`` for the entities already written with ``judge_version``."""
-    where, params = identity_where(project_id, run_id, judge, level, judge_version, entity_ids)
+    """``{entity_id: ok}`` for the entities already written with the key's judge version."""
+    key.versioned()
+    where, params = key.where(entity_ids)
     params["status_col"] = STATUS_COLUMN
     rows = store.rows(
         f"SELECT entity_id, value_string FROM {{db}}.entity_metadata FINAL "
@@ -391,27 +359,25 @@ def load_status(
 
 def load_entities(
     store: Store,
-    *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str | None,
+    key: ResultKey,
     entity_ids: Sequence[str] | None = None,
+    *,
     shards: Sequence[int] | None = None,
     shard_count: int = 64,
 ) -> list[StoredEntity]:
-    """Every stored entity of a level (of one judge version, or the newest of any).
+    """Every stored entity of the key's level (of its judge version, or the newest of any
+    when the key has none).
 
     ``shards`` keeps the trace or datapoint entities of those datapoint hash shards of the run
     (the Dagster layout), selected inside the query.
     """
-    where, params = identity_where(project_id, run_id, judge, level, None, entity_ids)
+    level = key.level
+    where, params = key.where(entity_ids, any_version=True)
     if shards is not None:
         if level not in SHARDED_LEVELS:
             raise ValueError(f"the {level.value} level is not sharded")
         shard_where, shard_params = TraceFilter(
-            run_id=run_id, shards=shards, shard_count=shard_count
+            run_id=key.run_id, shards=shards, shard_count=shard_count
         ).where()
         params.update(shard_params)
         if level is EntityLevel.TRACE:
@@ -429,7 +395,7 @@ def load_entities(
         ),
         params,
     )
-    return list(_fold_entities(rows, judge_version))
+    return list(_fold_entities(rows, key.judge_version))
 
 
 # Each column's newest row: with several versions stored, the entity's newest status names
@@ -470,47 +436,34 @@ SPILL_SETTINGS = (
 ENTITY_BLOCK_ROWS = 8192
 
 
-def iter_entities(
-    store: Store,
-    *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str,
-) -> Iterator[StoredEntity]:
-    """The stored entities of a level and judge version, streamed in trace id order (traces) or
-    scope order (step as a number, phase, datapoint: the other levels): memory
+def iter_entities(store: Store, key: ResultKey) -> Iterator[StoredEntity]:
+    """The stored entities of the key's level and judge version, streamed in trace id order
+    (traces) or scope order (step as a number, phase, datapoint: the other levels): memory
     holds one block of rows, whatever the level's size. Uses its own connection, so the
     caller may use ``store`` while iterating."""
-    where, params = identity_where(project_id, run_id, judge, level, None, None)
+    version = key.versioned()
+    where, params = key.where(any_version=True)
     reader = store.sibling()
     try:
         with reader.stream(
             _ENTITY_ROWS_SQL.format(
                 where=where,
-                order=_entity_order(level),
+                order=_entity_order(key.level),
                 block_rows=int(ENTITY_BLOCK_ROWS),
                 spill=SPILL_SETTINGS,
             ),
             params,
         ) as blocks:
-            yield from _fold_entities((row for block in blocks for row in block), judge_version)
+            yield from _fold_entities((row for block in blocks for row in block), version)
     finally:
         reader.close()
 
 
-def count_entities(
-    store: Store,
-    *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str,
-) -> tuple[int, int]:
-    """``(entities, failed)`` stored for a level and judge version, counted in ClickHouse."""
-    where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
+def count_entities(store: Store, key: ResultKey) -> tuple[int, int]:
+    """``(entities, failed)`` stored for the key's level and judge version, counted in
+    ClickHouse."""
+    key.versioned()
+    where, params = key.where()
     params["status_col"] = STATUS_COLUMN
     total, failed = store.rows(
         f"SELECT count(), countIf(value_string = 'error') FROM {{db}}.entity_metadata FINAL "
@@ -520,19 +473,11 @@ def count_entities(
     return int(total), int(failed)
 
 
-def error_summary(
-    store: Store,
-    *,
-    project_id: str,
-    run_id: str,
-    judge: str,
-    level: EntityLevel,
-    judge_version: str,
-    limit: int = 20,
-) -> list[tuple[str, int, str]]:
-    """``(error, entities, first entity id)`` per distinct error of a level, most frequent
-    first, counted in ClickHouse."""
-    where, params = identity_where(project_id, run_id, judge, level, judge_version, None)
+def error_summary(store: Store, key: ResultKey, limit: int = 20) -> list[tuple[str, int, str]]:
+    """``(error, entities, first entity id)`` per distinct error of the key's level and
+    judge version, most frequent first, counted in ClickHouse."""
+    key.versioned()
+    where, params = key.where()
     params.update({"error_col": ERROR_COLUMN, "n": int(limit)})
     rows = store.rows(
         f"SELECT value_string, count(), min(entity_id) FROM {{db}}.entity_metadata FINAL "
@@ -597,20 +542,16 @@ def _fold_entities(
 
 
 def outputs_from_stored(
-    stored: Iterable[StoredEntity],
-    *,
-    schema: type[BaseModel],
-    level: EntityLevel,
-    run_id: str,
-    judge: str,
+    stored: Iterable[StoredEntity], key: ResultKey, schema: type[BaseModel]
 ) -> list[MetadataOutput]:
-    """Rebuild :class:`MetadataOutput` objects (outputs validated into ``schema``)."""
+    """Rebuild the :class:`MetadataOutput` objects of ``key``'s entities (outputs validated
+    into ``schema``)."""
     return [
         new_output(
-            level=level,
+            level=key.level,
             entity_id=entity.entity_id,
-            run_id=run_id,
-            judge=judge,
+            run_id=key.run_id,
+            judge=key.judge,
             judge_version=entity.judge_version,
             output=schema.model_validate(entity.values) if entity.ok else None,
             error=entity.error,

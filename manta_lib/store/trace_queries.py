@@ -17,6 +17,7 @@ from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanKind
 from manta_lib.store import query_args as args
 from manta_lib.store import text_search
 from manta_lib.store.client import Store
+from manta_lib.store.result_key import ResultKey
 
 ORDERABLE_COLUMNS = (
     "trace_id",
@@ -73,23 +74,25 @@ def in_strings(column: str, param: str, values: list[str], params: dict[str, Any
 
 @dataclass(frozen=True)
 class Unmapped:
-    """The traces without a stored result of one judge version (with ``retry_errors``, or
-    whose stored result is an error): what a resumed computation still has to map."""
+    """The traces of ``key``'s run without a stored result of its judge version (with
+    ``retry_errors``, or whose stored result is an error): what a resumed computation still
+    has to map."""
 
-    project_id: str
-    judge: str
-    judge_version: str
+    key: ResultKey
     retry_errors: bool = True
 
     def clause(self, params: dict[str, Any]) -> str:
-        """``trace_id NOT IN (...)`` over the run(s) bound as ``f_run``."""
+        """``trace_id NOT IN (...)``: the key's stored trace statuses."""
         params.update(
-            f_un_project=self.project_id, f_un_judge=self.judge, f_un_version=self.judge_version
+            f_un_project=self.key.project_id,
+            f_un_run=self.key.run_id,
+            f_un_judge=self.key.judge,
+            f_un_version=self.key.versioned(),
         )
         done = " AND value_string = 'ok'" if self.retry_errors else ""
         return (
             "trace_id NOT IN (SELECT entity_id FROM {db}.entity_metadata FINAL "
-            "WHERE project_id = {f_un_project:String} AND run_id IN {f_run:Array(String)} "
+            "WHERE project_id = {f_un_project:String} AND run_id = {f_un_run:String} "
             "AND judge = {f_un_judge:String} AND judge_version = {f_un_version:String} "
             f"AND entity_level = 'trace' AND column = '{_STATUS}'{done})"
         )
@@ -165,8 +168,11 @@ class TraceFilter:
             self.shards, self.shard_count = args.shards(self.shards, self.shard_count)
         else:
             self.shard_count = args.integer("shard_count", self.shard_count, low=1, high=2**32 - 1)
-        if self.unmapped is not None and self.run_id is None:
-            raise QueryError("the unmapped-traces filter needs run_id")
+        if self.unmapped is not None and self.run_id != [self.unmapped.key.run_id]:
+            raise QueryError(
+                f"the unmapped-traces filter of run {self.unmapped.key.run_id!r} needs "
+                f"run_id={self.unmapped.key.run_id!r}, not {self.run_id!r}"
+            )
         self.text = text_search.phrases(self.text)
 
     def where(self) -> tuple[str, dict[str, Any]]:  # noqa: C901 - one flat clause per filter

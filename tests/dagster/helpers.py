@@ -81,14 +81,7 @@ def stored_status(
     store: Store, pipeline: MapReduceComputation, level: EntityLevel, run_id: str
 ) -> dict[str, bool]:
     """``{entity_id: ok}`` stored in entity_metadata for the pipeline's current version."""
-    return load_status(
-        store,
-        project_id=pipeline.project_id,
-        run_id=run_id,
-        judge=pipeline.judge,
-        level=level,
-        judge_version=pipeline.judge_version,
-    )
+    return load_status(store, pipeline.result_key(run_id, level))
 
 
 def metadata_values(event: dg.AssetMaterialization | dg.AssetCheckEvaluation) -> dict[str, object]:

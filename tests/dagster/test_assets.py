@@ -53,14 +53,7 @@ def judge() -> Iterator[None]:
 
 
 def _values(store: Store, pipeline: object, level: EntityLevel, run_id: str) -> dict[str, dict]:
-    stored = load_entities(
-        store,
-        project_id=pipeline.project_id,  # type: ignore[attr-defined]
-        run_id=run_id,
-        judge=pipeline.judge,  # type: ignore[attr-defined]
-        level=level,
-        judge_version=pipeline.judge_version,  # type: ignore[attr-defined]
-    )
+    stored = load_entities(store, pipeline.result_key(run_id, level))  # type: ignore[attr-defined]
     return {e.entity_id: {"values": e.values, "ok": e.ok, "error": e.error} for e in stored}
 
 

@@ -28,7 +28,7 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline import MapReduceComputation
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
 from manta_lib.settings import load_settings
-from manta_lib.store import Store
+from manta_lib.store import ResultKey, Store
 from manta_lib.store.metadata import StoredEntity, load_entities
 from tests.lib.builders import load_traces, trace_line
 
@@ -114,14 +114,8 @@ def _stored(level: EntityLevel = EntityLevel.TRACE) -> dict[str, StoredEntity]:
     """The crashing pipeline's stored entities of ``level``; opening the store without
     waiting also proves that no process holds it."""
     with Store.open(load_settings(MANTA_LOCK_TIMEOUT_S=0)) as store:
-        entities = load_entities(
-            store,
-            project_id=crashing.project_id,
-            run_id=RUN,
-            judge=crashing.judge,
-            level=level,
-            judge_version=None,
-        )
+        key = ResultKey(crashing.project_id, RUN, crashing.judge, level, judge_version=None)
+        entities = load_entities(store, key)
     return {e.entity_id: e for e in entities}
 
 

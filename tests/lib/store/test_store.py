@@ -10,7 +10,7 @@ from manta_lib.entities import MetadataOutput
 from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
 from manta_lib.results import results_frame
-from manta_lib.store import SCHEMA_VERSION, Store, ensure_schema
+from manta_lib.store import SCHEMA_VERSION, ResultKey, Store, ensure_schema
 from manta_lib.store.metadata import MetadataWriter, load_entities
 from manta_lib.store.schema import current_version
 
@@ -118,14 +118,7 @@ def test_every_value_type_round_trips_through_entity_metadata(store: Store) -> N
     writer.add(outcomes)
     writer.flush()
 
-    stored = load_entities(
-        store,
-        project_id="prj",
-        run_id="run_rt",
-        judge="rt",
-        level=EntityLevel.TRACE,
-        judge_version="v1",
-    )
+    stored = load_entities(store, ResultKey("prj", "run_rt", "rt", EntityLevel.TRACE, "v1"))
     by_id = {entity.entity_id: entity for entity in stored}
     assert Everything.model_validate(by_id["t_ok"].values) == written
     assert by_id["t_ok"].ok and by_id["t_ok"].error is None
