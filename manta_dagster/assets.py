@@ -68,6 +68,7 @@ from manta_lib.explorer.links import results_url
 from manta_lib.pipeline import (
     BucketClock,
     LevelSpec,
+    Outputs,
     PipelineDefinition,
     RunOptions,
     Scope,
@@ -432,7 +433,13 @@ def build_map_asset(
         store: Store, scope: Scope, clock: BucketClock, summary: dict[str, Any]
     ) -> tuple[list[MetadataOutput], int]:
         mapped = map_scope(
-            pipeline, scope, store=store, options=run_options, clock=clock, summary=summary
+            pipeline,
+            scope,
+            store=store,
+            options=run_options,
+            outputs=Outputs.WRITE_AND_RETURN,  # the step's checks read them
+            clock=clock,
+            summary=summary,
         )
         return mapped.outputs, mapped.computed
 

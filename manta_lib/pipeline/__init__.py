@@ -13,7 +13,7 @@ from manta_lib.pipeline.coverage import (
     missing_entities,
 )
 from manta_lib.pipeline.definition import LevelSpec, PipelineDefinition
-from manta_lib.pipeline.options import RunOptions
+from manta_lib.pipeline.options import Outputs, RunOptions
 from manta_lib.pipeline.planner import Limits, Scope, TraceRef, entity_ids, plan_scope
 from manta_lib.pipeline.pool import describe_exception
 from manta_lib.pipeline.progress import BucketClock
@@ -37,6 +37,7 @@ __all__ = [
     "MapReduceComputation",
     "MissingEntities",
     "PipelineDefinition",
+    "Outputs",
     "RunOptions",
     "RunResult",
     "Scope",

@@ -52,8 +52,7 @@ class BatchRunner(Protocol):
 class BatchMapper:
     """A :class:`~manta_lib.pipeline.mapping.Mapper` over a :class:`BatchRunner`."""
 
-    shares_store = False
-    streams = False
+    in_process = False
 
     def __init__(self, runner: BatchRunner, *, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.runner = runner
@@ -67,7 +66,7 @@ class BatchMapper:
     def close(self) -> None:
         self.runner.close()
 
-    def map(self, job: MapJob) -> list[MetadataOutput] | None:
+    def map(self, job: MapJob) -> list[MetadataOutput]:
         pending = [list(ids) for ids in split(job.ids(), job.options.batch_size)]
         self.batches += len(pending)
         ref = pipeline_ref(job.pipeline)
@@ -86,7 +85,7 @@ class BatchMapper:
             payloads = [_payload(job, ref, i, ids, attempt) for i, ids in enumerate(pending)]
             failures = self._round(job, payloads, returned)
             if job.tally.stop.is_set():
-                return None if job.persist else returned
+                return returned
             pending = [pending[i] for i in sorted(failures)]
             errors = [failures[i] for i in sorted(failures)]
             pending, errors = self._still_missing(job, pending, errors)
@@ -94,7 +93,7 @@ class BatchMapper:
                 break
         if pending:
             raise ComputationAborted(_failed_batches_message(job, pending, errors, self))
-        return None if job.persist else returned
+        return returned
 
     def _round(
         self, job: MapJob, payloads: list[Payload], returned: list[MetadataOutput]
@@ -120,7 +119,7 @@ class BatchMapper:
                 job.tally.add(
                     outcome["mapped"], outcome["errors"], (trace_id, error) if first else None
                 )
-                if not job.persist:
+                if job.outputs.returns:
                     returned.extend(decode_outputs(job.pipeline, job.scope.run_id, outcome))
                 if job.tally.stop.is_set():
                     break
@@ -139,7 +138,7 @@ class BatchMapper:
         The stored status is the truth: a worker can write its batch and still fail to
         report back (a container lost after writing); those traces are not mapped again.
         """
-        if not job.persist or not pending:
+        if not job.outputs.writes or not pending:
             return pending, errors
         with Store.open(job.settings, ensure_schema=False) as store:
             done = completed_traces(
@@ -175,7 +174,7 @@ def _failed_batches_message(
         + (
             "Every trace written so far is kept: run again with the same run_id to map only "
             "the missing traces."
-            if job.persist
+            if job.outputs.writes
             else "Nothing was persisted (subset or persist_results=False)."
         )
     )
@@ -189,7 +188,8 @@ def _payload(job: MapJob, ref: str, index: int, trace_ids: list[str], attempt: i
         "trace_ids": trace_ids,
         "judge_version": job.judge_version,
         "attempt": attempt,
-        "persist": job.persist,
+        "persist": job.outputs.writes,
+        "return_outputs": job.outputs.returns,
         "retry_errors": job.options.retry_errors,
         "max_workers": job.options.max_workers,
         "timeout_s": job.options.timeout_s,

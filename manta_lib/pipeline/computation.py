@@ -29,18 +29,16 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from manta_lib.entities import MetadataOutput
 from manta_lib.errors import PipelineDefinitionError
-from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import Mapper, ThreadMapper
 from manta_lib.pipeline.modal import modal_mapper
 from manta_lib.pipeline.options import RunOptions
 from manta_lib.pipeline.planner import Limits
 from manta_lib.pipeline.processes import processes_mapper
+from manta_lib.pipeline.result import RunResult
 from manta_lib.pipeline.run import run_pipeline
 from manta_lib.settings import MantaSettings, load_settings
 
@@ -85,14 +83,15 @@ class MapReduceComputation(PipelineDefinition):
         settings: MantaSettings | None = None,
         max_cost_usd: float | None = None,
         workers: int | None = None,
-    ) -> Mapping[EntityLevel, Sequence[MetadataOutput]]:
+    ) -> RunResult:
         """Run the pipeline over one run and return every level's outputs.
 
-        A persisted run keeps none of them in memory: it returns a
-        :class:`~manta_lib.pipeline.result.RunResult`, which reads each level from the store
-        when asked (``result[EntityLevel.TRACE]`` streams it; ``counts()``, ``errors()`` and
-        ``to_pandas()`` are computed in ClickHouse). A run that does not persist (a subset)
-        returns a ``dict`` of lists, at most ``IN_MEMORY_TRACE_LIMIT`` (500,000) traces.
+        The :class:`~manta_lib.pipeline.result.RunResult` maps each level to its outputs, like
+        a ``dict[EntityLevel, list[MetadataOutput]]``. A persisted run keeps none of them in
+        memory: each level is read from the store when asked (``result[EntityLevel.TRACE]``
+        streams it; ``counts()``, ``errors()`` and ``to_pandas()`` are computed in
+        ClickHouse). A run that does not persist (a subset) holds its outputs, at most
+        ``IN_MEMORY_TRACE_LIMIT`` (500,000) traces.
 
         Args:
             run_id: the run to analyse.
@@ -135,7 +134,7 @@ class MapReduceComputation(PipelineDefinition):
         options = RunOptions(
             limits=Limits(limit_traces, limit_datapoints, limit_steps),
             results=results,
-            persist=persist_results,
+            persist_results=persist_results,
             max_workers=self.default_max_workers if max_workers is None else max_workers,
             batch_size=batch_size,
             max_failures=max_failures,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from manta_lib.models import EntityLevel
+from manta_lib.pipeline.planner import StreamedTraces
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
 from manta_lib.pipeline.resume import completed_traces
 from manta_lib.settings import MantaSettings
@@ -324,7 +325,7 @@ def journaled(
 ) -> Iterator[Watched[TraceContext, Any]]:
     """``fn`` watched, with this process's journal of the job's scope when the job persists
     (removed when the block ends: only a process that dies leaves its journal behind)."""
-    journal = open_journal(job, pool) if job.persist else None
+    journal = open_journal(job, pool) if job.outputs.writes else None
     try:
         yield Watched(fn, journal, label)
     finally:
@@ -363,7 +364,7 @@ def map_suspects(
     if journal is None or not journal.suspects:
         return set()
     run_id = job.scope.run_id
-    within = None if job.trace_ids is None else set(job.trace_ids)
+    within = None if isinstance(job.traces, StreamedTraces) else set(job.traces.ids)
     ids = sorted(t for t in journal.suspects if within is None or t in within)
     if not ids:
         return set()

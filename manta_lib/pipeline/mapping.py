@@ -26,8 +26,8 @@ from manta_lib.models import EntityLevel
 from manta_lib.pipeline import crash_guard
 from manta_lib.pipeline.crash_journal import map_suspects
 from manta_lib.pipeline.definition import PipelineDefinition
-from manta_lib.pipeline.options import RunOptions, failure_budget
-from manta_lib.pipeline.planner import Scope, split
+from manta_lib.pipeline.options import Outputs, RunOptions, failure_budget
+from manta_lib.pipeline.planner import ListedTraces, Scope, StreamedTraces, split
 from manta_lib.pipeline.pool import IsolatedPool, ItemResult
 from manta_lib.pipeline.progress import BucketClock, TraceProgress
 from manta_lib.read_ahead import read_ahead
@@ -117,39 +117,29 @@ class MapTally:
 
 @dataclass
 class MapJob:
-    """Map ``trace_ids`` (the pending traces of ``scope``, in scope order), or with
-    ``trace_ids=None`` every trace of the scope without a stored result of the judge version,
-    streamed (``pending_count`` of them when the job was made)."""
+    """Map the pending ``traces`` of ``scope`` (listed, or streamed from the store) and do
+    with each output what ``outputs`` says."""
 
     pipeline: PipelineDefinition
     judge_version: str
     scope: Scope
-    trace_ids: list[str] | None
+    traces: ListedTraces | StreamedTraces
+    outputs: Outputs
     options: RunOptions
     tally: MapTally
     settings: MantaSettings
-    store: Store | None = None  # open for mappers that share the caller's store
+    store: Store | None = None  # the caller's open store, for in-process mappers
     clock: BucketClock = field(default_factory=BucketClock)
-    #: Keep the outputs and return them. False (a persisted run) writes each trace and drops
-    #: it, so memory does not grow with the run; :meth:`Mapper.map` then returns None.
-    collect: bool = True
-    pending_count: int = -1
 
-    def __post_init__(self) -> None:
-        if self.pending_count < 0:
-            if self.trace_ids is None:
-                raise ValueError("a streamed MapJob needs pending_count")
-            self.pending_count = len(self.trace_ids)
+    @property
+    def pending_count(self) -> int:
+        return len(self.traces)
 
     def ids(self) -> list[str]:
         """The job's trace ids (a mapper that cannot stream the scope needs them)."""
-        if self.trace_ids is None:
+        if isinstance(self.traces, StreamedTraces):
             raise ValueError("this MapJob streams its scope: it has no list of trace ids")
-        return self.trace_ids
-
-    @property
-    def persist(self) -> bool:
-        return self.options.persists
+        return self.traces.ids
 
     @property
     def result_key(self) -> ResultKey:
@@ -164,16 +154,14 @@ class MapJob:
 class Mapper(Protocol):
     """Runs a :class:`MapJob` somewhere (see the module docstring)."""
 
-    #: Whether :meth:`map` uses the caller's open store (``MapJob.store``). With False the
-    #: caller closes its store first: an embedded chDB store admits one process at a time.
-    shares_store: bool
-    #: Whether :meth:`map` takes a job without trace ids (``trace_ids=None``): it streams
-    #: the scope's unmapped traces itself.
-    streams: bool
+    #: Whether :meth:`map` runs in this process, with the caller's open store
+    #: (``MapJob.store``), and can stream the scope (:class:`StreamedTraces`). With False
+    #: the caller closes its store first (an embedded chDB store admits one process at a
+    #: time) and lists the pending traces.
+    in_process: bool
 
-    def map(self, job: MapJob) -> list[MetadataOutput] | None:
-        """Map the job's traces; return their outputs, or None when they were persisted and
-        are to be read back from the store."""
+    def map(self, job: MapJob) -> list[MetadataOutput]:
+        """Map the job's traces; return their outputs (none unless ``job.outputs.returns``)."""
         ...
 
     def summary(self) -> dict[str, Any]:
@@ -195,8 +183,7 @@ class ThreadMapper:
     flushes every ``MANTA_FLUSH_SECONDS``.
     """
 
-    shares_store = True
-    streams = True
+    in_process = True
 
     def summary(self) -> dict[str, Any]:
         return {}
@@ -204,12 +191,12 @@ class ThreadMapper:
     def close(self) -> None:
         return None
 
-    def map(self, job: MapJob) -> list[MetadataOutput] | None:
+    def map(self, job: MapJob) -> list[MetadataOutput]:
         if not job.pending_count:
-            return [] if job.collect or not job.persist else None
+            return []
         assert job.store is not None, "ThreadMapper needs the caller's open store"
         writer = None
-        if job.persist:
+        if job.outputs.writes:
             writer = MetadataWriter(
                 job.store,
                 project_id=job.pipeline.project_id,
@@ -225,7 +212,7 @@ class ThreadMapper:
                 self._map(job, writer, outputs)
         finally:
             job.clock.add("persist", writer.seconds_spent)
-        return outputs if job.collect else None
+        return outputs
 
     def _map(
         self, job: MapJob, writer: MetadataWriter | None, outputs: list[MetadataOutput]
@@ -259,7 +246,7 @@ class ThreadMapper:
             if not count:
                 return
             computed_at = utc_now()
-            if writer is not None and not job.collect:
+            if writer is not None and not job.outputs.returns:
                 items = [
                     (
                         r.item.trace_id,
@@ -344,7 +331,7 @@ class ThreadMapper:
     def _batches(job: MapJob, service: MantaService) -> Iterator[list[TraceContext]]:
         """The job's traces with their spans, a batch at a time."""
         size = job.options.batch_size
-        if job.trace_ids is None:
+        if isinstance(job.traces, StreamedTraces):
             # The scope's traces without a stored result, selected in ClickHouse, in storage
             # order: one trace stream and one span stream.
             unmapped = Unmapped(job.result_key, job.options.retry_errors)
@@ -356,13 +343,12 @@ class ThreadMapper:
                 unmapped=unmapped,
             )
             return
+        listed = job.traces.ids
         stream = (
-            not job.options.subset
-            and len(job.trace_ids) > size
-            and len(job.scope.refs) >= len(job.trace_ids)
+            not job.options.subset and len(listed) > size and len(job.scope.refs) >= len(listed)
         )
         if not stream:
-            for ids in split(job.trace_ids, size):
+            for ids in split(listed, size):
                 traces = service.get_traces(
                     job.scope.run_id, trace_ids=list(ids), order_by="trace_id"
                 )
@@ -370,7 +356,7 @@ class ThreadMapper:
             return
         # One trace query and one span stream over the scope, in storage order; traces outside
         # the job (already done, or arrived since planning) are dropped.
-        wanted = set(job.trace_ids)
+        wanted = set(listed)
         chunks = service.iter_trace_batches(
             job.scope.run_id,
             batch_size=size,

@@ -1,9 +1,11 @@
-"""How a pipeline runs: the knobs of ``run()``, checked once, and the failure budget."""
+"""How a pipeline runs: the knobs of ``run()``, checked once, what a map does with its
+outputs, and the failure budget."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.pipeline.planner import Limits
@@ -14,15 +16,15 @@ from manta_lib.results.expr import parse_condition
 class RunOptions:
     """Execution knobs of :meth:`MapReduceComputation.run` (validated on construction).
 
-    ``persist`` is what the caller asked for; :attr:`persists` is what happens: a subset run
-    (any limit set, or a ``results`` condition) never writes results.
+    ``persist_results`` is what the caller asked for; :attr:`writes` is what happens: a
+    subset run (any limit set, or a ``results`` condition) never writes results.
     """
 
     limits: Limits = field(default_factory=Limits)
     #: A condition on stored results (``"tool_errors.tool_errors > 0"``): only the traces it
     #: selects are mapped, as ``count_traces(run, results=...)`` counts them.
     results: str | None = None
-    persist: bool = True
+    persist_results: bool = True
     max_workers: int = 4
     batch_size: int = 1000
     max_failures: int | float | None = None
@@ -89,9 +91,38 @@ class RunOptions:
         return ", ".join(parts) or "no limit"
 
     @property
-    def persists(self) -> bool:
+    def writes(self) -> bool:
         """Whether results are written: asked for, and not a subset run."""
-        return self.persist and not self.subset
+        return self.persist_results and not self.subset
+
+
+class Outputs(Enum):
+    """What a map does with each trace's output."""
+
+    #: Kept and returned; nothing is written (a run that does not persist).
+    RETURN = "return"
+    #: Written as the trace completes, then dropped: memory does not grow with the run (a
+    #: persisted run, which reads its reduce inputs back from the store).
+    WRITE = "write"
+    #: Written and also returned (a Dagster partition, whose checks read them).
+    WRITE_AND_RETURN = "write and return"
+
+    @classmethod
+    def of(cls, writes: bool, returns: bool) -> Outputs:
+        """The plan that writes and returns as asked (one of the two at least)."""
+        if writes:
+            return cls.WRITE_AND_RETURN if returns else cls.WRITE
+        if not returns:
+            raise ValueError("a map that neither writes nor returns its outputs loses them")
+        return cls.RETURN
+
+    @property
+    def writes(self) -> bool:
+        return self is not Outputs.RETURN
+
+    @property
+    def returns(self) -> bool:
+        return self is not Outputs.WRITE
 
 
 def failure_budget(max_failures: int | float | None, scope: int) -> int | None:

@@ -297,3 +297,25 @@ def entity_ids(level: EntityLevel, refs: Sequence[TraceRef], run_id: str = "") -
     """The ids of ``level``'s entities among the traces ``refs`` (of run ``run_id``), in scope
     order."""
     return list(dict.fromkeys(_child_id(level, ref, run_id) for ref in refs))
+
+
+@dataclass(frozen=True)
+class ListedTraces:
+    """The pending traces of a scope, by id, in scope order."""
+
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class StreamedTraces:
+    """Every trace of a scope without a stored result of the judge version, selected in
+    ClickHouse as the map reads them (``count`` of them when the job was made): no list of
+    ids is held, whatever the run's size."""
+
+    count: int
+
+    def __len__(self) -> int:
+        return self.count

@@ -28,8 +28,8 @@ from manta_lib.errors import PipelineDefinitionError, StoreUnavailableError
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import CPU_MAX_WORKERS, PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, MapTally, ThreadMapper
-from manta_lib.pipeline.options import RunOptions
-from manta_lib.pipeline.planner import Scope
+from manta_lib.pipeline.options import Outputs, RunOptions
+from manta_lib.pipeline.planner import ListedTraces, Scope
 from manta_lib.pipeline.progress import BucketClock
 from manta_lib.pipeline.resume import completed_traces
 from manta_lib.settings import MantaSettings, load_settings
@@ -117,10 +117,12 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
 
     Payload keys: ``pipeline`` (``"module:attribute"``), ``run_id``, ``trace_ids`` (the traces
     to map), ``judge_version``, and optionally ``index`` and ``attempt`` (echoed), ``persist``
-    (default True), ``retry_errors`` (True), ``max_workers`` (threads inside the batch,
-    default 4), ``timeout_s`` (per trace). Traces already stored for the version are skipped
-    (the same resume record every mode reads), so a redelivered input writes nothing twice.
-    With ``persist`` False nothing is written and the outputs come back in the report.
+    (default True), ``return_outputs`` (default: not ``persist``), ``retry_errors`` (True),
+    ``max_workers`` (threads inside the batch, default 4), ``timeout_s`` (per trace). Traces
+    already stored for the version are skipped (the same resume record every mode reads), so
+    a redelivered input writes nothing twice.
+    With ``persist`` False nothing is written; with ``return_outputs`` the outputs come back
+    in the report.
     """
     pipeline = resolve_pipeline(payload["pipeline"])
     expected = payload["judge_version"]
@@ -134,8 +136,9 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
     run_id = payload["run_id"]
     trace_ids = list(payload["trace_ids"])
     persist = bool(payload.get("persist", True))
+    return_outputs = bool(payload.get("return_outputs", not persist))
     options = RunOptions(
-        persist=persist,
+        persist_results=persist,
         max_workers=int(payload.get("max_workers", CPU_MAX_WORKERS)),
         batch_size=max(1, len(trace_ids)),
         timeout_s=payload.get("timeout_s"),
@@ -160,7 +163,8 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
             pipeline=pipeline,
             judge_version=expected,
             scope=Scope(run_id, []),
-            trace_ids=pending,
+            traces=ListedTraces(pending),
+            outputs=Outputs.of(persist, return_outputs),
             options=options,
             tally=tally,
             settings=settings,
@@ -181,8 +185,8 @@ def map_batch(payload: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(sum(clock.seconds.values()), 4),
         **{f"{bucket}_s": round(seconds, 4) for bucket, seconds in clock.seconds.items()},
     }
-    if not persist:
-        report["outputs"] = [_encode(o) for o in outputs or []]
+    if return_outputs:
+        report["outputs"] = [_encode(o) for o in outputs]
     return report
 
 
@@ -202,7 +206,7 @@ def _encode(outcome: MetadataOutput) -> dict[str, Any]:
 def decode_outputs(
     pipeline: PipelineDefinition, run_id: str, report: dict[str, Any]
 ) -> list[MetadataOutput]:
-    """The TRACE outputs a worker returned in its report (``persist`` False)."""
+    """The TRACE outputs a worker returned in its report (``return_outputs``)."""
     schema = pipeline.level(EntityLevel.TRACE).schema
     return [
         new_output(

@@ -31,9 +31,11 @@ from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
-from manta_lib.pipeline.options import RunOptions
+from manta_lib.pipeline.options import Outputs, RunOptions
 from manta_lib.pipeline.planner import (
+    ListedTraces,
     Scope,
+    StreamedTraces,
     check_one_phase,
     group_columns,
     group_entity,
@@ -52,6 +54,7 @@ from manta_lib.store import judge_versions
 from manta_lib.store.client import Store
 from manta_lib.store.entity_groups import StoredChild, iter_output_groups
 from manta_lib.store.metadata import MetadataWriter, count_entities
+from manta_lib.store.result_key import ResultKey
 from manta_lib.store.trace_queries import Unmapped, count_traces
 
 log = logging.getLogger(__name__)
@@ -110,12 +113,14 @@ def run_pipeline(
     options: RunOptions,
     settings: MantaSettings,
     mode: str,
-) -> dict[EntityLevel, list[MetadataOutput]] | RunResult:
+) -> RunResult:
     """Plan, register, map, reduce and write one run; one runs-log row either way.
 
-    A persisted run keeps no outputs in memory (each is written and dropped) and returns a
-    :class:`RunResult` that reads them from the store on demand; a run that does not persist
-    returns its outputs by level, at most :data:`IN_MEMORY_TRACE_LIMIT` traces.
+    A persisted run keeps no outputs in memory: each trace is written and dropped
+    (:attr:`Outputs.WRITE`), each reduce level reads the level below back from the store group
+    by group, and the :class:`RunResult` reads the levels from the store on demand. A run that
+    does not persist keeps its outputs (:attr:`Outputs.RETURN`), at most
+    :data:`IN_MEMORY_TRACE_LIMIT` traces.
     """
     pipeline.require_levels()
     with (
@@ -128,83 +133,23 @@ def run_pipeline(
             record.subset = options.subset
             if options.results is not None:
                 record.summary["results_filter"] = options.results
-            if options.persist and options.subset:
+            if options.persist_results and options.subset:
                 log.warning(
                     "subset mode (%s): results are not persisted", options.describe_subset()
                 )
             with clock("load"):
-                MantaService(session.get()).require_run(run_id)
-                results = None
-                if options.results is not None:
-                    results = compile_trace_condition(
-                        session.get(), options.results, run_ids=(run_id,)
-                    )
-                scope = plan_scope(session.get(), run_id, limits=options.limits, results=results)
-            if results is not None and not scope.refs:
-                log.warning("results=%r selects no trace of %s", options.results, run_id)
-            if options.persists:
+                scope = _plan(session.get(), run_id, options)
+            if options.writes:
                 with clock("register"):
                     where = register_judge(pipeline, session.get(), settings)
                 log.debug("judge %s registered in %s", pipeline.judge, where)
-            if not options.persists and len(scope.refs) > IN_MEMORY_TRACE_LIMIT:
-                raise PipelineDefinitionError(
-                    f"a run that keeps its results in memory (persist_results=False) takes at "
-                    f"most {IN_MEMORY_TRACE_LIMIT:,} traces; {scope.describe()} has "
-                    f"{len(scope.refs):,} with {options.describe_subset()}. Set limit_traces "
-                    f"(or limit_datapoints / limit_steps) lower, or persist the results"
-                )
-            traces = map_scope(
-                pipeline,
-                scope,
-                store=session,
-                options=options,
-                mapper=mapper,
-                clock=clock,
-                summary=record.summary,
-                collect=not options.persists,
-            )
-            result: dict[EntityLevel, list[MetadataOutput]] = {EntityLevel.TRACE: traces.outputs}
-            children: Sequence[MetadataOutput] = traces.outputs
-            for spec in pipeline.levels[1:]:
-                if options.persists:  # nothing of the level below was kept: read it back
-                    reduce_streamed(
-                        pipeline, session.get(), spec.level, scope, options=options, clock=clock
-                    )
-                    continue
-                outputs = reduce_scope(
-                    pipeline,
-                    session.get(),
-                    spec.level,
-                    scope,
-                    children,
-                    options=options,
-                    clock=clock,
-                )
-                children = outputs
-                if not options.persists:
-                    result[spec.level] = outputs
-            del children
-            returned: dict[EntityLevel, list[MetadataOutput]] | RunResult = result
-            if options.persists:
-                with clock("load"):
-                    stored = StoredRun(
-                        settings=settings,
-                        key=pipeline.result_key(run_id),
-                        schemas={s.level: s.schema for s in pipeline.levels},
-                    )
-                    levels = [s.level for s in pipeline.levels]
-                    returned = RunResult(stored, stored_counts(session.get(), stored, levels))
+                result = _run_written(pipeline, scope, session, options, mapper, record)
+            else:
+                result = _run_in_memory(pipeline, scope, session, options, mapper, record)
         finally:
             record.summary.update(mapper.summary())
             mapper.close()
-        per_level = (
-            returned.failed_counts()
-            if isinstance(returned, RunResult)
-            else {
-                level: (len(outs), sum(1 for o in outs if o.error is not None))
-                for level, outs in returned.items()
-            }
-        )
+        per_level = result.failed_counts()
         record.traces_total, record.traces_failed = per_level.get(EntityLevel.TRACE, (0, 0))
         counts = summarize_counts(per_level)
         record.summary.update(counts)
@@ -213,9 +158,91 @@ def run_pipeline(
             pipeline.judge,
             run_id,
             ", ".join(f"{k} {v}" for k, v in counts.items()),
-            "" if options.persists else " (not persisted)",
+            "" if options.writes else " (not persisted)",
         )
-        return returned
+        return result
+
+
+def _plan(store: Store, run_id: str, options: RunOptions) -> Scope:
+    """The run's scope: its traces, limited and filtered as ``options`` say."""
+    MantaService(store).require_run(run_id)
+    results = None
+    if options.results is not None:
+        results = compile_trace_condition(store, options.results, run_ids=(run_id,))
+    scope = plan_scope(store, run_id, limits=options.limits, results=results)
+    if results is not None and not scope.refs:
+        log.warning("results=%r selects no trace of %s", options.results, run_id)
+    return scope
+
+
+def _run_written(
+    pipeline: PipelineDefinition,
+    scope: Scope,
+    session: StoreSession,
+    options: RunOptions,
+    mapper: Mapper,
+    record: Any,
+) -> RunResult:
+    """A persisted run: map writing each trace, then each level reduced from the stored level
+    below; the result reads the store."""
+    clock = record.clock
+    map_scope(
+        pipeline,
+        scope,
+        store=session,
+        options=options,
+        outputs=Outputs.WRITE,
+        mapper=mapper,
+        clock=clock,
+        summary=record.summary,
+    )
+    for spec in pipeline.levels[1:]:
+        reduce_streamed(pipeline, session.get(), spec.level, scope, options=options, clock=clock)
+    with clock("load"):
+        stored = StoredRun(
+            settings=session.settings,
+            key=pipeline.result_key(scope.run_id),
+            schemas={s.level: s.schema for s in pipeline.levels},
+        )
+        levels = [s.level for s in pipeline.levels]
+        return RunResult.from_store(stored, stored_counts(session.get(), stored, levels))
+
+
+def _run_in_memory(
+    pipeline: PipelineDefinition,
+    scope: Scope,
+    session: StoreSession,
+    options: RunOptions,
+    mapper: Mapper,
+    record: Any,
+) -> RunResult:
+    """A run that does not persist: every level's outputs held and returned."""
+    if len(scope.refs) > IN_MEMORY_TRACE_LIMIT:
+        raise PipelineDefinitionError(
+            f"a run that keeps its results in memory (persist_results=False) takes at "
+            f"most {IN_MEMORY_TRACE_LIMIT:,} traces; {scope.describe()} has "
+            f"{len(scope.refs):,} with {options.describe_subset()}. Set limit_traces "
+            f"(or limit_datapoints / limit_steps) lower, or persist the results"
+        )
+    clock = record.clock
+    traces = map_scope(
+        pipeline,
+        scope,
+        store=session,
+        options=options,
+        outputs=Outputs.RETURN,
+        mapper=mapper,
+        clock=clock,
+        summary=record.summary,
+    )
+    result: dict[EntityLevel, list[MetadataOutput]] = {EntityLevel.TRACE: traces.outputs}
+    children: list[MetadataOutput] = traces.outputs
+    for spec in pipeline.levels[1:]:
+        children = reduce_scope(
+            pipeline, session.get(), spec.level, scope, children, options=options, clock=clock
+        )
+        result[spec.level] = children
+    return RunResult.in_memory(scope.run_id, pipeline.judge_version, result)
 
 
 def map_scope(
@@ -224,20 +251,22 @@ def map_scope(
     *,
     store: Store | StoreSession,
     options: RunOptions,
+    outputs: Outputs,
     mapper: Mapper | None = None,
     clock: BucketClock | None = None,
     summary: dict[str, Any] | None = None,
-    collect: bool = True,
 ) -> ScopeOutputs:
-    """Map the traces of ``scope`` not already stored for the judge version; return all the
-    scope's trace outputs (stored ones read back) in scope order.
+    """Map the traces of ``scope`` not already stored for the judge version, doing with each
+    output what ``outputs`` says.
+
+    With :attr:`Outputs.WRITE` no output is kept or read back (``outputs`` of the result is
+    empty): each trace is written and dropped, an in-process mapper streams the unmapped
+    traces from ClickHouse (no list of the scope's ids is held), and the stored statuses are
+    counted at the end to check that every trace of the scope has one. Otherwise the result
+    holds all the scope's trace outputs in scope order, those stored before read back.
 
     When the map function ``uses_llm``, the judges are checked before the first trace, the
     ``max_cost_usd`` cap applies, and their usage (``llm_*`` fields) goes into ``summary``.
-
-    With ``collect=False`` (persisted runs only) no output is kept or read back: each trace
-    is written and dropped, ``outputs`` is empty, and the stored statuses are counted to
-    check that every trace of the scope has one.
 
     Raises:
         ComputationAborted: more traces failed than ``options.max_failures`` allows, or a
@@ -245,34 +274,27 @@ def map_scope(
         LLMBudgetExceeded: the next LLM call could have crossed ``options.max_cost_usd``;
             finished work is kept.
     """
+    if outputs.writes != options.writes:
+        raise ValueError(f"outputs={outputs} disagrees with the options (writes={options.writes})")
     session = store if isinstance(store, StoreSession) else StoreSession(store.settings, store)
     mapper = mapper or ThreadMapper()
     clock = clock or BucketClock()
-    version = pipeline.judge_version
-    # A persisted run over a whole scope streams it: which traces are still to map is decided
-    # in ClickHouse, and no list of the scope's trace ids is held (memory stays flat).
-    streamed = options.persists and not collect and mapper.streams and not options.subset
-    wanted: list[str] | None = None
-    pending: list[str] | None = None
+    key = pipeline.result_key(scope.run_id)
+    traces: ListedTraces | StreamedTraces
     done: set[str] = set()
     with clock("load"):
-        if streamed:
-            scope_size, pending_count = _count_pending(session.get(), pipeline, scope, options)
+        if outputs is Outputs.WRITE and mapper.in_process:
+            scope_size, pending_count = _count_pending(session.get(), key, scope, options)
+            traces = StreamedTraces(pending_count)
             done_count = scope_size - pending_count
         else:
             wanted = scope.trace_ids
-            done = (
-                completed_traces(
-                    session.get(),
-                    pipeline.result_key(scope.run_id),
-                    set(wanted),
-                    retry_errors=options.retry_errors,
+            if outputs.writes:
+                done = completed_traces(
+                    session.get(), key, set(wanted), retry_errors=options.retry_errors
                 )
-                if options.persists
-                else set()
-            )
-            pending = [tid for tid in wanted if tid not in done]
-            scope_size, pending_count, done_count = len(wanted), len(pending), len(done)
+            traces = ListedTraces([tid for tid in wanted if tid not in done])
+            scope_size, done_count = len(wanted), len(done)
     if done_count:
         log.info(
             "resuming %s on %s: %d of %d traces already computed for version %s",
@@ -280,80 +302,82 @@ def map_scope(
             scope.describe(),
             done_count,
             scope_size,
-            version,
+            key.judge_version,
         )
     tally = MapTally(
-        pending_count,
+        len(traces),
         scope_size=scope_size,
         max_failures=options.max_failures,
         description=f"{pipeline.judge} · {scope.run_id}",
         progress=options.progress,
-        persisted=options.persists,
+        persisted=outputs.writes,
     )
-    computed: list[MetadataOutput] | None = []
+    computed: list[MetadataOutput] = []
     try:
-        if pending_count:
-            if not mapper.shares_store:
+        if len(traces):
+            if not mapper.in_process:
                 session.release()
             job = MapJob(
                 pipeline=pipeline,
-                judge_version=version,
+                judge_version=key.versioned(),
                 scope=scope,
-                trace_ids=pending,
-                pending_count=pending_count,
+                traces=traces,
+                outputs=outputs,
                 options=options,
                 tally=tally,
                 settings=session.settings,
-                store=session.get() if mapper.shares_store else None,
+                store=session.get() if mapper.in_process else None,
                 clock=clock,
-                collect=collect or not options.persists,
             )
             with relaxed_gc(), llm_scope(pipeline, options, session.settings, summary) as llm:
                 if llm is not None:
                     tally.note = llm.progress_text
                 computed = mapper.map(job)
             if llm is not None and llm.stopped:
-                raise llm.stop_error(tally.mapped, pending_count)
+                raise llm.stop_error(tally.mapped, len(traces))
     except KeyboardInterrupt:
         log.warning(
             "interrupted: %d of %d traces of %s were mapped%s. Run the same pipeline on %s "
             "again to map only the traces without a stored result",
             tally.mapped,
-            pending_count,
+            len(traces),
             scope.describe(),
-            " and written" if options.persists else " (not persisted)",
+            " and written" if outputs.writes else " (not persisted)",
             scope.run_id,
         )
         raise
     finally:
         tally.close()
     tally.raise_if_over_budget()
-    if not collect and options.persists:
-        with clock("load"):
-            _require_stored(session.get(), pipeline, scope, scope_size, wanted)
-        return ScopeOutputs([], tally.mapped, done_count)
-    assert wanted is not None and pending is not None
     with clock("load"):
-        if computed is None:  # persisted by remote workers: read everything back
-            outputs = _load_traces(session.get(), pipeline, scope, wanted)
-            missing = [tid for tid in wanted if tid not in {o.entity_id for o in outputs}]
-            if missing:
-                raise PersistenceError(
-                    f"{len(missing)} traces of {scope.run_id} were mapped but have no stored "
-                    f"result for version {version} (first: {', '.join(missing[:3])}); "
-                    f"entity_metadata lost rows, run again to recompute them"
-                )
-            return ScopeOutputs(outputs, tally.mapped, done_count)
-        previous = _load_traces(session.get(), pipeline, scope, sorted(done)) if done else []
-    return ScopeOutputs(ordered(wanted, previous, computed), tally.mapped, done_count)
+        if outputs is Outputs.WRITE:
+            listed = traces.ids if isinstance(traces, ListedTraces) else None
+            _require_stored(session.get(), key, scope, scope_size, listed)
+            return ScopeOutputs([], tally.mapped, done_count)
+        wanted = scope.trace_ids
+        returned = {o.entity_id for o in computed}
+        # Written but not returned: stored before this run, or by a remote worker that
+        # could not report back.
+        unreturned = [tid for tid in wanted if tid not in returned] if outputs.writes else []
+        previous = _load_traces(session.get(), pipeline, scope, unreturned) if unreturned else []
+        ordered_outputs = ordered(wanted, previous, computed)
+        if outputs.writes and len(ordered_outputs) < len(wanted):
+            have = {o.entity_id for o in ordered_outputs}
+            missing = [tid for tid in wanted if tid not in have]
+            raise PersistenceError(
+                f"{len(missing)} traces of {scope.run_id} were mapped but have no stored "
+                f"result for version {key.judge_version} (first: {', '.join(missing[:3])}); "
+                f"entity_metadata lost rows, run again to recompute them"
+            )
+    return ScopeOutputs(ordered_outputs, tally.mapped, done_count)
 
 
 def _count_pending(
-    store: Store, pipeline: PipelineDefinition, scope: Scope, options: RunOptions
+    store: Store, key: ResultKey, scope: Scope, options: RunOptions
 ) -> tuple[int, int]:
-    """``(traces in scope, traces still to map)`` for the pipeline's version, counted in
+    """``(traces in scope, traces still to map)`` for the key's version, counted in
     ClickHouse."""
-    unmapped = Unmapped(pipeline.result_key(scope.run_id), options.retry_errors)
+    unmapped = Unmapped(key, options.retry_errors)
     return (
         count_traces(store, scope.trace_filter()),
         count_traces(store, scope.trace_filter(unmapped=unmapped)),
@@ -396,34 +420,33 @@ def add_llm_usage(summary: dict[str, Any], fields: dict[str, Any]) -> None:
 
 def _require_stored(
     store: Store,
-    pipeline: PipelineDefinition,
+    key: ResultKey,
     scope: Scope,
     expected: int,
-    wanted: Sequence[str] | None,
+    listed: Sequence[str] | None,
 ) -> None:
-    """Raise unless every trace of the scope (``expected`` of them; ``wanted`` when the ids
-    are at hand) has a stored status for the judge version (counted in ClickHouse; the ids
-    are compared only when the count is short)."""
-    key = pipeline.result_key(scope.run_id)
+    """Raise unless every trace of the scope (``expected`` of them) has a stored status for
+    the key's version (counted in ClickHouse; when the count is short, the traces without one
+    are looked for among ``listed``, the ones just mapped, or in ClickHouse)."""
     stored, _ = count_entities(store, key)
     if stored >= expected:
         return
-    if wanted is None:
+    if listed is None:
         unmapped = Unmapped(key, retry_errors=False)
         missing_count = count_traces(store, scope.trace_filter(unmapped=unmapped))
         if not missing_count:
             return
         raise PersistenceError(
             f"{missing_count} traces of {scope.describe()} were mapped but have no stored "
-            f"result for version {pipeline.judge_version}; entity_metadata lost rows, run "
+            f"result for version {key.judge_version}; entity_metadata lost rows, run "
             f"again to recompute them"
         )
-    have = completed_traces(store, key, set(wanted), retry_errors=False)
-    missing = [tid for tid in wanted if tid not in have]
+    have = completed_traces(store, key, set(listed), retry_errors=False)
+    missing = [tid for tid in listed if tid not in have]
     if missing:
         raise PersistenceError(
             f"{len(missing)} traces of {scope.run_id} were mapped but have no stored result "
-            f"for version {pipeline.judge_version} (first: {', '.join(missing[:3])}); "
+            f"for version {key.judge_version} (first: {', '.join(missing[:3])}); "
             f"entity_metadata lost rows, run again to recompute them"
         )
 
@@ -550,7 +573,7 @@ def reduce_scope(
             judge_version=pipeline.judge_version,
             pool=pool,
         )
-    if options.persists:
+    if options.writes:
         with clock("persist"):
             writer = MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
             writer.add(outputs)

@@ -27,6 +27,7 @@ from manta_dagster.ui_links import UI_URLS_FILE, explorer_base
 from manta_lib.explorer.links import results_url
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline import (
+    Outputs,
     RunOptions,
     entities_by_shard,
     map_scope,
@@ -247,7 +248,9 @@ def test_results_computed_outside_dagster_show_as_materialized_partitions(
     empty = {f"{RUN_ID}|{shard_key(s, SHARDS)}" for s in range(SHARDS) if s not in by_shard}
     first = min(by_shard)
     one_shard = plan_scope(store, RUN_ID, shards=[first], shard_count=SHARDS)
-    map_scope(PIPELINE, one_shard, store=store, options=RunOptions(progress=False))
+    map_scope(
+        PIPELINE, one_shard, store=store, options=RunOptions(progress=False), outputs=Outputs.WRITE
+    )
 
     events, cursor = _sync(defs, instance, None)
 

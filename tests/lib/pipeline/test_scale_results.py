@@ -47,9 +47,9 @@ def test_lazy_result_equals_the_in_memory_result(
     in_memory = pipeline_defs.full.run(
         demo_run, mode="local", persist_results=False, limit_traces=total, progress=False
     )
-    assert isinstance(in_memory, dict)
+    assert isinstance(in_memory, RunResult) and not in_memory.persisted
     lazy = pipeline_defs.full.run(demo_run, mode="local", progress=False)
-    assert isinstance(lazy, RunResult)
+    assert isinstance(lazy, RunResult) and lazy.persisted
     assert list(lazy) == list(in_memory)
     for level, outputs in in_memory.items():
         assert isinstance(lazy[level], LevelOutputs)
@@ -62,6 +62,10 @@ def test_lazy_result_equals_the_in_memory_result(
     summary = lazy.errors(EntityLevel.TRACE)
     assert sum(count for _, count, _ in summary) == len(failed)
     assert {first for _, _, first in summary} <= {o.entity_id for o in failed}
+    assert in_memory.errors(EntityLevel.TRACE) == summary  # counted in memory, same answer
+    assert in_memory.failed_counts() == lazy.failed_counts()
+    with pytest.raises(PipelineDefinitionError, match="did not persist"):
+        in_memory.to_pandas(EntityLevel.TRACE)
     frame = lazy.to_pandas(EntityLevel.TRACE)
     assert len(frame) == total
     step_keys = [(o.step_number, o.phase) for o in lazy[EntityLevel.STEP]]
@@ -135,7 +139,7 @@ def test_groups_read_from_the_store_equal_the_in_memory_groups(store: Store, dem
         demo_run, mode="local", persist_results=False, limit_traces=total, progress=False
     )
     stored = across_steps.run(demo_run, mode="local", progress=False)
-    assert isinstance(in_memory, dict) and isinstance(stored, RunResult)
+    assert not in_memory.persisted and stored.persisted
     for level in (
         EntityLevel.DATAPOINT,
         EntityLevel.DATAPOINT_ACROSS_STEPS,
