@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._data import bench_settings  # noqa: E402
-from manta_lib.results.table import select_results  # noqa: E402
+from manta_lib.results.table import ResultsQuery, select_results  # noqa: E402
 from manta_lib.service import MantaService  # noqa: E402
 from manta_lib.store import Store  # noqa: E402
 from manta_lib.store import results_queries as q  # noqa: E402
@@ -139,7 +139,7 @@ def main() -> None:
         )
         svc = MantaService(store)
 
-        selection = select_results(store, "bench", TABLE_RUN)
+        selection = select_results(store, ResultsQuery("bench", TABLE_RUN))
         sql, params = q.pivot_sql(selection.query(), None, None)
         rows = {}
 

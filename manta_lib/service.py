@@ -10,39 +10,25 @@ Example::
             for trace in batch:
                 print(trace.trace_id, trace.tool_error_count)
 
-Spans of many traces are always loaded with one query per batch of traces, never one per trace.
+It is a facade: the reads live in :mod:`manta_lib.store` (traces, spans, the hierarchy) and
+:mod:`manta_lib.results` (stored results, comparisons, series). Spans of many traces are always
+loaded with one query per batch of traces, never one per trace.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
-from itertools import groupby
-from json.scanner import c_make_scanner  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
-from manta_lib.context import SpanColumns, TraceContext
+from manta_lib.context import TraceContext
 from manta_lib.errors import QueryError
-from manta_lib.models import (
-    SPAN_COLUMNS,
-    TRACE_COLUMNS,
-    EntityLevel,
-    Phase,
-    SpanKind,
-    SpanRecord,
-    TraceRecord,
-    fast_construct,
-)
+from manta_lib.models import EntityLevel, SpanRecord, TraceRecord
 from manta_lib.results import (
     JudgeInfo,
     ResultsFilter,
+    ResultsQuery,
     compare,
     compile_trace_condition,
     list_judges,
@@ -52,153 +38,32 @@ from manta_lib.results import (
 from manta_lib.results.compare import Agreement, RunComparison
 from manta_lib.results.series import plot_series, series
 from manta_lib.settings import MantaSettings, load_settings
-from manta_lib.store import Store, trace_queries
+from manta_lib.store import Store, hierarchy, trace_queries
 from manta_lib.store import query_args as args
-from manta_lib.store.trace_queries import (
-    SPAN_SELECT,
-    TRACE_SELECT,
-    SpanFilter,
-    TraceFilter,
-    in_strings,
-    order_clause,
+from manta_lib.store.hierarchy import DatapointSummary, RunSummary, StepSummary
+from manta_lib.store.trace_queries import SpanFilter, TraceFilter
+from manta_lib.store.trace_reads import (
+    all_run_ids,
+    bare_contexts,
+    load_contexts,
+    require_runs,
+    span_from_row,
+    span_rows,
+    stream_contexts,
+    trace_from_row,
+    trace_query,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-_ERROR_STATUSES = ("error", "timeout")
-
-
-class RunSummary(BaseModel):
-    """One run with its counts."""
-
-    run_id: str
-    project_id: str
-    trace_count: int
-    step_count: int
-    datapoint_count: int
-    phases: list[str]
-    first_step: int
-    last_step: int
-    mean_score: float | None
-    error_count: int
-    first_created_at: datetime | None
-    last_created_at: datetime | None
-
-
-class StepSummary(BaseModel):
-    """One step of a run with its counts."""
-
-    run_id: str
-    step_number: int
-    phases: list[str]
-    trace_count: int
-    datapoint_count: int
-    mean_score: float | None
-    error_count: int
-
-
-class DatapointSummary(BaseModel):
-    """One datapoint of a run: how many traces, at which steps."""
-
-    run_id: str
-    datapoint_id: str
-    trace_count: int
-    steps: list[int]
-    mean_score: float | None
-    error_count: int
-
-
-_PHASES = {phase.value: phase for phase in Phase}
-_SPAN_KINDS = {kind.value: kind for kind in SpanKind}
-_DECODER = json.JSONDecoder()
-_decode_json = _DECODER.decode
-_scan_json = c_make_scanner(_DECODER) if c_make_scanner is not None else None
-
-
-def _decode_meta(text: str) -> Any:
-    """A stored meta object (JSON we wrote): the C scanner straight away, the full decoder
-    (and its error) only for text the scanner does not consume whole."""
-    if _scan_json is not None:
-        try:
-            value, end = _scan_json(text, 0)
-        except StopIteration:
-            return _decode_json(text)
-        if end == len(text):
-            return value
-    return _decode_json(text)
-
-
-def trace_from_row(row: Sequence[Any]) -> TraceRecord:
-    """Build a TraceRecord from a row in ``TRACE_COLUMNS`` order without re-validation."""
-    values = dict(zip(TRACE_COLUMNS, row, strict=True))
-    values["phase"] = _PHASES.get(values["phase"], values["phase"])
-    meta = values["meta"]
-    values["meta"] = _decode_meta(meta) if meta else {}
-    return fast_construct(TraceRecord, values)
-
-
-def _trace_span_slices(
-    blocks: Iterator[Sequence[Sequence[Any]]],
-) -> Iterator[tuple[tuple[str, str], SpanColumns]]:
-    """``((run_id, trace_id), spans)`` per trace from span column blocks sorted by
-    (run_id, trace_id); a trace cut by a block boundary is joined into one slice."""
-    carry: tuple[tuple[str, str], SpanColumns] | None = None
-    for columns in blocks:
-        count = len(columns[0])
-        for key, start, stop in _block_traces(columns[0], columns[1]):
-            piece = SpanColumns(columns, start, stop)
-            if carry is not None:
-                if start == 0 and carry[0] == key:
-                    piece = _joined(carry[1], piece)
-                else:
-                    yield carry
-                carry = None
-            if stop == count:
-                carry = (key, piece)  # may go on in the next block
-            else:
-                yield key, piece
-    if carry is not None:
-        yield carry
-
-
-def _block_traces(
-    trace_ids: Sequence[str], run_ids: Sequence[str]
-) -> Iterator[tuple[tuple[str, str], int, int]]:
-    """``((run_id, trace_id), start, stop)`` of each trace's rows in a block sorted by
-    (run_id, trace_id). A block of one run (the usual case) finds each trace's end by
-    bisection: a few comparisons per trace rather than a step per span."""
-    count = len(trace_ids)
-    if not count:
-        return
-    if run_ids[0] == run_ids[count - 1]:
-        run_id, start = run_ids[0], 0
-        while start < count:
-            trace_id = trace_ids[start]
-            stop = bisect_right(trace_ids, trace_id, start)
-            yield (run_id, trace_id), start, stop
-            start = stop
-        return
-    start = 0
-    for key, group in groupby(zip(run_ids, trace_ids, strict=True)):
-        stop = start + sum(1 for _ in group)
-        yield key, start, stop
-        start = stop
-
-
-def _joined(first: SpanColumns, second: SpanColumns) -> SpanColumns:
-    columns = [[*first.column(i), *second.column(i)] for i in range(len(SPAN_COLUMNS))]
-    return SpanColumns(columns, 0, len(first) + len(second))
-
-
-def span_from_row(row: Sequence[Any]) -> SpanRecord:
-    """Build a SpanRecord from a row in ``SPAN_COLUMNS`` order."""
-    values = dict(zip(SPAN_COLUMNS, row, strict=True))
-    values["kind"] = _SPAN_KINDS.get(values["kind"], values["kind"])
-    attributes = values["attributes"]
-    values["attributes"] = _decode_json(attributes) if attributes and attributes != "{}" else {}
-    return fast_construct(SpanRecord, values)
+__all__ = [
+    "DatapointSummary",
+    "MantaService",
+    "RunSummary",
+    "StepSummary",
+]
 
 
 class MantaService:
@@ -262,42 +127,13 @@ class MantaService:
 
     def list_runs(self, *, project_id: str | None = None) -> list[RunSummary]:
         """All runs with trace, step and datapoint counts, newest first."""
-        where, params = TraceFilter(project_id=project_id).where()
         with self._open() as store:
-            rows = store.rows(
-                f"""
-                SELECT run_id, any(project_id), count(), uniqExact(step_number),
-                       uniqExact(datapoint_id), arraySort(groupUniqArray(toString(phase))),
-                       min(step_number), max(step_number), avg(score),
-                       countIf(status IN {{errs:Array(String)}}), min(created_at),
-                       max(created_at)
-                FROM {{db}}.traces WHERE {where}
-                GROUP BY run_id ORDER BY max(created_at) DESC, run_id
-                """,
-                {**params, "errs": list(_ERROR_STATUSES)},
-            )
-        return [
-            RunSummary(
-                run_id=r[0],
-                project_id=r[1],
-                trace_count=r[2],
-                step_count=r[3],
-                datapoint_count=r[4],
-                phases=list(r[5]),
-                first_step=r[6],
-                last_step=r[7],
-                mean_score=_nan_to_none(r[8]),
-                error_count=r[9],
-                first_created_at=r[10],
-                last_created_at=r[11],
-            )
-            for r in rows
-        ]
+            return hierarchy.list_runs(store, project_id)
 
     def run_ids(self) -> list[str]:
         """The ids of every run in the store, sorted."""
         with self._open() as store:
-            return _all_run_ids(store)
+            return all_run_ids(store)
 
     def require_run(self, run_id: str) -> None:
         """Raise :class:`QueryError` naming the closest existing runs if ``run_id`` is unknown."""
@@ -306,62 +142,20 @@ class MantaService:
             require_runs(store, [run])
 
     def list_steps(self, run_id: str, *, phase: str | None = None) -> list[StepSummary]:
-        """The steps of a run in order, with counts."""
+        """The steps of a run in order (as numbers), with counts."""
         run = args.string("run_id", run_id)
-        where, params = TraceFilter(run_id=run, phase=phase).where()
         with self._open() as store:
             require_runs(store, [run])
-            rows = store.rows(
-                f"""
-                SELECT step_number, arraySort(groupUniqArray(toString(phase))), count(),
-                       uniqExact(datapoint_id), avg(score),
-                       countIf(status IN {{errs:Array(String)}})
-                FROM {{db}}.traces WHERE {where}
-                GROUP BY step_number ORDER BY step_number
-                """,
-                {**params, "errs": list(_ERROR_STATUSES)},
-            )
-        return [
-            StepSummary(
-                run_id=run,
-                step_number=r[0],
-                phases=list(r[1]),
-                trace_count=r[2],
-                datapoint_count=r[3],
-                mean_score=_nan_to_none(r[4]),
-                error_count=r[5],
-            )
-            for r in rows
-        ]
+            return hierarchy.list_steps(store, run, phase)
 
     def list_datapoints(
         self, run_id: str, *, step: int | tuple[int, int] | None = None, phase: str | None = None
     ) -> list[DatapointSummary]:
         """The datapoints of a run (optionally of some steps), with their steps and counts."""
         run = args.string("run_id", run_id)
-        where, params = TraceFilter(run_id=run, step=step, phase=phase).where()
         with self._open() as store:
             require_runs(store, [run])
-            rows = store.rows(
-                f"""
-                SELECT datapoint_id, count(), arraySort(groupUniqArray(step_number)), avg(score),
-                       countIf(status IN {{errs:Array(String)}})
-                FROM {{db}}.traces WHERE {where}
-                GROUP BY datapoint_id ORDER BY datapoint_id
-                """,
-                {**params, "errs": list(_ERROR_STATUSES)},
-            )
-        return [
-            DatapointSummary(
-                run_id=run,
-                datapoint_id=r[0],
-                trace_count=r[1],
-                steps=list(r[2]),
-                mean_score=_nan_to_none(r[3]),
-                error_count=r[4],
-            )
-            for r in rows
-        ]
+            return hierarchy.list_datapoints(store, run, step, phase)
 
     # ---- traces --------------------------------------------------------------------------
 
@@ -377,10 +171,10 @@ class MantaService:
     ) -> list[TraceRecord]:
         """Trace rows matching the filters (see the class docstring), without spans."""
         checked = _build_filter(None, run_id, filters)
-        _trace_query(checked, order_by, descending, limit, offset)  # check before opening
+        trace_query(checked, order_by, descending, limit, offset)  # check before opening
         with self._open() as store:
             flt = _with_results(store, checked, run_id, filters)
-            sql, params = _trace_query(flt, order_by, descending, limit, offset)
+            sql, params = trace_query(flt, order_by, descending, limit, offset)
             require_runs(store, flt.run_id)
             return [trace_from_row(row) for row in store.rows(sql, params)]
 
@@ -397,13 +191,13 @@ class MantaService:
         """One trace with its spans; :class:`QueryError` if it does not exist."""
         wanted = args.string("trace_id", trace_id)
         with self._open() as store:
-            sql, params = _trace_query(TraceFilter(trace_ids=[wanted]), "trace_id", False, 1, 0)
+            sql, params = trace_query(TraceFilter(trace_ids=[wanted]), "trace_id", False, 1, 0)
             traces = [trace_from_row(row) for row in store.rows(sql, params)]
             if not traces:
                 close = trace_queries.similar_trace_ids(store, wanted)
                 hint = f"; closest stored ids: {', '.join(close)}" if close else ""
                 raise QueryError(f"trace_id {wanted!r} not found{hint}")
-            return _load_contexts(store, traces, None)[0]
+            return load_contexts(store, traces, None)[0]
 
     def similar_trace_ids(self, trace_id: str, limit: int = 5) -> list[str]:
         """The stored trace ids closest to ``trace_id`` (for a mistyped id)."""
@@ -442,7 +236,7 @@ class MantaService:
             capped = None if limit is None else args.count("limit", limit)
             return self._merged_batches(query, capped, span_filter, size)
         order = order_by or "trace_id"
-        _trace_query(checked, order, descending, limit, 0)  # check before the first batch
+        trace_query(checked, order, descending, limit, 0)  # check before the first batch
         return self._ordered_batches(
             query, (order, descending, limit), with_spans, span_filter, size
         )
@@ -457,12 +251,14 @@ class MantaService:
     ) -> Iterator[list[TraceContext]]:
         with self._open() as store:
             flt = _with_results(store, query[2], query[0], query[1])
-            sql, params = _trace_query(flt, *ordering, 0)
+            sql, params = trace_query(flt, *ordering, 0)
             require_runs(store, flt.run_id)
             traces = [trace_from_row(row) for row in store.rows(sql, params)]
             for start in range(0, len(traces), batch_size):
                 batch = traces[start : start + batch_size]
-                yield _load_contexts(store, batch, span_filter) if with_spans else _bare(batch)
+                yield (
+                    load_contexts(store, batch, span_filter) if with_spans else bare_contexts(batch)
+                )
 
     def _merged_batches(
         self,
@@ -471,76 +267,11 @@ class MantaService:
         span_filter: SpanFilter | None,
         batch_size: int,
     ) -> Iterator[list[TraceContext]]:
-        """Merge two streams sorted by (run_id, trace_id): trace rows and their spans.
-
-        Each stream has its own connection, so memory holds one batch whatever the run size,
-        and the caller may use this service while iterating.
-        """
+        """One trace stream merged with one span stream (:func:`stream_contexts`)."""
         with self._open() as store:
             flt = _with_results(store, query[2], query[0], query[1])
-            yield from self._merge_streams(store, flt, limit, span_filter, batch_size)
-
-    def _merge_streams(
-        self,
-        store: Store,
-        flt: TraceFilter,
-        limit: int | None,
-        span_filter: SpanFilter | None,
-        batch_size: int,
-    ) -> Iterator[list[TraceContext]]:
-        where, params = flt.where()
-        limit_sql = ""
-        if limit is not None:
-            params["q_limit"] = limit
-            limit_sql = " LIMIT {q_limit:UInt64}"
-        order = f"ORDER BY run_id, trace_id{limit_sql}"
-        traces_sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order}"
-        span_where, span_params = (span_filter or SpanFilter()).where()
-        if limit is None and flt.spans_filterable:
-            # Filter spans by their own columns: no set of the selected trace ids to build
-            # (it grows with the run); the merge drops spans of traces not streamed.
-            selected = where
-        else:
-            selected = (
-                f"run_id IN (SELECT run_id FROM {{db}}.traces WHERE {where}) "
-                f"AND (run_id, trace_id) IN (SELECT run_id, trace_id FROM {{db}}.traces "
-                f"WHERE {where} {order})"
-            )
-        spans_sql = (
-            f"SELECT {SPAN_SELECT} FROM {{db}}.spans WHERE {selected} "
-            f"AND {span_where} ORDER BY run_id, trace_id, seq, span_id "
-            f"SETTINGS max_block_size = {int(trace_queries.SPAN_STREAM_BLOCK_ROWS)}"
-        )
-        require_runs(store, flt.run_id)
-        trace_conn = store.sibling()
-        span_conn = store.sibling()
-        try:
-            with (
-                trace_conn.stream(traces_sql, params) as trace_blocks,
-                span_conn.stream_columns(spans_sql, {**params, **span_params}) as span_blocks,
-            ):
-                spans = _trace_span_slices(span_blocks)
-                pending = next(spans, None)
-                batch: list[TraceContext] = []
-                for block in trace_blocks:
-                    for trace_row in block:
-                        trace = trace_from_row(trace_row)
-                        key = (trace.run_id, trace.trace_id)
-                        while pending is not None and pending[0] < key:
-                            pending = next(spans, None)  # a trace added between the two reads
-                        if pending is not None and pending[0] == key:
-                            batch.append(TraceContext(trace, pending[1]))
-                            pending = next(spans, None)
-                        else:
-                            batch.append(TraceContext(trace, []))
-                        if len(batch) >= batch_size:
-                            yield batch
-                            batch = []
-                if batch:
-                    yield batch
-        finally:
-            trace_conn.close()
-            span_conn.close()
+            require_runs(store, flt.run_id)
+            yield from stream_contexts(store, flt, limit, span_filter, batch_size)
 
     def load_contexts(
         self, traces: Sequence[TraceRecord], span_filter: SpanFilter | None = None
@@ -549,7 +280,7 @@ class MantaService:
         if not traces:
             return []
         with self._open() as store:
-            return _load_contexts(store, traces, span_filter)
+            return load_contexts(store, traces, span_filter)
 
     # ---- spans ---------------------------------------------------------------------------
 
@@ -572,7 +303,7 @@ class MantaService:
             kind=kind, role=role, tool_name=tool_name, name=name, is_error=is_error
         )
         with self._open() as store:
-            grouped = _span_rows(store, ids, None, span_filter)
+            grouped = span_rows(store, ids, None, span_filter)
         return {tid: [span_from_row(r) for r in rows] for tid, rows in grouped.items()}
 
     def _trace_filter(
@@ -617,18 +348,9 @@ class MantaService:
             df = svc.results("tool_errors", "run_grpo_math_v1", where="tool_errors > 0")
             df.groupby("step_number").tool_errors.mean()
         """
+        query = ResultsQuery(judge, run_id, level, version, where, columns, limit, project_id)
         with self._open() as store:
-            return results_frame(
-                store,
-                judge,
-                run_id,
-                level=level,
-                version=version,
-                where=where,
-                columns=columns,
-                limit=limit,
-                project_id=project_id,
-            )
+            return results_frame(store, query)
 
     def results_arrow(
         self,
@@ -643,18 +365,9 @@ class MantaService:
         project_id: str | None = None,
     ) -> pa.Table:
         """:meth:`results` as a ``pyarrow.Table`` (``polars.from_arrow(table)`` for polars)."""
+        query = ResultsQuery(judge, run_id, level, version, where, columns, limit, project_id)
         with self._open() as store:
-            return results_arrow(
-                store,
-                judge,
-                run_id,
-                level=level,
-                version=version,
-                where=where,
-                columns=columns,
-                limit=limit,
-                project_id=project_id,
-            )
+            return results_arrow(store, query)
 
     def judges(
         self, *, run_id: str | Sequence[str] | None = None, project_id: str | None = None
@@ -812,91 +525,6 @@ class MantaService:
         )
 
 
-def require_runs(store: Store, run_ids: Sequence[str] | None) -> None:
-    """Raise :class:`QueryError` for the first of ``run_ids`` the store does not hold, naming
-    the closest existing runs (or saying the store is empty, and where it is)."""
-    if not run_ids:
-        return
-    wanted = sorted(set(run_ids))
-    found = {
-        r[0]
-        for r in store.rows(
-            "SELECT DISTINCT run_id FROM {db}.traces WHERE run_id IN {r:Array(String)}",
-            {"r": wanted},
-        )
-    }
-    missing = [run for run in wanted if run not in found]
-    if not missing:
-        return
-    known = _all_run_ids(store)
-    if not known:
-        raise QueryError(
-            f"run_id {missing[0]!r} not found: the store ({store.describe()}) has no traces yet "
-            f"(load some with `manta import FILE` or `manta demo seed`, or point "
-            f"MANTA_DATA_DIR / CLICKHOUSE_URL at the store that has them)"
-        )
-    closest = difflib.get_close_matches(missing[0], known, n=5, cutoff=0.0)
-    raise QueryError(
-        f"run_id {missing[0]!r} not found; existing runs (closest first): {', '.join(closest)}"
-    )
-
-
-def _all_run_ids(store: Store) -> list[str]:
-    return [r[0] for r in store.rows("SELECT DISTINCT run_id FROM {db}.traces ORDER BY 1")]
-
-
-def _load_contexts(
-    store: Store, traces: Sequence[TraceRecord], span_filter: SpanFilter | None
-) -> list[TraceContext]:
-    grouped = _span_rows(
-        store, [t.trace_id for t in traces], {t.run_id for t in traces}, span_filter
-    )
-    return [TraceContext(trace, grouped.get(trace.trace_id, [])) for trace in traces]
-
-
-def _span_rows(
-    store: Store,
-    trace_ids: list[str],
-    run_ids: set[str] | None,
-    span_filter: SpanFilter | None,
-) -> dict[str, list[tuple[Any, ...]]]:
-    span_where, params = (span_filter or SpanFilter()).where()
-    ids_clause = in_strings("trace_id", "ids", trace_ids, params)
-    run_clause = ""
-    if run_ids:
-        params["runs"] = sorted(run_ids)
-        run_clause = "run_id IN {runs:Array(String)} AND "
-    rows = store.rows(
-        f"""
-        SELECT {SPAN_SELECT} FROM {{db}}.spans
-        WHERE {run_clause}{ids_clause} AND {span_where}
-        ORDER BY run_id, trace_id, seq, span_id
-        """,
-        params,
-    )
-    return {tid: list(group) for tid, group in groupby(rows, key=lambda r: r[0])}
-
-
-def _trace_query(
-    flt: TraceFilter,
-    order_by: str | Sequence[str],
-    descending: bool,
-    limit: int | None,
-    offset: int,
-) -> tuple[str, dict[str, Any]]:
-    where, params = flt.where()
-    order = order_clause(order_by, descending)
-    sql = f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} ORDER BY {order}"
-    if limit is not None:
-        params["q_limit"] = args.count("limit", limit)
-        sql += " LIMIT {q_limit:UInt64}"
-    skip = args.count("offset", offset)
-    if skip:
-        params["q_offset"] = skip
-        sql += " OFFSET {q_offset:UInt64}"
-    return sql, params
-
-
 def _with_results(
     store: Store, checked: TraceFilter, run_id: Any, filters: dict[str, Any]
 ) -> TraceFilter:
@@ -928,11 +556,3 @@ def _build_filter(
             )
             filters = {**filters, "results": compiled}
     return TraceFilter(run_id=run_id, **filters)
-
-
-def _bare(traces: list[TraceRecord]) -> list[TraceContext]:
-    return [TraceContext(trace, []) for trace in traces]
-
-
-def _nan_to_none(value: float | None) -> float | None:
-    return None if value is None or value != value else float(value)

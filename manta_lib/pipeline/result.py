@@ -214,7 +214,7 @@ class RunResult(Mapping[EntityLevel, LevelOutputs]):
     ) -> pd.DataFrame:
         """The level's results table for this run and version (as ``MantaService.results``;
         ``kwargs`` are its ``where``, ``columns`` and ``limit``). A persisted run only."""
-        from manta_lib.results import results_frame
+        from manta_lib.results import ResultsQuery, results_frame
 
         if self._stored is None:
             raise PipelineDefinitionError(
@@ -224,15 +224,10 @@ class RunResult(Mapping[EntityLevel, LevelOutputs]):
             )
         key = self._stored.key
         with Store.open(self._stored.settings, ensure_schema=False) as store:
-            return results_frame(
-                store,
-                key.judge,
-                key.run_id,
-                level=level,
-                version=key.versioned(),
-                project_id=key.project_id,
-                **kwargs,
+            query = ResultsQuery(
+                key.judge, key.run_id, level, key.versioned(), project_id=key.project_id, **kwargs
             )
+            return results_frame(store, query)
 
     def __repr__(self) -> str:
         body = ", ".join(f"{level.value}: {total}" for level, total in self.counts().items())

@@ -13,7 +13,7 @@ from manta_lib.results.compare import (
 )
 from manta_lib.results.conditions import ResultsFilter, compile_trace_condition
 from manta_lib.results.expr import parse_condition
-from manta_lib.results.table import results_arrow, results_frame
+from manta_lib.results.table import ResultsQuery, results_arrow, results_frame
 
 __all__ = [
     "Agreement",
@@ -24,6 +24,7 @@ __all__ = [
     "JudgeVersionInfo",
     "NumericShift",
     "ResultsFilter",
+    "ResultsQuery",
     "RunComparison",
     "compile_trace_condition",
     "list_judges",

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from manta_lib.errors import QueryError
 from manta_lib.results import catalog
-from manta_lib.results.table import BOOKKEEPING_COLUMNS, KEY_COLUMNS, results_frame
+from manta_lib.results.table import (
+    BOOKKEEPING_COLUMNS,
+    KEY_COLUMNS,
+    ResultsQuery,
+    results_frame,
+)
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
 from manta_lib.store.judge_versions import version_records
@@ -265,8 +270,8 @@ def compare_runs(
 ) -> RunComparison:
     """Compare ``run_b`` against ``run_a`` under ``judge`` at ``level`` (see module docs)."""
     level = catalog.parse_level(level).value
-    frame_a = _ok(results_frame(store, judge, run_a, level=level, version=version, columns=columns))
-    frame_b = _ok(results_frame(store, judge, run_b, level=level, version=version, columns=columns))
+    frame_a = _ok(results_frame(store, ResultsQuery(judge, run_a, level, version, columns=columns)))
+    frame_b = _ok(results_frame(store, ResultsQuery(judge, run_b, level, version, columns=columns)))
     keys = _keys(level, frame_a)
     values = [c for c in _value_columns(frame_a, keys) if c in frame_b.columns]
     if keys:
@@ -477,8 +482,8 @@ def compare_versions(
 ) -> Agreement:
     """Agreement of ``version_b`` with ``version_a`` of ``judge`` on one run."""
     level = catalog.parse_level(level).value
-    frame_a = results_frame(store, judge, run_id, level=level, version=version_a, columns=columns)
-    frame_b = results_frame(store, judge, run_id, level=level, version=version_b, columns=columns)
+    frame_a = results_frame(store, ResultsQuery(judge, run_id, level, version_a, columns=columns))
+    frame_b = results_frame(store, ResultsQuery(judge, run_id, level, version_b, columns=columns))
     records = version_records(store, judge, [version_a, version_b])
 
     def named(version: str) -> str:
@@ -511,8 +516,8 @@ def judge_frames(
 ) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     """The checked level name and both judges' results frames of ``run_id`` at that level."""
     level = catalog.parse_level(level).value
-    frame_a = results_frame(store, judge_a, run_id, level=level)
-    frame_b = results_frame(store, judge_b, run_id, level=level)
+    frame_a = results_frame(store, ResultsQuery(judge_a, run_id, level))
+    frame_b = results_frame(store, ResultsQuery(judge_b, run_id, level))
     return level, frame_a, frame_b
 
 
@@ -523,7 +528,7 @@ def compare_with_grader(
     against the grader's ``passed``, a numeric one against the trace ``score``."""
     import pandas as pd
 
-    frame = results_frame(store, judge, run_id, level="trace", version=version, columns=[column])
+    frame = results_frame(store, ResultsQuery(judge, run_id, "trace", version, columns=[column]))
     kind = _kind(frame[column])
     if kind not in ("boolean", "number"):
         raise QueryError(

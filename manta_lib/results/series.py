@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
-from manta_lib.results.table import select_results
+from manta_lib.results.table import ResultsQuery, select_results
 from manta_lib.store import Store
 from manta_lib.store import results_queries as q
 
@@ -40,7 +40,7 @@ def series(
     import pandas as pd
 
     selection = select_results(
-        store, judge, run_id, level=level, version=version, columns=[column], project_id=project_id
+        store, ResultsQuery(judge, run_id, level, version, columns=[column], project_id=project_id)
     )
     result_column = selection.columns[0]
     if result_column.kind not in ("number", "boolean"):

@@ -44,6 +44,23 @@ KEY_COLUMNS = ("run_id", "trace_id", "datapoint_id", "step_number", "phase")
 
 
 @dataclass(frozen=True)
+class ResultsQuery:
+    """Which stored results to read as a table: ``judge``'s results at ``level`` of one run, a
+    list of runs or (``run_id=None``) every run with results; ``version`` None for each run's
+    latest version, a version (or list), or ``"all"``; ``where`` a condition on the columns;
+    ``columns`` only these output columns; at most ``limit`` rows."""
+
+    judge: str
+    run_id: str | Sequence[str] | None = None
+    level: EntityLevel | str = EntityLevel.TRACE
+    version: str | Sequence[str] | None = None
+    where: str | Condition | None = None
+    columns: Sequence[str] | None = None
+    limit: int | None = None
+    project_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ResultsSelection:
     """A resolved results read: scope, versions and columns (what the table will hold)."""
 
@@ -61,26 +78,19 @@ class ResultsSelection:
         )
 
 
-def select_results(
-    store: Store,
-    judge: str,
-    run_id: str | Sequence[str] | None,
-    *,
-    level: EntityLevel | str = EntityLevel.TRACE,
-    version: str | Sequence[str] | None = None,
-    columns: Sequence[str] | None = None,
-    project_id: str | None = None,
-) -> ResultsSelection:
-    """Resolve judge, level, runs, version and columns, or raise naming the close matches."""
-    level_value = catalog.parse_level(level).value
-    runs = catalog.as_run_ids(run_id)
+def select_results(store: Store, query: ResultsQuery) -> ResultsSelection:
+    """Resolve the query's judge, level, runs, version and columns (its ``where`` and
+    ``limit`` aside), or raise naming the close matches."""
+    judge, project_id, columns = query.judge, query.project_id, query.columns
+    level_value = catalog.parse_level(query.level).value
+    runs = catalog.as_run_ids(query.run_id)
     if not isinstance(judge, str) or not judge:
         raise QueryError(f"judge must be a judge name, got {judge!r}")
-    selection = _select(store, judge, runs, level_value, version, project_id)
+    selection = _select(store, judge, runs, level_value, query.version, project_id)
     listed = [(level_value, run, ver) for run, ver in selection.choice.pairs]
     if not catalog.confirm_listed(store, judge, project_id, listed):
         # The catalog was stale and has been recomputed from the results: read it again.
-        selection = _select(store, judge, runs, level_value, version, project_id)
+        selection = _select(store, judge, runs, level_value, query.version, project_id)
     if columns is not None:
         _require_columns(store, selection, columns, judge, project_id)
         selection = replace(
@@ -144,27 +154,14 @@ def _select(
     return ResultsSelection(scope, choice, catalog.read_columns(store, scope, choice, kinds=kinds))
 
 
-def results_arrow(
-    store: Store,
-    judge: str,
-    run_id: str | Sequence[str] | None,
-    *,
-    level: EntityLevel | str = EntityLevel.TRACE,
-    version: str | Sequence[str] | None = None,
-    where: str | Condition | None = None,
-    columns: Sequence[str] | None = None,
-    limit: int | None = None,
-    project_id: str | None = None,
-) -> pa.Table:
+def results_arrow(store: Store, query: ResultsQuery) -> pa.Table:
     """The results table as a ``pyarrow.Table`` (``polars.from_arrow`` takes it as is).
 
     JSON columns hold nested Arrow values when Arrow can give all of a column's values one
     type, else their JSON text.
     """
 
-    table, selection = _fetch(
-        store, judge, run_id, level, version, where, columns, limit, project_id
-    )
+    table, selection = _fetch(store, query)
     for column in selection.columns:
         index = table.schema.get_field_index(column.alias)
         array = table.column(index)
@@ -173,30 +170,17 @@ def results_arrow(
         elif column.kind in ("json", "mixed"):
             array = _json_arrow(array)
         table = table.set_column(index, column.alias, array)
-    return table.rename_columns(_names(table.column_names, selection, judge))
+    return table.rename_columns(_names(table.column_names, selection, query.judge))
 
 
-def results_frame(
-    store: Store,
-    judge: str,
-    run_id: str | Sequence[str] | None,
-    *,
-    level: EntityLevel | str = EntityLevel.TRACE,
-    version: str | Sequence[str] | None = None,
-    where: str | Condition | None = None,
-    columns: Sequence[str] | None = None,
-    limit: int | None = None,
-    project_id: str | None = None,
-) -> pd.DataFrame:
+def results_frame(store: Store, query: ResultsQuery) -> pd.DataFrame:
     """The results table as a pandas DataFrame with nullable dtypes (``Int64``, ``boolean``),
     so an integer column stays integer even where an entity failed; JSON columns hold Python
     lists and dicts."""
     import pandas as pd
     import pyarrow as pa
 
-    table, selection = _fetch(
-        store, judge, run_id, level, version, where, columns, limit, project_id
-    )
+    table, selection = _fetch(store, query)
     decoded: dict[str, Any] = {}
     for column in selection.columns:
         index = table.schema.get_field_index(column.alias)
@@ -210,40 +194,29 @@ def results_frame(
     frame = table.to_pandas(types_mapper=mapping.get)
     for alias, values in decoded.items():
         frame[alias] = pd.Series(values, dtype=object, index=frame.index)
-    frame.columns = _names(list(frame.columns), selection, judge)
+    frame.columns = _names(list(frame.columns), selection, query.judge)
     return frame
 
 
-def _fetch(
-    store: Store,
-    judge: str,
-    run_id: str | Sequence[str] | None,
-    level: EntityLevel | str,
-    version: str | Sequence[str] | None,
-    where: str | Condition | None,
-    columns: Sequence[str] | None,
-    limit: int | None,
-    project_id: str | None,
-) -> tuple[pa.Table, ResultsSelection]:
+def _fetch(store: Store, query: ResultsQuery) -> tuple[pa.Table, ResultsSelection]:
+    judge, where, columns, limit = query.judge, query.where, query.columns, query.limit
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise QueryError(f"limit must be a whole number >= 0, got {limit!r}")
-    selection = select_results(
-        store, judge, run_id, level=level, version=version, project_id=project_id
-    )
+    selection = select_results(store, replace(query, columns=None))
     condition: str | None = None
     params: dict[str, Any] = {}
     if where is not None:  # compiled over every column: a condition may use unselected ones
         fields = q.key_fields(selection.scope.level)
         condition, params = table_condition(where, judge, selection.columns, fields)
     if columns is not None:
-        _require_columns(store, selection, columns, judge, project_id)
+        _require_columns(store, selection, columns, judge, query.project_id)
         shown = [c for c in selection.columns if c.name in set(columns)]
         query_columns = selection.columns if where is not None else shown
         selection = replace(selection, columns=shown)
     else:
         query_columns = selection.columns
-    query = replace(selection, columns=list(query_columns)).query()
-    sql, query_params = q.pivot_sql(query, condition, limit)
+    entities = replace(selection, columns=list(query_columns)).query()
+    sql, query_params = q.pivot_sql(entities, condition, limit)
     table = q.query_arrow(store, sql, {**query_params, **params})
     shown_aliases = {c.alias for c in selection.columns}
     hidden = [c.alias for c in query_columns if c.alias not in shown_aliases]

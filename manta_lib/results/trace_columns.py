@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 from manta_lib.errors import QueryError
 from manta_lib.results import catalog
 from manta_lib.results.catalog import JudgeInfo, list_judges
-from manta_lib.results.table import results_frame
+from manta_lib.results.table import ResultsQuery, results_frame
 from manta_lib.store import Store
 
 _BOOKKEEPING = ("status", "error")
@@ -150,7 +150,7 @@ def column_values(store: Store, column: ResultColumn, run_ids: Sequence[str]) ->
     :func:`results_frame` (``svc.results``) returns them: each run's latest version."""
     selected = None if column.column in _BOOKKEEPING else [column.column]
     frame = results_frame(
-        store, column.judge, list(run_ids) or None, level=column.level, columns=selected
+        store, ResultsQuery(column.judge, list(run_ids) or None, column.level, columns=selected)
     )
     keys = _LEVEL_KEYS[column.level]
     values = ColumnValues(column)

@@ -6,8 +6,8 @@ from manta import MantaService
 from manta_lib.context import SpanColumns
 from manta_lib.demo import seed_demo
 from manta_lib.models import SPAN_COLUMNS
-from manta_lib.service import _trace_span_slices
 from manta_lib.store import Store
+from manta_lib.store.trace_reads import trace_span_slices
 
 
 def _block(rows: list[tuple[str, str, int]]) -> list[list[object]]:
@@ -26,7 +26,7 @@ def test_a_trace_cut_by_a_block_boundary_is_one_slice() -> None:
         _block([("b", "r", 4), ("c", "r", 0)]),
         _block([("d", "r", 0)]),
     ]
-    slices = list(_trace_span_slices(iter(blocks)))
+    slices = list(trace_span_slices(iter(blocks)))
     assert [key for key, _ in slices] == [("r", "a"), ("r", "b"), ("r", "c"), ("r", "d")]
     seq = SPAN_COLUMNS.index("seq")
     assert [row[seq] for row in slices[1][1]] == [0, 1, 2, 3, 4]
@@ -57,6 +57,6 @@ def test_a_block_of_several_runs_is_cut_by_run_and_trace() -> None:
         _block([("a", "r1", 0), ("a", "r1", 1), ("a", "r2", 0), ("b", "r2", 0)]),
         _block([("b", "r2", 1), ("c", "r2", 0), ("c", "r2", 1), ("c", "r2", 2)]),
     ]
-    slices = list(_trace_span_slices(iter(blocks)))
+    slices = list(trace_span_slices(iter(blocks)))
     assert [key for key, _ in slices] == [("r1", "a"), ("r2", "a"), ("r2", "b"), ("r2", "c")]
     assert [len(s) for _, s in slices] == [2, 1, 2, 3]

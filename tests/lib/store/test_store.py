@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel
-from manta_lib.results import results_frame
+from manta_lib.results import ResultsQuery, results_frame
 from manta_lib.store import SCHEMA_VERSION, ResultKey, Store, ensure_schema
 from manta_lib.store.metadata import MetadataWriter, load_entities
 from manta_lib.store.schema import current_version
@@ -313,13 +313,13 @@ def test_a_version_3_store_keeps_one_phase_results_and_drops_mixed_ones(
 
     # A one-phase run reads as before (phase added, steps in numeric order); the mixed run's
     # step level is gone rather than shown, and says how to get it back.
-    frame = results_frame(store, "j", "r_train", level="step")
+    frame = results_frame(store, ResultsQuery("j", "r_train", level="step"))
     assert frame[["step_number", "phase", "n"]].values.tolist() == [
         [0, "train", 1],
         [10, "train", 1],
     ]
     with pytest.raises(QueryError, match="step"):
-        results_frame(store, "j", "r_mixed", level="step")
+        results_frame(store, ResultsQuery("j", "r_mixed", level="step"))
 
 
 def test_a_version_3_store_gains_the_otel_spans_table(store: Store) -> None:
