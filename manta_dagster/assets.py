@@ -2,7 +2,7 @@
 
 One asset per level, key ``[judge, level]`` (``tool_errors/trace``), in an asset group named
 after the judge, each depending on the level directly below it. A materialization calls the
-steps of the library's one run path for exactly the partition(s) of its step:
+steps of the library's one run path for exactly the partition(s) of its op:
 
 - the map asset plans the traces of its ``run|shard`` partitions and calls
   :func:`manta_lib.pipeline.map_scope`, which skips traces already stored for the judge version
@@ -11,8 +11,8 @@ steps of the library's one run path for exactly the partition(s) of its step:
   :func:`manta_lib.pipeline.reduce_scope` over the same scope (its shards, or the whole run for
   step and run levels).
 
-Each step appends one runs-log row (:func:`manta_lib.pipeline.record_computation`) and runs
-its checks in the same step (``check_specs``).
+Each op appends one runs-log row (:func:`manta_lib.pipeline.record_computation`) and runs
+its checks in the same op (``check_specs``).
 
 Example::
 
@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from manta_dagster.automation import DEFAULT_BACKFILL_CRON, level_condition
 from manta_dagster.checks import (
     CompleteTally,
-    StepChecks,
+    OpChecks,
     check_specs,
     tally_complete,
     tally_schema,
@@ -107,8 +107,8 @@ class AssetOptions:
         error_rate_threshold: the ``error_rate`` check fails above this share of failures.
         max_workers: thread pool of the map (default: 4, or 32 when a level uses an LLM).
         batch_size: traces loaded per batch by the map.
-        max_failures: a map step stops once more traces failed than this count (or fraction
-            of its scope); what it finished is kept and the step fails.
+        max_failures: a map op stops once more traces failed than this count (or fraction
+            of its scope); what it finished is kept and the op fails.
         automation: attach the declarative automation conditions (see ``automation.py``).
         backfill_cron: when the scheduled backfill of missing/outdated partitions runs.
     """
@@ -244,8 +244,8 @@ def _partition_metadata(
     seconds: float,
     since: datetime,
 ) -> None:
-    """In a range step, each partition's materialization describes that partition only: its
-    entities, errors, summary and failures (``step_*`` keys give the whole step's)."""
+    """In an op over a range, each partition's materialization describes that partition only: its
+    entities, errors, summary and failures (``op_*`` keys give the whole op's)."""
     if not split.is_range:
         return
     for partition, mine in split.group(outputs).items():
@@ -258,31 +258,33 @@ def _partition_metadata(
             runs=[str(partition).split("|")[0]],
             links=explorer_links(judge, level, [str(partition)]),
         )
-        metadata["step_partitions"] = len(split.keys)
-        metadata["step_entities"] = len(outputs)
+        metadata["op_partitions"] = len(split.keys)
+        metadata["op_entities"] = len(outputs)
         context.add_asset_metadata(metadata, partition_key=partition)
 
 
 @dataclass
-class _StepResult:
+class _OpResult:
     outputs: list[MetadataOutput] = field(default_factory=list)
     computed: int = 0
     checks: list[dg.AssetCheckResult | dg.AssetCheckEvaluation] = field(default_factory=list)
 
 
 #: (store, scope, clock, runs-log summary) -> (outputs, computed now)
-ScopeStep = Callable[[Store, Scope, BucketClock, dict[str, Any]], tuple[list[MetadataOutput], int]]
-ChecksStep = Callable[[Store, Sequence[Scope], list[MetadataOutput]], StepChecks]
+ComputeScope = Callable[
+    [Store, Scope, BucketClock, dict[str, Any]], tuple[list[MetadataOutput], int]
+]
+ComputeChecks = Callable[[Store, Sequence[Scope], list[MetadataOutput]], OpChecks]
 
 
-def _run_step(
+def _run_op(
     context: dg.AssetExecutionContext,
     clickhouse: ClickHouseResource,
     pipeline: PipelineDefinition,
     spec: LevelSpec,
     shard_count: int,
-    compute: ScopeStep,
-    checks: ChecksStep,
+    compute: ComputeScope,
+    checks: ComputeChecks,
     prepare: Callable[[Store, BucketClock], None] | None = None,
 ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult | dg.AssetCheckEvaluation]:
     """Plan each partition scope, ``compute`` it, run ``checks``, record the runs-log row."""
@@ -290,7 +292,7 @@ def _run_step(
     since = datetime.now(UTC)
     key = level_key(pipeline, spec.level)
     run_scopes = scopes_from_keys(context.partition_keys, shard_count)
-    step = _StepResult()
+    op = _OpResult()
     runs = ",".join(dict.fromkeys(s.run_id for s in run_scopes))
     with record_computation(pipeline, runs, "dagster", clickhouse.settings()) as record:
         clock = record.clock
@@ -308,9 +310,9 @@ def _run_step(
                 context.log.info(
                     "%s on %s: %d entities", key.to_user_string(), scope.describe(), len(outputs)
                 )
-                step.outputs.extend(outputs)
-                step.computed += computed
-            verdicts = checks(store, planned, step.outputs)
+                op.outputs.extend(outputs)
+                op.computed += computed
+            verdicts = checks(store, planned, op.outputs)
             split = split_partitions(
                 store,
                 spec.level,
@@ -318,20 +320,20 @@ def _run_step(
                 list(context.partition_keys),
                 shard_count,
             )
-            step.checks = [*verdicts.results(), *verdicts.per_partition(split)]
-        record.summary.update({"asset": key.to_user_string(), "entities": len(step.outputs)})
+            op.checks = [*verdicts.results(), *verdicts.per_partition(split)]
+        record.summary.update({"asset": key.to_user_string(), "entities": len(op.outputs)})
     result = LevelResult(
         project_id=pipeline.project_id,
         judge=pipeline.judge,
         judge_version=pipeline.judge_version,
         level=spec.level,
-        outputs=step.outputs,
+        outputs=op.outputs,
     )
     seconds = time.perf_counter() - started
     _partition_metadata(
         context,
         split,
-        step.outputs,
+        op.outputs,
         spec.schema,
         judge=pipeline.judge,
         level=spec.level,
@@ -342,11 +344,11 @@ def _run_step(
     yield dg.Output(
         result,
         metadata=_metadata(
-            step.outputs,
+            op.outputs,
             spec.schema,
             judge_version=pipeline.judge_version,
             seconds=seconds,
-            computed=step.computed,
+            computed=op.computed,
             runs=[s.run_id for s in run_scopes],
             links=explorer_links(
                 pipeline.judge, spec.level, [str(k) for k in context.partition_keys]
@@ -354,7 +356,7 @@ def _run_step(
             llm={k: v for k, v in record.summary.items() if k.startswith("llm_")},
         ),
     )
-    yield from step.checks
+    yield from op.checks
 
 
 def _asset_decorator(
@@ -437,14 +439,14 @@ def build_map_asset(
             scope,
             store=store,
             options=run_options,
-            outputs=Outputs.WRITE_AND_RETURN,  # the step's checks read them
+            outputs=Outputs.WRITE_AND_RETURN,  # the op's checks read them
             clock=clock,
             summary=summary,
         )
         return mapped.outputs, mapped.computed
 
-    def checks(store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]) -> StepChecks:
-        return _step_checks(
+    def checks(store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]) -> OpChecks:
+        return _op_checks(
             store, pipeline, spec, key, options, outputs, tally_complete(store, scopes, outputs)
         )
 
@@ -453,7 +455,7 @@ def build_map_asset(
         clickhouse: ClickHouseResource,
         kestrel: KestrelResource,
     ) -> Iterator[dg.Output[LevelResult] | dg.AssetCheckResult | dg.AssetCheckEvaluation]:
-        yield from _run_step(
+        yield from _run_op(
             context,
             clickhouse,
             pipeline,
@@ -512,10 +514,10 @@ def build_reduce_asset(
 
         def checks(
             store: Store, scopes: Sequence[Scope], outputs: list[MetadataOutput]
-        ) -> StepChecks:
-            return _step_checks(store, pipeline, spec, key, options, outputs)
+        ) -> OpChecks:
+            return _op_checks(store, pipeline, spec, key, options, outputs)
 
-        yield from _run_step(
+        yield from _run_op(
             context, clickhouse, pipeline, spec, options.shard_count, compute, checks
         )
 
@@ -523,7 +525,7 @@ def build_reduce_asset(
     return _asset_decorator(pipeline, spec, options)(materialize)
 
 
-def _step_checks(
+def _op_checks(
     store: Store,
     pipeline: PipelineDefinition,
     spec: LevelSpec,
@@ -531,8 +533,8 @@ def _step_checks(
     options: AssetOptions,
     outputs: Sequence[MetadataOutput],
     complete: CompleteTally | None = None,
-) -> StepChecks:
-    return StepChecks(
+) -> OpChecks:
+    return OpChecks(
         key=key,
         threshold=options.error_rate_threshold,
         schema_name=spec.schema.__name__,

@@ -1,4 +1,4 @@
-"""Asset checks of a level, evaluated in the level's step against what ``entity_metadata`` holds.
+"""Asset checks of a level, evaluated in the level's op against what ``entity_metadata`` holds.
 
 - ``complete`` (trace level): every trace of the partition(s), as ClickHouse lists them after
   the map, has an output or a recorded error for the judge version among what the map
@@ -10,10 +10,10 @@
   output schema (an output mutated after validation, or built with ``model_construct``, is
   stored as it is and caught here).
 
-The checks are partitioned like their asset, so each evaluation names its partition. A step
-over one partition yields one result per check (Dagster attaches the partition); a step over a
-range (a single-run backfill) yields one result per check for the whole step (it decides the
-step's outcome) plus one evaluation per check and partition, computed on that partition's
+The checks are partitioned like their asset, so each evaluation names its partition. An op
+over one partition yields one result per check (Dagster attaches the partition); an op over a
+range (a single-run backfill) yields one result per check for the whole op (it decides the
+op's outcome) plus one evaluation per check and partition, computed on that partition's
 entities only (see :class:`~manta_dagster.split.PartitionSplit`).
 """
 
@@ -242,8 +242,8 @@ def as_partition_evaluation(
 
 
 @dataclass(frozen=True)
-class StepChecks:
-    """Everything the checks of a step need, computed once for the whole step."""
+class OpChecks:
+    """Everything the checks of an op need, computed once for the whole op."""
 
     key: dg.AssetKey
     threshold: float
@@ -253,7 +253,7 @@ class StepChecks:
     complete: CompleteTally | None = None
 
     def results(self) -> list[dg.AssetCheckResult]:
-        """One result per check for the whole step."""
+        """One result per check for the whole op."""
         results = []
         if self.complete is not None:
             results.append(
@@ -271,7 +271,7 @@ class StepChecks:
         return results
 
     def per_partition(self, split: PartitionSplit) -> list[dg.AssetCheckEvaluation]:
-        """One evaluation per check and partition of a range step (none for one partition)."""
+        """One evaluation per check and partition of an op over a range (none for one partition)."""
         if not split.is_range:
             return []
 

@@ -120,8 +120,8 @@ def build_definitions(
 ) -> dg.Definitions:
     """Definitions for ``pipelines`` (default: :func:`load_pipelines`).
 
-    Embedded chDB (the default store) runs steps in-process, since one process at a time may
-    open it; with ``CLICKHOUSE_URL=http(s)://…`` steps run in subprocesses.
+    Embedded chDB (the default store) runs ops in-process, since one process at a time may
+    open it; with ``CLICKHOUSE_URL=http(s)://…`` ops run in subprocesses.
 
     Example::
 

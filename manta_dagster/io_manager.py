@@ -1,14 +1,14 @@
 """The entity_metadata IO manager: level outputs in, the level below out.
 
 ``handle_output`` receives a :class:`LevelResult` (the outputs a level asset computed for the
-partition(s) of its step). The library wrote every one of them to ``entity_metadata`` as it
+partition(s) of its op). The library wrote every one of them to ``entity_metadata`` as it
 computed it (that is what makes a retried partition resume), so there is nothing left to store:
 it reports the counts.
 
 ``load_input`` reads the level below for the downstream partition(s) from ``entity_metadata``,
 in one query per run: the shards of the run for a datapoint level (selected inside the query
 from the traces' datapoint hash), the whole run for step and run levels. Nothing is cached
-between steps or runs.
+between ops or Dagster runs.
 """
 
 from collections.abc import Mapping
@@ -35,7 +35,7 @@ META_SHARDS = "manta/shard_count"
 
 @dataclass
 class LevelResult:
-    """What a level asset returns: its outputs for the partition(s) of the step."""
+    """What a level asset returns: its outputs for the partition(s) of the op."""
 
     project_id: str
     judge: str
@@ -46,7 +46,7 @@ class LevelResult:
 
 @dataclass
 class LevelInput:
-    """The stored outputs of the level below, per run, for a downstream step."""
+    """The stored outputs of the level below, per run, for a downstream op."""
 
     level: EntityLevel
     by_run: dict[str, list[StoredEntity]]
@@ -63,7 +63,7 @@ class EntityMetadataIOManager(dg.ConfigurableIOManager):
     clickhouse: ClickHouseResource
 
     def handle_output(self, context: dg.OutputContext, obj: LevelResult | None) -> None:
-        """Nothing to write (see the module docstring): log what the step stored."""
+        """Nothing to write (see the module docstring): log what the op stored."""
         if obj is None:
             return
         partitions = len(context.asset_partition_keys) if context.has_asset_partitions else 0

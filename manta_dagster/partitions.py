@@ -69,7 +69,7 @@ def run_key_range(run_id: str, shard_count: int = DEFAULT_SHARD_COUNT) -> dg.Par
 
 @dataclass(frozen=True)
 class RunScope:
-    """What one run contributes to a step: its id and shards (``None`` = every shard)."""
+    """What one run contributes to an op: its id and shards (``None`` = every shard)."""
 
     run_id: str
     shards: tuple[int, ...] | None

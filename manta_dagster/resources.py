@@ -2,7 +2,7 @@
 
 Both read the same environment as the library (``CLICKHOUSE_URL``, ``MANTA_DATA_DIR``,
 ``MANTA_DATABASE``, ``KESTREL_API_URL`` …); a field set on the resource overrides its variable.
-Nothing connects when a resource is built: the store is opened inside a step or a sensor tick
+Nothing connects when a resource is built: the store is opened inside an op or a sensor tick
 (:meth:`ClickHouseResource.open`) and closed at its end, which the embedded chDB store needs
 (one process at a time).
 """

@@ -1,8 +1,9 @@
-"""Which partition of a step each entity belongs to, so a range step reports per partition.
+"""Which partition of an op each entity belongs to, so an op over a range reports per
+partition.
 
-A single-run backfill materializes many partitions in one step (``context.partition_keys``);
-Dagster would attach the step's metadata and check results to all of them alike. The
-:class:`PartitionSplit` of the step groups its outputs by partition: a trace or datapoint
+A single-run backfill materializes many partitions in one op (``context.partition_keys``);
+Dagster would attach the op's metadata and check results to all of them alike. The
+:class:`PartitionSplit` of the op groups its outputs by partition: a trace or datapoint
 entity by the datapoint hash shard of its traces (one query per run, through
 :func:`manta_lib.pipeline.entities_by_shard`), a step or run entity by its run.
 """
@@ -20,7 +21,7 @@ from manta_lib.store import Store
 
 @dataclass(frozen=True)
 class PartitionSplit:
-    """The partition keys of a step and which of them each ``(run_id, entity_id)`` is in."""
+    """The partition keys of an op and which of them each ``(run_id, entity_id)`` is in."""
 
     keys: list[str]
     sharded: bool
@@ -28,11 +29,11 @@ class PartitionSplit:
 
     @property
     def is_range(self) -> bool:
-        """Whether the step covers more than one partition."""
+        """Whether the op covers more than one partition."""
         return len(self.keys) > 1
 
     def partitions_of(self, run_id: str, entity_id: str) -> list[str]:
-        """The step's partition keys holding this entity (none for an unknown entity)."""
+        """The op's partition keys holding this entity (none for an unknown entity)."""
         if len(self.keys) == 1:
             return self.keys
         if not self.sharded:
@@ -40,7 +41,7 @@ class PartitionSplit:
         return self._by_entity.get((run_id, entity_id), [])
 
     def group(self, outputs: Sequence[MetadataOutput]) -> dict[str, list[MetadataOutput]]:
-        """``{partition key: its outputs}`` for every key of the step (empty lists kept)."""
+        """``{partition key: its outputs}`` for every key of the op (empty lists kept)."""
         groups: dict[str, list[MetadataOutput]] = {key: [] for key in self.keys}
         for outcome in outputs:
             for key in self.partitions_of(outcome.run_id, outcome.entity_id):
@@ -55,7 +56,7 @@ def split_partitions(
     keys: Sequence[str],
     shard_count: int,
 ) -> PartitionSplit:
-    """The split of a step over ``keys`` (the step's partition keys, as Dagster gave them)."""
+    """The split of an op over ``keys`` (the op's partition keys, as Dagster gave them)."""
     sharded = level in SHARDED_LEVELS
     ordered = sorted(keys, key=str)
     if len(ordered) <= 1 or not sharded:

@@ -114,7 +114,7 @@ def test_every_level_materializes_what_pipeline_run_computes(
     assert step["first_failures"] == "No failures."
     assert step["explorer"] == results_url("tool_errors", RUN_ID, "step")
     trace = events[("tool_errors/trace", f"{RUN_ID}|01")]
-    assert trace["step_entities"] == demo.runs[RUN_ID]  # the step covered every shard of the run
+    assert trace["op_entities"] == demo.runs[RUN_ID]  # the op covered every shard of the run
     assert 0 < int(trace["entities"]) < demo.runs[RUN_ID]  # type: ignore[call-overload]
     checks = [*first.get_asset_check_evaluations(), *second.get_asset_check_evaluations()]
     assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} >= {

@@ -132,7 +132,7 @@ def test_a_whole_run_backfill_reports_metadata_and_checks_per_partition(
     assert len(events) == SHARDS
     for partition, meta in events.items():
         assert meta["entities"] == per_shard.get(partition, 0), partition
-        assert meta["step_entities"] == demo.runs[RUN_ID]
+        assert meta["op_entities"] == demo.runs[RUN_ID]
         assert meta["runs"] == RUN_ID
         shard = int(partition.rpartition("|")[2])
         assert meta["explorer"] == results_url(PIPELINE.judge, RUN_ID, "trace", shard=shard)
