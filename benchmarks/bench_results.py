@@ -94,9 +94,11 @@ def seed_run(store: Store, run_id: str, traces: int, judge: str, columns: list[t
         where = "" if name.startswith("__") else " WHERE number % 50 != 0"
         store.command(
             f"""
-            INSERT INTO {{db}}.entity_metadata
+            INSERT INTO {{db}}.entity_metadata (project_id, run_id, judge, entity_level,
+                entity_id, datapoint_id, step_number, phase, column, value_type, value_number,
+                value_string, value_bool, value_json, judge_version, computed_at)
             SELECT {{p:String}}, {{r:String}}, {{j:String}}, 'trace', {TRACE_ID},
-                   concat('dp_', toString(number % 500)), intDiv(number, 1000), '{name}',
+                   concat('dp_', toString(number % 500)), intDiv(number, 1000), 'train', '{name}',
                    '{kind}', {number}, {string}, {flag}, {raw}, 'v1', {{at:DateTime64(6, 'UTC')}}
             FROM numbers({{n:UInt64}}){where}
             """,
