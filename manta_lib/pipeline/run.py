@@ -5,9 +5,14 @@
     run_pipeline(pipeline, run_id, mapper=...)          pipeline.run() in any mode
       record_computation()                              one runs-log row, either way
       plan_scope()      the traces, (step, datapoint, trace) order
-      register_judge()  Kestrel or the local registry
-      map_scope()       stored status -> pending traces -> mapper.map()
-      reduce_scope()    per level, bottom-up, written as computed
+      _run_written()    a persisted run:
+        register_judge()    Kestrel or the local registry
+        map_scope()         stored status -> pending traces -> mapper.map(), Outputs.WRITE
+        reduce_streamed()   per level, bottom-up, the level below read back from the store
+      _run_in_memory()  a run that does not persist:
+        map_scope()         Outputs.RETURN
+        reduce_scope()      per level, bottom-up, from the outputs in memory
+      -> RunResult
 
 The mapper is the only thing a mode chooses (:mod:`manta_lib.pipeline.mapping`). Dagster
 calls the same :func:`map_scope` and :func:`reduce_scope` for the partitions of a step.
@@ -43,7 +48,7 @@ from manta_lib.pipeline.planner import (
 )
 from manta_lib.pipeline.pool import IsolatedPool
 from manta_lib.pipeline.progress import BucketClock
-from manta_lib.pipeline.record import record_computation, summarize_counts
+from manta_lib.pipeline.record import ComputationRecord, record_computation, summarize_counts
 from manta_lib.pipeline.reducer import reduce_groups, reduce_level
 from manta_lib.pipeline.result import RunResult, StoredRun, stored_counts
 from manta_lib.pipeline.resume import ID_FILTER_LIMIT, completed_traces, load_level
@@ -140,9 +145,6 @@ def run_pipeline(
             with clock("load"):
                 scope = _plan(session.get(), run_id, options)
             if options.writes:
-                with clock("register"):
-                    where = register_judge(pipeline, session.get(), settings)
-                log.debug("judge %s registered in %s", pipeline.judge, where)
                 result = _run_written(pipeline, scope, session, options, mapper, record)
             else:
                 result = _run_in_memory(pipeline, scope, session, options, mapper, record)
@@ -181,11 +183,14 @@ def _run_written(
     session: StoreSession,
     options: RunOptions,
     mapper: Mapper,
-    record: Any,
+    record: ComputationRecord,
 ) -> RunResult:
-    """A persisted run: map writing each trace, then each level reduced from the stored level
-    below; the result reads the store."""
+    """A persisted run: the judge registered, the map writing each trace, then each level
+    reduced from the stored level below; the result reads the store."""
     clock = record.clock
+    with clock("register"):
+        where = register_judge(pipeline, session.get(), session.settings)
+    log.debug("judge %s registered in %s", pipeline.judge, where)
     map_scope(
         pipeline,
         scope,
@@ -214,7 +219,7 @@ def _run_in_memory(
     session: StoreSession,
     options: RunOptions,
     mapper: Mapper,
-    record: Any,
+    record: ComputationRecord,
 ) -> RunResult:
     """A run that does not persist: every level's outputs held and returned."""
     if len(scope.refs) > IN_MEMORY_TRACE_LIMIT:
