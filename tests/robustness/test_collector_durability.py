@@ -1,5 +1,6 @@
 """A 2xx from the collector means kept: ``manta collect`` killed with SIGKILL while exporters
-send loses no acknowledged span; the restarted collector writes them, each once."""
+send loses no acknowledged span; the restarted collector writes them, each once; its worker
+processes end with it."""
 
 from __future__ import annotations
 
@@ -70,6 +71,26 @@ def _collect(env: dict[str, str], *options: str) -> tuple[subprocess.Popen[bytes
         time.sleep(0.1)
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (the collector's worker processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _expected(number: int) -> list[int]:
     """tokens_input, turn_count and span count of trace ``number`` mapped whole (the
     reference computation: the mapper itself, on the spans sent)."""
@@ -107,16 +128,22 @@ def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
                 if answer.status_code == 200:
                     acknowledged.extend(numbers)
 
-    workers = [threading.Thread(target=exporter, args=(w,)) for w in range(4)]
-    for worker in workers:
-        worker.start()
+    threads = [threading.Thread(target=exporter, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
     time.sleep(2.5)  # some traces written, some buffered, requests in flight
+    workers = _children(collector.pid)
+    assert workers, "the collector runs worker processes"
     collector.send_signal(signal.SIGKILL)
     collector.wait()
     stop.set()
-    for worker in workers:
-        worker.join()
+    for thread in threads:
+        thread.join()
     assert len(acknowledged) > 50
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "worker processes outlived the collector"
 
     restarted, _ = _collect(env, "--idle-timeout", "0.1")
     time.sleep(1.0)
