@@ -36,8 +36,11 @@ shards into the store like the shipper would (trace ids are fixed, so a resent s
 stored once).
 
 The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector.http`,
-the ``otlp`` extra); decoding and the spool's ``fsync`` run on worker threads, the batched
-store write on its own thread.
+the ``otlp`` extra); the spool's ``fsync`` runs on worker threads, the batched store write on
+its own thread. Decoding, mapping and checking a request and shaping its spans run in worker
+processes (:mod:`manta_lib.collector.prepare`, one per core up to 4, ``workers`` sets it), so
+one process is not the limit; the request's thread waits for them before it spools and
+answers. The buffer keeps each span as the JSON text stored in ``otel_spans``.
 """
 
 from __future__ import annotations
