@@ -150,7 +150,7 @@ _CHILD = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "from manta_lib.collector.prepare import serve; serve()"
 )
-_MAX_RESTARTS = 3  # workers failing this often in a row: prepare in the collector's process
+_MAX_RESTARTS = 3  # new workers dying this often: prepare in the collector's process
 
 
 def _send(stream: IO[bytes], obj: object) -> None:
@@ -223,17 +223,23 @@ class _Worker:
 class PreparePool:
     """:func:`prepare` in ``workers`` child processes (in the calling thread with 0).
 
-    A worker that dies is replaced; the request that saw it is prepared in this process
-    instead (and every request, once workers keep dying)."""
+    A worker that dies is replaced (its request is tried again on another). Only if workers
+    die before any of them ever answered (they cannot run here) are requests prepared in this
+    process: a request that kills workers must not take the collector with them."""
 
     def __init__(self, workers: int) -> None:
         # free workers; None once there are none left (passed on to every waiter)
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
-        self._failures = 0
+        self._failures = 0  # deaths in a row
+        self._served = False  # a worker answered once: workers can run here
         for _ in range(workers):
-            worker = _Worker()
+            try:
+                worker = _Worker()
+            except OSError as exc:
+                log.warning("cannot start collector worker processes (%s): working in-process", exc)
+                break
             self._workers.append(worker)
             self._idle.put(worker)
 
@@ -246,43 +252,50 @@ class PreparePool:
     def prepare(
         self, body: bytes, content_type: str, hierarchy: Hierarchy, check: bool = True
     ) -> Prepared:
-        """:func:`prepare` in a worker process (waiting for one to be free)."""
+        """:func:`prepare` in a worker process (waiting for one to be free).
+
+        A request whose worker dies is tried once more on another; if that one dies too
+        (the request itself may kill them), :class:`RuntimeError`."""
         args = (body, content_type, hierarchy, check)
-        with self._lock:
-            working = bool(self._workers)
-        if not working:
-            return prepare(*args)
-        worker = self._idle.get()
-        if worker is None:
-            self._idle.put(None)
-            return prepare(*args)
-        try:
-            result = worker.call(args)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:  # the worker died
-            self._replace(worker, exc)
-            return prepare(*args)
-        except BaseException:
+        for _attempt in range(2):
+            with self._lock:
+                working = bool(self._workers)
+            worker = self._idle.get() if working else None
+            if worker is None:
+                self._idle.put(None)
+                return prepare(*args)  # no workers (any more): in this process
+            try:
+                result = worker.call(args)
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:  # the worker died
+                self._replace(worker, exc)
+                continue
+            except BaseException:
+                self._idle.put(worker)
+                raise
+            self._failures = 0
+            self._served = True
             self._idle.put(worker)
-            raise
-        self._failures = 0
-        self._idle.put(worker)
-        return result
+            return result
+        raise RuntimeError("the worker processes preparing this request died")
 
     def _replace(self, dead: _Worker, exc: BaseException) -> None:
         with self._lock:
             self._workers.remove(dead)
             self._failures += 1
-            if self._failures > _MAX_RESTARTS:
+            if self._failures > _MAX_RESTARTS and not self._served:
                 log.error(
-                    "collector worker processes keep failing (%s): preparing requests in the "
-                    "collector's process from now on",
+                    "collector worker processes cannot run (%s): preparing requests in the "
+                    "collector's process",
                     exc,
                 )
                 fresh = None
             else:
                 log.warning("a collector worker process failed (%s); starting another", exc)
-                fresh = _Worker()
-                self._workers.append(fresh)
+                try:
+                    fresh = _Worker()
+                    self._workers.append(fresh)
+                except OSError:
+                    fresh = None
             last = not self._workers
         dead.process.kill()
         dead.close()

@@ -339,3 +339,18 @@ def test_a_killed_worker_process_is_replaced_and_its_request_kept(
         assert "not a protobuf" in status_pb2.Status.FromString(bad.content).message
     assert _stored_trace_ids(settings) == {f"{31:032x}", f"{32:032x}"}
     assert not Path(f"/proc/{second}").exists()  # stop() ended the worker
+
+
+def test_without_worker_processes_requests_are_prepared_in_process(
+    settings: MantaSettings,
+) -> None:
+    with Collector(
+        port=0, idle_timeout=0.05, flush_interval=0.05, settings=settings, workers=0
+    ) as collector:
+        assert collector.worker_pids == []
+        body = to_protobuf(request(genai_agent_trace(41), RESOURCE))
+        assert _post(collector, body, PROTOBUF).status_code == 200
+        bad = _post(collector, body[:-7], PROTOBUF)
+        assert bad.status_code == 400
+        assert "not a protobuf" in status_pb2.Status.FromString(bad.content).message
+    assert _stored_trace_ids(settings) == {f"{41:032x}"}
