@@ -150,7 +150,6 @@ _CHILD = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "from manta_lib.collector.prepare import serve; serve()"
 )
-_MAX_RESTARTS = 3  # new workers dying this often: prepare in the collector's process
 
 
 def _send(stream: IO[bytes], obj: object) -> None:
@@ -178,6 +177,7 @@ def serve() -> None:
     os.dup2(2, 1)  # a stray print must not corrupt the answers
     sys.stdout = sys.stderr
     requests = sys.stdin.buffer
+    _send(out, ("ready", os.getpid()))  # imports done
     while True:
         try:
             args = _receive(requests)
@@ -197,6 +197,11 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+
+    def ready(self) -> None:
+        """Wait until the worker has started (raises EOFError if it could not)."""
+        assert self.process.stdout is not None
+        _receive(self.process.stdout)
 
     def call(self, args: tuple[object, ...]) -> Prepared:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -223,23 +228,29 @@ class _Worker:
 class PreparePool:
     """:func:`prepare` in ``workers`` child processes (in the calling thread with 0).
 
-    A worker that dies is replaced (its request is tried again on another). Only if workers
-    die before any of them ever answered (they cannot run here) are requests prepared in this
-    process: a request that kills workers must not take the collector with them."""
+    A worker that dies is replaced (its request is tried again on the new one, once: a request
+    that kills workers must not take the collector with them). Only when no worker can be
+    started are requests prepared in this process."""
 
     def __init__(self, workers: int) -> None:
         # free workers; None once there are none left (passed on to every waiter)
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
-        self._failures = 0  # deaths in a row
-        self._served = False  # a worker answered once: workers can run here
+        started: list[_Worker] = []
         for _ in range(workers):
             try:
-                worker = _Worker()
+                started.append(_Worker())
             except OSError as exc:
                 log.warning("cannot start collector worker processes (%s): working in-process", exc)
                 break
+        for worker in started:  # they start side by side; ready when their imports are done
+            try:
+                worker.ready()
+            except (OSError, EOFError) as exc:
+                log.warning("a collector worker process did not start (%s)", exc)
+                worker.close()
+                continue
             self._workers.append(worker)
             self._idle.put(worker)
 
@@ -272,36 +283,31 @@ class PreparePool:
             except BaseException:
                 self._idle.put(worker)
                 raise
-            self._failures = 0
-            self._served = True
             self._idle.put(worker)
             return result
         raise RuntimeError("the worker processes preparing this request died")
 
     def _replace(self, dead: _Worker, exc: BaseException) -> None:
-        with self._lock:
-            self._workers.remove(dead)
-            self._failures += 1
-            if self._failures > _MAX_RESTARTS and not self._served:
-                log.error(
-                    "collector worker processes cannot run (%s): preparing requests in the "
-                    "collector's process",
-                    exc,
-                )
-                fresh = None
-            else:
-                log.warning("a collector worker process failed (%s); starting another", exc)
-                try:
-                    fresh = _Worker()
-                    self._workers.append(fresh)
-                except OSError:
-                    fresh = None
-            last = not self._workers
+        log.warning("a collector worker process failed (%s); starting another", exc)
         dead.process.kill()
         dead.close()
+        fresh: _Worker | None = None
+        try:
+            fresh = _Worker()
+            fresh.ready()
+        except (OSError, EOFError) as error:
+            log.error("cannot start a collector worker process (%s)", error)
+            if fresh is not None:
+                fresh.close()
+            fresh = None
+        with self._lock:
+            self._workers.remove(dead)
+            if fresh is not None:
+                self._workers.append(fresh)
+            last = not self._workers
         if fresh is not None:
             self._idle.put(fresh)
-        elif last:
+        elif last:  # none left: requests are prepared in this process from now on
             self._idle.put(None)
 
     def shutdown(self) -> None:

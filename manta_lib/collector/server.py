@@ -276,7 +276,8 @@ class Collector:
         return f"http://{host}:{port}/v1/traces"
 
     def start(self) -> Collector:
-        """Replay the spool, then serve and flush on background threads; returns at once."""
+        """Start the worker processes, replay the spool, then serve and flush on background
+        threads; returns once serving."""
         import uvicorn
 
         from manta_lib.collector.http import CollectorApp
