@@ -196,6 +196,9 @@ class _Worker:
             [sys.executable, "-c", _CHILD, json.dumps(sys.path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # not in the collector's process group: a Ctrl-C in its terminal stops the
+            # collector, which then still needs its workers for the requests in flight
+            start_new_session=True,
         )
 
     def ready(self) -> None:

@@ -5,6 +5,7 @@ processes end with it."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -50,13 +51,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _collect(env: dict[str, str], *options: str) -> tuple[subprocess.Popen[bytes], str]:
+def _collect(
+    env: dict[str, str], *options: str, new_group: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "manta_lib.cli", "collect", "--port", str(port), *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=new_group,  # its own process group, as in a terminal
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -159,3 +163,25 @@ def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
     wrong = {n: stored[f"{n:032x}"] for n in acknowledged if stored[f"{n:032x}"] != reference}
     assert not wrong, (reference, list(wrong.items())[:5])
     assert no_duplicates(table_state(env))
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_the_collector_not_its_workers(tmp_path: Path) -> None:
+    env = store_env(tmp_path)
+    collector, endpoint = _collect(env, "--idle-timeout", "30", new_group=True)
+    spans = [s for n in range(1, 6) for s in genai_agent_trace(n)]
+    answer = httpx.post(
+        endpoint,
+        content=to_protobuf(request(spans, RESOURCE)),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=60,
+    )
+    assert answer.status_code == 200
+    os.killpg(collector.pid, signal.SIGINT)  # a terminal's Ctrl-C: its whole process group
+    assert collector.wait(timeout=120) == 0
+    stderr = collector.stderr.read().decode() if collector.stderr else ""
+    assert "KeyboardInterrupt" not in stderr, stderr  # the workers never saw the signal
+    result = python(_STORED, env)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(stored) == [f"{n:032x}" for n in range(1, 6)]
