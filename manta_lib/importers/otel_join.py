@@ -92,6 +92,10 @@ class JoinedParts:
     raw_rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # not written
 
 
+def _payload(span: OtelSpan | str) -> str:
+    return span if isinstance(span, str) else span_payload(span)
+
+
 def _trace_id(part: OtelPart) -> str:
     if part.payloads is not None:
         return part.trace_id
@@ -136,12 +140,11 @@ def join_parts(
             )
             out.records.append(SourceRecord(part.source, part.line, None, (problem,)))
             continue
-        payloads = [x if isinstance(x, str) else span_payload(x) for _, x in items]
         if entry is None and part.checked is not None:
             checked = part.checked
             raw_rows.extend(
-                (otel_trace_id, span_id, checked.run_id, checked.trace_id, payload)
-                for (span_id, _), payload in zip(items, payloads, strict=True)
+                (otel_trace_id, span_id, checked.run_id, checked.trace_id, _payload(x))
+                for span_id, x in items
             )
             out.records.append(SourceRecord(part.source, part.line, checked))
             continue
@@ -158,8 +161,7 @@ def join_parts(
             continue
         run_id, trace_id = str(trace["run_id"]), str(trace["trace_id"])
         raw_rows.extend(
-            (otel_trace_id, span_id, run_id, trace_id, payload)
-            for (span_id, _), payload in zip(items, payloads, strict=True)
+            (otel_trace_id, span_id, run_id, trace_id, _payload(x)) for span_id, x in items
         )
         if entry is not None and entry.built_from is not None:
             replaced.append((entry.run_id, entry.trace_id))
