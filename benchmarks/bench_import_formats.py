@@ -287,7 +287,8 @@ def main() -> None:
         "--workers",
         type=int,
         default=None,
-        help="the collector's worker processes (0: none; default: one per core, up to 4)",
+        help="the collector's worker processes (0: none; default: one per core beyond the "
+        "second, up to 4)",
     )
     args = parser.parse_args()
     if args.only != "collector":

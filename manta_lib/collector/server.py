@@ -38,9 +38,10 @@ stored once).
 The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector.http`,
 the ``otlp`` extra); the spool's ``fsync`` runs on worker threads, the batched store write on
 its own thread. Decoding, mapping and checking a request and shaping its spans run in worker
-processes (:mod:`manta_lib.collector.prepare`, one per core up to 4, ``workers`` sets it), so
-one process is not the limit; the request's thread waits for them before it spools and
-answers. The buffer keeps each span as the JSON text stored in ``otel_spans``.
+processes (:mod:`manta_lib.collector.prepare`; one per core beyond the second, up to 4,
+``workers`` sets it), so one process is not the limit; the request's thread waits for them
+before it spools and answers. The buffer keeps each span as the JSON text stored in
+``otel_spans``.
 """
 
 from __future__ import annotations
@@ -573,10 +574,12 @@ class Collector:
 
 
 def _default_workers() -> int:
-    """A worker process per core (up to 4); none on a single core, where they would only
-    add the cost of handing each request over."""
+    """A worker process per core beyond the second, up to 4. With two cores or fewer the
+    collector's own process, the exporters usually beside it and the workers contend for the
+    same cores, and handing each request over and back (pickled, through a pipe, waiting for
+    the scheduler twice) costs more than it frees: the benchmark runs faster in-process."""
     cores = os.cpu_count() or 1
-    return min(4, cores) if cores > 1 else 0
+    return max(0, min(4, cores - 2))
 
 
 def _listen(host: str, port: int) -> socket.socket:

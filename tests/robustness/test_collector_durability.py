@@ -106,7 +106,7 @@ def _expected(number: int) -> list[int]:
 @pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
     env = store_env(tmp_path)
-    collector, endpoint = _collect(env, "--idle-timeout", "0.3")
+    collector, endpoint = _collect(env, "--idle-timeout", "0.3", "--workers", "2")
     acknowledged: list[int] = []
     stop = threading.Event()
 
@@ -168,7 +168,7 @@ def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ctrl_c_reaches_the_collector_not_its_workers(tmp_path: Path) -> None:
     env = store_env(tmp_path)
-    collector, endpoint = _collect(env, "--idle-timeout", "30", new_group=True)
+    collector, endpoint = _collect(env, "--idle-timeout", "30", "--workers", "2", new_group=True)
     spans = [s for n in range(1, 6) for s in genai_agent_trace(n)]
     answer = httpx.post(
         endpoint,
