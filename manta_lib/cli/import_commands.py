@@ -210,6 +210,15 @@ def collect_command(
     project: Annotated[
         str | None, typer.Option("--project", help="project_id of the collected traces.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            max=64,
+            help="Processes decoding and checking requests (0: none; default: by core count).",
+        ),
+    ] = None,
 ) -> None:
     """Receive OTLP/HTTP traces (POST /v1/traces, protobuf or JSON, gzip) into the store.
 
@@ -233,6 +242,7 @@ def collect_command(
         max_body_bytes=int(max_body_mb * (1 << 20)),
         body_timeout=body_timeout,
         hierarchy=hierarchy,
+        workers=workers,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

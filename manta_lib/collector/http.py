@@ -3,7 +3,8 @@
 Every request gets an answer: an unexpected failure is a ``500`` naming the exception (its
 traceback goes to the debug log, not the console); a request body must arrive within
 ``body_timeout`` seconds (else ``408`` and the connection is closed); a client that goes away
-is forgotten quietly. The decoding, validation and the spool's ``fsync`` run on worker
+is forgotten quietly. Handing a request to the collector (which decodes and validates it, in
+a worker process when it has them, then waits for the spool's ``fsync``) runs on worker
 threads, so the event loop keeps accepting connections (uvicorn's listen backlog is 2048).
 """
 

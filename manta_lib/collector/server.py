@@ -36,8 +36,12 @@ shards into the store like the shipper would (trace ids are fixed, so a resent s
 stored once).
 
 The HTTP side is uvicorn serving a small ASGI application (:mod:`manta_lib.collector.http`,
-the ``otlp`` extra); decoding and the spool's ``fsync`` run on worker threads, the batched
-store write on its own thread.
+the ``otlp`` extra); the spool's ``fsync`` runs on worker threads, the batched store write on
+its own thread. Decoding, mapping and checking a request and shaping its spans run in worker
+processes (:mod:`manta_lib.collector.prepare`; one per core beyond the second, up to 4,
+``workers`` sets it), so one process is not the limit; the request's thread waits for them
+before it spools and answers. The buffer keeps each span as the JSON text stored in
+``otel_spans``.
 """
 
 from __future__ import annotations
@@ -55,17 +59,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manta_lib.collector.prepare import RUN_KEY, PreparedTrace, PreparePool
 from manta_lib.errors import ConfigError
 from manta_lib.gc_pacing import relaxed_gc
 from manta_lib.importers.base import Hierarchy, Problems
-from manta_lib.importers.otel_decode import (
-    OtelSpan,
-    parse_protobuf,
-    spans_from_json,
-    spans_from_proto,
-)
-from manta_lib.importers.otel_join import OtelPart, join_parts
-from manta_lib.importers.otel_map import trace_from_spans
+from manta_lib.importers.otel_join import OtelPart, join_parts, span_from_payload
 from manta_lib.ingest.loader import CheckedTrace, check_trace, load_records
 from manta_lib.rollout_spool import SHARD_SUFFIX, parse_lines, shards, ship_once, spool_traces
 from manta_lib.settings import MantaSettings, is_loopback_host, load_settings
@@ -77,7 +75,6 @@ __all__ = ["Collector", "CollectorStats"]
 
 _PROTOBUF = "application/x-protobuf"
 _KINDS = {_PROTOBUF: 1, "application/json": 2}  # content type <-> spool record kind
-_RUN_KEY = "manta.run_id"
 _FLUSHED_MEMORY = 200_000  # trace ids remembered to recognise late spans
 _BACKLOG = 2048
 _SEGMENT_AGE_S = 5.0  # a spool segment older than this is closed (then deleted once written)
@@ -105,7 +102,9 @@ class CollectorStats:
 
 @dataclass
 class _Pending:
-    spans: list[OtelSpan] = field(default_factory=list)
+    trace_id: str  # the OTel trace id
+    payloads: dict[str, str] = field(default_factory=dict)  # span id -> span_payload() text
+    spans: int = 0  # spans received (repeats included)
     last_seen: float = 0.0
     has_run: bool = False
     segment: int = 0  # the oldest spool segment holding a span of it
@@ -123,38 +122,38 @@ class _Buffer:
         self.flushed: OrderedDict[str, None] = OrderedDict()
 
     def add(
-        self,
-        by_trace: dict[str, list[OtelSpan]],
-        default_run: bool,
-        segment: int,
-        mapped: dict[str, CheckedTrace] | None = None,
+        self, traces: list[PreparedTrace], default_run: bool, segment: int
     ) -> tuple[int, int, int] | None:
         """Buffer spans; ``(accepted, rejected for want of a run id, late)`` or None if full.
-        ``mapped``: traces of this request mapped already (kept while no other span joins)."""
+        A trace's ``checked`` version is kept while no other span joins it."""
         now = time.monotonic()
         accepted = rejected = late = 0
         with self.lock:
-            if self.count + sum(len(m) for m in by_trace.values()) > self.max_spans:
+            if self.count + sum(t.spans for t in traces) > self.max_spans:
                 return None
-            for trace_id, members in by_trace.items():
+            for trace in traces:
+                trace_id = trace.trace_id
                 pending = self.traces.get(trace_id)
-                has_run = default_run or _has_run(members)
+                has_run = default_run or trace.has_run
                 if pending is None and not has_run:
-                    rejected += len(members)
+                    rejected += trace.spans
                     continue
                 if trace_id in self.flushed:
-                    late += len(members)
+                    late += trace.spans
                 if pending is None:
-                    pending = self.traces[trace_id] = _Pending(segment=segment)
-                    pending.checked = mapped.get(trace_id) if mapped else None
+                    pending = self.traces[trace_id] = _Pending(trace_id, segment=segment)
+                    pending.checked = trace.checked
+                    pending.payloads = trace.payloads
                 else:
                     pending.checked = None
-                pending.spans.extend(members)
+                    for span_id, payload in trace.payloads.items():
+                        pending.payloads.setdefault(span_id, payload)  # the first copy is kept
+                pending.spans += trace.spans
                 pending.last_seen = now
                 pending.has_run = pending.has_run or has_run
                 pending.segment = min(pending.segment, segment)
-                accepted += len(members)
-                self.count += len(members)
+                accepted += trace.spans
+                self.count += trace.spans
         return accepted, rejected, late
 
     def take(self, idle_seconds: float | None) -> list[_Pending]:
@@ -167,7 +166,7 @@ class _Buffer:
                 if idle_seconds is None or now - pending.last_seen >= idle_seconds
             ]
             taken = [self.traces.pop(trace_id) for trace_id in done]
-            self.count -= sum(len(p.spans) for p in taken)
+            self.count -= sum(p.spans for p in taken)
             for trace_id in done:
                 self.flushed[trace_id] = None
             while len(self.flushed) > _FLUSHED_MEMORY:
@@ -177,24 +176,28 @@ class _Buffer:
     def put_back(self, taken: list[_Pending]) -> None:
         with self.lock:
             for old in taken:
-                trace_id = old.spans[0].trace_id
+                trace_id = old.trace_id
                 pending = self.traces.get(trace_id)
                 if pending is None:
-                    pending = self.traces[trace_id] = _Pending(has_run=True, segment=old.segment)
-                pending.checked = None  # mapped again when written
-                pending.spans[:0] = old.spans
-                pending.segment = min(pending.segment, old.segment)
-                pending.last_seen = 0.0
-                self.count += len(old.spans)
+                    self.traces[trace_id] = old
+                    old.checked = None  # mapped again when written
+                    old.last_seen = 0.0
+                else:  # spans arrived meanwhile: the older ones go first
+                    pending.checked = None
+                    merged = dict(old.payloads)
+                    for span_id, payload in pending.payloads.items():
+                        merged.setdefault(span_id, payload)
+                    pending.payloads = merged
+                    pending.spans += old.spans
+                    pending.segment = min(pending.segment, old.segment)
+                    pending.has_run = True
+                    pending.last_seen = 0.0
+                self.count += old.spans
                 self.flushed.pop(trace_id, None)
 
     def oldest_segment(self) -> int | None:
         with self.lock:
             return min((p.segment for p in self.traces.values()), default=None)
-
-
-def _has_run(spans: list[OtelSpan]) -> bool:
-    return any(_RUN_KEY in s.attributes or _RUN_KEY in s.resource for s in spans)
 
 
 class Collector:
@@ -222,6 +225,7 @@ class Collector:
         batch_size: int = 5000,
         body_timeout: float = 30.0,
         spool_dir: Path | None = None,
+        workers: int | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.hierarchy = hierarchy or Hierarchy()
@@ -231,6 +235,8 @@ class Collector:
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
         self.batch_size = batch_size
+        # processes decoding, mapping and checking requests (0: on the request threads)
+        self.workers = _default_workers() if workers is None else max(0, workers)
         self.stats = CollectorStats()
         self._stats_lock = threading.Lock()
         self._buffer = _Buffer(max_buffered_spans)
@@ -246,6 +252,7 @@ class Collector:
         self._server: Any = None
         self._app: Any = None
         self._spool: Any = None
+        self._pool: PreparePool | None = None
         if not self.token and not is_loopback_host(host):
             log.warning(
                 "collecting on %s without a token: anyone who can reach this address can write "
@@ -260,18 +267,25 @@ class Collector:
         return str(host), int(port)
 
     @property
+    def worker_pids(self) -> list[int]:
+        """The ids of the worker processes that prepare requests (for monitoring)."""
+        return self._pool.pids if self._pool is not None else []
+
+    @property
     def endpoint(self) -> str:
         host, port = self.address
         return f"http://{host}:{port}/v1/traces"
 
     def start(self) -> Collector:
-        """Replay the spool, then serve and flush on background threads; returns at once."""
+        """Start the worker processes, replay the spool, then serve and flush on background
+        threads; returns once serving."""
         import uvicorn
 
         from manta_lib.collector.http import CollectorApp
         from manta_lib.collector.spool import Spool
 
         self._spool = Spool(self.spool_dir)
+        self._pool = PreparePool(self.workers)
         self.rollout_dir.mkdir(exist_ok=True)
         for staging in self.rollout_dir.glob("*.new"):  # cut short by a crash, never answered
             staging.unlink()
@@ -314,6 +328,9 @@ class Collector:
         self._socket.close()
         if self._app is not None:
             self._app.executor.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._spool is not None:
             self.flush(everything=True, final=True)
             self._spool.close()
@@ -378,7 +395,10 @@ class Collector:
 
     def _write(self, taken: list[_Pending], final: bool) -> int:
         """Join, map, validate and store the traces ``taken``; keep any that cannot be stored."""
-        parts = [OtelPart("collector", n, p.spans, p.checked) for n, p in enumerate(taken, start=1)]
+        parts = [
+            OtelPart("collector", n, [], p.checked, p.payloads, p.trace_id)
+            for n, p in enumerate(taken, start=1)
+        ]
         try:
             store = self._store or Store.open(self.settings)
             self._store = store
@@ -415,7 +435,7 @@ class Collector:
         if failed:
             reasons = "; ".join(f"{f}: {why}" if f else why for _, f, why in problems)
             log.error("%d traces could not be stored: %s", len(failed), reasons[:2000])
-            self._dead_letter([taken[line - 1].spans for line in failed], reasons)
+            self._dead_letter([taken[line - 1] for line in failed], reasons)
         return report.traces_loaded
 
     def _release_store(self) -> None:
@@ -423,16 +443,18 @@ class Collector:
             self._store.close()
             self._store = None
 
-    def _dead_letter(self, groups: list[list[OtelSpan]], reason: str) -> None:
+    def _dead_letter(self, groups: list[_Pending], reason: str) -> None:
         if not groups:
             return
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         with self.dead_letter.open("a", encoding="utf-8") as handle:
             for group in groups:
                 row = {
-                    "trace_id": group[0].trace_id,
+                    "trace_id": group.trace_id,
                     "reason": reason,
-                    "spans": [dataclasses.asdict(s) for s in group],
+                    "spans": [
+                        dataclasses.asdict(span_from_payload(p)) for p in group.payloads.values()
+                    ],
                 }
                 handle.write(json.dumps(row, default=str) + "\n")
             handle.flush()
@@ -446,13 +468,17 @@ class Collector:
 
         Raises :class:`Problems` for an invalid body and :class:`BufferError` when full.
         """
-        by_trace = _decode(body, content_type)
-        mapped = self._check(by_trace)
+        pool = self._pool
+        if pool is None:
+            raise BufferError("the collector is not running")
+        prepared = pool.prepare(body, content_type, self.hierarchy)
+        if prepared.problems:
+            raise Problems(prepared.problems)
         spool = self._spool
         if spool is None:
             raise BufferError("the collector is not running")
         with spool.lock:
-            result = self._buffer.add(by_trace, bool(self.hierarchy.run_id), spool.segment, mapped)
+            result = self._buffer.add(prepared.traces, bool(self.hierarchy.run_id), spool.segment)
             if result is None:
                 raise BufferError("the collector's buffer is full")
             accepted, rejected, late = result
@@ -475,8 +501,8 @@ class Collector:
         message = ""
         if rejected:
             message = (
-                f"{rejected} spans have no run id: set the resource attribute {_RUN_KEY} "
-                f"(OTEL_RESOURCE_ATTRIBUTES={_RUN_KEY}=RUN) or start the collector with --run-id"
+                f"{rejected} spans have no run id: set the resource attribute {RUN_KEY} "
+                f"(OTEL_RESOURCE_ATTRIBUTES={RUN_KEY}=RUN) or start the collector with --run-id"
             )
         return rejected, message
 
@@ -522,46 +548,24 @@ class Collector:
         finally:
             os.close(dir_fd)
 
-    def _check(self, by_trace: dict[str, list[OtelSpan]]) -> dict[str, CheckedTrace]:
-        """Map and check each trace of the request as it would be stored: a request that
-        holds a trace the store would refuse is refused whole (a 400, not a 200 whose trace
-        later fails). Returns the traces mapped (a trace whole in one request is not mapped
-        again when written)."""
-        problems: list[tuple[str, str]] = []
-        mapped: dict[str, CheckedTrace] = {}
-        for trace_id, members in by_trace.items():
-            hierarchy = self.hierarchy
-            if not hierarchy.run_id and not _has_run(members):
-                # a later part without the run id: checked as part of a run
-                hierarchy = dataclasses.replace(hierarchy, run_id="-")
-            try:
-                checked = check_trace(trace_from_spans(members, hierarchy))
-            except Problems as exc:
-                checked = list(exc.problems)
-            if isinstance(checked, CheckedTrace):
-                if hierarchy is self.hierarchy:
-                    mapped[trace_id] = checked
-                continue
-            found = checked
-            problems.extend(
-                (f"trace {trace_id}: {f}" if f else f"trace {trace_id}", r) for f, r in found
-            )
-        if problems:
-            raise Problems(problems)
-        return mapped
-
     def _replay(self) -> None:
         """Buffer what an earlier process spooled (acknowledged, perhaps not yet written)."""
+        assert self._pool is not None and self._spool is not None
         kinds = {number: name for name, number in _KINDS.items()}
         replayed = 0
         for segment, kind, body in self._spool.replay():
-            try:
-                by_trace = _decode(body, kinds[kind])
-            except (Problems, KeyError, ValueError) as exc:  # it was valid when it came
-                log.error("spool segment %d: a record does not decode (%s)", segment, exc)
+            content_type = kinds.get(kind)
+            prepared = (
+                self._pool.prepare(body, content_type, self.hierarchy, check=False)
+                if content_type
+                else None
+            )
+            if prepared is None or prepared.problems:  # it was valid when it came
+                why = prepared.problems if prepared else f"unknown record kind {kind}"
+                log.error("spool segment %d: a record does not decode (%s)", segment, why)
                 continue
             result = self._buffer.add(
-                by_trace, default_run=bool(self.hierarchy.run_id), segment=segment
+                prepared.traces, default_run=bool(self.hierarchy.run_id), segment=segment
             )
             replayed += result[0] if result else 0
         if replayed:
@@ -569,19 +573,13 @@ class Collector:
             log.info("replayed %d spooled spans from %s", replayed, self.spool_dir)
 
 
-def _decode(body: bytes, content_type: str) -> dict[str, list[OtelSpan]]:
-    if content_type == _PROTOBUF:
-        spans = spans_from_proto(parse_protobuf(body))
-    else:
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Problems([("", f"invalid JSON ({exc})")]) from None
-        spans = spans_from_json(doc)
-    by_trace: dict[str, list[OtelSpan]] = {}
-    for span in spans:
-        by_trace.setdefault(span.trace_id, []).append(span)
-    return by_trace
+def _default_workers() -> int:
+    """A worker process per core beyond the second, up to 4. With two cores or fewer the
+    collector's own process, the exporters usually beside it and the workers contend for the
+    same cores, and handing each request over and back (pickled, through a pipe, waiting for
+    the scheduler twice) costs more than it frees: the benchmark runs faster in-process."""
+    cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 2))
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -70,12 +70,18 @@ def span_from_payload(payload: str) -> OtelSpan:
 
 @dataclass
 class OtelPart:
-    """The spans of one OTel trace in this delivery, and where they came from."""
+    """The spans of one OTel trace in this delivery, and where they came from.
+
+    ``payloads`` (span id -> :func:`span_payload` text, with ``trace_id``) may stand in for
+    ``spans``, as the collector keeps them: spans are then made from the text only if the
+    trace is mapped here."""
 
     source: str
     line: int
     spans: list[OtelSpan]
     checked: CheckedTrace | None = None  # these very spans mapped and checked already
+    payloads: dict[str, str] | None = None
+    trace_id: str = ""  # the OTel trace id (with payloads)
 
 
 @dataclass
@@ -84,6 +90,16 @@ class JoinedParts:
     present: int = 0  # traces whose every span was stored already
     joined: int = 0  # stored traces replaced by a bigger version
     raw_rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # not written
+
+
+def _payload(span: OtelSpan | str) -> str:
+    return span if isinstance(span, str) else span_payload(span)
+
+
+def _trace_id(part: OtelPart) -> str:
+    if part.payloads is not None:
+        return part.trace_id
+    return part.spans[0].trace_id if part.spans else ""
 
 
 def join_parts(
@@ -96,28 +112,30 @@ def join_parts(
     is good) refuses a part that would replace a stored trace, with a problem saying so, and
     leaves the raw spans in :attr:`JoinedParts.raw_rows` for the caller to write (with
     :func:`write_otel_spans`) once the records are stored."""
-    stored = stored_otel_traces(store, [part.spans[0].trace_id for part in parts if part.spans])
+    stored = stored_otel_traces(store, [_trace_id(part) for part in parts if _trace_id(part)])
     out = JoinedParts([])
     raw_rows: list[tuple[str, str, str, str, str]] = []
     replaced: list[tuple[str, str]] = []
     for part in parts:
-        if not part.spans:
+        # the part's new spans: (span id, the span or its payload text)
+        items: list[tuple[str, OtelSpan | str]]
+        otel_trace_id = _trace_id(part)
+        if part.payloads is not None:
+            items = list(part.payloads.items())
+        else:
+            items = [(s.span_id, s) for s in unique_spans(part.spans)]
+        if not items:
             continue
-        otel_trace_id = part.spans[0].trace_id
-        spans = unique_spans(part.spans)
         entry = stored.get(otel_trace_id)
         if entry is not None:
-            spans = [s for s in spans if s.span_id not in entry.payloads]
-            whole = [span_from_payload(p) for p in entry.payloads.values()] + spans
-            if entry.built_from == len(whole):
+            items = [item for item in items if item[0] not in entry.payloads]
+            if entry.built_from == len(entry.payloads) + len(items):
                 out.present += 1
                 continue
-        else:
-            whole = spans
         if entry is not None and entry.built_from is not None and not replace:
             problem = (
                 f"trace {otel_trace_id}",
-                f"has {len(spans)} spans the stored trace {entry.trace_id!r} lacks; a strict "
+                f"has {len(items)} spans the stored trace {entry.trace_id!r} lacks; a strict "
                 "import does not replace stored traces: import without --strict to join them",
             )
             out.records.append(SourceRecord(part.source, part.line, None, (problem,)))
@@ -125,11 +143,13 @@ def join_parts(
         if entry is None and part.checked is not None:
             checked = part.checked
             raw_rows.extend(
-                (otel_trace_id, s.span_id, checked.run_id, checked.trace_id, span_payload(s))
-                for s in spans
+                (otel_trace_id, span_id, checked.run_id, checked.trace_id, _payload(x))
+                for span_id, x in items
             )
             out.records.append(SourceRecord(part.source, part.line, checked))
             continue
+        whole = [span_from_payload(p) for p in entry.payloads.values()] if entry else []
+        whole += [span_from_payload(x) if isinstance(x, str) else x for _, x in items]
         try:
             trace = trace_from_spans(whole, hierarchy)
         except Problems as exc:
@@ -141,7 +161,7 @@ def join_parts(
             continue
         run_id, trace_id = str(trace["run_id"]), str(trace["trace_id"])
         raw_rows.extend(
-            (otel_trace_id, s.span_id, run_id, trace_id, span_payload(s)) for s in spans
+            (otel_trace_id, span_id, run_id, trace_id, _payload(x)) for span_id, x in items
         )
         if entry is not None and entry.built_from is not None:
             replaced.append((entry.run_id, entry.trace_id))

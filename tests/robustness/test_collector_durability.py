@@ -1,9 +1,11 @@
 """A 2xx from the collector means kept: ``manta collect`` killed with SIGKILL while exporters
-send loses no acknowledged span; the restarted collector writes them, each once."""
+send loses no acknowledged span; the restarted collector writes them, each once; its worker
+processes end with it."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -49,13 +51,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _collect(env: dict[str, str], *options: str) -> tuple[subprocess.Popen[bytes], str]:
+def _collect(
+    env: dict[str, str], *options: str, new_group: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "manta_lib.cli", "collect", "--port", str(port), *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=new_group,  # its own process group, as in a terminal
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -70,6 +75,26 @@ def _collect(env: dict[str, str], *options: str) -> tuple[subprocess.Popen[bytes
         time.sleep(0.1)
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (the collector's worker processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _expected(number: int) -> list[int]:
     """tokens_input, turn_count and span count of trace ``number`` mapped whole (the
     reference computation: the mapper itself, on the spans sent)."""
@@ -81,7 +106,7 @@ def _expected(number: int) -> list[int]:
 @pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
     env = store_env(tmp_path)
-    collector, endpoint = _collect(env, "--idle-timeout", "0.3")
+    collector, endpoint = _collect(env, "--idle-timeout", "0.3", "--workers", "2")
     acknowledged: list[int] = []
     stop = threading.Event()
 
@@ -107,16 +132,22 @@ def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
                 if answer.status_code == 200:
                     acknowledged.extend(numbers)
 
-    workers = [threading.Thread(target=exporter, args=(w,)) for w in range(4)]
-    for worker in workers:
-        worker.start()
+    threads = [threading.Thread(target=exporter, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
     time.sleep(2.5)  # some traces written, some buffered, requests in flight
+    workers = _children(collector.pid)
+    assert workers, "the collector runs worker processes"
     collector.send_signal(signal.SIGKILL)
     collector.wait()
     stop.set()
-    for worker in workers:
-        worker.join()
+    for thread in threads:
+        thread.join()
     assert len(acknowledged) > 50
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "worker processes outlived the collector"
 
     restarted, _ = _collect(env, "--idle-timeout", "0.1")
     time.sleep(1.0)
@@ -132,3 +163,25 @@ def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
     wrong = {n: stored[f"{n:032x}"] for n in acknowledged if stored[f"{n:032x}"] != reference}
     assert not wrong, (reference, list(wrong.items())[:5])
     assert no_duplicates(table_state(env))
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_the_collector_not_its_workers(tmp_path: Path) -> None:
+    env = store_env(tmp_path)
+    collector, endpoint = _collect(env, "--idle-timeout", "30", "--workers", "2", new_group=True)
+    spans = [s for n in range(1, 6) for s in genai_agent_trace(n)]
+    answer = httpx.post(
+        endpoint,
+        content=to_protobuf(request(spans, RESOURCE)),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=60,
+    )
+    assert answer.status_code == 200
+    os.killpg(collector.pid, signal.SIGINT)  # a terminal's Ctrl-C: its whole process group
+    assert collector.wait(timeout=120) == 0
+    stderr = collector.stderr.read().decode() if collector.stderr else ""
+    assert "KeyboardInterrupt" not in stderr, stderr  # the workers never saw the signal
+    result = python(_STORED, env)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(stored) == [f"{n:032x}" for n in range(1, 6)]

@@ -316,3 +316,41 @@ def test_unwritable_store_keeps_traces_in_the_spool_until_the_next_start(
         assert again.stats.spans_replayed == 4
     assert _stored_trace_ids(settings) == {f"{21:032x}"}
     assert not list(again.spool_dir.glob("*.spool"))
+
+
+def test_a_killed_worker_process_is_replaced_and_its_request_kept(
+    settings: MantaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Collector(
+        port=0, idle_timeout=0.05, flush_interval=0.05, settings=settings, workers=1
+    ) as collector:
+        (first,) = collector.worker_pids
+        os.kill(first, signal.SIGKILL)
+        body = to_protobuf(request(genai_agent_trace(31), RESOURCE))
+        assert _post(collector, body, PROTOBUF).status_code == 200
+        (second,) = collector.worker_pids
+        assert second != first  # the request met the dead worker: it was replaced
+        assert "worker process failed" in caplog.text
+        body = to_protobuf(request(genai_agent_trace(32), RESOURCE))
+        assert _post(collector, body, PROTOBUF).status_code == 200
+        assert collector.worker_pids == [second]
+        bad = _post(collector, body[:-7], PROTOBUF)  # refused by the worker, whole
+        assert bad.status_code == 400
+        assert "not a protobuf" in status_pb2.Status.FromString(bad.content).message
+    assert _stored_trace_ids(settings) == {f"{31:032x}", f"{32:032x}"}
+    assert not Path(f"/proc/{second}").exists()  # stop() ended the worker
+
+
+def test_without_worker_processes_requests_are_prepared_in_process(
+    settings: MantaSettings,
+) -> None:
+    with Collector(
+        port=0, idle_timeout=0.05, flush_interval=0.05, settings=settings, workers=0
+    ) as collector:
+        assert collector.worker_pids == []
+        body = to_protobuf(request(genai_agent_trace(41), RESOURCE))
+        assert _post(collector, body, PROTOBUF).status_code == 200
+        bad = _post(collector, body[:-7], PROTOBUF)
+        assert bad.status_code == 400
+        assert "not a protobuf" in status_pb2.Status.FromString(bad.content).message
+    assert _stored_trace_ids(settings) == {f"{41:032x}"}
