@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from manta_lib.entities import MetadataOutput
 from manta_lib.errors import ComputationAborted
-from manta_lib.pipeline.mapping import MapJob
+from manta_lib.pipeline.job import MapJob
 from manta_lib.pipeline.planner import split
 from manta_lib.pipeline.pool import describe_exception
 from manta_lib.pipeline.remote import decode_outputs, pipeline_ref

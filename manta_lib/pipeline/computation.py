@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 from manta_lib.errors import PipelineDefinitionError
 from manta_lib.pipeline.definition import PipelineDefinition
+from manta_lib.pipeline.estimate import estimate_pipeline
 from manta_lib.pipeline.mapping import Mapper, ThreadMapper
 from manta_lib.pipeline.modal import modal_mapper
 from manta_lib.pipeline.options import RunOptions
@@ -178,8 +179,6 @@ class MapReduceComputation(PipelineDefinition):
 
             print("\n".join(pipeline.estimate("run_grpo_math_v1", sample=50).lines()))
         """
-        from manta_lib.pipeline.estimate import estimate_pipeline
-
         self.require_levels()
         return estimate_pipeline(
             self,

@@ -38,7 +38,7 @@ from manta_lib.pipeline.pool import apply
 
 if TYPE_CHECKING:
     from manta_lib.context import TraceContext
-    from manta_lib.pipeline.mapping import MapJob
+    from manta_lib.pipeline.job import MapJob
     from manta_lib.pipeline.pool import IsolatedPool
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from manta_lib.store.metadata import utc_now
 
 if TYPE_CHECKING:
     from manta_lib.context import TraceContext
-    from manta_lib.pipeline.mapping import MapJob
+    from manta_lib.pipeline.job import MapJob
     from manta_lib.service import MantaService
     from manta_lib.store.metadata import MetadataWriter
 

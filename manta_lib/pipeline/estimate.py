@@ -7,24 +7,22 @@ runs on it for real: its answers land in the response cache, and the run reuses 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from manta_lib.errors import QueryError
 from manta_lib.llm import registry
 from manta_lib.llm.estimate import Estimate, estimate
 from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
+from manta_lib.pipeline.definition import PipelineDefinition
 from manta_lib.service import MantaService
 from manta_lib.settings import MantaSettings, load_settings
-
-if TYPE_CHECKING:
-    from manta_lib.pipeline.computation import MapReduceComputation
 
 DEFAULT_LLM_WORKERS = 32  # the local pool size of a pipeline whose map uses_llm
 
 
 def estimate_pipeline(
-    pipeline: MapReduceComputation,
+    pipeline: PipelineDefinition,
     run_id: str,
     *,
     sample: int = 50,

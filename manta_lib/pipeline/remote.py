@@ -27,7 +27,8 @@ from manta_lib.entities import MetadataOutput, new_output
 from manta_lib.errors import PipelineDefinitionError, StoreUnavailableError
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import CPU_MAX_WORKERS, PipelineDefinition
-from manta_lib.pipeline.mapping import MapJob, MapTally, ThreadMapper
+from manta_lib.pipeline.job import MapJob, MapTally
+from manta_lib.pipeline.mapping import ThreadMapper
 from manta_lib.pipeline.options import Outputs, RunOptions
 from manta_lib.pipeline.planner import ListedTraces, Scope
 from manta_lib.pipeline.progress import BucketClock

@@ -35,7 +35,8 @@ from manta_lib.llm.registry import judges_used_by
 from manta_lib.llm.scope import LLMRunScope
 from manta_lib.models import EntityLevel
 from manta_lib.pipeline.definition import PipelineDefinition
-from manta_lib.pipeline.mapping import MapJob, Mapper, MapTally, ThreadMapper, ordered
+from manta_lib.pipeline.job import MapJob, MapTally
+from manta_lib.pipeline.mapping import Mapper, ThreadMapper, ordered
 from manta_lib.pipeline.options import Outputs, RunOptions
 from manta_lib.pipeline.planner import (
     ListedTraces,

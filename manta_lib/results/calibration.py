@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from manta_lib.errors import QueryError
-from manta_lib.results import catalog
-from manta_lib.results.compare import _hashable, _keys, _kind, _ok, _value_columns
+from manta_lib.results import catalog, frames
 
 if TYPE_CHECKING:
     import numpy as np
@@ -152,18 +151,18 @@ def calibrate(
     """``judge`` against ``reference`` over their results frames (``svc.results`` shape: ``run_id``,
     the level's keys, ``status`` and the value columns), e.g. the outputs of a judge's trial
     run on the labelled traces only, which stores nothing."""
-    frame_a, frame_b = _ok(judged), _ok(reference_frame)
-    keys = ("run_id", *_keys(level, frame_a))
+    frame_a, frame_b = frames.ok_rows(judged), frames.ok_rows(reference_frame)
+    keys = ("run_id", *frames.entity_keys(level, frame_a))
     if columns is None:
         columns = [
             (c, c)
-            for c in _value_columns(frame_a, keys)
-            if c in frame_b.columns and _kind(frame_a[c]) in ("string", "boolean")
+            for c in frames.value_columns(frame_a, keys)
+            if c in frame_b.columns and frames.column_kind(frame_a[c]) in ("string", "boolean")
         ]
     for pair, frame, name in ((0, frame_a, judge), (1, frame_b, reference)):
         for names in columns:
             if names[pair] not in frame.columns:
-                known = _value_columns(frame, keys)
+                known = frames.value_columns(frame, keys)
                 raise QueryError(
                     f"column {names[pair]!r} is not in {name}"
                     f"{catalog.closest(names[pair], known, 'columns')}"
@@ -192,7 +191,7 @@ def calibrate(
             )
             continue
         report.columns.append(
-            _column(joined, ids, name_a, name_b, _kind(frame_b[name_b]), resamples,
+            _column(joined, ids, name_a, name_b, frames.column_kind(frame_b[name_b]), resamples,
                     confidence, seed)
         )  # fmt: skip
     if annotator_labels:
@@ -418,5 +417,5 @@ def _estimate(value: Any, samples: np.ndarray, confidence: float) -> Estimate:
 
 
 def _label(value: Any) -> str:
-    plain = _hashable(value)
+    plain = frames.hashable(value)
     return str(plain)

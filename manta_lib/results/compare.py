@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from manta_lib.errors import QueryError
-from manta_lib.results import catalog
+from manta_lib.results import catalog, frames
 from manta_lib.results.table import (
-    BOOKKEEPING_COLUMNS,
-    KEY_COLUMNS,
     ResultsQuery,
     results_frame,
 )
@@ -39,15 +37,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from manta_lib.results.calibration import Calibration
-
-# Every level but the trace is matched per phase too: run A's eval step 4 against run B's.
-_KEYS_BY_LEVEL = {
-    "trace": ("trace_id",),
-    "datapoint": ("datapoint_id", "step_number", "phase"),
-    "datapoint_across_steps": ("datapoint_id", "phase"),
-    "step": ("step_number", "phase"),
-    "run": ("phase",),
-}
 
 
 @dataclass(frozen=True)
@@ -228,31 +217,10 @@ def _shares(values: Sequence[Any]) -> dict[Any, float]:
 # ------------------------------------------------------------------------- runs
 
 
-def _value_columns(frame: pd.DataFrame, keys: Sequence[str]) -> list[str]:
-    skip = set(BOOKKEEPING_COLUMNS) | set(KEY_COLUMNS)
-    return [c for c in frame.columns if c not in skip and c not in keys]
-
-
-def _kind(series: pd.Series) -> str:
-    dtype = str(series.dtype)
-    if dtype in ("Int64", "Float64") or series.dtype.kind in "iuf":
-        return "number"
-    if dtype == "boolean" or series.dtype.kind == "b":
-        return "boolean"
-    sample = series.dropna()
-    if len(sample) and all(isinstance(v, str) for v in sample):
-        return "string"
-    return "json"
-
-
 def _numbers(series: pd.Series) -> list[float]:
     return [
         float(v) for v in series.dropna().tolist() if not (isinstance(v, float) and math.isnan(v))
     ]
-
-
-def _keys(level: str, frame: pd.DataFrame) -> tuple[str, ...]:
-    return tuple(k for k in _KEYS_BY_LEVEL.get(level, ()) if k in frame.columns)
 
 
 def compare_runs(
@@ -270,10 +238,14 @@ def compare_runs(
 ) -> RunComparison:
     """Compare ``run_b`` against ``run_a`` under ``judge`` at ``level`` (see module docs)."""
     level = catalog.parse_level(level).value
-    frame_a = _ok(results_frame(store, ResultsQuery(judge, run_a, level, version, columns=columns)))
-    frame_b = _ok(results_frame(store, ResultsQuery(judge, run_b, level, version, columns=columns)))
-    keys = _keys(level, frame_a)
-    values = [c for c in _value_columns(frame_a, keys) if c in frame_b.columns]
+    frame_a = frames.ok_rows(
+        results_frame(store, ResultsQuery(judge, run_a, level, version, columns=columns))
+    )
+    frame_b = frames.ok_rows(
+        results_frame(store, ResultsQuery(judge, run_b, level, version, columns=columns))
+    )
+    keys = frames.entity_keys(level, frame_a)
+    values = [c for c in frames.value_columns(frame_a, keys) if c in frame_b.columns]
     if keys:
         joined = frame_a[[*keys, *values]].merge(
             frame_b[[*keys, *values]], on=list(keys), suffixes=("_a", "_b")
@@ -298,7 +270,7 @@ def compare_runs(
             )
         )
     for column in values:
-        kind = _kind(frame_a[column])
+        kind = frames.column_kind(frame_a[column])
         if kind == "number":
             joined[f"{column}_delta"] = joined[f"{column}_b"] - joined[f"{column}_a"]
         for phase, part_a, part_b in _by_phase(frame_a, frame_b):
@@ -370,10 +342,6 @@ def _add_shift(
         )
 
 
-def _ok(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["status"] == "ok"].reset_index(drop=True)
-
-
 # ------------------------------------------------------------------------- agreement
 
 
@@ -390,15 +358,15 @@ def agreement(
 
     ``columns``: ``(column in a, column in b)`` pairs (default: the columns both have).
     """
-    frame_a, frame_b = _ok(frame_a), _ok(frame_b)
-    keys = ("run_id", *_keys(level, frame_a))
+    frame_a, frame_b = frames.ok_rows(frame_a), frames.ok_rows(frame_b)
+    keys = ("run_id", *frames.entity_keys(level, frame_a))
     if columns is None:
-        shared = [c for c in _value_columns(frame_a, keys) if c in frame_b.columns]
+        shared = [c for c in frames.value_columns(frame_a, keys) if c in frame_b.columns]
         columns = [(c, c) for c in shared]
     for name, frame, label in ((0, frame_a, label_a), (1, frame_b, label_b)):
         for pair in columns:
             if pair[name] not in frame.columns:
-                known = _value_columns(frame, keys)
+                known = frames.value_columns(frame, keys)
                 raise QueryError(
                     f"column {pair[name]!r} is not in {label}"
                     f"{catalog.closest(pair[name], known, 'columns')}"
@@ -419,7 +387,7 @@ def agreement(
     results = []
     for name_a, name_b in columns:
         a_series, b_series = joined[f"{name_a}_a"], joined[f"{name_b}_b"]
-        kind = _kind(frame_a[name_a])
+        kind = frames.column_kind(frame_a[name_a])
         both = a_series.notna() & b_series.notna()
         a_values, b_values = a_series[both].tolist(), b_series[both].tolist()
         id_values = [i for i, keep in zip(ids, both.tolist(), strict=True) if keep]
@@ -435,8 +403,8 @@ def agreement(
                                 correlation=pearson(fa, fb), mad=mad, disagreeing=differing)
             )  # fmt: skip
         else:
-            plain_a = [_hashable(v) for v in a_values]
-            plain_b = [_hashable(v) for v in b_values]
+            plain_a = [frames.hashable(v) for v in a_values]
+            plain_b = [frames.hashable(v) for v in b_values]
             same = [x == y for x, y in zip(plain_a, plain_b, strict=True)]
             rates = kind == "boolean"
             results.append(
@@ -455,14 +423,6 @@ def agreement(
         label_a, label_b, level, len(joined), len(frame_a) - len(joined),
         len(frame_b) - len(joined), results, joined,
     )  # fmt: skip
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, list | dict):
-        import json
-
-        return json.dumps(value, sort_keys=True)
-    return bool(value) if type(value).__name__ in ("bool_", "bool") else value
 
 
 def _entity_ids(joined: pd.DataFrame, keys: Sequence[str]) -> list[str]:
@@ -529,7 +489,7 @@ def compare_with_grader(
     import pandas as pd
 
     frame = results_frame(store, ResultsQuery(judge, run_id, "trace", version, columns=[column]))
-    kind = _kind(frame[column])
+    kind = frames.column_kind(frame[column])
     if kind not in ("boolean", "number"):
         raise QueryError(
             f"column {column!r} of judge {judge!r} is {kind}: compare a boolean column with the "
