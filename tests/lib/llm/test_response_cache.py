@@ -99,6 +99,9 @@ from pydantic import BaseModel
 from manta_lib.llm import LLMJudge, LLMSettings
 from manta_lib.settings import load_settings
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 class Verdict(BaseModel):
     category: Literal["a", "b"]
 
