@@ -34,7 +34,8 @@ browser:
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 ## The fast loop: lint, import layers, types (incremental after the first run) and the tests
-## not marked slow or serial (unit-level: no subprocess, Dagster run, browser or timing).
+## not marked slow or serial (unit-level: no subprocess, Dagster run, browser, seeded store or
+## timing).
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
