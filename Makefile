@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 # parallel pytest workers (pytest-xdist) of `make check` and `make test`
 WORKERS ?= 2
+# how many of the slowest tests `make test` lists (0: every test)
+DURATIONS ?= 20
 
 .PHONY: install demo check test lint ui browser clean
 
@@ -32,13 +34,14 @@ browser:
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 ## The fast loop: lint, import layers, types (incremental after the first run) and the tests
-## not marked slow or serial (unit-level: no subprocess, Dagster run, browser or timing).
+## not marked slow or serial (unit-level: no subprocess, Dagster run, browser, seeded store or
+## timing).
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n $(WORKERS) --dist loadgroup -m "not slow and not serial"
+	$(BIN)/pytest -q -n $(WORKERS) -m "not slow and not serial"
 
 # The whole suite: one pytest-xdist session of $(WORKERS) workers over every group of paths
 # (each test's chDB database is dropped after it, so a long worker does not slow down), with
@@ -56,12 +59,12 @@ test: $(STAMP) browser
 	$(BIN)/mypy > $(VENV)/mypy.log 2>&1 & mypy_pid=$$!; \
 	for group in $(TEST_GROUPS); do \
 	    echo "== pytest $$group"; \
-	    $(BIN)/pytest -n $(WORKERS) --dist loadgroup -m "not serial" --durations=20 $$group \
+	    $(BIN)/pytest -n $(WORKERS) -m "not serial" --durations=$(DURATIONS) $$group \
 	        || status=1; \
 	done; \
 	echo "== mypy"; wait $$mypy_pid || status=1; cat $(VENV)/mypy.log; \
 	echo "== pytest: timing-sensitive tests, one at a time"; \
-	$(BIN)/pytest -m serial --durations=20 tests || status=1; \
+	$(BIN)/pytest -m serial --durations=$(DURATIONS) tests || status=1; \
 	exit $$status
 
 lint: $(STAMP)

@@ -8,10 +8,13 @@ with every database the store holds, so a worker running hundreds of tests would
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -39,16 +42,6 @@ _ENV_VARS = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With ``--dist loadgroup`` the tests of a module that share a module-scoped fixture (a
-    seeded store, a server) run in one worker, so the fixture is built once, not per worker."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d[-1].scope == "module" for d in defs if d):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 def drop_database(clickhouse_url: str, database: str) -> None:
     """Drop a test's database once the test is done with it; skipped (the rows stay, nothing
     fails) when another process still holds the embedded store."""
@@ -63,6 +56,83 @@ def drop_database(clickhouse_url: str, database: str) -> None:
             store.command("DROP DATABASE IF EXISTS {db} SYNC")
     except (MantaError, ClickHouseError):
         pass
+
+
+def clone_database(settings: MantaSettings, source: str) -> None:
+    """Fill ``settings.database`` (created, with the schema) with a copy of every table of
+    ``source`` on the same store; the results catalog is refilled by its materialized view."""
+    with Store.open(settings) as store:
+        tables = store.rows(
+            "SELECT name FROM system.tables WHERE database = {s:String} "
+            "AND engine != 'MaterializedView' AND name != 'entity_metadata_catalog'",
+            {"s": source},
+        )
+        for (table,) in tables:
+            store.command(f"CREATE TABLE IF NOT EXISTS {{db}}.`{table}` AS `{source}`.`{table}`")
+            store.command(f"INSERT INTO {{db}}.`{table}` SELECT * FROM `{source}`.`{table}`")
+
+
+class StoreTemplates:
+    """Seeded databases built once per test process and copied for each module that asks for
+    one: a copy takes a fraction of a seed plus pipeline runs, and every module still gets a
+    database (and data and runs-log directories) of its own to read and write."""
+
+    def __init__(self, chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._chdb_path = chdb_path
+        self._tmp = tmp_path_factory
+        self._built: dict[str, dict[str, str]] = {}
+        self._values: dict[str, Any] = {}
+
+    def _env(self, prefix: str) -> dict[str, str]:
+        tmp = self._tmp.mktemp(prefix)
+        return {
+            "CLICKHOUSE_URL": f"chdb://{self._chdb_path}",
+            "MANTA_DATABASE": f"{prefix}_{uuid.uuid4().hex[:12]}",
+            "MANTA_DATA_DIR": str(tmp / "data"),
+            "MANTA_RUNS_LOG_DIR": str(tmp / "runs_log"),
+        }
+
+    def copy(self, name: str, build: Callable[[], Any], prefix: str = "t") -> dict[str, str]:
+        """The environment of a new database holding a copy of template ``name``; the template
+        is made on first use by ``build()``, run with its environment set (what it returns is
+        :meth:`value`)."""
+        if name not in self._built:
+            env = self._env(f"tpl_{name}")
+            with pytest.MonkeyPatch.context() as patch:
+                for var in _ENV_VARS:
+                    patch.delenv(var, raising=False)
+                for var, value in env.items():
+                    patch.setenv(var, value)
+                self._values[name] = build()
+            self._built[name] = env
+        template = self._built[name]
+        env = self._env(prefix)
+        for var in ("MANTA_DATA_DIR", "MANTA_RUNS_LOG_DIR"):
+            if Path(template[var]).exists():
+                shutil.copytree(template[var], env[var])
+        settings = load_settings(
+            CLICKHOUSE_URL=env["CLICKHOUSE_URL"], MANTA_DATABASE=env["MANTA_DATABASE"]
+        )
+        clone_database(settings, template["MANTA_DATABASE"])
+        return env
+
+    def value(self, name: str) -> Any:
+        """What the ``build()`` of template ``name`` returned."""
+        return self._values[name]
+
+    def drop_all(self) -> None:
+        for env in self._built.values():
+            drop_database(env["CLICKHOUSE_URL"], env["MANTA_DATABASE"])
+
+
+@pytest.fixture(scope="session")
+def store_templates(
+    chdb_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StoreTemplates]:
+    """This test process's :class:`StoreTemplates`."""
+    templates = StoreTemplates(chdb_path, tmp_path_factory)
+    yield templates
+    templates.drop_all()
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +170,11 @@ def store(settings: MantaSettings) -> Iterator[Store]:
     """An open store on a fresh database (schema created), closed after the test."""
     with Store.open(settings) as opened:
         yield opened
+        # Dropped while this connection still runs the embedded engine: the drop after the
+        # test (``manta_env``) then finds nothing and needs no second engine start.
+        if not opened._closed:
+            with contextlib.suppress(MantaError, ClickHouseError):
+                opened.command("DROP DATABASE IF EXISTS {db} SYNC")
 
 
 @pytest.fixture(autouse=True)

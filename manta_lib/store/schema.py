@@ -351,8 +351,9 @@ def _migrate_to_2(store: Store) -> None:
         )
 
 
-def create_catalog(store: Store) -> None:
-    """(Re)create the results catalog and its materialized view, filled from the stored results.
+def create_catalog(store: Store, *, backfill: bool = True) -> None:
+    """(Re)create the results catalog and its materialized view, filled from the stored results
+    (``backfill=False``: a new store, which holds none).
 
     The view exists before the back-fill reads, so a concurrent write is never missed (one seen
     twice only repeats a kind and a time, which the catalog's aggregation absorbs).
@@ -361,7 +362,8 @@ def create_catalog(store: Store) -> None:
     store.command("DROP TABLE IF EXISTS {db}.entity_metadata_catalog")
     store.command(CATALOG_DDL)
     store.command(CATALOG_VIEW_DDL)
-    store.command(f"INSERT INTO {{db}}.{CATALOG_TABLE} {catalog_select()}")
+    if backfill:
+        store.command(f"INSERT INTO {{db}}.{CATALOG_TABLE} {catalog_select()}")
 
 
 def _migrate_to_3(store: Store) -> None:
@@ -519,7 +521,7 @@ def ensure_schema(store: Store) -> None:
     for ddl in TABLES_DDL.values():
         store.command(ddl)  # IF NOT EXISTS: an existing table keeps its layout until migrated
     if new_store:
-        create_catalog(store)
+        create_catalog(store, backfill=False)
         _record_version(store, SCHEMA_VERSION)
         return
     for version in sorted(v for v in MIGRATIONS if v > max(current, 1)):

@@ -16,6 +16,9 @@ from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 CHECKSUM = """
 SELECT (SELECT (count(), sum(cityHash64(*))) FROM {db}.traces),
        (SELECT (count(), sum(cityHash64(*))) FROM {db}.spans)

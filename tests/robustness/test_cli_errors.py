@@ -22,6 +22,9 @@ from manta_lib.store import Store
 from tests.lib.results import defs
 from tests.lib.results.conftest import run_main
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 DEEP = "(" * 5000 + "tool_errors > 0" + ")" * 5000
 
 

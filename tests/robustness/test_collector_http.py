@@ -29,6 +29,9 @@ from tests.lib.importers.otlp_builders import (
     to_protobuf,
 )
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 RESOURCE = {"service.name": "agent", "manta.run_id": "hostile"}
 JSON_TYPE = {"Content-Type": "application/json"}
 

@@ -20,6 +20,9 @@ from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.results import defs
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 RUN = "run_hostile_x"
 SLASHED = "eval/a/b/t_2_2"
 TEXT = "before\x00after \u202eevil\u202c end"

@@ -27,6 +27,9 @@ from tests.robustness.import_mutations import (
     valid_trace,
 )
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = 20
 
 

@@ -27,6 +27,9 @@ from tests.robustness.hostile_files import (
 )
 from tests.robustness.test_import_fuzz import fresh_store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 MAX_MB = 1
 GOOD = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
 

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,9 @@ from manta_lib.importers import import_files
 from manta_lib.store import Store
 from tests.lib.importers.otlp_builders import genai_agent_trace, request, to_protobuf
 from tests.robustness.otlp_reference import fresh_store, reference, snapshot
+
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
 
 EXAMPLES = 12
 RESOURCE = {"service.name": "agent", "manta.run_id": "fuzz"}

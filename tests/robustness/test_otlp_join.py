@@ -19,6 +19,9 @@ from manta_lib.store import Store
 from tests.lib.importers.otlp_builders import genai_agent_trace, request, to_protobuf
 from tests.robustness.otlp_reference import reference, snapshot
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 RESOURCE = {"service.name": "agent", "manta.run_id": "joined"}
 
 

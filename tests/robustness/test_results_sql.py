@@ -8,9 +8,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.results import defs
+
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 RUN = "run_sql_readers"

@@ -18,6 +18,9 @@ from manta_lib.cli import _register_commands, app
 from manta_lib.errors import AnnotationError
 from manta_lib.store import Store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def manta(monkeypatch: pytest.MonkeyPatch) -> CliRunner:

@@ -18,6 +18,9 @@ from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 from manta_lib.store.metadata import MetadataWriter
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = ("passed", "looping", "wrong_tool", "other")
 
 

@@ -15,6 +15,9 @@ from manta_lib.errors import AnnotationError
 from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def _steps(store: Store, run_id: str) -> dict[int, int]:
     rows = store.rows(

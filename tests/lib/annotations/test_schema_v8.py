@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from manta_lib.annotations import Annotations, AnnotationTask
 from manta_lib.store import SCHEMA_VERSION, Store, ensure_schema
 from manta_lib.store.schema import current_version
+
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
 
 _TABLES = ("annotation_tasks", "annotation_queues", "annotation_items", "annotation_events")
 

@@ -31,6 +31,9 @@ from tests.lib.importers.otlp_builders import (
     to_protobuf,
 )
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[3]
 RESOURCE = {"service.name": "agent", "manta.run_id": "collected"}
 PROTOBUF = {"Content-Type": "application/x-protobuf"}

@@ -1,18 +1,18 @@
 """One explorer over a real chDB database per test module: demo runs plus hostile traces.
 
-Seeding is the slow part, so the database is built once per module (its own
-``MANTA_DATABASE`` on the process's shared chDB path) and every test reads it through the
+Seeding is the slow part, so the database is built once per test process and each module
+reads a copy of it (its own ``MANTA_DATABASE`` on the process's shared chDB path) through the
 app's test client; the explorer never writes. ``annotate_data`` is a smaller store with label
 queues, for the annotation pages (the explorer's only writes).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from manta_lib.explorer import create_app
 from manta_lib.models import EntityLevel
 from manta_lib.settings import MantaSettings, load_settings
 from manta_lib.store import Store
-from tests.conftest import drop_database
+from tests.conftest import StoreTemplates, drop_database
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.explorer.judges import echo_errors
 
@@ -75,27 +75,26 @@ def hostile_lines() -> list[dict]:
     return [evil, *plain]
 
 
+def _build_explorer_data() -> None:
+    with Store.open(load_settings()) as store:
+        seed_demo(store, traces=DEMO_TRACES)
+        load_traces(store, hostile_lines(), Path(os.environ["MANTA_DATA_DIR"]).parent)
+    # Real pipeline results: tool errors per trace, datapoint and step, and a judge that
+    # stores the hostile trace's error text.
+    tool_errors.run(RESULTS_RUN, mode="local", progress=False)
+    tool_errors.run(SECOND_RUN, mode="local", progress=False)
+    echo_errors.run(HOSTILE_RUN, mode="local", progress=False)
+
+
 @pytest.fixture(scope="module")
-def explorer_data(
-    chdb_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ExplorerData]:
+def explorer_data(store_templates: StoreTemplates) -> Iterator[ExplorerData]:
+    env = store_templates.copy("explorer", _build_explorer_data)
     with pytest.MonkeyPatch.context() as patch:
         for name in ("CLICKHOUSE_URL", "MANTA_DATABASE", "KESTREL_API_URL", "MANTA_DAGSTER_URL"):
             patch.delenv(name, raising=False)
-        tmp = tmp_path_factory.mktemp("explorer")
-        patch.setenv("CLICKHOUSE_URL", f"chdb://{chdb_path}")
-        patch.setenv("MANTA_DATABASE", f"t_{uuid.uuid4().hex[:12]}")
-        patch.setenv("MANTA_DATA_DIR", str(tmp / "data"))
-        patch.setenv("MANTA_RUNS_LOG_DIR", str(tmp / "runs_log"))
+        for name, value in env.items():
+            patch.setenv(name, value)
         settings = load_settings()
-        with Store.open(settings) as store:
-            seed_demo(store, traces=DEMO_TRACES)
-            load_traces(store, hostile_lines(), tmp)
-        # Real pipeline results: tool errors per trace, datapoint and step, and a judge that
-        # stores the hostile trace's error text.
-        tool_errors.run(RESULTS_RUN, mode="local", progress=False)
-        tool_errors.run(SECOND_RUN, mode="local", progress=False)
-        echo_errors.run(HOSTILE_RUN, mode="local", progress=False)
         with Store.open(settings) as store:
             runs = dict(store.rows("SELECT run_id, count() FROM {db}.traces GROUP BY run_id"))
             error_trace = store.rows(
@@ -120,6 +119,9 @@ class Verdict(BaseModel):
 
     category: Literal["passed", "looping", "wrong_answer", "tool_misuse"]
     note: str = ""
+
+
+ANNOTATE_TASK = AnnotationTask("failure_human", Verdict, level=EntityLevel.TRACE)
 
 
 @dataclass
@@ -147,12 +149,25 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+def _build_annotate_data() -> tuple[str, str, str]:
+    with Store.open(load_settings()) as store:
+        seed_demo(store, traces=300)
+        notes = Annotations(store)
+        queue = notes.create_queue(ANNOTATE_TASK, ANNOTATE_RUN, sample=12, stratify="step", seed=7)
+        overlap = notes.create_queue(
+            ANNOTATE_TASK, ANNOTATE_RUN, sample=10, stratify="step", seed=8, overlap=0.3
+        )
+        groups = AnnotationTask("group_human", Verdict, level=EntityLevel.DATAPOINT)
+        group_queue = notes.create_queue(groups, ANNOTATE_RUN, sample=3, seed=7)
+    return queue.queue_id, overlap.queue_id, group_queue.queue_id
+
+
 @pytest.fixture(scope="module")
-def annotate_data(
-    chdb_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AnnotateData]:
+def annotate_data(store_templates: StoreTemplates) -> Iterator[AnnotateData]:
     """A demo store (a few hundred traces) with a queue of 12 traces stratified by step, a
-    queue of 10 with a 30% overlap share and a queue of 3 datapoint groups."""
+    queue of 10 with a 30% overlap share and a queue of 3 datapoint groups (each module gets
+    its own copy: the annotation pages write labels)."""
+    env = store_templates.copy("annotate", _build_annotate_data)
     with pytest.MonkeyPatch.context() as patch:
         for name in (
             "CLICKHOUSE_URL",
@@ -162,23 +177,11 @@ def annotate_data(
             "MANTA_EXPLORER_URL",
         ):
             patch.delenv(name, raising=False)
-        tmp = tmp_path_factory.mktemp("annotate")
-        patch.setenv("CLICKHOUSE_URL", f"chdb://{chdb_path}")
-        patch.setenv("MANTA_DATABASE", f"t_{uuid.uuid4().hex[:12]}")
-        patch.setenv("MANTA_DATA_DIR", str(tmp / "data"))
-        patch.setenv("MANTA_RUNS_LOG_DIR", str(tmp / "runs_log"))
+        for name, value in env.items():
+            patch.setenv(name, value)
         settings = load_settings()
-        task = AnnotationTask("failure_human", Verdict, level=EntityLevel.TRACE)
-        with Store.open(settings) as store:
-            seed_demo(store, traces=300)
-            notes = Annotations(store)
-            queue = notes.create_queue(task, ANNOTATE_RUN, sample=12, stratify="step", seed=7)
-            overlap = notes.create_queue(
-                task, ANNOTATE_RUN, sample=10, stratify="step", seed=8, overlap=0.3
-            )
-            groups = AnnotationTask("group_human", Verdict, level=EntityLevel.DATAPOINT)
-            group_queue = notes.create_queue(groups, ANNOTATE_RUN, sample=3, seed=7)
-        yield AnnotateData(settings, queue.queue_id, overlap.queue_id, group_queue.queue_id, task)
+        queues = store_templates.value("annotate")
+        yield AnnotateData(settings, *queues, ANNOTATE_TASK)
     drop_database(settings.clickhouse_dsn, settings.database)
 
 

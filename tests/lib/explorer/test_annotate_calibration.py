@@ -20,7 +20,7 @@ from manta_lib.store import Store
 from manta_lib.store.metadata import MetadataWriter
 from tests.lib.explorer.conftest import ANNOTATE_RUN, AnnotateData
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 JUDGE = "failure_llm"
 CATEGORIES = ("passed", "looping", "wrong_answer", "tool_misuse")

@@ -17,7 +17,7 @@ from manta_lib.store import Store
 from tests.lib.explorer.annotators import Annotator, position_of
 from tests.lib.explorer.conftest import ANNOTATE_RUN, AnnotateData, csrf_of, serve
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 ORIGIN = {"Origin": "http://127.0.0.1"}
 

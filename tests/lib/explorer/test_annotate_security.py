@@ -20,7 +20,7 @@ from manta_lib.explorer.write_guard import AccessPolicy, access_policy
 from manta_lib.settings import load_settings
 from tests.lib.explorer.conftest import AnnotateData, csrf_of
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 ORIGIN = {"Origin": "http://127.0.0.1"}
 TOKEN = "t0ken-for-the-annotation-tests"

@@ -21,9 +21,6 @@ from manta_lib.explorer import links
 from manta_lib.explorer.charts import Series, SeriesPoint, line_chart, nice_ticks
 from manta_lib.explorer.pages_results import _row
 
-# timing-sensitive: run one at a time, after the parallel pass
-pytestmark = pytest.mark.serial
-
 REPO = Path(__file__).resolve().parents[3]
 MANTA = Path(sys.executable).parent / "manta"
 
@@ -54,6 +51,7 @@ def test_non_loopback_host_needs_the_explicit_flag(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # timing-sensitive: run one at a time, after the parallel pass
 def test_explore_serves_pages_and_warns_when_bound_beyond_loopback(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -103,6 +101,7 @@ def _get(url: str, timeout: float = 60) -> tuple[int, Message, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # timing-sensitive: run one at a time, after the parallel pass
 def test_a_held_store_gives_a_503_page_within_seconds_naming_the_holder(tmp_path: Path) -> None:
     env = {**clean_env(tmp_path), "MANTA_LOCK_TIMEOUT_S": "60"}  # the CLI's wait is longer
     port = free_port()

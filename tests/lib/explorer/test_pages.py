@@ -15,7 +15,7 @@ from manta_lib.store import Store
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.explorer.conftest import HOSTILE_RUN, LONG_LINE, REPLACED, SCRIPT, ExplorerData
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def trace_ids_on(html: str) -> list[str]:

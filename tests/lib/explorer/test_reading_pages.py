@@ -16,7 +16,7 @@ from manta_lib.store import Store
 from tests.lib.builders import trace_line
 from tests.lib.explorer.conftest import RESULTS_RUN, ExplorerData
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def sql(data: ExplorerData, query: str, params: dict | None = None) -> list[tuple]:

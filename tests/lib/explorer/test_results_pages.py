@@ -18,7 +18,7 @@ from tests.lib.explorer.conftest import (
     ExplorerData,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def sql(data: ExplorerData, query: str, params: dict | None = None) -> list[tuple]:

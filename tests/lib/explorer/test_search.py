@@ -21,6 +21,9 @@ from manta_lib.store.schema import SPAN_TEXT_EXPR, SPANS_DDL, ensure_schema
 from tests.lib.builders import load_traces, trace_line
 from tests.lib.explorer.conftest import HOSTILE_RUN, RESULTS_RUN, SCRIPT, ExplorerData
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 CODE_RUN = "run_grpo_code_v1"
 # In tool results ("ZeroDivisionError: division by zero"), grader feedback ("... tests pass."),
 # assistant messages, prompts, and the hostile trace's content, arguments and result.

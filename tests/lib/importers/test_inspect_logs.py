@@ -14,6 +14,9 @@ from manta_lib.importers import detect_format
 from manta_lib.importers.inspect_logs import inspect_run_id
 from manta_lib.store import Store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 # The shared data folder sits beside the repository (../shared from the repository root).
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LOGS = REPO_ROOT.parent / "shared" / "data" / "inspect_logs"

@@ -17,6 +17,9 @@ from manta_lib.models import SpanRecord, TraceRecord
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 LOGS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "inspect_logs"
 
 

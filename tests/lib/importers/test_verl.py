@@ -18,6 +18,9 @@ from manta_lib.importers.verl import GRADER_NAME, prompt_datapoint
 from manta_lib.store import Store
 from tests.lib.importers.verl_dumps import VERSIONS, simulate_run
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def _stored(store: Store, run_id: str) -> list[tuple[str, int, str, float | None, str]]:
     rows = store.rows(

@@ -15,6 +15,9 @@ from manta_lib.errors import ConfigError, LLMBudgetExceeded
 from manta_lib.llm import LLMJudge, LLMRunScope, ModelPrice, estimate, is_budget_refusal
 from tests.lib.fake_openai import FakeOpenAIServer
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 Judge = Callable[..., LLMJudge[Any]]
 PROMPTS = [f"trajectory {i}: " + "step " * (5 * (i % 9)) for i in range(30)]
 

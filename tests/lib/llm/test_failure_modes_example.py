@@ -14,6 +14,9 @@ from manta_lib.models import EntityLevel
 from manta_lib.store import Store
 from tests.lib.fake_openai import FakeOpenAIServer
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.slow
 def test_failure_modes_on_demo_data(

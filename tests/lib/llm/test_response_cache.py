@@ -18,6 +18,9 @@ from manta_lib.store import Store
 from tests.lib.fake_openai import FakeOpenAIServer
 from tests.lib.llm.conftest import FailureMode
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 Judge = Callable[..., LLMJudge[Any]]
 PROMPTS = [f"trajectory {i}: " + "tool error " * (i % 7) for i in range(40)]
 

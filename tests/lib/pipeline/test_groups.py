@@ -17,6 +17,9 @@ from manta_lib.errors import PipelineDefinitionError
 from manta_lib.settings import MantaSettings
 from manta_lib.store import Store
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 PASS = 0.5
 TRAIN_RUN = "run_grpo_math_v1"
 EVAL_RUN = "run_eval_gpt4o_mini_math"

@@ -13,6 +13,9 @@ from manta_lib.store import Store
 from tests.lib import pipeline_defs
 from tests.lib.builders import hierarchy_run, load_traces, trace_line
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def hierarchy(store: Store, tmp_path: Path) -> Store:

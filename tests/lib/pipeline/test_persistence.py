@@ -17,6 +17,9 @@ from tests.lib.builders import hierarchy_run, load_traces
 from tests.lib.http_fixtures import RecordingHTTPServer
 from tests.lib.pipeline.stored import metadata_snapshot
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def hierarchy(store: Store, tmp_path: Path) -> Store:

@@ -19,6 +19,9 @@ from manta_lib.pipeline.result import LevelOutputs, RunResult
 from manta_lib.store import Store
 from tests.lib import pipeline_defs
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def _rows(outputs: Any) -> list[tuple[str, Any, str | None]]:
     return sorted(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from manta import MantaService
 from manta_lib.context import SpanColumns
 from manta_lib.demo import seed_demo
 from manta_lib.models import SPAN_COLUMNS
 from manta_lib.store import Store
 from manta_lib.store.trace_reads import trace_span_slices
+
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
 
 
 def _block(rows: list[tuple[str, str, int]]) -> list[list[object]]:

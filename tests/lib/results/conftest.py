@@ -1,12 +1,10 @@
 """One demo store per test module with real pipeline results in it (module scope keeps the
-suite lean: seeding and computing happen once; tests only read)."""
+suite lean: seeding and computing happen once per test process, each module reads a copy)."""
 
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,35 +13,33 @@ from manta_lib.demo import seed_demo
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
-from tests.conftest import _ENV_VARS, drop_database
+from tests.conftest import _ENV_VARS, StoreTemplates, drop_database
 from tests.lib.results import defs
 
 EVAL_RUN = "run_eval_gpt4o_mini_math"
 TRAIN_RUN = "run_grpo_math_v1"
 
 
+def _build_results() -> None:
+    with Store.open(load_settings()) as store:
+        seed_demo(store, traces=600, seed=11)
+    for run in (EVAL_RUN, TRAIN_RUN):
+        defs.typed.run(run, mode="local", progress=False, max_failures=0.5)
+    defs.strict.run(EVAL_RUN, mode="local", progress=False)
+    defs.lenient.run(EVAL_RUN, mode="local", progress=False)
+    defs.history.run(TRAIN_RUN, mode="local", progress=False)
+
+
 @pytest.fixture(scope="module")
-def results_env(tmp_path_factory: pytest.TempPathFactory, chdb_path: Path) -> Iterator[dict]:
-    """Environment of a fresh database seeded with 600 demo traces and the test judges' results."""
-    tmp = tmp_path_factory.mktemp("results")
+def results_env(store_templates: StoreTemplates) -> Iterator[dict]:
+    """Environment of a fresh database holding 600 demo traces and the test judges' results
+    (a copy of one built once per test process)."""
+    env = store_templates.copy("results", _build_results, prefix="r")
     with pytest.MonkeyPatch.context() as patch:
         for name in _ENV_VARS:
             patch.delenv(name, raising=False)
-        env = {
-            "CLICKHOUSE_URL": f"chdb://{chdb_path}",
-            "MANTA_DATABASE": f"r_{uuid.uuid4().hex[:12]}",
-            "MANTA_DATA_DIR": str(tmp / "data"),
-            "MANTA_RUNS_LOG_DIR": str(tmp / "runs_log"),
-        }
         for name, value in env.items():
             patch.setenv(name, value)
-        with Store.open(load_settings()) as store:
-            seed_demo(store, traces=600, seed=11)
-        for run in (EVAL_RUN, TRAIN_RUN):
-            defs.typed.run(run, mode="local", progress=False, max_failures=0.5)
-        defs.strict.run(EVAL_RUN, mode="local", progress=False)
-        defs.lenient.run(EVAL_RUN, mode="local", progress=False)
-        defs.history.run(TRAIN_RUN, mode="local", progress=False)
         yield env
     drop_database(env["CLICKHOUSE_URL"], env["MANTA_DATABASE"])
 

@@ -18,6 +18,9 @@ from manta_lib.store import Store
 from manta_lib.store.metadata import MetadataWriter
 from manta_lib.store.trace_writes import delete_run
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 

@@ -13,6 +13,9 @@ import pytest
 from manta_lib.service import MantaService
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def test_results_csv_json_and_parquet_have_one_row_per_entity(cli, tmp_path: Path) -> None:
     with MantaService() as svc:

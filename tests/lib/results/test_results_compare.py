@@ -11,6 +11,9 @@ from manta_lib.errors import QueryError
 from manta_lib.service import MantaService
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def ref_percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)

@@ -13,6 +13,9 @@ from manta_lib.service import MantaService
 from tests.lib.results import defs
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 # The traces an entity covers, from its key columns: a datapoint result is that datapoint at
 # that step, a datapoint-across-steps result all of that datapoint's traces.
 ENTITY_KEYS = {

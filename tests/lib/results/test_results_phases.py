@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -24,8 +22,11 @@ from manta_lib.explorer import create_app
 from manta_lib.service import MantaService
 from manta_lib.settings import load_settings
 from manta_lib.store import Store
-from tests.conftest import _ENV_VARS, drop_database
+from tests.conftest import _ENV_VARS, StoreTemplates, drop_database
 from tests.lib.results.conftest import run_main
+
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
 
 RUN_A, RUN_B = "run_grpo_math_v1", "run_grpo_math_v2"
 JUDGE = "phase_pass_rate"
@@ -70,26 +71,23 @@ STEP_SQL = (
 )
 
 
+def _build_phases() -> None:
+    with Store.open(load_settings()) as store:
+        seed_demo(store, traces=3000, seed=7, progress=False)
+    for run in (RUN_A, RUN_B):
+        pass_rate.run(run, mode="local", progress=False)
+
+
 @pytest.fixture(scope="module")
-def phases_env(tmp_path_factory: pytest.TempPathFactory, chdb_path: Path) -> Iterator[dict]:
+def phases_env(store_templates: StoreTemplates) -> Iterator[dict]:
     """A fresh database with 3,000 demo traces (11 steps per training run) and the judge's
-    results for two training runs."""
-    tmp = tmp_path_factory.mktemp("phases")
+    results for two training runs (a copy of one built once per test process)."""
+    env = store_templates.copy("phases", _build_phases, prefix="ph")
     with pytest.MonkeyPatch.context() as patch:
         for name in _ENV_VARS:
             patch.delenv(name, raising=False)
-        env = {
-            "CLICKHOUSE_URL": f"chdb://{chdb_path}",
-            "MANTA_DATABASE": f"ph_{uuid.uuid4().hex[:12]}",
-            "MANTA_DATA_DIR": str(tmp / "data"),
-            "MANTA_RUNS_LOG_DIR": str(tmp / "runs_log"),
-        }
         for name, value in env.items():
             patch.setenv(name, value)
-        with Store.open(load_settings()) as store:
-            seed_demo(store, traces=3000, seed=7, progress=False)
-        for run in (RUN_A, RUN_B):
-            pass_rate.run(run, mode="local", progress=False)
         yield env
     drop_database(env["CLICKHOUSE_URL"], env["MANTA_DATABASE"])
 

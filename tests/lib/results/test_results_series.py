@@ -11,6 +11,9 @@ from manta_lib.service import MantaService
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 from tests.lib.results.test_results_compare import ref_percentile
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def test_trace_level_series_per_step_and_run(svc: MantaService) -> None:
     curve = svc.series("typed_results", "tool_errors", [EVAL_RUN, TRAIN_RUN])

@@ -12,6 +12,9 @@ from manta_lib.service import MantaService
 from tests.lib.results import defs
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def test_every_output_type_round_trips_with_its_python_type(svc: MantaService) -> None:
     frame = svc.results("typed_results", EVAL_RUN)

@@ -17,6 +17,9 @@ from manta_lib.store import Store
 from tests.lib.results import defs
 from tests.lib.results.conftest import EVAL_RUN, TRAIN_RUN
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def evolved(store: Store) -> MantaService:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import random
+import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -146,8 +149,29 @@ def add(
     )
 
 
+_MESSY_LOGS: dict[tuple[int, int], Path] = {}
+
+
 def messy_log(log_dir: Path, rows: int = 1500, seed: int = 7) -> None:
-    """Three workflows over four months with ties, missing buckets and bad lines."""
+    """Three workflows over four months with ties, missing buckets and bad lines.
+
+    Written once per test process for each ``(rows, seed)`` (1,500 appends take seconds) and
+    copied into an empty ``log_dir``; into one already holding shards it is written in place.
+    """
+    if any(log_dir.iterdir()):
+        _write_messy_log(log_dir, rows, seed)
+        return
+    written = _MESSY_LOGS.get((rows, seed))
+    if written is None:
+        written = Path(tempfile.mkdtemp(prefix="messy_runs_log_"))
+        atexit.register(shutil.rmtree, written, ignore_errors=True)
+        _write_messy_log(written, rows, seed)
+        _MESSY_LOGS[(rows, seed)] = written
+    for shard in written.iterdir():
+        shutil.copy2(shard, log_dir / shard.name)
+
+
+def _write_messy_log(log_dir: Path, rows: int, seed: int) -> None:
     rng = random.Random(seed)
     buckets = ["think", "act", "load", "settle", "claude_verify"]
     for _ in range(rows):

@@ -24,6 +24,9 @@ from manta_lib.runs_log.stats import (
 )
 from tests.lib.runs_log.helpers import NOW, add, messy_log, ok
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 ENGINES = ("python", "duckdb")
 QUERIES: list[dict[str, object]] = [
     {},

@@ -23,6 +23,9 @@ from manta_lib.runs_log import (
 from manta_lib.runs_log.duckdb_engine import workflow_bucket_percentiles
 from tests.lib.runs_log.helpers import NOW, SEED_TABLE, SEED_TOTAL, SEED_WORKFLOW, add, messy_log
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 ENGINES = ("python", "duckdb")
 
 finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)

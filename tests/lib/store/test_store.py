@@ -14,6 +14,9 @@ from manta_lib.store import SCHEMA_VERSION, ResultKey, Store, ensure_schema
 from manta_lib.store.metadata import MetadataWriter, load_entities
 from manta_lib.store.schema import current_version
 
+# Seeded stores or seconds per test: make test runs them, make check leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def test_schema_is_created_once_and_records_its_version(store: Store) -> None:
     tables = {row[0] for row in store.rows("SHOW TABLES FROM {db}")}
