@@ -58,6 +58,8 @@ def read_ahead(
             put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             put(exc)
+        finally:
+            _close(items)
 
     worker = threading.Thread(target=produce, name=name, daemon=True)
     worker.start()
@@ -74,3 +76,12 @@ def read_ahead(
         stop.set()
         if not sys.is_finalizing():
             worker.join(join_timeout_s)
+
+
+def _close(items: Iterator[Any]) -> None:
+    """Close a producer left at a yield (its consumer stopped early), on the producer's own
+    thread: what it holds (an open query stream) is released now, not whenever the garbage
+    collector gets to it. An open chDB stream blocks the store's other queries."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()

@@ -50,3 +50,21 @@ def test_closing_early_stops_the_thread() -> None:
     stream.close()
     names = [t.name for t in threading.enumerate()]
     assert "manta-test-read-ahead" not in names
+
+
+def test_a_producer_left_at_a_yield_is_closed_on_its_thread_when_the_consumer_stops() -> None:
+    """What the producer holds (an open query stream) is released as soon as the consumer
+    stops, by the producer's thread, not later by the garbage collector on another thread:
+    an open chDB stream blocks the store's other queries until it is closed."""
+    closed_on: list[str] = []
+
+    def produce() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            closed_on.append(threading.current_thread().name)
+
+    stream = read_ahead(produce(), name="manta-test-producer")
+    assert next(stream) == 0
+    stream.close()
+    assert closed_on == ["manta-test-producer"]
