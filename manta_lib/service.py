@@ -270,7 +270,6 @@ class MantaService:
         """One trace stream merged with one span stream (:func:`stream_contexts`)."""
         with self._open() as store:
             flt = _with_results(store, query[2], query[0], query[1])
-            require_runs(store, flt.run_id)
             yield from stream_contexts(store, flt, limit, span_filter, batch_size)
 
     def load_contexts(

@@ -140,7 +140,8 @@ def stream_contexts(
     merged from two streams sorted by (run_id, trace_id): trace rows and their spans.
 
     Each stream has its own connection, so memory holds one batch whatever the run size,
-    and the caller may use ``store`` while iterating.
+    and the caller may use ``store`` while iterating. A run of the filter that the store does
+    not hold raises :class:`QueryError` (:func:`require_runs`) before any stream opens.
     """
     where, params = flt.where()
     limit_sql = ""
