@@ -287,6 +287,7 @@ def map_scope(
     clock = clock or BucketClock()
     key = pipeline.result_key(scope.run_id)
     traces: ListedTraces | StreamedTraces
+    wanted: list[str] | None = None  # the scope's trace ids, when listed
     done: set[str] = set()
     with clock("load"):
         if outputs is Outputs.WRITE and mapper.in_process:
@@ -357,10 +358,9 @@ def map_scope(
     tally.raise_if_over_budget()
     with clock("load"):
         if outputs is Outputs.WRITE:
-            listed = traces.ids if isinstance(traces, ListedTraces) else None
-            _require_stored(session.get(), key, scope, scope_size, listed)
+            _require_stored(session.get(), key, scope, scope_size, wanted)
             return ScopeOutputs([], tally.mapped, done_count)
-        wanted = scope.trace_ids
+        assert wanted is not None  # listed whenever the outputs are returned
         returned = {o.entity_id for o in computed}
         # Written but not returned: stored before this run, or by a remote worker that
         # could not report back.
@@ -369,12 +369,7 @@ def map_scope(
         ordered_outputs = ordered(wanted, previous, computed)
         if outputs.writes and len(ordered_outputs) < len(wanted):
             have = {o.entity_id for o in ordered_outputs}
-            missing = [tid for tid in wanted if tid not in have]
-            raise PersistenceError(
-                f"{len(missing)} traces of {scope.run_id} were mapped but have no stored "
-                f"result for version {key.judge_version} (first: {', '.join(missing[:3])}); "
-                f"entity_metadata lost rows, run again to recompute them"
-            )
+            raise _lost_rows(scope, key, [tid for tid in wanted if tid not in have])
     return ScopeOutputs(ordered_outputs, tally.mapped, done_count)
 
 
@@ -429,32 +424,35 @@ def _require_stored(
     key: ResultKey,
     scope: Scope,
     expected: int,
-    listed: Sequence[str] | None,
+    wanted: Sequence[str] | None,
 ) -> None:
-    """Raise unless every trace of the scope (``expected`` of them) has a stored status for
-    the key's version (counted in ClickHouse; when the count is short, the traces without one
-    are looked for among ``listed``, the ones just mapped, or in ClickHouse)."""
+    """Raise unless every trace of the scope (``expected`` of them; ``wanted`` when the ids
+    are at hand) has a stored status for the key's version (counted in ClickHouse; the ids
+    are compared only when the count is short)."""
     stored, _ = count_entities(store, key)
     if stored >= expected:
         return
-    if listed is None:
+    if wanted is None:
         unmapped = Unmapped(key, retry_errors=False)
         missing_count = count_traces(store, scope.trace_filter(unmapped=unmapped))
-        if not missing_count:
-            return
-        raise PersistenceError(
-            f"{missing_count} traces of {scope.describe()} were mapped but have no stored "
-            f"result for version {key.judge_version}; entity_metadata lost rows, run "
-            f"again to recompute them"
-        )
-    have = completed_traces(store, key, set(listed), retry_errors=False)
-    missing = [tid for tid in listed if tid not in have]
+        if missing_count:
+            raise _lost_rows(scope, key, missing_count)
+        return
+    have = completed_traces(store, key, set(wanted), retry_errors=False)
+    missing = [tid for tid in wanted if tid not in have]
     if missing:
-        raise PersistenceError(
-            f"{len(missing)} traces of {scope.run_id} were mapped but have no stored result "
-            f"for version {key.judge_version} (first: {', '.join(missing[:3])}); "
-            f"entity_metadata lost rows, run again to recompute them"
-        )
+        raise _lost_rows(scope, key, missing)
+
+
+def _lost_rows(scope: Scope, key: ResultKey, missing: Sequence[str] | int) -> PersistenceError:
+    """The error for mapped traces without a stored result: ``missing`` ids, or a count."""
+    count, first = (missing, "") if isinstance(missing, int) else (len(missing), missing[:3])
+    shown = f" (first: {', '.join(first)})" if first else ""
+    return PersistenceError(
+        f"{count} traces of {scope.describe()} were mapped but have no stored result for "
+        f"version {key.judge_version}{shown}; entity_metadata lost rows, run again to "
+        f"recompute them"
+    )
 
 
 def reduce_streamed(

@@ -69,7 +69,6 @@ def iter_output_groups(
     if unknown:
         raise ValueError(f"entities group by {GROUP_COLUMNS}, not {unknown}")
     fields = list(schema.model_fields)
-    key.versioned()
     level = key.level
     where, params = key.where()
     params.update(status_col=STATUS_COLUMN, error_col=ERROR_COLUMN)

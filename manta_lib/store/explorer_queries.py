@@ -13,9 +13,7 @@ from typing import Any
 
 from manta_lib.errors import QueryError
 from manta_lib.store.client import Store
-from manta_lib.store.trace_queries import TraceFilter
-
-ERROR_STATUSES = ("error", "timeout")
+from manta_lib.store.trace_queries import ERROR_STATUSES, TraceFilter
 
 # name -> (SQL expression over a traces row, label). Error rate is a 0/1 indicator, so its
 # per-step mean is the share of traces that ended in an error or a timeout.

@@ -8,9 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from manta_lib.store.client import Store
-from manta_lib.store.trace_queries import TraceFilter
-
-_ERROR_STATUSES = ("error", "timeout")
+from manta_lib.store.trace_queries import ERROR_STATUSES, TraceFilter
 
 
 class RunSummary(BaseModel):
@@ -66,7 +64,7 @@ def list_runs(store: Store, project_id: str | None = None) -> list[RunSummary]:
         FROM {{db}}.traces WHERE {where}
         GROUP BY run_id ORDER BY max(created_at) DESC, run_id
         """,
-        {**params, "errs": list(_ERROR_STATUSES)},
+        {**params, "errs": list(ERROR_STATUSES)},
     )
     return [
         RunSummary(
@@ -98,7 +96,7 @@ def list_steps(store: Store, run_id: str, phase: str | None = None) -> list[Step
         FROM {{db}}.traces WHERE {where}
         GROUP BY step_number ORDER BY step_number
         """,
-        {**params, "errs": list(_ERROR_STATUSES)},
+        {**params, "errs": list(ERROR_STATUSES)},
     )
     return [
         StepSummary(
@@ -129,7 +127,7 @@ def list_datapoints(
         FROM {{db}}.traces WHERE {where}
         GROUP BY datapoint_id ORDER BY datapoint_id
         """,
-        {**params, "errs": list(_ERROR_STATUSES)},
+        {**params, "errs": list(ERROR_STATUSES)},
     )
     return [
         DatapointSummary(

@@ -346,7 +346,6 @@ def load_status(
     store: Store, key: ResultKey, entity_ids: Sequence[str] | None = None
 ) -> dict[str, bool]:
     """``{entity_id: ok}`` for the entities already written with the key's judge version."""
-    key.versioned()
     where, params = key.where(entity_ids)
     params["status_col"] = STATUS_COLUMN
     rows = store.rows(
@@ -462,7 +461,6 @@ def iter_entities(store: Store, key: ResultKey) -> Iterator[StoredEntity]:
 def count_entities(store: Store, key: ResultKey) -> tuple[int, int]:
     """``(entities, failed)`` stored for the key's level and judge version, counted in
     ClickHouse."""
-    key.versioned()
     where, params = key.where()
     params["status_col"] = STATUS_COLUMN
     total, failed = store.rows(
@@ -476,7 +474,6 @@ def count_entities(store: Store, key: ResultKey) -> tuple[int, int]:
 def error_summary(store: Store, key: ResultKey, limit: int = 20) -> list[tuple[str, int, str]]:
     """``(error, entities, first entity id)`` per distinct error of the key's level and
     judge version, most frequent first, counted in ClickHouse."""
-    key.versioned()
     where, params = key.where()
     params.update({"error_col": ERROR_COLUMN, "n": int(limit)})
     rows = store.rows(

@@ -21,7 +21,8 @@ class ResultKey:
     """The identity of stored results: ``(project_id, run_id, judge, level, judge_version)``.
 
     ``judge_version`` ``None`` means "any version" where a read allows it (the newest
-    version of each entity); reads that count or resume need a version (:meth:`versioned`).
+    version of each entity, ``where(any_version=True)``); reads that count or resume need a
+    version (:meth:`versioned`).
     """
 
     project_id: str
@@ -47,7 +48,9 @@ class ResultKey:
         self, entity_ids: Sequence[str] | None = None, *, any_version: bool = False
     ) -> tuple[str, dict[str, Any]]:
         """``(condition, parameters)`` selecting the key's rows of ``entity_metadata``: of its
-        version (unless ``any_version`` or no version is set), of ``entity_ids`` if given."""
+        version (raising :class:`ValueError` when it has none), or of every version with
+        ``any_version``; of ``entity_ids`` if given."""
+        version = None if any_version else self.versioned()
         params: dict[str, Any] = {
             "project": self.project_id,
             "run": self.run_id,
@@ -58,8 +61,8 @@ class ResultKey:
             "project_id = {project:String} AND run_id = {run:String} "
             "AND judge = {judge:String} AND entity_level = {level:String}"
         )
-        if self.judge_version is not None and not any_version:
-            params["version"] = self.judge_version
+        if version is not None:
+            params["version"] = version
             where += " AND judge_version = {version:String}"
         if entity_ids is not None:
             params["ids"] = list(entity_ids)

@@ -34,6 +34,9 @@ ORDERABLE_COLUMNS = (
 
 TRACE_SELECT = ", ".join(TRACE_COLUMNS)
 
+#: Trace statuses that count as errors (in error counts and the error rate).
+ERROR_STATUSES = ("error", "timeout")
+
 #: Rows per block of a streamed span query. A block stays in memory while any trace of it is
 #: being mapped, so it is kept well below ClickHouse's default of 65,536 rows (message
 #: contents make a span row a kilobyte or more).
