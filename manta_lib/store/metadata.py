@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -31,70 +31,26 @@ from manta_lib.store.client import Store
 from manta_lib.store.result_key import ResultKey
 from manta_lib.store.trace_queries import TraceFilter
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from manta_lib.store.metadata_batches import EntityResult
+
 log = logging.getLogger(__name__)
 
 #: Levels whose entities belong to one datapoint, so a datapoint hash shard selects them.
 SHARDED_LEVELS = (EntityLevel.TRACE, EntityLevel.DATAPOINT, EntityLevel.DATAPOINT_ACROSS_STEPS)
 
-_TYPED_COLUMNS = ("value_type", "value_number", "value_string", "value_bool", "value_json")
+#: A writer whose timer thread has this many ``flush_rows`` waiting flushes in the caller.
+_BACKLOG_FLUSHES = 4
+
 STATUS_COLUMN = "__status__"
 ERROR_COLUMN = "__error__"
 ERROR_AT_COLUMN = "__error_at__"
-METADATA_COLUMNS = (
-    "project_id",
-    "run_id",
-    "judge",
-    "entity_level",
-    "entity_id",
-    "datapoint_id",
-    "step_number",
-    "phase",
-    "column",
-    "value_type",
-    "value_number",
-    "value_string",
-    "value_bool",
-    "value_json",
-    "judge_version",
-    "computed_at",
-)
-
-
-def _metadata_arrow_table(columns: dict[str, list[Any]]) -> Any:
-    """The buffered columns as an Arrow table typed like the entity_metadata DDL."""
-    import pyarrow as pa  # deferred: only a flush needs it, and its import is slow
-
-    types = {
-        "value_number": pa.float64(),
-        "value_bool": pa.bool_(),
-        "step_number": pa.int64(),
-        "computed_at": pa.timestamp("us", tz="UTC"),
-    }
-    return pa.table(
-        {name: pa.array(columns[name], type=types.get(name, pa.string())) for name in columns}
-    )
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _typed(value: Any) -> tuple[str, float | None, str | None, bool | None, str | None]:
-    """(value_type, number, string, bool, json) for one JSON-mode value."""
-    kind = type(value)
-    if kind is str:
-        return "string", None, value, None, None
-    if kind is int or kind is float:
-        return "number", float(value), None, None, None
-    if value is None:
-        return "null", None, None, None, None
-    if isinstance(value, bool):
-        return "boolean", None, None, value, None
-    if isinstance(value, int | float):
-        return "number", float(value), None, None, None
-    if isinstance(value, str):
-        return "string", None, value, None, None
-    return "json", None, None, None, json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def _untyped(
@@ -113,13 +69,15 @@ def _untyped(
 
 
 class MetadataWriter:
-    """Buffers outcomes and writes them to entity_metadata in column-oriented batches.
+    """Buffers outcomes as Arrow record batches and writes them to entity_metadata.
 
-    Thread-safe: map threads add each outcome as it completes. What is buffered is written when
-    ``flush_rows`` rows are waiting, on :meth:`flush`, and, while :meth:`flushing_every` runs,
-    by a timer thread every ``flush_seconds`` whether or not anything new arrived: a killed
-    process loses at most the last ``flush_seconds`` of completed work. Adding never waits for
-    an insert in progress (the buffer is swapped, then written outside the buffer's lock).
+    Thread-safe: map threads add each outcome as it completes. While :meth:`flushing_every`
+    runs, a timer thread writes what is buffered every ``flush_seconds`` whether or not
+    anything new arrived (a killed process loses at most the last ``flush_seconds`` of
+    completed work), and at once when ``flush_rows`` rows are waiting, so adding does not wait
+    for the insert; only a timer lagging ``_BACKLOG_FLUSHES`` flushes behind makes the adding
+    thread write itself. Without the timer, the adding thread writes every ``flush_rows``
+    rows. The buffer is swapped, then written outside the buffer's lock.
     """
 
     def __init__(
@@ -139,11 +97,14 @@ class MetadataWriter:
         self.rows_written = 0
         self.entities_written = 0
         self.seconds_spent = 0.0
-        self._buffer: dict[str, list[Any]] = _empty_buffer()
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_rows = 0
         self._buffered_entities = 0
         self._lock = threading.Lock()  # guards the buffer
         self._write_lock = threading.Lock()  # one insert at a time, in buffer order
         self._timer_error: BaseException | None = None
+        self._timer_running = False
+        self._wake = threading.Event()  # asks the timer thread to flush now
 
     def add(self, outcomes: Iterable[MetadataOutput]) -> None:
         """Encode outcomes into the buffer; write now if ``flush_rows`` rows are waiting."""
@@ -180,26 +141,38 @@ class MetadataWriter:
         if ``flush_rows`` rows are waiting."""
         if not items:
             return
-        block = _encode_block(items)
-        count = len(block["entity_id"])
+        from manta_lib.store.metadata_batches import encode_results  # deferred: pyarrow
+
+        batches = encode_results(
+            items,
+            project_id=self.project_id,
+            judge=self.judge,
+            run_id=run_id,
+            level=level.value,
+            judge_version=judge_version,
+            computed_at=computed_at,
+            status_column=STATUS_COLUMN,
+            error_column=ERROR_COLUMN,
+            error_at_column=ERROR_AT_COLUMN,
+        )
         with self._lock:
-            buf = self._buffer
-            for name, values in block.items():
-                buf[name].extend(values)
-            buf["run_id"].extend([run_id] * count)
-            buf["entity_level"].extend([level.value] * count)
-            buf["judge_version"].extend([judge_version] * count)
-            buf["computed_at"].extend([computed_at] * count)
+            self._buffer.extend(batches)
+            self._buffered_rows += sum(b.num_rows for b in batches)
             self._buffered_entities += len(items)
-            due = len(buf["entity_id"]) >= self.flush_rows
-        if due:
-            self.flush()
+            rows = self._buffered_rows
+        if rows < self.flush_rows:
+            return
+        if self._timer_running and rows < _BACKLOG_FLUSHES * self.flush_rows:
+            self._wake.set()  # the timer thread inserts; the caller goes on mapping
+        else:
+            self.flush()  # no timer, or it lags behind: the caller waits (bounds memory)
 
     def flush(self) -> None:
         """Write everything buffered now."""
         with self._write_lock:
             with self._lock:
-                buffer, self._buffer = self._buffer, _empty_buffer()
+                buffer, self._buffer = self._buffer, []
+                self._buffered_rows = 0
                 entities, self._buffered_entities = self._buffered_entities, 0
             self._write(buffer, entities)
 
@@ -211,34 +184,44 @@ class MetadataWriter:
         stop = threading.Event()
 
         def tick() -> None:
-            while not stop.wait(interval):
+            while True:
+                self._wake.wait(interval)
+                self._wake.clear()
+                if stop.is_set():
+                    return
                 try:
                     self.flush()
                 except BaseException as exc:  # noqa: BLE001 - re-raised on exit
                     self._timer_error = exc
+                    self._timer_running = False
                     return
 
         timer = threading.Thread(target=tick, name="manta-flush", daemon=True)
+        self._timer_running = True
         timer.start()
         try:
             yield self
         finally:
+            self._timer_running = False
             stop.set()
+            self._wake.set()
             timer.join()
             self.flush()
             if self._timer_error is not None:
                 error, self._timer_error = self._timer_error, None
                 raise error
 
-    def _write(self, buffer: dict[str, list[Any]], entities: int) -> None:
-        count = len(buffer["entity_id"])
-        if not count:
+    def _write(self, buffer: list[pa.RecordBatch], entities: int) -> None:
+        if not buffer:
             return
+        import pyarrow as pa  # deferred: only a flush needs it, and its import is slow
+
+        # One chunk per column: the engine reads one large record batch far faster than many.
+        table = pa.Table.from_batches(buffer).combine_chunks()
+        count = table.num_rows
         started = time.perf_counter()
-        buffer["project_id"] = [self.project_id] * count
-        buffer["judge"] = [self.judge] * count
         try:
-            self.store.insert_arrow("entity_metadata", _metadata_arrow_table(buffer))
+            self.store.insert_arrow("entity_metadata", table)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
             raise PersistenceError(
                 f"writing {count} rows to {self.store.database}.entity_metadata failed: {exc}"
@@ -246,84 +229,6 @@ class MetadataWriter:
         self.rows_written += count
         self.entities_written += entities
         self.seconds_spent += time.perf_counter() - started
-
-
-#: One computed entity as the writer takes it:
-#: (entity_id, output, error, error_at, datapoint_id, step_number, phase).
-EntityResult = tuple[
-    str, BaseModel | None, str | None, str | None, str | None, int | None, str | None
-]
-_NUMBER = frozenset({int, float})
-
-
-def _encode_block(items: Sequence[EntityResult]) -> dict[str, list[Any]]:
-    """The entity key and typed value columns of ``items``, field by field."""
-    block: dict[str, list[Any]] = {
-        name: []
-        for name in ("entity_id", "datapoint_id", "step_number", "phase", "column", *_TYPED_COLUMNS)
-    }
-    by_fields: dict[tuple[str, ...], tuple[list[EntityResult], list[dict[str, Any]]]] = {}
-    for item in items:
-        if item[1] is not None:
-            values = item[1].model_dump(mode="json")
-            group = by_fields.setdefault(tuple(values), ([], []))
-            group[0].append(item)
-            group[1].append(values)
-    for fields, (owners, rows) in by_fields.items():
-        for name in fields:
-            _extend_column(block, owners, name, [row[name] for row in rows])
-    _extend_strings(block, items, STATUS_COLUMN, ["ok" if i[2] is None else "error" for i in items])
-    _extend_strings(block, items, ERROR_COLUMN, [i[2] or "" for i in items])
-    failed = [i for i in items if i[3]]
-    if failed:
-        _extend_strings(block, failed, ERROR_AT_COLUMN, [str(i[3]) for i in failed])
-    return block
-
-
-def _extend_keys(block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str) -> int:
-    block["entity_id"].extend([o[0] for o in owners])
-    block["datapoint_id"].extend([o[4] or "" for o in owners])
-    block["step_number"].extend([o[5] for o in owners])
-    block["phase"].extend([o[6] or "" for o in owners])
-    block["column"].extend([column] * len(owners))
-    return len(owners)
-
-
-def _extend_strings(
-    block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str, values: list[str]
-) -> None:
-    count = _extend_keys(block, owners, column)
-    block["value_type"].extend(["string"] * count)
-    block["value_number"].extend([None] * count)
-    block["value_string"].extend(values)
-    block["value_bool"].extend([None] * count)
-    block["value_json"].extend([None] * count)
-
-
-def _extend_column(
-    block: dict[str, list[Any]], owners: Sequence[EntityResult], column: str, values: list[Any]
-) -> None:
-    """One output field of many entities; a column of one plain type skips the per-value
-    type dispatch."""
-    kinds = set(map(type, values))
-    if kinds == {str}:
-        _extend_strings(block, owners, column, values)
-        return
-    count = _extend_keys(block, owners, column)
-    if kinds <= _NUMBER:
-        block["value_type"].extend(["number"] * count)
-        block["value_number"].extend(map(float, values))
-        block["value_string"].extend([None] * count)
-        block["value_bool"].extend([None] * count)
-        block["value_json"].extend([None] * count)
-        return
-    typed = list(map(_typed, values))
-    for name, part in zip(_TYPED_COLUMNS, zip(*typed, strict=True), strict=True):
-        block[name].extend(part)
-
-
-def _empty_buffer() -> dict[str, list[Any]]:
-    return {name: [] for name in METADATA_COLUMNS}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -133,6 +134,82 @@ def test_every_value_type_round_trips_through_entity_metadata(store: Store) -> N
     )
     assert types["flag"] == "boolean" and types["tags"] == "json" and types["missing"] == "null"
     assert writer.rows_written == len(Everything.model_fields) + 2 + 2
+
+
+class Loose(BaseModel):
+    value: int | str | None
+    note: str = ""
+
+
+class Other(BaseModel):
+    score: float
+
+
+def test_a_mixed_batch_is_written_row_for_row(store: Store) -> None:
+    """One group of entities with two output schemas, a field whose type changes from entity
+    to entity, a failure with its place and keys on every row: each reads back as written."""
+    at = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    items = [
+        ("t1", Loose(value=3, note="a"), None, None, "dp1", 1, "train"),
+        ("t2", Loose(value="three"), None, None, "dp1", 1, "train"),
+        ("t3", Loose(value=None, note="n"), None, None, "dp2", 2, "eval"),
+        ("t4", Other(score=0.25), None, None, None, None, None),
+        ("t5", None, "ValueError: boom", "map", "dp3", 3, "train"),
+    ]
+    writer = MetadataWriter(store, project_id="prj", judge="mixed")
+    writer.add_results(
+        items, level=EntityLevel.TRACE, run_id="run_mx", judge_version="v1", computed_at=at
+    )
+    writer.flush()
+    rows = store.rows(
+        "SELECT entity_id, column, value_type, value_number, value_string, datapoint_id, "
+        "step_number, phase, run_id, entity_level, judge_version, computed_at "
+        "FROM {db}.entity_metadata WHERE judge = 'mixed' ORDER BY entity_id, column"
+    )
+    got = {(r[0], r[1]): r[2:5] for r in rows}
+    assert got[("t1", "value")] == ("number", 3.0, None)
+    assert got[("t2", "value")] == ("string", None, "three")
+    assert got[("t3", "value")] == ("null", None, None)
+    assert got[("t1", "note")] == ("string", None, "a")
+    assert got[("t4", "score")] == ("number", 0.25, None)
+    assert got[("t5", "__status__")] == ("string", None, "error")
+    assert got[("t5", "__error__")] == ("string", None, "ValueError: boom")
+    assert got[("t5", "__error_at__")] == ("string", None, "map")
+    assert got[("t4", "__status__")] == ("string", None, "ok")
+    assert len(rows) == 3 * 2 + 1 + 5 * 2 + 1 == writer.rows_written
+    keys = {r[0]: r[5:8] for r in rows}
+    assert keys["t1"] == ("dp1", 1, "train") and keys["t3"] == ("dp2", 2, "eval")
+    assert keys["t4"] == ("", None, "") and keys["t5"] == ("dp3", 3, "train")
+    assert {r[8:11] for r in rows} == {("run_mx", "trace", "v1")}
+    assert {r[11].replace(tzinfo=UTC) for r in rows} == {at}
+
+
+def test_the_timer_thread_writes_a_full_buffer_without_the_caller(store: Store) -> None:
+    """With the timer running, ``flush_rows`` waiting rows are written by the timer thread at
+    once (not after ``flush_seconds``); without it, by the adding call itself."""
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+
+    def add(writer: MetadataWriter, first: int) -> None:
+        items = [
+            (f"t{i}", Other(score=i), None, None, "", None, "") for i in range(first, first + 5)
+        ]
+        writer.add_results(
+            items, level=EntityLevel.TRACE, run_id="run_tm", judge_version="v1", computed_at=at
+        )
+
+    inline = MetadataWriter(store, project_id="prj", judge="timer", flush_rows=10)
+    add(inline, 0)  # 5 entities x 3 rows: past flush_rows, written by this call
+    assert inline.rows_written == 15
+
+    timed = MetadataWriter(store, project_id="prj", judge="timer", flush_rows=10)
+    with timed.flushing_every(seconds=60):
+        add(timed, 100)
+        deadline = time.monotonic() + 20
+        while timed.rows_written < 15 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert timed.rows_written == 15  # the timer wrote it, long before its 60 s tick
+    count = store.rows("SELECT count() FROM {db}.entity_metadata WHERE judge = 'timer'")
+    assert count[0][0] == 30
 
 
 # entity_metadata of schema versions 2 and 3 (before results were per phase).
