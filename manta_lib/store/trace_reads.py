@@ -12,8 +12,9 @@ import json
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import groupby
-from json.scanner import c_make_scanner  # type: ignore[attr-defined]
 from typing import Any
+
+from pydantic_core import from_json
 
 from manta_lib.context import SpanColumns, TraceContext
 from manta_lib.errors import QueryError
@@ -42,20 +43,17 @@ _PHASES = {phase.value: phase for phase in Phase}
 _SPAN_KINDS = {kind.value: kind for kind in SpanKind}
 _DECODER = json.JSONDecoder()
 _decode_json = _DECODER.decode
-_scan_json = c_make_scanner(_DECODER) if c_make_scanner is not None else None
 
 
 def _decode_meta(text: str) -> Any:
-    """A stored meta object (JSON we wrote): the C scanner straight away, the full decoder
-    (and its error) only for text the scanner does not consume whole."""
-    if _scan_json is not None:
-        try:
-            value, end = _scan_json(text, 0)
-        except StopIteration:
-            return _decode_json(text)
-        if end == len(text):
-            return value
-    return _decode_json(text)
+    """A stored meta object (JSON we wrote), parsed by pydantic-core's JSON parser (about
+    twice as fast as the standard library's per object); text it refuses (a lone surrogate,
+    a number out of range) goes to the standard decoder, which decodes it or raises its
+    usual error."""
+    try:
+        return from_json(text)
+    except ValueError:
+        return _decode_json(text)
 
 
 def trace_from_row(row: Sequence[Any]) -> TraceRecord:
