@@ -141,16 +141,18 @@ class MetadataWriter:
         if ``flush_rows`` rows are waiting."""
         if not items:
             return
-        from manta_lib.store.metadata_batches import encode_results  # deferred: pyarrow
+        from manta_lib.store.metadata_batches import RowEncoder  # deferred: pyarrow
 
-        batches = encode_results(
-            items,
+        encoder = RowEncoder(
             project_id=self.project_id,
             judge=self.judge,
             run_id=run_id,
             level=level.value,
             judge_version=judge_version,
             computed_at=computed_at,
+        )
+        batches = encoder.encode(
+            items,
             status_column=STATUS_COLUMN,
             error_column=ERROR_COLUMN,
             error_at_column=ERROR_AT_COLUMN,

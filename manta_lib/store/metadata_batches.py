@@ -67,8 +67,8 @@ def typed_value(value: Any) -> tuple[str, float | None, str | None, bool | None,
     return "json", None, None, None, json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-class _Encoder:
-    """Batches of one level's entities with the same run, judge version and time."""
+class RowEncoder:
+    """Encodes entities of one level, run, judge version and time (:meth:`encode`)."""
 
     def __init__(
         self,
@@ -84,7 +84,38 @@ class _Encoder:
         self._version = judge_version
         self._computed_at = pa.scalar(computed_at, type=METADATA_SCHEMA.field("computed_at").type)
         self._repeated: dict[tuple[str, int], pa.Array] = {}
-        self.batches: list[pa.RecordBatch] = []
+        self._batches: list[pa.RecordBatch] = []
+
+    def encode(
+        self,
+        items: Sequence[EntityResult],
+        *,
+        status_column: str,
+        error_column: str,
+        error_at_column: str,
+    ) -> list[pa.RecordBatch]:
+        """The entity_metadata rows of ``items``: one row per output field of each entity
+        with an output, then the status and error rows of every entity, then the failure
+        place of the failed ones."""
+        self._batches = []
+        by_fields: dict[tuple[str, ...], tuple[list[EntityResult], list[dict[str, Any]]]] = {}
+        for item in items:
+            if item[1] is not None:
+                values = item[1].model_dump(mode="json")
+                group = by_fields.setdefault(tuple(values), ([], []))
+                group[0].append(item)
+                group[1].append(values)
+        all_keys = _keys(items)
+        for fields, (owners, rows) in by_fields.items():
+            keys = all_keys if len(owners) == len(items) else _keys(owners)
+            for name in fields:
+                self._field(keys, name, [row[name] for row in rows])
+        self._strings(all_keys, status_column, ["ok" if i[2] is None else "error" for i in items])
+        self._strings(all_keys, error_column, [i[2] or "" for i in items])
+        failed = [i for i in items if i[3]]
+        if failed:
+            self._strings(_keys(failed), error_at_column, [str(i[3]) for i in failed])
+        return self._batches
 
     def _repeat(self, value: str, count: int) -> pa.Array:
         key = (value, count)
@@ -93,7 +124,7 @@ class _Encoder:
             array = self._repeated[key] = pa.repeat(pa.scalar(value, _STRING), count)
         return array
 
-    def add(self, keys: Sequence[pa.Array], column: str, values: Sequence[pa.Array]) -> None:
+    def _add(self, keys: Sequence[pa.Array], column: str, values: Sequence[pa.Array]) -> None:
         """Rows of ``column`` for the entities of ``keys`` (entity_id, datapoint_id,
         step_number, phase arrays) with the typed value arrays ``values``."""
         count = len(keys[0])
@@ -109,16 +140,16 @@ class _Encoder:
             self._repeat(self._version, count),
             pa.repeat(self._computed_at, count),
         ]
-        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=METADATA_SCHEMA))
+        self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=METADATA_SCHEMA))
 
-    def strings(self, keys: Sequence[pa.Array], column: str, values: list[str]) -> None:
+    def _strings(self, keys: Sequence[pa.Array], column: str, values: list[str]) -> None:
         count = len(values)
         first = values[0] if count else ""
-        if all(v == first for v in values):
+        if values.count(first) == count:  # one value (all "ok", all ""): repeated in C
             string = self._repeat(first, count)
         else:
             string = pa.array(values, _STRING)
-        self.add(keys, column, self._value_arrays("string", count, string=string))
+        self._add(keys, column, self._value_arrays("string", count, string=string))
 
     def _value_arrays(
         self,
@@ -136,20 +167,20 @@ class _Encoder:
             pa.nulls(count, _STRING),
         ]
 
-    def field(self, keys: Sequence[pa.Array], column: str, values: list[Any]) -> None:
+    def _field(self, keys: Sequence[pa.Array], column: str, values: list[Any]) -> None:
         """One output field of many entities; a field of one plain type skips the per-value
         type dispatch."""
         kinds = set(map(type, values))
         count = len(values)
         if kinds == {str}:
-            self.strings(keys, column, values)
+            self._strings(keys, column, values)
             return
         if kinds <= _NUMBER:
             numbers = pa.array(list(map(float, values)), pa.float64())
-            self.add(keys, column, self._value_arrays("number", count, number=numbers))
+            self._add(keys, column, self._value_arrays("number", count, number=numbers))
             return
         typed = list(zip(*map(typed_value, values), strict=True))
-        self.add(
+        self._add(
             keys,
             column,
             [
@@ -169,47 +200,3 @@ def _keys(owners: Sequence[EntityResult]) -> list[pa.Array]:
         pa.array([o[5] for o in owners], pa.int64()),
         pa.array([o[6] or "" for o in owners], _STRING),
     ]
-
-
-def encode_results(
-    items: Sequence[EntityResult],
-    *,
-    project_id: str,
-    judge: str,
-    run_id: str,
-    level: str,
-    judge_version: str,
-    computed_at: datetime,
-    status_column: str,
-    error_column: str,
-    error_at_column: str,
-) -> list[pa.RecordBatch]:
-    """The entity_metadata rows of ``items`` (one level, run, judge version and time): one
-    row per output field of each entity with an output, then the status and error rows of
-    every entity, then the failure place of the failed ones."""
-    encoder = _Encoder(
-        project_id=project_id,
-        judge=judge,
-        run_id=run_id,
-        level=level,
-        judge_version=judge_version,
-        computed_at=computed_at,
-    )
-    by_fields: dict[tuple[str, ...], tuple[list[EntityResult], list[dict[str, Any]]]] = {}
-    for item in items:
-        if item[1] is not None:
-            values = item[1].model_dump(mode="json")
-            group = by_fields.setdefault(tuple(values), ([], []))
-            group[0].append(item)
-            group[1].append(values)
-    all_keys = _keys(items)
-    for fields, (owners, rows) in by_fields.items():
-        keys = all_keys if len(owners) == len(items) else _keys(owners)
-        for name in fields:
-            encoder.field(keys, name, [row[name] for row in rows])
-    encoder.strings(all_keys, status_column, ["ok" if i[2] is None else "error" for i in items])
-    encoder.strings(all_keys, error_column, [i[2] or "" for i in items])
-    failed = [i for i in items if i[3]]
-    if failed:
-        encoder.strings(_keys(failed), error_at_column, [str(i[3]) for i in failed])
-    return encoder.batches

@@ -31,6 +31,7 @@ from manta_lib.store import query_args as args
 from manta_lib.store import trace_queries
 from manta_lib.store.client import Store
 from manta_lib.store.trace_queries import (
+    ONE_READER_THREAD,
     SPAN_SELECT,
     TRACE_SELECT,
     SpanFilter,
@@ -147,11 +148,9 @@ def stream_contexts(
         params["q_limit"] = limit
         limit_sql = " LIMIT {q_limit:UInt64}"
     order = f"ORDER BY run_id, trace_id{limit_sql}"
-    # One reading thread per stream: the consumer here is slower than one thread of the
-    # engine, and each extra thread holds read buffers for every column (about 65 MB for the
-    # span stream in chDB, measured), for no gain in speed.
     traces_sql = (
-        f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order} SETTINGS max_threads = 1"
+        f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order} "
+        f"SETTINGS {ONE_READER_THREAD}"
     )
     span_where, span_params = (span_filter or SpanFilter()).where()
     if limit is None and flt.spans_filterable:
@@ -167,7 +166,8 @@ def stream_contexts(
     spans_sql = (
         f"SELECT {SPAN_SELECT} FROM {{db}}.spans WHERE {selected} "
         f"AND {span_where} ORDER BY run_id, trace_id, seq, span_id "
-        f"SETTINGS max_block_size = {int(trace_queries.SPAN_STREAM_BLOCK_ROWS)}, max_threads = 1"
+        f"SETTINGS max_block_size = {int(trace_queries.SPAN_STREAM_BLOCK_ROWS)}, "
+        f"{ONE_READER_THREAD}"
     )
     require_runs(store, flt.run_id)
     trace_conn = store.sibling()
