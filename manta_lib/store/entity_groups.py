@@ -5,7 +5,7 @@ columns, pivoted in ClickHouse from the one-row-per-value layout), sorted by the
 (``datapoint_id`` / ``step_number`` / ``phase``), so a reduce holds one group's children at a
 time, whatever the run size. ClickHouse sorts on disk past a few tens of megabytes
 (:data:`~manta_lib.store.metadata.SPILL_SETTINGS`), on one engine thread
-(:data:`~manta_lib.store.trace_queries.ONE_READER_THREAD`).
+(:func:`~manta_lib.store.trace_queries.stream_read_settings`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from manta_lib.store.metadata import (
     STATUS_COLUMN,
 )
 from manta_lib.store.result_key import ResultKey
-from manta_lib.store.trace_queries import ONE_READER_THREAD, SHARD_EXPR
+from manta_lib.store.trace_queries import SHARD_EXPR, stream_read_settings
 
 #: Key columns a level's entities can be grouped by (all rows of an entity share them).
 GROUP_COLUMNS = ("datapoint_id", "step_number", "phase")
@@ -97,7 +97,7 @@ def iter_output_groups(
         HAVING status IS NOT NULL
         ORDER BY {order}
         SETTINGS max_block_size = {BLOCK_ROWS}, {SPILL_SETTINGS},
-                 optimize_aggregation_in_order = 1, {ONE_READER_THREAD}
+                 optimize_aggregation_in_order = 1, {stream_read_settings(store)}
     """
     reader = store.sibling()
     try:

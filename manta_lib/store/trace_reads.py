@@ -31,13 +31,13 @@ from manta_lib.store import query_args as args
 from manta_lib.store import trace_queries
 from manta_lib.store.client import Store
 from manta_lib.store.trace_queries import (
-    ONE_READER_THREAD,
     SPAN_SELECT,
     TRACE_SELECT,
     SpanFilter,
     TraceFilter,
     in_strings,
     order_clause,
+    stream_read_settings,
 )
 
 _PHASES = {phase.value: phase for phase in Phase}
@@ -150,7 +150,7 @@ def stream_contexts(
     order = f"ORDER BY run_id, trace_id{limit_sql}"
     traces_sql = (
         f"SELECT {TRACE_SELECT} FROM {{db}}.traces WHERE {where} {order} "
-        f"SETTINGS {ONE_READER_THREAD}"
+        f"SETTINGS {stream_read_settings(store)}"
     )
     span_where, span_params = (span_filter or SpanFilter()).where()
     if limit is None and flt.spans_filterable:
@@ -167,7 +167,7 @@ def stream_contexts(
         f"SELECT {SPAN_SELECT} FROM {{db}}.spans WHERE {selected} "
         f"AND {span_where} ORDER BY run_id, trace_id, seq, span_id "
         f"SETTINGS max_block_size = {int(trace_queries.SPAN_STREAM_BLOCK_ROWS)}, "
-        f"{ONE_READER_THREAD}"
+        f"{stream_read_settings(store)}"
     )
     require_runs(store, flt.run_id)
     trace_conn = store.sibling()

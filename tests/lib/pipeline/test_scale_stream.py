@@ -65,3 +65,29 @@ def test_a_block_of_several_runs_is_cut_by_run_and_trace() -> None:
     slices = list(trace_span_slices(iter(blocks)))
     assert [key for key, _ in slices] == [("r1", "a"), ("r2", "a"), ("r2", "b"), ("r2", "c")]
     assert [len(s) for _, s in slices] == [2, 1, 2, 3]
+
+
+def test_the_streams_read_a_table_of_many_parts_without_buffering_each_part(
+    store: Store,
+) -> None:
+    # Merges stopped: every insert of the seed stays a part of its own.
+    for table in ("traces", "spans"):
+        store.command(f"SYSTEM STOP MERGES {{db}}.{table}")
+    seed_demo(store, traces=400, seed=5, batch_traces=50)
+    parts = store.rows(
+        "SELECT count() FROM system.parts WHERE database = {d:String} AND table = 'spans' "
+        "AND active",
+        {"d": store.database},
+    )[0][0]
+    assert parts > 4
+    svc = MantaService(store)
+    batches = svc.iter_trace_batches(batch_size=16)
+    first = next(batches)
+    running = store.sibling().rows(
+        "SELECT Settings['max_threads'], Settings['read_in_order_use_buffering'] "
+        "FROM system.processes WHERE query NOT LIKE '%system.processes%'"
+    )
+    rest = [t for batch in batches for t in batch]
+    # both streams (traces, spans) were open, each on one thread without per-part buffers
+    assert sorted(running) == [("1", "0"), ("1", "0")]
+    assert len(first) + len(rest) == 400
