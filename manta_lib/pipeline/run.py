@@ -483,7 +483,12 @@ def reduce_streamed(
         timeout_s=options.timeout_s,
         chunked=not spec.uses_llm,
     )
-    writer = MetadataWriter(store, project_id=pipeline.project_id, judge=pipeline.judge)
+    writer = MetadataWriter(
+        store,
+        project_id=pipeline.project_id,
+        judge=pipeline.judge,
+        flush_seconds=store.settings.flush_seconds,
+    )
     waiting: list[tuple[str, dict[str, Any], list[str]]] = []
     children: dict[str, StoredChild] = {}
     written = 0
@@ -503,8 +508,7 @@ def reduce_streamed(
                 pool=pool,
             )
         with clock("persist"):
-            writer.add(outputs)
-            writer.flush()
+            writer.add(outputs)  # written by the writer's timer thread, beside the next read
         written += len(outputs)
         waiting.clear()
         children.clear()
@@ -518,23 +522,24 @@ def reduce_streamed(
         shard_count=scope.shard_count,
     )
     previous: tuple[str, str] | None = None
-    while True:
-        with clock("load"):
-            group = next(stored, None)
-        if group is None:
-            break
-        key, members = group
-        steps = (m.step_number for m in members if m.step_number is not None)
-        entity_id, keys = group_entity(level, run_id, key, steps)
-        # Groups of one datapoint in two phases come one after the other (sorted by key).
-        if previous is not None and previous[0] == entity_id:
-            check_one_phase(level, run_id, entity_id, (previous[1], keys["phase"]))
-        previous = (entity_id, keys["phase"])
-        waiting.append((entity_id, keys, [m.entity_id for m in members]))
-        children.update((m.entity_id, m) for m in members)
-        if len(children) >= REDUCE_CHUNK:
-            reduce_waiting()
-    reduce_waiting()
+    with writer.flushing_every():  # flushes what is left on exit, raises a failed insert
+        while True:
+            with clock("load"):
+                group = next(stored, None)
+            if group is None:
+                break
+            key, members = group
+            steps = (m.step_number for m in members if m.step_number is not None)
+            entity_id, keys = group_entity(level, run_id, key, steps)
+            # Groups of one datapoint in two phases come one after the other (sorted by key).
+            if previous is not None and previous[0] == entity_id:
+                check_one_phase(level, run_id, entity_id, (previous[1], keys["phase"]))
+            previous = (entity_id, keys["phase"])
+            waiting.append((entity_id, keys, [m.entity_id for m in members]))
+            children.update((m.entity_id, m) for m in members)
+            if len(children) >= REDUCE_CHUNK:
+                reduce_waiting()
+        reduce_waiting()
     return written
 
 
