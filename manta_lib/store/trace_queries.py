@@ -42,10 +42,10 @@ ERROR_STATUSES = ("error", "timeout")
 #: contents make a span row a kilobyte or more).
 SPAN_STREAM_BLOCK_ROWS = 16_384
 
-#: The setting of a streamed read (traces, spans, stored outputs): one engine thread. The
-#: Python consumer is slower than one thread, and each extra thread holds read buffers for
-#: every column (at 1M traces in chDB, ~65 MB more for the span stream and ~100 MB more for
-#: the stored-output pivot), for no gain in speed.
+#: One engine thread for a streamed read (traces, spans, stored outputs; see
+#: :func:`stream_read_settings`). The Python consumer is slower than one thread, and each
+#: extra thread holds read buffers for every column (at 1M traces in chDB, ~65 MB more for
+#: the span stream and ~100 MB more for the stored-output pivot), for no gain in speed.
 ONE_READER_THREAD = "max_threads = 1"
 
 #: Off: ClickHouse's buffering of chunks from each part ahead of an in-order merge of the

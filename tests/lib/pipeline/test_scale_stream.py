@@ -83,10 +83,11 @@ def test_the_streams_read_a_table_of_many_parts_without_buffering_each_part(
     svc = MantaService(store)
     batches = svc.iter_trace_batches(batch_size=16)
     first = next(batches)
-    running = store.sibling().rows(
-        "SELECT Settings['max_threads'], Settings['read_in_order_use_buffering'] "
-        "FROM system.processes WHERE query NOT LIKE '%system.processes%'"
-    )
+    with store.sibling() as probe:
+        running = probe.rows(
+            "SELECT Settings['max_threads'], Settings['read_in_order_use_buffering'] "
+            "FROM system.processes WHERE query NOT LIKE '%system.processes%'"
+        )
     rest = [t for batch in batches for t in batch]
     # both streams (traces, spans) were open, each on one thread without per-part buffers
     assert sorted(running) == [("1", "0"), ("1", "0")]
