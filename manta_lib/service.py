@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from manta_lib.context import TraceContext
+from manta_lib.context.trace_rows import trace_from_row
 from manta_lib.errors import QueryError
 from manta_lib.models import EntityLevel, SpanRecord, TraceRecord
 from manta_lib.results import (
@@ -50,7 +51,6 @@ from manta_lib.store.trace_reads import (
     span_from_row,
     span_rows,
     stream_contexts,
-    trace_from_row,
     trace_query,
 )
 

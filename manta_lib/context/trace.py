@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -26,6 +26,7 @@ from manta_lib.context.columns import (
     _tool_call,
 )
 from manta_lib.context.conversation import Conversation
+from manta_lib.context.trace_rows import PHASES, TRACE_INDEX, trace_from_row
 from manta_lib.context.views import GraderResult, LLMCall, Message, SystemEvent, ToolCall, Turn
 from manta_lib.errors import ValidationError
 from manta_lib.models import (
@@ -35,6 +36,14 @@ from manta_lib.models import (
     SpanRecord,
     TraceRecord,
 )
+
+_TRACE_ID = TRACE_INDEX["trace_id"]
+_RUN_ID = TRACE_INDEX["run_id"]
+_STEP = TRACE_INDEX["step_number"]
+_PHASE = TRACE_INDEX["phase"]
+_DATAPOINT = TRACE_INDEX["datapoint_id"]
+_SCORE = TRACE_INDEX["score"]
+_STATUS = TRACE_INDEX["status"]
 
 # ---- the context ----------------------------------------------------------------------------
 
@@ -64,6 +73,7 @@ class TraceContext:
 
     __slots__ = (
         "_trace",
+        "_row",
         "_rows",
         "_records",
         "_by_kind",
@@ -81,7 +91,8 @@ class TraceContext:
                 f"TraceContext needs a TraceRecord, got {type(trace).__name__}; "
                 "use TraceContext.from_spans() to build one from dicts"
             )
-        self._trace = trace
+        self._trace: TraceRecord | None = trace
+        self._row: Sequence[Any] = ()
         self._rows = span_rows
         self._records: list[SpanRecord] | None = None
         self._by_kind: dict[str, list[_Row]] | None = None
@@ -130,74 +141,108 @@ class TraceContext:
         context._records = records
         return context
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any], span_rows: Sequence[_Row] = ()) -> TraceContext:
+        """A context from a stored trace row in ``TRACE_COLUMNS`` order (as the query service
+        reads it) and its span rows. The :class:`TraceRecord` is built on first use of
+        :attr:`trace` (or of a property it alone answers: ``meta``, ``cost_usd`` ...); the
+        keys and ``score`` / ``status`` are read from the row, so a map that needs no more
+        never builds it."""
+        context = cls.__new__(cls)
+        context._trace = None
+        context._row = row
+        context._rows = span_rows
+        context._records = None
+        context._by_kind = None
+        context._messages = None
+        context._tools = None
+        context._graders = None
+        context._llm_calls = None
+        context._system_events = None
+        context._conversation = None
+        return context
+
     def __repr__(self) -> str:
-        return f"TraceContext(trace_id={self._trace.trace_id!r}, spans={len(self._rows)})"
+        return f"TraceContext(trace_id={self.trace_id!r}, spans={len(self._rows)})"
 
     # ---- trace properties -----------------------------------------------------------------
 
     @property
     def trace(self) -> TraceRecord:
-        return self._trace
+        trace = self._trace
+        if trace is None:
+            trace = self._trace = trace_from_row(self._row)
+        return trace
 
     @property
     def trace_id(self) -> str:
-        return self._trace.trace_id
+        trace = self._trace
+        return self._row[_TRACE_ID] if trace is None else trace.trace_id
 
     @property
     def run_id(self) -> str:
-        return self._trace.run_id
+        trace = self._trace
+        return self._row[_RUN_ID] if trace is None else trace.run_id
 
     @property
     def step_number(self) -> int:
-        return self._trace.step_number
+        trace = self._trace
+        return self._row[_STEP] if trace is None else trace.step_number
 
     @property
     def phase(self) -> Phase:
-        return self._trace.phase
+        trace = self._trace
+        if trace is None:
+            phase = self._row[_PHASE]
+            return cast(Phase, PHASES.get(phase, phase))  # an unknown phase keeps its text
+        return trace.phase
 
     @property
     def datapoint_id(self) -> str:
-        return self._trace.datapoint_id
+        trace = self._trace
+        return self._row[_DATAPOINT] if trace is None else trace.datapoint_id
 
     @property
     def score(self) -> float | None:
-        return self._trace.score
+        trace = self._trace
+        return self._row[_SCORE] if trace is None else trace.score
 
     @property
     def status(self) -> str:
-        return self._trace.status
+        trace = self._trace
+        return self._row[_STATUS] if trace is None else trace.status
 
     @property
     def cost_usd(self) -> float | None:
-        return self._trace.cost_usd
+        return self.trace.cost_usd
 
     @property
     def duration_ms(self) -> int:
-        return self._trace.duration_ms
+        return self.trace.duration_ms
 
     @property
     def turn_count(self) -> int:
-        return self._trace.turn_count
+        return self.trace.turn_count
 
     @property
     def tokens_input(self) -> int:
-        return self._trace.tokens_input
+        return self.trace.tokens_input
 
     @property
     def tokens_output(self) -> int:
-        return self._trace.tokens_output
+        return self.trace.tokens_output
 
     @property
     def model_name(self) -> str:
-        return self._trace.model_name
+        return self.trace.model_name
 
     @property
     def env_name(self) -> str:
-        return self._trace.env_name
+        return self.trace.env_name
 
     @property
     def meta(self) -> dict[str, Any]:
-        return self._trace.meta
+        return self.trace.meta
 
     # ---- spans ----------------------------------------------------------------------------
 
@@ -381,7 +426,7 @@ class TraceContext:
     @property
     def has_error(self) -> bool:
         """``True`` when ``status`` is not ``completed`` or a system event is an error."""
-        return self._trace.status != "completed" or any(self._values_of(SpanKind.SYSTEM, _IS_ERROR))
+        return self.status != "completed" or any(self._values_of(SpanKind.SYSTEM, _IS_ERROR))
 
 
 def _validated_trace(trace: TraceRecord | Mapping[str, Any]) -> TraceRecord:

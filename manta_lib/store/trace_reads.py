@@ -14,14 +14,11 @@ from collections.abc import Iterator, Sequence
 from itertools import groupby
 from typing import Any
 
-from pydantic_core import from_json
-
 from manta_lib.context import SpanColumns, TraceContext
 from manta_lib.errors import QueryError
 from manta_lib.models import (
     SPAN_COLUMNS,
     TRACE_COLUMNS,
-    Phase,
     SpanKind,
     SpanRecord,
     TraceRecord,
@@ -40,30 +37,10 @@ from manta_lib.store.trace_queries import (
     stream_read_settings,
 )
 
-_PHASES = {phase.value: phase for phase in Phase}
 _SPAN_KINDS = {kind.value: kind for kind in SpanKind}
-_DECODER = json.JSONDecoder()
-_decode_json = _DECODER.decode
-
-
-def _decode_meta(text: str) -> Any:
-    """A stored meta object (JSON we wrote), parsed by pydantic-core's JSON parser (about
-    twice as fast as the standard library's per object); text it refuses (a lone surrogate,
-    a number out of range) goes to the standard decoder, which decodes it or raises its
-    usual error."""
-    try:
-        return from_json(text)
-    except ValueError:
-        return _decode_json(text)
-
-
-def trace_from_row(row: Sequence[Any]) -> TraceRecord:
-    """Build a TraceRecord from a row in ``TRACE_COLUMNS`` order without re-validation."""
-    values = dict(zip(TRACE_COLUMNS, row, strict=True))
-    values["phase"] = _PHASES.get(values["phase"], values["phase"])
-    meta = values["meta"]
-    values["meta"] = _decode_meta(meta) if meta else {}
-    return fast_construct(TraceRecord, values)
+_RUN_ID = TRACE_COLUMNS.index("run_id")
+_TRACE_ID = TRACE_COLUMNS.index("trace_id")
+_decode_json = json.JSONDecoder().decode
 
 
 def trace_span_slices(
@@ -180,17 +157,17 @@ def stream_contexts(
             spans = trace_span_slices(span_blocks)
             pending = next(spans, None)
             batch: list[TraceContext] = []
+            from_row = TraceContext.from_row
             for block in trace_blocks:
                 for trace_row in block:
-                    trace = trace_from_row(trace_row)
-                    key = (trace.run_id, trace.trace_id)
+                    key = (trace_row[_RUN_ID], trace_row[_TRACE_ID])
                     while pending is not None and pending[0] < key:
                         pending = next(spans, None)  # a trace added between the two reads
                     if pending is not None and pending[0] == key:
-                        batch.append(TraceContext(trace, pending[1]))
+                        batch.append(from_row(trace_row, pending[1]))
                         pending = next(spans, None)
                     else:
-                        batch.append(TraceContext(trace, []))
+                        batch.append(from_row(trace_row, []))
                     if len(batch) >= batch_size:
                         yield batch
                         batch = []

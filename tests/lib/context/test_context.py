@@ -26,7 +26,7 @@ from manta_lib.context import (
     TraceContext,
 )
 from manta_lib.errors import ValidationError
-from manta_lib.models import SPAN_COLUMNS, Phase, SpanKind, SpanRecord, TraceRecord
+from manta_lib.models import SPAN_COLUMNS, TRACE_COLUMNS, Phase, SpanKind, SpanRecord, TraceRecord
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -232,6 +232,42 @@ def test_trace_properties_are_the_trace_row(trace: TraceContext) -> None:
     with pytest.raises(AttributeError):
         trace.score = 1.0  # type: ignore[misc]
     assert repr(trace) == "TraceContext(trace_id='tr_1', spans=13)"
+
+
+def stored_row(trace: TraceRecord) -> tuple[Any, ...]:
+    """``trace`` as the store returns it: TRACE_COLUMNS order, phase as text, meta as JSON."""
+    values = trace.model_dump()
+    values["phase"] = trace.phase.value
+    values["meta"] = json.dumps(trace.meta)
+    return tuple(values[name] for name in TRACE_COLUMNS)
+
+
+def test_a_context_from_a_stored_row_reads_as_the_record() -> None:
+    context = TraceContext.from_row(stored_row(TRACE), raw_rows(SPANS))
+    # The keys, score and status come from the row: no record built for them.
+    assert (context.trace_id, context.run_id, context.step_number) == ("tr_1", "run_a", 3)
+    assert context.phase is Phase.EVAL
+    assert (context.datapoint_id, context.score, context.status) == ("dp_7", 0.75, "completed")
+    assert context._trace is None
+    assert repr(context) == "TraceContext(trace_id='tr_1', spans=13)"
+    assert not context.has_error
+    # Anything else builds the record once, equal to the validated one.
+    assert context.meta == {"seed": 1}
+    record = context.trace
+    assert record == TRACE and context.trace is record
+    for name in TraceRecord.model_fields:
+        if name in ("project_id", "created_at"):
+            continue
+        assert getattr(context, name) == getattr(TRACE, name), name
+    assert context.tool_error_count == TraceContext(TRACE, raw_rows(SPANS)).tool_error_count
+
+
+def test_a_stored_row_with_an_unknown_phase_keeps_its_text() -> None:
+    row = list(stored_row(TRACE))
+    row[TRACE_COLUMNS.index("phase")] = "calibration"
+    context = TraceContext.from_row(tuple(row))
+    assert context.phase == "calibration"
+    assert context.trace.phase == "calibration"
 
 
 def test_spans_in_seq_order_filtered_by_kind(trace: TraceContext) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from manta_lib.store.trace_reads import _decode_meta
+from manta_lib.context.trace_rows import decode_meta as _decode_meta
 
 CASES = [
     "{}",
