@@ -12,7 +12,9 @@ Spans are read by the rules of ``docs/span_conventions.md``. Example::
 
 Construction is nearly free, because the query service builds one context per trace for tens
 of thousands of traces: ``TraceContext(trace, span_rows)`` only keeps references to the raw
-ClickHouse rows. Typed objects are built (and attribute JSON parsed) on the first accessor call
+ClickHouse rows (a streamed run goes further: ``TraceContext.from_row`` keeps the trace row too,
+and builds its :class:`TraceRecord` when something asks for more than its keys, score and
+status). Typed objects are built (and attribute JSON parsed) on the first accessor call
 that needs them, then cached; no accessor ever queries ClickHouse.
 
 Malformed data never raises from an accessor, because one bad span must not fail a map over a
