@@ -91,8 +91,14 @@ class TraceContext:
                 f"TraceContext needs a TraceRecord, got {type(trace).__name__}; "
                 "use TraceContext.from_spans() to build one from dicts"
             )
-        self._trace: TraceRecord | None = trace
-        self._row: Sequence[Any] = ()
+        self._start(trace, (), span_rows)
+
+    def _start(
+        self, trace: TraceRecord | None, row: Sequence[Any], span_rows: Sequence[_Row]
+    ) -> None:
+        """Set every slot: the trace as a record, or as its stored row (``trace`` None)."""
+        self._trace = trace
+        self._row = row
         self._rows = span_rows
         self._records: list[SpanRecord] | None = None
         self._by_kind: dict[str, list[_Row]] | None = None
@@ -149,17 +155,7 @@ class TraceContext:
         keys and ``score`` / ``status`` are read from the row, so a map that needs no more
         never builds it."""
         context = cls.__new__(cls)
-        context._trace = None
-        context._row = row
-        context._rows = span_rows
-        context._records = None
-        context._by_kind = None
-        context._messages = None
-        context._tools = None
-        context._graders = None
-        context._llm_calls = None
-        context._system_events = None
-        context._conversation = None
+        context._start(None, row, span_rows)
         return context
 
     def __repr__(self) -> str:

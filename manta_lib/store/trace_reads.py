@@ -15,10 +15,10 @@ from itertools import groupby
 from typing import Any
 
 from manta_lib.context import SpanColumns, TraceContext
+from manta_lib.context.trace_rows import TRACE_INDEX
 from manta_lib.errors import QueryError
 from manta_lib.models import (
     SPAN_COLUMNS,
-    TRACE_COLUMNS,
     SpanKind,
     SpanRecord,
     TraceRecord,
@@ -38,8 +38,8 @@ from manta_lib.store.trace_queries import (
 )
 
 _SPAN_KINDS = {kind.value: kind for kind in SpanKind}
-_RUN_ID = TRACE_COLUMNS.index("run_id")
-_TRACE_ID = TRACE_COLUMNS.index("trace_id")
+_RUN_ID = TRACE_INDEX["run_id"]
+_TRACE_ID = TRACE_INDEX["trace_id"]
 _decode_json = json.JSONDecoder().decode
 
 
